@@ -1,0 +1,267 @@
+//! Typed device memory: owned buffers and borrowed views of them.
+//!
+//! A [`DeviceBuffer`] owns an allocation of `len` elements on one device and frees it on drop.
+//! [`DeviceSlice`] and [`DeviceSliceMut`] borrow a sub-range of one. Operations accept anything
+//! that implements [`DeviceRepr`] (read) or [`DeviceReprMut`] (write), so a buffer and a view of
+//! it are used the same way. The backend type is part of every type, so a CPU-backend buffer can
+//! never reach an ACL stream.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+
+use crate::dtype::Element;
+use crate::error::{Error, Result};
+use crate::traits::{Backend, Device, DeviceMemory, DevicePtr};
+
+/// Read access to a typed range of device memory: what stream operations take as a source.
+pub trait DeviceRepr<B: Backend, T: Element> {
+    /// Start address of the range.
+    fn device_ptr(&self) -> DevicePtr;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// Ordinal of the device the memory lives on.
+    fn device_ordinal(&self) -> usize;
+    /// Whether the range is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Size of the range in bytes.
+    fn size_in_bytes(&self) -> usize {
+        self.len() * std::mem::size_of::<T>()
+    }
+}
+
+/// Write access to a typed range of device memory: what stream operations take as a destination.
+///
+/// Implemented only by types that hold exclusive access (an owned buffer or a `&mut` view), so
+/// that two destinations of one operation can never alias.
+pub trait DeviceReprMut<B: Backend, T: Element>: DeviceRepr<B, T> {}
+
+/// An owned, typed allocation of `len` elements on one device.
+///
+/// Contents start unspecified (on the NPU, whatever was there before); every bit pattern is a
+/// valid `T` because `T: bytemuck::Pod`. Zero-length buffers allocate nothing.
+///
+/// ```
+/// # fn demo<B: ascend_hal::Backend>(backend: &B) -> ascend_hal::Result<()> {
+/// use ascend_hal::prelude::*;
+/// let device = backend.device(0)?;
+/// let stream = device.new_stream()?;
+/// let buf = DeviceBuffer::<B, f32>::from_slice(&stream, &[1.0, 2.0, 3.0])?;
+/// assert_eq!(stream.clone_to_host(&buf)?, vec![1.0, 2.0, 3.0]);
+/// # Ok(()) }
+/// ```
+pub struct DeviceBuffer<B: Backend, T: Element> {
+    memory: Option<B::DeviceMemory>,
+    len: usize,
+    device: usize,
+    _element: PhantomData<T>,
+}
+
+impl<B: Backend, T: Element> DeviceBuffer<B, T> {
+    /// Allocates `len` elements on `device`, contents unspecified.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when the device lacks the space; [`Error::InvalidArgument`] when
+    /// `len * size_of::<T>()` overflows.
+    pub fn alloc(device: &B::Device, len: usize) -> Result<Self> {
+        let bytes =
+            len.checked_mul(std::mem::size_of::<T>())
+                .ok_or_else(|| Error::InvalidArgument {
+                    op: "DeviceBuffer::alloc",
+                    message: format!("{len} elements of {} overflow usize bytes", T::DTYPE),
+                })?;
+        let memory = if bytes == 0 {
+            None
+        } else {
+            Some(device.allocate(bytes)?)
+        };
+        Ok(DeviceBuffer {
+            memory,
+            len,
+            device: device.ordinal(),
+            _element: PhantomData,
+        })
+    }
+
+    /// Allocates a buffer and fills it with zeros, in order on `stream`.
+    pub fn zeros(stream: &B::Stream, len: usize) -> Result<Self> {
+        use crate::StreamExt;
+        let device = crate::traits::Stream::device(stream);
+        let mut buf = Self::alloc(&device, len)?;
+        stream.memset(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Allocates a buffer and copies `data` into it, in order on `stream`; returns when the copy
+    /// is done, so `data` may be ordinary host memory.
+    pub fn from_slice(stream: &B::Stream, data: &[T]) -> Result<Self> {
+        use crate::StreamExt;
+        let device = crate::traits::Stream::device(stream);
+        let mut buf = Self::alloc(&device, data.len())?;
+        stream.copy_h2d_sync(data, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Ordinal of the device the buffer lives on.
+    pub fn device_ordinal(&self) -> usize {
+        self.device
+    }
+
+    /// The raw allocation behind the buffer (`None` for an empty buffer).
+    pub fn memory(&self) -> Option<&B::DeviceMemory> {
+        self.memory.as_ref()
+    }
+
+    /// Borrows elements `range` for reading.
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> Result<DeviceSlice<'_, B, T>> {
+        let (start, end) = resolve_range(range, self.len, "DeviceBuffer::slice")?;
+        Ok(DeviceSlice {
+            ptr: self.base().add(start * std::mem::size_of::<T>()),
+            len: end - start,
+            device: self.device,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// Borrows elements `range` for writing.
+    pub fn slice_mut(
+        &mut self,
+        range: impl RangeBounds<usize>,
+    ) -> Result<DeviceSliceMut<'_, B, T>> {
+        let (start, end) = resolve_range(range, self.len, "DeviceBuffer::slice_mut")?;
+        Ok(DeviceSliceMut {
+            ptr: self.base().add(start * std::mem::size_of::<T>()),
+            len: end - start,
+            device: self.device,
+            _borrow: PhantomData,
+        })
+    }
+
+    fn base(&self) -> DevicePtr {
+        self.memory.as_ref().map_or(DevicePtr(0), |m| m.ptr())
+    }
+}
+
+impl<B: Backend, T: Element> fmt::Debug for DeviceBuffer<B, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceBuffer")
+            .field("dtype", &T::DTYPE)
+            .field("len", &self.len)
+            .field("device", &self.device)
+            .field("ptr", &self.base())
+            .finish()
+    }
+}
+
+impl<B: Backend, T: Element> DeviceRepr<B, T> for DeviceBuffer<B, T> {
+    fn device_ptr(&self) -> DevicePtr {
+        self.base()
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn device_ordinal(&self) -> usize {
+        self.device
+    }
+}
+
+impl<B: Backend, T: Element> DeviceReprMut<B, T> for DeviceBuffer<B, T> {}
+
+/// Marks a shared borrow of device elements of backend `B` (`fn() -> B` keeps the view `Send`
+/// and `Sync` whatever `B` is).
+type SharedBorrow<'a, B, T> = PhantomData<(&'a T, fn() -> B)>;
+/// Marks an exclusive borrow of device elements of backend `B`.
+type ExclusiveBorrow<'a, B, T> = PhantomData<(&'a mut T, fn() -> B)>;
+
+/// A borrowed, read-only range of a [`DeviceBuffer`].
+pub struct DeviceSlice<'a, B: Backend, T: Element> {
+    ptr: DevicePtr,
+    len: usize,
+    device: usize,
+    _borrow: SharedBorrow<'a, B, T>,
+}
+
+/// A borrowed, writable range of a [`DeviceBuffer`].
+pub struct DeviceSliceMut<'a, B: Backend, T: Element> {
+    ptr: DevicePtr,
+    len: usize,
+    device: usize,
+    _borrow: ExclusiveBorrow<'a, B, T>,
+}
+
+impl<B: Backend, T: Element> Clone for DeviceSlice<'_, B, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend, T: Element> Copy for DeviceSlice<'_, B, T> {}
+
+macro_rules! impl_view {
+    ($name:ident) => {
+        impl<B: Backend, T: Element> DeviceRepr<B, T> for $name<'_, B, T> {
+            fn device_ptr(&self) -> DevicePtr {
+                self.ptr
+            }
+            fn len(&self) -> usize {
+                self.len
+            }
+            fn device_ordinal(&self) -> usize {
+                self.device
+            }
+        }
+
+        impl<B: Backend, T: Element> fmt::Debug for $name<'_, B, T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("dtype", &T::DTYPE)
+                    .field("len", &self.len)
+                    .field("device", &self.device)
+                    .field("ptr", &self.ptr)
+                    .finish()
+            }
+        }
+    };
+}
+impl_view!(DeviceSlice);
+impl_view!(DeviceSliceMut);
+
+impl<B: Backend, T: Element> DeviceReprMut<B, T> for DeviceSliceMut<'_, B, T> {}
+
+/// Turns any `RangeBounds` into a checked `start..end` within `0..len`.
+pub(crate) fn resolve_range(
+    range: impl RangeBounds<usize>,
+    len: usize,
+    op: &'static str,
+) -> Result<(usize, usize)> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => len,
+    };
+    if start > end || end > len {
+        return Err(Error::OutOfBounds {
+            op,
+            start,
+            end,
+            len,
+        });
+    }
+    Ok((start, end))
+}

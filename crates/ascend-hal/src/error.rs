@@ -1,0 +1,202 @@
+//! The one error type of the HAL.
+//!
+//! Every variant carries the facts a caller needs to act on it (which operation, which device, how
+//! many bytes) and its `Display` says what to do about it. Errors are `Clone` because a failure
+//! inside a stream is reported to every waiter: the stream's next `synchronize()` and every event
+//! recorded after the failure.
+
+use std::fmt;
+
+/// Result alias used throughout the HAL.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a HAL call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A device ordinal outside `0..count`.
+    #[error(
+        "no device with ordinal {ordinal}: the {backend} backend has {count} device(s); \
+         valid ordinals are 0..{count}"
+    )]
+    InvalidDevice {
+        /// Backend name.
+        backend: &'static str,
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// How many devices the backend has.
+        count: usize,
+    },
+
+    /// The device has too little free memory for an allocation.
+    #[error(
+        "out of memory on {device}: requested {}, {} free of {} total{detail}; free unused \
+         buffers, lower the memory utilization, or use the caching allocator with expandable \
+         segments",
+        Bytes(*requested), Bytes(*free), Bytes(*total)
+    )]
+    OutOfMemory {
+        /// The device, as `backend:ordinal`.
+        device: String,
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes free on the device when the request failed.
+        free: u64,
+        /// Total bytes on the device.
+        total: u64,
+        /// Extra context (for example an injected limit), empty or starting with `"; "`.
+        detail: String,
+    },
+
+    /// Two buffers, or a buffer and a slice, that must have the same length do not.
+    #[error("length mismatch in {op}: {what} has {actual} elements but {expected} were expected")]
+    LengthMismatch {
+        /// The operation that checked.
+        op: &'static str,
+        /// Which argument was wrong.
+        what: &'static str,
+        /// The length the operation needed.
+        expected: usize,
+        /// The length it got.
+        actual: usize,
+    },
+
+    /// A buffer or event of one device used with a stream of another.
+    #[error(
+        "wrong device in {op}: {what} lives on device {actual} but the stream runs on device \
+         {expected}; copy it to device {expected} first"
+    )]
+    WrongDevice {
+        /// The operation that checked.
+        op: &'static str,
+        /// Which argument was on the wrong device.
+        what: &'static str,
+        /// The device the operation runs on.
+        expected: usize,
+        /// The device the argument belongs to.
+        actual: usize,
+    },
+
+    /// A range outside a buffer.
+    #[error("out of bounds in {op}: range {start}..{end} of a buffer of {len} elements")]
+    OutOfBounds {
+        /// The operation that checked.
+        op: &'static str,
+        /// Range start.
+        start: usize,
+        /// Range end (exclusive).
+        end: usize,
+        /// Buffer length.
+        len: usize,
+    },
+
+    /// The device stopped responding; every later call on it fails with this error.
+    #[error(
+        "device {device} is lost (seen by {op}); every further call on it fails: recreate the \
+         backend, and check the driver log (dmesg, npu-smi info) for the cause"
+    )]
+    DeviceLost {
+        /// The device, as `backend:ordinal`.
+        device: String,
+        /// The operation that noticed.
+        op: &'static str,
+    },
+
+    /// An operation queued on a stream failed while the stream ran it; reported by the next
+    /// synchronisation of the stream or of an event recorded after it.
+    #[error("{op} on {stream} failed while the stream ran it: {source}")]
+    StreamOperation {
+        /// The queued operation that failed.
+        op: &'static str,
+        /// The stream, as `backend:ordinal/stream N`.
+        stream: String,
+        /// Why it failed.
+        source: Box<Error>,
+    },
+
+    /// An event queried for a time or state it does not have yet.
+    #[error("{what} is not ready: {reason}")]
+    NotReady {
+        /// What was asked about.
+        what: &'static str,
+        /// Why it is not ready and what to do.
+        reason: &'static str,
+    },
+
+    /// An argument that no call could accept.
+    #[error("invalid argument to {op}: {message}")]
+    InvalidArgument {
+        /// The operation that rejected it.
+        op: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+
+    /// A fault injected by a test backend.
+    #[error("injected fault: call #{call} of {op} was configured to fail")]
+    Injected {
+        /// The operation that was made to fail.
+        op: &'static str,
+        /// Which call of it (1-based).
+        call: u64,
+    },
+
+    /// The backend does not support this operation.
+    #[error("{op} is not supported by the {backend} backend")]
+    Unsupported {
+        /// Backend name.
+        backend: &'static str,
+        /// The operation.
+        op: &'static str,
+    },
+
+    /// No backend could be chosen, or the requested one is unavailable.
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
+}
+
+impl Error {
+    /// The innermost error: for [`Error::StreamOperation`], the error that made the operation fail.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::StreamOperation { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// Whether this error (or the failure it wraps) is an out-of-memory error.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self.root(), Error::OutOfMemory { .. })
+    }
+
+    /// Whether this error (or the failure it wraps) says the device is lost.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self.root(), Error::DeviceLost { .. })
+    }
+}
+
+/// A byte count that displays with a binary unit, for error messages and logs.
+///
+/// ```
+/// assert_eq!(ascend_hal::Bytes(3 << 30).to_string(), "3221225472 B (3.00 GiB)");
+/// assert_eq!(ascend_hal::Bytes(100).to_string(), "100 B");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        let n = self.0;
+        if n < 1024 {
+            return write!(f, "{n} B");
+        }
+        let mut value = n as f64 / 1024.0;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        write!(f, "{n} B ({value:.2} {})", UNITS[unit])
+    }
+}

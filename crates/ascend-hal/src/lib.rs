@@ -1,0 +1,70 @@
+//! # ascend-hal
+//!
+//! The hardware-abstraction layer that lets Rust LLM inference engines run on Huawei Ascend NPUs
+//! (Atlas 800 A2 / Ascend 910B) and test everything on machines without one.
+//!
+//! - [`Backend`], [`Device`], [`Stream`], [`Event`]: the trait set every backend implements
+//!   (the CPU backend in `hal-mock`, the ACL backend over the CANN runtime). Hot paths are generic
+//!   over `B: Backend`; [`discover`] picks one at run time.
+//! - [`DeviceBuffer`] and its views: typed device memory over [`Element`] types (`f32`, `f16`,
+//!   `bf16`, `i8`, `u8`, `i32`, `i64`) with a run-time [`DType`].
+//! - [`PinnedBuffer`]: page-locked host memory whose reuse is fenced, so asynchronous copies are
+//!   sound in safe Rust.
+//! - [`StreamExt`]: the safe stream API (copies of every kind, memset, events).
+//! - [`Error`]: one error enum; every variant says what was asked, what was wrong, what to do.
+//! - `conformance` (feature `conformance`): a suite any backend runs against itself.
+//!
+//! ```
+//! use ascend_hal::prelude::*;
+//!
+//! /// Round-trips data through device memory on any backend.
+//! fn round_trip<B: Backend>(backend: &B) -> ascend_hal::Result<Vec<f32>> {
+//!     let device = backend.device(0)?;
+//!     let (copy, compute) = (device.new_stream()?, device.new_stream()?);
+//!     let host = PinnedBuffer::<B, f32>::from_slice(&device, &[1.0, 2.0, 3.0])?;
+//!     let mut a = DeviceBuffer::<B, f32>::alloc(&device, 3)?;
+//!     let mut b = DeviceBuffer::<B, f32>::alloc(&device, 3)?;
+//!     copy.copy_h2d(&host, &mut a)?;          // returns before the copy is done
+//!     let uploaded = copy.record_new_event()?;
+//!     compute.wait(&uploaded)?;               // orders `compute` after the upload
+//!     compute.copy_d2d(&a, &mut b)?;
+//!     compute.clone_to_host(&b)               // waits for `compute`
+//! }
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
+mod buffer;
+mod discover;
+mod dtype;
+mod error;
+mod pinned;
+mod stream_ext;
+mod traits;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use buffer::{DeviceBuffer, DeviceRepr, DeviceReprMut, DeviceSlice, DeviceSliceMut};
+pub use discover::{
+    discover, discover_with, BackendPreference, BackendVisitor, Discovered, Discovery, BACKEND_ENV,
+};
+pub use dtype::{DType, Element};
+pub use error::{Bytes, Error, Result};
+pub use pinned::PinnedBuffer;
+pub use stream_ext::StreamExt;
+pub use traits::{
+    Backend, Device, DeviceMemory, DevicePtr, Event, HostMemory, MemoryInfo, Stream, StreamId,
+};
+
+/// The traits and types most code needs: `use ascend_hal::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Backend, DType, Device, DeviceBuffer, DeviceRepr, DeviceReprMut, Element, Event,
+        PinnedBuffer, Stream, StreamExt,
+    };
+}

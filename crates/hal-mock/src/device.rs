@@ -1,0 +1,276 @@
+//! Devices of the CPU backend: a capacity profile, an address space, and its streams.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use ascend_hal::{Error, MemoryInfo, Result};
+
+use crate::backend::CpuBackend;
+use crate::event::CpuEvent;
+use crate::faults::{FaultInjector, MockOp};
+use crate::memory::{accounted_size, AddressSpace, CpuDeviceMemory, CpuHostMemory, HostBytes};
+use crate::stream::{CpuStream, StreamShared};
+
+const GIB: u64 = 1 << 30;
+
+/// What a simulated device looks like: the SoC name it reports and its memory capacity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceProfile {
+    /// The SoC name, as `aclrtGetSocName` would report it.
+    pub soc_name: String,
+    /// Device memory in bytes.
+    pub total_memory: u64,
+}
+
+impl DeviceProfile {
+    /// An Ascend 910B1 (Atlas 800 A2, 64 GiB HBM).
+    pub fn ascend_910b1() -> Self {
+        Self::custom("Ascend910B1", 64 * GIB)
+    }
+
+    /// An Ascend 910B2 (64 GiB HBM).
+    pub fn ascend_910b2() -> Self {
+        Self::custom("Ascend910B2", 64 * GIB)
+    }
+
+    /// An Ascend 910B3 (64 GiB HBM).
+    pub fn ascend_910b3() -> Self {
+        Self::custom("Ascend910B3", 64 * GIB)
+    }
+
+    /// An Ascend 910B4 (32 GiB HBM).
+    pub fn ascend_910b4() -> Self {
+        Self::custom("Ascend910B4", 32 * GIB)
+    }
+
+    /// Any name and capacity.
+    pub fn custom(soc_name: impl Into<String>, total_memory: u64) -> Self {
+        DeviceProfile {
+            soc_name: soc_name.into(),
+            total_memory,
+        }
+    }
+}
+
+/// State shared by every handle to one device, its streams and its allocations.
+pub(crate) struct DeviceShared {
+    pub(crate) ordinal: usize,
+    pub(crate) profile: DeviceProfile,
+    /// `cpu:N`, for errors.
+    pub(crate) label: String,
+    pub(crate) faults: FaultInjector,
+    poison: bool,
+    lost: AtomicBool,
+    memory: Mutex<AddressSpace>,
+    streams: Mutex<Vec<Weak<StreamShared>>>,
+}
+
+impl DeviceShared {
+    pub(crate) fn new(
+        ordinal: usize,
+        profile: DeviceProfile,
+        faults: FaultInjector,
+        poison: bool,
+    ) -> Self {
+        DeviceShared {
+            ordinal,
+            profile,
+            label: format!("cpu:{ordinal}"),
+            faults,
+            poison,
+            lost: AtomicBool::new(false),
+            memory: Mutex::new(AddressSpace::new(ordinal)),
+            streams: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn memory(&self) -> MutexGuard<'_, AddressSpace> {
+        // Address-space updates complete before any call that could panic; a poisoned lock is
+        // still consistent.
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// `Err(DeviceLost)` once the device is lost.
+    pub(crate) fn check_alive(&self, op: &'static str) -> Result<()> {
+        if self.is_lost() {
+            Err(self.lost_error(op))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn lost_error(&self, op: &'static str) -> Error {
+        Error::DeviceLost {
+            device: self.label.clone(),
+            op,
+        }
+    }
+
+    /// Counts a call of `op` and checks the device: lost device first, then injected faults.
+    pub(crate) fn enter(&self, op: MockOp) -> Result<()> {
+        self.check_alive(op.name())?;
+        self.faults.check(op)
+    }
+
+    fn live_streams(&self) -> Vec<Arc<StreamShared>> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.retain(|w| w.strong_count() > 0);
+        streams.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    pub(crate) fn register_stream(&self, stream: &Arc<StreamShared>) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.push(Arc::downgrade(stream));
+    }
+}
+
+/// A device of the CPU backend. Cheap to clone.
+#[derive(Clone)]
+pub struct CpuDevice {
+    pub(crate) shared: Arc<DeviceShared>,
+}
+
+impl CpuDevice {
+    /// The profile this device simulates.
+    pub fn profile(&self) -> &DeviceProfile {
+        &self.shared.profile
+    }
+
+    /// Whether the device has been marked lost.
+    pub fn is_lost(&self) -> bool {
+        self.shared.is_lost()
+    }
+}
+
+impl ascend_hal::Device for CpuDevice {
+    type Backend = CpuBackend;
+
+    fn ordinal(&self) -> usize {
+        self.shared.ordinal
+    }
+
+    fn name(&self) -> String {
+        format!("{} (CPU mock)", self.shared.profile.soc_name)
+    }
+
+    fn memory_info(&self) -> Result<MemoryInfo> {
+        self.shared.check_alive("memory_info")?;
+        let total = self.shared.profile.total_memory;
+        let used = self.shared.memory().used;
+        Ok(MemoryInfo {
+            free: total.saturating_sub(used),
+            total,
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.shared.enter(MockOp::Synchronize)?;
+        let mut first = None;
+        for stream in self.shared.live_streams() {
+            if let Err(e) = stream.wait_idle_and_take_error() {
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first {
+            return Err(e);
+        }
+        self.shared.check_alive("Device::synchronize")
+    }
+
+    fn new_stream(&self) -> Result<CpuStream> {
+        self.shared.enter(MockOp::NewStream)?;
+        CpuStream::spawn(Arc::clone(&self.shared))
+    }
+
+    fn new_event(&self) -> Result<CpuEvent> {
+        self.shared.enter(MockOp::NewEvent)?;
+        Ok(CpuEvent::new(Arc::clone(&self.shared)))
+    }
+
+    fn allocate(&self, bytes: usize) -> Result<CpuDeviceMemory> {
+        let d = &self.shared;
+        d.enter(MockOp::Allocate)?;
+        if bytes == 0 {
+            return Err(Error::InvalidArgument {
+                op: "allocate",
+                message: "size 0 (ACL rejects it too; the typed buffers skip empty allocations)"
+                    .into(),
+            });
+        }
+        let total = d.profile.total_memory;
+        let accounted = accounted_size(bytes);
+        let oom = |used: u64, detail: String| Error::OutOfMemory {
+            device: d.label.clone(),
+            requested: bytes as u64,
+            free: total.saturating_sub(used),
+            total,
+            detail,
+        };
+        if let Some(limit) = d.faults.allocation_limit() {
+            if bytes as u64 > limit {
+                let used = d.memory().used;
+                return Err(oom(
+                    used,
+                    format!("; injected fault: allocations above {limit} bytes fail"),
+                ));
+            }
+        }
+        let mut memory = d.memory();
+        if memory.used + accounted > total {
+            let detail = if accounted != bytes as u64 {
+                format!("; the allocation takes {accounted} bytes after ACL's size rounding")
+            } else {
+                String::new()
+            };
+            return Err(oom(memory.used, detail));
+        }
+        let Some(mut data) = HostBytes::zeroed(bytes) else {
+            return Err(oom(
+                memory.used,
+                "; the host could not back the simulated device memory".into(),
+            ));
+        };
+        if d.poison {
+            data.as_mut_slice().fill(0xff);
+        }
+        let allocation = memory.insert(bytes, accounted, data);
+        Ok(CpuDeviceMemory {
+            allocation,
+            device: Arc::clone(d),
+        })
+    }
+
+    fn allocate_host(&self, bytes: usize) -> Result<CpuHostMemory> {
+        self.shared.enter(MockOp::AllocateHost)?;
+        if bytes == 0 {
+            return Err(Error::InvalidArgument {
+                op: "allocate_host",
+                message: "size 0".into(),
+            });
+        }
+        let bytes = HostBytes::zeroed(bytes).ok_or_else(|| Error::InvalidArgument {
+            op: "allocate_host",
+            message: format!("the host could not allocate {bytes} bytes of pinned memory"),
+        })?;
+        Ok(CpuHostMemory { bytes })
+    }
+}
+
+impl fmt::Debug for CpuDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuDevice")
+            .field("ordinal", &self.shared.ordinal)
+            .field("profile", &self.shared.profile)
+            .field("lost", &self.shared.is_lost())
+            .finish()
+    }
+}

@@ -1,0 +1,52 @@
+//! # hal-mock
+//!
+//! A faithful CPU backend of the [`ascend_hal`] traits, so engines run and test everything
+//! without an NPU, and the bugs an NPU would show (unordered streams, exhausted memory, freed
+//! buffers, failed operations) show up on CI too.
+//!
+//! - Device memory lives on the host heap behind a per-device address space and is reachable only
+//!   through the trait API; each device has a capacity ([`DeviceProfile`]: 910B 64 GiB / 32 GiB
+//!   or any size), accounted with ACL's size rounding, and only allocated bytes are backed.
+//! - Each stream runs its work in order on its own worker thread: the host really returns before
+//!   the work is done. Events order work across streams and time it.
+//! - [`FaultInjector`]: fail the Nth call of a [`MockOp`], fail allocations above a size;
+//!   [`CpuBackend::lose_device`] makes every later call on a device fail.
+//! - A failure inside a stream is reported at the next synchronisation, naming the operation.
+//!
+//! ```
+//! use ascend_hal::prelude::*;
+//! use hal_mock::CpuBackend;
+//!
+//! let backend = CpuBackend::new();
+//! let device = backend.device(0)?;
+//! let stream = device.new_stream()?;
+//! let buf = DeviceBuffer::<CpuBackend, i32>::from_slice(&stream, &[1, 2, 3])?;
+//! assert_eq!(stream.clone_to_host(&buf)?, [1, 2, 3]);
+//! # Ok::<(), ascend_hal::Error>(())
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
+mod backend;
+mod device;
+mod event;
+mod faults;
+mod memory;
+mod stream;
+
+pub use backend::{CpuBackend, CpuBackendBuilder};
+pub use device::{CpuDevice, DeviceProfile};
+pub use event::CpuEvent;
+pub use faults::{FaultInjector, MockOp};
+pub use memory::{CpuDeviceMemory, CpuHostMemory};
+pub use stream::CpuStream;
+
+/// Picks the best available backend with the CPU backend (one 910B1-sized device) as the
+/// fallback; see [`ascend_hal::discover`]. Honours `ASCEND_HAL_BACKEND`.
+pub fn discover() -> ascend_hal::Result<ascend_hal::Discovery<CpuBackend>> {
+    ascend_hal::discover(|| Ok(CpuBackend::new()))
+}

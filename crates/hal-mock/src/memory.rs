@@ -1,0 +1,309 @@
+//! Device memory of the CPU backend: host-heap storage behind a per-device address space.
+//!
+//! Each device hands out [`DevicePtr`] addresses from its own range (`(ordinal + 1) << 48`),
+//! never reusing one, with a 4 KiB unmapped gap after every allocation. Stream operations resolve
+//! addresses back to allocations, so an address that was freed, belongs to another device, or runs
+//! past its allocation is an error rather than a silent write into a neighbour. The bytes
+//! themselves are reachable only through the trait API.
+//!
+//! Capacity is accounted the way ACL's `aclrtMalloc` with the huge-page-first policy rounds:
+//! up to 1 MiB, `round_up(size, 32) + 32`; above, the padded size rounded up to 2 MiB huge pages.
+//! Storage is allocated zeroed and lazily by the OS, so a 64 GiB profile runs on a small machine.
+
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ascend_hal::{DevicePtr, Error, Result};
+
+use crate::device::DeviceShared;
+
+/// Alignment of every allocation, device or host (ACL guarantees 64 bytes).
+pub(crate) const ALIGN: usize = 64;
+const GUARD_GAP: u64 = 4096;
+const HUGE_PAGE: u64 = 2 << 20;
+const SMALL_LIMIT: u64 = 1 << 20;
+
+/// Bytes an allocation of `bytes` takes from the device's capacity.
+pub(crate) fn accounted_size(bytes: usize) -> u64 {
+    let padded = (bytes as u64).div_ceil(32) * 32 + 32;
+    if bytes as u64 <= SMALL_LIMIT {
+        padded
+    } else {
+        padded.div_ceil(HUGE_PAGE) * HUGE_PAGE
+    }
+}
+
+/// A zero-filled, 64-byte aligned heap allocation that is freed on drop.
+///
+/// It is allocated with the allocator's natural alignment and over-allocated by `ALIGN` bytes,
+/// then offset to a 64-byte boundary: asking the allocator for 64-byte alignment directly makes
+/// Rust's system allocator zero the memory by hand (touching every page), while the natural
+/// alignment goes to `calloc`, which maps large blocks lazily. That keeps a 20 GiB simulated
+/// allocation at the cost of the pages actually written.
+pub(crate) struct HostBytes {
+    /// What the allocator returned.
+    raw: NonNull<u8>,
+    /// `raw` rounded up to `ALIGN`.
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `HostBytes` owns its allocation exclusively (like a `Box<[u8]>`); access goes through
+// `&mut self` or through raw pointers whose users uphold the HAL's fencing contracts.
+unsafe impl Send for HostBytes {}
+// SAFETY: shared references only hand out a raw pointer; see `Send`.
+unsafe impl Sync for HostBytes {}
+
+impl HostBytes {
+    fn layout(len: usize) -> Option<Layout> {
+        Layout::from_size_align(len.checked_add(ALIGN)?, 1).ok()
+    }
+
+    /// Allocates `len > 0` zeroed bytes; `None` if the host cannot.
+    pub(crate) fn zeroed(len: usize) -> Option<Self> {
+        if len == 0 {
+            return None;
+        }
+        let layout = Self::layout(len)?;
+        // SAFETY: `layout` has a non-zero size (`len + ALIGN`).
+        let raw = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        let offset = raw.as_ptr().align_offset(ALIGN);
+        if offset >= ALIGN {
+            // SAFETY: allocated just above with this layout.
+            unsafe { std::alloc::dealloc(raw.as_ptr(), layout) };
+            return None;
+        }
+        // SAFETY: `offset < ALIGN`, so `raw + offset .. raw + offset + len` lies inside the
+        // `len + ALIGN` bytes just allocated, and the result is non-null.
+        let ptr = unsafe { NonNull::new_unchecked(raw.as_ptr().add(offset)) };
+        Some(HostBytes { raw, ptr, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is valid for `len` bytes (inside the allocation, zero-initialised), and
+        // `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for HostBytes {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: `raw` was allocated in `zeroed` with exactly this layout.
+            unsafe { std::alloc::dealloc(self.raw.as_ptr(), layout) }
+        }
+    }
+}
+
+/// One device allocation: its address, size, and storage.
+pub(crate) struct Allocation {
+    pub(crate) base: u64,
+    pub(crate) size: usize,
+    pub(crate) accounted: u64,
+    data: Mutex<HostBytes>,
+}
+
+impl fmt::Debug for Allocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Allocation")
+            .field("base", &DevicePtr(self.base))
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Allocation {
+    /// Locks the storage. Stream workers lock allocations one at a time, or two in address order,
+    /// so they cannot deadlock.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HostBytes> {
+        // A panic inside a copy leaves bytes half-copied, which device memory may legitimately
+        // be; the lock is still usable.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The live allocations of one device and its usage.
+#[derive(Default)]
+pub(crate) struct AddressSpace {
+    live: BTreeMap<u64, Arc<Allocation>>,
+    next: u64,
+    pub(crate) used: u64,
+}
+
+impl AddressSpace {
+    pub(crate) fn new(ordinal: usize) -> Self {
+        AddressSpace {
+            live: BTreeMap::new(),
+            next: (ordinal as u64 + 1) << 48,
+            used: 0,
+        }
+    }
+
+    /// Adds an allocation of `size` bytes backed by `data`; the caller checked capacity.
+    pub(crate) fn insert(
+        &mut self,
+        size: usize,
+        accounted: u64,
+        data: HostBytes,
+    ) -> Arc<Allocation> {
+        let base = self.next;
+        self.next =
+            (base + size as u64 + GUARD_GAP).div_ceil(ALIGN as u64 * 8) * (ALIGN as u64 * 8);
+        self.used += accounted;
+        let allocation = Arc::new(Allocation {
+            base,
+            size,
+            accounted,
+            data: Mutex::new(data),
+        });
+        self.live.insert(base, Arc::clone(&allocation));
+        allocation
+    }
+
+    pub(crate) fn remove(&mut self, base: u64) {
+        if let Some(a) = self.live.remove(&base) {
+            self.used -= a.accounted;
+        }
+    }
+
+    /// The allocation holding `ptr..ptr + bytes`, and the offset of `ptr` in it.
+    pub(crate) fn resolve(
+        &self,
+        ptr: DevicePtr,
+        bytes: usize,
+        op: &'static str,
+        device: &str,
+    ) -> Result<(Arc<Allocation>, usize)> {
+        let found = self.live.range(..=ptr.0).next_back();
+        if let Some((&base, a)) = found {
+            let offset = (ptr.0 - base) as usize;
+            if offset.checked_add(bytes).is_some_and(|end| end <= a.size) {
+                return Ok((Arc::clone(a), offset));
+            }
+        }
+        Err(Error::InvalidArgument {
+            op,
+            message: format!(
+                "device range {:#x}..{:#x} ({bytes} bytes) is not inside one live allocation of \
+                 {device}: freed, out of bounds, or another device's address",
+                ptr.0,
+                ptr.0.saturating_add(bytes as u64)
+            ),
+        })
+    }
+}
+
+/// A raw device allocation of the CPU backend; frees itself on drop.
+///
+/// Queued operations hold the storage alive, so dropping this while copies are pending is safe:
+/// the address becomes invalid at once, the bytes go away when the last operation finishes.
+pub struct CpuDeviceMemory {
+    pub(crate) allocation: Arc<Allocation>,
+    pub(crate) device: Arc<DeviceShared>,
+}
+
+impl ascend_hal::DeviceMemory for CpuDeviceMemory {
+    fn ptr(&self) -> DevicePtr {
+        DevicePtr(self.allocation.base)
+    }
+    fn size(&self) -> usize {
+        self.allocation.size
+    }
+    fn device_ordinal(&self) -> usize {
+        self.device.ordinal
+    }
+}
+
+impl Drop for CpuDeviceMemory {
+    fn drop(&mut self) {
+        self.device.memory().remove(self.allocation.base);
+    }
+}
+
+impl fmt::Debug for CpuDeviceMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuDeviceMemory")
+            .field("device", &self.device.ordinal)
+            .field("ptr", &DevicePtr(self.allocation.base))
+            .field("size", &self.allocation.size)
+            .finish()
+    }
+}
+
+/// Page-locked host memory of the CPU backend (ordinary heap memory, 64-byte aligned).
+pub struct CpuHostMemory {
+    pub(crate) bytes: HostBytes,
+}
+
+// SAFETY: (1) `HostBytes` is non-null, 64-byte aligned and valid for `len` bytes while alive;
+// (2) it is owned by this value alone; (3) pointer and length never change.
+unsafe impl ascend_hal::HostMemory for CpuHostMemory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.bytes.as_ptr()
+    }
+    fn size(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl fmt::Debug for CpuHostMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuHostMemory")
+            .field("size", &self.bytes.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounting_follows_acl_huge_first_rounding() {
+        assert_eq!(accounted_size(1), 64);
+        assert_eq!(accounted_size(32), 64);
+        assert_eq!(accounted_size(33), 96);
+        assert_eq!(accounted_size(1 << 20), (1 << 20) + 32);
+        assert_eq!(accounted_size((1 << 20) + 1), 2 << 20);
+        assert_eq!(accounted_size(2 << 20), 4 << 20);
+        assert_eq!(accounted_size((4 << 20) - 64), 4 << 20);
+    }
+
+    #[test]
+    fn resolve_rejects_gaps_and_overruns() {
+        let mut space = AddressSpace::new(0);
+        let a = space.insert(100, 160, HostBytes::zeroed(100).unwrap());
+        let b = space.insert(100, 160, HostBytes::zeroed(100).unwrap());
+        assert!(b.base >= a.base + 100 + GUARD_GAP);
+        let (hit, off) = space
+            .resolve(DevicePtr(a.base + 10), 90, "t", "cpu:0")
+            .unwrap();
+        assert_eq!((hit.base, off), (a.base, 10));
+        let err = space
+            .resolve(DevicePtr(a.base + 10), 91, "t", "cpu:0")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not inside one live allocation of cpu:0"),
+            "{err}"
+        );
+        assert!(space
+            .resolve(DevicePtr(a.base + 200), 1, "t", "cpu:0")
+            .is_err());
+        assert_eq!(space.used, 320);
+        space.remove(a.base);
+        assert_eq!(space.used, 160);
+        assert!(space.resolve(DevicePtr(a.base), 1, "t", "cpu:0").is_err());
+    }
+}

@@ -1,0 +1,400 @@
+//! Streams of the CPU backend: an in-order queue run by a worker thread of its own.
+//!
+//! Enqueuing returns at once; the worker runs tasks in order. When a task fails, the stream
+//! remembers the first failure (naming the task), skips the work queued after it, and still
+//! completes event records, carrying the failure to whoever synchronises them, so nothing ever
+//! waits forever. `synchronize` waits for the queue to drain and returns that failure once; the
+//! stream is then usable again. Dropping a stream lets the worker finish its queue first.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use ascend_hal::{DevicePtr, Error, Result, StreamId};
+
+use crate::backend::CpuBackend;
+use crate::device::{CpuDevice, DeviceShared};
+use crate::event::{CpuEvent, Signal};
+use crate::faults::MockOp;
+use crate::memory::Allocation;
+
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+type Work = Box<dyn FnOnce() -> Result<()> + Send>;
+
+enum TaskKind {
+    /// Host code run on the worker (copies, memsets, kernels, host tasks).
+    Work(Work),
+    /// A failure decided at enqueue time (an injected fault) that must surface in stream order.
+    Fail(Error),
+    /// Complete an event record.
+    Record(Arc<Signal>),
+    /// Wait for another stream's event record.
+    Wait(Arc<Signal>),
+}
+
+struct Task {
+    op: &'static str,
+    kind: TaskKind,
+}
+
+#[derive(Default)]
+struct QueueState {
+    queue: VecDeque<Task>,
+    enqueued: u64,
+    completed: u64,
+    /// The first failure since the last synchronisation.
+    error: Option<Error>,
+    shutdown: bool,
+}
+
+/// State shared between a stream's handle, its worker thread and its device.
+pub(crate) struct StreamShared {
+    id: StreamId,
+    label: String,
+    device: Arc<DeviceShared>,
+    state: Mutex<QueueState>,
+    work_ready: Condvar,
+    work_done: Condvar,
+}
+
+impl StreamShared {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The worker never panics while holding the lock (tasks run outside it), so a poisoned
+        // lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, op: &'static str, kind: TaskKind) {
+        let mut s = self.lock();
+        s.queue.push_back(Task { op, kind });
+        s.enqueued += 1;
+        self.work_ready.notify_one();
+    }
+
+    /// Waits until every task queued so far has run, then takes the pending failure.
+    pub(crate) fn wait_idle_and_take_error(&self) -> Result<()> {
+        let mut s = self.lock();
+        while s.completed < s.enqueued {
+            s = self.work_done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.error.take().map_or(Ok(()), Err)
+    }
+
+    fn run_worker(self: Arc<Self>) {
+        loop {
+            let (task, failed) = {
+                let mut s = self.lock();
+                loop {
+                    if let Some(task) = s.queue.pop_front() {
+                        break (task, s.error.clone());
+                    }
+                    if s.shutdown {
+                        return;
+                    }
+                    s = self.work_ready.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let result = match task.kind {
+                TaskKind::Record(signal) => {
+                    signal.complete(failed.clone());
+                    Ok(())
+                }
+                // After a failure the queued work is skipped, as on a device whose stream faulted.
+                _ if failed.is_some() => Ok(()),
+                _ if self.device.is_lost() => Err(self.device.lost_error(task.op)),
+                TaskKind::Fail(e) => Err(e),
+                TaskKind::Work(work) => run_catching(work),
+                TaskKind::Wait(signal) => signal.wait(),
+            };
+            let mut s = self.lock();
+            s.completed += 1;
+            if let Err(source) = result {
+                if s.error.is_none() {
+                    s.error = Some(Error::StreamOperation {
+                        op: task.op,
+                        stream: self.label.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+            self.work_done.notify_all();
+        }
+    }
+}
+
+/// Runs `work`, turning a panic into an error so that the worker survives and nobody waits for a
+/// task that will never finish.
+fn run_catching(work: Work) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic payload".into());
+        Err(Error::InvalidArgument {
+            op: "host task",
+            message: format!("the task panicked: {message}"),
+        })
+    })
+}
+
+/// A stream of the CPU backend, with its own worker thread.
+pub struct CpuStream {
+    shared: Arc<StreamShared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// A raw pointer that a task may carry to the worker thread; the HAL's safety contracts keep the
+/// memory valid and unaliased until the task has run.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+// SAFETY: the pointee is only touched by the one task that carries the pointer, while the
+// enqueuer guarantees (by the `Stream` method contracts) that nothing else accesses it.
+unsafe impl Send for SendPtr {}
+
+impl CpuStream {
+    pub(crate) fn spawn(device: Arc<DeviceShared>) -> Result<Self> {
+        let id = StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed));
+        let shared = Arc::new(StreamShared {
+            id,
+            label: format!("{}/stream {}", device.label, id.0),
+            device,
+            state: Mutex::new(QueueState::default()),
+            work_ready: Condvar::new(),
+            work_done: Condvar::new(),
+        });
+        let worker_state = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name(shared.label.clone())
+            .spawn(move || worker_state.run_worker())
+            .map_err(|e| Error::InvalidArgument {
+                op: "new_stream",
+                message: format!("could not start the stream's worker thread: {e}"),
+            })?;
+        shared.device.register_stream(&shared);
+        Ok(CpuStream {
+            shared,
+            worker: Some(worker),
+        })
+    }
+
+    /// Enqueues host code to run on the stream's worker, in order with the stream's other work.
+    /// Its error, if any, is reported like any failed stream operation, named `op`.
+    ///
+    /// This is how the CPU backend runs kernels; tests use it to hold a stream busy.
+    pub fn enqueue_host_task(
+        &self,
+        op: &'static str,
+        task: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.enqueue(MockOp::HostTask, op, Box::new(task))
+    }
+
+    /// Number of operations enqueued and not yet finished.
+    pub fn pending(&self) -> u64 {
+        let s = self.shared.lock();
+        s.enqueued - s.completed
+    }
+
+    /// Checks the device and the fault plan, then queues `work` (or the injected failure).
+    fn enqueue(&self, fault: MockOp, op: &'static str, work: Work) -> Result<()> {
+        let device = &self.shared.device;
+        device.check_alive(op)?;
+        let kind = match device.faults.check(fault) {
+            Ok(()) => TaskKind::Work(work),
+            Err(injected) => TaskKind::Fail(injected),
+        };
+        self.shared.push(op, kind);
+        Ok(())
+    }
+
+    fn resolve(
+        &self,
+        ptr: DevicePtr,
+        bytes: usize,
+        op: &'static str,
+    ) -> Result<(Arc<Allocation>, usize)> {
+        let device = &self.shared.device;
+        device.memory().resolve(ptr, bytes, op, &device.label)
+    }
+
+    fn check_own(&self, event: &CpuEvent, op: &'static str) -> Result<()> {
+        if event.device.ordinal == self.shared.device.ordinal {
+            Ok(())
+        } else {
+            Err(Error::WrongDevice {
+                op,
+                what: "event",
+                expected: self.shared.device.ordinal,
+                actual: event.device.ordinal,
+            })
+        }
+    }
+}
+
+fn copy_d2d(src: &Allocation, src_off: usize, dst: &Allocation, dst_off: usize, bytes: usize) {
+    if std::ptr::eq(src, dst) {
+        dst.lock()
+            .as_mut_slice()
+            .copy_within(src_off..src_off + bytes, dst_off);
+        return;
+    }
+    // Two locks, always taken in address order, so two opposite copies cannot deadlock.
+    let (mut first, mut second) = if src.base < dst.base {
+        let a = src.lock();
+        (a, dst.lock())
+    } else {
+        let a = dst.lock();
+        (a, src.lock())
+    };
+    let (s, d) = if src.base < dst.base {
+        (first.as_mut_slice(), second.as_mut_slice())
+    } else {
+        (second.as_mut_slice(), first.as_mut_slice())
+    };
+    d[dst_off..dst_off + bytes].copy_from_slice(&s[src_off..src_off + bytes]);
+}
+
+impl ascend_hal::Stream for CpuStream {
+    type Backend = CpuBackend;
+
+    fn id(&self) -> StreamId {
+        self.shared.id
+    }
+
+    fn device(&self) -> CpuDevice {
+        CpuDevice {
+            shared: Arc::clone(&self.shared.device),
+        }
+    }
+
+    fn device_ordinal(&self) -> usize {
+        self.shared.device.ordinal
+    }
+
+    unsafe fn enqueue_copy_h2d(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
+        let (alloc, off) = self.resolve(dst, bytes, "copy_h2d")?;
+        let src = SendPtr(src as *mut u8);
+        let work = move || {
+            let src = src;
+            // SAFETY: the caller guarantees `src` is valid for `bytes` reads and unwritten until
+            // this task completes (contract of `enqueue_copy_h2d`).
+            let data = unsafe { std::slice::from_raw_parts(src.0 as *const u8, bytes) };
+            alloc.lock().as_mut_slice()[off..off + bytes].copy_from_slice(data);
+            Ok(())
+        };
+        self.enqueue(MockOp::CopyH2d, "copy_h2d", Box::new(work))
+    }
+
+    unsafe fn enqueue_copy_d2h(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
+        let (alloc, off) = self.resolve(src, bytes, "copy_d2h")?;
+        let dst = SendPtr(dst);
+        let work = move || {
+            let dst = dst;
+            // SAFETY: the caller guarantees `dst` is valid for `bytes` writes and untouched by
+            // the host until this task completes (contract of `enqueue_copy_d2h`).
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.0, bytes) };
+            out.copy_from_slice(&alloc.lock().as_mut_slice()[off..off + bytes]);
+            Ok(())
+        };
+        self.enqueue(MockOp::CopyD2h, "copy_d2h", Box::new(work))
+    }
+
+    unsafe fn enqueue_copy_d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
+        let (src_alloc, src_off) = self.resolve(src, bytes, "copy_d2d")?;
+        let (dst_alloc, dst_off) = self.resolve(dst, bytes, "copy_d2d")?;
+        if Arc::ptr_eq(&src_alloc, &dst_alloc)
+            && src_off < dst_off + bytes
+            && dst_off < src_off + bytes
+        {
+            return Err(Error::InvalidArgument {
+                op: "copy_d2d",
+                message: format!(
+                    "source {src:?} and destination {dst:?} overlap ({bytes} bytes each)"
+                ),
+            });
+        }
+        let work = move || {
+            copy_d2d(&src_alloc, src_off, &dst_alloc, dst_off, bytes);
+            Ok(())
+        };
+        self.enqueue(MockOp::CopyD2d, "copy_d2d", Box::new(work))
+    }
+
+    unsafe fn enqueue_memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<()> {
+        let (alloc, off) = self.resolve(dst, bytes, "memset")?;
+        let work = move || {
+            alloc.lock().as_mut_slice()[off..off + bytes].fill(value);
+            Ok(())
+        };
+        self.enqueue(MockOp::Memset, "memset", Box::new(work))
+    }
+
+    unsafe fn copy_h2d_blocking(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
+        // SAFETY: `src` stays valid for the whole call (our caller's contract), and the call
+        // returns only after `wait_idle_and_take_error` saw the copy finish; `dst` is forwarded
+        // under the same contract.
+        unsafe { self.enqueue_copy_h2d(src, dst, bytes)? };
+        // Wait without the `synchronize` fault hook: returning before the worker is done with
+        // `src` would be unsound.
+        self.shared.wait_idle_and_take_error()
+    }
+
+    unsafe fn copy_d2h_blocking(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
+        // SAFETY: as in `copy_h2d_blocking`, with `dst` valid for writes for the whole call.
+        unsafe { self.enqueue_copy_d2h(src, dst, bytes)? };
+        self.shared.wait_idle_and_take_error()
+    }
+
+    fn record(&self, event: &CpuEvent) -> Result<()> {
+        self.check_own(event, "record")?;
+        self.shared.device.enter(MockOp::Record)?;
+        self.shared
+            .push("record", TaskKind::Record(event.new_record()));
+        Ok(())
+    }
+
+    fn wait(&self, event: &CpuEvent) -> Result<()> {
+        self.check_own(event, "wait")?;
+        self.shared.device.enter(MockOp::Wait)?;
+        if let Some(signal) = event.latest() {
+            self.shared.push("wait", TaskKind::Wait(signal));
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.shared.device.enter(MockOp::Synchronize)?;
+        self.shared.wait_idle_and_take_error()?;
+        self.shared.device.check_alive("Stream::synchronize")
+    }
+
+    fn query(&self) -> Result<bool> {
+        self.shared.device.check_alive("Stream::query")?;
+        Ok(self.pending() == 0)
+    }
+}
+
+impl Drop for CpuStream {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.work_ready.notify_all();
+        if let Some(worker) = self.worker.take() {
+            // The worker drains the queue before it exits; a panic inside a task is already
+            // reported by the thread, and `Drop` must not panic again.
+            let _ = worker.join();
+        }
+    }
+}
+
+impl fmt::Debug for CpuStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuStream")
+            .field("stream", &self.shared.label)
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
