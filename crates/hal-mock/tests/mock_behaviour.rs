@@ -53,6 +53,7 @@ fn host_returns_before_queued_work_completes() {
     open.send(()).unwrap();
     done.synchronize().unwrap();
     assert!(done.query().unwrap());
+    stream.synchronize().unwrap();
     assert_eq!(stream.pending(), 0);
     assert_eq!(
         stream.clone_to_host(&buf.slice(..4).unwrap()).unwrap(),
