@@ -43,6 +43,7 @@ impl Signal {
 
     /// Blocks until completed; returns the recording stream's failure, if any.
     pub(crate) fn wait(&self) -> Result<()> {
+        crate::stream::poll_briefly(|| self.lock().done.is_some());
         let mut s = self.lock();
         while s.done.is_none() {
             s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());

@@ -22,6 +22,21 @@ use crate::memory::Allocation;
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How long a synchronising host polls before it blocks.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Polls `done` for up to [`SPIN`] before the caller blocks on its condition variable.
+///
+/// Short operations finish within microseconds; polling first saves the host a wake-up round
+/// trip (~50 us here), as the default synchronisation of CUDA and ACL (spin, yield, then block)
+/// does.
+pub(crate) fn poll_briefly(mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + SPIN;
+    while !done() && std::time::Instant::now() < until {
+        std::thread::yield_now();
+    }
+}
+
 type Work = Box<dyn FnOnce() -> Result<()> + Send>;
 
 enum TaskKind {
@@ -76,6 +91,10 @@ impl StreamShared {
 
     /// Waits until every task queued so far has run, then takes the pending failure.
     pub(crate) fn wait_idle_and_take_error(&self) -> Result<()> {
+        poll_briefly(|| {
+            let s = self.lock();
+            s.completed == s.enqueued
+        });
         let mut s = self.lock();
         while s.completed < s.enqueued {
             s = self.work_done.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -94,7 +113,17 @@ impl StreamShared {
                     if s.shutdown {
                         return;
                     }
-                    s = self.work_ready.wait(s).unwrap_or_else(|p| p.into_inner());
+                    drop(s);
+                    // Work often follows work closely (a copy, then a kernel): poll before
+                    // sleeping, so the next task does not pay a wake-up.
+                    poll_briefly(|| {
+                        let s = self.lock();
+                        !s.queue.is_empty() || s.shutdown
+                    });
+                    s = self.lock();
+                    if s.queue.is_empty() && !s.shutdown {
+                        s = self.work_ready.wait(s).unwrap_or_else(|p| p.into_inner());
+                    }
                 }
             };
             let result = match task.kind {

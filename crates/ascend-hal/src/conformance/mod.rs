@@ -1,7 +1,8 @@
 //! A backend-independent conformance suite: every backend runs the same checks against itself.
 //!
 //! Implement [`Harness`] for your backend and expand [`conformance_tests!`](crate::conformance_tests)
-//! in a test file; each check becomes one `#[test]`:
+//! in a test file; each check becomes one `#[test]` (the CPU backend does this in
+//! `crates/hal-mock/tests/conformance.rs`):
 //!
 //! ```ignore
 //! struct Cpu;
@@ -228,7 +229,7 @@ fn round_trip_typed<H: Harness, T: Element + PartialEq>(h: &H, data: Vec<T>) {
 
 /// Every element type survives a round trip bit for bit.
 pub fn round_trip_dtypes<H: Harness>(h: &H) {
-    let n = 1001;
+    let n = 1001usize;
     round_trip_typed(
         h,
         (0..n).map(|i| i as f32 * 0.5 - 7.25).collect::<Vec<f32>>(),
@@ -391,7 +392,7 @@ pub fn event_query_and_elapsed<H: Harness>(h: &H) {
     end.synchronize().unwrap();
     assert!(start.query().unwrap() && end.query().unwrap());
     let ms = start.elapsed_ms(&end).unwrap();
-    assert!(ms >= 0.0 && ms < 60_000.0, "elapsed {ms} ms");
+    assert!((0.0..60_000.0).contains(&ms), "elapsed {ms} ms");
     assert_eq!(
         stream.clone_to_host(&buf.slice(..4).unwrap()).unwrap(),
         vec![7; 4]
