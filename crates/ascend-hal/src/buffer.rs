@@ -66,12 +66,7 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
     /// [`Error::OutOfMemory`] when the device lacks the space; [`Error::InvalidArgument`] when
     /// `len * size_of::<T>()` overflows.
     pub fn alloc(device: &B::Device, len: usize) -> Result<Self> {
-        let bytes =
-            len.checked_mul(std::mem::size_of::<T>())
-                .ok_or_else(|| Error::InvalidArgument {
-                    op: "DeviceBuffer::alloc",
-                    message: format!("{len} elements of {} overflow usize bytes", T::DTYPE),
-                })?;
+        let bytes = byte_len::<T>(len, "DeviceBuffer::alloc")?;
         let memory = if bytes == 0 {
             None
         } else {
@@ -238,6 +233,15 @@ impl_view!(DeviceSlice);
 impl_view!(DeviceSliceMut);
 
 impl<B: Backend, T: Element> DeviceReprMut<B, T> for DeviceSliceMut<'_, B, T> {}
+
+/// Size in bytes of `len` elements of `T`, or an error naming `op` when it overflows.
+pub(crate) fn byte_len<T: Element>(len: usize, op: &'static str) -> Result<usize> {
+    len.checked_mul(std::mem::size_of::<T>())
+        .ok_or_else(|| Error::InvalidArgument {
+            op,
+            message: format!("{len} elements of {} overflow usize bytes", T::DTYPE),
+        })
+}
 
 /// Turns any `RangeBounds` into a checked `start..end` within `0..len`.
 pub(crate) fn resolve_range(

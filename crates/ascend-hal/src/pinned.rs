@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::dtype::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::traits::{Backend, Device, Event, HostMemory, Stream, StreamId};
 
 /// A typed page-locked host buffer for asynchronous copies.
@@ -58,12 +58,7 @@ pub(crate) enum Access {
 impl<B: Backend, T: Element> PinnedBuffer<B, T> {
     /// Allocates `len` zeroed elements of page-locked memory for copies on `device`'s streams.
     pub fn new(device: &B::Device, len: usize) -> Result<Self> {
-        let bytes =
-            len.checked_mul(std::mem::size_of::<T>())
-                .ok_or_else(|| Error::InvalidArgument {
-                    op: "PinnedBuffer::new",
-                    message: format!("{len} elements of {} overflow usize bytes", T::DTYPE),
-                })?;
+        let bytes = crate::buffer::byte_len::<T>(len, "PinnedBuffer::new")?;
         let memory = if bytes == 0 {
             None
         } else {
