@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use crate::acl::AclBackend;
 use crate::error::{Error, Result};
 use crate::traits::Backend;
 
@@ -87,6 +88,8 @@ pub trait BackendVisitor {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Discovered<F: Backend> {
+    /// The ACL backend: the CANN runtime loaded and reported devices.
+    Acl(AclBackend),
     /// The fallback backend passed to [`discover`] (the CPU backend).
     Fallback(F),
 }
@@ -104,6 +107,7 @@ impl<F: Backend> Discovery<F> {
     /// The chosen backend's name.
     pub fn name(&self) -> &'static str {
         match &self.backend {
+            Discovered::Acl(b) => b.name(),
             Discovered::Fallback(f) => f.name(),
         }
     }
@@ -111,6 +115,7 @@ impl<F: Backend> Discovery<F> {
     /// Runs `visitor` with the chosen backend.
     pub fn run<V: BackendVisitor>(self, visitor: V) -> V::Output {
         match self.backend {
+            Discovered::Acl(b) => visitor.visit(b),
             Discovered::Fallback(f) => visitor.visit(f),
         }
     }
@@ -122,8 +127,8 @@ impl<F: Backend> fmt::Display for Discovery<F> {
     }
 }
 
-/// Picks the best available backend, honouring [`BACKEND_ENV`]; `fallback` builds the CPU
-/// backend when it is needed.
+/// Picks the best available backend, honouring [`BACKEND_ENV`]: the ACL backend when the CANN
+/// runtime loads and reports at least one device, else `fallback` (the CPU backend).
 pub fn discover<F: Backend>(fallback: impl FnOnce() -> Result<F>) -> Result<Discovery<F>> {
     discover_with(BackendPreference::from_env()?, fallback)
 }
@@ -133,21 +138,68 @@ pub fn discover_with<F: Backend>(
     preference: BackendPreference,
     fallback: impl FnOnce() -> Result<F>,
 ) -> Result<Discovery<F>> {
-    const NO_ACL: &str = "this build of ascend-hal has no ACL backend yet";
-    let reason = match preference {
-        BackendPreference::Acl => {
-            return Err(Error::BackendUnavailable(format!(
-                "{BACKEND_ENV}=acl was requested, but {NO_ACL}; unset {BACKEND_ENV} or set it to \
-                 `cpu`"
-            )))
-        }
-        BackendPreference::Cpu => format!("{BACKEND_ENV}=cpu forces the CPU backend"),
-        BackendPreference::Auto => format!("{NO_ACL}, so the CPU backend is used"),
+    discover_using(preference, AclBackend::load, fallback)
+}
+
+/// [`discover_with`] with the ACL loader passed in (tests point it at the fake runtime).
+pub fn discover_using<F: Backend>(
+    preference: BackendPreference,
+    load_acl: impl FnOnce() -> Result<AclBackend>,
+    fallback: impl FnOnce() -> Result<F>,
+) -> Result<Discovery<F>> {
+    let fall_back = |reason: String| -> Result<Discovery<F>> {
+        Ok(Discovery {
+            backend: Discovered::Fallback(fallback()?),
+            reason,
+        })
     };
-    Ok(Discovery {
-        backend: Discovered::Fallback(fallback()?),
-        reason,
-    })
+    if preference == BackendPreference::Cpu {
+        return fall_back(format!("{BACKEND_ENV}=cpu forces the CPU backend"));
+    }
+    let acl = load_acl().and_then(|b| {
+        let count = b.device_count()?;
+        Ok((b, count))
+    });
+    match (preference, acl) {
+        (_, Ok((backend, count))) if count > 0 => {
+            let reason = format!(
+                "the CANN runtime at {} loaded and reports {count} device(s)",
+                backend.library_path()
+            );
+            Ok(Discovery {
+                backend: Discovered::Acl(backend),
+                reason,
+            })
+        }
+        (BackendPreference::Acl, Ok((backend, _))) => Err(Error::BackendUnavailable(format!(
+            "{BACKEND_ENV}=acl was requested; the CANN runtime at {} loaded but reports no \
+             device (check `npu-smi info` and the device nodes; `cargo run --example npu_info` \
+             diagnoses it)",
+            backend.library_path()
+        ))),
+        (BackendPreference::Acl, Err(e)) => Err(Error::BackendUnavailable(format!(
+            "{BACKEND_ENV}=acl was requested, but the ACL backend is unavailable: {e}"
+        ))),
+        (_, Ok((backend, _))) => fall_back(format!(
+            "the CANN runtime at {} loaded but reports no device, so the CPU backend is used",
+            backend.library_path()
+        )),
+        (_, Err(e)) => fall_back(format!(
+            "the ACL backend is unavailable, so the CPU backend is used ({})",
+            summarize(&e)
+        )),
+    }
+}
+
+/// A one-line reason for a log, from a possibly long loader error.
+fn summarize(e: &Error) -> String {
+    match e {
+        Error::LibraryNotFound { tried } => format!(
+            "libascendcl.so not found in {} place(s); `cargo run --example npu_info` lists them",
+            tried.len()
+        ),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -153,6 +153,77 @@ pub enum Error {
     /// No backend could be chosen, or the requested one is unavailable.
     #[error("backend unavailable: {0}")]
     BackendUnavailable(String),
+
+    /// An ACL runtime call returned an error code.
+    #[error(
+        "{function} failed with {name} ({code}: {meaning}){}{}",
+        runtime_says(recent),
+        hint
+    )]
+    Acl {
+        /// The C function that returned the code.
+        function: &'static str,
+        /// The `aclError` value.
+        code: i32,
+        /// Its name in the CANN headers (`ACL_ERROR_RT_MEMORY_ALLOCATION`).
+        name: &'static str,
+        /// What the code means.
+        meaning: &'static str,
+        /// `aclGetRecentErrMsg()` right after the call (empty when it had nothing).
+        recent: String,
+        /// What usually causes it and what to do, empty or starting with `"; "`.
+        hint: String,
+    },
+
+    /// The ACL runtime library (`libascendcl.so`) could not be loaded from any place tried.
+    #[error(
+        "could not load the CANN runtime (libascendcl.so); tried, in order:{}\nsource the CANN \
+         environment first (`source /usr/local/Ascend/ascend-toolkit/set_env.sh`, or the \
+         `set_env.sh` of your CANN install), or set ASCEND_HAL_ACL_LIB to the library's path",
+        list_attempts(tried)
+    )]
+    LibraryNotFound {
+        /// Every place tried and why it failed.
+        tried: Vec<LoadAttempt>,
+    },
+
+    /// The ACL runtime library loaded but lacks a function this crate needs.
+    #[error(
+        "{library} has no `{symbol}`: this CANN is older than the ACL API this crate needs \
+         ({needs}); install a newer CANN toolkit, or point ASCEND_HAL_ACL_LIB at one"
+    )]
+    MissingSymbol {
+        /// The library that was loaded.
+        library: String,
+        /// The missing symbol.
+        symbol: &'static str,
+        /// Which CANN provides it.
+        needs: &'static str,
+    },
+}
+
+/// One place the ACL loader tried, and what happened there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadAttempt {
+    /// Where the candidate came from and its path (`ASCEND_TOOLKIT_HOME: /x/lib64/libascendcl.so`).
+    pub place: String,
+    /// Why it was not used (`no such file`, the `dlopen` error text).
+    pub outcome: String,
+}
+
+fn runtime_says(recent: &str) -> String {
+    if recent.is_empty() {
+        String::new()
+    } else {
+        format!("; the runtime says: {recent}")
+    }
+}
+
+fn list_attempts(tried: &[LoadAttempt]) -> String {
+    tried
+        .iter()
+        .map(|a| format!("\n  - {}: {}", a.place, a.outcome))
+        .collect()
 }
 
 impl Error {
@@ -166,12 +237,28 @@ impl Error {
 
     /// Whether this error (or the failure it wraps) is an out-of-memory error.
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self.root(), Error::OutOfMemory { .. })
+        match self.root() {
+            Error::OutOfMemory { .. } => true,
+            Error::Acl { code, .. } => crate::acl::codes::is_out_of_memory(*code),
+            _ => false,
+        }
     }
 
     /// Whether this error (or the failure it wraps) says the device is lost.
     pub fn is_device_lost(&self) -> bool {
-        matches!(self.root(), Error::DeviceLost { .. })
+        match self.root() {
+            Error::DeviceLost { .. } => true,
+            Error::Acl { code, .. } => crate::acl::codes::is_device_lost(*code),
+            _ => false,
+        }
+    }
+
+    /// The ACL error code behind this error, if an ACL call produced it.
+    pub fn acl_code(&self) -> Option<i32> {
+        match self.root() {
+            Error::Acl { code, .. } => Some(*code),
+            _ => None,
+        }
     }
 }
 

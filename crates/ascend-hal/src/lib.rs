@@ -12,6 +12,7 @@
 //!   sound in safe Rust.
 //! - [`StreamExt`]: the safe stream API (copies of every kind, memset, events).
 //! - [`Error`]: one error enum; every variant says what was asked, what was wrong, what to do.
+//! - [`acl`]: the ACL backend over the CANN runtime, loaded at run time (no build-time CANN).
 //! - `conformance` (feature `conformance`): a suite any backend runs against itself.
 //!
 //! ```
@@ -38,6 +39,7 @@
     clippy::missing_safety_doc
 )]
 
+pub mod acl;
 mod buffer;
 mod discover;
 mod dtype;
@@ -51,10 +53,11 @@ pub mod conformance;
 
 pub use buffer::{DeviceBuffer, DeviceRepr, DeviceReprMut, DeviceSlice, DeviceSliceMut};
 pub use discover::{
-    discover, discover_with, BackendPreference, BackendVisitor, Discovered, Discovery, BACKEND_ENV,
+    discover, discover_using, discover_with, BackendPreference, BackendVisitor, Discovered,
+    Discovery, BACKEND_ENV,
 };
 pub use dtype::{DType, Element};
-pub use error::{Bytes, Error, Result};
+pub use error::{Bytes, Error, LoadAttempt, Result};
 pub use pinned::PinnedBuffer;
 pub use stream_ext::StreamExt;
 pub use traits::{

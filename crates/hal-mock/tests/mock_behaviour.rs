@@ -373,29 +373,32 @@ fn poisoned_allocations_read_as_nan() {
 }
 
 #[test]
-fn discover_picks_the_cpu_backend_and_says_why() {
-    // The environment is not touched here (tests run in parallel); `discover_with` takes the
-    // preference explicitly.
-    let d = ascend_hal::discover_with(
-        ascend_hal::BackendPreference::Auto,
-        || Ok(CpuBackend::new()),
-    )
-    .unwrap();
+fn discover_falls_back_to_the_cpu_backend_and_says_why() {
+    use ascend_hal::{acl::AclBackend, discover_using, BackendPreference};
+    // The loader is passed in, so the result does not depend on what this machine has.
+    let missing = || AclBackend::load_from("/nonexistent/libascendcl.so");
+    let d = discover_using(BackendPreference::Auto, missing, || Ok(CpuBackend::new())).unwrap();
     assert_eq!(d.name(), "cpu");
-    assert!(d.reason.contains("no ACL backend"), "{}", d.reason);
-    let forced =
-        ascend_hal::discover_with(ascend_hal::BackendPreference::Cpu, || Ok(CpuBackend::new()))
-            .unwrap();
+    assert!(
+        d.reason.contains("ACL backend is unavailable")
+            && d.reason.contains("libascendcl.so not found in 1 place(s)"),
+        "{}",
+        d.reason
+    );
+    let forced = discover_using(BackendPreference::Cpu, missing, || Ok(CpuBackend::new())).unwrap();
     assert!(
         forced.reason.contains("ASCEND_HAL_BACKEND=cpu"),
         "{}",
         forced.reason
     );
     let err =
-        ascend_hal::discover_with(ascend_hal::BackendPreference::Acl, || Ok(CpuBackend::new()))
-            .unwrap_err();
+        discover_using(BackendPreference::Acl, missing, || Ok(CpuBackend::new())).unwrap_err();
     assert!(matches!(err, Error::BackendUnavailable(_)));
-    assert!(err.to_string().contains("ASCEND_HAL_BACKEND=acl"), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ASCEND_HAL_BACKEND=acl") && msg.contains("/nonexistent"),
+        "{msg}"
+    );
 
     struct Count;
     impl ascend_hal::BackendVisitor for Count {

@@ -38,6 +38,20 @@ pub trait Harness: Sync {
         let _ = (backend, ordinal);
         false
     }
+
+    /// Whether the checks must run one at a time, because every `backend()` shares state that
+    /// one check's accounting would see another's allocations in (a process-wide runtime).
+    fn serialize(&self) -> bool {
+        false
+    }
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by each generated test while it runs, when the harness asks for serial checks.
+pub fn exclusive<H: Harness>(h: &H) -> Option<std::sync::MutexGuard<'static, ()>> {
+    h.serialize()
+        .then(|| SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Expands to one `#[test]` per conformance check, each calling it with the harness `$h`.
@@ -56,6 +70,7 @@ macro_rules! conformance_tests {
         $(
             #[test]
             fn $name() {
+                let _serial = $crate::conformance::exclusive(&$h);
                 $crate::conformance::$name(&$h);
             }
         )*

@@ -1,0 +1,770 @@
+//! The exported ACL C functions, with the signatures of the CANN headers and the documented
+//! argument checks and error codes (see `shared/reference/acl-runtime.md`, section 11).
+
+#![allow(non_snake_case)]
+
+use std::ffi::{c_char, c_void, CStr};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ascend_hal::{Device, DeviceMemory, DevicePtr, Event, HostMemory, Stream};
+
+use crate::state::{
+    code, context_device, context_handle, current_device, fail, from_hal, set_current_device,
+    set_last_error, state, take_last_error, Fake, FakeStream, Fault, Outcome,
+};
+
+type Guard = MutexGuard<'static, Fake>;
+
+/// Runs one exported call: counts it, applies a planned fault, catches panics (which must not
+/// cross the C boundary), and records the error message of a failure.
+fn call(function: &'static str, body: impl FnOnce(Guard, Option<Fault>) -> Outcome) -> i32 {
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut g = state();
+        let fault = g.count_call(function);
+        if let Some(f) = &fault {
+            if !f.in_stream {
+                return fail(
+                    f.code,
+                    format!(
+                        "{function}: injected fault: call #{} returns {}",
+                        f.nth, f.code
+                    ),
+                );
+            }
+        }
+        body(g, fault)
+    }));
+    match result {
+        Ok(Ok(())) => code::SUCCESS,
+        Ok(Err(failure)) => {
+            set_last_error(&failure.message);
+            failure.code
+        }
+        Err(_) => {
+            set_last_error(&format!("{function}: the fake runtime panicked"));
+            code::INTERNAL_ERROR
+        }
+    }
+}
+
+fn out<T>(p: *mut T, function: &str) -> Outcome<&'static mut T> {
+    // SAFETY: a non-null out-pointer from the caller, valid for a write of `T` by the C API's
+    // contract.
+    unsafe { p.as_mut() }.ok_or_else(|| crate::state::Failure {
+        code: code::INVALID_PARAM,
+        message: format!("{function}: output pointer is NULL"),
+    })
+}
+
+fn check_device(g: &Fake, id: i32, function: &str) -> Outcome<usize> {
+    usize::try_from(id)
+        .ok()
+        .filter(|&d| d < g.devices.len())
+        .ok_or_else(|| crate::state::Failure {
+            code: code::RT_INVALID_DEVICEID,
+            message: format!(
+                "{function}: device {id} does not exist ({} devices)",
+                g.devices.len()
+            ),
+        })
+}
+
+/// `aclError aclInit(const char *configPath)`.
+#[no_mangle]
+pub extern "C" fn aclInit(_config: *const c_char) -> i32 {
+    call("aclInit", |mut g, _| {
+        if g.initialized {
+            return fail(code::REPEAT_INITIALIZE, "aclInit: already initialized");
+        }
+        g.initialized = true;
+        Ok(())
+    })
+}
+
+/// `aclError aclFinalize()`: releases every resource of the fake devices.
+#[no_mangle]
+pub extern "C" fn aclFinalize() -> i32 {
+    call("aclFinalize", |mut g, _| {
+        if !g.initialized {
+            return fail(code::REPEAT_FINALIZE, "aclFinalize: not initialized");
+        }
+        g.initialized = false;
+        g.reset_devices();
+        set_current_device(None);
+        Ok(())
+    })
+}
+
+/// `const char *aclGetRecentErrMsg()`.
+#[no_mangle]
+pub extern "C" fn aclGetRecentErrMsg() -> *const c_char {
+    take_last_error()
+}
+
+/// `aclError aclrtGetVersion(int32_t *major, int32_t *minor, int32_t *patch)`.
+#[no_mangle]
+pub extern "C" fn aclrtGetVersion(major: *mut i32, minor: *mut i32, patch: *mut i32) -> i32 {
+    call("aclrtGetVersion", |_, _| {
+        *out(major, "aclrtGetVersion")? = 1;
+        *out(minor, "aclrtGetVersion")? = 16;
+        *out(patch, "aclrtGetVersion")? = 0;
+        Ok(())
+    })
+}
+
+/// `const char *aclrtGetSocName()`.
+#[no_mangle]
+pub extern "C" fn aclrtGetSocName() -> *const c_char {
+    // The configured name lives in the process-wide state and only changes through
+    // `aclfakeConfigure`, which tests call before any ACL use.
+    state().config.soc.as_ptr()
+}
+
+/// `aclError aclsysGetCANNVersion(aclCANNPackageName name, aclCANNPackageVersion *version)`.
+#[no_mangle]
+pub extern "C" fn aclsysGetCANNVersion(name: u32, version: *mut c_char) -> i32 {
+    call("aclsysGetCANNVersion", |_, _| {
+        let text: &CStr = match name {
+            0 => c"8.5.0 (acl-fake)",
+            7 => c"24.1.rc2 (acl-fake)",
+            _ => {
+                return fail(
+                    code::INVALID_PARAM,
+                    format!("aclsysGetCANNVersion: package {name}"),
+                )
+            }
+        };
+        let v = out(version, "aclsysGetCANNVersion")?;
+        let bytes = text.to_bytes_with_nul();
+        // SAFETY: `version` points to an `aclCANNPackageVersion` (512 bytes) whose first field is
+        // `char version[128]`; the text is shorter than 128 bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr().cast(), v as *mut c_char, bytes.len())
+        };
+        Ok(())
+    })
+}
+
+/// `aclError aclrtGetDeviceCount(uint32_t *count)`.
+#[no_mangle]
+pub extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> i32 {
+    call("aclrtGetDeviceCount", |g, _| {
+        *out(count, "aclrtGetDeviceCount")? = g.devices.len() as u32;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtSetDevice(int32_t deviceId)`.
+#[no_mangle]
+pub extern "C" fn aclrtSetDevice(id: i32) -> i32 {
+    call("aclrtSetDevice", |mut g, _| {
+        let d = check_device(&g, id, "aclrtSetDevice")?;
+        g.devices[d]
+            .memory_info()
+            .map_err(|e| from_hal("aclrtSetDevice", e))?;
+        g.set_count[d] += 1;
+        set_current_device(Some(d));
+        Ok(())
+    })
+}
+
+/// `aclError aclrtResetDevice(int32_t deviceId)`.
+#[no_mangle]
+pub extern "C" fn aclrtResetDevice(id: i32) -> i32 {
+    call("aclrtResetDevice", |mut g, _| {
+        let d = check_device(&g, id, "aclrtResetDevice")?;
+        if g.set_count[d] == 0 {
+            return fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtResetDevice: device {d} was not set"),
+            );
+        }
+        g.set_count[d] -= 1;
+        if g.set_count[d] == 0 && current_device().ok() == Some(d) {
+            set_current_device(None);
+        }
+        Ok(())
+    })
+}
+
+/// `aclError aclrtGetCurrentContext(aclrtContext *context)`.
+#[no_mangle]
+pub extern "C" fn aclrtGetCurrentContext(ctx: *mut *mut c_void) -> i32 {
+    call("aclrtGetCurrentContext", |_, _| {
+        *out(ctx, "aclrtGetCurrentContext")? = context_handle(current_device()?);
+        Ok(())
+    })
+}
+
+/// `aclError aclrtSetCurrentContext(aclrtContext context)`.
+#[no_mangle]
+pub extern "C" fn aclrtSetCurrentContext(ctx: *mut c_void) -> i32 {
+    call("aclrtSetCurrentContext", |g, _| {
+        match context_device(ctx).filter(|&d| d < g.devices.len() && g.set_count[d] > 0) {
+            Some(d) => {
+                set_current_device(Some(d));
+                Ok(())
+            }
+            None => fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtSetCurrentContext: {ctx:p} is not a live context"),
+            ),
+        }
+    })
+}
+
+/// `aclError aclrtSynchronizeDevice(void)`.
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeDevice() -> i32 {
+    call("aclrtSynchronizeDevice", |g, _| {
+        let device = g.devices[current_device()?].clone();
+        drop(g);
+        device
+            .synchronize()
+            .map_err(|e| from_hal("aclrtSynchronizeDevice", e))
+    })
+}
+
+/// `aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free, size_t *total)`.
+#[no_mangle]
+pub extern "C" fn aclrtGetMemInfo(attr: u32, free: *mut usize, total: *mut usize) -> i32 {
+    call("aclrtGetMemInfo", |g, _| {
+        if attr > 17 {
+            return fail(code::INVALID_PARAM, format!("aclrtGetMemInfo: attr {attr}"));
+        }
+        let info = g.devices[current_device()?]
+            .memory_info()
+            .map_err(|e| from_hal("aclrtGetMemInfo", e))?;
+        *out(free, "aclrtGetMemInfo")? = info.free as usize;
+        *out(total, "aclrtGetMemInfo")? = info.total as usize;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)`.
+#[no_mangle]
+pub extern "C" fn aclrtMalloc(p: *mut *mut c_void, size: usize, _policy: u32) -> i32 {
+    call("aclrtMalloc", |mut g, _| {
+        let slot = out(p, "aclrtMalloc")?;
+        if size == 0 {
+            return fail(code::INVALID_PARAM, "aclrtMalloc: size 0");
+        }
+        let d = current_device()?;
+        let memory = g.devices[d]
+            .allocate(size)
+            .map_err(|e| from_hal("aclrtMalloc", e))?;
+        let addr = memory.ptr().0;
+        g.device_memory.insert(addr, memory);
+        *slot = addr as usize as *mut c_void;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtFree(void *devPtr)` (needs no context).
+#[no_mangle]
+pub extern "C" fn aclrtFree(p: *mut c_void) -> i32 {
+    call("aclrtFree", |mut g, _| {
+        if p.is_null() {
+            return fail(code::INVALID_PARAM, "aclrtFree: NULL");
+        }
+        match g.device_memory.remove(&(p as u64)) {
+            Some(_) => Ok(()),
+            None => fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtFree: {p:p} is not the start of a live aclrtMalloc allocation"),
+            ),
+        }
+    })
+}
+
+/// `aclError aclrtMallocHost(void **hostPtr, size_t size)`.
+#[no_mangle]
+pub extern "C" fn aclrtMallocHost(p: *mut *mut c_void, size: usize) -> i32 {
+    call("aclrtMallocHost", |mut g, _| {
+        let slot = out(p, "aclrtMallocHost")?;
+        if size == 0 {
+            return fail(code::INVALID_PARAM, "aclrtMallocHost: size 0");
+        }
+        let d = current_device()?;
+        let memory = g.devices[d]
+            .allocate_host(size)
+            .map_err(|e| from_hal("aclrtMallocHost", e))?;
+        let addr = memory.as_ptr() as usize;
+        g.host_memory.insert(addr, memory);
+        *slot = addr as *mut c_void;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtFreeHost(void *hostPtr)`.
+#[no_mangle]
+pub extern "C" fn aclrtFreeHost(p: *mut c_void) -> i32 {
+    call("aclrtFreeHost", |mut g, _| {
+        if p.is_null() {
+            return fail(code::INVALID_PARAM, "aclrtFreeHost: NULL");
+        }
+        match g.host_memory.remove(&(p as usize)) {
+            Some(_) => Ok(()),
+            None => fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtFreeHost: {p:p} is not a live aclrtMallocHost allocation"),
+            ),
+        }
+    })
+}
+
+/// Which way a copy goes, after the documented checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    HostToHost,
+    HostToDevice,
+    DeviceToHost,
+    DeviceToDevice,
+}
+
+fn direction(
+    g: &Fake,
+    function: &str,
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: u32,
+) -> Outcome<Option<Direction>> {
+    if dst.is_null() || src.is_null() {
+        return fail(code::INVALID_PARAM, format!("{function}: NULL pointer"));
+    }
+    if kind > 5 {
+        return fail(
+            code::INVALID_PARAM,
+            format!("{function}: memcpy kind {kind}"),
+        );
+    }
+    if count == 0 || dest_max == 0 {
+        return fail(
+            code::RT_PARAM_INVALID,
+            format!("{function}: count or destMax is 0"),
+        );
+    }
+    if count > dest_max {
+        return fail(
+            code::RT_PARAM_INVALID,
+            format!("{function}: count {count} exceeds destMax {dest_max}"),
+        );
+    }
+    if std::ptr::eq(dst, src) {
+        return Ok(None);
+    }
+    let on_device = |p: usize| g.device_of(p, count).is_some();
+    Ok(Some(match kind {
+        0 => Direction::HostToHost,
+        1 | 5 => Direction::HostToDevice,
+        2 => Direction::DeviceToHost,
+        3 => Direction::DeviceToDevice,
+        _ => match (on_device(src as usize), on_device(dst as usize)) {
+            (false, false) => Direction::HostToHost,
+            (false, true) => Direction::HostToDevice,
+            (true, false) => Direction::DeviceToHost,
+            (true, true) => Direction::DeviceToDevice,
+        },
+    }))
+}
+
+/// Queues a copy on `stream`; pageable host memory makes it synchronous, as CANN 8.5 does.
+fn copy_on(
+    s: &Arc<FakeStream>,
+    pinned: bool,
+    dir: Direction,
+    dst: *mut c_void,
+    src: *const c_void,
+    count: usize,
+    function: &'static str,
+) -> Outcome {
+    let stream = &s.stream;
+    let (d, sp) = (DevicePtr(dst as u64), DevicePtr(src as u64));
+    // SAFETY: the C API's contract: the caller keeps both ranges valid until the copy completes
+    // (pageable host memory is copied before returning). Device addresses are checked by the
+    // CPU backend, which rejects anything outside a live allocation of the stream's device.
+    let r = unsafe {
+        match (dir, pinned) {
+            (Direction::HostToDevice, true) => stream.enqueue_copy_h2d(src.cast(), d, count),
+            (Direction::HostToDevice, false) => stream.copy_h2d_blocking(src.cast(), d, count),
+            (Direction::DeviceToHost, true) => stream.enqueue_copy_d2h(sp, dst.cast(), count),
+            (Direction::DeviceToHost, false) => stream.copy_d2h_blocking(sp, dst.cast(), count),
+            (Direction::DeviceToDevice, _) => stream.enqueue_copy_d2d(sp, d, count),
+            (Direction::HostToHost, _) => {
+                std::ptr::copy(src.cast::<u8>(), dst.cast::<u8>(), count);
+                Ok(())
+            }
+        }
+    };
+    r.map_err(|e| from_hal(function, e))
+}
+
+/// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, kind)`.
+#[no_mangle]
+pub extern "C" fn aclrtMemcpy(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: u32,
+) -> i32 {
+    call("aclrtMemcpy", |g, _| {
+        let Some(dir) = direction(&g, "aclrtMemcpy", dst, dest_max, src, count, kind)? else {
+            return Ok(());
+        };
+        let device_side = match dir {
+            Direction::DeviceToHost | Direction::DeviceToDevice => src as usize,
+            _ => dst as usize,
+        };
+        let dev = g
+            .device_of(device_side, count)
+            .unwrap_or(current_device().unwrap_or(0));
+        let s = Arc::clone(&g.sync_streams[dev.min(g.sync_streams.len() - 1)]);
+        drop(g);
+        copy_on(&s, false, dir, dst, src, count, "aclrtMemcpy")?;
+        s.stream
+            .synchronize()
+            .map_err(|e| from_hal("aclrtMemcpy", e))
+    })
+}
+
+/// Records an in-stream fault: the call succeeds, the stream's next synchronisation fails.
+fn inject(s: &FakeStream, fault: Option<Fault>) -> bool {
+    match fault {
+        Some(f) => {
+            s.injected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(f.code);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t count, kind,
+/// aclrtStream stream)`.
+#[no_mangle]
+pub extern "C" fn aclrtMemcpyAsync(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: u32,
+    stream: *mut c_void,
+) -> i32 {
+    call("aclrtMemcpyAsync", |g, fault| {
+        let Some(dir) = direction(&g, "aclrtMemcpyAsync", dst, dest_max, src, count, kind)? else {
+            return Ok(());
+        };
+        if dir == Direction::HostToHost {
+            return fail(
+                code::RT_FEATURE_NOT_SUPPORT,
+                "aclrtMemcpyAsync: host-to-host copies are not supported asynchronously",
+            );
+        }
+        let s = g.stream(stream)?;
+        if inject(&s, fault) {
+            return Ok(());
+        }
+        let host_side = match dir {
+            Direction::HostToDevice => src as usize,
+            _ => dst as usize,
+        };
+        let pinned = dir == Direction::DeviceToDevice || g.is_pinned(host_side, count);
+        drop(g);
+        copy_on(&s, pinned, dir, dst, src, count, "aclrtMemcpyAsync")
+    })
+}
+
+/// `aclError aclrtMemsetAsync(void *devPtr, size_t maxCount, int32_t value, size_t count,
+/// aclrtStream stream)`.
+#[no_mangle]
+pub extern "C" fn aclrtMemsetAsync(
+    p: *mut c_void,
+    max: usize,
+    value: i32,
+    count: usize,
+    stream: *mut c_void,
+) -> i32 {
+    call("aclrtMemsetAsync", |g, fault| {
+        if p.is_null() {
+            return fail(code::INVALID_PARAM, "aclrtMemsetAsync: NULL");
+        }
+        if count == 0 || count > max {
+            return fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtMemsetAsync: count {count} with maxCount {max}"),
+            );
+        }
+        let s = g.stream(stream)?;
+        if inject(&s, fault) {
+            return Ok(());
+        }
+        drop(g);
+        // SAFETY: the CPU backend checks the range against its live allocations.
+        unsafe {
+            s.stream
+                .enqueue_memset(DevicePtr(p as u64), value as u8, count)
+        }
+        .map_err(|e| from_hal("aclrtMemsetAsync", e))
+    })
+}
+
+/// `aclError aclrtCreateStream(aclrtStream *stream)`.
+#[no_mangle]
+pub extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
+    call("aclrtCreateStream", |mut g, _| {
+        let slot = out(stream, "aclrtCreateStream")?;
+        let d = current_device()?;
+        let s = g.devices[d]
+            .new_stream()
+            .map_err(|e| from_hal("aclrtCreateStream", e))?;
+        *slot = g.add_stream(FakeStream {
+            stream: s,
+            device: d,
+            injected: Mutex::new(None),
+        });
+        Ok(())
+    })
+}
+
+/// `aclError aclrtDestroyStream(aclrtStream stream)`.
+#[no_mangle]
+pub extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
+    call("aclrtDestroyStream", |mut g, _| {
+        if stream.is_null() {
+            return fail(
+                code::INVALID_PARAM,
+                "aclrtDestroyStream: the default stream",
+            );
+        }
+        let removed = g.streams.remove(&(stream as usize));
+        drop(g); // dropping the stream waits for its worker
+        match removed {
+            Some(_) => Ok(()),
+            None => fail(
+                code::RT_INVALID_HANDLE,
+                format!("aclrtDestroyStream: {stream:p} is not a live stream"),
+            ),
+        }
+    })
+}
+
+fn sync_stream(s: &FakeStream, function: &'static str) -> Outcome {
+    let r = s.stream.synchronize().map_err(|e| from_hal(function, e));
+    let injected = s.injected.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match injected {
+        Some(code) => fail(
+            code,
+            format!("{function}: injected fault: a queued task returned {code}"),
+        ),
+        None => r,
+    }
+}
+
+/// `aclError aclrtSynchronizeStream(aclrtStream stream)`.
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeStream(stream: *mut c_void) -> i32 {
+    call("aclrtSynchronizeStream", |g, _| {
+        let s = g.stream(stream)?;
+        drop(g);
+        sync_stream(&s, "aclrtSynchronizeStream")
+    })
+}
+
+/// `aclError aclrtStreamQuery(aclrtStream stream, aclrtStreamStatus *status)`.
+#[no_mangle]
+pub extern "C" fn aclrtStreamQuery(stream: *mut c_void, status: *mut u32) -> i32 {
+    call("aclrtStreamQuery", |g, _| {
+        let s = g.stream(stream)?;
+        drop(g);
+        let done = s
+            .stream
+            .query()
+            .map_err(|e| from_hal("aclrtStreamQuery", e))?;
+        *out(status, "aclrtStreamQuery")? = if done { 0 } else { 1 };
+        Ok(())
+    })
+}
+
+/// `aclError aclrtCreateEventWithFlag(aclrtEvent *event, uint32_t flag)`.
+#[no_mangle]
+pub extern "C" fn aclrtCreateEventWithFlag(event: *mut *mut c_void, flag: u32) -> i32 {
+    call("aclrtCreateEventWithFlag", |mut g, _| {
+        let slot = out(event, "aclrtCreateEventWithFlag")?;
+        if flag & !0x7f != 0 {
+            return fail(
+                code::INVALID_PARAM,
+                format!("aclrtCreateEventWithFlag: flag {flag:#x}"),
+            );
+        }
+        let d = current_device()?;
+        let e = g.devices[d]
+            .new_event()
+            .map_err(|e| from_hal("aclrtCreateEventWithFlag", e))?;
+        *slot = g.add_event(e);
+        Ok(())
+    })
+}
+
+/// `aclError aclrtDestroyEvent(aclrtEvent event)`.
+#[no_mangle]
+pub extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> i32 {
+    call("aclrtDestroyEvent", |mut g, _| {
+        match g.events.remove(&(event as usize)) {
+            Some(_) => Ok(()),
+            None => fail(
+                code::RT_INVALID_HANDLE,
+                format!("aclrtDestroyEvent: {event:p} is not a live event"),
+            ),
+        }
+    })
+}
+
+fn same_device(s: &FakeStream, e: &hal_mock::CpuEvent, function: &str) -> Outcome {
+    if s.device == e.device_ordinal() {
+        Ok(())
+    } else {
+        fail(
+            code::RT_STREAM_CONTEXT,
+            format!(
+                "{function}: event of device {} with a stream of device {}",
+                e.device_ordinal(),
+                s.device
+            ),
+        )
+    }
+}
+
+/// `aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream)`.
+#[no_mangle]
+pub extern "C" fn aclrtRecordEvent(event: *mut c_void, stream: *mut c_void) -> i32 {
+    call("aclrtRecordEvent", |g, _| {
+        let (e, s) = (g.event(event)?, g.stream(stream)?);
+        drop(g);
+        same_device(&s, &e, "aclrtRecordEvent")?;
+        s.stream
+            .record(&e)
+            .map_err(|e| from_hal("aclrtRecordEvent", e))
+    })
+}
+
+/// `aclError aclrtStreamWaitEvent(aclrtStream stream, aclrtEvent event)`.
+#[no_mangle]
+pub extern "C" fn aclrtStreamWaitEvent(stream: *mut c_void, event: *mut c_void) -> i32 {
+    call("aclrtStreamWaitEvent", |g, _| {
+        let (e, s) = (g.event(event)?, g.stream(stream)?);
+        drop(g);
+        same_device(&s, &e, "aclrtStreamWaitEvent")?;
+        s.stream
+            .wait(&e)
+            .map_err(|e| from_hal("aclrtStreamWaitEvent", e))
+    })
+}
+
+/// `aclError aclrtQueryEventStatus(aclrtEvent event, aclrtEventRecordedStatus *status)`.
+#[no_mangle]
+pub extern "C" fn aclrtQueryEventStatus(event: *mut c_void, status: *mut u32) -> i32 {
+    call("aclrtQueryEventStatus", |g, _| {
+        let e = g.event(event)?;
+        drop(g);
+        let done = e
+            .query()
+            .map_err(|err| from_hal("aclrtQueryEventStatus", err))?;
+        *out(status, "aclrtQueryEventStatus")? = u32::from(done);
+        Ok(())
+    })
+}
+
+/// `aclError aclrtSynchronizeEvent(aclrtEvent event)`.
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeEvent(event: *mut c_void) -> i32 {
+    call("aclrtSynchronizeEvent", |g, _| {
+        let e = g.event(event)?;
+        drop(g);
+        e.synchronize()
+            .map_err(|err| from_hal("aclrtSynchronizeEvent", err))
+    })
+}
+
+/// `aclError aclrtEventElapsedTime(float *ms, aclrtEvent start, aclrtEvent end)`.
+#[no_mangle]
+pub extern "C" fn aclrtEventElapsedTime(ms: *mut f32, start: *mut c_void, end: *mut c_void) -> i32 {
+    call("aclrtEventElapsedTime", |g, _| {
+        let (a, b) = (g.event(start)?, g.event(end)?);
+        drop(g);
+        let t = a
+            .elapsed_ms(&b)
+            .map_err(|err| from_hal("aclrtEventElapsedTime", err))?;
+        *out(ms, "aclrtEventElapsedTime")? = t;
+        Ok(())
+    })
+}
+
+// ---- Control functions of the fake (not part of ACL) ----
+
+fn c_str<'a>(p: *const c_char, function: &str) -> Outcome<&'a str> {
+    if p.is_null() {
+        return fail(code::INVALID_PARAM, format!("{function}: NULL string"));
+    }
+    // SAFETY: a non-null, NUL-terminated string from the caller, valid for this call.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .or_else(|_| fail(code::INVALID_PARAM, format!("{function}: not UTF-8")))
+}
+
+/// Sets the simulated devices (`devices=N;memory=BYTES;soc=NAME`) before `aclInit`; returns
+/// `ACL_ERROR_REPEAT_INITIALIZE` while initialised.
+#[no_mangle]
+pub extern "C" fn aclfakeConfigure(spec: *const c_char) -> i32 {
+    call("aclfakeConfigure", |mut g, _| {
+        if g.initialized {
+            return fail(
+                code::REPEAT_INITIALIZE,
+                "aclfakeConfigure: initialized; finalize first",
+            );
+        }
+        let mut config = g.config.clone();
+        config.apply(c_str(spec, "aclfakeConfigure")?)?;
+        g.config = config;
+        g.reset_devices();
+        Ok(())
+    })
+}
+
+/// Replaces the fault plan: `function:n:code[:stream],...`, `n` counted from now on.
+#[no_mangle]
+pub extern "C" fn aclfakeSetFaults(spec: *const c_char) -> i32 {
+    call("aclfakeSetFaults", |mut g, _| {
+        let mut faults = crate::state::parse_faults(c_str(spec, "aclfakeSetFaults")?)?;
+        for f in &mut faults {
+            f.nth += g.calls.get(&f.function).copied().unwrap_or(0);
+        }
+        g.faults = faults;
+        Ok(())
+    })
+}
+
+/// How many times `function` was called in this process.
+#[no_mangle]
+pub extern "C" fn aclfakeCallCount(function: *const c_char) -> u64 {
+    let Ok(name) = c_str(function, "aclfakeCallCount") else {
+        return 0;
+    };
+    state().calls.get(name).copied().unwrap_or(0)
+}
+
+/// Marks a device lost: every later call on it fails with `ACL_ERROR_RT_LOST_HEARTBEAT`.
+#[no_mangle]
+pub extern "C" fn aclfakeLoseDevice(id: i32) -> i32 {
+    call("aclfakeLoseDevice", |g, _| {
+        let d = check_device(&g, id, "aclfakeLoseDevice")?;
+        g.backend
+            .lose_device(d)
+            .map_err(|e| from_hal("aclfakeLoseDevice", e))
+    })
+}

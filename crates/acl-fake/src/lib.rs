@@ -1,0 +1,47 @@
+//! # acl-fake
+//!
+//! A host-side fake of the ACL runtime C ABI, built from this repository as a shared library
+//! (`libascendcl_fake.so`), so that CI drives the real ACL backend of `ascend-hal` through the
+//! very loading path it uses for `libascendcl.so`, with no NPU and no CANN install.
+//!
+//! It implements every function the backend resolves, with the signatures of the CANN headers
+//! and real semantics on host memory, by delegating to the CPU backend of `hal-mock`: separate
+//! device arenas with capacities, asynchronous streams on worker threads, events, per-thread
+//! current contexts (107002 without one), `aclInit`/`aclFinalize` reference counting
+//! (100002/100037), the documented argument checks and error codes, and `aclGetRecentErrMsg`.
+//!
+//! Configuration, from the environment when the library is first used, or from
+//! `aclfakeConfigure("devices=2;memory=268435456;soc=Ascend910B4")` before `aclInit`:
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `ACL_FAKE_DEVICES` | number of devices | 1 |
+//! | `ACL_FAKE_MEMORY` | bytes per device | 34359738368 (32 GiB) |
+//! | `ACL_FAKE_SOC` | `aclrtGetSocName()` | `Ascend910B4` |
+//! | `ACL_FAKE_FAULTS` | `function:n:code[:stream],...`: the n-th call of `function` returns `code`; with `:stream`, the call succeeds and the stream's next synchronisation returns `code` | none |
+//!
+//! Control functions (not ACL): `aclfakeConfigure`, `aclfakeSetFaults` (same syntax, counted
+//! from the call), `aclfakeCallCount(name)`, `aclfakeLoseDevice(id)`.
+//!
+//! [`library_path`] finds the built library for tests.
+
+mod exports;
+mod state;
+
+/// The fake library's file name.
+pub const LIBRARY_FILE: &str = "libascendcl_fake.so";
+
+/// Where cargo put the fake library: next to the running test or example binary (in `deps/` or
+/// its parent), or `None` if it was not built.
+pub fn library_path() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.to_path_buf(),
+        dir.parent()?.to_path_buf(),
+        dir.join("deps"),
+    ]
+    .into_iter()
+    .map(|d| d.join(LIBRARY_FILE))
+    .find(|p| p.exists())
+}

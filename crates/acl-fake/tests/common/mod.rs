@@ -1,0 +1,67 @@
+//! Shared by the ACL-over-fake test binaries: finding, configuring and loading the fake.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ascend_hal::acl::AclBackend;
+
+/// The fake's path; configures it once (two 256 MiB Ascend910B4 devices) before any `aclInit`.
+pub fn fake_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = ascendcl_fake::library_path()
+            .expect("libascendcl_fake.so is built with the acl-fake crate's tests");
+        let code = call_str(
+            &path,
+            "aclfakeConfigure",
+            "devices=2;memory=268435456;soc=Ascend910B4",
+        );
+        assert!(
+            code == 0 || code == 100_002,
+            "aclfakeConfigure returned {code}"
+        );
+        path
+    })
+    .clone()
+}
+
+/// The ACL backend over the fake.
+pub fn backend() -> AclBackend {
+    AclBackend::load_from(fake_path()).expect("the ACL backend loads the fake")
+}
+
+/// Calls `int32_t f(const char*)` in the fake.
+pub fn call_str(path: &PathBuf, function: &str, arg: &str) -> i32 {
+    let arg = CString::new(arg).unwrap();
+    // SAFETY: the fake exports `function` as `int32_t (*)(const char *)`; the library stays
+    // loaded (the ACL loader never unloads it, and this handle is leaked).
+    unsafe {
+        let lib = Box::leak(Box::new(libloading::Library::new(path).unwrap()));
+        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
+            lib.get(function.as_bytes()).unwrap();
+        f(arg.as_ptr())
+    }
+}
+
+/// Calls `uint64_t aclfakeCallCount(const char*)`.
+pub fn call_count(function: &str) -> u64 {
+    let arg = CString::new(function).unwrap();
+    // SAFETY: as in `call_str`, for `uint64_t (*)(const char *)`.
+    unsafe {
+        let lib = Box::leak(Box::new(libloading::Library::new(fake_path()).unwrap()));
+        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> u64> =
+            lib.get(b"aclfakeCallCount").unwrap();
+        f(arg.as_ptr())
+    }
+}
+
+/// Replaces the fake's fault plan.
+pub fn set_faults(spec: &str) {
+    assert_eq!(
+        call_str(&fake_path(), "aclfakeSetFaults", spec),
+        0,
+        "fault spec {spec}"
+    );
+}

@@ -1,0 +1,164 @@
+//! ACL devices: the primary context of each device, bound to the calling thread before every
+//! call, so that every handle works from any thread.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use super::backend::AclBackend;
+use super::event::AclEvent;
+use super::memory::{AclDeviceMemory, AclHostMemory};
+use super::result;
+use super::runtime::Runtime;
+use super::stream::AclStream;
+use super::sys::AclrtContext;
+use crate::error::{Error, Result};
+use crate::MemoryInfo;
+
+/// State shared by every handle of one device.
+pub(crate) struct DeviceInner {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) ordinal: usize,
+    ctx: AclrtContext,
+    soc: String,
+    /// Errors of releases done in `Drop` (free, destroy), returned by the next `synchronize`.
+    deferred: Mutex<Vec<Error>>,
+}
+
+// SAFETY: the context handle is an opaque token of the ACL runtime, which documents contexts as
+// usable from any thread once made current there; `bind` does that before every use.
+unsafe impl Send for DeviceInner {}
+// SAFETY: as for `Send`; no method mutates the handle.
+unsafe impl Sync for DeviceInner {}
+
+impl DeviceInner {
+    /// `aclrtSetDevice` (retaining the primary context) and remembering that context.
+    pub(crate) fn open(rt: Arc<Runtime>, ordinal: usize) -> Result<Self> {
+        let id = i32::try_from(ordinal).map_err(|_| Error::InvalidArgument {
+            op: "AclBackend::device",
+            message: format!("ordinal {ordinal} does not fit an ACL device id"),
+        })?;
+        result::set_device(&rt.api, id)?;
+        let ctx = match result::current_context(&rt.api) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let _ = result::reset_device(&rt.api, id);
+                return Err(e);
+            }
+        };
+        let soc = result::soc_name(&rt.api).unwrap_or_else(|| "unknown Ascend SoC".into());
+        Ok(DeviceInner {
+            rt,
+            ordinal,
+            ctx,
+            soc,
+            deferred: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Makes this device's context current on the calling thread. ACL binds the current
+    /// context per thread, so every entry point calls this first.
+    pub(crate) fn bind(&self) -> Result<()> {
+        // SAFETY: `ctx` is the primary context retained by `aclrtSetDevice` in `open`; it lives
+        // until `aclrtResetDevice` in `Drop`, which runs only once no handle needs it.
+        unsafe { result::set_current_context(&self.rt.api, self.ctx) }
+    }
+
+    /// `backend:ordinal`, for errors.
+    pub(crate) fn label(&self) -> String {
+        format!("acl:{}", self.ordinal)
+    }
+
+    /// Keeps an error from a `Drop` for the next `synchronize`.
+    pub(crate) fn defer(&self, error: Error) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(error);
+    }
+
+    fn take_deferred(&self) -> Option<Error> {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_empty() {
+            None
+        } else {
+            Some(d.remove(0))
+        }
+    }
+
+    pub(crate) fn memory_info(&self) -> Result<MemoryInfo> {
+        self.bind()?;
+        let (free, total) = result::mem_info(&self.rt.api)?;
+        Ok(MemoryInfo {
+            free: free as u64,
+            total: total as u64,
+        })
+    }
+}
+
+impl Drop for DeviceInner {
+    fn drop(&mut self) {
+        // Every stream, event and allocation of the device held this value, so they are gone;
+        // there is nobody left to report a failed release to.
+        let _ = result::reset_device(&self.rt.api, self.ordinal as i32);
+    }
+}
+
+/// A device of the ACL backend. Cheap to clone.
+#[derive(Clone)]
+pub struct AclDevice {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+impl AclDevice {
+    /// The SoC name the runtime reports (`Ascend910B1`, ...).
+    pub fn soc_name(&self) -> &str {
+        &self.inner.soc
+    }
+}
+
+impl crate::Device for AclDevice {
+    type Backend = AclBackend;
+
+    fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+
+    fn name(&self) -> String {
+        self.inner.soc.clone()
+    }
+
+    fn memory_info(&self) -> Result<MemoryInfo> {
+        self.inner.memory_info()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.inner.bind()?;
+        result::synchronize_device(&self.inner.rt.api)?;
+        self.inner.take_deferred().map_or(Ok(()), Err)
+    }
+
+    fn new_stream(&self) -> Result<AclStream> {
+        AclStream::new(Arc::clone(&self.inner))
+    }
+
+    fn new_event(&self) -> Result<AclEvent> {
+        AclEvent::new(Arc::clone(&self.inner))
+    }
+
+    fn allocate(&self, bytes: usize) -> Result<AclDeviceMemory> {
+        AclDeviceMemory::new(Arc::clone(&self.inner), bytes)
+    }
+
+    fn allocate_host(&self, bytes: usize) -> Result<AclHostMemory> {
+        AclHostMemory::new(Arc::clone(&self.inner), bytes)
+    }
+}
+
+impl fmt::Debug for AclDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AclDevice")
+            .field("ordinal", &self.inner.ordinal)
+            .field("soc", &self.inner.soc)
+            .finish()
+    }
+}

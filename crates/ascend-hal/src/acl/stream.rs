@@ -1,0 +1,288 @@
+//! ACL streams.
+//!
+//! A device-side failure surfaces from `aclrtSynchronizeStream` as a code, without saying which
+//! task failed; the stream therefore remembers the operations queued since the last
+//! synchronisation and names them in the error.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::backend::AclBackend;
+use super::device::{AclDevice, DeviceInner};
+use super::event::AclEvent;
+use super::result;
+use super::sys::{self, AclrtStream};
+use crate::error::{Error, Result};
+use crate::{DevicePtr, StreamId};
+
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A stream of the ACL backend.
+pub struct AclStream {
+    raw: AclrtStream,
+    id: StreamId,
+    device: Arc<DeviceInner>,
+    /// Operations queued since the last synchronisation, for error messages.
+    pending: Mutex<Vec<&'static str>>,
+}
+
+// SAFETY: the stream handle is an opaque runtime token usable from any thread whose current
+// context is the stream's device; every method binds that context first.
+unsafe impl Send for AclStream {}
+// SAFETY: as for `Send`; the ACL runtime serialises concurrent submissions to one stream, and
+// the only host-side mutable state is behind a mutex.
+unsafe impl Sync for AclStream {}
+
+fn dev(ptr: DevicePtr) -> *mut c_void {
+    ptr.0 as usize as *mut c_void
+}
+
+impl AclStream {
+    pub(crate) fn new(device: Arc<DeviceInner>) -> Result<Self> {
+        device.bind()?;
+        let raw = result::create_stream(&device.rt.api)?;
+        Ok(AclStream {
+            raw,
+            id: StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed)),
+            device,
+            pending: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn note(&self, op: &'static str) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < 64 {
+            p.push(op);
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("{}/stream {}", self.device.label(), self.id.0)
+    }
+
+    /// `aclrtSynchronizeStream`, turning a failure into a `StreamOperation` error that lists
+    /// the operations queued since the previous synchronisation.
+    fn sync_raw(&self) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: `raw` is live until `Drop`, and the device's context was just bound.
+        let res = unsafe { result::synchronize_stream(&self.device.rt.api, self.raw) };
+        let queued = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        res.map_err(|source| {
+            let mut runs: Vec<(&str, usize)> = Vec::new();
+            for &op in &queued {
+                match runs.last_mut() {
+                    Some((last, n)) if *last == op => *n += 1,
+                    _ => runs.push((op, 1)),
+                }
+            }
+            let list: Vec<String> = runs
+                .iter()
+                .map(|&(op, n)| {
+                    if n == 1 {
+                        op.to_string()
+                    } else {
+                        format!("{op} x{n}")
+                    }
+                })
+                .collect();
+            Error::StreamOperation {
+                op: "queued work",
+                stream: format!(
+                    "{} (queued since the last synchronize: {})",
+                    self.label(),
+                    if list.is_empty() {
+                        "nothing".into()
+                    } else {
+                        list.join(", ")
+                    }
+                ),
+                source: Box::new(source),
+            }
+        })
+    }
+
+    fn check_event(&self, event: &AclEvent, op: &'static str) -> Result<()> {
+        if event.device.ordinal == self.device.ordinal {
+            Ok(())
+        } else {
+            Err(Error::WrongDevice {
+                op,
+                what: "event",
+                expected: self.device.ordinal,
+                actual: event.device.ordinal,
+            })
+        }
+    }
+}
+
+impl crate::Stream for AclStream {
+    type Backend = AclBackend;
+
+    fn id(&self) -> StreamId {
+        self.id
+    }
+
+    fn device(&self) -> AclDevice {
+        AclDevice {
+            inner: Arc::clone(&self.device),
+        }
+    }
+
+    fn device_ordinal(&self) -> usize {
+        self.device.ordinal
+    }
+
+    unsafe fn enqueue_copy_h2d(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: the caller guarantees `src` (pinned) and `dst` (device) stay valid for `bytes`
+        // until the copy completes; `raw` is a live stream of the bound context.
+        unsafe {
+            result::memcpy_async(
+                &self.device.rt.api,
+                dev(dst),
+                src.cast(),
+                bytes,
+                sys::ACL_MEMCPY_HOST_TO_DEVICE,
+                self.raw,
+            )
+        }?;
+        self.note("copy_h2d");
+        Ok(())
+    }
+
+    unsafe fn enqueue_copy_d2h(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: as in `enqueue_copy_h2d`, with the directions swapped.
+        unsafe {
+            result::memcpy_async(
+                &self.device.rt.api,
+                dst.cast(),
+                dev(src),
+                bytes,
+                sys::ACL_MEMCPY_DEVICE_TO_HOST,
+                self.raw,
+            )
+        }?;
+        self.note("copy_d2h");
+        Ok(())
+    }
+
+    unsafe fn enqueue_copy_d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: both ranges are live device memory of this device (caller's contract).
+        unsafe {
+            result::memcpy_async(
+                &self.device.rt.api,
+                dev(dst),
+                dev(src),
+                bytes,
+                sys::ACL_MEMCPY_DEVICE_TO_DEVICE,
+                self.raw,
+            )
+        }?;
+        self.note("copy_d2d");
+        Ok(())
+    }
+
+    unsafe fn enqueue_memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: `dst` is live device memory of this device (caller's contract).
+        unsafe { result::memset_async(&self.device.rt.api, dev(dst), value, bytes, self.raw) }?;
+        self.note("memset");
+        Ok(())
+    }
+
+    unsafe fn copy_h2d_blocking(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
+        // `aclrtMemcpy` is not ordered with streams: wait for this one first.
+        self.sync_raw()?;
+        // SAFETY: `src` is valid for the call and `dst` is live device memory (caller's
+        // contract); the synchronous copy returns when done.
+        unsafe {
+            result::memcpy(
+                &self.device.rt.api,
+                dev(dst),
+                src.cast(),
+                bytes,
+                sys::ACL_MEMCPY_HOST_TO_DEVICE,
+            )
+        }
+    }
+
+    unsafe fn copy_d2h_blocking(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
+        self.sync_raw()?;
+        // SAFETY: as in `copy_h2d_blocking`, with the directions swapped.
+        unsafe {
+            result::memcpy(
+                &self.device.rt.api,
+                dst.cast(),
+                dev(src),
+                bytes,
+                sys::ACL_MEMCPY_DEVICE_TO_HOST,
+            )
+        }
+    }
+
+    fn record(&self, event: &AclEvent) -> Result<()> {
+        self.check_event(event, "record")?;
+        self.device.bind()?;
+        // SAFETY: both handles are live and belong to the bound device (checked above).
+        unsafe { result::record_event(&self.device.rt.api, event.raw, self.raw) }?;
+        event.mark_recorded();
+        self.note("record");
+        Ok(())
+    }
+
+    fn wait(&self, event: &AclEvent) -> Result<()> {
+        self.check_event(event, "wait")?;
+        if !event.is_recorded() {
+            return Ok(());
+        }
+        self.device.bind()?;
+        // SAFETY: both handles are live and belong to the bound device (checked above).
+        unsafe { result::stream_wait_event(&self.device.rt.api, self.raw, event.raw) }?;
+        self.note("wait");
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.sync_raw()
+    }
+
+    fn query(&self) -> Result<bool> {
+        self.device.bind()?;
+        // SAFETY: `raw` is live and the device's context is bound.
+        match unsafe { result::query_stream(&self.device.rt.api, self.raw) }? {
+            Some(done) => Ok(done),
+            None => {
+                // Older CANN without aclrtStreamQuery: ask an event recorded now.
+                let event = AclEvent::new(Arc::clone(&self.device))?;
+                crate::Stream::record(self, &event)?;
+                crate::Event::query(&event)
+            }
+        }
+    }
+}
+
+impl Drop for AclStream {
+    fn drop(&mut self) {
+        // The documentation asks for a synchronised stream before destruction; the handle is
+        // destroyed even if the work failed, and the failure is kept for the device.
+        if let Err(e) = self.sync_raw() {
+            self.device.defer(e);
+        }
+        // SAFETY: `raw` is live, synchronised, and destroyed only here.
+        if let Err(e) = unsafe { result::destroy_stream(&self.device.rt.api, self.raw) } {
+            self.device.defer(e);
+        }
+    }
+}
+
+impl fmt::Debug for AclStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AclStream")
+            .field("stream", &self.label())
+            .finish()
+    }
+}
