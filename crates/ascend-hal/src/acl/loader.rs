@@ -149,8 +149,9 @@ pub(crate) fn open(
             Err(e) => tried.push(LoadAttempt {
                 place: c.place(),
                 outcome: format!(
-                    "{e}{}",
-                    if e.to_string().contains("cannot open shared object file") && !c.system {
+                    "{}{}",
+                    error_chain(&e),
+                    if error_chain(&e).contains("cannot open shared object file") && !c.system {
                         " (a library it needs is missing: LD_LIBRARY_PATH lacks the toolkit's \
                          lib64 or the driver's lib64/driver; set_env.sh sets both)"
                     } else {
@@ -161,6 +162,18 @@ pub(crate) fn open(
         }
     }
     Err(tried)
+}
+
+/// An error and its sources (libloading keeps the `dlerror()` text in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
