@@ -12,6 +12,8 @@
 //! search path. A failure lists every place and says to source `set_env.sh`.
 
 mod backend;
+#[cfg(feature = "bindgen")]
+mod bindgen_check;
 pub(crate) mod codes;
 mod device;
 pub mod doctor;

@@ -118,6 +118,14 @@ macro_rules! acl_api {
             $( $(#[$odoc])* pub $oname: Option<unsafe extern "C" fn($($oarg),*) -> $oret>, )*
         }
 
+        /// With the `bindgen` feature: fails to compile if a required declaration differs from
+        /// the one generated from the installed toolkit's headers.
+        #[cfg(feature = "bindgen")]
+        #[allow(dead_code, clippy::type_complexity)]
+        fn compare_with_headers() {
+            $( let _: unsafe extern "C" fn($($rarg),*) -> $rret = super::bindgen_check::generated::$rname; )*
+        }
+
         impl AclApi {
             /// Every required symbol, in declaration order.
             pub const REQUIRED: &'static [&'static str] = &[$(stringify!($rname)),*];
