@@ -16,9 +16,7 @@ fn fake_call(function: &str) -> i32 {
     // SAFETY: the fake exports `aclInit(const char*)` and `aclFinalize()`; calling `aclFinalize`
     // through a pointer typed with an ignored argument is avoided by matching on the name.
     unsafe {
-        let lib = Box::leak(Box::new(
-            libloading::Library::new(common::fake_path()).unwrap(),
-        ));
+        let lib = common::library(&common::fake_path());
         if function == "aclInit" {
             let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
                 lib.get(b"aclInit").unwrap();
@@ -152,6 +150,29 @@ fn loading_messages_search_order_and_init_refcount() {
         "finalised someone else's ACL"
     );
     assert_eq!(fake_call("aclFinalize"), 0);
+
+    // 6. aclInit failing says what usually causes it.
+    common::set_faults("aclInit:1:507033");
+    let err = AclBackend::load_from(common::fake_path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            Error::Acl {
+                function: "aclInit",
+                code: 507_033,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(msg.contains("ACL_ERROR_RT_DEV_SETUP_ERROR"), "{msg}");
+    assert!(
+        msg.contains("driver is not mounted into the container"),
+        "{msg}"
+    );
+    assert!(msg.contains("driver is older than the toolkit"), "{msg}");
+    AclBackend::load_from(common::fake_path()).expect("the next aclInit succeeds");
 
     std::fs::remove_dir_all(&toolkit).unwrap();
 }

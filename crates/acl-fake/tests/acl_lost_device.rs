@@ -23,9 +23,7 @@ impl ascend_hal::conformance::Harness for Acl {
 fn lose(ordinal: i32) {
     // SAFETY: the fake exports `int32_t aclfakeLoseDevice(int32_t)`; the library stays loaded.
     let code = unsafe {
-        let lib = Box::leak(Box::new(
-            libloading::Library::new(common::fake_path()).unwrap(),
-        ));
+        let lib = common::library(&common::fake_path());
         let f: libloading::Symbol<'_, unsafe extern "C" fn(i32) -> i32> =
             lib.get(b"aclfakeLoseDevice").unwrap();
         f(ordinal)

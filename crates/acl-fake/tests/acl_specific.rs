@@ -76,9 +76,7 @@ fn the_fake_enforces_a_current_context() {
         // SAFETY: the fake exports `aclrtMalloc` with the ACL signature; the out-pointer is
         // valid. This thread never set a device.
         unsafe {
-            let lib = Box::leak(Box::new(
-                libloading::Library::new(common::fake_path()).unwrap(),
-            ));
+            let lib = common::library(&common::fake_path());
             let malloc: libloading::Symbol<
                 '_,
                 unsafe extern "C" fn(*mut *mut c_void, usize, u32) -> i32,
@@ -257,8 +255,7 @@ fn versions_and_names_come_from_the_runtime() {
     for symbol in ascend_hal::acl::required_symbols() {
         // SAFETY: only looks the symbol up.
         let found = unsafe {
-            libloading::Library::new(common::fake_path())
-                .unwrap()
+            common::library(&common::fake_path())
                 .get::<*const c_void>(symbol.as_bytes())
                 .is_ok()
         };

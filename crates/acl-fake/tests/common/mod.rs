@@ -32,15 +32,20 @@ pub fn backend() -> AclBackend {
     AclBackend::load_from(fake_path()).expect("the ACL backend loads the fake")
 }
 
+/// The fake, opened once for the control calls of the tests and kept loaded.
+pub fn library(path: &PathBuf) -> &'static libloading::Library {
+    static LIB: OnceLock<libloading::Library> = OnceLock::new();
+    // SAFETY: the fake's initialisers only set up its own state.
+    LIB.get_or_init(|| unsafe { libloading::Library::new(path) }.unwrap())
+}
+
 /// Calls `int32_t f(const char*)` in the fake.
 pub fn call_str(path: &PathBuf, function: &str, arg: &str) -> i32 {
     let arg = CString::new(arg).unwrap();
-    // SAFETY: the fake exports `function` as `int32_t (*)(const char *)`; the library stays
-    // loaded (the ACL loader never unloads it, and this handle is leaked).
+    // SAFETY: the fake exports `function` as `int32_t (*)(const char *)`, and stays loaded.
     unsafe {
-        let lib = Box::leak(Box::new(libloading::Library::new(path).unwrap()));
         let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
-            lib.get(function.as_bytes()).unwrap();
+            library(path).get(function.as_bytes()).unwrap();
         f(arg.as_ptr())
     }
 }
@@ -50,9 +55,8 @@ pub fn call_count(function: &str) -> u64 {
     let arg = CString::new(function).unwrap();
     // SAFETY: as in `call_str`, for `uint64_t (*)(const char *)`.
     unsafe {
-        let lib = Box::leak(Box::new(libloading::Library::new(fake_path()).unwrap()));
         let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> u64> =
-            lib.get(b"aclfakeCallCount").unwrap();
+            library(&fake_path()).get(b"aclfakeCallCount").unwrap();
         f(arg.as_ptr())
     }
 }

@@ -142,10 +142,7 @@ pub(crate) fn open(
         // it are plain C-ABI libraries whose initialisers only set up their own state; loading
         // them is the documented way to use the ACL runtime.
         match unsafe { libloading::Library::new(&c.target) } {
-            Ok(lib) => {
-                let lib: &'static libloading::Library = Box::leak(Box::new(lib));
-                return Ok((lib, c.target.display().to_string()));
-            }
+            Ok(lib) => return Ok((keep_loaded(&c.target, lib), c.target.display().to_string())),
             Err(e) => tried.push(LoadAttempt {
                 place: c.place(),
                 outcome: format!(
@@ -162,6 +159,24 @@ pub(crate) fn open(
         }
     }
     Err(tried)
+}
+
+/// Libraries opened so far, kept for the life of the process (see [`open`]); a path loaded
+/// again reuses its entry instead of leaking another handle.
+static LOADED: std::sync::Mutex<Vec<(PathBuf, &'static libloading::Library)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn keep_loaded(path: &Path, lib: libloading::Library) -> &'static libloading::Library {
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&(_, kept)) = loaded.iter().find(|(p, _)| p == path) {
+        // `lib` is another reference to the same loaded object; dropping it only lowers the
+        // dynamic loader's count, which `kept` still holds above zero.
+        drop(lib);
+        return kept;
+    }
+    let kept: &'static libloading::Library = Box::leak(Box::new(lib));
+    loaded.push((path.to_path_buf(), kept));
+    kept
 }
 
 /// An error and its sources (libloading keeps the `dlerror()` text in the source).
