@@ -1,0 +1,419 @@
+//! The KV cache manager: the calls an engine's scheduler makes each step, after vLLM v1's
+//! `KVCacheManager`.
+//!
+//! - [`KvCacheManager::admit`] finds the longest cached prefix of a new request (never the
+//!   whole prompt: its last token is always recomputed so the model produces logits), takes
+//!   those blocks, and allocates slots for the first chunk of the rest, all or nothing.
+//! - [`KvCacheManager::allocate_slots`] gives a running request slots for its next tokens (a
+//!   prefill chunk, or the decode token), all or nothing, copy-on-write included.
+//! - Full blocks are hashed and cached as soon as their tokens are scheduled: within one step a
+//!   batch writes every layer's KV before attention reads it, so later requests of the same
+//!   step may already share them.
+//! - [`KvCacheManager::fork`] shares every block of a request with a new one (parallel sampling,
+//!   beam search); the first write into a shared partial block copies it, and the copy is
+//!   returned for the engine to perform on the device.
+//! - A watermark of blocks stays free for running requests: admission fails first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{KvError, Result};
+use crate::hash::{block_hash, BlockHash, RequestKeys};
+use crate::ids::{BlockId, RequestId, TokenId};
+use crate::pool::{BlockPool, CachedContent};
+
+/// How the manager is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Blocks in the pool, the null block 0 included.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Share full blocks between requests with equal prefixes.
+    pub enable_prefix_caching: bool,
+    /// Blocks that admission of new requests leaves free for running ones.
+    pub watermark_blocks: usize,
+}
+
+impl ManagerConfig {
+    /// Prefix caching on, and a watermark of 1% of the blocks (vLLM's default).
+    pub fn new(num_blocks: usize, block_size: usize) -> Self {
+        ManagerConfig {
+            num_blocks,
+            block_size,
+            enable_prefix_caching: true,
+            watermark_blocks: num_blocks / 100,
+        }
+    }
+}
+
+/// A cached prefix found for a prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CachedPrefix {
+    /// The cached blocks, in order.
+    pub blocks: Vec<BlockId>,
+    /// Their hashes.
+    pub hashes: Vec<BlockHash>,
+    /// Tokens they hold (`blocks.len() * block_size`).
+    pub num_tokens: usize,
+}
+
+/// A block the engine must copy on the device before the step runs (copy-on-write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    /// Block to copy from.
+    pub src: BlockId,
+    /// Block to copy into.
+    pub dst: BlockId,
+}
+
+/// Slots for the tokens of one step of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// One cache slot per new token: `block * block_size + offset`.
+    pub slots: Vec<i32>,
+    /// Copies to perform before writing (copy-on-write of a shared partial block).
+    pub copies: Vec<BlockCopy>,
+    /// Blocks newly taken from the pool (copies included).
+    pub new_blocks: usize,
+}
+
+/// The result of admitting a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Prompt tokens served from the prefix cache (their KV need not be computed).
+    pub num_cached_tokens: usize,
+    /// Slots for the tokens scheduled in this step.
+    pub allocation: Allocation,
+}
+
+/// Counters an engine logs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metrics {
+    /// Fraction of blocks in use.
+    pub usage: f64,
+    /// Free blocks (cached-but-unused included).
+    pub free_blocks: usize,
+    /// Blocks findable in the prefix cache.
+    pub cached_blocks: usize,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queries: u64,
+    /// Of those, tokens found.
+    pub prefix_hits: u64,
+    /// Cached blocks evicted to make room.
+    pub evictions: u64,
+    /// Requests currently holding blocks.
+    pub requests: usize,
+}
+
+impl Metrics {
+    /// `prefix_hits / prefix_queries` (0 with no queries).
+    pub fn prefix_hit_rate(&self) -> f64 {
+        if self.prefix_queries == 0 {
+            0.0
+        } else {
+            self.prefix_hits as f64 / self.prefix_queries as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Sequence {
+    blocks: Vec<BlockId>,
+    tokens: Vec<TokenId>,
+    /// Hashes of the full blocks, in order.
+    hashes: Vec<BlockHash>,
+    keys: Arc<RequestKeys>,
+}
+
+/// The KV cache manager of one engine (one model, one block pool).
+#[derive(Debug, Clone)]
+pub struct KvCacheManager {
+    pool: BlockPool,
+    config: ManagerConfig,
+    requests: HashMap<RequestId, Sequence>,
+    prefix_queries: u64,
+    prefix_hits: u64,
+}
+
+impl KvCacheManager {
+    /// A manager over a fresh pool.
+    ///
+    /// # Errors
+    /// [`KvError::InvalidConfig`] for a zero block size, fewer than 2 blocks, or slots beyond
+    /// `i32` (what the kernels take).
+    pub fn new(config: ManagerConfig) -> Result<Self> {
+        if config.block_size == 0 {
+            return Err(KvError::InvalidConfig("block_size must be positive".into()));
+        }
+        if (config.num_blocks as u64) * (config.block_size as u64) > i32::MAX as u64 {
+            return Err(KvError::InvalidConfig(format!(
+                "{} blocks of {} tokens overflow the i32 slot mapping the kernels take",
+                config.num_blocks, config.block_size
+            )));
+        }
+        Ok(KvCacheManager {
+            pool: BlockPool::new(config.num_blocks)?,
+            config,
+            requests: HashMap::new(),
+            prefix_queries: 0,
+            prefix_hits: 0,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.config.block_size
+    }
+
+    /// The block pool (read-only).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// Whether the manager holds blocks for this request.
+    pub fn contains(&self, id: RequestId) -> bool {
+        self.requests.contains_key(&id)
+    }
+
+    /// The requests holding blocks.
+    pub fn request_ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.requests.keys().copied()
+    }
+
+    /// A request's blocks, in token order.
+    pub fn blocks(&self, id: RequestId) -> Result<&[BlockId]> {
+        Ok(&self.seq(id)?.blocks)
+    }
+
+    /// A request's tokens so far (those with slots).
+    pub fn tokens(&self, id: RequestId) -> Result<&[TokenId]> {
+        Ok(&self.seq(id)?.tokens)
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            usage: self.pool.usage(),
+            free_blocks: self.pool.num_free(),
+            cached_blocks: self.pool.num_cached(),
+            prefix_queries: self.prefix_queries,
+            prefix_hits: self.prefix_hits,
+            evictions: self.pool.evictions(),
+            requests: self.requests.len(),
+        }
+    }
+
+    fn seq(&self, id: RequestId) -> Result<&Sequence> {
+        self.requests.get(&id).ok_or(KvError::UnknownRequest(id))
+    }
+
+    fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.config.block_size)
+    }
+
+    /// The longest cached prefix of `tokens` in whole blocks, leaving at least the last token
+    /// to compute. Counts the lookup in the metrics.
+    pub fn find_cached_prefix(&mut self, tokens: &[TokenId], keys: &RequestKeys) -> CachedPrefix {
+        let prefix = self.lookup_prefix(tokens, keys);
+        self.prefix_queries += tokens.len() as u64;
+        self.prefix_hits += prefix.num_tokens as u64;
+        prefix
+    }
+
+    fn lookup_prefix(&self, tokens: &[TokenId], keys: &RequestKeys) -> CachedPrefix {
+        let mut prefix = CachedPrefix::default();
+        if !self.config.enable_prefix_caching || tokens.is_empty() {
+            return prefix;
+        }
+        let bs = self.config.block_size;
+        let max_blocks = (tokens.len() - 1) / bs;
+        let mut parent = None;
+        for i in 0..max_blocks {
+            let chunk = &tokens[i * bs..(i + 1) * bs];
+            let block_keys = keys.for_block(i, i * bs, (i + 1) * bs);
+            let hash = block_hash(parent, chunk, &block_keys);
+            match self.pool.lookup(hash, parent, chunk, &block_keys) {
+                Some(b) => {
+                    prefix.blocks.push(b);
+                    prefix.hashes.push(hash);
+                    parent = Some(hash);
+                }
+                None => break,
+            }
+        }
+        prefix.num_tokens = prefix.blocks.len() * bs;
+        prefix
+    }
+
+    /// Admits a new request: takes its longest cached prefix and allocates slots for up to
+    /// `max_new_tokens` of the rest of `prompt`, all or nothing, keeping the watermark free.
+    ///
+    /// # Errors
+    /// [`KvError::DuplicateRequest`]; [`KvError::OutOfBlocks`] (nothing changed, except that
+    /// the prefix lookup counts in the metrics).
+    pub fn admit(
+        &mut self,
+        id: RequestId,
+        prompt: &[TokenId],
+        keys: RequestKeys,
+        max_new_tokens: usize,
+    ) -> Result<Admission> {
+        if self.requests.contains_key(&id) {
+            return Err(KvError::DuplicateRequest(id));
+        }
+        let prefix = self.find_cached_prefix(prompt, &keys);
+        let cached = prefix.num_tokens;
+        let chunk = max_new_tokens.min(prompt.len() - cached);
+        let needed = self.blocks_for(cached + chunk) - prefix.blocks.len();
+        // Hit blocks that sit in the free queue leave it when taken.
+        let revived = prefix
+            .blocks
+            .iter()
+            .filter(|&&b| self.pool.is_free(b))
+            .count();
+        let free = self.pool.num_free() - revived;
+        let reserved = self.config.watermark_blocks;
+        if needed + reserved > free {
+            return Err(KvError::OutOfBlocks {
+                requested: needed,
+                free,
+                reserved,
+            });
+        }
+        self.pool.touch(&prefix.blocks)?;
+        self.requests.insert(
+            id,
+            Sequence {
+                blocks: prefix.blocks,
+                tokens: prompt[..cached].to_vec(),
+                hashes: prefix.hashes,
+                keys: Arc::new(keys),
+            },
+        );
+        let allocation = self.allocate_slots(id, &prompt[cached..cached + chunk])?;
+        Ok(Admission {
+            num_cached_tokens: cached,
+            allocation,
+        })
+    }
+
+    /// Gives a running request slots for `new_tokens` (its next prefill chunk, or the token it
+    /// sampled last step), all or nothing; running requests may use the watermark.
+    ///
+    /// # Errors
+    /// [`KvError::UnknownRequest`]; [`KvError::OutOfBlocks`] with nothing changed: the engine
+    /// should preempt a request and retry.
+    pub fn allocate_slots(&mut self, id: RequestId, new_tokens: &[TokenId]) -> Result<Allocation> {
+        let bs = self.config.block_size;
+        let seq = self.requests.get(&id).ok_or(KvError::UnknownRequest(id))?;
+        let len = seq.tokens.len();
+        let shared_partial = len % bs != 0
+            && !new_tokens.is_empty()
+            && seq
+                .blocks
+                .last()
+                .is_some_and(|&b| self.pool.ref_count(b) > 1);
+        let extra = self.blocks_for(len + new_tokens.len()) - seq.blocks.len();
+        let needed = extra + usize::from(shared_partial);
+        if needed > self.pool.num_free() {
+            return Err(KvError::OutOfBlocks {
+                requested: needed,
+                free: self.pool.num_free(),
+                reserved: 0,
+            });
+        }
+
+        let mut allocation = Allocation {
+            new_blocks: needed,
+            ..Allocation::default()
+        };
+        let mut fresh = self.pool.allocate(needed)?.into_iter();
+        let seq = self
+            .requests
+            .get_mut(&id)
+            .ok_or(KvError::UnknownRequest(id))?;
+        // `needed` counted the copy's block, so `fresh` has one for it.
+        let copy_into = if shared_partial { fresh.next() } else { None };
+        if let Some(dst) = copy_into {
+            let last = seq.blocks.len() - 1;
+            let src = seq.blocks[last];
+            allocation.copies.push(BlockCopy { src, dst });
+            seq.blocks[last] = dst;
+            // Others still hold `src` (its count was above one), so this only drops ours.
+            self.pool.free(&[src])?;
+        }
+        seq.blocks.extend(fresh);
+        allocation.slots = (len..len + new_tokens.len())
+            .map(|pos| (seq.blocks[pos / bs].0 as usize * bs + pos % bs) as i32)
+            .collect();
+        seq.tokens.extend_from_slice(new_tokens);
+        self.cache_full_blocks(id)?;
+        Ok(allocation)
+    }
+
+    /// Hashes and caches the request's blocks that became full.
+    fn cache_full_blocks(&mut self, id: RequestId) -> Result<()> {
+        if !self.config.enable_prefix_caching {
+            return Ok(());
+        }
+        let bs = self.config.block_size;
+        let seq = self
+            .requests
+            .get_mut(&id)
+            .ok_or(KvError::UnknownRequest(id))?;
+        let full = seq.tokens.len() / bs;
+        for i in seq.hashes.len()..full {
+            let parent = seq.hashes.last().copied();
+            let tokens = &seq.tokens[i * bs..(i + 1) * bs];
+            let keys = seq.keys.for_block(i, i * bs, (i + 1) * bs);
+            let hash = block_hash(parent, tokens, &keys);
+            seq.hashes.push(hash);
+            // `false`: the block is shared and already cached, or an equal block is: either
+            // way the content stays findable.
+            self.pool.cache(
+                seq.blocks[i],
+                CachedContent {
+                    hash,
+                    parent,
+                    tokens: tokens.into(),
+                    keys,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Releases a request's blocks, last block first, so that the head of a shared prefix
+    /// stays cached longest.
+    pub fn free_request(&mut self, id: RequestId) -> Result<()> {
+        let seq = self.requests.get(&id).ok_or(KvError::UnknownRequest(id))?;
+        let reversed: Vec<BlockId> = seq.blocks.iter().rev().copied().collect();
+        self.pool.free(&reversed)?;
+        self.requests.remove(&id);
+        Ok(())
+    }
+
+    /// Makes `child` a copy of `parent` sharing all its blocks. A later write into a shared
+    /// partial block by either copies that block first (see [`Allocation::copies`]).
+    pub fn fork(&mut self, parent: RequestId, child: RequestId) -> Result<()> {
+        if self.requests.contains_key(&child) {
+            return Err(KvError::DuplicateRequest(child));
+        }
+        let seq = self.seq(parent)?.clone();
+        self.pool.touch(&seq.blocks)?;
+        self.requests.insert(child, seq);
+        Ok(())
+    }
+
+    /// Forgets every cached prefix (after a weight update, say). Blocks in use stay with their
+    /// requests. Returns how many cached blocks were forgotten.
+    pub fn reset_prefix_cache(&mut self) -> usize {
+        self.pool.reset_cache()
+    }
+}

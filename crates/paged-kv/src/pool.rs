@@ -1,0 +1,376 @@
+//! The block pool: reference counts, the free queue that is also the eviction order, and the
+//! prefix cache's hash table. Every operation is O(1) per block.
+//!
+//! This ports vLLM v1's `BlockPool` and `FreeKVCacheBlockQueue`. The free queue is a doubly
+//! linked list threaded through the block array (indices, not pointers), so a block can leave
+//! the middle of the queue in O(1) when a prefix hit revives it. Allocation pops the head (the
+//! least recently freed block); if that block still held a cached prefix, the prefix is evicted.
+//! A freed block with ref count zero keeps its cached content, and stays findable, until it is
+//! evicted this way. Block 0 is the null block: never allocated, used to pad block tables.
+
+use std::collections::HashMap;
+
+use crate::error::{KvError, Result};
+use crate::hash::{BlockHash, BlockKeys};
+use crate::ids::{BlockId, TokenId};
+
+const NIL: u32 = u32::MAX;
+
+/// What a cached full block holds, kept to confirm hits (see [`crate::hash`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedContent {
+    /// The block's hash.
+    pub hash: BlockHash,
+    /// Its parent's hash (`None` for a request's first block).
+    pub parent: Option<BlockHash>,
+    /// Its tokens.
+    pub tokens: Box<[TokenId]>,
+    /// Its extra keys.
+    pub keys: BlockKeys,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ref_cnt: u32,
+    prev: u32,
+    next: u32,
+    in_free_queue: bool,
+    cached: Option<Box<CachedContent>>,
+}
+
+/// A fixed set of KV cache blocks.
+#[derive(Debug, Clone)]
+pub struct BlockPool {
+    blocks: Vec<Block>,
+    head: u32,
+    tail: u32,
+    num_free: usize,
+    cache: HashMap<BlockHash, BlockId>,
+    evictions: u64,
+}
+
+impl BlockPool {
+    /// A pool of `num_blocks` blocks, block 0 reserved as the null block, so `num_blocks - 1`
+    /// are allocatable. All start free, in id order.
+    pub fn new(num_blocks: usize) -> Result<Self> {
+        if num_blocks < 2 || num_blocks > (NIL as usize) {
+            return Err(KvError::InvalidConfig(format!(
+                "a pool needs 2..{NIL} blocks (block 0 is reserved), got {num_blocks}"
+            )));
+        }
+        let mut pool = BlockPool {
+            blocks: vec![
+                Block {
+                    ref_cnt: 0,
+                    prev: NIL,
+                    next: NIL,
+                    in_free_queue: false,
+                    cached: None,
+                };
+                num_blocks
+            ],
+            head: NIL,
+            tail: NIL,
+            num_free: 0,
+            cache: HashMap::new(),
+            evictions: 0,
+        };
+        for b in 1..num_blocks as u32 {
+            pool.push_tail(b);
+        }
+        Ok(pool)
+    }
+
+    /// Allocatable blocks (the null block excluded).
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len() - 1
+    }
+
+    /// Blocks in the free queue (cached-but-unused ones included).
+    pub fn num_free(&self) -> usize {
+        self.num_free
+    }
+
+    /// Fraction of allocatable blocks in use.
+    pub fn usage(&self) -> f64 {
+        1.0 - self.num_free as f64 / self.num_blocks() as f64
+    }
+
+    /// Cached prefixes evicted so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Number of blocks findable by hash.
+    pub fn num_cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// A block's reference count.
+    pub fn ref_count(&self, block: BlockId) -> u32 {
+        self.blocks.get(block.index()).map_or(0, |b| b.ref_cnt)
+    }
+
+    /// Whether a block is in the free queue.
+    pub fn is_free(&self, block: BlockId) -> bool {
+        self.blocks
+            .get(block.index())
+            .is_some_and(|b| b.in_free_queue)
+    }
+
+    /// What a block holds as a cached prefix, if anything.
+    pub fn cached_content(&self, block: BlockId) -> Option<&CachedContent> {
+        self.blocks.get(block.index())?.cached.as_deref()
+    }
+
+    /// The free queue from head (evicted first) to tail.
+    pub fn free_queue(&self) -> impl Iterator<Item = BlockId> + '_ {
+        let mut at = self.head;
+        std::iter::from_fn(move || {
+            if at == NIL {
+                return None;
+            }
+            let id = BlockId(at);
+            at = self.blocks[at as usize].next;
+            Some(id)
+        })
+    }
+
+    /// Every `(hash, block)` of the prefix cache.
+    pub fn cached_blocks(&self) -> impl Iterator<Item = (BlockHash, BlockId)> + '_ {
+        self.cache.iter().map(|(h, b)| (*h, *b))
+    }
+
+    fn check(&self, block: BlockId) -> Result<()> {
+        if block.0 == 0 || block.index() >= self.blocks.len() {
+            return Err(KvError::InvalidBlock {
+                block,
+                total: self.blocks.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn push_tail(&mut self, b: u32) {
+        let block = &mut self.blocks[b as usize];
+        block.prev = self.tail;
+        block.next = NIL;
+        block.in_free_queue = true;
+        if self.tail == NIL {
+            self.head = b;
+        } else {
+            self.blocks[self.tail as usize].next = b;
+        }
+        self.tail = b;
+        self.num_free += 1;
+    }
+
+    fn unlink(&mut self, b: u32) {
+        let (prev, next) = {
+            let block = &mut self.blocks[b as usize];
+            block.in_free_queue = false;
+            let links = (block.prev, block.next);
+            block.prev = NIL;
+            block.next = NIL;
+            links
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.blocks[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.blocks[next as usize].prev = prev;
+        }
+        self.num_free -= 1;
+    }
+
+    /// Takes `n` blocks from the head of the free queue, all or nothing, evicting any cached
+    /// prefix they held. Each comes back with reference count 1.
+    pub fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>> {
+        if n > self.num_free {
+            return Err(KvError::OutOfBlocks {
+                requested: n,
+                free: self.num_free,
+                reserved: 0,
+            });
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = self.head;
+            self.unlink(b);
+            let block = &mut self.blocks[b as usize];
+            if let Some(content) = block.cached.take() {
+                self.cache.remove(&content.hash);
+                self.evictions += 1;
+            }
+            block.ref_cnt = 1;
+            out.push(BlockId(b));
+        }
+        Ok(out)
+    }
+
+    /// Takes one more reference to each block (a prefix hit or a fork); a free block leaves the
+    /// free queue, keeping its cached content.
+    pub fn touch(&mut self, blocks: &[BlockId]) -> Result<()> {
+        for &b in blocks {
+            self.check(b)?;
+        }
+        for &b in blocks {
+            if self.blocks[b.index()].in_free_queue {
+                self.unlink(b.0);
+            }
+            self.blocks[b.index()].ref_cnt += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to each block, in order; blocks reaching zero join the tail of the
+    /// free queue (evicted last of the free ones). Checks everything first: a double free is an
+    /// error and changes nothing.
+    pub fn free(&mut self, blocks: &[BlockId]) -> Result<()> {
+        let mut releases: HashMap<BlockId, u32> = HashMap::new();
+        for &b in blocks {
+            self.check(b)?;
+            let n = releases.entry(b).or_insert(0);
+            *n += 1;
+            if *n > self.blocks[b.index()].ref_cnt {
+                return Err(KvError::DoubleFree(b));
+            }
+        }
+        for &b in blocks {
+            let block = &mut self.blocks[b.index()];
+            block.ref_cnt -= 1;
+            if block.ref_cnt == 0 {
+                self.push_tail(b.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the block cached under `hash` whose parent, tokens and keys are exactly these.
+    pub fn lookup(
+        &self,
+        hash: BlockHash,
+        parent: Option<BlockHash>,
+        tokens: &[TokenId],
+        keys: &BlockKeys,
+    ) -> Option<BlockId> {
+        let &b = self.cache.get(&hash)?;
+        let content = self.blocks[b.index()].cached.as_deref()?;
+        (content.parent == parent && *content.tokens == *tokens && content.keys == *keys)
+            .then_some(b)
+    }
+
+    /// Makes a full, in-use block findable by its content. Returns `false` (and caches
+    /// nothing) if the block is already cached or another block holds that hash.
+    pub fn cache(&mut self, block: BlockId, content: CachedContent) -> Result<bool> {
+        self.check(block)?;
+        if self.blocks[block.index()].cached.is_some() || self.cache.contains_key(&content.hash) {
+            return Ok(false);
+        }
+        self.cache.insert(content.hash, block);
+        self.blocks[block.index()].cached = Some(Box::new(content));
+        Ok(true)
+    }
+
+    /// Forgets every cached prefix; blocks keep their owners and queue positions. Returns how
+    /// many were forgotten.
+    pub fn reset_cache(&mut self) -> usize {
+        let n = self.cache.len();
+        for (_, b) in self.cache.drain() {
+            self.blocks[b.index()].cached = None;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u32]) -> Vec<BlockId> {
+        v.iter().map(|&b| BlockId(b)).collect()
+    }
+
+    #[test]
+    fn allocation_order_and_all_or_nothing() {
+        let mut pool = BlockPool::new(6).unwrap();
+        assert_eq!(pool.num_blocks(), 5);
+        assert_eq!(pool.allocate(2).unwrap(), ids(&[1, 2]));
+        let before: Vec<_> = pool.free_queue().collect();
+        let err = pool.allocate(4).unwrap_err();
+        assert_eq!(
+            err,
+            KvError::OutOfBlocks {
+                requested: 4,
+                free: 3,
+                reserved: 0
+            }
+        );
+        assert_eq!(
+            pool.free_queue().collect::<Vec<_>>(),
+            before,
+            "a failed allocation moved blocks"
+        );
+        // Freed tail first: 2 then 1 join the tail; 3, 4, 5 are evicted before them.
+        pool.free(&ids(&[2, 1])).unwrap();
+        assert_eq!(pool.free_queue().collect::<Vec<_>>(), ids(&[3, 4, 5, 2, 1]));
+    }
+
+    #[test]
+    fn double_free_is_an_error_and_changes_nothing() {
+        let mut pool = BlockPool::new(4).unwrap();
+        let b = pool.allocate(2).unwrap();
+        let err = pool.free(&[b[0], b[1], b[1]]).unwrap_err();
+        assert_eq!(err, KvError::DoubleFree(b[1]));
+        assert_eq!(
+            pool.ref_count(b[0]),
+            1,
+            "the valid part of a failed free was applied"
+        );
+        assert_eq!(
+            pool.free(&[BlockId(0)]).unwrap_err(),
+            KvError::InvalidBlock {
+                block: BlockId(0),
+                total: 4
+            }
+        );
+        pool.free(&b).unwrap();
+        assert_eq!(pool.num_free(), 3);
+    }
+
+    #[test]
+    fn cached_free_blocks_revive_and_are_evicted_from_the_head() {
+        let mut pool = BlockPool::new(4).unwrap();
+        let b = pool.allocate(1).unwrap()[0];
+        let content = CachedContent {
+            hash: BlockHash(7),
+            parent: None,
+            tokens: vec![1, 2].into(),
+            keys: BlockKeys::default(),
+        };
+        assert!(pool.cache(b, content.clone()).unwrap());
+        pool.free(&[b]).unwrap();
+        // Still findable while free, and only with the same content.
+        assert_eq!(
+            pool.lookup(BlockHash(7), None, &[1, 2], &BlockKeys::default()),
+            Some(b)
+        );
+        assert_eq!(
+            pool.lookup(BlockHash(7), None, &[1, 3], &BlockKeys::default()),
+            None
+        );
+        pool.touch(&[b]).unwrap();
+        assert!(!pool.is_free(b));
+        assert_eq!(pool.ref_count(b), 1);
+        pool.free(&[b]).unwrap();
+        // Allocating everything evicts it.
+        pool.allocate(3).unwrap();
+        assert_eq!(pool.evictions(), 1);
+        assert_eq!(pool.num_cached(), 0);
+        assert!(pool.cached_content(b).is_none());
+    }
+}

@@ -1,0 +1,90 @@
+//! The tables the attention and cache kernels take for a batch, in the layout ATB and torch_npu
+//! use: block tables `[num_seqs, max_blocks]` of `i32` (padded with the null block 0), a slot
+//! mapping `[num_tokens]` of `i32` (`block * block_size + offset`, `-1` for padding tokens that
+//! the cache kernel must skip), and sequence lengths `[num_seqs]`.
+
+use crate::error::{KvError, Result};
+use crate::ids::{BlockId, RequestId};
+use crate::manager::KvCacheManager;
+
+/// Kernel-facing tables for one step of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchTables {
+    /// Sequences in the batch.
+    pub num_seqs: usize,
+    /// Width of each block-table row.
+    pub max_blocks_per_seq: usize,
+    /// `[num_seqs, max_blocks_per_seq]`, row-major, padded with block 0.
+    pub block_tables: Vec<i32>,
+    /// `[num_tokens]`: slots of the tokens computed this step, sequence after sequence, then
+    /// `-1` for padding.
+    pub slot_mapping: Vec<i32>,
+    /// `[num_seqs]`: tokens of each sequence including this step's.
+    pub seq_lens: Vec<i32>,
+    /// `[num_seqs]`: tokens of each sequence computed this step.
+    pub query_lens: Vec<i32>,
+}
+
+impl KvCacheManager {
+    /// Tables for a batch of `(request, tokens computed this step)`; the step's tokens are the
+    /// last ones the request was given slots for. `pad_tokens_to` pads the slot mapping with
+    /// `-1` (for a fixed-shape graph); `max_blocks_per_seq` fixes the row width (else the
+    /// longest row).
+    pub fn batch_tables(
+        &self,
+        batch: &[(RequestId, usize)],
+        pad_tokens_to: Option<usize>,
+        max_blocks_per_seq: Option<usize>,
+    ) -> Result<BatchTables> {
+        let bs = self.block_size();
+        let mut rows: Vec<&[BlockId]> = Vec::with_capacity(batch.len());
+        let mut seq_lens = Vec::with_capacity(batch.len());
+        let mut query_lens = Vec::with_capacity(batch.len());
+        let mut slot_mapping = Vec::new();
+        for &(id, n) in batch {
+            let blocks = self.blocks(id)?;
+            let len = self.tokens(id)?.len();
+            if n > len {
+                return Err(KvError::InvalidConfig(format!(
+                    "request {id} computes {n} tokens this step but has only {len}"
+                )));
+            }
+            slot_mapping.extend(
+                (len - n..len).map(|pos| (blocks[pos / bs].0 as usize * bs + pos % bs) as i32),
+            );
+            rows.push(blocks);
+            seq_lens.push(len as i32);
+            query_lens.push(n as i32);
+        }
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let width = max_blocks_per_seq.unwrap_or(longest);
+        if width < longest {
+            return Err(KvError::InvalidConfig(format!(
+                "a sequence has {longest} blocks, more than the {width} per row requested"
+            )));
+        }
+        if let Some(total) = pad_tokens_to {
+            if total < slot_mapping.len() {
+                return Err(KvError::InvalidConfig(format!(
+                    "{} tokens do not fit a padded length of {total}",
+                    slot_mapping.len()
+                )));
+            }
+            slot_mapping.resize(total, -1);
+        }
+        let mut block_tables = vec![BlockId::NULL.0 as i32; rows.len() * width];
+        for (row, blocks) in block_tables.chunks_mut(width.max(1)).zip(&rows) {
+            for (cell, b) in row.iter_mut().zip(blocks.iter()) {
+                *cell = b.0 as i32;
+            }
+        }
+        Ok(BatchTables {
+            num_seqs: batch.len(),
+            max_blocks_per_seq: width,
+            block_tables,
+            slot_mapping,
+            seq_lens,
+            query_lens,
+        })
+    }
+}
