@@ -103,6 +103,43 @@ impl AclStream {
         })
     }
 
+    /// `aclrtMemcpyAsync` on this stream, remembered under `op` for error messages.
+    ///
+    /// # Safety
+    /// 1. `dst` and `src` stay valid for `bytes` bytes of the sides `kind` names until the copy
+    ///    completes; host sides are `aclrtMallocHost` memory; device sides belong to this
+    ///    stream's device.
+    unsafe fn enqueue_copy(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+        kind: u32,
+        op: &'static str,
+    ) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: the caller's contract; `raw` is a live stream of the bound context.
+        unsafe { result::memcpy_async(&self.device.rt.api, dst, src, bytes, kind, self.raw) }?;
+        self.note(op);
+        Ok(())
+    }
+
+    /// Waits for this stream, then `aclrtMemcpy` (which is not ordered with streams).
+    ///
+    /// # Safety
+    /// 1. `dst` and `src` are valid for `bytes` bytes of the sides `kind` names for the call.
+    unsafe fn copy_blocking(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+        kind: u32,
+    ) -> Result<()> {
+        self.sync_raw()?;
+        // SAFETY: the caller's contract; the synchronous copy returns when done.
+        unsafe { result::memcpy(&self.device.rt.api, dst, src, bytes, kind) }
+    }
+
     fn check_event(&self, event: &AclEvent, op: &'static str) -> Result<()> {
         if event.device.ordinal == self.device.ordinal {
             Ok(())
@@ -135,55 +172,42 @@ impl crate::Stream for AclStream {
     }
 
     unsafe fn enqueue_copy_h2d(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
-        self.device.bind()?;
-        // SAFETY: the caller guarantees `src` (pinned) and `dst` (device) stay valid for `bytes`
-        // until the copy completes; `raw` is a live stream of the bound context.
+        // SAFETY: the caller's contract for this method is `enqueue_copy`'s.
         unsafe {
-            result::memcpy_async(
-                &self.device.rt.api,
+            self.enqueue_copy(
                 dev(dst),
                 src.cast(),
                 bytes,
                 sys::ACL_MEMCPY_HOST_TO_DEVICE,
-                self.raw,
+                "copy_h2d",
             )
-        }?;
-        self.note("copy_h2d");
-        Ok(())
+        }
     }
 
     unsafe fn enqueue_copy_d2h(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
-        self.device.bind()?;
-        // SAFETY: as in `enqueue_copy_h2d`, with the directions swapped.
+        // SAFETY: as above.
         unsafe {
-            result::memcpy_async(
-                &self.device.rt.api,
+            self.enqueue_copy(
                 dst.cast(),
                 dev(src),
                 bytes,
                 sys::ACL_MEMCPY_DEVICE_TO_HOST,
-                self.raw,
+                "copy_d2h",
             )
-        }?;
-        self.note("copy_d2h");
-        Ok(())
+        }
     }
 
     unsafe fn enqueue_copy_d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
-        self.device.bind()?;
-        // SAFETY: both ranges are live device memory of this device (caller's contract).
+        // SAFETY: as above.
         unsafe {
-            result::memcpy_async(
-                &self.device.rt.api,
+            self.enqueue_copy(
                 dev(dst),
                 dev(src),
                 bytes,
                 sys::ACL_MEMCPY_DEVICE_TO_DEVICE,
-                self.raw,
+                "copy_d2d",
             )
-        }?;
-        self.note("copy_d2d");
-        Ok(())
+        }
     }
 
     unsafe fn enqueue_memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<()> {
@@ -195,33 +219,13 @@ impl crate::Stream for AclStream {
     }
 
     unsafe fn copy_h2d_blocking(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
-        // `aclrtMemcpy` is not ordered with streams: wait for this one first.
-        self.sync_raw()?;
-        // SAFETY: `src` is valid for the call and `dst` is live device memory (caller's
-        // contract); the synchronous copy returns when done.
-        unsafe {
-            result::memcpy(
-                &self.device.rt.api,
-                dev(dst),
-                src.cast(),
-                bytes,
-                sys::ACL_MEMCPY_HOST_TO_DEVICE,
-            )
-        }
+        // SAFETY: the caller's contract for this method is `copy_blocking`'s.
+        unsafe { self.copy_blocking(dev(dst), src.cast(), bytes, sys::ACL_MEMCPY_HOST_TO_DEVICE) }
     }
 
     unsafe fn copy_d2h_blocking(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
-        self.sync_raw()?;
-        // SAFETY: as in `copy_h2d_blocking`, with the directions swapped.
-        unsafe {
-            result::memcpy(
-                &self.device.rt.api,
-                dst.cast(),
-                dev(src),
-                bytes,
-                sys::ACL_MEMCPY_DEVICE_TO_HOST,
-            )
-        }
+        // SAFETY: as above.
+        unsafe { self.copy_blocking(dst.cast(), dev(src), bytes, sys::ACL_MEMCPY_DEVICE_TO_HOST) }
     }
 
     fn record(&self, event: &AclEvent) -> Result<()> {
