@@ -61,7 +61,8 @@ pub use error::{Bytes, Error, LoadAttempt, Result};
 pub use pinned::PinnedBuffer;
 pub use stream_ext::StreamExt;
 pub use traits::{
-    Backend, Device, DeviceMemory, DevicePtr, Event, HostMemory, MemoryInfo, Stream, StreamId,
+    Backend, Device, DeviceMemory, DevicePtr, Event, HostMemory, MemoryInfo, NoVirtualMemory,
+    PhysicalMemory, Stream, StreamId, VirtualRange,
 };
 
 /// The traits and types most code needs: `use ascend_hal::prelude::*;`.

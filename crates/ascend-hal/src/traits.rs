@@ -72,6 +72,10 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     type DeviceMemory: DeviceMemory;
     /// An owned page-locked host allocation, released on drop.
     type HostMemory: HostMemory;
+    /// A reserved range of device virtual addresses (for expandable segments).
+    type VirtualRange: VirtualRange;
+    /// A physical device allocation that can be mapped into a [`VirtualRange`].
+    type PhysicalMemory: PhysicalMemory;
 
     /// The backend's short name (`"cpu"`, `"acl"`), used in device names and errors.
     fn name(&self) -> &'static str;
@@ -122,6 +126,105 @@ pub trait Device: Clone + Send + Sync + fmt::Debug {
     /// Allocates `bytes > 0` bytes of page-locked host memory, zero-filled, usable by
     /// asynchronous copies on this device's streams.
     fn allocate_host(&self, bytes: usize) -> Result<<Self::Backend as Backend>::HostMemory>;
+
+    /// The mapping granularity of device virtual memory, or `None` if the device cannot reserve
+    /// address ranges and map physical memory into them (then callers use ordinary
+    /// allocations).
+    fn virtual_memory_granularity(&self) -> Option<usize> {
+        None
+    }
+
+    /// Reserves `bytes` (a multiple of the granularity) of device virtual addresses; nothing is
+    /// backed until mapped. Released on drop (everything must be unmapped by then).
+    fn reserve_virtual(&self, bytes: usize) -> Result<<Self::Backend as Backend>::VirtualRange> {
+        let _ = bytes;
+        Err(crate::Error::Unsupported {
+            backend: "this",
+            op: "reserve_virtual",
+        })
+    }
+
+    /// Allocates `bytes` (a multiple of the granularity) of physical device memory, counted
+    /// against the device's capacity. Freed on drop (it must be unmapped by then).
+    fn allocate_physical(
+        &self,
+        bytes: usize,
+    ) -> Result<<Self::Backend as Backend>::PhysicalMemory> {
+        let _ = bytes;
+        Err(crate::Error::Unsupported {
+            backend: "this",
+            op: "allocate_physical",
+        })
+    }
+
+    /// Maps all of `physical` at `offset` into `range`.
+    ///
+    /// # Safety
+    /// 1. `offset` is a multiple of the granularity and `offset + physical.size()` lies inside
+    ///    `range`, in a part that is not mapped;
+    /// 2. `physical` is not mapped anywhere else, and stays alive until unmapped.
+    unsafe fn map(
+        &self,
+        range: &<Self::Backend as Backend>::VirtualRange,
+        offset: usize,
+        physical: &<Self::Backend as Backend>::PhysicalMemory,
+    ) -> Result<()> {
+        let _ = (range, offset, physical);
+        Err(crate::Error::Unsupported {
+            backend: "this",
+            op: "map",
+        })
+    }
+
+    /// Unmaps the physical allocation mapped at `offset` of `range`.
+    ///
+    /// # Safety
+    /// 1. A physical allocation was mapped at exactly `offset` by [`Device::map`];
+    /// 2. no queued or running work uses addresses in it.
+    unsafe fn unmap(
+        &self,
+        range: &<Self::Backend as Backend>::VirtualRange,
+        offset: usize,
+    ) -> Result<()> {
+        let _ = (range, offset);
+        Err(crate::Error::Unsupported {
+            backend: "this",
+            op: "unmap",
+        })
+    }
+}
+
+/// A reserved range of device virtual addresses.
+pub trait VirtualRange: Send + Sync + fmt::Debug {
+    /// Start address.
+    fn ptr(&self) -> DevicePtr;
+    /// Size in bytes.
+    fn size(&self) -> usize;
+}
+
+/// A physical device allocation for mapping into a [`VirtualRange`].
+pub trait PhysicalMemory: Send + Sync + fmt::Debug {
+    /// Size in bytes.
+    fn size(&self) -> usize;
+}
+
+/// The associated types of a backend that cannot map virtual memory.
+#[derive(Debug)]
+pub enum NoVirtualMemory {}
+
+impl VirtualRange for NoVirtualMemory {
+    fn ptr(&self) -> DevicePtr {
+        match *self {}
+    }
+    fn size(&self) -> usize {
+        match *self {}
+    }
+}
+
+impl PhysicalMemory for NoVirtualMemory {
+    fn size(&self) -> usize {
+        match *self {}
+    }
 }
 
 /// An owned raw device allocation.

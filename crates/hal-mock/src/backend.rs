@@ -8,7 +8,7 @@ use ascend_hal::{Error, Result};
 use crate::device::{CpuDevice, DeviceProfile, DeviceShared};
 use crate::event::CpuEvent;
 use crate::faults::FaultInjector;
-use crate::memory::{CpuDeviceMemory, CpuHostMemory};
+use crate::memory::{CpuDeviceMemory, CpuHostMemory, CpuPhysicalMemory, CpuVirtualRange};
 use crate::stream::CpuStream;
 
 /// The CPU backend: devices whose memory lives on the host heap, streams run by worker threads.
@@ -65,6 +65,8 @@ impl ascend_hal::Backend for CpuBackend {
     type Event = CpuEvent;
     type DeviceMemory = CpuDeviceMemory;
     type HostMemory = CpuHostMemory;
+    type VirtualRange = CpuVirtualRange;
+    type PhysicalMemory = CpuPhysicalMemory;
 
     fn name(&self) -> &'static str {
         "cpu"

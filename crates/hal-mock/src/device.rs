@@ -9,7 +9,10 @@ use ascend_hal::{Error, MemoryInfo, Result};
 use crate::backend::CpuBackend;
 use crate::event::CpuEvent;
 use crate::faults::{FaultInjector, MockOp};
-use crate::memory::{accounted_size, AddressSpace, CpuDeviceMemory, CpuHostMemory, HostBytes};
+use crate::memory::{
+    accounted_size, AddressSpace, CpuDeviceMemory, CpuHostMemory, CpuPhysicalMemory,
+    CpuVirtualRange, HostBytes,
+};
 use crate::stream::{CpuStream, StreamShared};
 
 const GIB: u64 = 1 << 30;
@@ -50,6 +53,20 @@ impl DeviceProfile {
             soc_name: soc_name.into(),
             total_memory,
         }
+    }
+}
+
+/// Granularity of the CPU backend's virtual memory: ACL's huge pages.
+pub const VMM_GRANULARITY: usize = 2 << 20;
+
+fn check_granular(op: &'static str, bytes: usize) -> Result<()> {
+    if bytes > 0 && bytes.is_multiple_of(VMM_GRANULARITY) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            op,
+            message: format!("{bytes} bytes is not a positive multiple of the {VMM_GRANULARITY}-byte granularity"),
+        })
     }
 }
 
@@ -247,6 +264,102 @@ impl ascend_hal::Device for CpuDevice {
             allocation,
             device: Arc::clone(d),
         })
+    }
+
+    fn virtual_memory_granularity(&self) -> Option<usize> {
+        Some(VMM_GRANULARITY)
+    }
+
+    fn reserve_virtual(&self, bytes: usize) -> Result<CpuVirtualRange> {
+        self.shared.enter(MockOp::ReserveVirtual)?;
+        check_granular("reserve_virtual", bytes)?;
+        let base = self.shared.memory().reserve(bytes);
+        Ok(CpuVirtualRange {
+            base,
+            size: bytes,
+            device: Arc::clone(&self.shared),
+        })
+    }
+
+    fn allocate_physical(&self, bytes: usize) -> Result<CpuPhysicalMemory> {
+        let d = &self.shared;
+        d.enter(MockOp::AllocatePhysical)?;
+        check_granular("allocate_physical", bytes)?;
+        let total = d.profile.total_memory;
+        let mut memory = d.memory();
+        let limit = d.faults.allocation_limit();
+        if memory.used + bytes as u64 > total || limit.is_some_and(|l| bytes as u64 > l) {
+            return Err(Error::OutOfMemory {
+                device: d.label.clone(),
+                requested: bytes as u64,
+                free: total.saturating_sub(memory.used),
+                total,
+                detail: if limit.is_some_and(|l| bytes as u64 > l) {
+                    "; injected fault: allocations above the limit fail".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        let data = HostBytes::zeroed(bytes).ok_or_else(|| Error::OutOfMemory {
+            device: d.label.clone(),
+            requested: bytes as u64,
+            free: total.saturating_sub(memory.used),
+            total,
+            detail: "; the host could not back the simulated device memory".into(),
+        })?;
+        memory.used += bytes as u64;
+        Ok(CpuPhysicalMemory {
+            storage: Arc::new(std::sync::Mutex::new(data)),
+            size: bytes,
+            device: Arc::clone(d),
+        })
+    }
+
+    unsafe fn map(
+        &self,
+        range: &CpuVirtualRange,
+        offset: usize,
+        physical: &CpuPhysicalMemory,
+    ) -> Result<()> {
+        self.shared.enter(MockOp::Map)?;
+        if !offset.is_multiple_of(VMM_GRANULARITY) {
+            return Err(Error::InvalidArgument {
+                op: "map",
+                message: format!("offset {offset} is not a multiple of {VMM_GRANULARITY}"),
+            });
+        }
+        if offset + physical.size > range.size {
+            return Err(Error::InvalidArgument {
+                op: "map",
+                message: format!(
+                    "{} bytes at offset {offset} run past the {}-byte range",
+                    physical.size, range.size
+                ),
+            });
+        }
+        let base = range.base + offset as u64;
+        let mut memory = self.shared.memory();
+        if memory.overlaps(base, physical.size) {
+            return Err(Error::InvalidArgument {
+                op: "map",
+                message: format!("offset {offset} of the range is already mapped"),
+            });
+        }
+        memory.map_at(base, physical.size, Arc::clone(&physical.storage));
+        Ok(())
+    }
+
+    unsafe fn unmap(&self, range: &CpuVirtualRange, offset: usize) -> Result<()> {
+        self.shared.check_alive("unmap")?;
+        if self.shared.memory().remove(range.base + offset as u64) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                op: "unmap",
+                message: format!("nothing is mapped at offset {offset} of the range"),
+            })
+        }
     }
 
     fn allocate_host(&self, bytes: usize) -> Result<CpuHostMemory> {

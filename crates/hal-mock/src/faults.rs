@@ -39,11 +39,17 @@ pub enum MockOp {
     Wait,
     /// `Stream::synchronize` and `Device::synchronize`.
     Synchronize,
+    /// `Device::reserve_virtual`.
+    ReserveVirtual,
+    /// `Device::allocate_physical`.
+    AllocatePhysical,
+    /// `Device::map`.
+    Map,
 }
 
 impl MockOp {
     /// Every operation.
-    pub const ALL: [MockOp; 12] = [
+    pub const ALL: [MockOp; 15] = [
         MockOp::Allocate,
         MockOp::AllocateHost,
         MockOp::NewStream,
@@ -56,6 +62,9 @@ impl MockOp {
         MockOp::Record,
         MockOp::Wait,
         MockOp::Synchronize,
+        MockOp::ReserveVirtual,
+        MockOp::AllocatePhysical,
+        MockOp::Map,
     ];
 
     /// The operation's name, as used in errors and by [`FromStr`].
@@ -73,6 +82,9 @@ impl MockOp {
             MockOp::Record => "record",
             MockOp::Wait => "wait",
             MockOp::Synchronize => "synchronize",
+            MockOp::ReserveVirtual => "reserve_virtual",
+            MockOp::AllocatePhysical => "allocate_physical",
+            MockOp::Map => "map",
         }
     }
 }

@@ -39,10 +39,10 @@ mod memory;
 mod stream;
 
 pub use backend::{CpuBackend, CpuBackendBuilder};
-pub use device::{CpuDevice, DeviceProfile};
+pub use device::{CpuDevice, DeviceProfile, VMM_GRANULARITY};
 pub use event::CpuEvent;
 pub use faults::{FaultInjector, MockOp};
-pub use memory::{CpuDeviceMemory, CpuHostMemory};
+pub use memory::{CpuDeviceMemory, CpuHostMemory, CpuPhysicalMemory, CpuVirtualRange};
 pub use stream::CpuStream;
 
 /// Picks the best available backend with the CPU backend (one 910B1-sized device) as the

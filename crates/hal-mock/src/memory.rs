@@ -106,12 +106,18 @@ impl Drop for HostBytes {
     }
 }
 
-/// One device allocation: its address, size, and storage.
+/// The bytes behind an allocation, or behind a physical chunk that may be mapped.
+pub(crate) type Storage = Arc<Mutex<HostBytes>>;
+
+/// One mapped range of a device's address space: an ordinary allocation, or a physical chunk
+/// mapped into a reserved range. Its storage is locked for every access.
 pub(crate) struct Allocation {
     pub(crate) base: u64,
     pub(crate) size: usize,
+    /// Bytes this entry counts against the capacity (0 for a mapping: the physical chunk
+    /// counts itself).
     pub(crate) accounted: u64,
-    data: Mutex<HostBytes>,
+    data: Storage,
 }
 
 impl fmt::Debug for Allocation {
@@ -124,8 +130,8 @@ impl fmt::Debug for Allocation {
 }
 
 impl Allocation {
-    /// Locks the storage. Stream workers lock allocations one at a time, or two in address order,
-    /// so they cannot deadlock.
+    /// Locks the storage. Stream workers lock at most two allocations at a time, in address
+    /// order, so they cannot deadlock.
     pub(crate) fn lock(&self) -> MutexGuard<'_, HostBytes> {
         // A panic inside a copy leaves bytes half-copied, which device memory may legitimately
         // be; the lock is still usable.
@@ -133,7 +139,10 @@ impl Allocation {
     }
 }
 
-/// The live allocations of one device and its usage.
+/// `len` bytes at `offset` of one allocation: a piece of a device range.
+pub(crate) type Piece = (Arc<Allocation>, usize, usize);
+
+/// The live allocations and mappings of one device, and its usage.
 #[derive(Default)]
 pub(crate) struct AddressSpace {
     live: BTreeMap<u64, Arc<Allocation>>,
@@ -150,6 +159,13 @@ impl AddressSpace {
         }
     }
 
+    /// Takes `size` bytes of fresh addresses, followed by an unmapped guard gap.
+    pub(crate) fn reserve(&mut self, size: usize) -> u64 {
+        let base = self.next;
+        self.next = (base + size as u64 + GUARD_GAP).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        base
+    }
+
     /// Adds an allocation of `size` bytes backed by `data`; the caller checked capacity.
     pub(crate) fn insert(
         &mut self,
@@ -157,50 +173,95 @@ impl AddressSpace {
         accounted: u64,
         data: HostBytes,
     ) -> Arc<Allocation> {
-        let base = self.next;
-        self.next =
-            (base + size as u64 + GUARD_GAP).div_ceil(ALIGN as u64 * 8) * (ALIGN as u64 * 8);
+        let base = self.reserve(size);
         self.used += accounted;
         let allocation = Arc::new(Allocation {
             base,
             size,
             accounted,
-            data: Mutex::new(data),
+            data: Arc::new(Mutex::new(data)),
         });
         self.live.insert(base, Arc::clone(&allocation));
         allocation
     }
 
-    pub(crate) fn remove(&mut self, base: u64) {
-        if let Some(a) = self.live.remove(&base) {
-            self.used -= a.accounted;
+    /// Maps `data` (`size` bytes) at `base`, inside a reserved range; the caller checked that
+    /// nothing is mapped there.
+    pub(crate) fn map_at(&mut self, base: u64, size: usize, data: Storage) {
+        self.live.insert(
+            base,
+            Arc::new(Allocation {
+                base,
+                size,
+                accounted: 0,
+                data,
+            }),
+        );
+    }
+
+    /// Bases of the entries inside `base..base + size`.
+    pub(crate) fn mapped_in(&self, base: u64, size: usize) -> Vec<u64> {
+        self.live
+            .range(base..base + size as u64)
+            .map(|(&b, _)| b)
+            .collect()
+    }
+
+    /// Whether anything is mapped in `base..base + size`.
+    pub(crate) fn overlaps(&self, base: u64, size: usize) -> bool {
+        let end = base + size as u64;
+        self.live
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, a)| b + a.size as u64 > base)
+    }
+
+    /// Removes the allocation or mapping starting at `base`; returns whether there was one.
+    pub(crate) fn remove(&mut self, base: u64) -> bool {
+        match self.live.remove(&base) {
+            Some(a) => {
+                self.used -= a.accounted;
+                true
+            }
+            None => false,
         }
     }
 
-    /// The allocation holding `ptr..ptr + bytes`, and the offset of `ptr` in it.
+    /// The pieces of `ptr..ptr + bytes`: one for an ordinary allocation, several across the
+    /// adjacent chunks of a mapped range. Every byte must be mapped.
     pub(crate) fn resolve(
         &self,
         ptr: DevicePtr,
         bytes: usize,
         op: &'static str,
         device: &str,
-    ) -> Result<(Arc<Allocation>, usize)> {
-        let found = self.live.range(..=ptr.0).next_back();
-        if let Some((&base, a)) = found {
-            let offset = (ptr.0 - base) as usize;
-            if offset.checked_add(bytes).is_some_and(|end| end <= a.size) {
-                return Ok((Arc::clone(a), offset));
+    ) -> Result<Vec<Piece>> {
+        let mut pieces = Vec::with_capacity(1);
+        let (mut at, mut left) = (ptr.0, bytes);
+        loop {
+            let piece = self.live.range(..=at).next_back().and_then(|(&base, a)| {
+                let offset = (at - base) as usize;
+                (offset < a.size && (pieces.is_empty() || offset == 0))
+                    .then(|| (Arc::clone(a), offset, left.min(a.size - offset)))
+            });
+            let Some(piece) = piece else {
+                return Err(Error::InvalidArgument {
+                    op,
+                    message: format!(
+                        "device range {:#x}..{:#x} ({bytes} bytes) is not inside live memory of \
+                         {device}: freed, out of bounds, unmapped, or another device's address",
+                        ptr.0,
+                        ptr.0.saturating_add(bytes as u64)
+                    ),
+                });
+            };
+            at += piece.2 as u64;
+            left -= piece.2;
+            pieces.push(piece);
+            if left == 0 {
+                return Ok(pieces);
             }
         }
-        Err(Error::InvalidArgument {
-            op,
-            message: format!(
-                "device range {:#x}..{:#x} ({bytes} bytes) is not inside one live allocation of \
-                 {device}: freed, out of bounds, or another device's address",
-                ptr.0,
-                ptr.0.saturating_add(bytes as u64)
-            ),
-        })
     }
 }
 
@@ -237,6 +298,69 @@ impl fmt::Debug for CpuDeviceMemory {
             .field("device", &self.device.ordinal)
             .field("ptr", &DevicePtr(self.allocation.base))
             .field("size", &self.allocation.size)
+            .finish()
+    }
+}
+
+/// A reserved range of the CPU backend's device addresses (nothing is backed until mapped).
+pub struct CpuVirtualRange {
+    pub(crate) base: u64,
+    pub(crate) size: usize,
+    pub(crate) device: Arc<DeviceShared>,
+}
+
+impl ascend_hal::VirtualRange for CpuVirtualRange {
+    fn ptr(&self) -> DevicePtr {
+        DevicePtr(self.base)
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl Drop for CpuVirtualRange {
+    fn drop(&mut self) {
+        // Mappings left behind would keep addresses of a released range alive: remove them.
+        let mut space = self.device.memory();
+        let leftovers: Vec<u64> = space.mapped_in(self.base, self.size);
+        for base in leftovers {
+            space.remove(base);
+        }
+    }
+}
+
+impl fmt::Debug for CpuVirtualRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuVirtualRange")
+            .field("ptr", &DevicePtr(self.base))
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// A physical chunk of the CPU backend's device memory, counted against its capacity.
+pub struct CpuPhysicalMemory {
+    pub(crate) storage: Storage,
+    pub(crate) size: usize,
+    pub(crate) device: Arc<DeviceShared>,
+}
+
+impl ascend_hal::PhysicalMemory for CpuPhysicalMemory {
+    fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl Drop for CpuPhysicalMemory {
+    fn drop(&mut self) {
+        self.device.memory().used -= self.size as u64;
+    }
+}
+
+impl fmt::Debug for CpuPhysicalMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuPhysicalMemory")
+            .field("size", &self.size)
             .finish()
     }
 }
@@ -286,16 +410,19 @@ mod tests {
         let a = space.insert(100, 160, HostBytes::zeroed(100).unwrap());
         let b = space.insert(100, 160, HostBytes::zeroed(100).unwrap());
         assert!(b.base >= a.base + 100 + GUARD_GAP);
-        let (hit, off) = space
+        let pieces = space
             .resolve(DevicePtr(a.base + 10), 90, "t", "cpu:0")
             .unwrap();
-        assert_eq!((hit.base, off), (a.base, 10));
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(
+            (pieces[0].0.base, pieces[0].1, pieces[0].2),
+            (a.base, 10, 90)
+        );
         let err = space
             .resolve(DevicePtr(a.base + 10), 91, "t", "cpu:0")
             .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("not inside one live allocation of cpu:0"),
+            err.to_string().contains("not inside live memory of cpu:0"),
             "{err}"
         );
         assert!(space
@@ -305,5 +432,29 @@ mod tests {
         space.remove(a.base);
         assert_eq!(space.used, 160);
         assert!(space.resolve(DevicePtr(a.base), 1, "t", "cpu:0").is_err());
+    }
+
+    #[test]
+    fn mapped_chunks_resolve_as_one_range() {
+        let mut space = AddressSpace::new(0);
+        let base = space.reserve(3 * 64);
+        let chunk = || Arc::new(Mutex::new(HostBytes::zeroed(64).unwrap()));
+        space.map_at(base, 64, chunk());
+        space.map_at(base + 64, 64, chunk());
+        assert!(space.overlaps(base + 60, 8));
+        assert!(!space.overlaps(base + 128, 64));
+        let pieces = space
+            .resolve(DevicePtr(base + 60), 10, "t", "cpu:0")
+            .unwrap();
+        let spans: Vec<_> = pieces.iter().map(|p| (p.0.base - base, p.1, p.2)).collect();
+        assert_eq!(spans, vec![(0, 60, 4), (64, 0, 6)]);
+        // The third chunk is not mapped.
+        assert!(space
+            .resolve(DevicePtr(base + 120), 16, "t", "cpu:0")
+            .is_err());
+        assert!(space.remove(base + 64));
+        assert!(space
+            .resolve(DevicePtr(base + 60), 10, "t", "cpu:0")
+            .is_err());
     }
 }

@@ -18,7 +18,7 @@ use crate::backend::CpuBackend;
 use crate::device::{CpuDevice, DeviceShared};
 use crate::event::{CpuEvent, Signal};
 use crate::faults::MockOp;
-use crate::memory::Allocation;
+use crate::memory::{Allocation, Piece};
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -240,12 +240,7 @@ impl CpuStream {
         Ok(())
     }
 
-    fn resolve(
-        &self,
-        ptr: DevicePtr,
-        bytes: usize,
-        op: &'static str,
-    ) -> Result<(Arc<Allocation>, usize)> {
+    fn resolve(&self, ptr: DevicePtr, bytes: usize, op: &'static str) -> Result<Vec<Piece>> {
         let device = &self.shared.device;
         device.memory().resolve(ptr, bytes, op, &device.label)
     }
@@ -264,7 +259,7 @@ impl CpuStream {
     }
 }
 
-fn copy_d2d(src: &Allocation, src_off: usize, dst: &Allocation, dst_off: usize, bytes: usize) {
+fn copy_between(src: &Allocation, src_off: usize, dst: &Allocation, dst_off: usize, bytes: usize) {
     if std::ptr::eq(src, dst) {
         dst.lock()
             .as_mut_slice()
@@ -287,6 +282,26 @@ fn copy_d2d(src: &Allocation, src_off: usize, dst: &Allocation, dst_off: usize, 
     d[dst_off..dst_off + bytes].copy_from_slice(&s[src_off..src_off + bytes]);
 }
 
+/// Copies between two device ranges given as pieces (their chunk boundaries may differ).
+fn copy_pieces(src: &[Piece], dst: &[Piece]) {
+    let (mut si, mut so, mut di, mut dof) = (0, 0, 0, 0);
+    while si < src.len() && di < dst.len() {
+        let (s, d) = (&src[si], &dst[di]);
+        let n = (s.2 - so).min(d.2 - dof);
+        copy_between(&s.0, s.1 + so, &d.0, d.1 + dof, n);
+        so += n;
+        dof += n;
+        if so == s.2 {
+            si += 1;
+            so = 0;
+        }
+        if dof == d.2 {
+            di += 1;
+            dof = 0;
+        }
+    }
+}
+
 impl ascend_hal::Stream for CpuStream {
     type Backend = CpuBackend;
 
@@ -305,40 +320,45 @@ impl ascend_hal::Stream for CpuStream {
     }
 
     unsafe fn enqueue_copy_h2d(&self, src: *const u8, dst: DevicePtr, bytes: usize) -> Result<()> {
-        let (alloc, off) = self.resolve(dst, bytes, "copy_h2d")?;
+        let pieces = self.resolve(dst, bytes, "copy_h2d")?;
         let src = SendPtr(src as *mut u8);
         let work = move || {
             let src = src;
             // SAFETY: the caller guarantees `src` is valid for `bytes` reads and unwritten until
             // this task completes (contract of `enqueue_copy_h2d`).
             let data = unsafe { std::slice::from_raw_parts(src.0 as *const u8, bytes) };
-            alloc.lock().as_mut_slice()[off..off + bytes].copy_from_slice(data);
+            let mut at = 0;
+            for (alloc, off, len) in &pieces {
+                alloc.lock().as_mut_slice()[*off..off + len].copy_from_slice(&data[at..at + len]);
+                at += len;
+            }
             Ok(())
         };
         self.enqueue(MockOp::CopyH2d, "copy_h2d", Box::new(work))
     }
 
     unsafe fn enqueue_copy_d2h(&self, src: DevicePtr, dst: *mut u8, bytes: usize) -> Result<()> {
-        let (alloc, off) = self.resolve(src, bytes, "copy_d2h")?;
+        let pieces = self.resolve(src, bytes, "copy_d2h")?;
         let dst = SendPtr(dst);
         let work = move || {
             let dst = dst;
             // SAFETY: the caller guarantees `dst` is valid for `bytes` writes and untouched by
             // the host until this task completes (contract of `enqueue_copy_d2h`).
             let out = unsafe { std::slice::from_raw_parts_mut(dst.0, bytes) };
-            out.copy_from_slice(&alloc.lock().as_mut_slice()[off..off + bytes]);
+            let mut at = 0;
+            for (alloc, off, len) in &pieces {
+                out[at..at + len].copy_from_slice(&alloc.lock().as_mut_slice()[*off..off + len]);
+                at += len;
+            }
             Ok(())
         };
         self.enqueue(MockOp::CopyD2h, "copy_d2h", Box::new(work))
     }
 
     unsafe fn enqueue_copy_d2d(&self, src: DevicePtr, dst: DevicePtr, bytes: usize) -> Result<()> {
-        let (src_alloc, src_off) = self.resolve(src, bytes, "copy_d2d")?;
-        let (dst_alloc, dst_off) = self.resolve(dst, bytes, "copy_d2d")?;
-        if Arc::ptr_eq(&src_alloc, &dst_alloc)
-            && src_off < dst_off + bytes
-            && dst_off < src_off + bytes
-        {
+        let from = self.resolve(src, bytes, "copy_d2d")?;
+        let to = self.resolve(dst, bytes, "copy_d2d")?;
+        if src.0 < dst.0 + bytes as u64 && dst.0 < src.0 + bytes as u64 {
             return Err(Error::InvalidArgument {
                 op: "copy_d2d",
                 message: format!(
@@ -347,16 +367,18 @@ impl ascend_hal::Stream for CpuStream {
             });
         }
         let work = move || {
-            copy_d2d(&src_alloc, src_off, &dst_alloc, dst_off, bytes);
+            copy_pieces(&from, &to);
             Ok(())
         };
         self.enqueue(MockOp::CopyD2d, "copy_d2d", Box::new(work))
     }
 
     unsafe fn enqueue_memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<()> {
-        let (alloc, off) = self.resolve(dst, bytes, "memset")?;
+        let pieces = self.resolve(dst, bytes, "memset")?;
         let work = move || {
-            alloc.lock().as_mut_slice()[off..off + bytes].fill(value);
+            for (alloc, off, len) in &pieces {
+                alloc.lock().as_mut_slice()[*off..off + len].fill(value);
+            }
             Ok(())
         };
         self.enqueue(MockOp::Memset, "memset", Box::new(work))

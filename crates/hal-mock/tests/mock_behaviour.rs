@@ -338,7 +338,7 @@ fn stale_and_foreign_addresses_are_rejected() {
     let err = unsafe { stream.enqueue_memset(stale, 0, 16) }.unwrap_err();
     assert!(
         err.to_string()
-            .contains("not inside one live allocation of cpu:0"),
+            .contains("not inside live memory of cpu:0"),
         "{err}"
     );
 
@@ -408,4 +408,62 @@ fn discover_falls_back_to_the_cpu_backend_and_says_why() {
         }
     }
     assert_eq!(d.run(Count), 1);
+}
+
+#[test]
+fn virtual_memory_maps_chunks_into_one_contiguous_range() {
+    use ascend_hal::{DevicePtr, VirtualRange};
+    use hal_mock::VMM_GRANULARITY as G;
+    let backend = CpuBackend::builder()
+        .device(DeviceProfile::custom("Tiny", 8 * G as u64))
+        .build();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    assert_eq!(device.virtual_memory_granularity(), Some(G));
+    let range = device.reserve_virtual(4 * G).unwrap();
+    assert_eq!(
+        device.memory_info().unwrap().used(),
+        0,
+        "a reservation costs no memory"
+    );
+    let a = device.allocate_physical(G).unwrap();
+    let b = device.allocate_physical(2 * G).unwrap();
+    assert_eq!(device.memory_info().unwrap().used(), 3 * G as u64);
+    // SAFETY: offsets are granular, inside the range, unmapped; each chunk mapped once.
+    unsafe {
+        device.map(&range, 0, &a).unwrap();
+        device.map(&range, G, &b).unwrap();
+        let err = device.map(&range, G, &a).unwrap_err();
+        assert!(err.to_string().contains("already mapped"), "{err}");
+    }
+    // A write and a read across the chunk boundary.
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let at = DevicePtr(range.ptr().0 + G as u64 - 1000);
+    let mut back = vec![0u8; data.len()];
+    // SAFETY: `data` and `back` outlive the blocking calls; the range is mapped there.
+    unsafe {
+        stream
+            .copy_h2d_blocking(data.as_ptr(), at, data.len())
+            .unwrap();
+        stream
+            .copy_d2h_blocking(at, back.as_mut_ptr(), back.len())
+            .unwrap();
+    }
+    assert_eq!(back, data);
+    // Past the mapped part is an error, not a write.
+    let end = DevicePtr(range.ptr().0 + 3 * G as u64 - 10);
+    // SAFETY: deliberately out of the mapped part; the backend must refuse.
+    assert!(unsafe { stream.enqueue_memset(end, 0, 20) }.is_err());
+    // SAFETY: nothing queued uses the chunks any more (the copies above were blocking).
+    unsafe {
+        device.unmap(&range, G).unwrap();
+        device.unmap(&range, 0).unwrap();
+    }
+    // SAFETY: as above: now unmapped, so refused.
+    assert!(unsafe { stream.enqueue_memset(at, 0, 1) }.is_err());
+    drop((a, b));
+    assert_eq!(device.memory_info().unwrap().used(), 0);
+    let err = device.allocate_physical(9 * G).unwrap_err();
+    assert!(err.is_out_of_memory(), "{err}");
+    assert!(device.reserve_virtual(G + 1).is_err());
 }

@@ -110,6 +110,8 @@ impl crate::Backend for AclBackend {
     type Event = AclEvent;
     type DeviceMemory = AclDeviceMemory;
     type HostMemory = AclHostMemory;
+    type VirtualRange = crate::NoVirtualMemory;
+    type PhysicalMemory = crate::NoVirtualMemory;
 
     fn name(&self) -> &'static str {
         "acl"
