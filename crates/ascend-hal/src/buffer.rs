@@ -53,10 +53,20 @@ pub trait DeviceReprMut<B: Backend, T: Element>: DeviceRepr<B, T> {}
 /// # Ok(()) }
 /// ```
 pub struct DeviceBuffer<B: Backend, T: Element> {
-    memory: Option<B::DeviceMemory>,
+    storage: Storage<B>,
     len: usize,
     device: usize,
     _element: PhantomData<T>,
+}
+
+/// Where a buffer's memory comes from.
+enum Storage<B: Backend> {
+    /// An empty buffer: no memory.
+    Empty,
+    /// Its own raw allocation.
+    Raw(B::DeviceMemory),
+    /// A block of a caching allocator, returned to it on drop.
+    Pooled(crate::alloc::PooledBlock<B>),
 }
 
 impl<B: Backend, T: Element> DeviceBuffer<B, T> {
@@ -67,17 +77,27 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
     /// `len * size_of::<T>()` overflows.
     pub fn alloc(device: &B::Device, len: usize) -> Result<Self> {
         let bytes = byte_len::<T>(len, "DeviceBuffer::alloc")?;
-        let memory = if bytes == 0 {
-            None
+        let storage = if bytes == 0 {
+            Storage::Empty
         } else {
-            Some(device.allocate(bytes)?)
+            Storage::Raw(device.allocate(bytes)?)
         };
         Ok(DeviceBuffer {
-            memory,
+            storage,
             len,
             device: device.ordinal(),
             _element: PhantomData,
         })
+    }
+
+    /// A buffer over a block of a caching allocator; `block` holds at least `len` elements.
+    pub(crate) fn from_pooled(block: crate::alloc::PooledBlock<B>, len: usize) -> Self {
+        DeviceBuffer {
+            device: block.device_ordinal(),
+            storage: Storage::Pooled(block),
+            len,
+            _element: PhantomData,
+        }
     }
 
     /// Allocates a buffer and fills it with zeros, in order on `stream`.
@@ -114,9 +134,13 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
         self.device
     }
 
-    /// The raw allocation behind the buffer (`None` for an empty buffer).
-    pub fn memory(&self) -> Option<&B::DeviceMemory> {
-        self.memory.as_ref()
+    /// The caching-allocator block behind the buffer, if it came from one (for
+    /// [`CachingAllocator::record_stream`](crate::alloc::CachingAllocator::record_stream)).
+    pub fn pooled_block(&self) -> Option<&crate::alloc::PooledBlock<B>> {
+        match &self.storage {
+            Storage::Pooled(b) => Some(b),
+            _ => None,
+        }
     }
 
     /// Borrows elements `range` for reading.
@@ -145,7 +169,11 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
     }
 
     fn base(&self) -> DevicePtr {
-        self.memory.as_ref().map_or(DevicePtr(0), |m| m.ptr())
+        match &self.storage {
+            Storage::Empty => DevicePtr(0),
+            Storage::Raw(m) => m.ptr(),
+            Storage::Pooled(b) => b.ptr(),
+        }
     }
 }
 

@@ -40,6 +40,7 @@
 )]
 
 pub mod acl;
+pub mod alloc;
 mod buffer;
 mod discover;
 mod dtype;

@@ -337,8 +337,7 @@ fn stale_and_foreign_addresses_are_rejected() {
     // it into an error instead of touching memory.
     let err = unsafe { stream.enqueue_memset(stale, 0, 16) }.unwrap_err();
     assert!(
-        err.to_string()
-            .contains("not inside live memory of cpu:0"),
+        err.to_string().contains("not inside live memory of cpu:0"),
         "{err}"
     );
 

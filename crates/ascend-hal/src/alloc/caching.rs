@@ -1,0 +1,1000 @@
+//! The caching device allocator, after PyTorch's `CUDACachingAllocator` / torch_npu's
+//! `NPUCachingAllocator`, for any backend.
+//!
+//! - Requests are rounded up to 512 bytes. Requests up to 1 MiB come from the small pool (2 MiB
+//!   segments), larger ones from the large pool (20 MiB segments below 10 MiB, else the request
+//!   rounded to 2 MiB). A request takes the best-fitting free block of its pool and stream;
+//!   an oversized block is split, and a freed block merges with free neighbours of its segment.
+//!   Blocks above `max_split_size` are never split, nor used for smaller requests.
+//! - Reuse is stream-ordered: a block freed on stream S is reusable at once on S (later work on
+//!   S runs after the earlier uses). If the block was also used on other streams
+//!   ([`CachingAllocator::record_stream`]), it waits until events recorded on those streams
+//!   complete.
+//! - With expandable segments, each stream and pool has one reserved virtual range that grows by
+//!   mapping physical chunks at its end, so freed memory in the middle of a range is reused in
+//!   place instead of fragmenting into segments that no request fits.
+//! - On out-of-memory the cache is released (after a device synchronisation) and the request
+//!   retried once; then the error gives requested, allocated, reserved, free and total bytes.
+//!
+//! Segments of the ordinary kind ask the backend for `size - 512` bytes: `aclrtMalloc` pads
+//! every request by 32 bytes before rounding it to 2 MiB huge pages, so asking for exactly 2 MiB
+//! would cost 4.
+
+// Block and segment indices are internal links kept consistent under the state lock; a
+// missing one is a bug in this file, not bad input, so lookups `expect` them.
+#![allow(clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::config::AllocatorConfig;
+use crate::buffer::DeviceBuffer;
+use crate::dtype::Element;
+use crate::error::{Bytes, Error, Result};
+use crate::traits::{
+    Backend, Device, DeviceMemory, DevicePtr, Event, MemoryInfo, Stream, StreamId, VirtualRange,
+};
+
+const MIN_BLOCK: usize = 512;
+const SMALL_SIZE: usize = 1 << 20;
+const SMALL_BUFFER: usize = 2 << 20;
+const LARGE_BUFFER: usize = 20 << 20;
+const MIN_LARGE_ALLOC: usize = 10 << 20;
+const ROUND_LARGE: usize = 2 << 20;
+/// What an ordinary segment leaves for `aclrtMalloc`'s padding (see the module docs).
+const SEGMENT_SLACK: usize = MIN_BLOCK;
+
+/// The two pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pool {
+    /// Requests up to 1 MiB.
+    Small,
+    /// Larger requests.
+    Large,
+}
+
+fn round_size(bytes: usize) -> usize {
+    bytes.max(1).div_ceil(MIN_BLOCK) * MIN_BLOCK
+}
+
+fn pool_of(size: usize) -> Pool {
+    if size <= SMALL_SIZE {
+        Pool::Small
+    } else {
+        Pool::Large
+    }
+}
+
+fn segment_size(size: usize) -> usize {
+    if size <= SMALL_SIZE {
+        SMALL_BUFFER
+    } else if size < MIN_LARGE_ALLOC {
+        LARGE_BUFFER
+    } else {
+        size.div_ceil(ROUND_LARGE) * ROUND_LARGE
+    }
+}
+
+/// Counters of the allocator, all in bytes unless named otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AllocatorStats {
+    /// Bytes in blocks handed out and not yet freed.
+    pub allocated: u64,
+    /// Bytes held from the backend (segments and mapped chunks).
+    pub reserved: u64,
+    /// Allocated bytes plus freed blocks still waiting on other streams' events.
+    pub active: u64,
+    /// Peak of `allocated`.
+    pub peak_allocated: u64,
+    /// Peak of `reserved`.
+    pub peak_reserved: u64,
+    /// Peak of `active`.
+    pub peak_active: u64,
+    /// Successful allocations.
+    pub num_allocs: u64,
+    /// Allocations served from cached blocks without asking the backend.
+    pub cache_hits: u64,
+    /// Allocations that failed with out-of-memory.
+    pub num_ooms: u64,
+    /// Segments (one per expandable range).
+    pub segments: usize,
+    /// The largest free block.
+    pub largest_free_block: u64,
+    /// `1 - largest free block / free reserved bytes` (0 with nothing free).
+    pub fragmentation: f64,
+}
+
+/// One block of a [`MemorySnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// Address.
+    pub ptr: DevicePtr,
+    /// Size in bytes.
+    pub size: usize,
+    /// `allocated`, `free`, or `pending` (freed, waiting on other streams).
+    pub state: &'static str,
+}
+
+/// One segment of a [`MemorySnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Start address.
+    pub ptr: DevicePtr,
+    /// Bytes held from the backend.
+    pub size: usize,
+    /// The stream whose blocks it holds.
+    pub stream: StreamId,
+    /// Its pool.
+    pub pool: Pool,
+    /// Whether it is an expandable range.
+    pub expandable: bool,
+    /// Its blocks, in address order.
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// Every segment and block, for debugging fragmentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemorySnapshot {
+    /// Segments in address order.
+    pub segments: Vec<SegmentInfo>,
+}
+
+enum SegmentMemory<B: Backend> {
+    Plain(B::DeviceMemory),
+    Expandable {
+        range: B::VirtualRange,
+        /// Chunks mapped at `i * granularity`, in order.
+        chunks: Vec<B::PhysicalMemory>,
+        granularity: usize,
+    },
+}
+
+struct Segment<B: Backend> {
+    memory: SegmentMemory<B>,
+    base: u64,
+    /// Bytes of it in use as blocks (mapped, for an expandable range).
+    size: usize,
+    stream: StreamId,
+    pool: Pool,
+    /// The first block, in address order.
+    head: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    segment: usize,
+    addr: u64,
+    size: usize,
+    allocated: bool,
+    /// Freed, waiting on other streams' events.
+    pending: bool,
+    stream: StreamId,
+    pool: Pool,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+type FreeKey = (StreamId, usize, u64, usize);
+
+/// Events recorded after a block's last use on each other stream.
+type StreamUses<B> = Vec<(StreamId, <B as Backend>::Event)>;
+
+struct State<B: Backend> {
+    blocks: Vec<Option<Block>>,
+    spare_blocks: Vec<usize>,
+    segments: Vec<Option<Segment<B>>>,
+    free: HashMap<Pool, BTreeSet<FreeKey>>,
+    /// Per allocated block: events recorded on other streams that used it.
+    uses: HashMap<usize, StreamUses<B>>,
+    /// Freed blocks waiting on events.
+    pending: Vec<(usize, StreamUses<B>)>,
+    expandable: HashMap<(StreamId, Pool), usize>,
+    stats: AllocatorStats,
+}
+
+struct Inner<B: Backend> {
+    device: B::Device,
+    config: AllocatorConfig,
+    state: Mutex<State<B>>,
+}
+
+/// A caching allocator over one device of any backend. Cheap to clone; clones share the cache.
+///
+/// ```
+/// # fn demo<B: ascend_hal::Backend>(device: &B::Device) -> ascend_hal::Result<()> {
+/// use ascend_hal::prelude::*;
+/// use ascend_hal::alloc::{AllocatorConfig, CachingAllocator};
+/// let alloc = CachingAllocator::<B>::new(device, "expandable_segments:True".parse()?)?;
+/// let stream = device.new_stream()?;
+/// let buf = alloc.alloc_buffer::<f32>(1 << 20, &stream)?; // 4 MiB from the large pool
+/// drop(buf); // back to the cache, reusable at once on `stream`
+/// let again = alloc.alloc_buffer::<f32>(1 << 20, &stream)?;
+/// assert_eq!(alloc.stats().cache_hits, 1);
+/// # Ok(()) }
+/// ```
+pub struct CachingAllocator<B: Backend> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> Clone for CachingAllocator<B> {
+    fn clone(&self) -> Self {
+        CachingAllocator {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// A block handed out by a [`CachingAllocator`]; returns to the cache on drop.
+pub struct PooledBlock<B: Backend> {
+    ptr: DevicePtr,
+    size: usize,
+    index: usize,
+    device: usize,
+    owner: Arc<Inner<B>>,
+}
+
+impl<B: Backend> PooledBlock<B> {
+    /// Start address.
+    pub fn ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+    /// Size in bytes (the request rounded up to 512).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// Ordinal of the device.
+    pub fn device_ordinal(&self) -> usize {
+        self.device
+    }
+}
+
+impl<B: Backend> fmt::Debug for PooledBlock<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBlock")
+            .field("ptr", &self.ptr)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl<B: Backend> Drop for PooledBlock<B> {
+    fn drop(&mut self) {
+        self.owner.lock().release(self.index);
+    }
+}
+
+impl<B: Backend> Inner<B> {
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
+        // Every state change completes before anything that can panic; a poisoned lock is
+        // still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<B: Backend> CachingAllocator<B> {
+    /// An allocator for `device`. Expandable segments fall back to ordinary ones on a backend
+    /// without virtual memory.
+    pub fn new(device: &B::Device, config: AllocatorConfig) -> Result<Self> {
+        Ok(CachingAllocator {
+            inner: Arc::new(Inner {
+                device: device.clone(),
+                config,
+                state: Mutex::new(State {
+                    blocks: Vec::new(),
+                    spare_blocks: Vec::new(),
+                    segments: Vec::new(),
+                    free: HashMap::new(),
+                    uses: HashMap::new(),
+                    pending: Vec::new(),
+                    expandable: HashMap::new(),
+                    stats: AllocatorStats::default(),
+                }),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AllocatorConfig {
+        &self.inner.config
+    }
+
+    /// Whether this allocator grows expandable ranges (configured, and the backend can).
+    pub fn uses_expandable_segments(&self) -> bool {
+        self.inner.config.expandable_segments
+            && self.inner.device.virtual_memory_granularity().is_some()
+    }
+
+    /// A block of at least `bytes` for use on `stream`.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] after releasing the cache and retrying once, with requested,
+    /// allocated, reserved, free and total bytes; the allocator is then exactly as before.
+    pub fn allocate(&self, bytes: usize, stream: &B::Stream) -> Result<PooledBlock<B>> {
+        if stream.device_ordinal() != self.inner.device.ordinal() {
+            return Err(Error::WrongDevice {
+                op: "CachingAllocator::allocate",
+                what: "stream",
+                expected: self.inner.device.ordinal(),
+                actual: stream.device_ordinal(),
+            });
+        }
+        let size = round_size(bytes);
+        let mut state = self.inner.lock();
+        state.collect_pending()?;
+        let index = match state.take_free(size, stream.id(), &self.inner.config) {
+            Some(i) => {
+                state.stats.cache_hits += 1;
+                i
+            }
+            None => self.grow_and_take(&mut state, size, stream.id())?,
+        };
+        let block = state.block_mut(index);
+        block.allocated = true;
+        let (ptr, size) = (DevicePtr(block.addr), block.size);
+        let s = &mut state.stats;
+        s.num_allocs += 1;
+        s.allocated += size as u64;
+        s.active += size as u64;
+        s.peak_allocated = s.peak_allocated.max(s.allocated);
+        s.peak_active = s.peak_active.max(s.active);
+        Ok(PooledBlock {
+            ptr,
+            size,
+            index,
+            device: self.inner.device.ordinal(),
+            owner: Arc::clone(&self.inner),
+        })
+    }
+
+    /// A typed buffer of `len` elements from the cache, for use on `stream`.
+    pub fn alloc_buffer<T: Element>(
+        &self,
+        len: usize,
+        stream: &B::Stream,
+    ) -> Result<DeviceBuffer<B, T>> {
+        let bytes = crate::buffer::byte_len::<T>(len, "CachingAllocator::alloc_buffer")?;
+        if bytes == 0 {
+            return DeviceBuffer::alloc(&self.inner.device, 0);
+        }
+        Ok(DeviceBuffer::from_pooled(
+            self.allocate(bytes, stream)?,
+            len,
+        ))
+    }
+
+    /// Notes that `block` is used on `stream` too (besides the stream it was allocated for),
+    /// by the work enqueued there so far: when freed, it is reused only after that work.
+    /// Call it after enqueueing the block's last use on `stream`.
+    pub fn record_stream(&self, block: &PooledBlock<B>, stream: &B::Stream) -> Result<()> {
+        let mut state = self.inner.lock();
+        if state.block(block.index).stream == stream.id() {
+            return Ok(());
+        }
+        let uses = state.uses.entry(block.index).or_default();
+        match uses.iter().position(|(s, _)| *s == stream.id()) {
+            Some(i) => stream.record(&uses[i].1),
+            None => {
+                let event = stream.device().new_event()?;
+                stream.record(&event)?;
+                uses.push((stream.id(), event));
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes freed blocks whose other-stream uses have completed reusable now (allocation does
+    /// this too); updates the statistics accordingly.
+    pub fn process_events(&self) -> Result<()> {
+        self.inner.lock().collect_pending()
+    }
+
+    /// Returns every cached block that is not in use to the backend (after waiting for the
+    /// device, so that nothing queued still touches them).
+    pub fn empty_cache(&self) -> Result<()> {
+        self.inner.device.synchronize()?;
+        let mut state = self.inner.lock();
+        state.collect_pending()?;
+        state.release_cached(&self.inner.device)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> AllocatorStats {
+        let state = self.inner.lock();
+        let mut s = state.stats;
+        s.segments = state.segments.iter().flatten().count();
+        s.largest_free_block = state
+            .free
+            .values()
+            .flat_map(|set| set.iter().map(|k| k.1 as u64))
+            .max()
+            .unwrap_or(0);
+        let free_reserved = s.reserved.saturating_sub(s.active);
+        s.fragmentation = if free_reserved == 0 {
+            0.0
+        } else {
+            1.0 - s.largest_free_block as f64 / free_reserved as f64
+        };
+        s
+    }
+
+    /// Resets the peaks to the current values.
+    pub fn reset_peak_stats(&self) {
+        let mut state = self.inner.lock();
+        let s = &mut state.stats;
+        s.peak_allocated = s.allocated;
+        s.peak_reserved = s.reserved;
+        s.peak_active = s.active;
+    }
+
+    /// Every segment and block.
+    pub fn snapshot(&self) -> MemorySnapshot {
+        let state = self.inner.lock();
+        let mut segments: Vec<SegmentInfo> = state
+            .segments
+            .iter()
+            .flatten()
+            .map(|seg| {
+                let mut blocks = Vec::new();
+                let mut at = Some(seg.head).filter(|_| seg.size > 0);
+                while let Some(i) = at {
+                    let b = state.block(i);
+                    blocks.push(BlockInfo {
+                        ptr: DevicePtr(b.addr),
+                        size: b.size,
+                        state: if b.allocated {
+                            "allocated"
+                        } else if b.pending {
+                            "pending"
+                        } else {
+                            "free"
+                        },
+                    });
+                    at = b.next;
+                }
+                SegmentInfo {
+                    ptr: DevicePtr(seg.base),
+                    size: seg.size,
+                    stream: seg.stream,
+                    pool: seg.pool,
+                    expandable: matches!(seg.memory, SegmentMemory::Expandable { .. }),
+                    blocks,
+                }
+            })
+            .collect();
+        segments.sort_by_key(|s| s.ptr);
+        MemorySnapshot { segments }
+    }
+
+    /// Finds room for `size` by growing: a new segment, or more of the stream's expandable
+    /// range; on out-of-memory, releases the cache and tries once more.
+    fn grow_and_take(&self, state: &mut State<B>, size: usize, stream: StreamId) -> Result<usize> {
+        let device = &self.inner.device;
+        let info = device.memory_info()?;
+        let allowed = (info.total as f64 * self.inner.config.memory_fraction) as u64;
+        if let Some(threshold) = self.inner.config.garbage_collection_threshold {
+            if state.stats.reserved as f64 > threshold * allowed as f64 {
+                device.synchronize()?;
+                state.release_cached(device)?;
+            }
+        }
+        let attempt = |state: &mut State<B>| -> Result<usize> {
+            if self.uses_expandable_segments() {
+                state.grow_expandable(device, size, stream, allowed)?;
+            } else {
+                state.new_segment(device, size, stream, allowed)?;
+            }
+            state
+                .take_free(size, stream, &self.inner.config)
+                .ok_or_else(|| Error::InvalidArgument {
+                    op: "CachingAllocator::allocate",
+                    message: "internal: grown memory did not fit the request".into(),
+                })
+        };
+        let attempt = |state: &mut State<B>| {
+            let result = attempt(state);
+            if result.is_err() {
+                // A range created for this request and left empty is not kept.
+                state.drop_empty_ranges();
+            }
+            result
+        };
+        match attempt(state) {
+            Ok(i) => Ok(i),
+            Err(e) if e.is_out_of_memory() => {
+                device.synchronize()?;
+                state.release_cached(device)?;
+                attempt(state).map_err(|e| {
+                    if e.is_out_of_memory() {
+                        state.stats.num_ooms += 1;
+                        let info = device
+                            .memory_info()
+                            .unwrap_or(MemoryInfo { free: 0, total: 0 });
+                        self.oom(size, state, info)
+                    } else {
+                        e
+                    }
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn oom(&self, size: usize, state: &State<B>, info: MemoryInfo) -> Error {
+        Error::OutOfMemory {
+            device: format!("device {}", self.inner.device.ordinal()),
+            requested: size as u64,
+            free: info.free,
+            total: info.total,
+            detail: format!(
+                "; the caching allocator holds {} allocated of {} reserved (memory fraction {}). \
+                 {}",
+                Bytes(state.stats.allocated),
+                Bytes(state.stats.reserved),
+                self.inner.config.memory_fraction,
+                if self.inner.config.expandable_segments {
+                    "Lower the memory utilization or the batch size"
+                } else {
+                    "If reserved is much larger than allocated, the cache is fragmented: \
+                     enable expandable_segments:True; else lower the memory utilization"
+                }
+            ),
+        }
+    }
+}
+
+impl<B: Backend> State<B> {
+    fn block(&self, i: usize) -> &Block {
+        self.blocks[i].as_ref().expect("live block index")
+    }
+
+    fn block_mut(&mut self, i: usize) -> &mut Block {
+        self.blocks[i].as_mut().expect("live block index")
+    }
+
+    fn new_block(&mut self, block: Block) -> usize {
+        match self.spare_blocks.pop() {
+            Some(i) => {
+                self.blocks[i] = Some(block);
+                i
+            }
+            None => {
+                self.blocks.push(Some(block));
+                self.blocks.len() - 1
+            }
+        }
+    }
+
+    fn drop_block(&mut self, i: usize) {
+        self.blocks[i] = None;
+        self.spare_blocks.push(i);
+    }
+
+    fn key(&self, i: usize) -> (Pool, FreeKey) {
+        let b = self.block(i);
+        (b.pool, (b.stream, b.size, b.addr, i))
+    }
+
+    fn insert_free(&mut self, i: usize) {
+        let (pool, key) = self.key(i);
+        self.free.entry(pool).or_default().insert(key);
+    }
+
+    fn remove_free(&mut self, i: usize) {
+        let (pool, key) = self.key(i);
+        if let Some(set) = self.free.get_mut(&pool) {
+            set.remove(&key);
+        }
+    }
+
+    /// Best fit from the free set, split if worth it; the block is left unallocated.
+    fn take_free(
+        &mut self,
+        size: usize,
+        stream: StreamId,
+        config: &AllocatorConfig,
+    ) -> Option<usize> {
+        let pool = pool_of(size);
+        let set = self.free.get(&pool)?;
+        let &(_, found_size, _, i) = set
+            .range((stream, size, 0, 0)..)
+            .next()
+            .filter(|k| k.0 == stream)?;
+        if let Some(max) = config.max_split_size {
+            if (size < max && found_size >= max)
+                || (size >= max && found_size >= size + LARGE_BUFFER)
+            {
+                return None;
+            }
+        }
+        self.remove_free(i);
+        let remaining = found_size - size;
+        let split = match pool {
+            Pool::Small => remaining >= MIN_BLOCK,
+            Pool::Large => {
+                remaining > SMALL_SIZE && config.max_split_size.is_none_or(|max| found_size < max)
+            }
+        };
+        if split {
+            let b = self.block(i).clone();
+            let rest = self.new_block(Block {
+                segment: b.segment,
+                addr: b.addr + size as u64,
+                size: remaining,
+                allocated: false,
+                pending: false,
+                stream: b.stream,
+                pool: b.pool,
+                prev: Some(i),
+                next: b.next,
+            });
+            if let Some(n) = b.next {
+                self.block_mut(n).prev = Some(rest);
+            }
+            let block = self.block_mut(i);
+            block.size = size;
+            block.next = Some(rest);
+            self.insert_free(rest);
+        }
+        Some(i)
+    }
+
+    /// A block was dropped by its owner: free it now, or once other streams' uses complete.
+    fn release(&mut self, i: usize) {
+        let size = self.block(i).size as u64;
+        let block = self.block_mut(i);
+        block.allocated = false;
+        self.stats.allocated -= size;
+        match self.uses.remove(&i) {
+            Some(uses) if !uses.is_empty() => {
+                self.block_mut(i).pending = true;
+                self.pending.push((i, uses));
+            }
+            _ => {
+                self.stats.active -= size;
+                self.free_and_merge(i);
+            }
+        }
+    }
+
+    /// Makes blocks whose events completed free again.
+    fn collect_pending(&mut self) -> Result<()> {
+        let mut still = Vec::new();
+        for (i, uses) in std::mem::take(&mut self.pending) {
+            let mut done = true;
+            for (_, e) in &uses {
+                // A failed stream still completes its events; its error belongs to its
+                // synchronize, and the block is reusable.
+                done &= e.query().unwrap_or(true);
+            }
+            if done {
+                self.block_mut(i).pending = false;
+                self.stats.active -= self.block(i).size as u64;
+                self.free_and_merge(i);
+            } else {
+                still.push((i, uses));
+            }
+        }
+        self.pending = still;
+        Ok(())
+    }
+
+    fn is_mergeable(&self, i: Option<usize>) -> Option<usize> {
+        i.filter(|&j| {
+            let b = self.block(j);
+            !b.allocated && !b.pending
+        })
+    }
+
+    /// Puts a block back in its free set, merged with free neighbours of its segment.
+    fn free_and_merge(&mut self, mut i: usize) {
+        if let Some(p) = self.is_mergeable(self.block(i).prev) {
+            self.remove_free(p);
+            let b = self.block(i).clone();
+            let prev = self.block_mut(p);
+            prev.size += b.size;
+            prev.next = b.next;
+            if let Some(n) = b.next {
+                self.block_mut(n).prev = Some(p);
+            }
+            self.drop_block(i);
+            i = p;
+        }
+        if let Some(n) = self.is_mergeable(self.block(i).next) {
+            self.remove_free(n);
+            let nb = self.block(n).clone();
+            let block = self.block_mut(i);
+            block.size += nb.size;
+            block.next = nb.next;
+            if let Some(nn) = nb.next {
+                self.block_mut(nn).prev = Some(i);
+            }
+            self.drop_block(n);
+        }
+        self.insert_free(i);
+    }
+
+    fn check_fraction(&self, extra: usize, allowed: u64, device: &B::Device) -> Result<()> {
+        if self.stats.reserved + extra as u64 > allowed {
+            let info = device.memory_info()?;
+            return Err(Error::OutOfMemory {
+                device: format!("device {}", device.ordinal()),
+                requested: extra as u64,
+                free: info.free,
+                total: info.total,
+                detail: format!("; the memory fraction allows {allowed} bytes"),
+            });
+        }
+        Ok(())
+    }
+
+    fn push_segment(&mut self, segment: Segment<B>) -> usize {
+        self.segments.push(Some(segment));
+        self.segments.len() - 1
+    }
+
+    /// An ordinary segment sized for `size`, holding one free block.
+    fn new_segment(
+        &mut self,
+        device: &B::Device,
+        size: usize,
+        stream: StreamId,
+        allowed: u64,
+    ) -> Result<()> {
+        let seg_size = segment_size(size) - SEGMENT_SLACK;
+        let seg_size = seg_size.max(size);
+        self.check_fraction(seg_size, allowed, device)?;
+        let memory = device.allocate(seg_size)?;
+        let base = memory.ptr().0;
+        let pool = pool_of(size);
+        let seg = self.push_segment(Segment {
+            memory: SegmentMemory::Plain(memory),
+            base,
+            size: seg_size,
+            stream,
+            pool,
+            head: usize::MAX,
+        });
+        let head = self.new_block(Block {
+            segment: seg,
+            addr: base,
+            size: seg_size,
+            allocated: false,
+            pending: false,
+            stream,
+            pool,
+            prev: None,
+            next: None,
+        });
+        if let Some(s) = self.segments[seg].as_mut() {
+            s.head = head;
+        }
+        self.stats.reserved += seg_size as u64;
+        self.stats.peak_reserved = self.stats.peak_reserved.max(self.stats.reserved);
+        self.insert_free(head);
+        Ok(())
+    }
+
+    /// Maps enough chunks at the end of the stream's range for `size` to fit in its last free
+    /// block (creating the range on first use).
+    fn grow_expandable(
+        &mut self,
+        device: &B::Device,
+        size: usize,
+        stream: StreamId,
+        allowed: u64,
+    ) -> Result<()> {
+        let pool = pool_of(size);
+        let granularity = device.virtual_memory_granularity().unwrap_or(ROUND_LARGE);
+        let seg = match self.expandable.get(&(stream, pool)) {
+            Some(&s) => s,
+            None => {
+                let info = device.memory_info()?;
+                let span = (info.total as usize).div_ceil(granularity) * granularity;
+                let range = device.reserve_virtual(span)?;
+                let base = range.ptr().0;
+                let s = self.push_segment(Segment {
+                    memory: SegmentMemory::Expandable {
+                        range,
+                        chunks: Vec::new(),
+                        granularity,
+                    },
+                    base,
+                    size: 0,
+                    stream,
+                    pool,
+                    head: usize::MAX,
+                });
+                self.expandable.insert((stream, pool), s);
+                s
+            }
+        };
+        // The last block, if free, grows; else a new free block starts at the end.
+        let mapped = self.segments[seg].as_ref().expect("live segment").size;
+        let last = self.last_block(seg);
+        let tail_free = last.filter(|&i| self.is_mergeable(Some(i)).is_some());
+        let have = tail_free.map_or(0, |i| self.block(i).size);
+        let chunks_needed = (size - have.min(size)).div_ceil(granularity).max(1);
+        let grow = chunks_needed * granularity;
+        self.check_fraction(grow, allowed, device)?;
+        let segment = self.segments[seg].as_mut().expect("live segment");
+        let SegmentMemory::Expandable { range, chunks, .. } = &mut segment.memory else {
+            unreachable!("expandable map points at an expandable segment")
+        };
+        if mapped + grow > range.size() {
+            return Err(Error::OutOfMemory {
+                device: format!("device {}", device.ordinal()),
+                requested: size as u64,
+                free: 0,
+                total: range.size() as u64,
+                detail: "; the expandable range is fully mapped".into(),
+            });
+        }
+        let mut new_chunks = Vec::with_capacity(chunks_needed);
+        for k in 0..chunks_needed {
+            let physical = device.allocate_physical(granularity);
+            let physical = match physical {
+                Ok(p) => p,
+                Err(e) => {
+                    // Undo the chunks mapped so far: nothing changes on failure.
+                    for (j, _) in new_chunks.iter().enumerate().rev() {
+                        // SAFETY: mapped just above at this offset; no work can use it yet.
+                        let _ = unsafe { device.unmap(range, mapped + j * granularity) };
+                    }
+                    return Err(e);
+                }
+            };
+            // SAFETY: `mapped + k * granularity` is granular, inside the range (checked above),
+            // and unmapped (mappings only ever extend the mapped prefix); the chunk is fresh.
+            if let Err(e) = unsafe { device.map(range, mapped + k * granularity, &physical) } {
+                for (j, _) in new_chunks.iter().enumerate().rev() {
+                    // SAFETY: as above.
+                    let _ = unsafe { device.unmap(range, mapped + j * granularity) };
+                }
+                return Err(e);
+            }
+            new_chunks.push(physical);
+        }
+        chunks.extend(new_chunks);
+        segment.size += grow;
+        let base = segment.base;
+        self.stats.reserved += grow as u64;
+        self.stats.peak_reserved = self.stats.peak_reserved.max(self.stats.reserved);
+        match tail_free {
+            Some(i) => {
+                self.remove_free(i);
+                self.block_mut(i).size += grow;
+                self.insert_free(i);
+            }
+            None => {
+                let prev = last;
+                let b = self.new_block(Block {
+                    segment: seg,
+                    addr: base + mapped as u64,
+                    size: grow,
+                    allocated: false,
+                    pending: false,
+                    stream,
+                    pool,
+                    prev,
+                    next: None,
+                });
+                match prev {
+                    Some(p) => self.block_mut(p).next = Some(b),
+                    None => {
+                        if let Some(s) = self.segments[seg].as_mut() {
+                            s.head = b;
+                        }
+                    }
+                }
+                self.insert_free(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets expandable ranges with nothing mapped.
+    fn drop_empty_ranges(&mut self) {
+        for seg in 0..self.segments.len() {
+            let empty = self.segments[seg]
+                .as_ref()
+                .filter(|s| s.size == 0 && matches!(s.memory, SegmentMemory::Expandable { .. }))
+                .map(|s| (s.stream, s.pool));
+            if let Some(key) = empty {
+                self.expandable.remove(&key);
+                self.segments[seg] = None;
+            }
+        }
+    }
+
+    fn last_block(&self, seg: usize) -> Option<usize> {
+        let segment = self.segments[seg].as_ref()?;
+        if segment.size == 0 {
+            return None;
+        }
+        let mut at = segment.head;
+        while let Some(n) = self.block(at).next {
+            at = n;
+        }
+        Some(at)
+    }
+
+    /// Returns unused memory to the backend: whole free segments, and free chunks at the end
+    /// of expandable ranges. The caller synchronised the device.
+    fn release_cached(&mut self, device: &B::Device) -> Result<()> {
+        for seg in 0..self.segments.len() {
+            let Some(segment) = self.segments[seg].as_ref() else {
+                continue;
+            };
+            let (head, seg_size) = (segment.head, segment.size);
+            match &segment.memory {
+                SegmentMemory::Plain(_) => {
+                    let b = self.block(head);
+                    if b.next.is_none() && !b.allocated && !b.pending {
+                        self.remove_free(head);
+                        self.drop_block(head);
+                        self.stats.reserved -= seg_size as u64;
+                        self.segments[seg] = None; // frees the backend memory
+                    }
+                }
+                SegmentMemory::Expandable { granularity, .. } => {
+                    let granularity = *granularity;
+                    let Some(last) = self.last_block(seg) else {
+                        continue;
+                    };
+                    if self.is_mergeable(Some(last)).is_none() {
+                        continue;
+                    }
+                    let (addr, size) = (self.block(last).addr, self.block(last).size);
+                    let base = segment.base;
+                    let keep_bytes = ((addr - base) as usize).div_ceil(granularity) * granularity;
+                    let mapped = segment.size;
+                    if keep_bytes >= mapped {
+                        continue;
+                    }
+                    let segment = self.segments[seg].as_mut().expect("live segment");
+                    let SegmentMemory::Expandable { range, chunks, .. } = &mut segment.memory
+                    else {
+                        continue;
+                    };
+                    while chunks.len() * granularity > keep_bytes {
+                        let offset = (chunks.len() - 1) * granularity;
+                        // SAFETY: the chunk lies in a free, non-pending block and the device
+                        // was synchronised, so no work uses it.
+                        unsafe { device.unmap(range, offset)? };
+                        chunks.pop(); // frees the physical memory
+                    }
+                    let released = mapped - keep_bytes;
+                    segment.size = keep_bytes;
+                    self.stats.reserved -= released as u64;
+                    self.remove_free(last);
+                    let remaining = size - released;
+                    if remaining == 0 {
+                        let prev = self.block(last).prev;
+                        match prev {
+                            Some(p) => self.block_mut(p).next = None,
+                            None => {
+                                if let Some(s) = self.segments[seg].as_mut() {
+                                    s.head = usize::MAX;
+                                }
+                            }
+                        }
+                        self.drop_block(last);
+                    } else {
+                        self.block_mut(last).size = remaining;
+                        self.insert_free(last);
+                    }
+                    if self.segments[seg].as_ref().is_some_and(|s| s.size == 0) {
+                        let key = self.segments[seg]
+                            .as_ref()
+                            .map(|s| (s.stream, s.pool))
+                            .expect("live segment");
+                        self.expandable.remove(&key);
+                        self.segments[seg] = None; // releases the virtual range
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
