@@ -705,6 +705,218 @@ pub extern "C" fn aclrtEventElapsedTime(ms: *mut f32, start: *mut c_void, end: *
     })
 }
 
+// ---- Virtual memory ----
+
+const GRANULARITY: usize = hal_mock::VMM_GRANULARITY;
+
+/// `aclError aclrtMemGetAllocationGranularity(aclrtPhysicalMemProp *prop, option, size_t *g)`.
+#[no_mangle]
+pub extern "C" fn aclrtMemGetAllocationGranularity(
+    prop: *mut ascend_prop::PhysicalMemProp,
+    option: u32,
+    granularity: *mut usize,
+) -> i32 {
+    call("aclrtMemGetAllocationGranularity", |_, _| {
+        let p = *out(prop, "aclrtMemGetAllocationGranularity")?;
+        if option > 1 || !matches!(p.mem_attr, 4 | 5) {
+            return fail(
+                code::INVALID_PARAM,
+                format!(
+                    "aclrtMemGetAllocationGranularity: option {option}, memAttr {}",
+                    p.mem_attr
+                ),
+            );
+        }
+        *out(granularity, "aclrtMemGetAllocationGranularity")? = GRANULARITY;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtReserveMemAddress(void **virPtr, size_t size, size_t alignment, void
+/// *expectPtr, uint64_t flags)`.
+#[no_mangle]
+pub extern "C" fn aclrtReserveMemAddress(
+    va: *mut *mut c_void,
+    size: usize,
+    alignment: usize,
+    expect: *mut c_void,
+    flags: u64,
+) -> i32 {
+    call("aclrtReserveMemAddress", |mut g, _| {
+        let slot = out(va, "aclrtReserveMemAddress")?;
+        if size == 0 || alignment != 0 || !expect.is_null() || flags > 1 {
+            return fail(
+                code::INVALID_PARAM,
+                format!(
+                    "aclrtReserveMemAddress: size {size}, alignment {alignment}, expectPtr \
+                     {expect:p}, flags {flags}"
+                ),
+            );
+        }
+        let d = current_device()?;
+        let range = g.devices[d]
+            .reserve_virtual(size.div_ceil(GRANULARITY) * GRANULARITY)
+            .map_err(|e| from_hal("aclrtReserveMemAddress", e))?;
+        let base = ascend_hal::VirtualRange::ptr(&range).0;
+        g.ranges.insert(base, (d, range));
+        *slot = base as usize as *mut c_void;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtReleaseMemAddress(void *virPtr)`.
+#[no_mangle]
+pub extern "C" fn aclrtReleaseMemAddress(va: *mut c_void) -> i32 {
+    call("aclrtReleaseMemAddress", |mut g, _| {
+        let base = va as u64;
+        if g.mappings.values().any(|&(r, _)| r == base) {
+            return fail(
+                code::RT_PARAM_INVALID,
+                "aclrtReleaseMemAddress: the range is still mapped",
+            );
+        }
+        match g.ranges.remove(&base) {
+            Some(_) => Ok(()),
+            None => fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtReleaseMemAddress: {va:p} is not a reserved range"),
+            ),
+        }
+    })
+}
+
+/// `aclError aclrtMallocPhysical(aclrtDrvMemHandle *handle, size_t size, const
+/// aclrtPhysicalMemProp *prop, uint64_t flags)`.
+#[no_mangle]
+pub extern "C" fn aclrtMallocPhysical(
+    handle: *mut *mut c_void,
+    size: usize,
+    prop: *const ascend_prop::PhysicalMemProp,
+    flags: u64,
+) -> i32 {
+    call("aclrtMallocPhysical", |mut g, _| {
+        let slot = out(handle, "aclrtMallocPhysical")?;
+        // SAFETY: a non-null property struct from the caller, by the C API's contract.
+        let Some(p) = (unsafe { prop.as_ref() }).copied() else {
+            return fail(code::INVALID_PARAM, "aclrtMallocPhysical: prop is NULL");
+        };
+        if size == 0
+            || flags != 0
+            || p.handle_type != 0
+            || p.allocation_type != 0
+            || p.location_type != 1
+            || !matches!(p.mem_attr, 4 | 5)
+        {
+            return fail(
+                code::INVALID_PARAM,
+                format!("aclrtMallocPhysical: size {size}, flags {flags}, prop {p:?}"),
+            );
+        }
+        if !size.is_multiple_of(GRANULARITY) {
+            return fail(
+                code::INVALID_PARAM,
+                format!("aclrtMallocPhysical: {size} is not a multiple of the {GRANULARITY}-byte granularity"),
+            );
+        }
+        let d = check_device(&g, p.location_id as i32, "aclrtMallocPhysical")?;
+        let physical = g.devices[d]
+            .allocate_physical(size)
+            .map_err(|e| from_hal("aclrtMallocPhysical", e))?;
+        let h = g.handle(crate::state::PHYSICAL_BASE);
+        g.physical.insert(h, (d, physical));
+        *slot = h as *mut c_void;
+        Ok(())
+    })
+}
+
+/// `aclError aclrtFreePhysical(aclrtDrvMemHandle handle)`.
+#[no_mangle]
+pub extern "C" fn aclrtFreePhysical(handle: *mut c_void) -> i32 {
+    call("aclrtFreePhysical", |mut g, _| {
+        match g.physical.remove(&(handle as usize)) {
+            Some(_) => Ok(()),
+            None => fail(
+                code::RT_INVALID_HANDLE,
+                format!("aclrtFreePhysical: {handle:p}"),
+            ),
+        }
+    })
+}
+
+/// `aclError aclrtMapMem(void *virPtr, size_t size, size_t offset, aclrtDrvMemHandle handle,
+/// uint64_t flags)`.
+#[no_mangle]
+pub extern "C" fn aclrtMapMem(
+    va: *mut c_void,
+    size: usize,
+    offset: usize,
+    handle: *mut c_void,
+    flags: u64,
+) -> i32 {
+    call("aclrtMapMem", |mut g, _| {
+        let at = va as u64;
+        let Some((&base, (d, range))) = g.ranges.range(..=at).next_back() else {
+            return fail(
+                code::INVALID_PARAM,
+                format!("aclrtMapMem: {va:p} is not in a reserved range"),
+            );
+        };
+        let Some((pd, physical)) = g.physical.get(&(handle as usize)) else {
+            return fail(
+                code::RT_INVALID_HANDLE,
+                format!("aclrtMapMem: handle {handle:p}"),
+            );
+        };
+        if offset != 0
+            || flags != 0
+            || size != ascend_hal::PhysicalMemory::size(physical)
+            || pd != d
+        {
+            return fail(
+                code::INVALID_PARAM,
+                format!("aclrtMapMem: size {size}, offset {offset}, flags {flags} (the fake maps whole allocations)"),
+            );
+        }
+        // SAFETY: the CPU backend checks that the target is inside the range and unmapped.
+        unsafe { g.devices[*d].map(range, (at - base) as usize, physical) }
+            .map_err(|e| from_hal("aclrtMapMem", e))?;
+        g.mappings.insert(at, (base, (at - base) as usize));
+        Ok(())
+    })
+}
+
+/// `aclError aclrtUnmapMem(void *virPtr)`.
+#[no_mangle]
+pub extern "C" fn aclrtUnmapMem(va: *mut c_void) -> i32 {
+    call("aclrtUnmapMem", |mut g, _| {
+        let Some((base, offset)) = g.mappings.remove(&(va as u64)) else {
+            return fail(
+                code::INVALID_PARAM,
+                format!("aclrtUnmapMem: nothing is mapped at {va:p}"),
+            );
+        };
+        let (d, range) = &g.ranges[&base];
+        // SAFETY: a mapping starts at `offset`; the caller made sure no work uses it.
+        unsafe { g.devices[*d].unmap(range, offset) }.map_err(|e| from_hal("aclrtUnmapMem", e))
+    })
+}
+
+/// The layout of `aclrtPhysicalMemProp`, as the fake reads it.
+mod ascend_prop {
+    /// `aclrtPhysicalMemProp` (32 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct PhysicalMemProp {
+        pub handle_type: u32,
+        pub allocation_type: u32,
+        pub mem_attr: u32,
+        pub location_id: u32,
+        pub location_type: u32,
+        pub reserve: u64,
+    }
+    const _: () = assert!(std::mem::size_of::<PhysicalMemProp>() == 32);
+}
+
 // ---- Control functions of the fake (not part of ACL) ----
 
 fn c_str<'a>(p: *const c_char, function: &str) -> Outcome<&'a str> {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use ascend_hal::{Backend, Device, Error};
 use hal_mock::{
-    CpuBackend, CpuDevice, CpuDeviceMemory, CpuEvent, CpuHostMemory, CpuStream, DeviceProfile,
+    CpuBackend, CpuDevice, CpuDeviceMemory, CpuEvent, CpuHostMemory, CpuPhysicalMemory, CpuStream,
+    CpuVirtualRange, DeviceProfile,
 };
 
 /// `aclError` codes the fake returns.
@@ -171,6 +172,12 @@ pub(crate) struct Fake {
     pub(crate) events: HashMap<usize, Arc<CpuEvent>>,
     pub(crate) device_memory: BTreeMap<u64, CpuDeviceMemory>,
     pub(crate) host_memory: BTreeMap<usize, CpuHostMemory>,
+    /// Reserved ranges by start address, with their device.
+    pub(crate) ranges: BTreeMap<u64, (usize, CpuVirtualRange)>,
+    /// Physical allocations by handle, with their device.
+    pub(crate) physical: HashMap<usize, (usize, CpuPhysicalMemory)>,
+    /// Mappings by address: (range start, offset).
+    pub(crate) mappings: HashMap<u64, (u64, usize)>,
     next_handle: usize,
     pub(crate) faults: Vec<Fault>,
     pub(crate) calls: HashMap<String, u64>,
@@ -179,6 +186,8 @@ pub(crate) struct Fake {
 const STREAM_BASE: usize = 0x5a00_0000;
 const EVENT_BASE: usize = 0x5e00_0000;
 const CONTEXT_BASE: usize = 0x5c00_0000;
+/// Handles of physical allocations.
+pub(crate) const PHYSICAL_BASE: usize = 0x5b00_0000;
 
 impl Fake {
     fn new(config: Config) -> Fake {
@@ -195,6 +204,9 @@ impl Fake {
             events: HashMap::new(),
             device_memory: BTreeMap::new(),
             host_memory: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+            physical: HashMap::new(),
+            mappings: HashMap::new(),
             next_handle: 1,
             faults: parse_faults(&std::env::var("ACL_FAKE_FAULTS").unwrap_or_default())
                 .unwrap_or_default(),
@@ -210,6 +222,9 @@ impl Fake {
         self.events.clear();
         self.default_streams.clear();
         self.sync_streams.clear();
+        self.mappings.clear();
+        self.ranges.clear();
+        self.physical.clear();
         self.device_memory.clear();
         self.host_memory.clear();
         self.backend = CpuBackend::builder()

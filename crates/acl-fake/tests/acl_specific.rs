@@ -248,9 +248,10 @@ fn versions_and_names_come_from_the_runtime() {
     assert_eq!(v.cann.as_deref(), Some("8.5.0 (acl-fake)"));
     assert_eq!(backend.device(1).unwrap().name(), "Ascend910B4");
     assert!(backend.library_path().ends_with("libascendcl_fake.so"));
-    assert!(
-        !backend.supports_virtual_memory(),
-        "the fake does not export the VMM calls yet"
+    assert!(backend.supports_virtual_memory());
+    assert_eq!(
+        backend.device(0).unwrap().virtual_memory_granularity(),
+        Some(2 << 20)
     );
     for symbol in ascend_hal::acl::required_symbols() {
         // SAFETY: only looks the symbol up.
@@ -261,4 +262,33 @@ fn versions_and_names_come_from_the_runtime() {
         };
         assert!(found, "the fake lacks {symbol}");
     }
+}
+
+#[test]
+fn caching_allocator_with_expandable_segments_over_acl() {
+    use ascend_hal::alloc::CachingAllocator;
+    let _s = serial();
+    let backend = common::backend();
+    let device = backend.device(1).unwrap();
+    let before = device.memory_info().unwrap();
+    let maps = common::call_count("aclrtMapMem");
+    let alloc =
+        CachingAllocator::<AclBackend>::new(&device, "expandable_segments:True".parse().unwrap())
+            .unwrap();
+    assert!(alloc.uses_expandable_segments());
+    let stream = device.new_stream().unwrap();
+    // 12 MiB: six 2 MiB chunks mapped into one range, written and read across their seams.
+    let mut a = alloc.alloc_buffer::<i32>(3 << 20, &stream).unwrap();
+    let data: Vec<i32> = (0..3 << 20).collect();
+    stream.copy_h2d_sync(&data, &mut a).unwrap();
+    assert_eq!(stream.clone_to_host(&a).unwrap(), data);
+    let stats = alloc.stats();
+    assert_eq!((stats.reserved, stats.segments), (12 << 20, 1));
+    assert_eq!(common::call_count("aclrtMapMem") - maps, 6);
+    assert_eq!(device.memory_info().unwrap().free, before.free - (12 << 20));
+    drop(a);
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved, 0);
+    assert_eq!(device.memory_info().unwrap(), before, "memory left mapped");
+    assert!(common::call_count("aclrtUnmapMem") >= 6);
 }

@@ -94,13 +94,7 @@ impl AclBackend {
     /// Whether the library has the virtual-memory calls (reserve, physical allocation, map)
     /// that expandable segments need.
     pub fn supports_virtual_memory(&self) -> bool {
-        let api = &self.rt.api;
-        api.aclrtReserveMemAddress.is_some()
-            && api.aclrtReleaseMemAddress.is_some()
-            && api.aclrtMallocPhysical.is_some()
-            && api.aclrtFreePhysical.is_some()
-            && api.aclrtMapMem.is_some()
-            && api.aclrtUnmapMem.is_some()
+        super::vmm::has_vmm(&self.rt.api)
     }
 }
 
@@ -110,8 +104,8 @@ impl crate::Backend for AclBackend {
     type Event = AclEvent;
     type DeviceMemory = AclDeviceMemory;
     type HostMemory = AclHostMemory;
-    type VirtualRange = crate::NoVirtualMemory;
-    type PhysicalMemory = crate::NoVirtualMemory;
+    type VirtualRange = super::vmm::AclVirtualRange;
+    type PhysicalMemory = super::vmm::AclPhysicalMemory;
 
     fn name(&self) -> &'static str {
         "acl"

@@ -11,6 +11,7 @@ use super::result;
 use super::runtime::Runtime;
 use super::stream::AclStream;
 use super::sys::AclrtContext;
+use super::vmm::{AclPhysicalMemory, AclVirtualRange};
 use crate::error::{Error, Result};
 use crate::MemoryInfo;
 
@@ -20,6 +21,8 @@ pub(crate) struct DeviceInner {
     pub(crate) ordinal: usize,
     ctx: AclrtContext,
     soc: String,
+    /// The VMM granularity, if the runtime has the VMM calls.
+    vmm_granularity: Option<usize>,
     /// Errors of releases done in `Drop` (free, destroy), returned by the next `synchronize`.
     deferred: Mutex<Vec<Error>>,
 }
@@ -46,11 +49,22 @@ impl DeviceInner {
             }
         };
         let soc = result::soc_name(&rt.api).unwrap_or_else(|| "unknown Ascend SoC".into());
+        let api = &rt.api;
+        let has_vmm = super::vmm::has_vmm(api);
+        // The documentation fixes huge-page granularity at 2 MiB; ask when the runtime can say.
+        let vmm_granularity = has_vmm.then(|| {
+            result::granularity(api, id as u32)
+                .ok()
+                .flatten()
+                .filter(|&g| g > 0)
+                .unwrap_or(2 << 20)
+        });
         Ok(DeviceInner {
             rt,
             ordinal,
             ctx,
             soc,
+            vmm_granularity,
             deferred: Mutex::new(Vec::new()),
         })
     }
@@ -151,6 +165,76 @@ impl crate::Device for AclDevice {
 
     fn allocate_host(&self, bytes: usize) -> Result<AclHostMemory> {
         AclHostMemory::new(Arc::clone(&self.inner), bytes)
+    }
+
+    fn virtual_memory_granularity(&self) -> Option<usize> {
+        self.inner.vmm_granularity
+    }
+
+    fn reserve_virtual(&self, bytes: usize) -> Result<AclVirtualRange> {
+        self.inner.bind()?;
+        let va = result::reserve_address(&self.inner.rt.api, bytes)?;
+        Ok(AclVirtualRange {
+            va,
+            size: bytes,
+            device: Arc::clone(&self.inner),
+        })
+    }
+
+    fn allocate_physical(&self, bytes: usize) -> Result<AclPhysicalMemory> {
+        self.inner.bind()?;
+        match result::malloc_physical(&self.inner.rt.api, bytes, self.inner.ordinal as u32) {
+            Ok(handle) => Ok(AclPhysicalMemory {
+                handle,
+                size: bytes,
+                device: Arc::clone(&self.inner),
+            }),
+            Err(e) if e.acl_code().is_some_and(super::codes::is_out_of_memory) => {
+                let info = self
+                    .inner
+                    .memory_info()
+                    .unwrap_or(MemoryInfo { free: 0, total: 0 });
+                Err(Error::OutOfMemory {
+                    device: self.inner.label(),
+                    requested: bytes as u64,
+                    free: info.free,
+                    total: info.total,
+                    detail: format!("; {e}"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    unsafe fn map(
+        &self,
+        range: &AclVirtualRange,
+        offset: usize,
+        physical: &AclPhysicalMemory,
+    ) -> Result<()> {
+        self.inner.bind()?;
+        // SAFETY: the caller guarantees the target is inside the range and unmapped, and the
+        // physical allocation is unmapped. The address is computed with `wrapping_add`: it is a
+        // device address, not a host pointer into an allocation.
+        unsafe {
+            result::map_mem(
+                &self.inner.rt.api,
+                range.va.cast::<u8>().wrapping_add(offset).cast(),
+                physical.size,
+                physical.handle,
+            )
+        }
+    }
+
+    unsafe fn unmap(&self, range: &AclVirtualRange, offset: usize) -> Result<()> {
+        self.inner.bind()?;
+        // SAFETY: the caller guarantees a mapping starts at `offset` and no work uses it.
+        unsafe {
+            result::unmap_mem(
+                &self.inner.rt.api,
+                range.va.cast::<u8>().wrapping_add(offset).cast(),
+            )
+        }
     }
 }
 

@@ -24,6 +24,7 @@ mod result;
 mod runtime;
 mod stream;
 mod sys;
+mod vmm;
 
 pub use backend::{AclBackend, AclVersions};
 pub use codes::describe_code;
@@ -32,6 +33,7 @@ pub use event::AclEvent;
 pub use loader::{LoadOptions, LIBRARY_NAME};
 pub use memory::{AclDeviceMemory, AclHostMemory};
 pub use stream::AclStream;
+pub use vmm::{AclPhysicalMemory, AclVirtualRange};
 
 /// The C functions the ACL backend cannot work without (a library lacking one fails to load
 /// with [`Error::MissingSymbol`](crate::Error::MissingSymbol)); newer ones are optional.

@@ -422,3 +422,120 @@ pub(crate) unsafe fn event_elapsed(
     })?;
     Ok(ms)
 }
+
+/// The physical-memory properties of huge-page HBM on `device`.
+pub(crate) fn huge_hbm(device: u32) -> sys::AclrtPhysicalMemProp {
+    sys::AclrtPhysicalMemProp {
+        handle_type: 0,
+        allocation_type: 0,
+        mem_attr: sys::ACL_HBM_MEM_HUGE,
+        location: sys::AclrtMemLocation {
+            id: device,
+            type_: sys::ACL_MEM_LOCATION_TYPE_DEVICE,
+        },
+        reserve: 0,
+    }
+}
+
+fn vmm<T>(f: Option<T>, function: &'static str) -> Result<T> {
+    f.ok_or(Error::Unsupported {
+        backend: "acl",
+        op: function,
+    })
+}
+
+/// `aclrtMemGetAllocationGranularity(huge HBM, RECOMMENDED)`, when the library has it.
+pub(crate) fn granularity(api: &AclApi, device: u32) -> Result<Option<usize>> {
+    let Some(f) = api.aclrtMemGetAllocationGranularity else {
+        return Ok(None);
+    };
+    let mut prop = huge_hbm(device);
+    let mut g = 0usize;
+    // SAFETY: a valid property struct of the declared layout and a valid out-pointer.
+    check(api, "aclrtMemGetAllocationGranularity", unsafe {
+        f(
+            &mut prop,
+            sys::ACL_RT_MEM_ALLOC_GRANULARITY_RECOMMENDED,
+            &mut g,
+        )
+    })?;
+    Ok(Some(g))
+}
+
+/// `aclrtReserveMemAddress(&va, size, 0, NULL, huge)`.
+pub(crate) fn reserve_address(api: &AclApi, size: usize) -> Result<*mut c_void> {
+    let f = vmm(api.aclrtReserveMemAddress, "aclrtReserveMemAddress")?;
+    let mut va = ptr::null_mut();
+    // SAFETY: a valid out-pointer; alignment and expectPtr are the documented reserved values.
+    check(api, "aclrtReserveMemAddress", unsafe {
+        f(
+            &mut va,
+            size,
+            0,
+            ptr::null_mut(),
+            sys::ACL_RESERVE_HUGE_PAGE,
+        )
+    })?;
+    Ok(va)
+}
+
+/// `aclrtReleaseMemAddress`.
+///
+/// # Safety
+/// 1. `va` came from `reserve_address`, is released once, and nothing is mapped in it.
+pub(crate) unsafe fn release_address(api: &AclApi, va: *mut c_void) -> Result<()> {
+    let f = vmm(api.aclrtReleaseMemAddress, "aclrtReleaseMemAddress")?;
+    // SAFETY: by the caller's contract.
+    check(api, "aclrtReleaseMemAddress", unsafe { f(va) })
+}
+
+/// `aclrtMallocPhysical(&h, size, huge HBM of `device`, 0)`.
+pub(crate) fn malloc_physical(
+    api: &AclApi,
+    size: usize,
+    device: u32,
+) -> Result<sys::AclrtDrvMemHandle> {
+    let f = vmm(api.aclrtMallocPhysical, "aclrtMallocPhysical")?;
+    let prop = huge_hbm(device);
+    let mut h = ptr::null_mut();
+    // SAFETY: a valid out-pointer and property struct; flags must be 0.
+    check(api, "aclrtMallocPhysical", unsafe {
+        f(&mut h, size, &prop, 0)
+    })?;
+    Ok(h)
+}
+
+/// `aclrtFreePhysical`.
+///
+/// # Safety
+/// 1. `h` came from `malloc_physical`, is freed once, and is not mapped.
+pub(crate) unsafe fn free_physical(api: &AclApi, h: sys::AclrtDrvMemHandle) -> Result<()> {
+    let f = vmm(api.aclrtFreePhysical, "aclrtFreePhysical")?;
+    // SAFETY: by the caller's contract.
+    check(api, "aclrtFreePhysical", unsafe { f(h) })
+}
+
+/// `aclrtMapMem(va, size, 0, h, 0)`.
+///
+/// # Safety
+/// 1. `va..va + size` lies in a reservation and is unmapped; `h` is `size` bytes, unmapped.
+pub(crate) unsafe fn map_mem(
+    api: &AclApi,
+    va: *mut c_void,
+    size: usize,
+    h: sys::AclrtDrvMemHandle,
+) -> Result<()> {
+    let f = vmm(api.aclrtMapMem, "aclrtMapMem")?;
+    // SAFETY: by the caller's contract; offset and flags are 0.
+    check(api, "aclrtMapMem", unsafe { f(va, size, 0, h, 0) })
+}
+
+/// `aclrtUnmapMem(va)`.
+///
+/// # Safety
+/// 1. A physical allocation is mapped at exactly `va`, and no work uses it.
+pub(crate) unsafe fn unmap_mem(api: &AclApi, va: *mut c_void) -> Result<()> {
+    let f = vmm(api.aclrtUnmapMem, "aclrtUnmapMem")?;
+    // SAFETY: by the caller's contract.
+    check(api, "aclrtUnmapMem", unsafe { f(va) })
+}

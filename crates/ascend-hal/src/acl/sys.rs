@@ -51,6 +51,15 @@ pub const ACL_STREAM_STATUS_COMPLETE: u32 = 0;
 /// records timestamps for `aclrtEventElapsedTime`.
 pub const ACL_EVENT_SYNC_AND_TIME_LINE: u32 = 0x1 | 0x8;
 
+/// `aclrtMemAttr::ACL_HBM_MEM_HUGE`: huge pages of HBM, for physical allocations.
+pub const ACL_HBM_MEM_HUGE: u32 = 4;
+/// `aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE`.
+pub const ACL_MEM_LOCATION_TYPE_DEVICE: u32 = 1;
+/// `aclrtMemGranularityOptions::ACL_RT_MEM_ALLOC_GRANULARITY_RECOMMENDED`.
+pub const ACL_RT_MEM_ALLOC_GRANULARITY_RECOMMENDED: u32 = 1;
+/// `flags` of `aclrtReserveMemAddress`: 1 = huge pages (matching ACL_HBM_MEM_HUGE memory).
+pub const ACL_RESERVE_HUGE_PAGE: u64 = 1;
+
 /// `aclCANNPackageName::ACL_PKG_NAME_CANN`.
 pub const ACL_PKG_NAME_CANN: u32 = 0;
 /// `aclCANNPackageName::ACL_PKG_NAME_DRIVER`.
@@ -248,5 +257,8 @@ acl_api! {
         aclrtMapMem: fn(*mut c_void, usize, usize, AclrtDrvMemHandle, u64) -> AclErrorCode;
         /// `aclError aclrtUnmapMem(void *virPtr)`.
         aclrtUnmapMem: fn(*mut c_void) -> AclErrorCode;
+        /// `aclError aclrtMemGetAllocationGranularity(aclrtPhysicalMemProp *prop,
+        /// aclrtMemGranularityOptions option, size_t *granularity)` (CANN 8.x).
+        aclrtMemGetAllocationGranularity: fn(*mut AclrtPhysicalMemProp, u32, *mut usize) -> AclErrorCode;
     }
 }
