@@ -10,26 +10,13 @@
 
 use std::time::Duration;
 
+use ascend_benches::Rng;
 use ascend_hal::alloc::{AllocatorStats, CachingAllocator};
 use ascend_hal::prelude::*;
 use criterion::{BenchmarkId, Criterion};
 use hal_mock::{CpuBackend, CpuStream, DeviceProfile};
 
 type Buf = DeviceBuffer<CpuBackend, half::f16>;
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-}
 
 const HIDDEN: usize = 4096;
 const INTERMEDIATE: usize = 11008;
@@ -62,13 +49,13 @@ fn replay(alloc: &CachingAllocator<CpuBackend>, stream: &CpuStream) -> Allocator
                     .expect("activation"),
             );
             // Some intermediates die as soon as the next layer has consumed them.
-            if step_bufs.len() > 2 && rng.next().is_multiple_of(2) {
+            if step_bufs.len() > 2 && rng.next_u64().is_multiple_of(2) {
                 let i = rng.range(0, step_bufs.len());
                 step_bufs.swap_remove(i);
             }
         }
         // Occasionally a buffer outlives the step (sampling state, logits kept for a request).
-        if rng.next().is_multiple_of(5) {
+        if rng.next_u64().is_multiple_of(5) {
             long_lived.push(alloc.alloc_buffer(batch * 32_000, stream).expect("logits"));
         }
         if long_lived.len() > 12 {

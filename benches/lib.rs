@@ -59,3 +59,21 @@ pub fn print_ratios(title: &str, pairs: &[(&str, &str, &str)]) {
         }
     }
 }
+
+/// A small deterministic generator (xorshift64), so that every replay of a trace is the same.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `lo..hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo) as u64) as usize
+    }
+}

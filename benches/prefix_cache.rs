@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use ascend_benches::Rng;
 use criterion::{BenchmarkId, Criterion};
 use paged_kv::{KvCacheManager, ManagerConfig, RequestId, RequestKeys, TokenId};
 
@@ -23,30 +24,16 @@ struct User {
     turns: Vec<(Vec<TokenId>, usize)>,
 }
 
-/// A small deterministic generator (xorshift), so every replay sees the same trace.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-}
-
 fn trace() -> (Vec<TokenId>, Vec<User>) {
     let mut rng = Rng(0x5eed);
     let system = (0..SYSTEM_TOKENS)
-        .map(|_| (rng.next() % 32_000) as TokenId)
+        .map(|_| (rng.next_u64() % 32_000) as TokenId)
         .collect();
     let users = (0..USERS)
         .map(|_| User {
             turns: (0..TURNS)
                 .map(|_| {
-                    let msg = (0..rng.range(30, 200)).map(|_| (rng.next() % 32_000) as TokenId);
+                    let msg = (0..rng.range(30, 200)).map(|_| (rng.next_u64() % 32_000) as TokenId);
                     (msg.collect(), rng.range(30, 160))
                 })
                 .collect(),

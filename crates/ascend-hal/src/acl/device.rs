@@ -82,6 +82,14 @@ impl DeviceInner {
         format!("acl:{}", self.ordinal)
     }
 
+    /// Runs a release from a `Drop` with this device's context bound; a failure is kept for
+    /// the next `synchronize` instead of being lost.
+    pub(crate) fn release_in_drop(&self, release: impl FnOnce(&super::sys::AclApi) -> Result<()>) {
+        if let Err(e) = self.bind().and_then(|()| release(&self.rt.api)) {
+            self.defer(e);
+        }
+    }
+
     /// Keeps an error from a `Drop` for the next `synchronize`.
     pub(crate) fn defer(&self, error: Error) {
         self.deferred

@@ -95,13 +95,10 @@ impl crate::Event for AclEvent {
 
 impl Drop for AclEvent {
     fn drop(&mut self) {
-        let released = self.device.bind().and_then(|()| {
-            // SAFETY: `raw` is live and destroyed only here.
-            unsafe { result::destroy_event(&self.device.rt.api, self.raw) }
-        });
-        if let Err(e) = released {
-            self.device.defer(e);
-        }
+        let raw = self.raw;
+        // SAFETY: `raw` is live and destroyed only here.
+        self.device
+            .release_in_drop(|api| unsafe { result::destroy_event(api, raw) });
     }
 }
 

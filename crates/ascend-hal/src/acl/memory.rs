@@ -75,15 +75,13 @@ impl crate::DeviceMemory for AclDeviceMemory {
 
 impl Drop for AclDeviceMemory {
     fn drop(&mut self) {
-        let released = self.device.bind().and_then(|()| {
-            result::synchronize_device(&self.device.rt.api)?;
+        let ptr = self.ptr;
+        self.device.release_in_drop(|api| {
+            result::synchronize_device(api)?;
             // SAFETY: `ptr` came from `aclrtMalloc` in `new` and is freed only here; the device
             // was just synchronised, so no queued work uses it any more.
-            unsafe { result::free(&self.device.rt.api, self.ptr) }
+            unsafe { result::free(api, ptr) }
         });
-        if let Err(e) = released {
-            self.device.defer(e);
-        }
     }
 }
 
@@ -162,14 +160,11 @@ impl Drop for AclHostMemory {
         if self.ptr.is_null() {
             return;
         }
-        let released = self.device.bind().and_then(|()| {
-            // SAFETY: `ptr` came from `aclrtMallocHost` and is freed only here; the pinned
-            // buffer owning this value waited for every copy using it before dropping it.
-            unsafe { result::free_host(&self.device.rt.api, self.ptr.cast()) }
-        });
-        if let Err(e) = released {
-            self.device.defer(e);
-        }
+        let ptr = self.ptr.cast();
+        // SAFETY: `ptr` came from `aclrtMallocHost` and is freed only here; the pinned buffer
+        // owning this value waited for every copy using it before dropping it.
+        self.device
+            .release_in_drop(|api| unsafe { result::free_host(api, ptr) });
     }
 }
 

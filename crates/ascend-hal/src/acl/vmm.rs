@@ -46,14 +46,11 @@ impl crate::VirtualRange for AclVirtualRange {
 
 impl Drop for AclVirtualRange {
     fn drop(&mut self) {
-        let released = self.device.bind().and_then(|()| {
-            // SAFETY: reserved in `AclDevice::reserve_virtual`, released only here; the caching
-            // allocator unmaps every chunk before dropping the range.
-            unsafe { result::release_address(&self.device.rt.api, self.va) }
-        });
-        if let Err(e) = released {
-            self.device.defer(e);
-        }
+        let va = self.va;
+        // SAFETY: reserved in `AclDevice::reserve_virtual`, released only here; the caching
+        // allocator unmaps every chunk before dropping the range.
+        self.device
+            .release_in_drop(|api| unsafe { result::release_address(api, va) });
     }
 }
 
@@ -86,14 +83,11 @@ impl crate::PhysicalMemory for AclPhysicalMemory {
 
 impl Drop for AclPhysicalMemory {
     fn drop(&mut self) {
-        let released = self.device.bind().and_then(|()| {
-            // SAFETY: allocated in `AclDevice::allocate_physical`, freed only here, after the
-            // owner unmapped it.
-            unsafe { result::free_physical(&self.device.rt.api, self.handle) }
-        });
-        if let Err(e) = released {
-            self.device.defer(e);
-        }
+        let handle = self.handle;
+        // SAFETY: allocated in `AclDevice::allocate_physical`, freed only here, after the owner
+        // unmapped it.
+        self.device
+            .release_in_drop(|api| unsafe { result::free_physical(api, handle) });
     }
 }
 

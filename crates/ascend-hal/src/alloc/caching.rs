@@ -689,29 +689,28 @@ impl<B: Backend> State<B> {
     /// Puts a block back in its free set, merged with free neighbours of its segment.
     fn free_and_merge(&mut self, mut i: usize) {
         if let Some(p) = self.is_mergeable(self.block(i).prev) {
-            self.remove_free(p);
-            let b = self.block(i).clone();
-            let prev = self.block_mut(p);
-            prev.size += b.size;
-            prev.next = b.next;
-            if let Some(n) = b.next {
-                self.block_mut(n).prev = Some(p);
-            }
-            self.drop_block(i);
+            self.absorb_next(p);
             i = p;
         }
-        if let Some(n) = self.is_mergeable(self.block(i).next) {
-            self.remove_free(n);
-            let nb = self.block(n).clone();
-            let block = self.block_mut(i);
-            block.size += nb.size;
-            block.next = nb.next;
-            if let Some(nn) = nb.next {
-                self.block_mut(nn).prev = Some(i);
-            }
-            self.drop_block(n);
+        if self.is_mergeable(self.block(i).next).is_some() {
+            self.absorb_next(i);
         }
         self.insert_free(i);
+    }
+
+    /// Merges the free block after `i` into `i`.
+    fn absorb_next(&mut self, i: usize) {
+        let Some(n) = self.block(i).next else { return };
+        self.remove_free(i);
+        self.remove_free(n);
+        let next = self.block(n).clone();
+        let block = self.block_mut(i);
+        block.size += next.size;
+        block.next = next.next;
+        if let Some(nn) = next.next {
+            self.block_mut(nn).prev = Some(i);
+        }
+        self.drop_block(n);
     }
 
     fn check_fraction(&self, extra: usize, allowed: u64, device: &B::Device) -> Result<()> {
@@ -830,30 +829,25 @@ impl<B: Backend> State<B> {
                 detail: "; the expandable range is fully mapped".into(),
             });
         }
-        let mut new_chunks = Vec::with_capacity(chunks_needed);
+        let mut new_chunks: Vec<B::PhysicalMemory> = Vec::with_capacity(chunks_needed);
         for k in 0..chunks_needed {
-            let physical = device.allocate_physical(granularity);
-            let physical = match physical {
-                Ok(p) => p,
+            let offset = mapped + k * granularity;
+            let mapped_chunk = device.allocate_physical(granularity).and_then(|physical| {
+                // SAFETY: `offset` is granular, inside the range (checked above), and unmapped
+                // (mappings only ever extend the mapped prefix); the chunk is fresh.
+                unsafe { device.map(range, offset, &physical) }.map(|()| physical)
+            });
+            match mapped_chunk {
+                Ok(physical) => new_chunks.push(physical),
                 Err(e) => {
                     // Undo the chunks mapped so far: nothing changes on failure.
-                    for (j, _) in new_chunks.iter().enumerate().rev() {
+                    for j in (0..new_chunks.len()).rev() {
                         // SAFETY: mapped just above at this offset; no work can use it yet.
                         let _ = unsafe { device.unmap(range, mapped + j * granularity) };
                     }
                     return Err(e);
                 }
-            };
-            // SAFETY: `mapped + k * granularity` is granular, inside the range (checked above),
-            // and unmapped (mappings only ever extend the mapped prefix); the chunk is fresh.
-            if let Err(e) = unsafe { device.map(range, mapped + k * granularity, &physical) } {
-                for (j, _) in new_chunks.iter().enumerate().rev() {
-                    // SAFETY: as above.
-                    let _ = unsafe { device.unmap(range, mapped + j * granularity) };
-                }
-                return Err(e);
             }
-            new_chunks.push(physical);
         }
         chunks.extend(new_chunks);
         segment.size += grow;
