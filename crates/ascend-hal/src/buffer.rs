@@ -143,6 +143,26 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
         }
     }
 
+    /// Borrows the whole buffer for reading.
+    pub fn view(&self) -> DeviceSlice<'_, B, T> {
+        DeviceSlice {
+            ptr: self.base(),
+            len: self.len,
+            device: self.device,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Borrows the whole buffer for writing.
+    pub fn view_mut(&mut self) -> DeviceSliceMut<'_, B, T> {
+        DeviceSliceMut {
+            ptr: self.base(),
+            len: self.len,
+            device: self.device,
+            _borrow: PhantomData,
+        }
+    }
+
     /// Borrows elements `range` for reading.
     pub fn slice(&self, range: impl RangeBounds<usize>) -> Result<DeviceSlice<'_, B, T>> {
         let (start, end) = resolve_range(range, self.len, "DeviceBuffer::slice")?;
@@ -261,6 +281,42 @@ impl_view!(DeviceSlice);
 impl_view!(DeviceSliceMut);
 
 impl<B: Backend, T: Element> DeviceReprMut<B, T> for DeviceSliceMut<'_, B, T> {}
+
+impl<'a, B: Backend, T: Element> DeviceSlice<'a, B, T> {
+    /// Elements `range` of this view.
+    pub fn sub(&self, range: impl RangeBounds<usize>) -> Result<DeviceSlice<'a, B, T>> {
+        let (start, end) = resolve_range(range, self.len, "DeviceSlice::sub")?;
+        Ok(DeviceSlice {
+            ptr: self.ptr.add(start * std::mem::size_of::<T>()),
+            len: end - start,
+            device: self.device,
+            _borrow: PhantomData,
+        })
+    }
+}
+
+impl<B: Backend, T: Element> DeviceSliceMut<'_, B, T> {
+    /// Elements `range` of this view, for writing.
+    pub fn sub_mut(&mut self, range: impl RangeBounds<usize>) -> Result<DeviceSliceMut<'_, B, T>> {
+        let (start, end) = resolve_range(range, self.len, "DeviceSliceMut::sub_mut")?;
+        Ok(DeviceSliceMut {
+            ptr: self.ptr.add(start * std::mem::size_of::<T>()),
+            len: end - start,
+            device: self.device,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// A read-only view of the same elements.
+    pub fn as_view(&self) -> DeviceSlice<'_, B, T> {
+        DeviceSlice {
+            ptr: self.ptr,
+            len: self.len,
+            device: self.device,
+            _borrow: PhantomData,
+        }
+    }
+}
 
 /// Size in bytes of `len` elements of `T`, or an error naming `op` when it overflows.
 pub(crate) fn byte_len<T: Element>(len: usize, op: &'static str) -> Result<usize> {

@@ -61,6 +61,19 @@ pub enum Error {
         actual: usize,
     },
 
+    /// A kernel argument whose shape or dtype does not fit the others.
+    #[error("shape mismatch in {op}: {arg} must be {expected}, but is {actual}")]
+    ShapeMismatch {
+        /// The kernel.
+        op: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// What it must be (`[num_tokens=7, kv_heads=2, head_size=64] f16`).
+        expected: String,
+        /// What it is.
+        actual: String,
+    },
+
     /// A buffer or event of one device used with a stream of another.
     #[error(
         "wrong device in {op}: {what} lives on device {actual} but the stream runs on device \

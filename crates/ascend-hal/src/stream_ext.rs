@@ -29,6 +29,30 @@ pub trait StreamExt: Stream {
         T: Element,
         S: DeviceRepr<Self::Backend, T> + ?Sized;
 
+    /// Enqueues a copy of `src` (device) into `dst[offset..offset + src.len()]` (host); returns at
+    /// once.
+    fn copy_d2h_at<T, S>(
+        &self,
+        src: &S,
+        dst: &mut PinnedBuffer<Self::Backend, T>,
+        offset: usize,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: DeviceRepr<Self::Backend, T> + ?Sized;
+
+    /// Enqueues a copy of `src[offset..offset + dst.len()]` (host) into `dst` (device); returns
+    /// at once.
+    fn copy_h2d_at<T, D>(
+        &self,
+        src: &PinnedBuffer<Self::Backend, T>,
+        offset: usize,
+        dst: &mut D,
+    ) -> Result<()>
+    where
+        T: Element,
+        D: DeviceReprMut<Self::Backend, T> + ?Sized;
+
     /// Enqueues a copy of `src` into `dst`, both on this stream's device; returns at once.
     fn copy_d2d<T, S, D>(&self, src: &S, dst: &mut D) -> Result<()>
     where
@@ -139,6 +163,70 @@ impl<S: Stream> StreamExt for S {
         // `HostMemory`. (3) `src` is a live device range on this stream's device (checked).
         unsafe { self.enqueue_copy_d2h(src.device_ptr(), host, src.size_in_bytes())? };
         dst.fence_after(self, Access::Write)
+    }
+
+    fn copy_d2h_at<T, Src>(
+        &self,
+        src: &Src,
+        dst: &mut PinnedBuffer<S::Backend, T>,
+        offset: usize,
+    ) -> Result<()>
+    where
+        T: Element,
+        Src: DeviceRepr<S::Backend, T> + ?Sized,
+    {
+        const OP: &str = "copy_d2h_at";
+        check_device(OP, "src", self.device_ordinal(), src.device_ordinal())?;
+        offset
+            .checked_add(src.len())
+            .filter(|&e| e <= dst.len())
+            .ok_or(Error::OutOfBounds {
+                op: OP,
+                start: offset,
+                end: offset.saturating_add(src.len()),
+                len: dst.len(),
+            })?;
+        let Some(host) = dst.host_ptr().filter(|_| !src.is_empty()) else {
+            return Ok(());
+        };
+        dst.order_before(self, Access::Write)?;
+        let host = host.wrapping_add(offset * std::mem::size_of::<T>());
+        // SAFETY: as in `copy_d2h`; `host` points `offset` elements into the pinned buffer,
+        // and `offset + src.len()` is within it (checked above).
+        unsafe { self.enqueue_copy_d2h(src.device_ptr(), host, src.size_in_bytes())? };
+        dst.fence_after(self, Access::Write)
+    }
+
+    fn copy_h2d_at<T, D>(
+        &self,
+        src: &PinnedBuffer<S::Backend, T>,
+        offset: usize,
+        dst: &mut D,
+    ) -> Result<()>
+    where
+        T: Element,
+        D: DeviceReprMut<S::Backend, T> + ?Sized,
+    {
+        const OP: &str = "copy_h2d_at";
+        check_device(OP, "dst", self.device_ordinal(), dst.device_ordinal())?;
+        offset
+            .checked_add(dst.len())
+            .filter(|&e| e <= src.len())
+            .ok_or(Error::OutOfBounds {
+                op: OP,
+                start: offset,
+                end: offset.saturating_add(dst.len()),
+                len: src.len(),
+            })?;
+        let Some(host) = src.host_ptr().filter(|_| !dst.is_empty()) else {
+            return Ok(());
+        };
+        src.order_before(self, Access::Read)?;
+        let host = host.wrapping_add(offset * std::mem::size_of::<T>());
+        // SAFETY: as in `copy_h2d`; `host` points `offset` elements into the pinned buffer,
+        // and `offset + dst.len()` is within it (checked above).
+        unsafe { self.enqueue_copy_h2d(host, dst.device_ptr(), dst.size_in_bytes())? };
+        src.fence_after(self, Access::Read)
     }
 
     fn copy_d2d<T, Src, D>(&self, src: &Src, dst: &mut D) -> Result<()>

@@ -35,7 +35,9 @@ mod backend;
 mod device;
 mod event;
 mod faults;
+mod kernels;
 mod memory;
+mod regions;
 mod stream;
 
 pub use backend::{CpuBackend, CpuBackendBuilder};

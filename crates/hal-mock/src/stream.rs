@@ -222,6 +222,43 @@ impl CpuStream {
         self.enqueue(MockOp::HostTask, op, Box::new(task))
     }
 
+    /// Enqueues host code that reads the device ranges `reads` and writes `writes`, in stream
+    /// order: how the CPU backend runs kernels. The ranges are checked now (live, on this device;
+    /// a written range may overlap no other range); `task` gets them as byte slices, with the
+    /// storage locked, on the worker.
+    pub(crate) fn enqueue_region_task(
+        &self,
+        op: &'static str,
+        reads: &[(DevicePtr, usize)],
+        writes: &[(DevicePtr, usize)],
+        task: impl FnOnce(&[&[u8]], &mut [&mut [u8]]) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        for (i, &(w, wn)) in writes.iter().enumerate() {
+            let overlaps =
+                |&(p, n): &(DevicePtr, usize)| p.0 < w.0 + wn as u64 && w.0 < p.0 + n as u64;
+            if reads.iter().any(overlaps) || writes[i + 1..].iter().any(overlaps) {
+                return Err(Error::InvalidArgument {
+                    op,
+                    message: format!("written range {w:?} ({wn} bytes) overlaps another argument"),
+                });
+            }
+        }
+        let resolve = |list: &[(DevicePtr, usize)]| -> Result<Vec<Vec<Piece>>> {
+            list.iter()
+                .map(|&(p, n)| {
+                    if n == 0 {
+                        Ok(Vec::new())
+                    } else {
+                        self.resolve(p, n, op)
+                    }
+                })
+                .collect()
+        };
+        let (read_pieces, write_pieces) = (resolve(reads)?, resolve(writes)?);
+        let work = move || crate::regions::run(&read_pieces, &write_pieces, task);
+        self.enqueue(MockOp::HostTask, op, Box::new(work))
+    }
+
     /// Number of operations enqueued and not yet finished.
     pub fn pending(&self) -> u64 {
         let s = self.shared.lock();

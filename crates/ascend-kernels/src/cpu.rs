@@ -1,0 +1,503 @@
+//! The fast CPU kernels: the CPU backend's implementation of every op.
+//!
+//! - Work is split over both cores with rayon: attention by (sequence or token, KV head group),
+//!   norms and activations by rows.
+//! - Attention reads the paged cache block by block in place, converting one block's K (then V)
+//!   rows of one KV head to `f32` at a time, and keeps a running maximum, sum and accumulator per
+//!   query (online softmax): no gathered copy of the context is ever made, and numerics are
+//!   stable for long contexts.
+//! - Inner loops (dot products, `acc += w * v`) run over 8-wide chunks with independent
+//!   accumulators, which the compiler vectorises.
+
+use ascend_hal::Result;
+use rayon::prelude::*;
+
+use crate::float::KvFloat;
+use crate::reference::{check_positions, check_slots, query_ranges, rope_pairs};
+use crate::shapes::{
+    check_seq, CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
+    SiluAndMul,
+};
+
+const LANES: usize = 8;
+
+/// `sum(a[i] * b[i])` with 8 independent accumulators.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `acc = acc * scale + w * v`.
+#[inline]
+fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a = *a * scale + w * x;
+    }
+}
+
+/// Writes each token's K and V rows at its slot (`-1` skips; out-of-range slots are an error
+/// and nothing is written).
+pub fn reshape_and_cache<T: KvFloat>(
+    p: &ReshapeAndCache,
+    key: &[T],
+    value: &[T],
+    key_cache: &mut [T],
+    value_cache: &mut [T],
+    slot_mapping: &[i32],
+) -> Result<()> {
+    p.validate::<T>(
+        key.len(),
+        value.len(),
+        key_cache.len(),
+        value_cache.len(),
+        slot_mapping.len(),
+    )?;
+    check_slots(p, slot_mapping)?;
+    let row = p.cache.token_stride();
+    // Sequential: memory-bound, and two tokens given the same slot must land in order.
+    for (t, &slot) in slot_mapping.iter().enumerate() {
+        if slot >= 0 {
+            let at = slot as usize * row;
+            key_cache[at..at + row].copy_from_slice(&key[t * row..(t + 1) * row]);
+            value_cache[at..at + row].copy_from_slice(&value[t * row..(t + 1) * row]);
+        }
+    }
+    Ok(())
+}
+
+/// Where a context position's K/V row of one KV head starts.
+trait RowLocator: Sync {
+    fn offset(&self, pos: usize, kv_head: usize) -> usize;
+    /// Positions `start..end` that share one contiguous run of rows (a block).
+    fn run_end(&self, start: usize, end: usize) -> usize;
+}
+
+struct Paged<'a> {
+    c: CacheShape,
+    table: &'a [i32],
+}
+
+impl RowLocator for Paged<'_> {
+    fn offset(&self, pos: usize, kv_head: usize) -> usize {
+        let bs = self.c.block_size;
+        (self.table[pos / bs] as usize * bs + pos % bs) * self.c.token_stride()
+            + kv_head * self.c.head_size
+    }
+    fn run_end(&self, start: usize, end: usize) -> usize {
+        end.min((start / self.c.block_size + 1) * self.c.block_size)
+    }
+}
+
+struct Contiguous {
+    base: usize,
+    token_stride: usize,
+    head_size: usize,
+}
+
+impl RowLocator for Contiguous {
+    fn offset(&self, pos: usize, kv_head: usize) -> usize {
+        self.base + pos * self.token_stride + kv_head * self.head_size
+    }
+    fn run_end(&self, _start: usize, end: usize) -> usize {
+        end
+    }
+}
+
+/// Per-thread scratch for one (query group, KV head) task.
+struct Scratch {
+    q: Vec<f32>,
+    kv: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+/// Online-softmax attention of `group` query rows (one KV head) over context positions
+/// `first..=last`, reading K/V run by run through `loc`; writes the `group` output rows.
+#[allow(clippy::too_many_arguments)]
+fn attend_group<T: KvFloat, L: RowLocator>(
+    out: &mut [T],
+    q: &[T],
+    key_cache: &[T],
+    value_cache: &[T],
+    loc: &L,
+    kv_head: usize,
+    range: std::ops::Range<usize>,
+    hs: usize,
+    scale: f32,
+    run_cap: usize,
+    s: &mut Scratch,
+) {
+    let group = q.len() / hs;
+    s.q.resize(q.len(), 0.0);
+    T::convert_to_f32(q, &mut s.q);
+    s.q.iter_mut().for_each(|x| *x *= scale);
+    s.acc.clear();
+    s.acc.resize(group * hs, 0.0);
+    s.max.clear();
+    s.max.resize(group, f32::NEG_INFINITY);
+    s.sum.clear();
+    s.sum.resize(group, 0.0);
+    let mut start = range.start;
+    while start < range.end {
+        let end = loc
+            .run_end(start, range.end)
+            .min(start.saturating_add(run_cap));
+        let n = end - start;
+        // Scores of every query row against this run's keys.
+        s.kv.resize(n * hs, 0.0);
+        for (i, pos) in (start..end).enumerate() {
+            let at = loc.offset(pos, kv_head);
+            T::convert_to_f32(&key_cache[at..at + hs], &mut s.kv[i * hs..(i + 1) * hs]);
+        }
+        s.scores.resize(group * n, 0.0);
+        for g in 0..group {
+            let qg = &s.q[g * hs..(g + 1) * hs];
+            for i in 0..n {
+                s.scores[g * n + i] = dot(qg, &s.kv[i * hs..(i + 1) * hs]);
+            }
+        }
+        // Values, folded into the running softmax.
+        for (i, pos) in (start..end).enumerate() {
+            let at = loc.offset(pos, kv_head);
+            T::convert_to_f32(&value_cache[at..at + hs], &mut s.kv[i * hs..(i + 1) * hs]);
+        }
+        for g in 0..group {
+            let row = &s.scores[g * n..(g + 1) * n];
+            let run_max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let new_max = s.max[g].max(run_max);
+            let rescale = (s.max[g] - new_max).exp();
+            s.sum[g] *= rescale;
+            let acc = &mut s.acc[g * hs..(g + 1) * hs];
+            let mut first = true;
+            for (i, &score) in row.iter().enumerate() {
+                let w = (score - new_max).exp();
+                s.sum[g] += w;
+                scale_add(
+                    acc,
+                    if first { rescale } else { 1.0 },
+                    w,
+                    &s.kv[i * hs..(i + 1) * hs],
+                );
+                first = false;
+            }
+            s.max[g] = new_max;
+        }
+        start = end;
+    }
+    for g in 0..group {
+        let inv = if s.sum[g] > 0.0 { 1.0 / s.sum[g] } else { 0.0 };
+        for (o, a) in out[g * hs..(g + 1) * hs]
+            .iter_mut()
+            .zip(&s.acc[g * hs..(g + 1) * hs])
+        {
+            *o = T::from_f32(a * inv);
+        }
+    }
+}
+
+fn scratch() -> Scratch {
+    Scratch {
+        q: Vec::new(),
+        kv: Vec::new(),
+        scores: Vec::new(),
+        acc: Vec::new(),
+        max: Vec::new(),
+        sum: Vec::new(),
+    }
+}
+
+fn window_start(pos: usize, sliding_window: Option<usize>) -> usize {
+    sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w))
+}
+
+/// Decode attention over the paged cache.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention<T: KvFloat>(
+    p: &PagedAttention,
+    out: &mut [T],
+    query: &[T],
+    key_cache: &[T],
+    value_cache: &[T],
+    block_tables: &[i32],
+    seq_lens: &[i32],
+) -> Result<()> {
+    p.validate::<T>(
+        out.len(),
+        query.len(),
+        key_cache.len(),
+        value_cache.len(),
+        block_tables.len(),
+        seq_lens.len(),
+    )?;
+    let c = p.cache;
+    let lens: Vec<usize> = (0..p.num_seqs)
+        .map(|s| {
+            check_seq(
+                "paged_attention",
+                s,
+                seq_lens[s],
+                &block_tables[s * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
+                &c,
+            )
+        })
+        .collect::<Result<_>>()?;
+    let hs = c.head_size;
+    let group = p.num_heads / c.num_kv_heads;
+    out.par_chunks_mut(group * hs)
+        .zip(query.par_chunks(group * hs))
+        .enumerate()
+        .for_each_init(scratch, |s, (i, (o, q))| {
+            let (seq, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
+            let len = lens[seq];
+            let loc = Paged {
+                c,
+                table: &block_tables[seq * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
+            };
+            let first = if len == 0 {
+                0
+            } else {
+                window_start(len - 1, p.sliding_window)
+            };
+            attend_group(
+                o,
+                q,
+                key_cache,
+                value_cache,
+                &loc,
+                kvh,
+                first..len,
+                hs,
+                p.scale,
+                usize::MAX,
+                s,
+            );
+        });
+    Ok(())
+}
+
+/// The same decode attention over a contiguous cache `[num_seqs, max_len, kv_heads, head_size]`
+/// (the baseline paged attention is measured against).
+#[allow(clippy::too_many_arguments)]
+pub fn contiguous_attention<T: KvFloat>(
+    p: &PagedAttention,
+    max_len: usize,
+    out: &mut [T],
+    query: &[T],
+    keys: &[T],
+    values: &[T],
+    seq_lens: &[i32],
+) -> Result<()> {
+    let c = p.cache;
+    let hs = c.head_size;
+    let group = p.num_heads / c.num_kv_heads;
+    let stride = c.token_stride();
+    crate::shapes::expect_len::<T>(
+        "contiguous_attention",
+        "keys",
+        format!(
+            "[num_seqs={}, max_len={max_len}, kv_heads={}, head_size={hs}]",
+            p.num_seqs, c.num_kv_heads
+        ),
+        p.num_seqs * max_len * stride,
+        keys.len(),
+    )?;
+    out.par_chunks_mut(group * hs)
+        .zip(query.par_chunks(group * hs))
+        .enumerate()
+        .for_each_init(scratch, |s, (i, (o, q))| {
+            let (seq, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
+            let len = (seq_lens[seq].max(0) as usize).min(max_len);
+            let loc = Contiguous {
+                base: seq * max_len * stride,
+                token_stride: stride,
+                head_size: hs,
+            };
+            // Runs as long as a 128-token block, so both kernels do the same work per run.
+            attend_group(o, q, keys, values, &loc, kvh, 0..len, hs, p.scale, 128, s);
+        });
+    Ok(())
+}
+
+/// Prefill attention over the paged cache (causal within the chunk).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_prefill_attention<T: KvFloat>(
+    p: &PrefillAttention,
+    out: &mut [T],
+    query: &[T],
+    key_cache: &[T],
+    value_cache: &[T],
+    block_tables: &[i32],
+    query_start_loc: &[i32],
+    seq_lens: &[i32],
+) -> Result<()> {
+    p.validate::<T>(
+        out.len(),
+        query.len(),
+        key_cache.len(),
+        value_cache.len(),
+        block_tables.len(),
+        query_start_loc.len(),
+        seq_lens.len(),
+    )?;
+    let ranges = query_ranges(p, query_start_loc, seq_lens)?;
+    let c = p.cache;
+    let lens: Vec<usize> = (0..p.num_seqs)
+        .map(|s| {
+            check_seq(
+                "paged_prefill_attention",
+                s,
+                seq_lens[s],
+                &block_tables[s * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
+                &c,
+            )
+        })
+        .collect::<Result<_>>()?;
+    // The sequence of every query token.
+    let mut seq_of = vec![0usize; p.num_tokens];
+    for (s, &(a, b)) in ranges.iter().enumerate() {
+        seq_of[a..b].fill(s);
+    }
+    let hs = c.head_size;
+    let group = p.num_heads / c.num_kv_heads;
+    out.par_chunks_mut(group * hs)
+        .zip(query.par_chunks(group * hs))
+        .enumerate()
+        .for_each_init(scratch, |s, (i, (o, q))| {
+            let (t, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
+            let seq = seq_of[t];
+            let (a, b) = ranges[seq];
+            let pos = lens[seq] - (b - a) + (t - a);
+            let loc = Paged {
+                c,
+                table: &block_tables[seq * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
+            };
+            let first = window_start(pos, p.sliding_window);
+            attend_group(
+                o,
+                q,
+                key_cache,
+                value_cache,
+                &loc,
+                kvh,
+                first..pos + 1,
+                hs,
+                p.scale,
+                usize::MAX,
+                s,
+            );
+        });
+    Ok(())
+}
+
+/// Rotary embedding in place, token by token in parallel.
+pub fn rotary_embedding<T: KvFloat>(
+    p: &Rotary,
+    positions: &[i64],
+    query: &mut [T],
+    key: &mut [T],
+    cos_sin_cache: &[f32],
+) -> Result<()> {
+    p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
+    check_positions(p, positions)?;
+    let half = p.rotary_dim / 2;
+    let rotate = |x: &mut [T], pos: i64| {
+        let cs = &cos_sin_cache[pos as usize * p.rotary_dim..][..p.rotary_dim];
+        for head in x.chunks_exact_mut(p.head_size) {
+            for (i, j, f) in rope_pairs(p.style, p.rotary_dim) {
+                let (cos, sin) = (cs[f], cs[half + f]);
+                let (a, b) = (head[i].to_f32(), head[j].to_f32());
+                head[i] = T::from_f32(a * cos - b * sin);
+                head[j] = T::from_f32(b * cos + a * sin);
+            }
+        }
+    };
+    query
+        .par_chunks_mut(p.num_heads * p.head_size)
+        .zip(positions.par_iter())
+        .for_each(|(x, &pos)| rotate(x, pos));
+    key.par_chunks_mut(p.num_kv_heads * p.head_size)
+        .zip(positions.par_iter())
+        .for_each(|(x, &pos)| rotate(x, pos));
+    Ok(())
+}
+
+fn norm_row<T: KvFloat>(out: &mut [T], x: &[f32], weight: &[T], eps: f32) {
+    let ms = dot(x, x) / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = T::from_f32(v * inv * w.to_f32());
+    }
+}
+
+/// RMSNorm, rows in parallel.
+pub fn rms_norm<T: KvFloat>(p: &RmsNorm, out: &mut [T], x: &[T], weight: &[T]) -> Result<()> {
+    p.validate::<T>(x.len(), out.len(), weight.len(), "out")?;
+    out.par_chunks_mut(p.hidden)
+        .zip(x.par_chunks(p.hidden))
+        .for_each_init(Vec::new, |buf, (o, row)| {
+            buf.resize(p.hidden, 0.0);
+            T::convert_to_f32(row, buf);
+            norm_row(o, buf, weight, p.eps);
+        });
+    Ok(())
+}
+
+/// `residual += x; x = rms_norm(residual) * weight`, rows in parallel.
+pub fn fused_add_rms_norm<T: KvFloat>(
+    p: &RmsNorm,
+    x: &mut [T],
+    residual: &mut [T],
+    weight: &[T],
+) -> Result<()> {
+    p.validate::<T>(x.len(), residual.len(), weight.len(), "residual")?;
+    x.par_chunks_mut(p.hidden)
+        .zip(residual.par_chunks_mut(p.hidden))
+        .for_each_init(Vec::new, |buf, (xr, rr)| {
+            buf.clear();
+            for (r, v) in rr.iter_mut().zip(xr.iter()) {
+                *r = T::from_f32(r.to_f32() + v.to_f32());
+                buf.push(r.to_f32());
+            }
+            norm_row(xr, buf, weight, p.eps);
+        });
+    Ok(())
+}
+
+/// `out = silu(x[:, :d]) * x[:, d:]`, rows in parallel.
+pub fn silu_and_mul<T: KvFloat>(p: &SiluAndMul, out: &mut [T], x: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), x.len())?;
+    out.par_chunks_mut(p.d)
+        .zip(x.par_chunks(2 * p.d))
+        .for_each(|(o, row)| {
+            let (gate, up) = row.split_at(p.d);
+            for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
+                let g = g.to_f32();
+                *o = T::from_f32(g / (1.0 + (-g).exp()) * u.to_f32());
+            }
+        });
+    Ok(())
+}
+
+/// Copies whole blocks `src -> dst` in both caches.
+pub fn copy_blocks<T: KvFloat>(
+    c: &CacheShape,
+    key_cache: &mut [T],
+    value_cache: &mut [T],
+    pairs: &[(u32, u32)],
+) -> Result<()> {
+    crate::reference::copy_blocks(c, key_cache, value_cache, pairs)
+}

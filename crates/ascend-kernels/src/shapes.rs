@@ -1,0 +1,481 @@
+//! One parameter struct per kernel, with named shapes, and the checks that turn a mismatch into
+//! an error naming the argument and the shape it must have.
+
+use ascend_hal::{Error, Result};
+
+use crate::float::KvFloat;
+
+/// The shape of one layer's paged K (or V) cache: `[num_blocks, block_size, num_kv_heads,
+/// head_size]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    /// Blocks in the cache.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// KV heads.
+    pub num_kv_heads: usize,
+    /// Elements per head.
+    pub head_size: usize,
+}
+
+impl CacheShape {
+    /// Elements of one token's K (or V) across heads.
+    pub fn token_stride(&self) -> usize {
+        self.num_kv_heads * self.head_size
+    }
+    /// Elements of one block.
+    pub fn block_stride(&self) -> usize {
+        self.block_size * self.token_stride()
+    }
+    /// Elements of the whole cache.
+    pub fn elements(&self) -> usize {
+        self.num_blocks * self.block_stride()
+    }
+    /// Slots in the cache.
+    pub fn slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+    fn describe(&self) -> String {
+        format!(
+            "[num_blocks={}, block_size={}, kv_heads={}, head_size={}]",
+            self.num_blocks, self.block_size, self.num_kv_heads, self.head_size
+        )
+    }
+}
+
+/// `reshape_and_cache`: write `num_tokens` new K and V rows into the paged caches at their slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReshapeAndCache {
+    /// Tokens in `key`, `value` and `slot_mapping`.
+    pub num_tokens: usize,
+    /// The caches' shape.
+    pub cache: CacheShape,
+}
+
+/// Decode attention: one query token per sequence, over its paged context.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PagedAttention {
+    /// Sequences (one query token each).
+    pub num_seqs: usize,
+    /// Query heads: a multiple of `cache.num_kv_heads` (grouped-query attention).
+    pub num_heads: usize,
+    /// The caches' shape.
+    pub cache: CacheShape,
+    /// Width of each block-table row.
+    pub max_blocks_per_seq: usize,
+    /// Softmax scale, usually `1 / sqrt(head_size)`.
+    pub scale: f32,
+    /// Attend only to the last this many positions (Mistral-style), if set.
+    pub sliding_window: Option<usize>,
+}
+
+/// Chunked-prefill attention: a chunk of new query tokens per sequence, each attending causally to
+/// its sequence's cached context and to the chunk's earlier tokens (all already in the cache).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefillAttention {
+    /// Sequences.
+    pub num_seqs: usize,
+    /// Query tokens across all sequences.
+    pub num_tokens: usize,
+    /// Query heads: a multiple of `cache.num_kv_heads`.
+    pub num_heads: usize,
+    /// The caches' shape.
+    pub cache: CacheShape,
+    /// Width of each block-table row.
+    pub max_blocks_per_seq: usize,
+    /// Softmax scale.
+    pub scale: f32,
+    /// Attend only to the last this many positions, if set.
+    pub sliding_window: Option<usize>,
+}
+
+/// Which elements rotary embedding pairs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// GPT-NeoX / Llama: element `i` with `i + rotary_dim / 2`.
+    Neox,
+    /// GPT-J: element `2i` with `2i + 1`.
+    GptJ,
+}
+
+/// Rotary position embedding applied in place to queries and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotary {
+    /// Tokens.
+    pub num_tokens: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key heads.
+    pub num_kv_heads: usize,
+    /// Elements per head.
+    pub head_size: usize,
+    /// Leading elements of each head that rotate (even, at most `head_size`).
+    pub rotary_dim: usize,
+    /// Rows of the cos/sin cache (`[max_position, rotary_dim]`: cosines then sines).
+    pub max_position: usize,
+    /// Pairing.
+    pub style: RopeStyle,
+}
+
+/// RMSNorm over rows of `hidden` elements.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RmsNorm {
+    /// Rows.
+    pub num_tokens: usize,
+    /// Elements per row.
+    pub hidden: usize,
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
+/// `silu(x[:, :d]) * x[:, d:]` for rows of `2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiluAndMul {
+    /// Rows.
+    pub num_tokens: usize,
+    /// Output elements per row (the input has twice as many).
+    pub d: usize,
+}
+
+/// Checks a length against the shape it must have.
+pub fn expect_len<T: KvFloat>(
+    op: &'static str,
+    arg: &'static str,
+    shape: String,
+    want: usize,
+    got: usize,
+) -> Result<()> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op,
+            arg,
+            expected: format!("{shape} {} ({want} elements)", T::DTYPE),
+            actual: format!("{got} elements"),
+        })
+    }
+}
+
+/// Checks the length of an `i32`/`i64` index argument.
+pub fn expect_index_len(
+    op: &'static str,
+    arg: &'static str,
+    shape: String,
+    want: usize,
+    got: usize,
+) -> Result<()> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op,
+            arg,
+            expected: format!("{shape} ({want} elements)"),
+            actual: format!("{got} elements"),
+        })
+    }
+}
+
+fn invalid(op: &'static str, message: String) -> Error {
+    Error::InvalidArgument { op, message }
+}
+
+fn check_cache(op: &'static str, c: &CacheShape) -> Result<()> {
+    if c.num_blocks == 0 || c.block_size == 0 || c.num_kv_heads == 0 || c.head_size == 0 {
+        return Err(invalid(
+            op,
+            format!("every cache dimension must be positive: {}", c.describe()),
+        ));
+    }
+    Ok(())
+}
+
+impl ReshapeAndCache {
+    /// Checks every length; slots are checked by the kernel.
+    pub fn validate<T: KvFloat>(
+        &self,
+        key: usize,
+        value: usize,
+        key_cache: usize,
+        value_cache: usize,
+        slots: usize,
+    ) -> Result<()> {
+        const OP: &str = "reshape_and_cache";
+        check_cache(OP, &self.cache)?;
+        let c = &self.cache;
+        let rows = format!(
+            "[num_tokens={}, kv_heads={}, head_size={}]",
+            self.num_tokens, c.num_kv_heads, c.head_size
+        );
+        expect_len::<T>(
+            OP,
+            "key",
+            rows.clone(),
+            self.num_tokens * c.token_stride(),
+            key,
+        )?;
+        expect_len::<T>(OP, "value", rows, self.num_tokens * c.token_stride(), value)?;
+        expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
+        expect_len::<T>(OP, "value_cache", c.describe(), c.elements(), value_cache)?;
+        expect_index_len(
+            OP,
+            "slot_mapping",
+            format!("[num_tokens={}] i32", self.num_tokens),
+            self.num_tokens,
+            slots,
+        )
+    }
+}
+
+fn check_heads(op: &'static str, num_heads: usize, c: &CacheShape) -> Result<()> {
+    if num_heads == 0 || !num_heads.is_multiple_of(c.num_kv_heads) {
+        return Err(invalid(
+            op,
+            format!(
+                "num_heads {num_heads} must be a positive multiple of num_kv_heads {}",
+                c.num_kv_heads
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl PagedAttention {
+    /// Checks every length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn validate<T: KvFloat>(
+        &self,
+        out: usize,
+        q: usize,
+        key_cache: usize,
+        value_cache: usize,
+        block_tables: usize,
+        seq_lens: usize,
+    ) -> Result<()> {
+        const OP: &str = "paged_attention";
+        check_cache(OP, &self.cache)?;
+        check_heads(OP, self.num_heads, &self.cache)?;
+        let c = &self.cache;
+        let rows = format!(
+            "[num_seqs={}, num_heads={}, head_size={}]",
+            self.num_seqs, self.num_heads, c.head_size
+        );
+        let n = self.num_seqs * self.num_heads * c.head_size;
+        expect_len::<T>(OP, "query", rows.clone(), n, q)?;
+        expect_len::<T>(OP, "out", rows, n, out)?;
+        expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
+        expect_len::<T>(OP, "value_cache", c.describe(), c.elements(), value_cache)?;
+        expect_index_len(
+            OP,
+            "block_tables",
+            format!(
+                "[num_seqs={}, max_blocks={}] i32",
+                self.num_seqs, self.max_blocks_per_seq
+            ),
+            self.num_seqs * self.max_blocks_per_seq,
+            block_tables,
+        )?;
+        expect_index_len(
+            OP,
+            "seq_lens",
+            format!("[num_seqs={}] i32", self.num_seqs),
+            self.num_seqs,
+            seq_lens,
+        )
+    }
+}
+
+impl PrefillAttention {
+    /// Checks every length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn validate<T: KvFloat>(
+        &self,
+        out: usize,
+        q: usize,
+        key_cache: usize,
+        value_cache: usize,
+        block_tables: usize,
+        query_starts: usize,
+        seq_lens: usize,
+    ) -> Result<()> {
+        const OP: &str = "paged_prefill_attention";
+        check_cache(OP, &self.cache)?;
+        check_heads(OP, self.num_heads, &self.cache)?;
+        let c = &self.cache;
+        let rows = format!(
+            "[num_tokens={}, num_heads={}, head_size={}]",
+            self.num_tokens, self.num_heads, c.head_size
+        );
+        let n = self.num_tokens * self.num_heads * c.head_size;
+        expect_len::<T>(OP, "query", rows.clone(), n, q)?;
+        expect_len::<T>(OP, "out", rows, n, out)?;
+        expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
+        expect_len::<T>(OP, "value_cache", c.describe(), c.elements(), value_cache)?;
+        expect_index_len(
+            OP,
+            "block_tables",
+            format!(
+                "[num_seqs={}, max_blocks={}] i32",
+                self.num_seqs, self.max_blocks_per_seq
+            ),
+            self.num_seqs * self.max_blocks_per_seq,
+            block_tables,
+        )?;
+        expect_index_len(
+            OP,
+            "query_start_loc",
+            format!("[num_seqs+1={}] i32", self.num_seqs + 1),
+            self.num_seqs + 1,
+            query_starts,
+        )?;
+        expect_index_len(
+            OP,
+            "seq_lens",
+            format!("[num_seqs={}] i32", self.num_seqs),
+            self.num_seqs,
+            seq_lens,
+        )
+    }
+}
+
+impl Rotary {
+    /// Checks every length.
+    pub fn validate<T: KvFloat>(
+        &self,
+        positions: usize,
+        q: usize,
+        k: usize,
+        cos_sin: usize,
+    ) -> Result<()> {
+        const OP: &str = "rotary_embedding";
+        if self.rotary_dim == 0
+            || !self.rotary_dim.is_multiple_of(2)
+            || self.rotary_dim > self.head_size
+        {
+            return Err(invalid(
+                OP,
+                format!(
+                    "rotary_dim {} must be even and in 2..={}",
+                    self.rotary_dim, self.head_size
+                ),
+            ));
+        }
+        expect_index_len(
+            OP,
+            "positions",
+            format!("[num_tokens={}] i64", self.num_tokens),
+            self.num_tokens,
+            positions,
+        )?;
+        expect_len::<T>(
+            OP,
+            "query",
+            format!(
+                "[num_tokens={}, num_heads={}, head_size={}]",
+                self.num_tokens, self.num_heads, self.head_size
+            ),
+            self.num_tokens * self.num_heads * self.head_size,
+            q,
+        )?;
+        expect_len::<T>(
+            OP,
+            "key",
+            format!(
+                "[num_tokens={}, kv_heads={}, head_size={}]",
+                self.num_tokens, self.num_kv_heads, self.head_size
+            ),
+            self.num_tokens * self.num_kv_heads * self.head_size,
+            k,
+        )?;
+        expect_index_len(
+            OP,
+            "cos_sin_cache",
+            format!(
+                "[max_position={}, rotary_dim={}] f32",
+                self.max_position, self.rotary_dim
+            ),
+            self.max_position * self.rotary_dim,
+            cos_sin,
+        )
+    }
+}
+
+impl RmsNorm {
+    /// Checks every length (`x` for both the input and the output or residual).
+    pub fn validate<T: KvFloat>(
+        &self,
+        x: usize,
+        other: usize,
+        weight: usize,
+        other_name: &'static str,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        let rows = format!("[num_tokens={}, hidden={}]", self.num_tokens, self.hidden);
+        expect_len::<T>(OP, "input", rows.clone(), self.num_tokens * self.hidden, x)?;
+        expect_len::<T>(OP, other_name, rows, self.num_tokens * self.hidden, other)?;
+        expect_len::<T>(
+            OP,
+            "weight",
+            format!("[hidden={}]", self.hidden),
+            self.hidden,
+            weight,
+        )
+    }
+}
+
+impl SiluAndMul {
+    /// Checks every length.
+    pub fn validate<T: KvFloat>(&self, out: usize, x: usize) -> Result<()> {
+        const OP: &str = "silu_and_mul";
+        expect_len::<T>(
+            OP,
+            "out",
+            format!("[num_tokens={}, d={}]", self.num_tokens, self.d),
+            self.num_tokens * self.d,
+            out,
+        )?;
+        expect_len::<T>(
+            OP,
+            "input",
+            format!("[num_tokens={}, 2d={}]", self.num_tokens, 2 * self.d),
+            self.num_tokens * 2 * self.d,
+            x,
+        )
+    }
+}
+
+/// Checks a block table row and a sequence length against the cache.
+pub(crate) fn check_seq(
+    op: &'static str,
+    seq: usize,
+    len: i32,
+    row: &[i32],
+    c: &CacheShape,
+) -> Result<usize> {
+    let len = usize::try_from(len)
+        .map_err(|_| invalid(op, format!("seq_lens[{seq}] = {len} is negative")))?;
+    let blocks = len.div_ceil(c.block_size);
+    if blocks > row.len() {
+        return Err(invalid(
+            op,
+            format!(
+                "seq_lens[{seq}] = {len} needs {blocks} blocks, but block_tables rows hold {}",
+                row.len()
+            ),
+        ));
+    }
+    for (i, &b) in row[..blocks].iter().enumerate() {
+        if b < 0 || b as usize >= c.num_blocks {
+            return Err(invalid(
+                op,
+                format!(
+                    "block_tables[{seq}][{i}] = {b} is outside the cache's {} blocks",
+                    c.num_blocks
+                ),
+            ));
+        }
+    }
+    Ok(len)
+}

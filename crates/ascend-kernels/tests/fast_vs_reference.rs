@@ -1,0 +1,411 @@
+//! Every fast CPU kernel equals its reference within the dtype's tolerance
+//! (`ascend_kernels::tolerance`: f32 2e-5 + 2e-4 relative, f16 2e-3 + 4e-3, bf16 1.6e-2 + 1.6e-2)
+//! on random shapes, block sizes 16 and 128, head sizes 64/80/96/128/256, shuffled block tables,
+//! and sequence lengths that end mid-block; and paged attention over a shuffled table equals
+//! ordinary attention over the same keys and values laid out contiguously.
+
+use ascend_kernels::{
+    close, cpu, reference, CacheShape, KvFloat, PagedAttention, PrefillAttention, ReshapeAndCache,
+    RmsNorm, RopeStyle, Rotary, SiluAndMul,
+};
+use half::{bf16, f16};
+use proptest::prelude::*;
+
+/// Deterministic values in [-1, 1).
+fn values<T: KvFloat>(n: usize, seed: u64) -> Vec<T> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            T::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        })
+        .collect()
+}
+
+fn assert_close<T: KvFloat>(what: &str, fast: &[T], slow: &[T]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(fast.len(), slow.len());
+    for (i, (a, b)) in fast.iter().zip(slow).enumerate() {
+        let (a, b) = (a.to_f32(), b.to_f32());
+        prop_assert!(
+            close(T::DTYPE, a, b),
+            "{} [{}] {}: fast {} vs reference {}",
+            what,
+            i,
+            T::DTYPE,
+            a,
+            b
+        );
+    }
+    Ok(())
+}
+
+/// A random attention problem: shuffled block tables, lengths ending mid-block.
+#[derive(Debug, Clone)]
+struct Problem {
+    block_size: usize,
+    head_size: usize,
+    kv_heads: usize,
+    group: usize,
+    lens: Vec<usize>,
+    window: Option<usize>,
+    seed: u64,
+}
+
+fn problem() -> impl Strategy<Value = Problem> {
+    (
+        prop_oneof![Just(16usize), Just(128)],
+        prop_oneof![Just(64usize), Just(80), Just(96), Just(128), Just(256)],
+        1usize..3,
+        prop_oneof![Just(1usize), Just(2), Just(4)],
+        prop::collection::vec(1usize..300, 1..4),
+        prop_oneof![Just(None), (1usize..200).prop_map(Some)],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(block_size, head_size, kv_heads, group, lens, window, seed)| Problem {
+                block_size,
+                head_size,
+                kv_heads,
+                group,
+                lens,
+                window,
+                seed,
+            },
+        )
+}
+
+impl Problem {
+    fn cache(&self) -> CacheShape {
+        let blocks: usize = self.lens.iter().map(|l| l.div_ceil(self.block_size)).sum();
+        CacheShape {
+            num_blocks: blocks + 3,
+            block_size: self.block_size,
+            num_kv_heads: self.kv_heads,
+            head_size: self.head_size,
+        }
+    }
+
+    fn max_blocks(&self) -> usize {
+        self.lens
+            .iter()
+            .map(|l| l.div_ceil(self.block_size))
+            .max()
+            .unwrap_or(1)
+            + 1
+    }
+
+    /// Block tables using every block of the cache but the first three, shuffled, padded with
+    /// block 0.
+    fn tables(&self) -> Vec<i32> {
+        let c = self.cache();
+        let mut ids: Vec<i32> = (3..c.num_blocks as i32).collect();
+        let mut x = self.seed | 1;
+        for i in (1..ids.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ids.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let width = self.max_blocks();
+        let mut tables = vec![0i32; self.lens.len() * width];
+        let mut next = ids.into_iter();
+        for (s, len) in self.lens.iter().enumerate() {
+            for b in 0..len.div_ceil(self.block_size) {
+                tables[s * width + b] = next.next().unwrap();
+            }
+        }
+        tables
+    }
+}
+
+fn decode<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
+    let c = pr.cache();
+    let p = PagedAttention {
+        num_seqs: pr.lens.len(),
+        num_heads: pr.kv_heads * pr.group,
+        cache: c,
+        max_blocks_per_seq: pr.max_blocks(),
+        scale: 1.0 / (pr.head_size as f32).sqrt(),
+        sliding_window: pr.window,
+    };
+    let q = values::<T>(p.num_seqs * p.num_heads * pr.head_size, pr.seed);
+    let k = values::<T>(c.elements(), pr.seed ^ 1);
+    let v = values::<T>(c.elements(), pr.seed ^ 2);
+    let tables = pr.tables();
+    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    let mut fast = vec![T::from_f32(0.0); q.len()];
+    let mut slow = fast.clone();
+    cpu::paged_attention(&p, &mut fast, &q, &k, &v, &tables, &lens).unwrap();
+    reference::paged_attention(&p, &mut slow, &q, &k, &v, &tables, &lens).unwrap();
+    assert_close("paged_attention", &fast, &slow)
+}
+
+fn prefill<T: KvFloat>(pr: &Problem, chunk: usize) -> Result<(), TestCaseError> {
+    let c = pr.cache();
+    let q_lens: Vec<usize> = pr.lens.iter().map(|&l| chunk.min(l)).collect();
+    let mut starts = vec![0i32];
+    for q in &q_lens {
+        starts.push(starts.last().unwrap() + *q as i32);
+    }
+    let p = PrefillAttention {
+        num_seqs: pr.lens.len(),
+        num_tokens: q_lens.iter().sum(),
+        num_heads: pr.kv_heads * pr.group,
+        cache: c,
+        max_blocks_per_seq: pr.max_blocks(),
+        scale: 1.0 / (pr.head_size as f32).sqrt(),
+        sliding_window: pr.window,
+    };
+    let q = values::<T>(p.num_tokens * p.num_heads * pr.head_size, pr.seed);
+    let k = values::<T>(c.elements(), pr.seed ^ 3);
+    let v = values::<T>(c.elements(), pr.seed ^ 4);
+    let tables = pr.tables();
+    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    let mut fast = vec![T::from_f32(0.0); q.len()];
+    let mut slow = fast.clone();
+    cpu::paged_prefill_attention(&p, &mut fast, &q, &k, &v, &tables, &starts, &lens).unwrap();
+    reference::paged_prefill_attention(&p, &mut slow, &q, &k, &v, &tables, &starts, &lens).unwrap();
+    assert_close("paged_prefill_attention", &fast, &slow)
+}
+
+fn cache_write<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
+    let c = pr.cache();
+    let n = pr.lens.iter().sum::<usize>().min(c.slots());
+    let p = ReshapeAndCache {
+        num_tokens: n,
+        cache: c,
+    };
+    let key = values::<T>(n * c.token_stride(), pr.seed);
+    let value = values::<T>(n * c.token_stride(), pr.seed ^ 5);
+    // A permutation of slots, with some tokens skipped.
+    let mut slots: Vec<i32> = (0..c.slots() as i32).rev().step_by(1).take(n).collect();
+    for (i, s) in slots.iter_mut().enumerate() {
+        if i % 5 == 3 {
+            *s = -1;
+        }
+    }
+    let (mut kf, mut vf) = (values::<T>(c.elements(), 7), values::<T>(c.elements(), 8));
+    let (mut kr, mut vr) = (kf.clone(), vf.clone());
+    cpu::reshape_and_cache(&p, &key, &value, &mut kf, &mut vf, &slots).unwrap();
+    reference::reshape_and_cache(&p, &key, &value, &mut kr, &mut vr, &slots).unwrap();
+    prop_assert!(kf == kr && vf == vr, "reshape_and_cache differs");
+    Ok(())
+}
+
+fn rope<T: KvFloat>(pr: &Problem, style: RopeStyle) -> Result<(), TestCaseError> {
+    let n = pr.lens.len() * 3;
+    let p = Rotary {
+        num_tokens: n,
+        num_heads: pr.kv_heads * pr.group,
+        num_kv_heads: pr.kv_heads,
+        head_size: pr.head_size,
+        rotary_dim: pr.head_size,
+        max_position: 512,
+        style,
+    };
+    let half = p.rotary_dim / 2;
+    let mut cs = vec![0f32; p.max_position * p.rotary_dim];
+    for pos in 0..p.max_position {
+        for f in 0..half {
+            let theta = pos as f32 / 10000f32.powf(2.0 * f as f32 / p.rotary_dim as f32);
+            cs[pos * p.rotary_dim + f] = theta.cos();
+            cs[pos * p.rotary_dim + half + f] = theta.sin();
+        }
+    }
+    let positions: Vec<i64> = (0..n as i64)
+        .map(|t| (t * 37 + pr.seed as i64 % 97).rem_euclid(512))
+        .collect();
+    let (mut qf, mut kf) = (
+        values::<T>(n * p.num_heads * p.head_size, pr.seed),
+        values::<T>(n * p.num_kv_heads * p.head_size, pr.seed ^ 9),
+    );
+    let (mut qr, mut kr) = (qf.clone(), kf.clone());
+    cpu::rotary_embedding(&p, &positions, &mut qf, &mut kf, &cs).unwrap();
+    reference::rotary_embedding(&p, &positions, &mut qr, &mut kr, &cs).unwrap();
+    assert_close("rope q", &qf, &qr)?;
+    assert_close("rope k", &kf, &kr)
+}
+
+fn norms<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
+    let p = RmsNorm {
+        num_tokens: pr.lens.len() * 2,
+        hidden: pr.head_size * pr.kv_heads,
+        eps: 1e-6,
+    };
+    let x = values::<T>(p.num_tokens * p.hidden, pr.seed);
+    let w = values::<T>(p.hidden, pr.seed ^ 11);
+    let (mut of, mut or) = (
+        vec![T::from_f32(0.0); x.len()],
+        vec![T::from_f32(0.0); x.len()],
+    );
+    cpu::rms_norm(&p, &mut of, &x, &w).unwrap();
+    reference::rms_norm(&p, &mut or, &x, &w).unwrap();
+    assert_close("rms_norm", &of, &or)?;
+    let res = values::<T>(x.len(), pr.seed ^ 12);
+    let (mut xf, mut rf) = (x.clone(), res.clone());
+    let (mut xr, mut rr) = (x.clone(), res);
+    cpu::fused_add_rms_norm(&p, &mut xf, &mut rf, &w).unwrap();
+    reference::fused_add_rms_norm(&p, &mut xr, &mut rr, &w).unwrap();
+    assert_close("fused residual", &rf, &rr)?;
+    assert_close("fused norm", &xf, &xr)?;
+    let s = SiluAndMul {
+        num_tokens: p.num_tokens,
+        d: p.hidden,
+    };
+    let xs = values::<T>(s.num_tokens * 2 * s.d, pr.seed ^ 13);
+    let (mut sf, mut sr) = (
+        vec![T::from_f32(0.0); s.num_tokens * s.d],
+        vec![T::from_f32(0.0); s.num_tokens * s.d],
+    );
+    cpu::silu_and_mul(&s, &mut sf, &xs).unwrap();
+    reference::silu_and_mul(&s, &mut sr, &xs).unwrap();
+    assert_close("silu_and_mul", &sf, &sr)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decode_attention(pr in problem()) {
+        decode::<f32>(&pr)?;
+        decode::<f16>(&pr)?;
+        decode::<bf16>(&pr)?;
+    }
+
+    #[test]
+    fn prefill_attention(pr in problem(), chunk in 1usize..40) {
+        prefill::<f32>(&pr, chunk)?;
+        prefill::<f16>(&pr, chunk)?;
+        prefill::<bf16>(&pr, chunk)?;
+    }
+
+    #[test]
+    fn cache_writes_ropes_and_norms(pr in problem()) {
+        cache_write::<f32>(&pr)?;
+        cache_write::<bf16>(&pr)?;
+        for style in [RopeStyle::Neox, RopeStyle::GptJ] {
+            rope::<f32>(&pr, style)?;
+            rope::<f16>(&pr, style)?;
+            rope::<bf16>(&pr, style)?;
+        }
+        norms::<f32>(&pr)?;
+        norms::<f16>(&pr)?;
+        norms::<bf16>(&pr)?;
+    }
+}
+
+#[test]
+fn paged_over_a_shuffled_table_equals_contiguous_attention() {
+    let pr = Problem {
+        block_size: 16,
+        head_size: 128,
+        kv_heads: 2,
+        group: 4,
+        lens: vec![1, 17, 200, 129],
+        window: None,
+        seed: 42,
+    };
+    let c = pr.cache();
+    let p = PagedAttention {
+        num_seqs: pr.lens.len(),
+        num_heads: 8,
+        cache: c,
+        max_blocks_per_seq: pr.max_blocks(),
+        scale: 1.0 / (128f32).sqrt(),
+        sliding_window: None,
+    };
+    let q = values::<f32>(p.num_seqs * 8 * 128, 1);
+    let k = values::<f32>(c.elements(), 2);
+    let v = values::<f32>(c.elements(), 3);
+    let tables = pr.tables();
+    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    // The same keys and values, gathered into [num_seqs, max_len, kv_heads, head_size].
+    let max_len = 200;
+    let stride = c.token_stride();
+    let (mut kc, mut vc) = (
+        vec![0f32; p.num_seqs * max_len * stride],
+        vec![0f32; p.num_seqs * max_len * stride],
+    );
+    for (s, &len) in pr.lens.iter().enumerate() {
+        let row = &tables[s * p.max_blocks_per_seq..];
+        for t in 0..len {
+            let at = reference::cache_offset(&c, row, t, 0);
+            kc[(s * max_len + t) * stride..][..stride].copy_from_slice(&k[at..at + stride]);
+            vc[(s * max_len + t) * stride..][..stride].copy_from_slice(&v[at..at + stride]);
+        }
+    }
+    let (mut paged, mut contiguous) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+    cpu::paged_attention(&p, &mut paged, &q, &k, &v, &tables, &lens).unwrap();
+    cpu::contiguous_attention(&p, max_len, &mut contiguous, &q, &kc, &vc, &lens).unwrap();
+    for (a, b) in paged.iter().zip(&contiguous) {
+        assert!(
+            (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
+            "paged {a} vs contiguous {b}"
+        );
+    }
+}
+
+#[test]
+fn errors_name_the_argument_and_write_nothing() {
+    let c = CacheShape {
+        num_blocks: 2,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+    };
+    let p = ReshapeAndCache {
+        num_tokens: 2,
+        cache: c,
+    };
+    let key = vec![1f32; 2 * 128];
+    let (mut kc, mut vc) = (vec![0f32; c.elements()], vec![0f32; c.elements()]);
+    let err = cpu::reshape_and_cache(&p, &key[..100], &key, &mut kc, &mut vc, &[0, 1]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ascend_hal::Error::ShapeMismatch { arg: "key", .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("[num_tokens=2, kv_heads=2, head_size=64] f32 (256 elements)")
+            && msg.contains("100 elements"),
+        "{msg}"
+    );
+    let err = cpu::reshape_and_cache(&p, &key, &key, &mut kc, &mut vc, &[3, 32]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("slot_mapping[1] = 32 is outside the cache's 32 slots"),
+        "{err}"
+    );
+    assert!(
+        kc.iter().all(|&x| x == 0.0),
+        "an erroring call wrote to the cache"
+    );
+    let pa = PagedAttention {
+        num_seqs: 1,
+        num_heads: 3,
+        cache: c,
+        max_blocks_per_seq: 1,
+        scale: 1.0,
+        sliding_window: None,
+    };
+    let err = cpu::paged_attention(&pa, &mut [0f32; 192], &[0f32; 192], &kc, &vc, &[0], &[1])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("num_heads 3 must be a positive multiple of num_kv_heads 2"),
+        "{err}"
+    );
+    let pa = PagedAttention { num_heads: 2, ..pa };
+    let err = cpu::paged_attention(&pa, &mut [0f32; 128], &[0f32; 128], &kc, &vc, &[5], &[3])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("block_tables[0][0] = 5 is outside the cache's 2 blocks"),
+        "{err}"
+    );
+    let err = cpu::paged_attention(&pa, &mut [0f32; 128], &[0f32; 128], &kc, &vc, &[1], &[17])
+        .unwrap_err();
+    assert!(err.to_string().contains("needs 2 blocks"), "{err}");
+}

@@ -1,0 +1,115 @@
+//! Giving host code (the CPU kernels) access to device ranges on a stream worker: lock every
+//! allocation involved, in address order, and hand out byte slices of the ranges. A range that
+//! spans several mapped chunks is gathered into a temporary buffer (and scattered back if
+//! written); everything else is borrowed in place.
+
+use std::sync::{Arc, MutexGuard};
+
+use ascend_hal::Result;
+
+use crate::memory::{Allocation, HostBytes, Piece};
+
+/// Where one argument's bytes are during the task.
+enum Place {
+    Empty,
+    Borrowed {
+        lock: usize,
+        offset: usize,
+        len: usize,
+    },
+    Gathered(Vec<u8>),
+}
+
+/// Runs `task` over the ranges. The caller checked that written ranges overlap nothing.
+pub(crate) fn run(
+    reads: &[Vec<Piece>],
+    writes: &[Vec<Piece>],
+    task: impl FnOnce(&[&[u8]], &mut [&mut [u8]]) -> Result<()>,
+) -> Result<()> {
+    // Lock each allocation once, in address order: no deadlock with other workers.
+    let mut allocations: Vec<Arc<Allocation>> = reads
+        .iter()
+        .chain(writes)
+        .flatten()
+        .map(|(a, _, _)| Arc::clone(a))
+        .collect();
+    allocations.sort_by_key(|a| a.base);
+    allocations.dedup_by_key(|a| a.base);
+    let mut guards: Vec<MutexGuard<'_, HostBytes>> = allocations.iter().map(|a| a.lock()).collect();
+    let bases: Vec<*mut u8> = guards
+        .iter_mut()
+        .map(|g| g.as_mut_slice().as_mut_ptr())
+        .collect();
+    let lock_of = |a: &Arc<Allocation>| allocations.partition_point(|b| b.base < a.base);
+
+    let place = |pieces: &Vec<Piece>| -> Place {
+        match pieces.as_slice() {
+            [] => Place::Empty,
+            [(a, offset, len)] => Place::Borrowed {
+                lock: lock_of(a),
+                offset: *offset,
+                len: *len,
+            },
+            many => {
+                let mut buf = Vec::with_capacity(many.iter().map(|p| p.2).sum());
+                for (a, offset, len) in many {
+                    let base = bases[lock_of(a)];
+                    // SAFETY: `base` is the start of the locked allocation's storage, and
+                    // `offset + len` lies inside it (resolved against the live allocation).
+                    buf.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(base.add(*offset), *len)
+                    });
+                }
+                Place::Gathered(buf)
+            }
+        }
+    };
+    let mut read_places: Vec<Place> = reads.iter().map(place).collect();
+    let mut write_places: Vec<Place> = writes.iter().map(place).collect();
+
+    let result = {
+        let read_slices: Vec<&[u8]> = read_places
+            .iter_mut()
+            .map(|p| match p {
+                Place::Empty => &[][..],
+                // SAFETY: inside the locked storage (see above); read ranges may overlap each
+                // other, but no written range overlaps them, so shared slices do not alias a
+                // mutable one.
+                Place::Borrowed { lock, offset, len } => unsafe {
+                    std::slice::from_raw_parts(bases[*lock].add(*offset), *len)
+                },
+                Place::Gathered(v) => &v[..],
+            })
+            .collect();
+        let mut write_slices: Vec<&mut [u8]> = write_places
+            .iter_mut()
+            .map(|p| match p {
+                Place::Empty => &mut [][..],
+                // SAFETY: inside the locked storage; a written range overlaps no other range
+                // (checked at enqueue), so this is the only reference to these bytes.
+                Place::Borrowed { lock, offset, len } => unsafe {
+                    std::slice::from_raw_parts_mut(bases[*lock].add(*offset), *len)
+                },
+                Place::Gathered(v) => &mut v[..],
+            })
+            .collect();
+        task(&read_slices, &mut write_slices)
+    };
+
+    // Scatter gathered written ranges back.
+    for (pieces, place) in writes.iter().zip(&write_places) {
+        if let Place::Gathered(buf) = place {
+            let mut at = 0;
+            for (a, offset, len) in pieces {
+                let base = bases[lock_of(a)];
+                // SAFETY: as above; no slice handed to the task is alive any more.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(buf[at..].as_ptr(), base.add(*offset), *len)
+                };
+                at += len;
+            }
+        }
+    }
+    drop(guards);
+    result
+}

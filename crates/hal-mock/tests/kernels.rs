@@ -1,0 +1,270 @@
+//! The kernels through the CPU backend's streams (`KernelOps`): stream order, device memory
+//! (including caches from expandable segments that span mapped chunks), errors, swaps.
+
+use ascend_hal::alloc::CachingAllocator;
+use ascend_hal::prelude::*;
+use ascend_hal::Error;
+use ascend_kernels::{
+    reference, swap_in, swap_out, CacheShape, KernelOps, KvFloat, PagedAttention, ReshapeAndCache,
+};
+use hal_mock::{CpuBackend, CpuDevice, CpuStream, DeviceProfile};
+use half::f16;
+
+type Buf<T> = DeviceBuffer<CpuBackend, T>;
+
+fn setup() -> (CpuBackend, CpuDevice, CpuStream) {
+    let backend = CpuBackend::builder()
+        .device(DeviceProfile::custom("Ascend910B4", 512 << 20))
+        .device(DeviceProfile::custom("Ascend910B4", 64 << 20))
+        .build();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    (backend, device, stream)
+}
+
+fn values<T: KvFloat>(n: usize, seed: u32) -> Vec<T> {
+    (0..n)
+        .map(|i| {
+            T::from_f32(
+                ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cache_write_then_decode_attention_in_stream_order() {
+    let (_b, device, stream) = setup();
+    // A cache from expandable segments, large enough to span several mapped 2 MiB chunks.
+    let alloc =
+        CachingAllocator::<CpuBackend>::new(&device, "expandable_segments:True".parse().unwrap())
+            .unwrap();
+    let c = CacheShape {
+        num_blocks: 320,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 128,
+    };
+    let mut kc = alloc.alloc_buffer::<f16>(c.elements(), &stream).unwrap();
+    let mut vc = alloc.alloc_buffer::<f16>(c.elements(), &stream).unwrap();
+    assert!(c.elements() * 2 > 2 << 20, "the cache must span chunks");
+    stream.memset(&mut kc, 0).unwrap();
+    stream.memset(&mut vc, 0).unwrap();
+
+    // Two sequences of 40 and 23 tokens, written through reshape_and_cache at shuffled slots.
+    let lens = [40usize, 23];
+    let tables: Vec<i32> = vec![9, 3, 50, 0, 17, 33, 0, 0];
+    let mut slots = Vec::new();
+    for (s, &len) in lens.iter().enumerate() {
+        for t in 0..len {
+            slots.push(tables[s * 4 + t / 16] * 16 + (t % 16) as i32);
+        }
+    }
+    let n = slots.len();
+    let key = values::<f16>(n * c.token_stride(), 1);
+    let value = values::<f16>(n * c.token_stride(), 2);
+    let (dk, dv) = (
+        Buf::from_slice(&stream, &key).unwrap(),
+        Buf::from_slice(&stream, &value).unwrap(),
+    );
+    let dslots = Buf::from_slice(&stream, &slots).unwrap();
+    CpuBackend::reshape_and_cache(
+        &stream,
+        &ReshapeAndCache {
+            num_tokens: n,
+            cache: c,
+        },
+        dk.view(),
+        dv.view(),
+        kc.view_mut(),
+        vc.view_mut(),
+        dslots.view(),
+    )
+    .unwrap();
+
+    let p = PagedAttention {
+        num_seqs: 2,
+        num_heads: 8,
+        cache: c,
+        max_blocks_per_seq: 4,
+        scale: 0.088,
+        sliding_window: None,
+    };
+    let q = values::<f16>(2 * 8 * 128, 3);
+    let dq = Buf::from_slice(&stream, &q).unwrap();
+    let dt = Buf::from_slice(&stream, &tables).unwrap();
+    let dl = Buf::from_slice(&stream, &[40i32, 23]).unwrap();
+    let mut out = Buf::<f16>::alloc(&device, q.len()).unwrap();
+    // Queued behind the cache write on the same stream; no synchronisation in between.
+    CpuBackend::paged_attention(
+        &stream,
+        &p,
+        out.view_mut(),
+        dq.view(),
+        kc.view(),
+        vc.view(),
+        dt.view(),
+        dl.view(),
+    )
+    .unwrap();
+    let got = stream.clone_to_host(&out).unwrap();
+
+    // The reference, on host copies built the same way.
+    let (mut hk, mut hv) = (vec![f16::ZERO; c.elements()], vec![f16::ZERO; c.elements()]);
+    reference::reshape_and_cache(
+        &ReshapeAndCache {
+            num_tokens: n,
+            cache: c,
+        },
+        &key,
+        &value,
+        &mut hk,
+        &mut hv,
+        &slots,
+    )
+    .unwrap();
+    assert_eq!(stream.clone_to_host(&kc).unwrap(), hk, "cache contents");
+    let mut want = vec![f16::ZERO; q.len()];
+    reference::paged_attention(&p, &mut want, &q, &hk, &hv, &tables, &[40, 23]).unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!(
+            ascend_kernels::close(ascend_hal::DType::F16, a.to_f32(), b.to_f32()),
+            "{a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn shape_errors_at_the_call_and_kernel_errors_at_synchronize() {
+    let (backend, device, stream) = setup();
+    let c = CacheShape {
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: 1,
+        head_size: 64,
+    };
+    let mut kc = Buf::<f32>::zeros(&stream, c.elements()).unwrap();
+    let mut vc = Buf::<f32>::zeros(&stream, c.elements()).unwrap();
+    let key = Buf::<f32>::zeros(&stream, 2 * 64).unwrap();
+    let bad_slots = Buf::from_slice(&stream, &[1i32, 64]).unwrap();
+    let short = Buf::<f32>::zeros(&stream, 100).unwrap();
+    let p = ReshapeAndCache {
+        num_tokens: 2,
+        cache: c,
+    };
+
+    // A shape mismatch is refused at the call, naming the argument.
+    let err = CpuBackend::reshape_and_cache(
+        &stream,
+        &p,
+        short.view(),
+        key.view(),
+        kc.view_mut(),
+        vc.view_mut(),
+        bad_slots.view(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ShapeMismatch {
+                op: "reshape_and_cache",
+                arg: "key",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // A bad slot is found by the kernel on the stream: reported at synchronize, nothing written.
+    let ones = Buf::from_slice(&stream, &[1f32; 128]).unwrap();
+    CpuBackend::reshape_and_cache(
+        &stream,
+        &p,
+        ones.view(),
+        ones.view(),
+        kc.view_mut(),
+        vc.view_mut(),
+        bad_slots.view(),
+    )
+    .unwrap();
+    let err = stream.synchronize().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::StreamOperation {
+                op: "reshape_and_cache",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("slot_mapping[1] = 64 is outside the cache's 64 slots"),
+        "{err}"
+    );
+    assert!(stream.clone_to_host(&kc).unwrap().iter().all(|&x| x == 0.0));
+
+    // Arguments on another device are refused.
+    let other = backend.device(1).unwrap();
+    let elsewhere = Buf::<f32>::zeros(&other.new_stream().unwrap(), 2 * 64).unwrap();
+    let err = CpuBackend::reshape_and_cache(
+        &stream,
+        &p,
+        elsewhere.view(),
+        ones.view(),
+        kc.view_mut(),
+        vc.view_mut(),
+        bad_slots.view(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongDevice { what: "key", .. }),
+        "{err:?}"
+    );
+
+    drop(device);
+}
+
+#[test]
+fn copy_blocks_and_swaps_move_whole_blocks() {
+    let (_b, device, stream) = setup();
+    let c = CacheShape {
+        num_blocks: 8,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+    };
+    let n = c.block_stride();
+    let init_k = values::<f32>(c.elements(), 5);
+    let init_v = values::<f32>(c.elements(), 6);
+    let mut kc = Buf::from_slice(&stream, &init_k).unwrap();
+    let mut vc = Buf::from_slice(&stream, &init_v).unwrap();
+
+    // Copy-on-write copies.
+    CpuBackend::copy_blocks(&stream, &c, kc.view_mut(), vc.view_mut(), &[(1, 6), (2, 7)]).unwrap();
+    let (mut want_k, mut want_v) = (init_k.clone(), init_v.clone());
+    reference::copy_blocks(&c, &mut want_k, &mut want_v, &[(1, 6), (2, 7)]).unwrap();
+    assert_eq!(stream.clone_to_host(&kc).unwrap(), want_k);
+    assert_eq!(stream.clone_to_host(&vc).unwrap(), want_v);
+    let err =
+        CpuBackend::copy_blocks(&stream, &c, kc.view_mut(), vc.view_mut(), &[(1, 8)]).unwrap_err();
+    assert!(err.to_string().contains("pair 1 -> 8"), "{err}");
+
+    // Swap blocks 3 and 5 out to host blocks 0 and 1, wipe the device, swap them back in.
+    let mut host = PinnedBuffer::<CpuBackend, f32>::new(&device, 2 * n).unwrap();
+    swap_out(&stream, &c, kc.view(), &mut host, &[(3, 0), (5, 1)]).unwrap();
+    stream.memset(&mut kc, 0).unwrap();
+    swap_in(&stream, &c, &host, kc.view_mut(), &[(0, 3), (1, 5)]).unwrap();
+    let back = stream.clone_to_host(&kc).unwrap();
+    assert_eq!(&back[3 * n..4 * n], &want_k[3 * n..4 * n]);
+    assert_eq!(&back[5 * n..6 * n], &want_k[5 * n..6 * n]);
+    assert!(
+        back[..3 * n].iter().all(|&x| x == 0.0),
+        "other blocks were touched"
+    );
+    assert_eq!(&host.as_slice().unwrap()[..n], &want_k[3 * n..4 * n]);
+    let err = swap_out(&stream, &c, kc.view(), &mut host, &[(3, 2)]).unwrap_err();
+    assert!(err.to_string().contains("host block 2"), "{err}");
+}
