@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use crate::float::KvFloat;
 use crate::reference::{check_positions, check_slots, query_ranges, rope_pairs};
 use crate::shapes::{
-    check_seq, CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
-    SiluAndMul,
+    check_seq, CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm,
+    Rotary, SiluAndMul,
 };
 
 const LANES: usize = 8;
@@ -500,4 +500,35 @@ pub fn copy_blocks<T: KvFloat>(
     pairs: &[(u32, u32)],
 ) -> Result<()> {
     crate::reference::copy_blocks(c, key_cache, value_cache, pairs)
+}
+
+/// `out = x · wᵀ`: each output element is one 8-lane dot product, so a row's result does not
+/// depend on which other rows share the batch. Rows run in parallel; a single row splits its
+/// output columns instead.
+pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), x.len(), w.len())?;
+    if p.m == 0 || p.n == 0 {
+        return Ok(());
+    }
+    let mut xf = vec![0f32; x.len()];
+    T::convert_to_f32(x, &mut xf);
+    let columns = |o: &mut [T], xr: &[f32], first: usize, buf: &mut Vec<f32>| {
+        buf.resize(p.k, 0.0);
+        for (j, o) in o.iter_mut().enumerate() {
+            let row = (first + j) * p.k;
+            T::convert_to_f32(&w[row..row + p.k], buf);
+            *o = T::from_f32(dot(xr, buf));
+        }
+    };
+    if p.m == 1 {
+        let chunk = p.n.div_ceil(rayon::current_num_threads() * 4).max(1);
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (c, o)| columns(o, &xf, c * chunk, buf));
+    } else {
+        out.par_chunks_mut(p.n)
+            .zip(xf.par_chunks(p.k))
+            .for_each_init(Vec::new, |buf, (o, xr)| columns(o, xr, 0, buf));
+    }
+    Ok(())
 }

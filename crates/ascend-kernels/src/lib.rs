@@ -13,6 +13,7 @@
 //! | `rotary_embedding` | RoPE, NeoX and GPT-J styles, from a cos/sin cache |
 //! | `rms_norm`, `fused_add_rms_norm` | RMSNorm, and residual add + RMSNorm |
 //! | `silu_and_mul` | the SwiGLU activation |
+//! | `matmul` | linear layers: `x · wᵀ` with `[out, in]` weights |
 //! | `copy_blocks`, [`swap_out`] / [`swap_in`] | copy-on-write copies; device <-> pinned host swaps |
 //!
 //! Layouts: caches `[num_blocks, block_size, num_kv_heads, head_size]`, block tables
@@ -48,6 +49,6 @@ mod shapes;
 pub use float::{close, tolerance, KvFloat};
 pub use ops::{swap_in, swap_out, In, KernelOps, Out};
 pub use shapes::{
-    expect_index_len, expect_len, CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache,
-    RmsNorm, RopeStyle, Rotary, SiluAndMul,
+    expect_index_len, expect_len, CacheShape, Matmul, PagedAttention, PrefillAttention,
+    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,
 };

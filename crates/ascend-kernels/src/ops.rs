@@ -9,7 +9,8 @@ use ascend_hal::{Backend, DeviceSlice, DeviceSliceMut, PinnedBuffer, Result, Str
 
 use crate::float::KvFloat;
 use crate::shapes::{
-    CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul,
+    CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
+    SiluAndMul,
 };
 
 /// Read-only device views of a backend.
@@ -91,6 +92,15 @@ pub trait KernelOps: Backend {
         p: &SiluAndMul,
         out: Out<'_, Self, T>,
         x: In<'_, Self, T>,
+    ) -> Result<()>;
+
+    /// See [`cpu::matmul`](crate::cpu::matmul).
+    fn matmul<T: KvFloat>(
+        stream: &Self::Stream,
+        p: &Matmul,
+        out: Out<'_, Self, T>,
+        x: In<'_, Self, T>,
+        weight: In<'_, Self, T>,
     ) -> Result<()>;
 
     /// See [`cpu::copy_blocks`](crate::cpu::copy_blocks).

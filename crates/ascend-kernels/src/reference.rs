@@ -6,8 +6,8 @@ use ascend_hal::{Error, Result};
 
 use crate::float::KvFloat;
 use crate::shapes::{
-    check_seq, CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle,
-    Rotary, SiluAndMul,
+    check_seq, CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm,
+    RopeStyle, Rotary, SiluAndMul,
 };
 
 /// Where token `pos` of a sequence sits in a cache laid out `[blocks, block_size, kv_heads,
@@ -377,6 +377,20 @@ pub fn check_pairs(
                     c.num_blocks
                 ),
             });
+        }
+    }
+    Ok(())
+}
+
+/// `out = x · wᵀ`.
+pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), x.len(), w.len())?;
+    for i in 0..p.m {
+        for j in 0..p.n {
+            let dot: f64 = (0..p.k)
+                .map(|t| x[i * p.k + t].to_f32() as f64 * w[j * p.k + t].to_f32() as f64)
+                .sum();
+            out[i * p.n + j] = T::from_f32(dot as f32);
         }
     }
     Ok(())

@@ -138,6 +138,45 @@ pub struct SiluAndMul {
     pub d: usize,
 }
 
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` (a linear layer with PyTorch's `[out, in]` weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matmul {
+    /// Rows of `x` and `out` (tokens).
+    pub m: usize,
+    /// Columns of `out` (output features).
+    pub n: usize,
+    /// Columns of `x` (input features).
+    pub k: usize,
+}
+
+impl Matmul {
+    /// Checks every length.
+    pub fn validate<T: KvFloat>(&self, out: usize, x: usize, w: usize) -> Result<()> {
+        const OP: &str = "matmul";
+        expect_len::<T>(
+            OP,
+            "out",
+            format!("[m={}, n={}]", self.m, self.n),
+            self.m * self.n,
+            out,
+        )?;
+        expect_len::<T>(
+            OP,
+            "x",
+            format!("[m={}, k={}]", self.m, self.k),
+            self.m * self.k,
+            x,
+        )?;
+        expect_len::<T>(
+            OP,
+            "weight",
+            format!("[n={}, k={}]", self.n, self.k),
+            self.n * self.k,
+            w,
+        )
+    }
+}
+
 /// Checks a length against the shape it must have.
 pub fn expect_len<T: KvFloat>(
     op: &'static str,

@@ -5,8 +5,8 @@
 //! ordinary attention over the same keys and values laid out contiguously.
 
 use ascend_kernels::{
-    close, cpu, reference, CacheShape, KvFloat, PagedAttention, PrefillAttention, ReshapeAndCache,
-    RmsNorm, RopeStyle, Rotary, SiluAndMul,
+    close, cpu, reference, CacheShape, KvFloat, Matmul, PagedAttention, PrefillAttention,
+    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,
 };
 use half::{bf16, f16};
 use proptest::prelude::*;
@@ -264,8 +264,34 @@ fn norms<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
     assert_close("silu_and_mul", &sf, &sr)
 }
 
+fn matmul<T: KvFloat>(m: usize, n: usize, k: usize, seed: u64) -> Result<(), TestCaseError> {
+    let p = Matmul { m, n, k };
+    let x = values::<T>(m * k, seed);
+    let w = values::<T>(n * k, seed ^ 21);
+    let (mut f, mut r) = (vec![T::from_f32(0.0); m * n], vec![T::from_f32(0.0); m * n]);
+    cpu::matmul(&p, &mut f, &x, &w).unwrap();
+    reference::matmul(&p, &mut r, &x, &w).unwrap();
+    assert_close("matmul", &f, &r)?;
+    // A row's result does not depend on the batch it is in.
+    if m > 1 {
+        let mut one = vec![T::from_f32(0.0); n];
+        cpu::matmul(&Matmul { m: 1, n, k }, &mut one, &x[k..2 * k], &w).unwrap();
+        prop_assert!(
+            one == f[n..2 * n],
+            "row 1 alone differs from row 1 in the batch"
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matmuls(m in 1usize..9, n in 1usize..70, k in 1usize..300, seed in any::<u64>()) {
+        // Relative tolerance scales with the sum's length: inputs in [-1, 1), sums of k terms.
+        matmul::<f32>(m, n, k, seed)?;
+    }
 
     #[test]
     fn decode_attention(pr in problem()) {

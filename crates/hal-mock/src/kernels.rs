@@ -3,7 +3,7 @@
 
 use ascend_hal::{DevicePtr, DeviceRepr, Error, Result, Stream};
 use ascend_kernels::{
-    cpu, CacheShape, In, KernelOps, KvFloat, Out, PagedAttention, PrefillAttention,
+    cpu, CacheShape, In, KernelOps, KvFloat, Matmul, Out, PagedAttention, PrefillAttention,
     ReshapeAndCache, RmsNorm, Rotary, SiluAndMul,
 };
 
@@ -276,6 +276,26 @@ impl KernelOps for CpuBackend {
         let p = *p;
         stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
             cpu::silu_and_mul::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?)
+        })
+    }
+
+    fn matmul<T: KvFloat>(
+        stream: &CpuStream,
+        p: &Matmul,
+        out: Out<'_, Self, T>,
+        x: In<'_, Self, T>,
+        weight: In<'_, Self, T>,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        p.validate::<T>(out.len(), x.len(), weight.len())?;
+        let reads = [
+            range(OP, stream, "x", &x)?,
+            range(OP, stream, "weight", &weight)?,
+        ];
+        let writes = [range(OP, stream, "out", &out)?];
+        let p = *p;
+        stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            cpu::matmul::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?, typed(OP, r[1])?)
         })
     }
 
