@@ -1,1 +1,6 @@
-//! Runnable examples; see the `[[example]]` targets in this package.
+//! Runnable examples, and the pieces the decode example is made of (also used by its tests):
+//! a small decoder model ([`model`]) and a serving loop over the paged KV cache ([`engine`]).
+
+pub mod decode;
+pub mod engine;
+pub mod model;

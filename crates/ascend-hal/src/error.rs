@@ -154,6 +154,17 @@ pub enum Error {
         call: u64,
     },
 
+    /// A kernel that this build cannot run on this backend.
+    #[error("kernel {op} is unavailable on the {backend} backend: {reason}")]
+    KernelUnavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// The kernel.
+        op: &'static str,
+        /// Why, and what to do.
+        reason: &'static str,
+    },
+
     /// The backend does not support this operation.
     #[error("{op} is not supported by the {backend} backend")]
     Unsupported {

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod acl;
 pub mod cpu;
 mod float;
 mod ops;

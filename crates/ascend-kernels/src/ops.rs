@@ -20,6 +20,14 @@ pub type Out<'a, B, T> = DeviceSliceMut<'a, B, T>;
 
 /// The decode-step ops on a backend's streams.
 pub trait KernelOps: Backend {
+    /// `Err` with the reason when this backend cannot run the kernels in this build (checked
+    /// before a workload starts; every op then fails with [`Error::KernelUnavailable`]).
+    ///
+    /// [`Error::KernelUnavailable`]: ascend_hal::Error::KernelUnavailable
+    fn kernels_available() -> std::result::Result<(), &'static str> {
+        Ok(())
+    }
+
     /// See [`cpu::reshape_and_cache`](crate::cpu::reshape_and_cache).
     fn reshape_and_cache<T: KvFloat>(
         stream: &Self::Stream,

@@ -6,7 +6,7 @@ use crate::ids::{BlockId, RequestId};
 pub type Result<T, E = KvError> = std::result::Result<T, E>;
 
 /// Everything the KV cache can refuse. Every failed call leaves the cache as it was.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KvError {
     /// Not enough free blocks for an all-or-nothing allocation.
@@ -56,6 +56,10 @@ pub enum KvError {
         /// How many more bytes would make it fit.
         missing: u64,
     },
+
+    /// A device operation failed (allocation, copy, kernel).
+    #[error("device operation failed: {0}")]
+    Device(#[from] ascend_hal::Error),
 
     /// A configuration that cannot work.
     #[error("invalid KV cache configuration: {0}")]

@@ -14,6 +14,10 @@
 //! - [`KvCacheManager`]: admit, allocate slots (all or nothing), fork with copy-on-write, free,
 //!   watermark, reset, metrics.
 //! - [`BatchTables`]: block tables and slot mappings for the kernels.
+//! - [`KvCache`]: the device side, generic over any backend with the kernel ops: every layer's
+//!   K and V caches sized from the device's memory, table uploads, `reshape_and_cache` and
+//!   attention per layer, copy-on-write copies, swapping to pinned host memory, all in stream
+//!   order.
 //!
 //! ```
 //! use paged_kv::{KvCacheManager, ManagerConfig, RequestId, RequestKeys};
@@ -35,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod device;
 mod error;
 mod hash;
 mod ids;
@@ -43,6 +48,7 @@ mod pool;
 mod spec;
 mod tables;
 
+pub use device::{KvCache, KvCacheConfig, LayerCaches};
 pub use error::{KvError, Result};
 pub use hash::{block_hash, BlockHash, BlockKeys, MultimodalSpan, RequestKeys};
 pub use ids::{BlockId, RequestId, TokenId};

@@ -389,6 +389,45 @@ impl KvCacheManager {
         Ok(())
     }
 
+    /// The keys a request was admitted with.
+    pub fn request_keys(&self, id: RequestId) -> Result<RequestKeys> {
+        Ok((*self.seq(id)?.keys).clone())
+    }
+
+    /// Re-creates a request with exactly these tokens in fresh blocks (after its blocks were
+    /// swapped out and are about to be copied back), all or nothing, without a prefix lookup.
+    /// The full blocks are cached again once the caller has restored their contents.
+    pub fn restore(
+        &mut self,
+        id: RequestId,
+        tokens: &[TokenId],
+        keys: RequestKeys,
+    ) -> Result<Vec<BlockId>> {
+        if self.requests.contains_key(&id) {
+            return Err(KvError::DuplicateRequest(id));
+        }
+        let needed = self.blocks_for(tokens.len());
+        if needed > self.pool.num_free() {
+            return Err(KvError::OutOfBlocks {
+                requested: needed,
+                free: self.pool.num_free(),
+                reserved: 0,
+            });
+        }
+        let blocks = self.pool.allocate(needed)?;
+        self.requests.insert(
+            id,
+            Sequence {
+                blocks: blocks.clone(),
+                tokens: tokens.to_vec(),
+                hashes: Vec::new(),
+                keys: Arc::new(keys),
+            },
+        );
+        self.cache_full_blocks(id)?;
+        Ok(blocks)
+    }
+
     /// Releases a request's blocks, last block first, so that the head of a shared prefix
     /// stays cached longest.
     pub fn free_request(&mut self, id: RequestId) -> Result<()> {

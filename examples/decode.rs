@@ -1,0 +1,260 @@
+//! The decode example as a library function, so that tests run exactly what the example runs.
+
+use std::collections::HashMap;
+
+use ascend_hal::prelude::*;
+use ascend_hal::{Bytes, DType, Error, Result};
+use ascend_kernels::KernelOps;
+use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, RequestId};
+
+use crate::engine::{contiguous_run, serve, EngineConfig, Preemption, Report, Request};
+use crate::model::{Model, ModelConfig};
+
+/// Settings of the decode example.
+#[derive(Debug, Clone)]
+pub struct DecodeArgs {
+    /// Model sizes.
+    pub model: ModelConfig,
+    /// Requests to serve.
+    pub requests: usize,
+    /// Tokens of the shared system prompt.
+    pub system_prompt: usize,
+    /// Largest number of tokens a request generates.
+    pub max_new: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Fraction of device memory the engine may use.
+    pub utilization: f64,
+    /// Cap on KV blocks (vLLM's `num_gpu_blocks_override`).
+    pub max_blocks: usize,
+    /// Longest sequence.
+    pub max_model_len: usize,
+    /// Forced preemption part-way, if any.
+    pub preempt: Option<Preemption>,
+    /// Weights and workload seed.
+    pub seed: u64,
+    /// Omit the per-step lines.
+    pub quiet: bool,
+}
+
+impl Default for DecodeArgs {
+    fn default() -> Self {
+        DecodeArgs {
+            model: ModelConfig {
+                vocab: 512,
+                hidden: 256,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+                intermediate: 512,
+                max_position: 512,
+            },
+            requests: 12,
+            system_prompt: 40,
+            max_new: 24,
+            block_size: 16,
+            utilization: 0.9,
+            max_blocks: 4096,
+            max_model_len: 512,
+            preempt: Some(Preemption::Swap),
+            seed: 7,
+            quiet: false,
+        }
+    }
+}
+
+impl DecodeArgs {
+    /// Checks the sizes.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let m = &self.model;
+        if m.heads == 0 || m.kv_heads == 0 || m.layers == 0 || m.vocab == 0 || m.intermediate == 0 {
+            return Err("layers, heads, kv-heads, vocab and intermediate must be positive".into());
+        }
+        if !m.hidden.is_multiple_of(m.heads)
+            || !m.heads.is_multiple_of(m.kv_heads)
+            || !m.head_size().is_multiple_of(2)
+            || m.head_size() == 0
+        {
+            return Err(
+                "hidden must split into heads of even size, and heads into kv-heads".into(),
+            );
+        }
+        if self.block_size == 0 || self.requests == 0 || self.max_new == 0 {
+            return Err("block-size, requests and max-new must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// How the example ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It ran; `mismatches` requests differ from the contiguous-KV run.
+    Checked {
+        /// The run.
+        report: Report,
+        /// Requests whose tokens differ.
+        mismatches: usize,
+    },
+    /// The backend cannot run the kernels; nothing was computed.
+    Skipped(&'static str),
+}
+
+/// A shared system prompt, then each user's own words; arrivals spread over the first steps.
+/// The workload.
+pub fn workload(a: &DecodeArgs) -> Vec<Request> {
+    let mut x = a.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |m: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m as u64) as usize
+    };
+    let vocab = a.model.vocab;
+    let system: Vec<u32> = (0..a.system_prompt).map(|_| next(vocab) as u32).collect();
+    (0..a.requests)
+        .map(|r| {
+            let mut prompt = system.clone();
+            prompt.extend((0..8 + next(40)).map(|_| next(vocab) as u32));
+            Request {
+                id: RequestId(r as u64 + 1),
+                prompt,
+                max_new: a.max_new / 2 + next(a.max_new / 2 + 1),
+                arrival: 1 + r / 3 * 2,
+            }
+        })
+        .collect()
+}
+
+/// Runs the example on `backend`, printing through `say`.
+pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) -> Result<Outcome> {
+    let device = backend.device(0)?;
+    let info = device.memory_info()?;
+    say(&format!(
+        "device 0: {} | memory free {} of {}",
+        device.name(),
+        Bytes(info.free),
+        Bytes(info.total)
+    ));
+    let stream = device.new_stream()?;
+    let model = Model::<B>::new(&stream, a.model, a.seed)?;
+    stream.synchronize()?;
+    let spec = KvCacheSpec::new(
+        a.model.layers,
+        a.model.kv_heads,
+        a.model.head_size(),
+        DType::F32,
+    )
+    .with_block_size(a.block_size);
+    let config = KvCacheConfig {
+        utilization: a.utilization,
+        // Activations of a step, which the caching allocator keeps (a generous bound).
+        activation_peak: 64 << 20,
+        max_model_len: a.max_model_len,
+        max_blocks: None,
+        enable_prefix_caching: true,
+        swap_blocks: 256,
+    };
+    let kv_err = |e: paged_kv::KvError| Error::InvalidArgument {
+        op: "KV cache",
+        message: e.to_string(),
+    };
+    // Sizing first, as an engine logs it; the cache is then capped at --max-blocks.
+    let full = spec
+        .size_for(&paged_kv::MemoryBudget {
+            total_memory: info.total,
+            utilization: a.utilization,
+            non_kv_peak: info.used() + config.activation_peak,
+            max_model_len: a.max_model_len,
+        })
+        .map_err(kv_err)?;
+    say(&format!("{full}"));
+    let mut kv = KvCache::<B, f32>::new(
+        &device,
+        spec,
+        KvCacheConfig {
+            max_blocks: Some(a.max_blocks),
+            ..config
+        },
+    )
+    .map_err(kv_err)?;
+    if kv.sizing().num_blocks < full.num_blocks {
+        say(&format!(
+            "using {} blocks (--max-blocks), {} of KV cache",
+            kv.sizing().num_blocks - 1,
+            Bytes(kv.sizing().total_bytes())
+        ));
+    }
+    if let Err(reason) = B::kernels_available() {
+        say(&format!(
+            "compute skipped: the {} backend cannot run the kernels: {reason}",
+            backend.name()
+        ));
+        return Ok(Outcome::Skipped(reason));
+    }
+
+    let requests = workload(a);
+    let prompt_tokens: usize = requests.iter().map(|r| r.prompt.len()).sum();
+    say(&format!(
+        "serving {} requests ({prompt_tokens} prompt tokens, a {}-token shared system prompt), model {} layers x {} hidden, {} heads / {} KV heads",
+        requests.len(), a.system_prompt, a.model.layers, a.model.hidden, a.model.heads, a.model.kv_heads
+    ));
+    let cfg = EngineConfig {
+        max_batch: 8,
+        max_tokens_per_step: 96,
+        preempt_at_step: a.preempt.map(|_| 6),
+        preemption: a.preempt.unwrap_or(Preemption::Swap),
+    };
+    let quiet = a.quiet;
+    let report = serve(&stream, &model, &mut kv, &requests, cfg, |line| {
+        if !quiet {
+            say(line);
+        }
+    })?;
+    say(&format!(
+        "done: {} steps, {} tokens generated in {:.2} s = {:.1} tokens/s, largest batch {}",
+        report.steps,
+        report.generated,
+        report.seconds,
+        report.generated as f64 / report.seconds,
+        report.max_batch_seen
+    ));
+    say(&format!(
+        "prefix cache hit rate {:.1}%, preemptions: {} by swapping, {} by recomputation",
+        100.0 * report.prefix_hit_rate,
+        report.swaps,
+        report.recomputes
+    ));
+
+    // The check: the same model, one request at a time, over a contiguous KV cache.
+    let expected: HashMap<RequestId, Vec<u32>> =
+        contiguous_run(&stream, &model, &requests, a.block_size)?;
+    let mut mismatches = 0;
+    for r in &requests {
+        let (got, want) = (&report.outputs[&r.id], &expected[&r.id]);
+        if got != want {
+            mismatches += 1;
+            let at = got
+                .iter()
+                .zip(want)
+                .position(|(x, y)| x != y)
+                .unwrap_or(got.len().min(want.len()));
+            say(&format!(
+                "MISMATCH {}: paged {:?} vs contiguous {:?} (first difference at token {at})",
+                r.id, got, want
+            ));
+        }
+    }
+    if mismatches == 0 {
+        say(&format!(
+            "check: all {} generated tokens match the contiguous-KV run",
+            report.generated
+        ));
+    } else {
+        say(&format!(
+            "check FAILED: {mismatches} of {} requests differ",
+            requests.len()
+        ));
+    }
+    Ok(Outcome::Checked { report, mismatches })
+}

@@ -1,0 +1,424 @@
+//! A small serving loop over [`paged_kv::KvCache`]: continuous batching with chunked prefill,
+//! prefix caching, preemption (by swapping or by recomputation) when blocks run out or when
+//! forced, greedy sampling; and the check run, the same model over a plain contiguous KV cache,
+//! one request at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use ascend_hal::prelude::*;
+use ascend_hal::{Error, Result};
+use ascend_kernels::{CacheShape, KernelOps, PrefillAttention, ReshapeAndCache};
+use paged_kv::{KvCache, KvError, RequestId, RequestKeys};
+
+use crate::model::{KvAccess, Model};
+
+/// A request of the workload.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Its id.
+    pub id: RequestId,
+    /// Prompt tokens.
+    pub prompt: Vec<u32>,
+    /// Tokens to generate.
+    pub max_new: usize,
+    /// The step at which it arrives.
+    pub arrival: usize,
+}
+
+/// How a forced preemption is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preemption {
+    /// Copy the request's blocks to pinned host memory and back later.
+    Swap,
+    /// Drop its blocks and recompute them later (its prefix may still be cached).
+    Recompute,
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Most requests in a step.
+    pub max_batch: usize,
+    /// Most tokens computed in a step (prefill chunks share it with decodes).
+    pub max_tokens_per_step: usize,
+    /// Preempt the request holding the most tokens at this step, if set.
+    pub preempt_at_step: Option<usize>,
+    /// How forced preemptions are done.
+    pub preemption: Preemption,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Generated tokens per request.
+    pub outputs: HashMap<RequestId, Vec<u32>>,
+    /// Steps taken.
+    pub steps: usize,
+    /// Tokens generated.
+    pub generated: usize,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Prefix-cache hit rate over prompt lookups.
+    pub prefix_hit_rate: f64,
+    /// Preemptions by swapping.
+    pub swaps: usize,
+    /// Preemptions by recomputation.
+    pub recomputes: usize,
+    /// The largest batch.
+    pub max_batch_seen: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Swapped,
+    Done,
+}
+
+struct Live {
+    req: Request,
+    tokens: Vec<u32>,
+    computed: usize,
+    generated: Vec<u32>,
+    state: State,
+}
+
+fn kv_err(e: KvError) -> Error {
+    match e {
+        KvError::Device(e) => e,
+        other => Error::InvalidArgument {
+            op: "kv cache",
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Serves `requests` to completion; `log` gets one line per step and per event.
+pub fn serve<B: KernelOps>(
+    stream: &B::Stream,
+    model: &Model<B>,
+    kv: &mut KvCache<B, f32>,
+    requests: &[Request],
+    cfg: EngineConfig,
+    mut log: impl FnMut(&str),
+) -> Result<Report> {
+    let start = Instant::now();
+    let mut live: Vec<Live> = requests
+        .iter()
+        .map(|r| Live {
+            req: r.clone(),
+            tokens: r.prompt.clone(),
+            computed: 0,
+            generated: Vec::new(),
+            state: State::Waiting,
+        })
+        .collect();
+    let mut waiting: VecDeque<usize> = VecDeque::new();
+    let mut running: Vec<usize> = Vec::new();
+    let mut swapped: VecDeque<usize> = VecDeque::new();
+    let mut report = Report::default();
+    let mut step = 0usize;
+    while live.iter().any(|l| l.state != State::Done) {
+        step += 1;
+        if step > 100_000 {
+            return Err(Error::InvalidArgument {
+                op: "serve",
+                message: "no progress after 100000 steps".into(),
+            });
+        }
+        for (i, l) in live.iter().enumerate() {
+            if l.req.arrival == step && l.state == State::Waiting {
+                waiting.push_back(i);
+            }
+        }
+        // A forced preemption part-way, of the request holding the most tokens.
+        if cfg.preempt_at_step == Some(step) {
+            if let Some(pos) = (0..running.len()).max_by_key(|&p| live[running[p]].tokens.len()) {
+                let i = running.remove(pos);
+                let id = live[i].req.id;
+                match cfg.preemption {
+                    Preemption::Swap => {
+                        kv.swap_out(stream, id).map_err(kv_err)?;
+                        live[i].state = State::Swapped;
+                        swapped.push_back(i);
+                        report.swaps += 1;
+                        log(&format!(
+                            "step {step:>3}: preempted {id} by swapping out {} tokens",
+                            live[i].computed
+                        ));
+                    }
+                    Preemption::Recompute => {
+                        kv.preempt(id).map_err(kv_err)?;
+                        live[i].computed = 0;
+                        live[i].state = State::Waiting;
+                        waiting.push_front(i);
+                        report.recomputes += 1;
+                        log(&format!("step {step:>3}: preempted {id} for recomputation"));
+                    }
+                }
+            }
+        } else {
+            // Swapped requests come back first, when they fit.
+            while let Some(&i) = swapped.front() {
+                if !kv.can_swap_in(live[i].req.id) || running.len() >= cfg.max_batch {
+                    break;
+                }
+                kv.swap_in(stream, live[i].req.id).map_err(kv_err)?;
+                swapped.pop_front();
+                live[i].state = State::Running;
+                running.push(i);
+                log(&format!(
+                    "step {step:>3}: swapped {} back in",
+                    live[i].req.id
+                ));
+            }
+        }
+
+        // Slots for the running requests: their next prefill chunk, or one decode token.
+        let mut budget = cfg.max_tokens_per_step;
+        let mut batch: Vec<(RequestId, usize)> = Vec::new();
+        let mut rows: Vec<usize> = Vec::new(); // live index per batch entry
+        let mut r = 0;
+        while r < running.len() {
+            let i = running[r];
+            let n = (live[i].tokens.len() - live[i].computed).min(budget.max(1));
+            let chunk = live[i].tokens[live[i].computed..live[i].computed + n].to_vec();
+            match kv.allocate_slots(live[i].req.id, &chunk) {
+                Ok(_) => {
+                    budget = budget.saturating_sub(n);
+                    batch.push((live[i].req.id, n));
+                    rows.push(i);
+                    r += 1;
+                }
+                Err(KvError::OutOfBlocks { .. }) => {
+                    // Out of blocks: preempt the newest running request (this one if it is the
+                    // newest) for recomputation, and retry.
+                    let victim = running.pop().expect("a running request");
+                    kv.preempt(live[victim].req.id).map_err(kv_err)?;
+                    live[victim].computed = 0;
+                    live[victim].state = State::Waiting;
+                    waiting.push_front(victim);
+                    report.recomputes += 1;
+                    if let Some(p) = rows.iter().position(|&x| x == victim) {
+                        rows.remove(p);
+                        batch.remove(p);
+                    }
+                    log(&format!(
+                        "step {step:>3}: out of blocks, preempted {} for recomputation",
+                        live[victim].req.id
+                    ));
+                }
+                Err(e) => return Err(kv_err(e)),
+            }
+        }
+        // Admit waiting requests while there is room.
+        while running.len() < cfg.max_batch && budget > 0 {
+            let Some(&i) = waiting.front() else { break };
+            let id = live[i].req.id;
+            match kv.admit(id, &live[i].tokens, RequestKeys::default(), budget) {
+                Ok(a) => {
+                    waiting.pop_front();
+                    let n = a.allocation.slots.len();
+                    live[i].computed = a.num_cached_tokens;
+                    live[i].state = State::Running;
+                    running.push(i);
+                    budget -= n;
+                    batch.push((id, n));
+                    rows.push(i);
+                }
+                Err(KvError::OutOfBlocks { .. }) => break,
+                Err(e) => return Err(kv_err(e)),
+            }
+        }
+        if batch.is_empty() {
+            if !waiting.is_empty() && running.is_empty() && swapped.is_empty() {
+                return Err(Error::InvalidArgument {
+                    op: "serve",
+                    message:
+                        "a waiting request does not fit the empty KV cache; raise the block count"
+                            .into(),
+                });
+            }
+            continue; // waiting for arrivals, or for swapped requests to come back
+        }
+
+        // The step: tokens and positions, request after request.
+        let (mut tokens, mut positions, mut sample_rows, mut sampled_for) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut prefill = 0;
+        for (&(_, n), &i) in batch.iter().zip(&rows) {
+            let l = &live[i];
+            let from = l.computed;
+            tokens.extend_from_slice(&l.tokens[from..from + n]);
+            positions.extend((from..from + n).map(|p| p as i64));
+            if n != 1 || l.generated.is_empty() {
+                prefill += 1;
+            }
+            if from + n == l.tokens.len() {
+                sample_rows.push(tokens.len() - 1);
+                sampled_for.push(i);
+            }
+        }
+        kv.begin_step(stream, &batch).map_err(kv_err)?;
+        let next = model.forward(stream, kv, &tokens, &positions, &sample_rows)?;
+        for (&(_, n), &i) in batch.iter().zip(&rows) {
+            live[i].computed += n;
+        }
+        report.max_batch_seen = report.max_batch_seen.max(batch.len());
+        let m = kv.manager().metrics();
+        log(&format!(
+            "step {step:>3}: batch {:>2} ({prefill} prefill, {} decode), {:>3} tokens, KV blocks in use {}/{}",
+            batch.len(),
+            batch.len() - prefill,
+            tokens.len(),
+            kv.manager().pool().num_blocks() - m.free_blocks,
+            kv.manager().pool().num_blocks()
+        ));
+        for (tok, &i) in next.iter().zip(&sampled_for) {
+            let l = &mut live[i];
+            l.generated.push(*tok);
+            l.tokens.push(*tok);
+            report.generated += 1;
+            if l.generated.len() == l.req.max_new {
+                kv.free(l.req.id).map_err(kv_err)?;
+                l.state = State::Done;
+                running.retain(|&x| x != i);
+            }
+        }
+    }
+    report.steps = step;
+    report.seconds = start.elapsed().as_secs_f64();
+    report.prefix_hit_rate = kv.manager().metrics().prefix_hit_rate();
+    report.outputs = live.into_iter().map(|l| (l.req.id, l.generated)).collect();
+    Ok(report)
+}
+
+/// One request's KV in a plain contiguous buffer per layer: its blocks laid out in order, so the
+/// kernels do exactly the arithmetic they do on the paged cache.
+struct Contiguous<B: KernelOps> {
+    shape: CacheShape,
+    layers: Vec<(DeviceBuffer<B, f32>, DeviceBuffer<B, f32>)>,
+    table: DeviceBuffer<B, i32>,
+    slots: DeviceBuffer<B, i32>,
+    starts: DeviceBuffer<B, i32>,
+    lens: DeviceBuffer<B, i32>,
+    num_tokens: usize,
+}
+
+impl<B: KernelOps> KvAccess<B> for Contiguous<B> {
+    fn write_kv(
+        &mut self,
+        layer: usize,
+        stream: &B::Stream,
+        key: &DeviceBuffer<B, f32>,
+        value: &DeviceBuffer<B, f32>,
+    ) -> Result<()> {
+        let (k, v) = &mut self.layers[layer];
+        B::reshape_and_cache::<f32>(
+            stream,
+            &ReshapeAndCache {
+                num_tokens: self.num_tokens,
+                cache: self.shape,
+            },
+            key.view(),
+            value.view(),
+            k.view_mut(),
+            v.view_mut(),
+            self.slots.view(),
+        )
+    }
+    fn attention(
+        &self,
+        layer: usize,
+        stream: &B::Stream,
+        heads: usize,
+        scale: f32,
+        out: &mut DeviceBuffer<B, f32>,
+        query: &DeviceBuffer<B, f32>,
+    ) -> Result<()> {
+        let (k, v) = &self.layers[layer];
+        let p = PrefillAttention {
+            num_seqs: 1,
+            num_tokens: self.num_tokens,
+            num_heads: heads,
+            cache: self.shape,
+            max_blocks_per_seq: self.shape.num_blocks,
+            scale,
+            sliding_window: None,
+        };
+        B::paged_prefill_attention::<f32>(
+            stream,
+            &p,
+            out.view_mut(),
+            query.view(),
+            k.view(),
+            v.view(),
+            self.table.view(),
+            self.starts.view(),
+            self.lens.view(),
+        )
+    }
+}
+
+/// The check run: each request alone, whole prompt then one token at a time, over a contiguous
+/// KV cache. Returns the generated tokens per request.
+pub fn contiguous_run<B: KernelOps>(
+    stream: &B::Stream,
+    model: &Model<B>,
+    requests: &[Request],
+    block_size: usize,
+) -> Result<HashMap<RequestId, Vec<u32>>> {
+    let cfg = *model.config();
+    let device = stream.device();
+    let mut out = HashMap::new();
+    for r in requests {
+        let max_len = r.prompt.len() + r.max_new;
+        let shape = CacheShape {
+            num_blocks: max_len.div_ceil(block_size),
+            block_size,
+            num_kv_heads: cfg.kv_heads,
+            head_size: cfg.head_size(),
+        };
+        let layers = (0..cfg.layers)
+            .map(|_| {
+                Ok((
+                    DeviceBuffer::zeros(stream, shape.elements())?,
+                    DeviceBuffer::zeros(stream, shape.elements())?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let table: Vec<i32> = (0..shape.num_blocks as i32).collect();
+        let mut kv = Contiguous {
+            shape,
+            layers,
+            table: DeviceBuffer::from_slice(stream, &table)?,
+            slots: DeviceBuffer::alloc(&device, 0)?,
+            starts: DeviceBuffer::alloc(&device, 0)?,
+            lens: DeviceBuffer::alloc(&device, 0)?,
+            num_tokens: 0,
+        };
+        let mut tokens = r.prompt.clone();
+        let mut generated = Vec::new();
+        let mut done = 0usize;
+        while generated.len() < r.max_new {
+            let new = &tokens[done..];
+            let n = new.len();
+            kv.num_tokens = n;
+            kv.slots = DeviceBuffer::from_slice(
+                stream,
+                &(done as i32..(done + n) as i32).collect::<Vec<_>>(),
+            )?;
+            kv.starts = DeviceBuffer::from_slice(stream, &[0, n as i32])?;
+            kv.lens = DeviceBuffer::from_slice(stream, &[(done + n) as i32])?;
+            let positions: Vec<i64> = (done as i64..(done + n) as i64).collect();
+            let next = model.forward(stream, &mut kv, new, &positions, &[n - 1])?;
+            done += n;
+            generated.push(next[0]);
+            tokens.push(next[0]);
+        }
+        out.insert(r.id, generated);
+    }
+    Ok(out)
+}
