@@ -1,0 +1,208 @@
+//! The device KV cache on the CPU backend: swapping restores contents exactly, a fork diverges
+//! correctly after copy-on-write, and sizing follows the device's memory.
+
+use ascend_hal::prelude::*;
+use ascend_hal::DType;
+use hal_mock::{CpuBackend, CpuStream, DeviceProfile};
+use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, KvError, RequestId, RequestKeys};
+
+type Cache = KvCache<CpuBackend, f32>;
+
+const LAYERS: usize = 2;
+const KV_HEADS: usize = 2;
+const HEAD: usize = 8;
+const BLOCK: usize = 4;
+const ROW: usize = KV_HEADS * HEAD;
+
+fn setup(max_blocks: usize) -> (CpuBackend, CpuStream, Cache) {
+    let backend = CpuBackend::builder()
+        .device(DeviceProfile::custom("Ascend910B4", 256 << 20))
+        .build();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let spec = KvCacheSpec::new(LAYERS, KV_HEADS, HEAD, DType::F32).with_block_size(BLOCK);
+    let kv = Cache::new(
+        &device,
+        spec,
+        KvCacheConfig {
+            max_blocks: Some(max_blocks),
+            max_model_len: 64,
+            swap_blocks: 16,
+            ..KvCacheConfig::default()
+        },
+    )
+    .unwrap();
+    (backend, stream, kv)
+}
+
+/// Writes rows for `batch` (request, tokens) whose K value encodes (layer, token value, element)
+/// and V its negation.
+fn write(stream: &CpuStream, kv: &mut Cache, batch: &[(RequestId, Vec<u32>)]) {
+    let plan: Vec<(RequestId, usize)> = batch.iter().map(|(id, t)| (*id, t.len())).collect();
+    kv.begin_step(stream, &plan).unwrap();
+    let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+    for layer in 0..LAYERS {
+        let k: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| (0..ROW).map(move |e| (layer * 1000 + t as usize * 10 + e) as f32))
+            .collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        let (dk, dv) = (
+            DeviceBuffer::from_slice(stream, &k).unwrap(),
+            DeviceBuffer::from_slice(stream, &v).unwrap(),
+        );
+        kv.write_kv(layer, stream, &dk, &dv).unwrap();
+    }
+}
+
+/// The K rows of a request's tokens in `layer`, read back through its block table.
+fn rows(stream: &CpuStream, kv: &Cache, layer: usize, id: RequestId) -> Vec<f32> {
+    let (k, _) = kv.layer(layer).unwrap();
+    let all = stream.clone_to_host(k).unwrap();
+    let blocks = kv.manager().blocks(id).unwrap();
+    let n = kv.manager().tokens(id).unwrap().len();
+    (0..n)
+        .flat_map(|t| {
+            let at = (blocks[t / BLOCK].0 as usize * BLOCK + t % BLOCK) * ROW;
+            all[at..at + ROW].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn swap_out_then_in_restores_identical_contents() {
+    let (_b, stream, mut kv) = setup(12);
+    let (a, b) = (RequestId(1), RequestId(2));
+    let prompt: Vec<u32> = (1..=10).collect();
+    kv.admit(a, &prompt, RequestKeys::default(), usize::MAX)
+        .unwrap();
+    write(&stream, &mut kv, &[(a, prompt.clone())]);
+    let before: Vec<Vec<f32>> = (0..LAYERS).map(|l| rows(&stream, &kv, l, a)).collect();
+    let old_blocks = kv.manager().blocks(a).unwrap().to_vec();
+
+    kv.swap_out(&stream, a).unwrap();
+    assert!(kv.is_swapped(a) && !kv.manager().contains(a));
+    // Another request takes the freed blocks and overwrites them.
+    let other: Vec<u32> = (50..90).collect();
+    kv.admit(b, &other, RequestKeys::default(), usize::MAX)
+        .unwrap();
+    write(&stream, &mut kv, &[(b, other)]);
+    assert!(
+        old_blocks
+            .iter()
+            .any(|blk| kv.manager().blocks(b).unwrap().contains(blk)),
+        "the freed blocks were not reused"
+    );
+    kv.free(b).unwrap();
+
+    kv.swap_in(&stream, a).unwrap();
+    assert!(!kv.is_swapped(a));
+    assert_eq!(kv.manager().tokens(a).unwrap(), prompt.as_slice());
+    for (l, want) in before.iter().enumerate() {
+        assert_eq!(
+            &rows(&stream, &kv, l, a),
+            want,
+            "layer {l} differs after the swap"
+        );
+    }
+    // A swap-in that cannot fit changes nothing.
+    kv.swap_out(&stream, a).unwrap();
+    kv.admit(
+        b,
+        &(100..140).collect::<Vec<_>>(),
+        RequestKeys::default(),
+        usize::MAX,
+    )
+    .unwrap();
+    let err = kv.swap_in(&stream, a).unwrap_err();
+    assert!(matches!(err, KvError::OutOfBlocks { .. }), "{err:?}");
+    assert!(kv.is_swapped(a));
+}
+
+#[test]
+fn fork_diverges_after_copy_on_write() {
+    let (_b, stream, mut kv) = setup(12);
+    let (a, b) = (RequestId(1), RequestId(2));
+    let prompt: Vec<u32> = (1..=6).collect(); // one full block and half of the next
+    kv.admit(a, &prompt, RequestKeys::default(), usize::MAX)
+        .unwrap();
+    write(&stream, &mut kv, &[(a, prompt.clone())]);
+    kv.fork(a, b).unwrap();
+    assert_eq!(
+        kv.manager().blocks(a).unwrap(),
+        kv.manager().blocks(b).unwrap()
+    );
+
+    // Both write a different 7th token: the shared partial block is copied first.
+    let ca = kv.allocate_slots(a, &[70]).unwrap();
+    let cb = kv.allocate_slots(b, &[80]).unwrap();
+    assert_eq!(
+        ca.copies.len() + cb.copies.len(),
+        1,
+        "exactly one copy-on-write"
+    );
+    write(&stream, &mut kv, &[(a, vec![70]), (b, vec![80])]);
+    for l in 0..LAYERS {
+        let (ra, rb) = (rows(&stream, &kv, l, a), rows(&stream, &kv, l, b));
+        // The shared prefix reads the same in both; the 7th token is each one's own.
+        assert_eq!(ra[..6 * ROW], rb[..6 * ROW], "layer {l}: prefix differs");
+        assert_eq!(
+            ra[6 * ROW],
+            (l * 1000 + 700) as f32,
+            "layer {l}: a's own token"
+        );
+        assert_eq!(
+            rb[6 * ROW],
+            (l * 1000 + 800) as f32,
+            "layer {l}: b's own token"
+        );
+    }
+    assert_eq!(
+        kv.manager().blocks(a).unwrap()[0],
+        kv.manager().blocks(b).unwrap()[0],
+        "the full block stays shared"
+    );
+    assert_ne!(
+        kv.manager().blocks(a).unwrap()[1],
+        kv.manager().blocks(b).unwrap()[1]
+    );
+}
+
+#[test]
+fn sizing_follows_the_device_memory() {
+    let backend = CpuBackend::builder()
+        .device(DeviceProfile::custom("Ascend910B4", 64 << 20))
+        .build();
+    let device = backend.device(0).unwrap();
+    let spec = KvCacheSpec::new(LAYERS, KV_HEADS, HEAD, DType::F32).with_block_size(BLOCK);
+    // Something else (the weights) already holds 16 MiB.
+    let _weights = DeviceBuffer::<CpuBackend, u8>::alloc(&device, 16 << 20).unwrap();
+    let used = device.memory_info().unwrap().used();
+    let kv = Cache::new(
+        &device,
+        spec,
+        KvCacheConfig {
+            max_model_len: 64,
+            ..KvCacheConfig::default()
+        },
+    )
+    .unwrap();
+    let expected = (((64u64 << 20) as f64 * 0.9) as u64 - used) / spec.bytes_per_block();
+    assert_eq!(kv.sizing().num_blocks as u64, expected);
+    assert!(kv
+        .sizing()
+        .to_string()
+        .starts_with("Available KV cache blocks: "));
+    // Asking for more than exists says how much is missing.
+    let err = Cache::new(
+        &device,
+        spec,
+        KvCacheConfig {
+            max_model_len: 1 << 30,
+            ..KvCacheConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, KvError::InsufficientMemory { .. }), "{err:?}");
+}

@@ -1,0 +1,87 @@
+//! The decode example's engine: preemption by recomputation gives the same tokens as none,
+//! running out of blocks preempts instead of failing, and the example runs over the ACL backend
+//! on the host-side fake (where it reports that the NPU kernels are not built yet).
+
+use ascend_examples::decode::{run, DecodeArgs, Outcome};
+use ascend_examples::engine::Preemption;
+use hal_mock::CpuBackend;
+
+fn quiet(preempt: Option<Preemption>, max_blocks: usize) -> DecodeArgs {
+    DecodeArgs {
+        preempt,
+        max_blocks,
+        quiet: true,
+        ..DecodeArgs::default()
+    }
+}
+
+fn checked(args: &DecodeArgs) -> ascend_examples::engine::Report {
+    let mut lines = Vec::new();
+    match run(CpuBackend::new(), args, &mut |l| lines.push(l.to_string())).unwrap() {
+        Outcome::Checked { report, mismatches } => {
+            assert_eq!(
+                mismatches,
+                0,
+                "tokens differ from the contiguous run:\n{}",
+                lines.join("\n")
+            );
+            report
+        }
+        Outcome::Skipped(r) => panic!("the CPU backend skipped compute: {r}"),
+    }
+}
+
+#[test]
+fn preemption_by_recomputation_gives_the_same_tokens_as_none() {
+    let none = checked(&quiet(None, 4096));
+    let recompute = checked(&quiet(Some(Preemption::Recompute), 4096));
+    let swap = checked(&quiet(Some(Preemption::Swap), 4096));
+    assert_eq!(recompute.recomputes, 1);
+    assert_eq!(swap.swaps, 1);
+    assert_eq!(none.recomputes + none.swaps, 0);
+    assert_eq!(recompute.outputs, none.outputs);
+    assert_eq!(swap.outputs, none.outputs);
+    assert_eq!(
+        none.generated,
+        none.outputs.values().map(Vec::len).sum::<usize>()
+    );
+}
+
+#[test]
+fn running_out_of_blocks_preempts_instead_of_failing() {
+    // 23 usable blocks of 16 tokens for 12 requests of ~70-110 tokens each.
+    let tight = checked(&quiet(None, 24));
+    assert!(tight.recomputes > 0, "no preemption happened: {tight:?}");
+    let roomy = checked(&quiet(None, 4096));
+    assert_eq!(tight.outputs, roomy.outputs);
+}
+
+#[test]
+fn runs_over_the_acl_backend_on_the_fake() {
+    let path =
+        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
+    let discovery = ascend_hal::discover_using(
+        ascend_hal::BackendPreference::Auto,
+        || ascend_hal::acl::AclBackend::load_from(&path),
+        || Ok(CpuBackend::new()),
+    )
+    .unwrap();
+    assert_eq!(discovery.name(), "acl");
+    let backend = match discovery.backend {
+        ascend_hal::Discovered::Acl(b) => b,
+        _ => unreachable!("checked above"),
+    };
+    let mut lines = Vec::new();
+    let outcome = run(backend, &quiet(Some(Preemption::Swap), 256), &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    let text = lines.join("\n");
+    assert!(matches!(outcome, Outcome::Skipped(_)), "{outcome:?}");
+    assert!(text.contains("device 0: Ascend910B4"), "{text}");
+    assert!(text.contains("Available KV cache blocks: "), "{text}");
+    assert!(
+        text.contains("compute skipped: the acl backend cannot run the kernels"),
+        "{text}"
+    );
+}
