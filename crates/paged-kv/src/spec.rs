@@ -95,7 +95,7 @@ impl KvCacheSpec {
                      {}-byte non-KV peak, less than one {per_block}-byte block",
                     usable, budget.total_memory, budget.utilization, budget.non_kv_peak
                 ),
-                missing: per_block - available,
+                missing: (budget.non_kv_peak + per_block).saturating_sub(usable),
             });
         }
         // Block 0 is the null block: the rest must hold one full-length sequence.
