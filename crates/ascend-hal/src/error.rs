@@ -165,6 +165,17 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A kernel broke a rule of the hardware it targets (Unified Buffer overflow, a misaligned
+    /// or partial-block copy, a tensor used after free, ...), as caught by the Ascend C host
+    /// implementation. On a device the same kernel would fail or silently compute garbage.
+    #[error("kernel {op} broke a hardware rule: {message}")]
+    KernelFault {
+        /// The kernel.
+        op: &'static str,
+        /// Which rule, where (simulated core), and the values involved.
+        message: String,
+    },
+
     /// The backend does not support this operation.
     #[error("{op} is not supported by the {backend} backend")]
     Unsupported {

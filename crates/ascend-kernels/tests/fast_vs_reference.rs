@@ -4,121 +4,16 @@
 //! and sequence lengths that end mid-block; and paged attention over a shuffled table equals
 //! ordinary attention over the same keys and values laid out contiguously.
 
+mod common;
+
+use common::{assert_close, cos_sin_cache, problem, values, Problem};
+
 use ascend_kernels::{
-    close, cpu, reference, CacheShape, KvFloat, Matmul, PagedAttention, PrefillAttention,
-    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,
+    cpu, reference, CacheShape, KvFloat, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache,
+    RmsNorm, RopeStyle, Rotary, SiluAndMul,
 };
 use half::{bf16, f16};
 use proptest::prelude::*;
-
-/// Deterministic values in [-1, 1).
-fn values<T: KvFloat>(n: usize, seed: u64) -> Vec<T> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            T::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        })
-        .collect()
-}
-
-fn assert_close<T: KvFloat>(what: &str, fast: &[T], slow: &[T]) -> Result<(), TestCaseError> {
-    prop_assert_eq!(fast.len(), slow.len());
-    for (i, (a, b)) in fast.iter().zip(slow).enumerate() {
-        let (a, b) = (a.to_f32(), b.to_f32());
-        prop_assert!(
-            close(T::DTYPE, a, b),
-            "{} [{}] {}: fast {} vs reference {}",
-            what,
-            i,
-            T::DTYPE,
-            a,
-            b
-        );
-    }
-    Ok(())
-}
-
-/// A random attention problem: shuffled block tables, lengths ending mid-block.
-#[derive(Debug, Clone)]
-struct Problem {
-    block_size: usize,
-    head_size: usize,
-    kv_heads: usize,
-    group: usize,
-    lens: Vec<usize>,
-    window: Option<usize>,
-    seed: u64,
-}
-
-fn problem() -> impl Strategy<Value = Problem> {
-    (
-        prop_oneof![Just(16usize), Just(128)],
-        prop_oneof![Just(64usize), Just(80), Just(96), Just(128), Just(256)],
-        1usize..3,
-        prop_oneof![Just(1usize), Just(2), Just(4)],
-        prop::collection::vec(1usize..300, 1..4),
-        prop_oneof![Just(None), (1usize..200).prop_map(Some)],
-        any::<u64>(),
-    )
-        .prop_map(
-            |(block_size, head_size, kv_heads, group, lens, window, seed)| Problem {
-                block_size,
-                head_size,
-                kv_heads,
-                group,
-                lens,
-                window,
-                seed,
-            },
-        )
-}
-
-impl Problem {
-    fn cache(&self) -> CacheShape {
-        let blocks: usize = self.lens.iter().map(|l| l.div_ceil(self.block_size)).sum();
-        CacheShape {
-            num_blocks: blocks + 3,
-            block_size: self.block_size,
-            num_kv_heads: self.kv_heads,
-            head_size: self.head_size,
-        }
-    }
-
-    fn max_blocks(&self) -> usize {
-        self.lens
-            .iter()
-            .map(|l| l.div_ceil(self.block_size))
-            .max()
-            .unwrap_or(1)
-            + 1
-    }
-
-    /// Block tables using every block of the cache but the first three, shuffled, padded with
-    /// block 0.
-    fn tables(&self) -> Vec<i32> {
-        let c = self.cache();
-        let mut ids: Vec<i32> = (3..c.num_blocks as i32).collect();
-        let mut x = self.seed | 1;
-        for i in (1..ids.len()).rev() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ids.swap(i, (x % (i as u64 + 1)) as usize);
-        }
-        let width = self.max_blocks();
-        let mut tables = vec![0i32; self.lens.len() * width];
-        let mut next = ids.into_iter();
-        for (s, len) in self.lens.iter().enumerate() {
-            for b in 0..len.div_ceil(self.block_size) {
-                tables[s * width + b] = next.next().unwrap();
-            }
-        }
-        tables
-    }
-}
 
 fn decode<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
     let c = pr.cache();
@@ -205,15 +100,7 @@ fn rope<T: KvFloat>(pr: &Problem, style: RopeStyle) -> Result<(), TestCaseError>
         max_position: 512,
         style,
     };
-    let half = p.rotary_dim / 2;
-    let mut cs = vec![0f32; p.max_position * p.rotary_dim];
-    for pos in 0..p.max_position {
-        for f in 0..half {
-            let theta = pos as f32 / 10000f32.powf(2.0 * f as f32 / p.rotary_dim as f32);
-            cs[pos * p.rotary_dim + f] = theta.cos();
-            cs[pos * p.rotary_dim + half + f] = theta.sin();
-        }
-    }
+    let cs = cos_sin_cache(p.max_position, p.rotary_dim);
     let positions: Vec<i64> = (0..n as i64)
         .map(|t| (t * 37 + pr.seed as i64 % 97).rem_euclid(512))
         .collect();

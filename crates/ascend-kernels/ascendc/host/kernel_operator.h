@@ -1,0 +1,662 @@
+// A host implementation of the Ascend C API subset our vector kernels use, so that the same
+// kernel sources compile with the system C++ compiler and run on the host, one simulated AI
+// vector core after another. It enforces the 910B (dav-c220-vec) rules that make kernels fail on
+// the device, so that they fail here first:
+//   - the Unified Buffer: TPipe allocations are rounded up to 32 bytes and may not exceed the
+//     184 KiB a vector core leaves to kernels (192 KiB minus the 8 KiB the framework reserves);
+//     at most 64 buffers per pipe, at most 8 queue buffers per TPosition;
+//   - DataCopy: UB operands start on 32-byte boundaries, and count * sizeof(T) is a multiple of
+//     32 bytes (the device silently truncates otherwise); burst parameters in range;
+//   - vector operands start on 32-byte boundaries and stay inside their tensors; half and float
+//     only (no bf16 arithmetic on A2); Cast round modes as the A2 table allows;
+//   - queues: AllocTensor beyond the buffers, EnQue beyond the depth, DeQue of an empty queue,
+//     and any use of a LocalTensor after FreeTensor are errors;
+//   - SetFlag/WaitFlag pairs balance by the end of each core's run; SyncAll is refused (the cores
+//     run one after another, so they cannot wait for each other).
+// Every violation throws AscendC::KernelError, which the launch shim turns into an error code and
+// message for the caller.
+//
+// Written from the CANN 8.5 Ascend C documentation and headers (asc-devkit v8.5.0); see
+// shared/reference/ascendc.md. Only the subset below is provided.
+
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <stdexcept>
+#include <type_traits>
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#define ASCENDC_HOST_SIM 1
+#define ASCENDC_CPU_DEBUG 1
+#define __NPU_ARCH__ 2201
+#define __CCE_AICORE__ 220
+#define __DAV_C220_VEC__ 1
+#define __aicore__
+#define __global__
+#define __gm__
+#define __ubuf__
+#define GM_ADDR uint8_t*
+#define KERNEL_TASK_TYPE_DEFAULT(x)
+
+// ---------------------------------------------------------------------------------------------
+// half: IEEE binary16 with round-to-nearest-even conversions.
+struct half {
+    uint16_t bits = 0;
+    half() = default;
+    half(float f) : bits(from_float(f)) {}
+    operator float() const { return to_float(bits); }
+
+    static uint16_t from_float(float f) {
+        uint32_t x;
+        std::memcpy(&x, &f, 4);
+        uint32_t sign = (x >> 16) & 0x8000u;
+        uint32_t mant = x & 0x7fffffu;
+        int32_t exp = static_cast<int32_t>((x >> 23) & 0xffu);
+        if (exp == 0xff) return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
+        int32_t e = exp - 127 + 15;
+        if (e >= 0x1f) return static_cast<uint16_t>(sign | 0x7c00u);
+        if (e <= 0) {
+            if (e < -10) return static_cast<uint16_t>(sign);
+            mant |= 0x800000u;
+            uint32_t shift = static_cast<uint32_t>(14 - e);
+            uint32_t half_mant = mant >> shift;
+            uint32_t rem = mant & ((1u << shift) - 1u);
+            uint32_t halfway = 1u << (shift - 1);
+            if (rem > halfway || (rem == halfway && (half_mant & 1u))) half_mant++;
+            return static_cast<uint16_t>(sign | half_mant);
+        }
+        uint32_t h = sign | (static_cast<uint32_t>(e) << 10) | (mant >> 13);
+        uint32_t rem = mant & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+        return static_cast<uint16_t>(h);
+    }
+
+    static float to_float(uint16_t h) {
+        uint32_t sign = (static_cast<uint32_t>(h) & 0x8000u) << 16;
+        uint32_t exp = (h >> 10) & 0x1fu;
+        uint32_t mant = h & 0x3ffu;
+        uint32_t x;
+        if (exp == 0) {
+            if (mant == 0) {
+                x = sign;
+            } else {
+                exp = 127 - 15 + 1;
+                while (!(mant & 0x400u)) {
+                    mant <<= 1;
+                    exp--;
+                }
+                x = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+            }
+        } else if (exp == 0x1f) {
+            x = sign | 0x7f800000u | (mant << 13);
+        } else {
+            x = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+        }
+        float f;
+        std::memcpy(&f, &x, 4);
+        return f;
+    }
+};
+static_assert(sizeof(half) == 2, "half is 2 bytes");
+
+struct bfloat16_t {
+    uint16_t bits = 0;
+};
+
+namespace AscendC {
+
+struct KernelError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void fail(const std::string& what) { throw KernelError(what); }
+
+constexpr uint32_t ONE_BLK_SIZE = 32;
+constexpr uint32_t ONE_REPEAT_BYTE_SIZE = 256;
+constexpr uint32_t TOTAL_UB_SIZE = 192 * 1024;
+constexpr uint32_t TOTAL_VEC_LOCAL_SIZE = 184 * 1024;
+constexpr uint32_t QBUF_MAX_LEN = 64;
+constexpr uint32_t MAX_QUEUE_BUFFERS_PER_POSITION = 8;
+
+enum class TPosition : uint8_t { GM, VECIN, VECOUT, VECCALC, MAX };
+using QuePosition = TPosition;
+
+enum class RoundMode { CAST_NONE = 0, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROUND, CAST_TRUNC, CAST_ODD };
+
+enum class HardEvent : uint8_t { MTE2_V, V_MTE2, MTE3_V, V_MTE3, MTE2_MTE3, MTE3_MTE2, S_V, V_S, S_MTE2, MTE2_S, S_MTE3, MTE3_S, MAX };
+enum pipe_t { PIPE_S, PIPE_V, PIPE_MTE2, PIPE_MTE3, PIPE_ALL };
+using TEventID = int32_t;
+
+// ---------------------------------------------------------------------------------------------
+// Per-core state.
+struct Buffer {
+    uint32_t offset = 0;   // bytes into the UB
+    uint32_t len = 0;      // bytes
+    uint64_t generation = 1;
+    bool allocated = false;
+};
+
+struct CoreState {
+    int64_t block_idx = 0;
+    int64_t block_num = 1;
+    std::vector<uint8_t> ub = std::vector<uint8_t>(TOTAL_UB_SIZE);
+    uint32_t ub_used = 0;
+    uint32_t buffers = 0;
+    uint32_t queue_buffers[static_cast<int>(TPosition::MAX)] = {};
+    std::map<std::pair<int, int>, int> flags;
+    void* pipe = nullptr;
+};
+
+inline CoreState& core() {
+    static thread_local CoreState state;
+    return state;
+}
+
+inline int64_t GetBlockIdx() { return core().block_idx; }
+inline int64_t GetBlockNum() { return core().block_num; }
+
+template <typename T>
+inline const char* type_name();
+template <> inline const char* type_name<half>() { return "half"; }
+template <> inline const char* type_name<float>() { return "float"; }
+template <> inline const char* type_name<int32_t>() { return "int32"; }
+template <> inline const char* type_name<int64_t>() { return "int64"; }
+template <> inline const char* type_name<uint8_t>() { return "uint8"; }
+template <> inline const char* type_name<bfloat16_t>() { return "bfloat16"; }
+
+// ---------------------------------------------------------------------------------------------
+// Tensors.
+template <typename T>
+class LocalTensor {
+public:
+    LocalTensor() = default;
+    LocalTensor(Buffer* buf, uint32_t offset_bytes, uint32_t size_elems)
+        : buf_(buf), gen_(buf ? buf->generation : 0), offset_(offset_bytes), size_(size_elems) {}
+
+    uint32_t GetSize() const { return size_; }
+    uint32_t GetLength() const { return size_ * sizeof(T); }
+    void SetSize(uint32_t n) {
+        check("SetSize");
+        if (n * sizeof(T) > buf_->len - (offset_ - buf_->offset)) fail("SetSize beyond the buffer");
+        size_ = n;
+    }
+    uint32_t offset_bytes() const { return offset_; }
+
+    LocalTensor operator[](uint32_t elems) const {
+        check("operator[]");
+        if (elems > size_) fail("LocalTensor offset " + std::to_string(elems) + " past its " + std::to_string(size_) + " elements");
+        return LocalTensor(buf_, gen_, offset_ + elems * sizeof(T), size_ - elems);
+    }
+
+    template <typename U>
+    LocalTensor<U> ReinterpretCast() const {
+        check("ReinterpretCast");
+        return LocalTensor<U>(buf_, gen_, offset_, static_cast<uint32_t>(size_ * sizeof(T) / sizeof(U)));
+    }
+
+    T GetValue(uint32_t i) const {
+        if (i >= size_) fail("GetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
+        T v;
+        std::memcpy(&v, ptr() + i, sizeof(T));
+        return v;
+    }
+    template <typename S>
+    void SetValue(uint32_t i, S v) const {
+        if (i >= size_) fail("SetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
+        T t = static_cast<T>(v);
+        std::memcpy(ptr() + i, &t, sizeof(T));
+    }
+
+    // Raw access for the API implementation: checks liveness and the range.
+    T* ptr(const char* op = "access") const {
+        check(op);
+        return reinterpret_cast<T*>(core().ub.data() + offset_);
+    }
+    void operand(const char* op, uint32_t count) const {
+        check(op);
+        if (offset_ % ONE_BLK_SIZE != 0)
+            fail(std::string(op) + ": UB operand at byte " + std::to_string(offset_) + " is not 32-byte aligned");
+        if (count > size_)
+            fail(std::string(op) + ": " + std::to_string(count) + " elements but the tensor holds " + std::to_string(size_));
+    }
+    void check(const char* op) const {
+        if (!buf_) fail(std::string(op) + ": LocalTensor has no buffer");
+        if (!buf_->allocated || buf_->generation != gen_)
+            fail(std::string(op) + ": LocalTensor used after FreeTensor (its buffer was freed or reused)");
+    }
+    Buffer* buffer() const { return buf_; }
+
+    LocalTensor(Buffer* buf, uint64_t gen, uint32_t offset_bytes, uint32_t size_elems)
+        : buf_(buf), gen_(gen), offset_(offset_bytes), size_(size_elems) {}
+
+private:
+    template <typename U> friend class LocalTensor;
+    Buffer* buf_ = nullptr;
+    uint64_t gen_ = 0;
+    uint32_t offset_ = 0;
+    uint32_t size_ = 0;
+};
+
+template <typename T>
+class GlobalTensor {
+public:
+    void SetGlobalBuffer(__gm__ T* buf, uint64_t size) {
+        ptr_ = buf;
+        size_ = size;
+    }
+    void SetGlobalBuffer(__gm__ T* buf) {
+        ptr_ = buf;
+        size_ = 0;
+    }
+    uint64_t GetSize() const { return size_; }
+    T GetValue(uint64_t i) const {
+        in_range("GetValue", i, 1);
+        return ptr_[i];
+    }
+    void SetValue(uint64_t i, T v) {
+        in_range("SetValue", i, 1);
+        ptr_[i] = v;
+    }
+    GlobalTensor operator[](uint64_t off) const {
+        in_range("operator[]", off, 0);
+        GlobalTensor g;
+        g.ptr_ = ptr_ + off;
+        g.size_ = size_ - off;
+        return g;
+    }
+    T* data() const { return ptr_; }
+    void in_range(const char* op, uint64_t off, uint64_t n) const {
+        if (!ptr_) fail(std::string(op) + ": GlobalTensor without a buffer");
+        if (off + n > size_)
+            fail(std::string(op) + ": GM range " + std::to_string(off) + ".." + std::to_string(off + n) +
+                 " outside the " + std::to_string(size_) + "-element global buffer");
+    }
+
+private:
+    T* ptr_ = nullptr;
+    uint64_t size_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Pipes, queues, buffers.
+class TPipe;
+
+template <TPosition src, TPosition dst, int32_t depth>
+class TQueBind {
+public:
+    template <typename T>
+    LocalTensor<T> AllocTensor() {
+        for (auto& b : bufs_) {
+            if (!b.allocated) {
+                b.allocated = true;
+                b.generation++;
+                return LocalTensor<T>(&b, b.generation, b.offset, static_cast<uint32_t>(b.len / sizeof(T)));
+            }
+        }
+        fail("AllocTensor: all " + std::to_string(bufs_.size()) + " buffers of the queue are in use (FreeTensor missing?)");
+    }
+    template <typename T>
+    void FreeTensor(LocalTensor<T>& t) {
+        t.check("FreeTensor");
+        Buffer* b = t.buffer();
+        b->allocated = false;
+        b->generation++;
+    }
+    template <typename T>
+    bool EnQue(const LocalTensor<T>& t) {
+        t.check("EnQue");
+        if (depth > 0 && static_cast<int32_t>(fifo_.size()) >= depth)
+            fail("EnQue: the queue already holds " + std::to_string(fifo_.size()) + " tensors, its depth is " + std::to_string(depth));
+        fifo_.push_back({t.buffer(), t.offset_bytes(), t.GetLength()});
+        return true;
+    }
+    template <typename T>
+    LocalTensor<T> DeQue() {
+        if (fifo_.empty()) fail("DeQue: the queue is empty");
+        Entry e = fifo_.front();
+        fifo_.pop_front();
+        if (!e.buf->allocated) fail("DeQue: the enqueued tensor was freed before it was dequeued");
+        return LocalTensor<T>(e.buf, e.buf->generation, e.offset, static_cast<uint32_t>(e.len / sizeof(T)));
+    }
+    bool HasTensorInQue() const { return !fifo_.empty(); }
+
+private:
+    friend class TPipe;
+    struct Entry {
+        Buffer* buf;
+        uint32_t offset;
+        uint32_t len;
+    };
+    std::vector<Buffer> bufs_;
+    std::deque<Entry> fifo_;
+};
+
+template <TPosition pos, int32_t depth>
+class TQue : public TQueBind<pos, pos, depth> {};
+
+template <TPosition pos = TPosition::VECCALC>
+class TBuf {
+public:
+    template <typename T>
+    LocalTensor<T> Get() {
+        if (!buf_.allocated) fail("TBuf::Get before InitBuffer");
+        return LocalTensor<T>(&buf_, buf_.generation, buf_.offset, static_cast<uint32_t>(buf_.len / sizeof(T)));
+    }
+    template <typename T>
+    LocalTensor<T> Get(uint32_t len) {
+        if (len * sizeof(T) > buf_.len) fail("TBuf::Get(" + std::to_string(len) + ") beyond the buffer");
+        return LocalTensor<T>(&buf_, buf_.generation, buf_.offset, len);
+    }
+    template <typename T>
+    LocalTensor<T> GetWithOffset(uint32_t len, uint32_t offset_bytes) {
+        if (offset_bytes % ONE_BLK_SIZE != 0) fail("TBuf::GetWithOffset: offset not 32-byte aligned");
+        if (offset_bytes + len * sizeof(T) > buf_.len) fail("TBuf::GetWithOffset beyond the buffer");
+        return LocalTensor<T>(&buf_, buf_.generation, buf_.offset + offset_bytes, len);
+    }
+
+private:
+    friend class TPipe;
+    Buffer buf_;
+};
+
+class TPipe {
+public:
+    TPipe() { core().pipe = this; }
+    ~TPipe() {
+        if (core().pipe == this) core().pipe = nullptr;
+    }
+
+    template <TPosition src, TPosition dst, int32_t depth>
+    bool InitBuffer(TQueBind<src, dst, depth>& que, uint8_t num, uint32_t len) {
+        uint32_t& q = core().queue_buffers[static_cast<int>(src)];
+        if (q + num > MAX_QUEUE_BUFFERS_PER_POSITION)
+            fail("InitBuffer: more than " + std::to_string(MAX_QUEUE_BUFFERS_PER_POSITION) + " queue buffers at one TPosition");
+        q += num;
+        que.bufs_.resize(num);
+        for (auto& b : que.bufs_) carve(b, len);
+        return true;
+    }
+    template <TPosition src, int32_t depth>
+    bool InitBuffer(TQue<src, depth>& que, uint8_t num, uint32_t len) {
+        return InitBuffer(static_cast<TQueBind<src, src, depth>&>(que), num, len);
+    }
+    template <TPosition pos>
+    bool InitBuffer(TBuf<pos>& buf, uint32_t len) {
+        carve(buf.buf_, len);
+        buf.buf_.allocated = true;
+        return true;
+    }
+    template <HardEvent e>
+    TEventID FetchEventID() { return 0; }
+    void Reset() {}
+    void Destroy() {}
+
+private:
+    static void carve(Buffer& b, uint32_t len) {
+        CoreState& c = core();
+        uint32_t rounded = (len + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
+        if (++c.buffers > QBUF_MAX_LEN) fail("InitBuffer: more than 64 buffers in one kernel");
+        if (c.ub_used + rounded > TOTAL_VEC_LOCAL_SIZE)
+            fail("InitBuffer: Unified Buffer overflow: " + std::to_string(c.ub_used) + " bytes used + " +
+                 std::to_string(rounded) + " requested > " + std::to_string(TOTAL_VEC_LOCAL_SIZE) +
+                 " bytes a 910B vector core leaves to kernels (192 KiB UB minus 8 KiB reserved)");
+        b.offset = c.ub_used;
+        b.len = rounded;
+        c.ub_used += rounded;
+    }
+};
+
+inline TPipe* GetTPipePtr() { return static_cast<TPipe*>(core().pipe); }
+
+// ---------------------------------------------------------------------------------------------
+// Synchronisation: sequential here, but Set/Wait must pair up.
+template <HardEvent e>
+inline void SetFlag(int32_t id) { core().flags[{static_cast<int>(e), id}]++; }
+template <HardEvent e>
+inline void WaitFlag(int32_t id) {
+    int& n = core().flags[{static_cast<int>(e), id}];
+    if (n <= 0) fail("WaitFlag without a matching SetFlag (event " + std::to_string(static_cast<int>(e)) + ", id " + std::to_string(id) + ")");
+    n--;
+}
+template <pipe_t p>
+inline void PipeBarrier() {
+    static_assert(p != PIPE_S, "PipeBarrier<PIPE_S> is a hardware error");
+}
+[[noreturn]] inline void SyncAll() { fail("SyncAll: cores run one after another in the host implementation; kernels must not wait for each other"); }
+
+// ---------------------------------------------------------------------------------------------
+// Data movement.
+struct DataCopyParams {
+    uint16_t blockCount = 1;
+    uint16_t blockLen = 0;  // in 32-byte blocks
+    uint16_t srcStride = 0; // gap in 32-byte blocks
+    uint16_t dstStride = 0;
+    DataCopyParams() = default;
+    DataCopyParams(uint16_t count, uint16_t len, uint16_t src, uint16_t dst)
+        : blockCount(count), blockLen(len), srcStride(src), dstStride(dst) {}
+};
+
+template <typename T>
+inline void check_count(const char* op, uint32_t count) {
+    if ((count * sizeof(T)) % ONE_BLK_SIZE != 0)
+        fail(std::string(op) + ": " + std::to_string(count) + " x " + type_name<T>() + " = " +
+             std::to_string(count * sizeof(T)) + " bytes is not a multiple of 32 (the device would silently truncate the copy)");
+}
+
+template <typename T>
+inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const uint32_t count) {
+    check_count<T>("DataCopy GM->UB", count);
+    dst.operand("DataCopy GM->UB", count);
+    src.in_range("DataCopy GM->UB", 0, count);
+    std::memcpy(dst.ptr(), src.data(), count * sizeof(T));
+}
+
+template <typename T>
+inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const uint32_t count) {
+    check_count<T>("DataCopy UB->GM", count);
+    src.operand("DataCopy UB->GM", count);
+    dst.in_range("DataCopy UB->GM", 0, count);
+    std::memcpy(dst.data(), src.ptr(), count * sizeof(T));
+}
+
+template <typename T>
+inline void check_params(const char* op, const DataCopyParams& p) {
+    if (p.blockCount < 1 || p.blockCount > 4095) fail(std::string(op) + ": blockCount must be 1..4095");
+    if (p.blockLen < 1) fail(std::string(op) + ": blockLen must be at least one 32-byte block");
+}
+
+// Strided bursts: blockLen, srcStride and dstStride in 32-byte blocks.
+template <typename T>
+inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyParams& p) {
+    check_params<T>("DataCopy GM->UB", p);
+    const uint32_t burst = p.blockLen * ONE_BLK_SIZE / sizeof(T);
+    const uint32_t sgap = p.srcStride * ONE_BLK_SIZE / sizeof(T), dgap = p.dstStride * ONE_BLK_SIZE / sizeof(T);
+    const uint32_t dst_span = p.blockCount * burst + (p.blockCount - 1) * dgap;
+    dst.operand("DataCopy GM->UB", dst_span);
+    src.in_range("DataCopy GM->UB", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + sgap) + burst);
+    for (uint32_t i = 0; i < p.blockCount; i++)
+        std::memcpy(dst.ptr() + i * (burst + dgap), src.data() + static_cast<uint64_t>(i) * (burst + sgap), burst * sizeof(T));
+}
+
+template <typename T>
+inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const DataCopyParams& p) {
+    check_params<T>("DataCopy UB->GM", p);
+    const uint32_t burst = p.blockLen * ONE_BLK_SIZE / sizeof(T);
+    const uint32_t sgap = p.srcStride * ONE_BLK_SIZE / sizeof(T), dgap = p.dstStride * ONE_BLK_SIZE / sizeof(T);
+    src.operand("DataCopy UB->GM", p.blockCount * burst + (p.blockCount - 1) * sgap);
+    dst.in_range("DataCopy UB->GM", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + dgap) + burst);
+    for (uint32_t i = 0; i < p.blockCount; i++)
+        std::memcpy(dst.data() + static_cast<uint64_t>(i) * (burst + dgap), src.ptr() + i * (burst + sgap), burst * sizeof(T));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector compute (count form, "the first n elements").
+template <typename T>
+inline void vector_type(const char* op) {
+    static_assert(std::is_same<T, half>::value || std::is_same<T, float>::value,
+                  "A2 vector arithmetic takes half or float (cast bf16 to float first)");
+    (void)op;
+}
+
+#define ASCENDC_BINARY(NAME, EXPR)                                                             \
+    template <typename T>                                                                      \
+    inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, \
+                     const int32_t& count) {                                                   \
+        vector_type<T>(#NAME);                                                                 \
+        dst.operand(#NAME, count);                                                             \
+        a.operand(#NAME, count);                                                               \
+        b.operand(#NAME, count);                                                               \
+        T* d = dst.ptr();                                                                      \
+        const T* x = a.ptr();                                                                  \
+        const T* y = b.ptr();                                                                  \
+        for (int32_t i = 0; i < count; i++) {                                                  \
+            float u = static_cast<float>(x[i]), v = static_cast<float>(y[i]);                  \
+            d[i] = static_cast<T>(EXPR);                                                       \
+        }                                                                                      \
+    }
+ASCENDC_BINARY(Add, u + v)
+ASCENDC_BINARY(Sub, u - v)
+ASCENDC_BINARY(Mul, u * v)
+ASCENDC_BINARY(Div, u / v)
+ASCENDC_BINARY(Max, u > v ? u : v)
+#undef ASCENDC_BINARY
+
+#define ASCENDC_SCALAR(NAME, EXPR)                                                             \
+    template <typename T>                                                                      \
+    inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar,   \
+                     const int32_t& count) {                                                   \
+        vector_type<T>(#NAME);                                                                 \
+        dst.operand(#NAME, count);                                                             \
+        src.operand(#NAME, count);                                                             \
+        T* d = dst.ptr();                                                                      \
+        const T* x = src.ptr();                                                                \
+        float s = static_cast<float>(scalar);                                                  \
+        for (int32_t i = 0; i < count; i++) {                                                  \
+            float u = static_cast<float>(x[i]);                                                \
+            d[i] = static_cast<T>(EXPR);                                                       \
+        }                                                                                      \
+    }
+ASCENDC_SCALAR(Adds, u + s)
+ASCENDC_SCALAR(Muls, u * s)
+#undef ASCENDC_SCALAR
+
+#define ASCENDC_UNARY(NAME, EXPR)                                                              \
+    template <typename T>                                                                      \
+    inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count) { \
+        vector_type<T>(#NAME);                                                                 \
+        dst.operand(#NAME, count);                                                             \
+        src.operand(#NAME, count);                                                             \
+        T* d = dst.ptr();                                                                      \
+        const T* x = src.ptr();                                                                \
+        for (int32_t i = 0; i < count; i++) {                                                  \
+            float u = static_cast<float>(x[i]);                                                \
+            d[i] = static_cast<T>(EXPR);                                                       \
+        }                                                                                      \
+    }
+ASCENDC_UNARY(Exp, std::exp(u))
+ASCENDC_UNARY(Sqrt, std::sqrt(u))
+ASCENDC_UNARY(Abs, std::fabs(u))
+#undef ASCENDC_UNARY
+
+template <typename T>
+inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count) {
+    dst.operand("Duplicate", count);
+    T* d = dst.ptr();
+    for (int32_t i = 0; i < count; i++) d[i] = scalar;
+}
+
+// Cast between half and float, as the A2 table allows.
+inline void Cast(const LocalTensor<float>& dst, const LocalTensor<half>& src, const RoundMode& mode, const uint32_t count) {
+    if (mode != RoundMode::CAST_NONE) fail("Cast half->float: only CAST_NONE is allowed on A2");
+    dst.operand("Cast", count);
+    src.operand("Cast", count);
+    for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = static_cast<float>(src.ptr()[i]);
+}
+inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, const RoundMode& mode, const uint32_t count) {
+    if (mode != RoundMode::CAST_NONE && mode != RoundMode::CAST_RINT)
+        fail("Cast float->half: this host implementation provides CAST_NONE and CAST_RINT (round half to even)");
+    dst.operand("Cast", count);
+    src.operand("Cast", count);
+    for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = half(src.ptr()[i]);
+}
+
+// Sums: each 256-byte repeat as a binary tree, then the repeats in order (the A2 count form).
+template <typename T>
+inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count) {
+    vector_type<T>("ReduceSum");
+    src.operand("ReduceSum", count);
+    tmp.check("ReduceSum");
+    dst.check("ReduceSum");
+    const int32_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
+    float total = 0.0f;
+    std::vector<float> lane(per_repeat);
+    for (int32_t start = 0; start < count; start += per_repeat) {
+        int32_t n = count - start < per_repeat ? count - start : per_repeat;
+        for (int32_t i = 0; i < per_repeat; i++) lane[i] = i < n ? static_cast<float>(src.ptr()[start + i]) : 0.0f;
+        for (int32_t w = per_repeat / 2; w >= 1; w /= 2)
+            for (int32_t i = 0; i < w; i++) lane[i] += lane[i + w];
+        total += lane[0];
+    }
+    dst.ptr()[0] = static_cast<T>(total);
+}
+
+template <typename T>
+inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count) {
+    vector_type<T>("ReduceMax");
+    src.operand("ReduceMax", count);
+    tmp.check("ReduceMax");
+    dst.check("ReduceMax");
+    float m = -INFINITY;
+    for (int32_t i = 0; i < count; i++) m = std::fmax(m, static_cast<float>(src.ptr()[i]));
+    dst.ptr()[0] = static_cast<T>(m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a kernel: every core in turn, with fresh per-core state; errors become a message.
+inline void reset_core(int64_t idx, int64_t num) {
+    CoreState& c = core();
+    c.block_idx = idx;
+    c.block_num = num;
+    std::fill(c.ub.begin(), c.ub.end(), static_cast<uint8_t>(0xA5));  // stale data, not zeros
+    c.ub_used = 0;
+    c.buffers = 0;
+    for (auto& q : c.queue_buffers) q = 0;
+    c.flags.clear();
+    c.pipe = nullptr;
+}
+
+inline void check_core_exit() {
+    for (const auto& f : core().flags)
+        if (f.second != 0)
+            fail("SetFlag without a matching WaitFlag at kernel exit (event " + std::to_string(f.first.first) + ", id " +
+                 std::to_string(f.first.second) + ")");
+}
+
+template <typename F>
+inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t err_len, F&& body) {
+    try {
+        if (block_dim == 0 || block_dim > 65535) fail("blockDim must be 1..65535");
+        for (uint32_t b = 0; b < block_dim; b++) {
+            reset_core(b, block_dim);
+            body();
+            check_core_exit();
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::string msg = std::string(name) + " (core " + std::to_string(core().block_idx) + "): " + e.what();
+        if (err && err_len) {
+            std::strncpy(err, msg.c_str(), err_len - 1);
+            err[err_len - 1] = '\0';
+        }
+        return 1;
+    }
+}
+
+}  // namespace AscendC

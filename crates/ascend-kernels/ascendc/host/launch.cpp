@@ -1,0 +1,137 @@
+// The host build's launch shims: each runs one Ascend C kernel on the host implementation
+// (kernel_operator.h), every simulated core in turn, and turns a hardware-rule violation into a
+// non-zero return and a message. The Rust side (src/ascendc/host.rs) calls these through FFI.
+// On the NPU the same kernel sources are launched with <<<block_dim, nullptr, stream>>> instead.
+#include "kernel_operator.h"
+
+#include "paged_attention.cpp"
+#include "reshape_and_cache.cpp"
+#include "rms_norm.cpp"
+#include "rotary_embedding.cpp"
+
+#define SHIM(NAME, TILING, PARAMS, ARGS)                                                           \
+    extern "C" int32_t ascendc_host_##NAME(uint32_t block_dim, PARAMS, const TILING* tiling,       \
+                                           char* err, size_t err_len) {                            \
+        const TILING t = *tiling;                                                                  \
+        return AscendC::launch(#NAME, block_dim, err, err_len, [&] { NAME(ARGS, t); });            \
+    }
+#define P(...) __VA_ARGS__
+
+#define RESHAPE_SHIM(NAME)                                                                         \
+    SHIM(NAME, ReshapeAndCacheTiling,                                                              \
+         P(uint8_t* key, uint8_t* value, uint8_t* key_cache, uint8_t* value_cache, uint8_t* slots), \
+         P(key, value, key_cache, value_cache, slots))
+RESHAPE_SHIM(reshape_and_cache_half)
+RESHAPE_SHIM(reshape_and_cache_float)
+
+#define ATTENTION_SHIM(NAME)                                                                       \
+    SHIM(NAME, PagedAttentionTiling,                                                               \
+         P(uint8_t* out, uint8_t* query, uint8_t* key_cache, uint8_t* value_cache,                 \
+           uint8_t* block_tables, uint8_t* seq_lens),                                              \
+         P(out, query, key_cache, value_cache, block_tables, seq_lens))
+ATTENTION_SHIM(paged_attention_half)
+ATTENTION_SHIM(paged_attention_float)
+
+#define ROPE_SHIM(NAME)                                                                            \
+    SHIM(NAME, RopeTiling, P(uint8_t* positions, uint8_t* query, uint8_t* key, uint8_t* cos_sin),  \
+         P(positions, query, key, cos_sin))
+ROPE_SHIM(rotary_embedding_half)
+ROPE_SHIM(rotary_embedding_float)
+
+#define NORM_SHIM(NAME)                                                                            \
+    SHIM(NAME, RmsNormTiling, P(uint8_t* x, uint8_t* residual, uint8_t* weight, uint8_t* out),     \
+         P(x, residual, weight, out))
+NORM_SHIM(rms_norm_half)
+NORM_SHIM(rms_norm_float)
+
+// Kernels that break one hardware rule each, for the tests that show the host implementation
+// refusing what a 910B would refuse (or silently get wrong).
+namespace violations {
+using namespace AscendC;
+
+// 2 x 96 KiB of queue buffers: more than the 184 KiB a vector core leaves to kernels.
+void ub_overflow(GM_ADDR) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 2, 96 * 1024);
+}
+
+// 20 floats = 80 bytes: not a whole number of 32-byte blocks.
+void misaligned_copy(GM_ADDR gm) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 1, 128);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = q.AllocTensor<float>();
+    DataCopy(t, g, 20);
+}
+
+// A UB operand 4 floats (16 bytes) into a buffer.
+void misaligned_operand(GM_ADDR gm) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 1, 256);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = q.AllocTensor<float>();
+    DataCopy(t[4], g, 8);
+}
+
+void use_after_free(GM_ADDR gm) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 1, 128);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = q.AllocTensor<float>();
+    q.FreeTensor(t);
+    DataCopy(t, g, 32);
+}
+
+// Two tensors enqueued on a queue of depth 1.
+void queue_depth(GM_ADDR) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 2, 128);
+    LocalTensor<float> a = q.AllocTensor<float>();
+    LocalTensor<float> b = q.AllocTensor<float>();
+    q.EnQue(a);
+    q.EnQue(b);
+}
+
+// A third AllocTensor from a double-buffered queue without a FreeTensor.
+void alloc_exhausted(GM_ADDR) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 2, 128);
+    q.AllocTensor<float>();
+    q.AllocTensor<float>();
+    q.AllocTensor<float>();
+}
+
+// A GM read past the global buffer.
+void gm_out_of_range(GM_ADDR gm) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    pipe.InitBuffer(q, 1, 512);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = q.AllocTensor<float>();
+    DataCopy(t, g[56], 16);
+}
+
+void unpaired_flag(GM_ADDR) { SetFlag<HardEvent::MTE2_V>(0); }
+}  // namespace violations
+
+// `which` picks the violation (the order of the Rust `Violation` enum); `gm` is at least 64
+// floats of global memory.
+extern "C" int32_t ascendc_host_violation(uint32_t which, uint8_t* gm, char* err, size_t err_len) {
+    using V = void (*)(GM_ADDR);
+    static const V table[] = {violations::ub_overflow,    violations::misaligned_copy,
+                              violations::misaligned_operand, violations::use_after_free,
+                              violations::queue_depth,    violations::alloc_exhausted,
+                              violations::gm_out_of_range, violations::unpaired_flag};
+    if (which >= sizeof(table) / sizeof(table[0])) return -1;
+    return AscendC::launch("violation", 1, err, err_len, [&] { table[which](gm); });
+}

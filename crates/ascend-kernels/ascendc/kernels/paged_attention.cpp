@@ -1,0 +1,188 @@
+// Decode paged attention: each sequence's one query token attends to its context in the paged
+// K/V caches ([num_blocks, block_size, kv_heads, head_size], ND), with grouped-query attention
+// and an optional sliding window.
+//
+// Work: one task per (sequence, KV head), spread over the cores, so a KV head's cache rows are read
+// once for all the query heads of its group. Per task the group's query rows come in once
+// (scaled, in float); the context then streams through the UB a chunk at a time (at most
+// `chunk` tokens, never crossing a cache block) as strided bursts, one burst of head_size per
+// token, through double-buffered K and V queues. Per chunk and query head: scores by vector
+// Mul + ReduceSum, online softmax (ReduceMax, Adds, Exp, ReduceSum; the running sum and
+// rescaling stay in the UB), and the weighted V rows accumulate with Muls + Add. The result is
+// divided by the softmax sum and leaves through a queue.
+//
+// Alignment: head_size * sizeof(T) and head_size * 4 are multiples of 32 bytes (the tiling
+// checks), so every token row in the UB starts on a 32-byte boundary.
+#include "common.h"
+#include "tiling.h"
+
+template <typename T>
+class KernelPagedAttention {
+public:
+    __aicore__ inline void Init(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache, GM_ADDR value_cache,
+                                GM_ADDR block_tables, GM_ADDR seq_lens, const PagedAttentionTiling& t) {
+        t_ = t;
+        group_ = t.num_heads / t.num_kv_heads;
+        tokenStride_ = t.num_kv_heads * t.head_size;
+        const uint64_t q = static_cast<uint64_t>(t.num_seqs) * t.num_heads * t.head_size;
+        const uint64_t cache = static_cast<uint64_t>(t.num_blocks) * t.block_size * tokenStride_;
+        outGm_.SetGlobalBuffer((__gm__ T*)out, q);
+        qGm_.SetGlobalBuffer((__gm__ T*)query, q);
+        kGm_.SetGlobalBuffer((__gm__ T*)key_cache, cache);
+        vGm_.SetGlobalBuffer((__gm__ T*)value_cache, cache);
+        tableGm_.SetGlobalBuffer((__gm__ int32_t*)block_tables, static_cast<uint64_t>(t.num_seqs) * t.max_blocks_per_seq);
+        lenGm_.SetGlobalBuffer((__gm__ int32_t*)seq_lens, t.num_seqs);
+
+        const uint32_t rows = group_ * t.head_size;
+        const uint32_t kv = t.chunk * t.head_size;
+        pipe_.InitBuffer(qQueue_, 2, rows * sizeof(T));
+        pipe_.InitBuffer(kQueue_, 2, kv * sizeof(T));
+        pipe_.InitBuffer(vQueue_, 2, kv * sizeof(T));
+        pipe_.InitBuffer(outQueue_, 2, rows * sizeof(T));
+        pipe_.InitBuffer(qf_, rows * sizeof(float));
+        pipe_.InitBuffer(acc_, rows * sizeof(float));
+        pipe_.InitBuffer(kf_, kv * sizeof(float));
+        pipe_.InitBuffer(vf_, kv * sizeof(float));
+        pipe_.InitBuffer(prod_, t.head_size * sizeof(float));
+        pipe_.InitBuffer(scores_, t.chunk * sizeof(float));
+        // Per query head: running max, running sum; and a scratch block for reductions.
+        pipe_.InitBuffer(stats_, PA_MAX_GROUP * 2 * 32);
+        pipe_.InitBuffer(red_, 32);
+    }
+
+    __aicore__ inline void Process() {
+        const int64_t tasks = static_cast<int64_t>(t_.num_seqs) * t_.num_kv_heads;
+        for (int64_t task = GetBlockIdx(); task < tasks; task += GetBlockNum())
+            Task(static_cast<uint32_t>(task / t_.num_kv_heads), static_cast<uint32_t>(task % t_.num_kv_heads));
+    }
+
+private:
+    // Head g's running max and sum live in their own 32-byte blocks, so vector ops can use them.
+    __aicore__ inline LocalTensor<float> RunMax(uint32_t g) { return stats_.Get<float>()[g * 16]; }
+    __aicore__ inline LocalTensor<float> RunSum(uint32_t g) { return stats_.Get<float>()[g * 16 + 8]; }
+
+    __aicore__ inline void Task(uint32_t seq, uint32_t kvh) {
+        const uint32_t hs = t_.head_size, rows = group_ * hs;
+        const uint64_t at = (static_cast<uint64_t>(seq) * t_.num_heads + kvh * group_) * hs;
+        const int32_t len = lenGm_.GetValue(seq);
+        LocalTensor<float> acc = acc_.Get<float>();
+        Duplicate(acc, 0.0f, static_cast<int32_t>(rows));
+        if (len > 0) {
+            LocalTensor<float> qf = qf_.Get<float>();
+            LocalTensor<T> q = qQueue_.template AllocTensor<T>();
+            DataCopy(q, qGm_[at], rows);
+            qQueue_.EnQue(q);
+            q = qQueue_.template DeQue<T>();
+            ToFloat(qf, q, rows);
+            qQueue_.FreeTensor(q);
+            Muls(qf, qf, t_.scale, static_cast<int32_t>(rows));
+            for (uint32_t g = 0; g < group_; g++) {
+                Duplicate(RunMax(g), -INFINITY, 1);
+                Duplicate(RunSum(g), 0.0f, 1);
+            }
+            uint32_t first = 0;
+            if (t_.sliding_window != 0 && static_cast<uint32_t>(len) > t_.sliding_window)
+                first = static_cast<uint32_t>(len) - t_.sliding_window;
+            for (uint32_t pos = first; pos < static_cast<uint32_t>(len);) {
+                const uint32_t inBlock = pos % t_.block_size;
+                uint32_t n = t_.block_size - inBlock;
+                if (n > t_.chunk) n = t_.chunk;
+                if (n > static_cast<uint32_t>(len) - pos) n = static_cast<uint32_t>(len) - pos;
+                const int32_t block = tableGm_.GetValue(static_cast<uint64_t>(seq) * t_.max_blocks_per_seq + pos / t_.block_size);
+                const uint64_t src = (static_cast<uint64_t>(block) * t_.block_size + inBlock) * tokenStride_ + kvh * hs;
+                Chunk(src, n);
+                pos += n;
+            }
+            for (uint32_t g = 0; g < group_; g++) {
+                // acc /= sum, as a multiply by the reciprocal held in the scratch block.
+                LocalTensor<float> red = red_.Get<float>();
+                Duplicate(red, 1.0f, 1);
+                Div(red, red, RunSum(g), 1);
+                Muls(acc[g * hs], acc[g * hs], red.GetValue(0), static_cast<int32_t>(hs));
+            }
+        }
+        LocalTensor<T> y = outQueue_.template AllocTensor<T>();
+        FromFloat(y, acc, rows);
+        outQueue_.EnQue(y);
+        y = outQueue_.template DeQue<T>();
+        GlobalTensor<T> dst = outGm_[at];
+        DataCopy(dst, y, rows);
+        outQueue_.FreeTensor(y);
+    }
+
+    // Loads `n` tokens' K and V rows for one KV head (strided bursts) and folds them into every
+    // query head of the group.
+    __aicore__ inline void Chunk(uint64_t src, uint32_t n) {
+        const uint32_t hs = t_.head_size;
+        const uint16_t burst = static_cast<uint16_t>(hs * sizeof(T) / 32);
+        const uint16_t gap = static_cast<uint16_t>((tokenStride_ - hs) * sizeof(T) / 32);
+        const DataCopyParams params(static_cast<uint16_t>(n), burst, gap, 0);
+        LocalTensor<T> k = kQueue_.template AllocTensor<T>();
+        DataCopy(k, kGm_[src], params);
+        kQueue_.EnQue(k);
+        LocalTensor<T> v = vQueue_.template AllocTensor<T>();
+        DataCopy(v, vGm_[src], params);
+        vQueue_.EnQue(v);
+
+        LocalTensor<float> kf = kf_.Get<float>(), vf = vf_.Get<float>();
+        k = kQueue_.template DeQue<T>();
+        ToFloat(kf, k, n * hs);
+        kQueue_.FreeTensor(k);
+        v = vQueue_.template DeQue<T>();
+        ToFloat(vf, v, n * hs);
+        vQueue_.FreeTensor(v);
+
+        LocalTensor<float> qf = qf_.Get<float>(), acc = acc_.Get<float>();
+        LocalTensor<float> prod = prod_.Get<float>(), scores = scores_.Get<float>(), red = red_.Get<float>();
+        const int32_t h = static_cast<int32_t>(hs), m = static_cast<int32_t>(n);
+        for (uint32_t g = 0; g < group_; g++) {
+            LocalTensor<float> qg = qf[g * hs], ag = acc[g * hs];
+            for (uint32_t j = 0; j < n; j++) {
+                Mul(prod, qg, kf[j * hs], h);
+                ReduceSum(red, prod, red, h);
+                scores.SetValue(j, red.GetValue(0));
+            }
+            // new max = max(old max, chunk max); rescale = exp(old max - new max).
+            ReduceMax(red, scores, red, m);
+            Max(red, red, RunMax(g), 1);
+            const float newMax = red.GetValue(0);
+            Sub(red, RunMax(g), red, 1);
+            Exp(red, red, 1);
+            const float rescale = red.GetValue(0);
+            Duplicate(RunMax(g), newMax, 1);
+            // weights = exp(scores - new max); sum = sum * rescale + sum(weights).
+            Adds(scores, scores, -newMax, m);
+            Exp(scores, scores, m);
+            ReduceSum(red, scores, red, m);
+            Muls(RunSum(g), RunSum(g), rescale, 1);
+            Add(RunSum(g), RunSum(g), red, 1);
+            // acc = acc * rescale + sum_j weight_j * v_j.
+            Muls(ag, ag, rescale, h);
+            for (uint32_t j = 0; j < n; j++) {
+                Muls(prod, vf[j * hs], scores.GetValue(j), h);
+                Add(ag, ag, prod, h);
+            }
+        }
+    }
+
+    PagedAttentionTiling t_;
+    uint32_t group_ = 1, tokenStride_ = 0;
+    TPipe pipe_;
+    TQue<TPosition::VECIN, 1> qQueue_, kQueue_, vQueue_;
+    TQue<TPosition::VECOUT, 1> outQueue_;
+    TBuf<TPosition::VECCALC> qf_, acc_, kf_, vf_, prod_, scores_, stats_, red_;
+    GlobalTensor<T> outGm_, qGm_, kGm_, vGm_;
+    GlobalTensor<int32_t> tableGm_, lenGm_;
+};
+
+#define PAGED_ATTENTION(NAME, T)                                                                   \
+    extern "C" __global__ __aicore__ void NAME(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache,      \
+                                               GM_ADDR value_cache, GM_ADDR block_tables,          \
+                                               GM_ADDR seq_lens, PagedAttentionTiling tiling) {    \
+        KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
+        KernelPagedAttention<T> op;                                                                \
+        op.Init(out, query, key_cache, value_cache, block_tables, seq_lens, tiling);               \
+        op.Process();                                                                              \
+    }
+PAGED_ATTENTION(paged_attention_half, half)
+PAGED_ATTENTION(paged_attention_float, float)

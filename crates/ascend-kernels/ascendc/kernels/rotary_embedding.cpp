@@ -1,0 +1,98 @@
+// rotary_embedding, NeoX style, in place on the query and key of each token:
+//   for f < rotary_dim / 2, with c = cos[pos][f], s = sin[pos][f]:
+//     x[f]        = x[f] * c - x[f + half] * s
+//     x[f + half] = x[f + half] * c + x[f] * s
+// Tokens are spread over the cores. Per token, the cos/sin row (float, [cos | sin]) and the
+// token's whole query (then key) row come into the UB through double-buffered queues; each head's
+// rotating halves are computed in float with vector Mul/Sub/Add, and the row goes back out.
+// Needs rotary_dim / 2 elements of T to be a multiple of 32 bytes (vector operands are aligned).
+#include "common.h"
+#include "tiling.h"
+
+template <typename T>
+class KernelRotaryEmbedding {
+public:
+    __aicore__ inline void Init(GM_ADDR positions, GM_ADDR query, GM_ADDR key, GM_ADDR cos_sin,
+                                const RopeTiling& t) {
+        t_ = t;
+        half_ = t.rotary_dim / 2;
+        posGm_.SetGlobalBuffer((__gm__ int64_t*)positions, t.num_tokens);
+        qGm_.SetGlobalBuffer((__gm__ T*)query, static_cast<uint64_t>(t.num_tokens) * t.num_heads * t.head_size);
+        kGm_.SetGlobalBuffer((__gm__ T*)key, static_cast<uint64_t>(t.num_tokens) * t.num_kv_heads * t.head_size);
+        csGm_.SetGlobalBuffer((__gm__ float*)cos_sin, static_cast<uint64_t>(t.max_position) * t.rotary_dim);
+        const uint32_t row = (t.num_heads > t.num_kv_heads ? t.num_heads : t.num_kv_heads) * t.head_size;
+        pipe_.InitBuffer(csQueue_, 2, t.rotary_dim * sizeof(float));
+        pipe_.InitBuffer(inQueue_, 2, row * sizeof(T));
+        pipe_.InitBuffer(outQueue_, 2, row * sizeof(T));
+        pipe_.InitBuffer(xf_, row * sizeof(float));
+        pipe_.InitBuffer(t1_, half_ * sizeof(float));
+        pipe_.InitBuffer(t2_, half_ * sizeof(float));
+        pipe_.InitBuffer(t3_, half_ * sizeof(float));
+    }
+
+    __aicore__ inline void Process() {
+        for (int64_t tok = GetBlockIdx(); tok < t_.num_tokens; tok += GetBlockNum()) {
+            const int64_t pos = posGm_.GetValue(tok);
+            LocalTensor<float> cs = csQueue_.template AllocTensor<float>();
+            DataCopy(cs, csGm_[static_cast<uint64_t>(pos) * t_.rotary_dim], t_.rotary_dim);
+            csQueue_.EnQue(cs);
+            cs = csQueue_.template DeQue<float>();
+            Rotate(qGm_[static_cast<uint64_t>(tok) * t_.num_heads * t_.head_size], t_.num_heads, cs);
+            Rotate(kGm_[static_cast<uint64_t>(tok) * t_.num_kv_heads * t_.head_size], t_.num_kv_heads, cs);
+            csQueue_.FreeTensor(cs);
+        }
+    }
+
+private:
+    __aicore__ inline void Rotate(const GlobalTensor<T>& gm, uint32_t heads, const LocalTensor<float>& cs) {
+        const uint32_t n = heads * t_.head_size;
+        LocalTensor<T> x = inQueue_.template AllocTensor<T>();
+        DataCopy(x, gm, n);
+        inQueue_.EnQue(x);
+        x = inQueue_.template DeQue<T>();
+        LocalTensor<float> xf = xf_.Get<float>();
+        ToFloat(xf, x, n);
+        inQueue_.FreeTensor(x);
+        LocalTensor<float> cosv = cs, sinv = cs[half_];
+        LocalTensor<float> t1 = t1_.Get<float>(), t2 = t2_.Get<float>(), t3 = t3_.Get<float>();
+        const int32_t h = static_cast<int32_t>(half_);
+        for (uint32_t head = 0; head < heads; head++) {
+            LocalTensor<float> x1 = xf[head * t_.head_size], x2 = xf[head * t_.head_size + half_];
+            Mul(t1, x1, cosv, h);  // x1 c
+            Mul(t2, x2, sinv, h);  // x2 s
+            Sub(t1, t1, t2, h);    // x1 c - x2 s
+            Mul(t2, x2, cosv, h);  // x2 c
+            Mul(t3, x1, sinv, h);  // x1 s
+            Add(x2, t2, t3, h);    // x2 c + x1 s
+            Muls(x1, t1, 1.0f, h);
+        }
+        LocalTensor<T> y = outQueue_.template AllocTensor<T>();
+        FromFloat(y, xf, n);
+        outQueue_.EnQue(y);
+        y = outQueue_.template DeQue<T>();
+        GlobalTensor<T> dst = gm;
+        DataCopy(dst, y, n);
+        outQueue_.FreeTensor(y);
+    }
+
+    RopeTiling t_;
+    uint32_t half_ = 0;
+    TPipe pipe_;
+    TQue<TPosition::VECIN, 1> csQueue_, inQueue_;
+    TQue<TPosition::VECOUT, 1> outQueue_;
+    TBuf<TPosition::VECCALC> xf_, t1_, t2_, t3_;
+    GlobalTensor<int64_t> posGm_;
+    GlobalTensor<T> qGm_, kGm_;
+    GlobalTensor<float> csGm_;
+};
+
+#define ROTARY_EMBEDDING(NAME, T)                                                                  \
+    extern "C" __global__ __aicore__ void NAME(GM_ADDR positions, GM_ADDR query, GM_ADDR key,      \
+                                               GM_ADDR cos_sin_cache, RopeTiling tiling) {         \
+        KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
+        KernelRotaryEmbedding<T> op;                                                               \
+        op.Init(positions, query, key, cos_sin_cache, tiling);                                     \
+        op.Process();                                                                              \
+    }
+ROTARY_EMBEDDING(rotary_embedding_half, half)
+ROTARY_EMBEDDING(rotary_embedding_float, float)

@@ -1,0 +1,45 @@
+// Tiling structs: computed on the host (in Rust, `ascend_kernels::ascendc::tiling`) and passed to
+// the kernels by value. The layouts are mirrored by `#[repr(C)]` structs with size asserts.
+#pragma once
+#include <cstdint>
+
+struct ReshapeAndCacheTiling {
+    uint32_t num_tokens;
+    uint32_t row;        // kv_heads * head_size elements per token
+    uint32_t num_slots;  // num_blocks * block_size
+    uint32_t reserved;
+};
+
+struct PagedAttentionTiling {
+    uint32_t num_seqs;
+    uint32_t num_heads;
+    uint32_t num_kv_heads;
+    uint32_t head_size;
+    uint32_t block_size;
+    uint32_t num_blocks;
+    uint32_t max_blocks_per_seq;
+    uint32_t chunk;      // tokens of K/V loaded into the UB at a time
+    float scale;
+    uint32_t sliding_window;  // 0: attend to the whole context
+};
+
+struct RopeTiling {
+    uint32_t num_tokens;
+    uint32_t num_heads;
+    uint32_t num_kv_heads;
+    uint32_t head_size;
+    uint32_t rotary_dim;  // leading elements of each head that rotate (NeoX pairing)
+    uint32_t max_position;
+};
+
+struct RmsNormTiling {
+    uint32_t num_tokens;
+    uint32_t hidden;
+    float eps;
+    uint32_t fused;      // 1: residual += x first, and normalise the sum
+};
+
+// The most query heads per KV head the attention kernel handles.
+constexpr uint32_t PA_MAX_GROUP = 16;
+// The most tokens per K/V chunk.
+constexpr uint32_t PA_MAX_CHUNK = 128;

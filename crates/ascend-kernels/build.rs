@@ -1,0 +1,84 @@
+//! Builds the Ascend C kernels (`ascendc/kernels/*.cpp`) twice over:
+//!
+//! - always, for the host: the kernel sources with `ascendc/host/kernel_operator.h` (our host
+//!   implementation of the Ascend C API) and the launch shims in `ascendc/host/launch.cpp`, with
+//!   the system C++ compiler through `cc`. `cargo test` runs them one simulated core at a time.
+//! - with the `ascend-c` feature, for the NPU: `ascendc/CMakeLists.txt` (CANN's
+//!   `ascendc_library`) for the SoC named by `SOC_VERSION` (default `Ascend910B1`), from the
+//!   toolkit at `ASCEND_TOOLKIT_HOME` (or `ASCEND_HOME_PATH`, as `set_env.sh` exports). The
+//!   result, `libascendc_kernels.so`, is loaded at run time by the ACL backend; its path is baked
+//!   in as `ASCENDC_KERNELS_LIB`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=ascendc");
+    println!("cargo:rerun-if-env-changed=SOC_VERSION");
+    println!("cargo:rerun-if-env-changed=ASCEND_TOOLKIT_HOME");
+    println!("cargo:rerun-if-env-changed=ASCEND_HOME_PATH");
+    host_build();
+    if env::var_os("CARGO_FEATURE_ASCEND_C").is_some() {
+        npu_build();
+    }
+}
+
+fn host_build() {
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("ascendc/host/launch.cpp")
+        .include("ascendc/host")
+        .include("ascendc/kernels")
+        .opt_level(2)
+        .warnings(true)
+        .extra_warnings(true)
+        .compile("ascendc_host");
+}
+
+fn npu_build() {
+    let toolkit = env::var_os("ASCEND_TOOLKIT_HOME")
+        .or_else(|| env::var_os("ASCEND_HOME_PATH"))
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "the `ascend-c` feature compiles the Ascend C kernels with CANN, but neither \
+                 ASCEND_TOOLKIT_HOME nor ASCEND_HOME_PATH names a toolkit directory. Install the \
+                 CANN toolkit and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`, or build \
+                 without the feature (the host build of the kernels needs no CANN)."
+            )
+        });
+    let soc = env::var("SOC_VERSION").unwrap_or_else(|_| "Ascend910B1".to_string());
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let (build, prefix) = (out.join("ascendc-build"), out.join("ascendc"));
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg("ascendc")
+        .arg("-B")
+        .arg(&build)
+        .arg(format!("-DSOC_VERSION={soc}"))
+        .arg(format!("-DASCEND_CANN_PACKAGE_PATH={}", toolkit.display()))
+        .arg("-DCMAKE_BUILD_TYPE=Release")
+        .arg(format!("-DCMAKE_INSTALL_PREFIX={}", prefix.display())));
+    run(Command::new("cmake")
+        .arg("--build")
+        .arg(&build)
+        .arg("--parallel"));
+    run(Command::new("cmake").arg("--install").arg(&build));
+    let lib = prefix.join("lib").join("libascendc_kernels.so");
+    assert!(
+        Path::new(&lib).is_file(),
+        "cmake finished but {} is missing",
+        lib.display()
+    );
+    println!("cargo:rustc-env=ASCENDC_KERNELS_LIB={}", lib.display());
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e} (is cmake installed?)"));
+    assert!(status.success(), "{cmd:?} failed with {status}");
+}

@@ -1,0 +1,423 @@
+//! The Ascend C kernels run on the host implementation of the Ascend C API
+//! (`ascendc/host/kernel_operator.h`), compiled by `build.rs` with the system C++ compiler. Each
+//! runner checks shapes exactly as the reference does, tiles the kernel as the NPU launch would,
+//! and runs it over `block_dim` simulated vector cores, one after another. A broken hardware rule
+//! comes back as [`Error::KernelFault`] naming the rule and the core.
+
+use std::ffi::{c_char, CStr};
+
+use ascend_hal::{Error, Result};
+use half::f16;
+
+use super::tiling::{self, PagedAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling, RopeTiling};
+use crate::float::KvFloat;
+use crate::reference::{check_positions, check_slots};
+use crate::shapes::{check_seq, PagedAttention, ReshapeAndCache, RmsNorm, Rotary};
+
+/// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status`.
+type Shim4<Tl> = unsafe extern "C" fn(
+    u32,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *const Tl,
+    *mut c_char,
+    usize,
+) -> i32;
+type Shim5<Tl> = unsafe extern "C" fn(
+    u32,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *const Tl,
+    *mut c_char,
+    usize,
+) -> i32;
+type Shim6<Tl> = unsafe extern "C" fn(
+    u32,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *const Tl,
+    *mut c_char,
+    usize,
+) -> i32;
+
+// The shims of ascendc/host/launch.cpp; their C prototypes take exactly these arguments.
+extern "C" {
+    fn ascendc_host_reshape_and_cache_half(
+        b: u32,
+        k: *mut u8,
+        v: *mut u8,
+        kc: *mut u8,
+        vc: *mut u8,
+        s: *mut u8,
+        t: *const ReshapeAndCacheTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_reshape_and_cache_float(
+        b: u32,
+        k: *mut u8,
+        v: *mut u8,
+        kc: *mut u8,
+        vc: *mut u8,
+        s: *mut u8,
+        t: *const ReshapeAndCacheTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_paged_attention_half(
+        b: u32,
+        o: *mut u8,
+        q: *mut u8,
+        kc: *mut u8,
+        vc: *mut u8,
+        bt: *mut u8,
+        sl: *mut u8,
+        t: *const PagedAttentionTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_paged_attention_float(
+        b: u32,
+        o: *mut u8,
+        q: *mut u8,
+        kc: *mut u8,
+        vc: *mut u8,
+        bt: *mut u8,
+        sl: *mut u8,
+        t: *const PagedAttentionTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_rotary_embedding_half(
+        b: u32,
+        p: *mut u8,
+        q: *mut u8,
+        k: *mut u8,
+        cs: *mut u8,
+        t: *const RopeTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_rotary_embedding_float(
+        b: u32,
+        p: *mut u8,
+        q: *mut u8,
+        k: *mut u8,
+        cs: *mut u8,
+        t: *const RopeTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_rms_norm_half(
+        b: u32,
+        x: *mut u8,
+        r: *mut u8,
+        w: *mut u8,
+        o: *mut u8,
+        t: *const RmsNormTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_rms_norm_float(
+        b: u32,
+        x: *mut u8,
+        r: *mut u8,
+        w: *mut u8,
+        o: *mut u8,
+        t: *const RmsNormTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_violation(which: u32, gm: *mut u8, e: *mut c_char, n: usize) -> i32;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+/// The element types the Ascend C kernels are built for: `f32` (`float`) and `f16` (`half`).
+/// (A2 vector units have no bf16 arithmetic.)
+pub trait AscendCFloat: KvFloat + sealed::Sealed {
+    #[doc(hidden)]
+    const RESHAPE_AND_CACHE: Shim5<ReshapeAndCacheTiling>;
+    #[doc(hidden)]
+    const PAGED_ATTENTION: Shim6<PagedAttentionTiling>;
+    #[doc(hidden)]
+    const ROTARY_EMBEDDING: Shim4<RopeTiling>;
+    #[doc(hidden)]
+    const RMS_NORM: Shim4<RmsNormTiling>;
+}
+
+impl AscendCFloat for f32 {
+    const RESHAPE_AND_CACHE: Shim5<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_float;
+    const PAGED_ATTENTION: Shim6<PagedAttentionTiling> = ascendc_host_paged_attention_float;
+    const ROTARY_EMBEDDING: Shim4<RopeTiling> = ascendc_host_rotary_embedding_float;
+    const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_float;
+}
+
+impl AscendCFloat for f16 {
+    const RESHAPE_AND_CACHE: Shim5<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_half;
+    const PAGED_ATTENTION: Shim6<PagedAttentionTiling> = ascendc_host_paged_attention_half;
+    const ROTARY_EMBEDDING: Shim4<RopeTiling> = ascendc_host_rotary_embedding_half;
+    const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_half;
+}
+
+const ERR_LEN: usize = 512;
+
+/// Turns a shim's status and message into a result.
+fn status(op: &'static str, code: i32, err: &[c_char; ERR_LEN]) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim writes a NUL-terminated message into the whole buffer (strncpy, then a
+    // NUL at the last byte); the buffer was zeroed, so it is terminated even if nothing was
+    // written.
+    let message = unsafe { CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    Err(Error::KernelFault { op, message })
+}
+
+fn check_block_dim(op: &'static str, block_dim: u32) -> Result<()> {
+    if block_dim == 0 || block_dim > u16::MAX as u32 {
+        return Err(Error::InvalidArgument {
+            op,
+            message: format!("block_dim must be 1..=65535, got {block_dim}"),
+        });
+    }
+    Ok(())
+}
+
+fn ptr<T>(s: &[T]) -> *mut u8 {
+    s.as_ptr() as *mut u8
+}
+
+/// `reshape_and_cache` on the host implementation; see [`crate::reference::reshape_and_cache`].
+pub fn reshape_and_cache<T: AscendCFloat>(
+    p: &ReshapeAndCache,
+    key: &[T],
+    value: &[T],
+    key_cache: &mut [T],
+    value_cache: &mut [T],
+    slot_mapping: &[i32],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "reshape_and_cache";
+    check_block_dim(OP, block_dim)?;
+    p.validate::<T>(
+        key.len(),
+        value.len(),
+        key_cache.len(),
+        value_cache.len(),
+        slot_mapping.len(),
+    )?;
+    check_slots(p, slot_mapping)?;
+    let t = tiling::reshape_and_cache(p, std::mem::size_of::<T>())?;
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: the lengths were checked against the tiling's shape above, so the kernel's global
+    // tensors (sized from the same tiling, bounds-checked by the host implementation) lie inside
+    // these slices; the inputs are only read; the caches are exclusively borrowed; `err` holds
+    // ERR_LEN bytes.
+    let code = unsafe {
+        T::RESHAPE_AND_CACHE(
+            block_dim,
+            ptr(key),
+            ptr(value),
+            key_cache.as_mut_ptr().cast(),
+            value_cache.as_mut_ptr().cast(),
+            ptr(slot_mapping),
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)
+}
+
+/// Decode paged attention on the host implementation; see [`crate::reference::paged_attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention<T: AscendCFloat>(
+    p: &PagedAttention,
+    out: &mut [T],
+    query: &[T],
+    key_cache: &[T],
+    value_cache: &[T],
+    block_tables: &[i32],
+    seq_lens: &[i32],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "paged_attention";
+    check_block_dim(OP, block_dim)?;
+    p.validate::<T>(
+        out.len(),
+        query.len(),
+        key_cache.len(),
+        value_cache.len(),
+        block_tables.len(),
+        seq_lens.len(),
+    )?;
+    for s in 0..p.num_seqs {
+        let table = &block_tables[s * p.max_blocks_per_seq..(s + 1) * p.max_blocks_per_seq];
+        check_seq(OP, s, seq_lens[s], table, &p.cache)?;
+    }
+    let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: as in `reshape_and_cache`: lengths, block tables and sequence lengths were
+    // checked, so every global access of the kernel is inside these slices; only `out` is
+    // written, and it is exclusively borrowed.
+    let code = unsafe {
+        T::PAGED_ATTENTION(
+            block_dim,
+            out.as_mut_ptr().cast(),
+            ptr(query),
+            ptr(key_cache),
+            ptr(value_cache),
+            ptr(block_tables),
+            ptr(seq_lens),
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)
+}
+
+/// RoPE (NeoX) on the host implementation; see [`crate::reference::rotary_embedding`].
+pub fn rotary_embedding<T: AscendCFloat>(
+    p: &Rotary,
+    positions: &[i64],
+    query: &mut [T],
+    key: &mut [T],
+    cos_sin_cache: &[f32],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "rotary_embedding";
+    check_block_dim(OP, block_dim)?;
+    p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
+    check_positions(p, positions)?;
+    let t = tiling::rotary_embedding(p, std::mem::size_of::<T>())?;
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: shapes and positions were checked, so the kernel stays inside these slices; query
+    // and key are exclusively borrowed and distinct.
+    let code = unsafe {
+        T::ROTARY_EMBEDDING(
+            block_dim,
+            ptr(positions),
+            query.as_mut_ptr().cast(),
+            key.as_mut_ptr().cast(),
+            ptr(cos_sin_cache),
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)
+}
+
+/// RMSNorm on the host implementation; see [`crate::reference::rms_norm`].
+pub fn rms_norm<T: AscendCFloat>(
+    p: &RmsNorm,
+    out: &mut [T],
+    x: &[T],
+    weight: &[T],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "rms_norm";
+    check_block_dim(OP, block_dim)?;
+    p.validate::<T>(x.len(), out.len(), weight.len(), "out")?;
+    let t = tiling::rms_norm(p, std::mem::size_of::<T>(), false)?;
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: shapes checked; the kernel does not touch the residual when `fused` is 0, so a
+    // null pointer is never dereferenced; `out` is exclusively borrowed.
+    let code = unsafe {
+        T::RMS_NORM(
+            block_dim,
+            ptr(x),
+            std::ptr::null_mut(),
+            ptr(weight),
+            out.as_mut_ptr().cast(),
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)
+}
+
+/// Fused residual add + RMSNorm, in place, on the host implementation; see
+/// [`crate::reference::fused_add_rms_norm`].
+pub fn fused_add_rms_norm<T: AscendCFloat>(
+    p: &RmsNorm,
+    x: &mut [T],
+    residual: &mut [T],
+    weight: &[T],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "fused_add_rms_norm";
+    check_block_dim(OP, block_dim)?;
+    p.validate::<T>(x.len(), residual.len(), weight.len(), "residual")?;
+    let t = tiling::rms_norm(p, std::mem::size_of::<T>(), true)?;
+    let mut err = [0 as c_char; ERR_LEN];
+    let x_ptr: *mut u8 = x.as_mut_ptr().cast();
+    // SAFETY: shapes checked; `x` is both input and output, which the kernel allows (each row is
+    // read into the UB before its result is written back); `residual` is exclusively borrowed.
+    let code = unsafe {
+        T::RMS_NORM(
+            block_dim,
+            x_ptr,
+            residual.as_mut_ptr().cast(),
+            ptr(weight),
+            x_ptr,
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)
+}
+
+/// One broken hardware rule each: kernels that a 910B would reject or run wrongly, for showing
+/// the host implementation catches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Violation {
+    /// 2 x 96 KiB of queue buffers: past the 184 KiB of Unified Buffer.
+    UbOverflow = 0,
+    /// `DataCopy` of 20 floats (80 bytes): not whole 32-byte blocks.
+    MisalignedCopy,
+    /// `DataCopy` into a UB tensor 16 bytes into its buffer.
+    MisalignedOperand,
+    /// `DataCopy` into a tensor after `FreeTensor`.
+    UseAfterFree,
+    /// Two `EnQue`s on a queue of depth 1.
+    QueueDepth,
+    /// A third `AllocTensor` from a double-buffered queue with none freed.
+    AllocExhausted,
+    /// A `DataCopy` reading past its global buffer.
+    GmOutOfRange,
+    /// A `SetFlag` without its `WaitFlag`.
+    UnpairedFlag,
+}
+
+/// Runs the kernel that breaks `v`'s rule and returns what the host implementation said.
+pub fn run_violation(v: Violation) -> Result<()> {
+    let mut gm = vec![0f32; 64];
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: every violation kernel treats `gm` as 64 floats, the vector's length; `err` holds
+    // ERR_LEN bytes.
+    let code = unsafe {
+        ascendc_host_violation(v as u32, gm.as_mut_ptr().cast(), err.as_mut_ptr(), ERR_LEN)
+    };
+    status("violation", code, &err)
+}

@@ -1,0 +1,351 @@
+//! Host-side tiling for the Ascend C kernels: the `#[repr(C)]` mirrors of
+//! `ascendc/kernels/tiling.h`, and the functions that fill them from a kernel's shape after
+//! checking what the kernel needs (32-byte alignment of its rows, a Unified Buffer budget that
+//! fits a 910B vector core). The UB sums mirror each kernel's `InitBuffer` calls, so a shape the
+//! tiling accepts never overflows the UB in the kernel.
+
+use ascend_hal::{Error, Result};
+
+use crate::shapes::{PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary};
+
+/// Bytes of Unified Buffer a 910B vector core leaves to a kernel (192 KiB minus the 8 KiB the
+/// framework reserves).
+pub const UB_BUDGET: usize = 184 * 1024;
+/// Vector cores (AIV) of an Ascend 910B1/B2: 24 AI cores with two vector units each. On hardware
+/// the launch should use the platform's count (`aclrtGetDeviceInfo`), this is the default.
+pub const VECTOR_CORES: u32 = 48;
+/// The most query heads per KV head the attention kernel handles (`PA_MAX_GROUP`).
+pub const PA_MAX_GROUP: usize = 16;
+/// The most tokens of K/V the attention kernel stages at a time (`PA_MAX_CHUNK`).
+pub const PA_MAX_CHUNK: usize = 128;
+
+const BLOCK: usize = 32;
+
+/// Rounds up to whole 32-byte blocks, as `TPipe::InitBuffer` does.
+fn r32(bytes: usize) -> usize {
+    bytes.div_ceil(BLOCK) * BLOCK
+}
+
+/// `ReshapeAndCacheTiling`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReshapeAndCacheTiling {
+    /// Tokens.
+    pub num_tokens: u32,
+    /// Elements per token row (`kv_heads * head_size`).
+    pub row: u32,
+    /// Slots in each cache.
+    pub num_slots: u32,
+    /// Padding, zero.
+    pub reserved: u32,
+}
+
+/// `PagedAttentionTiling`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PagedAttentionTiling {
+    /// Sequences.
+    pub num_seqs: u32,
+    /// Query heads.
+    pub num_heads: u32,
+    /// KV heads.
+    pub num_kv_heads: u32,
+    /// Elements per head.
+    pub head_size: u32,
+    /// Tokens per cache block.
+    pub block_size: u32,
+    /// Cache blocks.
+    pub num_blocks: u32,
+    /// Block-table row width.
+    pub max_blocks_per_seq: u32,
+    /// Tokens of K/V staged in the UB at a time.
+    pub chunk: u32,
+    /// Softmax scale.
+    pub scale: f32,
+    /// Attend to the last this many positions; 0 for all.
+    pub sliding_window: u32,
+}
+
+/// `RopeTiling`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RopeTiling {
+    /// Tokens.
+    pub num_tokens: u32,
+    /// Query heads.
+    pub num_heads: u32,
+    /// Key heads.
+    pub num_kv_heads: u32,
+    /// Elements per head.
+    pub head_size: u32,
+    /// Leading elements that rotate.
+    pub rotary_dim: u32,
+    /// Rows of the cos/sin cache.
+    pub max_position: u32,
+}
+
+/// `RmsNormTiling`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RmsNormTiling {
+    /// Rows.
+    pub num_tokens: u32,
+    /// Elements per row.
+    pub hidden: u32,
+    /// Added to the mean square.
+    pub eps: f32,
+    /// 1 for the fused residual add.
+    pub fused: u32,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<ReshapeAndCacheTiling>() == 16);
+    assert!(std::mem::size_of::<PagedAttentionTiling>() == 40);
+    assert!(std::mem::size_of::<RopeTiling>() == 24);
+    assert!(std::mem::size_of::<RmsNormTiling>() == 16);
+};
+
+fn refuse(op: &'static str, message: String) -> Error {
+    Error::InvalidArgument { op, message }
+}
+
+fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        refuse(
+            op,
+            format!("{what} = {v} does not fit the kernel's u32 tiling"),
+        )
+    })
+}
+
+/// `bytes` must be whole 32-byte blocks: what `DataCopy` moves and where vector operands start.
+fn aligned(op: &'static str, what: &str, elems: usize, size: usize) -> Result<()> {
+    if !(elems * size).is_multiple_of(BLOCK) {
+        return Err(refuse(
+            op,
+            format!(
+                "the Ascend C kernel needs {what} ({elems} elements x {size} bytes = {} bytes) to \
+                 be a multiple of 32 bytes",
+                elems * size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn fits(op: &'static str, ub: usize, detail: &str) -> Result<()> {
+    if ub > UB_BUDGET {
+        return Err(refuse(
+            op,
+            format!(
+                "needs {ub} bytes of Unified Buffer ({detail}), more than the {UB_BUDGET} a 910B \
+                 vector core leaves to kernels"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Unified Buffer bytes `reshape_and_cache` uses: one double-buffered queue of a token row.
+pub fn reshape_and_cache_ub(row: usize, size: usize) -> usize {
+    2 * r32(row * size)
+}
+
+/// Tiles `reshape_and_cache` for elements of `size` bytes.
+pub fn reshape_and_cache(p: &ReshapeAndCache, size: usize) -> Result<ReshapeAndCacheTiling> {
+    const OP: &str = "reshape_and_cache";
+    let row = p.cache.token_stride();
+    aligned(OP, "a token row (kv_heads * head_size)", row, size)?;
+    fits(OP, reshape_and_cache_ub(row, size), "2 x one token row")?;
+    Ok(ReshapeAndCacheTiling {
+        num_tokens: u32_of(OP, "num_tokens", p.num_tokens)?,
+        row: u32_of(OP, "row", row)?,
+        num_slots: u32_of(OP, "num_slots", p.cache.slots())?,
+        reserved: 0,
+    })
+}
+
+/// Unified Buffer bytes paged attention uses with `chunk` tokens staged (mirrors `Init`).
+pub fn paged_attention_ub(group: usize, head_size: usize, chunk: usize, size: usize) -> usize {
+    let rows = group * head_size;
+    let kv = chunk * head_size;
+    2 * r32(rows * size) * 2          // query and output queues
+        + 2 * r32(kv * size) * 2      // K and V queues
+        + 2 * r32(rows * 4)           // scaled queries and accumulators, float
+        + 2 * r32(kv * 4)             // K and V chunks, float
+        + r32(head_size * 4)          // products
+        + r32(chunk * 4)              // scores
+        + PA_MAX_GROUP * 2 * BLOCK    // running max and sum per head
+        + BLOCK // reduction scratch
+}
+
+/// Tiles paged decode attention for elements of `size` bytes: picks the largest chunk (at most
+/// a block and [`PA_MAX_CHUNK`]) whose buffers fit the UB.
+pub fn paged_attention(p: &PagedAttention, size: usize) -> Result<PagedAttentionTiling> {
+    const OP: &str = "paged_attention";
+    let c = &p.cache;
+    let group = p.num_heads / c.num_kv_heads.max(1);
+    if group > PA_MAX_GROUP {
+        return Err(refuse(
+            OP,
+            format!(
+                "{} query heads per KV head; the Ascend C kernel handles at most {PA_MAX_GROUP}",
+                group
+            ),
+        ));
+    }
+    aligned(OP, "head_size", c.head_size, size)?;
+    aligned(OP, "head_size in float", c.head_size, 4)?;
+    let most = c.block_size.min(PA_MAX_CHUNK);
+    let chunk = (1..=most)
+        .rev()
+        .find(|&n| paged_attention_ub(group, c.head_size, n, size) <= UB_BUDGET)
+        .ok_or_else(|| {
+            refuse(
+                OP,
+                format!(
+                    "even one token per chunk needs {} bytes of Unified Buffer (group {group}, \
+                     head_size {}), more than the {UB_BUDGET} a 910B vector core has",
+                    paged_attention_ub(group, c.head_size, 1, size),
+                    c.head_size
+                ),
+            )
+        })?;
+    let window = match p.sliding_window {
+        None => 0,
+        Some(0) => return Err(refuse(OP, "sliding_window must be at least 1".into())),
+        Some(w) => u32_of(OP, "sliding_window", w)?,
+    };
+    Ok(PagedAttentionTiling {
+        num_seqs: u32_of(OP, "num_seqs", p.num_seqs)?,
+        num_heads: u32_of(OP, "num_heads", p.num_heads)?,
+        num_kv_heads: u32_of(OP, "num_kv_heads", c.num_kv_heads)?,
+        head_size: u32_of(OP, "head_size", c.head_size)?,
+        block_size: u32_of(OP, "block_size", c.block_size)?,
+        num_blocks: u32_of(OP, "num_blocks", c.num_blocks)?,
+        max_blocks_per_seq: u32_of(OP, "max_blocks_per_seq", p.max_blocks_per_seq)?,
+        chunk: chunk as u32,
+        scale: p.scale,
+        sliding_window: window,
+    })
+}
+
+/// Unified Buffer bytes the RoPE kernel uses (mirrors `Init`).
+pub fn rotary_embedding_ub(p: &Rotary, size: usize) -> usize {
+    let row = p.num_heads.max(p.num_kv_heads) * p.head_size;
+    2 * r32(p.rotary_dim * 4)
+        + 2 * 2 * r32(row * size)
+        + r32(row * 4)
+        + 3 * r32(p.rotary_dim / 2 * 4)
+}
+
+/// Tiles RoPE (NeoX pairing) for elements of `size` bytes.
+pub fn rotary_embedding(p: &Rotary, size: usize) -> Result<RopeTiling> {
+    const OP: &str = "rotary_embedding";
+    if p.style != RopeStyle::Neox {
+        return Err(refuse(
+            OP,
+            "the Ascend C kernel implements the NeoX pairing only; GPT-J interleaving needs a \
+             gather (run it on the CPU backend)"
+                .into(),
+        ));
+    }
+    aligned(OP, "half of rotary_dim", p.rotary_dim / 2, size)?;
+    aligned(OP, "head_size", p.head_size, size)?;
+    aligned(OP, "head_size in float", p.head_size, 4)?;
+    fits(
+        OP,
+        rotary_embedding_ub(p, size),
+        "a token's query row x 4, in float, cos/sin",
+    )?;
+    Ok(RopeTiling {
+        num_tokens: u32_of(OP, "num_tokens", p.num_tokens)?,
+        num_heads: u32_of(OP, "num_heads", p.num_heads)?,
+        num_kv_heads: u32_of(OP, "num_kv_heads", p.num_kv_heads)?,
+        head_size: u32_of(OP, "head_size", p.head_size)?,
+        rotary_dim: u32_of(OP, "rotary_dim", p.rotary_dim)?,
+        max_position: u32_of(OP, "max_position", p.max_position)?,
+    })
+}
+
+/// Unified Buffer bytes the RMSNorm kernel uses (mirrors `Init`).
+pub fn rms_norm_ub(hidden: usize, size: usize) -> usize {
+    3 * 2 * r32(hidden * size) + 4 * r32(hidden * 4) + BLOCK
+}
+
+/// Tiles RMSNorm (`fused`: with the residual add) for elements of `size` bytes.
+pub fn rms_norm(p: &RmsNorm, size: usize, fused: bool) -> Result<RmsNormTiling> {
+    let op = if fused {
+        "fused_add_rms_norm"
+    } else {
+        "rms_norm"
+    };
+    aligned(op, "hidden", p.hidden, size)?;
+    fits(
+        op,
+        rms_norm_ub(p.hidden, size),
+        "3 double-buffered rows and 4 float rows",
+    )?;
+    Ok(RmsNormTiling {
+        num_tokens: u32_of(op, "num_tokens", p.num_tokens)?,
+        hidden: u32_of(op, "hidden", p.hidden)?,
+        eps: p.eps,
+        fused: fused as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shapes::CacheShape;
+
+    #[test]
+    fn attention_chunk_is_the_largest_that_fits() {
+        let cache = CacheShape {
+            num_blocks: 8,
+            block_size: 128,
+            num_kv_heads: 8,
+            head_size: 128,
+        };
+        let p = PagedAttention {
+            num_seqs: 1,
+            num_heads: 64,
+            cache,
+            max_blocks_per_seq: 8,
+            scale: 0.1,
+            sliding_window: None,
+        };
+        for size in [2, 4] {
+            let t = paged_attention(&p, size).unwrap();
+            let n = t.chunk as usize;
+            assert!(paged_attention_ub(8, 128, n, size) <= UB_BUDGET);
+            assert!(n == 128 || paged_attention_ub(8, 128, n + 1, size) > UB_BUDGET);
+        }
+        assert_eq!(paged_attention(&p, 2).unwrap().chunk, 83);
+        assert_eq!(paged_attention(&p, 4).unwrap().chunk, 52);
+    }
+
+    #[test]
+    fn refusals_name_the_rule() {
+        let p = RmsNorm {
+            num_tokens: 1,
+            hidden: 12,
+            eps: 1e-6,
+        };
+        let e = rms_norm(&p, 2, false).unwrap_err().to_string();
+        assert!(
+            e.contains("hidden (12 elements x 2 bytes = 24 bytes)"),
+            "{e}"
+        );
+        let p = RmsNorm {
+            num_tokens: 1,
+            hidden: 8192,
+            eps: 1e-6,
+        };
+        let e = rms_norm(&p, 4, true).unwrap_err().to_string();
+        assert!(
+            e.contains("Unified Buffer") && e.contains("fused_add_rms_norm"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! Every Ascend C kernel (`ascendc/kernels/*.cpp`), run on the host implementation of the Ascend
+//! C API, equals the Rust reference within the dtype's tolerance (`ascend_kernels::tolerance`:
+//! f32 2e-5 + 2e-4 relative, f16 2e-3 + 4e-3) on random shapes: block sizes 16 and 128, head
+//! sizes 64/80/96/128/256, grouped-query attention, sliding windows, shuffled block tables,
+//! lengths that end mid-block, and 1 to 48 simulated vector cores. Then the host implementation
+//! refuses kernels that break the 910B's rules.
+
+mod common;
+
+use ascend_hal::Error;
+use ascend_kernels::ascendc::{self, host, tiling, AscendCFloat, Violation};
+use ascend_kernels::{
+    reference, CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
+};
+use common::{assert_close, cos_sin_cache, problem, values, Problem};
+use half::f16;
+use proptest::prelude::*;
+
+fn decode<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
+    let c = pr.cache();
+    let p = PagedAttention {
+        num_seqs: pr.lens.len(),
+        num_heads: pr.kv_heads * pr.group,
+        cache: c,
+        max_blocks_per_seq: pr.max_blocks(),
+        scale: 1.0 / (pr.head_size as f32).sqrt(),
+        sliding_window: pr.window,
+    };
+    let q = values::<T>(p.num_seqs * p.num_heads * pr.head_size, pr.seed);
+    let k = values::<T>(c.elements(), pr.seed ^ 1);
+    let v = values::<T>(c.elements(), pr.seed ^ 2);
+    let tables = pr.tables();
+    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    // Poisoned output: every element must be written.
+    let mut npu = vec![T::from_f32(f32::NAN); q.len()];
+    let mut oracle = vec![T::from_f32(0.0); q.len()];
+    host::paged_attention(&p, &mut npu, &q, &k, &v, &tables, &lens, cores).unwrap();
+    reference::paged_attention(&p, &mut oracle, &q, &k, &v, &tables, &lens).unwrap();
+    assert_close("ascendc paged_attention", &npu, &oracle)
+}
+
+fn cache_write<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
+    let c = pr.cache();
+    let n = pr.lens.iter().sum::<usize>().min(c.slots());
+    let p = ReshapeAndCache {
+        num_tokens: n,
+        cache: c,
+    };
+    let key = values::<T>(n * c.token_stride(), pr.seed);
+    let value = values::<T>(n * c.token_stride(), pr.seed ^ 5);
+    // Slots in a scattered order, some tokens skipped.
+    let slots: Vec<i32> = (0..n)
+        .map(|i| {
+            if i % 5 == 3 {
+                -1
+            } else {
+                ((i * 7919 + pr.seed as usize) % c.slots()) as i32
+            }
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let slots: Vec<i32> = slots
+        .into_iter()
+        .map(|s| if s >= 0 && !seen.insert(s) { -1 } else { s })
+        .collect();
+    let (mut kn, mut vn) = (values::<T>(c.elements(), 7), values::<T>(c.elements(), 8));
+    let (mut kr, mut vr) = (kn.clone(), vn.clone());
+    host::reshape_and_cache(&p, &key, &value, &mut kn, &mut vn, &slots, cores).unwrap();
+    reference::reshape_and_cache(&p, &key, &value, &mut kr, &mut vr, &slots).unwrap();
+    prop_assert!(
+        kn == kr && vn == vr,
+        "ascendc reshape_and_cache differs from the reference"
+    );
+    Ok(())
+}
+
+fn rope<T: AscendCFloat>(pr: &Problem, cores: u32, partial: bool) -> Result<(), TestCaseError> {
+    let n = pr.lens.len() * 3;
+    // Partial rotation (rotary_dim < head_size) where the halves stay 32-byte aligned.
+    let rotary_dim = if partial && pr.head_size.is_multiple_of(64) {
+        pr.head_size / 2
+    } else {
+        pr.head_size
+    };
+    let p = Rotary {
+        num_tokens: n,
+        num_heads: pr.kv_heads * pr.group,
+        num_kv_heads: pr.kv_heads,
+        head_size: pr.head_size,
+        rotary_dim,
+        max_position: 512,
+        style: RopeStyle::Neox,
+    };
+    let cs = cos_sin_cache(p.max_position, p.rotary_dim);
+    let positions: Vec<i64> = (0..n as i64)
+        .map(|t| (t * 37 + pr.seed as i64 % 97).rem_euclid(512))
+        .collect();
+    let (mut qn, mut kn) = (
+        values::<T>(n * p.num_heads * p.head_size, pr.seed),
+        values::<T>(n * p.num_kv_heads * p.head_size, pr.seed ^ 9),
+    );
+    let (mut qr, mut kr) = (qn.clone(), kn.clone());
+    if !(rotary_dim / 2 * std::mem::size_of::<T>()).is_multiple_of(32) {
+        // f16 head_size 80: the halves are 80 bytes, so vector operands cannot start aligned.
+        let e = host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap_err();
+        prop_assert!(e.to_string().contains("half of rotary_dim"), "{}", e);
+        prop_assert!(qn == qr && kn == kr, "a refused launch writes nothing");
+        return Ok(());
+    }
+    host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap();
+    reference::rotary_embedding(&p, &positions, &mut qr, &mut kr, &cs).unwrap();
+    assert_close("ascendc rope q", &qn, &qr)?;
+    assert_close("ascendc rope k", &kn, &kr)
+}
+
+fn norms<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
+    let p = RmsNorm {
+        num_tokens: pr.lens.len() * 2 + 1,
+        hidden: pr.head_size * pr.kv_heads * pr.group,
+        eps: 1e-6,
+    };
+    let x = values::<T>(p.num_tokens * p.hidden, pr.seed);
+    let w = values::<T>(p.hidden, pr.seed ^ 11);
+    let (mut on, mut or) = (
+        vec![T::from_f32(f32::NAN); x.len()],
+        vec![T::from_f32(0.0); x.len()],
+    );
+    host::rms_norm(&p, &mut on, &x, &w, cores).unwrap();
+    reference::rms_norm(&p, &mut or, &x, &w).unwrap();
+    assert_close("ascendc rms_norm", &on, &or)?;
+    let res = values::<T>(x.len(), pr.seed ^ 12);
+    let (mut xn, mut rn) = (x.clone(), res.clone());
+    let (mut xr, mut rr) = (x, res);
+    host::fused_add_rms_norm(&p, &mut xn, &mut rn, &w, cores).unwrap();
+    reference::fused_add_rms_norm(&p, &mut xr, &mut rr, &w).unwrap();
+    assert_close("ascendc fused residual", &rn, &rr)?;
+    assert_close("ascendc fused norm", &xn, &xr)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decode_attention_matches_the_reference(pr in problem(), cores in 1u32..=48) {
+        decode::<f32>(&pr, cores)?;
+        decode::<f16>(&pr, cores)?;
+    }
+
+    #[test]
+    fn cache_writes_ropes_and_norms_match_the_reference(pr in problem(), cores in 1u32..=48, partial in any::<bool>()) {
+        cache_write::<f32>(&pr, cores)?;
+        cache_write::<f16>(&pr, cores)?;
+        rope::<f32>(&pr, cores, partial)?;
+        rope::<f16>(&pr, cores, partial)?;
+        norms::<f32>(&pr, cores)?;
+        norms::<f16>(&pr, cores)?;
+    }
+}
+
+/// Both block sizes the issue names, with a context long enough to need many chunks per block
+/// (block 128 > the f32 chunk) and an empty sequence, on the default core count.
+#[test]
+fn decode_at_block_sizes_16_and_128_with_an_empty_sequence() {
+    for block_size in [16, 128] {
+        let pr = Problem {
+            block_size,
+            head_size: 128,
+            kv_heads: 2,
+            group: 4,
+            lens: vec![0, 1, 300, 129],
+            window: None,
+            seed: 5,
+        };
+        decode::<f32>(&pr, tiling::VECTOR_CORES).unwrap();
+        decode::<f16>(&pr, tiling::VECTOR_CORES).unwrap();
+        let pr = Problem {
+            window: Some(100),
+            ..pr
+        };
+        decode::<f16>(&pr, 3).unwrap();
+    }
+}
+
+fn fault(v: Violation) -> String {
+    match ascendc::run_violation(v) {
+        Err(Error::KernelFault { op, message }) => {
+            assert_eq!(op, "violation");
+            message
+        }
+        other => panic!("{v:?}: expected a KernelFault, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_host_implementation_rejects_what_a_910b_would() {
+    let m = fault(Violation::UbOverflow);
+    assert!(
+        m.contains("Unified Buffer overflow")
+            && m.contains("98304 bytes used + 98304 requested > 188416"),
+        "{m}"
+    );
+    let m = fault(Violation::MisalignedCopy);
+    assert!(
+        m.contains("DataCopy GM->UB: 20 x float = 80 bytes is not a multiple of 32"),
+        "{m}"
+    );
+    let m = fault(Violation::MisalignedOperand);
+    assert!(
+        m.contains("UB operand at byte 16 is not 32-byte aligned"),
+        "{m}"
+    );
+    let m = fault(Violation::UseAfterFree);
+    assert!(m.contains("used after FreeTensor"), "{m}");
+    let m = fault(Violation::QueueDepth);
+    assert!(
+        m.contains("EnQue: the queue already holds 1 tensors, its depth is 1"),
+        "{m}"
+    );
+    let m = fault(Violation::AllocExhausted);
+    assert!(m.contains("all 2 buffers of the queue are in use"), "{m}");
+    let m = fault(Violation::GmOutOfRange);
+    assert!(
+        m.contains("GM range 0..16 outside the 8-element global buffer"),
+        "{m}"
+    );
+    let m = fault(Violation::UnpairedFlag);
+    assert!(m.contains("SetFlag without a matching WaitFlag"), "{m}");
+    // Each message says which simulated core broke the rule.
+    assert!(m.starts_with("violation (core 0): "), "{m}");
+}
+
+#[test]
+fn shapes_the_kernels_cannot_take_are_refused_before_launch() {
+    // f16 head_size 72: 144 bytes per row, not whole 32-byte blocks.
+    let cache = CacheShape {
+        num_blocks: 2,
+        block_size: 16,
+        num_kv_heads: 1,
+        head_size: 72,
+    };
+    let p = PagedAttention {
+        num_seqs: 1,
+        num_heads: 1,
+        cache,
+        max_blocks_per_seq: 2,
+        scale: 1.0,
+        sliding_window: None,
+    };
+    let (q, k) = (vec![f16::ZERO; 72], vec![f16::ZERO; cache.elements()]);
+    let mut out = vec![f16::from_f32(7.0); 72];
+    let e = host::paged_attention(&p, &mut out, &q, &k, &k, &[0, 1], &[3], 4).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidArgument {
+                op: "paged_attention",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("head_size (72 elements x 2 bytes = 144 bytes)"),
+        "{e}"
+    );
+    assert!(
+        out.iter().all(|v| v.to_f32() == 7.0),
+        "a refused launch writes nothing"
+    );
+    // A shape error is the reference's, with its argument named.
+    let e = host::paged_attention(&p, &mut out[..8], &q, &k, &k, &[0, 1], &[3], 4).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ShapeMismatch { .. } | Error::LengthMismatch { .. }
+        ),
+        "{e}"
+    );
+    // GPT-J pairing needs a gather the vector kernel does not do.
+    let r = Rotary {
+        num_tokens: 1,
+        num_heads: 1,
+        num_kv_heads: 1,
+        head_size: 64,
+        rotary_dim: 64,
+        max_position: 4,
+        style: RopeStyle::GptJ,
+    };
+    let e = host::rotary_embedding(&r, &[0], &mut [0f32; 64], &mut [0f32; 64], &[0f32; 256], 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("NeoX pairing only"), "{e}");
+    // block_dim 0 is not a launch.
+    let n = RmsNorm {
+        num_tokens: 1,
+        hidden: 64,
+        eps: 1e-6,
+    };
+    let e = host::rms_norm(&n, &mut [0f32; 64], &[1f32; 64], &[1f32; 64], 0).unwrap_err();
+    assert!(
+        e.to_string().contains("block_dim must be 1..=65535, got 0"),
+        "{e}"
+    );
+}
