@@ -1,9 +1,21 @@
-//! The ACL backend's kernel ops. The Ascend C kernels are not part of this build yet, so every
-//! op reports [`Error::KernelUnavailable`] with what to do, instead of failing obscurely.
+//! The ACL backend's kernel ops: the Ascend C kernels of [`crate::ascendc`], launched on the
+//! backend's streams through the `aclrtlaunch_*` stubs of the NPU kernels library (built with
+//! the `ascend-c` feature, loaded at run time). Shapes are checked and the kernel tiled on the
+//! host before anything is queued. Without the library, or for the ops that have no Ascend C
+//! kernel yet (prefill attention, `silu_and_mul`, `matmul`, `copy_blocks`) and for bf16, an op
+//! returns [`Error::KernelUnavailable`] saying what to do.
+//!
+//! Unlike the CPU backend, the contents of device-side index arrays (slot mappings, block
+//! tables, sequence lengths, positions) cannot be checked on the host without a copy and a
+//! synchronisation; they must be in range, as with vLLM's kernels.
+
+use std::ffi::c_void;
 
 use ascend_hal::acl::{AclBackend, AclStream};
-use ascend_hal::{Error, Result};
+use ascend_hal::{DType, DeviceRepr, Error, Result, Stream};
 
+use crate::ascendc::npu::{self, NpuKernels, Pair};
+use crate::ascendc::tiling;
 use crate::float::KvFloat;
 use crate::ops::{In, KernelOps, Out};
 use crate::shapes::{
@@ -11,45 +23,141 @@ use crate::shapes::{
     SiluAndMul,
 };
 
-const REASON: &str = "this build of ascend-kernels has no NPU (Ascend C) kernels yet; run the \
-                      model on the CPU backend (ASCEND_HAL_BACKEND=cpu) until they land";
+/// The ops without an Ascend C kernel.
+const NOT_WRITTEN: &str = "there is no Ascend C kernel for this op yet (the NPU build has \
+     reshape_and_cache, paged_attention, rotary_embedding, rms_norm and fused_add_rms_norm); run \
+     the model on the CPU backend (ASCEND_HAL_BACKEND=cpu)";
+const NO_BF16: &str = "the Ascend C kernels are built for f16 and f32 (A2 vector units have no \
+     bf16 arithmetic); store activations and caches as f16";
 
-fn unavailable(op: &'static str) -> Result<()> {
-    Err(Error::KernelUnavailable {
+fn unavailable(op: &'static str, reason: &'static str) -> Error {
+    Error::KernelUnavailable {
         backend: "acl",
         op,
-        reason: REASON,
-    })
+        reason,
+    }
+}
+
+/// The launch stubs, or why there are none.
+fn stubs(op: &'static str) -> Result<&'static NpuKernels> {
+    npu::kernels().map_err(|reason| unavailable(op, reason))
+}
+
+/// The stub for `T`.
+fn pick<F: Copy, T: KvFloat>(op: &'static str, pair: &Pair<F>) -> Result<F> {
+    match T::DTYPE {
+        DType::F16 => Ok(pair.half),
+        DType::F32 => Ok(pair.float),
+        _ => Err(unavailable(op, NO_BF16)),
+    }
+}
+
+/// A device argument's address, after checking it is on the stream's device.
+fn gm<T: ascend_hal::Element, R: DeviceRepr<AclBackend, T>>(
+    op: &'static str,
+    stream: &AclStream,
+    what: &'static str,
+    view: &R,
+) -> Result<*mut c_void> {
+    if view.device_ordinal() != stream.device_ordinal() {
+        return Err(Error::WrongDevice {
+            op,
+            what,
+            expected: stream.device_ordinal(),
+            actual: view.device_ordinal(),
+        });
+    }
+    Ok(view.device_ptr().0 as usize as *mut c_void)
+}
+
+/// Cores for `tasks` independent pieces of work.
+fn block_dim(tasks: usize) -> u32 {
+    tasks.clamp(1, tiling::VECTOR_CORES as usize) as u32
 }
 
 impl KernelOps for AclBackend {
     fn kernels_available() -> std::result::Result<(), &'static str> {
-        Err(REASON)
+        // A decode step needs every op; the NPU build has only some of them yet.
+        npu::kernels()?;
+        Err(NOT_WRITTEN)
     }
 
     fn reshape_and_cache<T: KvFloat>(
-        _: &AclStream,
-        _: &ReshapeAndCache,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: Out<'_, Self, T>,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, i32>,
+        stream: &AclStream,
+        p: &ReshapeAndCache,
+        key: In<'_, Self, T>,
+        value: In<'_, Self, T>,
+        key_cache: Out<'_, Self, T>,
+        value_cache: Out<'_, Self, T>,
+        slot_mapping: In<'_, Self, i32>,
     ) -> Result<()> {
-        unavailable("reshape_and_cache")
+        const OP: &str = "reshape_and_cache";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.reshape_and_cache)?;
+        p.validate::<T>(
+            key.len(),
+            value.len(),
+            key_cache.len(),
+            value_cache.len(),
+            slot_mapping.len(),
+        )?;
+        let t = tiling::reshape_and_cache(p, std::mem::size_of::<T>())?;
+        let args = [
+            gm(OP, stream, "key", &key)?,
+            gm(OP, stream, "value", &value)?,
+            gm(OP, stream, "key_cache", &key_cache)?,
+            gm(OP, stream, "value_cache", &value_cache)?,
+            gm(OP, stream, "slot_mapping", &slot_mapping)?,
+        ];
+        let dim = block_dim(p.num_tokens);
+        // SAFETY: the stub only queues the kernel on `s`; the buffers are on the stream's
+        // device, their lengths match the tiling the kernel indexes by, and the borrows' owners
+        // keep them alive until the caller synchronises (the stream-order contract of every
+        // KernelOps op); the stub copies the tiling into the launch arguments before returning.
+        unsafe {
+            stream.launch_raw(OP, |s| {
+                launch(dim, s, args[0], args[1], args[2], args[3], args[4], &t)
+            })
+        }
     }
 
     fn paged_attention<T: KvFloat>(
-        _: &AclStream,
-        _: &PagedAttention,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, i32>,
-        _: In<'_, Self, i32>,
+        stream: &AclStream,
+        p: &PagedAttention,
+        out: Out<'_, Self, T>,
+        query: In<'_, Self, T>,
+        key_cache: In<'_, Self, T>,
+        value_cache: In<'_, Self, T>,
+        block_tables: In<'_, Self, i32>,
+        seq_lens: In<'_, Self, i32>,
     ) -> Result<()> {
-        unavailable("paged_attention")
+        const OP: &str = "paged_attention";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.paged_attention)?;
+        p.validate::<T>(
+            out.len(),
+            query.len(),
+            key_cache.len(),
+            value_cache.len(),
+            block_tables.len(),
+            seq_lens.len(),
+        )?;
+        let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
+        let args = [
+            gm(OP, stream, "out", &out)?,
+            gm(OP, stream, "query", &query)?,
+            gm(OP, stream, "key_cache", &key_cache)?,
+            gm(OP, stream, "value_cache", &value_cache)?,
+            gm(OP, stream, "block_tables", &block_tables)?,
+            gm(OP, stream, "seq_lens", &seq_lens)?,
+        ];
+        let dim = block_dim(p.num_seqs * p.cache.num_kv_heads);
+        // SAFETY: as in `reshape_and_cache`.
+        unsafe {
+            stream.launch_raw(OP, |s| {
+                launch(
+                    dim, s, args[0], args[1], args[2], args[3], args[4], args[5], &t,
+                )
+            })
+        }
     }
 
     fn paged_prefill_attention<T: KvFloat>(
@@ -63,38 +171,86 @@ impl KernelOps for AclBackend {
         _: In<'_, Self, i32>,
         _: In<'_, Self, i32>,
     ) -> Result<()> {
-        unavailable("paged_prefill_attention")
+        Err(unavailable("paged_prefill_attention", NOT_WRITTEN))
     }
 
     fn rotary_embedding<T: KvFloat>(
-        _: &AclStream,
-        _: &Rotary,
-        _: In<'_, Self, i64>,
-        _: Out<'_, Self, T>,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, f32>,
+        stream: &AclStream,
+        p: &Rotary,
+        positions: In<'_, Self, i64>,
+        query: Out<'_, Self, T>,
+        key: Out<'_, Self, T>,
+        cos_sin_cache: In<'_, Self, f32>,
     ) -> Result<()> {
-        unavailable("rotary_embedding")
+        const OP: &str = "rotary_embedding";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.rotary_embedding)?;
+        p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
+        let t = tiling::rotary_embedding(p, std::mem::size_of::<T>())?;
+        let args = [
+            gm(OP, stream, "positions", &positions)?,
+            gm(OP, stream, "query", &query)?,
+            gm(OP, stream, "key", &key)?,
+            gm(OP, stream, "cos_sin_cache", &cos_sin_cache)?,
+        ];
+        let dim = block_dim(p.num_tokens);
+        // SAFETY: as in `reshape_and_cache`.
+        unsafe {
+            stream.launch_raw(OP, |s| {
+                launch(dim, s, args[0], args[1], args[2], args[3], &t)
+            })
+        }
     }
 
     fn rms_norm<T: KvFloat>(
-        _: &AclStream,
-        _: &RmsNorm,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
+        stream: &AclStream,
+        p: &RmsNorm,
+        out: Out<'_, Self, T>,
+        x: In<'_, Self, T>,
+        weight: In<'_, Self, T>,
     ) -> Result<()> {
-        unavailable("rms_norm")
+        const OP: &str = "rms_norm";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.rms_norm)?;
+        p.validate::<T>(x.len(), out.len(), weight.len(), "out")?;
+        let t = tiling::rms_norm(p, std::mem::size_of::<T>(), false)?;
+        let args = [
+            gm(OP, stream, "x", &x)?,
+            gm(OP, stream, "weight", &weight)?,
+            gm(OP, stream, "out", &out)?,
+        ];
+        let dim = block_dim(p.num_tokens);
+        // SAFETY: as in `reshape_and_cache`; with `fused` 0 the kernel never touches the
+        // residual argument, so it is null.
+        unsafe {
+            stream.launch_raw(OP, |s| {
+                launch(dim, s, args[0], std::ptr::null_mut(), args[1], args[2], &t)
+            })
+        }
     }
 
     fn fused_add_rms_norm<T: KvFloat>(
-        _: &AclStream,
-        _: &RmsNorm,
-        _: Out<'_, Self, T>,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, T>,
+        stream: &AclStream,
+        p: &RmsNorm,
+        x: Out<'_, Self, T>,
+        residual: Out<'_, Self, T>,
+        weight: In<'_, Self, T>,
     ) -> Result<()> {
-        unavailable("fused_add_rms_norm")
+        const OP: &str = "fused_add_rms_norm";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.rms_norm)?;
+        p.validate::<T>(x.len(), residual.len(), weight.len(), "residual")?;
+        let t = tiling::rms_norm(p, std::mem::size_of::<T>(), true)?;
+        let args = [
+            gm(OP, stream, "x", &x)?,
+            gm(OP, stream, "residual", &residual)?,
+            gm(OP, stream, "weight", &weight)?,
+        ];
+        let dim = block_dim(p.num_tokens);
+        // SAFETY: as in `reshape_and_cache`; `x` is input and output, which the kernel allows
+        // (each row is in the UB before its result is written).
+        unsafe {
+            stream.launch_raw(OP, |s| {
+                launch(dim, s, args[0], args[1], args[2], args[0], &t)
+            })
+        }
     }
 
     fn silu_and_mul<T: KvFloat>(
@@ -103,7 +259,7 @@ impl KernelOps for AclBackend {
         _: Out<'_, Self, T>,
         _: In<'_, Self, T>,
     ) -> Result<()> {
-        unavailable("silu_and_mul")
+        Err(unavailable("silu_and_mul", NOT_WRITTEN))
     }
 
     fn matmul<T: KvFloat>(
@@ -113,7 +269,7 @@ impl KernelOps for AclBackend {
         _: In<'_, Self, T>,
         _: In<'_, Self, T>,
     ) -> Result<()> {
-        unavailable("matmul")
+        Err(unavailable("matmul", NOT_WRITTEN))
     }
 
     fn copy_blocks<T: KvFloat>(
@@ -123,6 +279,6 @@ impl KernelOps for AclBackend {
         _: Out<'_, Self, T>,
         _: &[(u32, u32)],
     ) -> Result<()> {
-        unavailable("copy_blocks")
+        Err(unavailable("copy_blocks", NOT_WRITTEN))
     }
 }

@@ -103,6 +103,36 @@ impl AclStream {
         })
     }
 
+    /// Queues a kernel launch on this stream: makes the stream's device current, hands
+    /// `launch` the raw `aclrtStream`, and remembers `op` so that a fault while the kernel runs
+    /// is reported by the next synchronisation with the kernel named. `launch` returns the
+    /// launch call's status (an `aclError`; the `aclrtlaunch_*` stubs CANN generates return
+    /// one), and a non-zero status becomes [`Error::Acl`] naming `op`.
+    ///
+    /// This is how kernel crates (`ascend-kernels`) launch on our streams without the HAL
+    /// knowing their kernels.
+    ///
+    /// # Safety
+    /// 1. `launch` only queues work on the stream it is given (no synchronisation, no other
+    ///    stream), with arguments that stay valid until the work completes.
+    pub unsafe fn launch_raw(
+        &self,
+        op: &'static str,
+        launch: impl FnOnce(*mut c_void) -> u32,
+    ) -> Result<()> {
+        self.device.bind()?;
+        let code = launch(self.raw);
+        if code != 0 {
+            return Err(result::error(
+                &self.device.rt.api,
+                op,
+                code as sys::AclErrorCode,
+            ));
+        }
+        self.note(op);
+        Ok(())
+    }
+
     /// `aclrtMemcpyAsync` on this stream, remembered under `op` for error messages.
     ///
     /// # Safety

@@ -28,6 +28,9 @@
 //! See `docs/kernels.md` for each kernel's tiling, Unified Buffer budget and bandwidth target.
 
 pub mod host;
+pub(crate) mod npu;
 pub mod tiling;
+
+pub use npu::NOT_BUILT;
 
 pub use host::{run_violation, AscendCFloat, Violation};
