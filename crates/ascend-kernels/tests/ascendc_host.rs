@@ -302,3 +302,24 @@ fn shapes_the_kernels_cannot_take_are_refused_before_launch() {
         "{e}"
     );
 }
+
+/// Llama-70B's hidden size in f16 does not fit double-buffered; the tiling single-buffers it and
+/// the result still matches.
+#[test]
+fn wide_norm_rows_fall_back_to_single_buffering() {
+    let p = RmsNorm {
+        num_tokens: 5,
+        hidden: 8192,
+        eps: 1e-5,
+    };
+    assert_eq!(tiling::rms_norm(&p, 2, true).unwrap().buffers, 1);
+    let x = values::<f16>(p.num_tokens * p.hidden, 3);
+    let w = values::<f16>(p.hidden, 4);
+    let res = values::<f16>(x.len(), 5);
+    let (mut xn, mut rn) = (x.clone(), res.clone());
+    let (mut xr, mut rr) = (x, res);
+    host::fused_add_rms_norm(&p, &mut xn, &mut rn, &w, 2).unwrap();
+    reference::fused_add_rms_norm(&p, &mut xr, &mut rr, &w).unwrap();
+    assert_close("wide fused residual", &rn, &rr).unwrap();
+    assert_close("wide fused norm", &xn, &xr).unwrap();
+}

@@ -3,8 +3,9 @@
 //   out = x / sqrt(mean(x^2) + eps) * weight
 //   fused: residual = x + residual (written back, rounded to T); x = rms_norm(residual) * weight
 // Rows come in through double-buffered queues, are computed in float in the UB, and leave through
-// a queue. UB: 3 queues x 2 buffers of hidden * sizeof(T), plus 4 float rows (x, residual, weight,
-// squares) and one 32-byte reduction block; the tiling refuses rows that do not fit.
+// a queue. UB: 3 queues x `buffers` of hidden * sizeof(T), plus 3 float rows (x, weight, scratch)
+// and one 32-byte reduction block. The tiling double-buffers when that fits and falls back to
+// single buffers for wide rows (f16 hidden 8192), and refuses rows that fit neither way.
 #include "common.h"
 #include "tiling.h"
 
@@ -20,11 +21,11 @@ public:
         weightGm_.SetGlobalBuffer((__gm__ T*)weight, t.hidden);
         outGm_.SetGlobalBuffer((__gm__ T*)out, n);
         const uint32_t row = t.hidden * sizeof(T);
-        pipe_.InitBuffer(inQueue_, 2, row);
-        pipe_.InitBuffer(resQueue_, 2, row);
-        pipe_.InitBuffer(outQueue_, 2, row);
+        const uint8_t buffers = static_cast<uint8_t>(t.buffers);
+        pipe_.InitBuffer(inQueue_, buffers, row);
+        pipe_.InitBuffer(resQueue_, buffers, row);
+        pipe_.InitBuffer(outQueue_, buffers, row);
         pipe_.InitBuffer(xf_, t.hidden * sizeof(float));
-        pipe_.InitBuffer(rf_, t.hidden * sizeof(float));
         pipe_.InitBuffer(wf_, t.hidden * sizeof(float));
         pipe_.InitBuffer(sq_, t.hidden * sizeof(float));
         pipe_.InitBuffer(red_, 32);
@@ -52,7 +53,7 @@ private:
         ToFloat(xf, x, h);
         inQueue_.FreeTensor(x);
         if (t_.fused) {
-            LocalTensor<float> rf = rf_.Get<float>();
+            LocalTensor<float> rf = sq_.Get<float>();  // scratch until the squares
             LocalTensor<T> r = resQueue_.template AllocTensor<T>();
             DataCopy(r, residualGm_[at], h);
             resQueue_.EnQue(r);
@@ -93,7 +94,7 @@ private:
     TQue<TPosition::VECIN, 1> inQueue_;
     TQue<TPosition::VECCALC, 1> resQueue_;
     TQue<TPosition::VECOUT, 1> outQueue_;
-    TBuf<TPosition::VECCALC> xf_, rf_, wf_, sq_, red_;
+    TBuf<TPosition::VECCALC> xf_, wf_, sq_, red_;
     GlobalTensor<T> xGm_, residualGm_, weightGm_, outGm_;
 };
 

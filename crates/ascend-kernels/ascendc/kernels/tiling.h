@@ -37,6 +37,7 @@ struct RmsNormTiling {
     uint32_t hidden;
     float eps;
     uint32_t fused;      // 1: residual += x first, and normalise the sum
+    uint32_t buffers;    // buffers per queue: 2 (double buffering) or 1 (rows too wide for 2)
 };
 
 // The most query heads per KV head the attention kernel handles.

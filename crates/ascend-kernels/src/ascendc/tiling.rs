@@ -96,13 +96,15 @@ pub struct RmsNormTiling {
     pub eps: f32,
     /// 1 for the fused residual add.
     pub fused: u32,
+    /// Buffers per queue: 2, or 1 when double-buffered rows do not fit.
+    pub buffers: u32,
 }
 
 const _: () = {
     assert!(std::mem::size_of::<ReshapeAndCacheTiling>() == 16);
     assert!(std::mem::size_of::<PagedAttentionTiling>() == 40);
     assert!(std::mem::size_of::<RopeTiling>() == 24);
-    assert!(std::mem::size_of::<RmsNormTiling>() == 16);
+    assert!(std::mem::size_of::<RmsNormTiling>() == 20);
 };
 
 fn refuse(op: &'static str, message: String) -> Error {
@@ -268,12 +270,13 @@ pub fn rotary_embedding(p: &Rotary, size: usize) -> Result<RopeTiling> {
     })
 }
 
-/// Unified Buffer bytes the RMSNorm kernel uses (mirrors `Init`).
-pub fn rms_norm_ub(hidden: usize, size: usize) -> usize {
-    3 * 2 * r32(hidden * size) + 4 * r32(hidden * 4) + BLOCK
+/// Unified Buffer bytes the RMSNorm kernel uses with `buffers` per queue (mirrors `Init`).
+pub fn rms_norm_ub(hidden: usize, size: usize, buffers: usize) -> usize {
+    3 * buffers * r32(hidden * size) + 3 * r32(hidden * 4) + BLOCK
 }
 
-/// Tiles RMSNorm (`fused`: with the residual add) for elements of `size` bytes.
+/// Tiles RMSNorm (`fused`: with the residual add) for elements of `size` bytes: double-buffered
+/// when that fits the UB, else single-buffered.
 pub fn rms_norm(p: &RmsNorm, size: usize, fused: bool) -> Result<RmsNormTiling> {
     let op = if fused {
         "fused_add_rms_norm"
@@ -281,16 +284,22 @@ pub fn rms_norm(p: &RmsNorm, size: usize, fused: bool) -> Result<RmsNormTiling> 
         "rms_norm"
     };
     aligned(op, "hidden", p.hidden, size)?;
+    let buffers = if rms_norm_ub(p.hidden, size, 2) <= UB_BUDGET {
+        2
+    } else {
+        1
+    };
     fits(
         op,
-        rms_norm_ub(p.hidden, size),
-        "3 double-buffered rows and 4 float rows",
+        rms_norm_ub(p.hidden, size, buffers),
+        "3 single-buffered rows and 3 float rows",
     )?;
     Ok(RmsNormTiling {
         num_tokens: u32_of(op, "num_tokens", p.num_tokens)?,
         hidden: u32_of(op, "hidden", p.hidden)?,
         eps: p.eps,
         fused: fused as u32,
+        buffers: buffers as u32,
     })
 }
 
