@@ -656,6 +656,13 @@ inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t er
             err[err_len - 1] = '\0';
         }
         return 1;
+    } catch (...) {
+        // Nothing may unwind into the Rust caller.
+        if (err && err_len) {
+            std::strncpy(err, name, err_len - 1);
+            err[err_len - 1] = '\0';
+        }
+        return 2;
     }
 }
 
