@@ -1,7 +1,7 @@
 //! # ascend-kernels
 //!
 //! The kernels an LLM decode step needs, each three times: a plain Rust reference written for
-//! clarity ([`reference`], the oracle), a fast CPU kernel ([`cpu`], what the CPU backend runs),
+//! clarity ([`reference`](mod@reference), the oracle), a fast CPU kernel ([`cpu`], what the CPU backend runs),
 //! and an Ascend C kernel for the NPU ([`ascendc`], also run on the host in tests). Backends
 //! expose them through [`KernelOps`] on their streams.
 //!
