@@ -1,9 +1,9 @@
 //! # ascend-kernels
 //!
 //! The kernels an LLM decode step needs, each three times: a plain Rust reference written for
-//! clarity ([`reference`](mod@reference), the oracle), a fast CPU kernel ([`cpu`], what the CPU backend runs),
-//! and an Ascend C kernel for the NPU ([`ascendc`], also run on the host in tests). Backends
-//! expose them through [`KernelOps`] on their streams.
+//! clarity ([`reference`](mod@reference), the oracle), a fast CPU kernel ([`cpu`], what the CPU
+//! backend runs), and an Ascend C kernel for the NPU ([`ascendc`], also run on the host in tests).
+//! Backends expose them through [`KernelOps`] on their streams.
 //!
 //! | op | what |
 //! | --- | --- |
