@@ -12,12 +12,12 @@
 use std::ffi::c_void;
 
 use ascend_hal::acl::{AclBackend, AclStream};
-use ascend_hal::{DType, DeviceRepr, Error, Result, Stream};
+use ascend_hal::{DType, DeviceRepr, Error, Result};
 
 use crate::ascendc::npu::{self, NpuKernels, Pair};
 use crate::ascendc::tiling;
 use crate::float::KvFloat;
-use crate::ops::{In, KernelOps, Out};
+use crate::ops::{device_arg, In, KernelOps, Out};
 use crate::shapes::{
     CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
     SiluAndMul,
@@ -52,22 +52,14 @@ fn pick<F: Copy, T: KvFloat>(op: &'static str, pair: &Pair<F>) -> Result<F> {
     }
 }
 
-/// A device argument's address, after checking it is on the stream's device.
+/// A device argument's address for a launch stub, after checking it is on the stream's device.
 fn gm<T: ascend_hal::Element, R: DeviceRepr<AclBackend, T>>(
     op: &'static str,
     stream: &AclStream,
     what: &'static str,
     view: &R,
 ) -> Result<*mut c_void> {
-    if view.device_ordinal() != stream.device_ordinal() {
-        return Err(Error::WrongDevice {
-            op,
-            what,
-            expected: stream.device_ordinal(),
-            actual: view.device_ordinal(),
-        });
-    }
-    Ok(view.device_ptr().0 as usize as *mut c_void)
+    Ok(device_arg::<AclBackend, T, R>(op, stream, what, view)?.0 as usize as *mut c_void)
 }
 
 /// Cores for `tasks` independent pieces of work.

@@ -51,7 +51,7 @@ pub mod reference;
 mod shapes;
 
 pub use float::{close, tolerance, KvFloat};
-pub use ops::{swap_in, swap_out, In, KernelOps, Out};
+pub use ops::{device_arg, swap_in, swap_out, In, KernelOps, Out};
 pub use shapes::{
     expect_index_len, expect_len, CacheShape, Matmul, PagedAttention, PrefillAttention,
     ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,

@@ -5,7 +5,10 @@
 //! checked before anything is queued, so a mismatch is an error naming the argument and the shape
 //! it must have.
 
-use ascend_hal::{Backend, DeviceSlice, DeviceSliceMut, PinnedBuffer, Result, StreamExt};
+use ascend_hal::{
+    Backend, DevicePtr, DeviceRepr, DeviceSlice, DeviceSliceMut, Element, Error, PinnedBuffer,
+    Result, Stream, StreamExt,
+};
 
 use crate::float::KvFloat;
 use crate::shapes::{
@@ -119,6 +122,26 @@ pub trait KernelOps: Backend {
         value_cache: Out<'_, Self, T>,
         pairs: &[(u32, u32)],
     ) -> Result<()>;
+}
+
+/// The device address of an op's argument `what`, after checking that it lives on the device of
+/// the stream the op runs on ([`Error::WrongDevice`] otherwise). For backends' [`KernelOps`]
+/// implementations.
+pub fn device_arg<B: Backend, T: Element, R: DeviceRepr<B, T>>(
+    op: &'static str,
+    stream: &B::Stream,
+    what: &'static str,
+    view: &R,
+) -> Result<DevicePtr> {
+    if view.device_ordinal() != stream.device_ordinal() {
+        return Err(Error::WrongDevice {
+            op,
+            what,
+            expected: stream.device_ordinal(),
+            actual: view.device_ordinal(),
+        });
+    }
+    Ok(view.device_ptr())
 }
 
 /// Copies blocks of a device cache out to pinned host memory: `pairs` are `(device block, host

@@ -1,10 +1,10 @@
 //! The CPU backend's kernels: `ascend_kernels::cpu`, run on the stream's worker in stream order,
 //! over the device memory of the ops' arguments.
 
-use ascend_hal::{DevicePtr, DeviceRepr, Error, Result, Stream};
+use ascend_hal::{DevicePtr, DeviceRepr, Error, Result};
 use ascend_kernels::{
-    cpu, CacheShape, In, KernelOps, KvFloat, Matmul, Out, PagedAttention, PrefillAttention,
-    ReshapeAndCache, RmsNorm, Rotary, SiluAndMul,
+    cpu, device_arg, CacheShape, In, KernelOps, KvFloat, Matmul, Out, PagedAttention,
+    PrefillAttention, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul,
 };
 
 use crate::backend::CpuBackend;
@@ -16,15 +16,8 @@ fn range<T: ascend_hal::Element, R: DeviceRepr<CpuBackend, T>>(
     arg: &'static str,
     view: &R,
 ) -> Result<(DevicePtr, usize)> {
-    if view.device_ordinal() != stream.device_ordinal() {
-        return Err(Error::WrongDevice {
-            op,
-            what: arg,
-            expected: stream.device_ordinal(),
-            actual: view.device_ordinal(),
-        });
-    }
-    Ok((view.device_ptr(), view.size_in_bytes()))
+    let ptr = device_arg::<CpuBackend, T, R>(op, stream, arg, view)?;
+    Ok((ptr, view.size_in_bytes()))
 }
 
 fn typed<'a, T: bytemuck::Pod>(op: &'static str, bytes: &'a [u8]) -> Result<&'a [T]> {
