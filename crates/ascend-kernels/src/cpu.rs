@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::float::KvFloat;
 use crate::reference::{check_positions, check_slots, query_ranges, rope_pairs};
 use crate::shapes::{
-    check_seq, CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm,
+    check_seqs, CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm,
     Rotary, SiluAndMul,
 };
 
@@ -244,17 +244,13 @@ pub fn paged_attention<T: KvFloat>(
         seq_lens.len(),
     )?;
     let c = p.cache;
-    let lens: Vec<usize> = (0..p.num_seqs)
-        .map(|s| {
-            check_seq(
-                "paged_attention",
-                s,
-                seq_lens[s],
-                &block_tables[s * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
-                &c,
-            )
-        })
-        .collect::<Result<_>>()?;
+    let lens = check_seqs(
+        "paged_attention",
+        &c,
+        p.max_blocks_per_seq,
+        block_tables,
+        seq_lens,
+    )?;
     let hs = c.head_size;
     let group = p.num_heads / c.num_kv_heads;
     out.par_chunks_mut(group * hs)
@@ -355,17 +351,13 @@ pub fn paged_prefill_attention<T: KvFloat>(
     )?;
     let ranges = query_ranges(p, query_start_loc, seq_lens)?;
     let c = p.cache;
-    let lens: Vec<usize> = (0..p.num_seqs)
-        .map(|s| {
-            check_seq(
-                "paged_prefill_attention",
-                s,
-                seq_lens[s],
-                &block_tables[s * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
-                &c,
-            )
-        })
-        .collect::<Result<_>>()?;
+    let lens = check_seqs(
+        "paged_prefill_attention",
+        &c,
+        p.max_blocks_per_seq,
+        block_tables,
+        seq_lens,
+    )?;
     // The sequence of every query token.
     let mut seq_of = vec![0usize; p.num_tokens];
     for (s, &(a, b)) in ranges.iter().enumerate() {

@@ -518,3 +518,19 @@ pub(crate) fn check_seq(
     }
     Ok(len)
 }
+
+/// [`check_seq`] for every sequence: `block_tables` holds rows of `width` blocks, one per
+/// length in `seq_lens` (lengths already checked by `validate`). Returns the lengths.
+pub(crate) fn check_seqs(
+    op: &'static str,
+    c: &CacheShape,
+    width: usize,
+    block_tables: &[i32],
+    seq_lens: &[i32],
+) -> Result<Vec<usize>> {
+    seq_lens
+        .iter()
+        .enumerate()
+        .map(|(s, &len)| check_seq(op, s, len, &block_tables[s * width..][..width], c))
+        .collect()
+}

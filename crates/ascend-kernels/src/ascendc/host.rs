@@ -12,7 +12,7 @@ use half::f16;
 use super::tiling::{self, PagedAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling, RopeTiling};
 use crate::float::KvFloat;
 use crate::reference::{check_positions, check_slots};
-use crate::shapes::{check_seq, PagedAttention, ReshapeAndCache, RmsNorm, Rotary};
+use crate::shapes::{check_seqs, PagedAttention, ReshapeAndCache, RmsNorm, Rotary};
 
 /// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status`.
 type Shim4<Tl> = unsafe extern "C" fn(
@@ -267,10 +267,7 @@ pub fn paged_attention<T: AscendCFloat>(
         block_tables.len(),
         seq_lens.len(),
     )?;
-    for s in 0..p.num_seqs {
-        let table = &block_tables[s * p.max_blocks_per_seq..(s + 1) * p.max_blocks_per_seq];
-        check_seq(OP, s, seq_lens[s], table, &p.cache)?;
-    }
+    check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
     let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: as in `reshape_and_cache`: lengths, block tables and sequence lengths were
