@@ -12,25 +12,19 @@ use ascend_kernels::ascendc::{self, host, tiling, AscendCFloat, Violation};
 use ascend_kernels::{
     reference, CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
 };
-use common::{assert_close, cos_sin_cache, problem, values, Problem};
+use common::{assert_close, problem, values, DecodeCase, Problem, RopeCase};
 use half::f16;
 use proptest::prelude::*;
 
 fn decode<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
-    let c = pr.cache();
-    let p = PagedAttention {
-        num_seqs: pr.lens.len(),
-        num_heads: pr.kv_heads * pr.group,
-        cache: c,
-        max_blocks_per_seq: pr.max_blocks(),
-        scale: 1.0 / (pr.head_size as f32).sqrt(),
-        sliding_window: pr.window,
-    };
-    let q = values::<T>(p.num_seqs * p.num_heads * pr.head_size, pr.seed);
-    let k = values::<T>(c.elements(), pr.seed ^ 1);
-    let v = values::<T>(c.elements(), pr.seed ^ 2);
-    let tables = pr.tables();
-    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    let DecodeCase {
+        p,
+        q,
+        k,
+        v,
+        tables,
+        lens,
+    } = pr.decode_case::<T>();
     // Poisoned output: every element must be written.
     let mut npu = vec![T::from_f32(f32::NAN); q.len()];
     let mut oracle = vec![T::from_f32(0.0); q.len()];
@@ -75,31 +69,21 @@ fn cache_write<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCase
 }
 
 fn rope<T: AscendCFloat>(pr: &Problem, cores: u32, partial: bool) -> Result<(), TestCaseError> {
-    let n = pr.lens.len() * 3;
     // Partial rotation (rotary_dim < head_size) where the halves stay 32-byte aligned.
     let rotary_dim = if partial && pr.head_size.is_multiple_of(64) {
         pr.head_size / 2
     } else {
         pr.head_size
     };
-    let p = Rotary {
-        num_tokens: n,
-        num_heads: pr.kv_heads * pr.group,
-        num_kv_heads: pr.kv_heads,
-        head_size: pr.head_size,
-        rotary_dim,
-        max_position: 512,
-        style: RopeStyle::Neox,
-    };
-    let cs = cos_sin_cache(p.max_position, p.rotary_dim);
-    let positions: Vec<i64> = (0..n as i64)
-        .map(|t| (t * 37 + pr.seed as i64 % 97).rem_euclid(512))
-        .collect();
-    let (mut qn, mut kn) = (
-        values::<T>(n * p.num_heads * p.head_size, pr.seed),
-        values::<T>(n * p.num_kv_heads * p.head_size, pr.seed ^ 9),
-    );
-    let (mut qr, mut kr) = (qn.clone(), kn.clone());
+    let RopeCase {
+        p,
+        positions,
+        q,
+        k,
+        cos_sin: cs,
+    } = pr.rope_case::<T>(rotary_dim, RopeStyle::Neox);
+    let (mut qn, mut kn) = (q.clone(), k.clone());
+    let (mut qr, mut kr) = (q, k);
     if !(rotary_dim / 2 * std::mem::size_of::<T>()).is_multiple_of(32) {
         // f16 head_size 80: the halves are 80 bytes, so vector operands cannot start aligned.
         let e = host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap_err();

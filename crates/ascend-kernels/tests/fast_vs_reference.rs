@@ -6,30 +6,24 @@
 
 mod common;
 
-use common::{assert_close, cos_sin_cache, problem, values, Problem};
+use common::{assert_close, problem, values, DecodeCase, Problem, RopeCase};
 
 use ascend_kernels::{
     cpu, reference, CacheShape, KvFloat, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache,
-    RmsNorm, RopeStyle, Rotary, SiluAndMul,
+    RmsNorm, RopeStyle, SiluAndMul,
 };
 use half::{bf16, f16};
 use proptest::prelude::*;
 
 fn decode<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
-    let c = pr.cache();
-    let p = PagedAttention {
-        num_seqs: pr.lens.len(),
-        num_heads: pr.kv_heads * pr.group,
-        cache: c,
-        max_blocks_per_seq: pr.max_blocks(),
-        scale: 1.0 / (pr.head_size as f32).sqrt(),
-        sliding_window: pr.window,
-    };
-    let q = values::<T>(p.num_seqs * p.num_heads * pr.head_size, pr.seed);
-    let k = values::<T>(c.elements(), pr.seed ^ 1);
-    let v = values::<T>(c.elements(), pr.seed ^ 2);
-    let tables = pr.tables();
-    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    let DecodeCase {
+        p,
+        q,
+        k,
+        v,
+        tables,
+        lens,
+    } = pr.decode_case::<T>();
     let mut fast = vec![T::from_f32(0.0); q.len()];
     let mut slow = fast.clone();
     cpu::paged_attention(&p, &mut fast, &q, &k, &v, &tables, &lens).unwrap();
@@ -90,27 +84,17 @@ fn cache_write<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
 }
 
 fn rope<T: KvFloat>(pr: &Problem, style: RopeStyle) -> Result<(), TestCaseError> {
-    let n = pr.lens.len() * 3;
-    let p = Rotary {
-        num_tokens: n,
-        num_heads: pr.kv_heads * pr.group,
-        num_kv_heads: pr.kv_heads,
-        head_size: pr.head_size,
-        rotary_dim: pr.head_size,
-        max_position: 512,
-        style,
-    };
-    let cs = cos_sin_cache(p.max_position, p.rotary_dim);
-    let positions: Vec<i64> = (0..n as i64)
-        .map(|t| (t * 37 + pr.seed as i64 % 97).rem_euclid(512))
-        .collect();
-    let (mut qf, mut kf) = (
-        values::<T>(n * p.num_heads * p.head_size, pr.seed),
-        values::<T>(n * p.num_kv_heads * p.head_size, pr.seed ^ 9),
-    );
-    let (mut qr, mut kr) = (qf.clone(), kf.clone());
-    cpu::rotary_embedding(&p, &positions, &mut qf, &mut kf, &cs).unwrap();
-    reference::rotary_embedding(&p, &positions, &mut qr, &mut kr, &cs).unwrap();
+    let RopeCase {
+        p,
+        positions,
+        q,
+        k,
+        cos_sin,
+    } = pr.rope_case::<T>(pr.head_size, style);
+    let (mut qf, mut kf) = (q.clone(), k.clone());
+    let (mut qr, mut kr) = (q, k);
+    cpu::rotary_embedding(&p, &positions, &mut qf, &mut kf, &cos_sin).unwrap();
+    reference::rotary_embedding(&p, &positions, &mut qr, &mut kr, &cos_sin).unwrap();
     assert_close("rope q", &qf, &qr)?;
     assert_close("rope k", &kf, &kr)
 }

@@ -2,7 +2,7 @@
 //! attention problems (shuffled block tables, lengths ending mid-block).
 #![allow(dead_code)] // each test binary uses its own part
 
-use ascend_kernels::{close, CacheShape, KvFloat};
+use ascend_kernels::{close, CacheShape, KvFloat, PagedAttention, RopeStyle, Rotary};
 use proptest::prelude::*;
 
 /// Deterministic values in [-1, 1).
@@ -126,4 +126,70 @@ pub fn cos_sin_cache(max_position: usize, rotary_dim: usize) -> Vec<f32> {
         }
     }
     cs
+}
+
+/// A decode attention case built from a [`Problem`]: the op, random queries and caches, the
+/// shuffled block tables and the lengths.
+pub struct DecodeCase<T> {
+    pub p: PagedAttention,
+    pub q: Vec<T>,
+    pub k: Vec<T>,
+    pub v: Vec<T>,
+    pub tables: Vec<i32>,
+    pub lens: Vec<i32>,
+}
+
+/// A RoPE case built from a [`Problem`]: three tokens per sequence at scattered positions.
+pub struct RopeCase<T> {
+    pub p: Rotary,
+    pub positions: Vec<i64>,
+    pub q: Vec<T>,
+    pub k: Vec<T>,
+    pub cos_sin: Vec<f32>,
+}
+
+impl Problem {
+    /// The decode attention case of this problem.
+    pub fn decode_case<T: KvFloat>(&self) -> DecodeCase<T> {
+        let c = self.cache();
+        let p = PagedAttention {
+            num_seqs: self.lens.len(),
+            num_heads: self.kv_heads * self.group,
+            cache: c,
+            max_blocks_per_seq: self.max_blocks(),
+            scale: 1.0 / (self.head_size as f32).sqrt(),
+            sliding_window: self.window,
+        };
+        DecodeCase {
+            q: values::<T>(p.num_seqs * p.num_heads * self.head_size, self.seed),
+            k: values::<T>(c.elements(), self.seed ^ 1),
+            v: values::<T>(c.elements(), self.seed ^ 2),
+            tables: self.tables(),
+            lens: self.lens.iter().map(|&l| l as i32).collect(),
+            p,
+        }
+    }
+
+    /// The RoPE case of this problem, rotating the first `rotary_dim` elements of each head.
+    pub fn rope_case<T: KvFloat>(&self, rotary_dim: usize, style: RopeStyle) -> RopeCase<T> {
+        let n = self.lens.len() * 3;
+        let p = Rotary {
+            num_tokens: n,
+            num_heads: self.kv_heads * self.group,
+            num_kv_heads: self.kv_heads,
+            head_size: self.head_size,
+            rotary_dim,
+            max_position: 512,
+            style,
+        };
+        RopeCase {
+            positions: (0..n as i64)
+                .map(|t| (t * 37 + self.seed as i64 % 97).rem_euclid(512))
+                .collect(),
+            q: values::<T>(n * p.num_heads * p.head_size, self.seed),
+            k: values::<T>(n * p.num_kv_heads * p.head_size, self.seed ^ 9),
+            cos_sin: cos_sin_cache(p.max_position, p.rotary_dim),
+            p,
+        }
+    }
 }
