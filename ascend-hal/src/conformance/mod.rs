@@ -2,7 +2,7 @@
 //!
 //! Implement [`Harness`] for your backend and expand [`conformance_tests!`](crate::conformance_tests)
 //! in a test file; each check becomes one `#[test]` (the CPU backend does this in
-//! `crates/hal-mock/tests/conformance.rs`):
+//! `hal-mock/tests/conformance.rs`):
 //!
 //! ```ignore
 //! struct Cpu;
