@@ -1,7 +1,8 @@
 //! The caching allocator on the CPU backend:
 //!
 //! 1. an allocate/free pair served from the cache against the same pair from the raw backend
-//!    allocation, measured in one run (the time ratio);
+//!    allocation, measured in one run (the time ratio), and through the direct allocator (the
+//!    cost of the `Allocator` trait and its block bookkeeping over the raw allocation);
 //! 2. a replayed LLM-serving trace (batches and sequence lengths that vary step to step,
 //!    activations freed in a different order than allocated, longer-lived buffers interleaved),
 //!    with and without expandable segments: peak reserved / peak allocated on a fresh allocator
@@ -11,7 +12,7 @@
 use std::time::Duration;
 
 use ascend_benches::Rng;
-use ascend_hal::alloc::{AllocatorStats, CachingAllocator};
+use ascend_hal::alloc::{AllocatorStats, CachingAllocator, DirectAllocator};
 use ascend_hal::prelude::*;
 use criterion::{BenchmarkId, Criterion};
 use hal_mock::{CpuBackend, CpuStream, DeviceProfile};
@@ -23,7 +24,7 @@ const INTERMEDIATE: usize = 11008;
 const STEPS: usize = 400;
 
 /// Replays the trace; returns the allocator's final statistics.
-fn replay(alloc: &CachingAllocator<CpuBackend>, stream: &CpuStream) -> AllocatorStats {
+fn replay(alloc: &dyn Allocator<CpuBackend>, stream: &CpuStream) -> AllocatorStats {
     let mut rng = Rng(0xa110c);
     let mut long_lived: Vec<Buf> = Vec::new();
     for step in 0..STEPS {
@@ -43,11 +44,7 @@ fn replay(alloc: &CachingAllocator<CpuBackend>, stream: &CpuStream) -> Allocator
             INTERMEDIATE,
             HIDDEN,
         ] {
-            step_bufs.push(
-                alloc
-                    .alloc_buffer(tokens * width, stream)
-                    .expect("activation"),
-            );
+            step_bufs.push(Buf::alloc_in(alloc, stream, tokens * width).expect("activation"));
             // Some intermediates die as soon as the next layer has consumed them.
             if step_bufs.len() > 2 && rng.next_u64().is_multiple_of(2) {
                 let i = rng.range(0, step_bufs.len());
@@ -56,7 +53,7 @@ fn replay(alloc: &CachingAllocator<CpuBackend>, stream: &CpuStream) -> Allocator
         }
         // Occasionally a buffer outlives the step (sampling state, logits kept for a request).
         if rng.next_u64().is_multiple_of(5) {
-            long_lived.push(alloc.alloc_buffer(batch * 32_000, stream).expect("logits"));
+            long_lived.push(Buf::alloc_in(alloc, stream, batch * 32_000).expect("logits"));
         }
         if long_lived.len() > 12 {
             let i = rng.range(0, long_lived.len());
@@ -87,6 +84,7 @@ fn main() {
     // 1. One allocate/free pair: cache vs raw backend.
     let cached =
         CachingAllocator::<CpuBackend>::new(&device, Default::default()).expect("allocator");
+    let direct = DirectAllocator::<CpuBackend>::new(&device);
     for (label, elems) in [("64KiB", 32 << 10), ("4MiB", 2 << 20)] {
         let mut group = c.benchmark_group(format!("alloc_free_{label}"));
         group.bench_function(BenchmarkId::from_parameter("raw"), |b| {
@@ -96,12 +94,17 @@ fn main() {
                 ))
             })
         });
+        group.bench_function(BenchmarkId::from_parameter("direct"), |b| {
+            b.iter(|| {
+                drop(std::hint::black_box(
+                    Buf::alloc_in(&direct, &stream, elems).expect("direct"),
+                ))
+            })
+        });
         group.bench_function(BenchmarkId::from_parameter("cached"), |b| {
             b.iter(|| {
                 drop(std::hint::black_box(
-                    cached
-                        .alloc_buffer::<half::f16>(elems, &stream)
-                        .expect("cached"),
+                    Buf::alloc_in(&cached, &stream, elems).expect("cached"),
                 ))
             })
         });
@@ -130,6 +133,8 @@ fn main() {
         &[
             ("alloc_free_64KiB", "cached", "raw"),
             ("alloc_free_4MiB", "cached", "raw"),
+            ("alloc_free_64KiB", "direct", "raw"),
+            ("alloc_free_4MiB", "direct", "raw"),
             ("serving_trace", "expandable", "segments"),
         ],
     );

@@ -1,14 +1,87 @@
 //! The decode example as a library function, so that tests run exactly what the example runs.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
+use ascend_hal::alloc::{Allocator, CachingAllocator, DirectAllocator, SharedAllocator};
 use ascend_hal::prelude::*;
 use ascend_hal::{Bytes, DType, Error, Result};
 use ascend_kernels::KernelOps;
 use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, RequestId};
 
+use crate::arena::BumpArena;
 use crate::engine::{contiguous_run, serve, EngineConfig, Preemption, Report, Request};
-use crate::model::{Model, ModelConfig};
+use crate::model::{Model, ModelConfig, ModelMemory};
+
+/// Where the example's device memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocatorChoice {
+    /// One caching allocator for weights, KV cache and activations (the default).
+    Caching,
+    /// Every buffer its own device allocation.
+    Direct,
+    /// Weights and KV cache from a caching allocator, activations from a bump arena per stream
+    /// over it, rewound every step.
+    Arena,
+}
+
+impl AllocatorChoice {
+    /// Parses `caching`, `direct` or `arena`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "caching" => Some(AllocatorChoice::Caching),
+            "direct" => Some(AllocatorChoice::Direct),
+            "arena" => Some(AllocatorChoice::Arena),
+            _ => None,
+        }
+    }
+
+    /// The allocators for the model and for the KV cache on `device`.
+    pub fn build<B: Backend>(
+        self,
+        device: &B::Device,
+    ) -> Result<(ModelMemory<B>, SharedAllocator<B>)> {
+        Ok(match self {
+            AllocatorChoice::Caching => {
+                let caching: SharedAllocator<B> =
+                    Arc::new(CachingAllocator::new(device, Default::default())?);
+                (ModelMemory::shared(Arc::clone(&caching)), caching)
+            }
+            AllocatorChoice::Direct => {
+                let direct: SharedAllocator<B> = Arc::new(DirectAllocator::new(device));
+                (ModelMemory::shared(Arc::clone(&direct)), direct)
+            }
+            AllocatorChoice::Arena => {
+                let caching: SharedAllocator<B> =
+                    Arc::new(CachingAllocator::new(device, Default::default())?);
+                let arena = Arc::new(BumpArena::new(Arc::clone(&caching), 4 << 20));
+                let memory = ModelMemory {
+                    weights: Arc::clone(&caching),
+                    activations: arena,
+                };
+                (memory, caching)
+            }
+        })
+    }
+}
+
+impl fmt::Display for AllocatorChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllocatorChoice::Caching => {
+                "caching (weights, KV cache and activations from one caching allocator)"
+            }
+            AllocatorChoice::Direct => {
+                "direct (every buffer its own device allocation, nothing cached)"
+            }
+            AllocatorChoice::Arena => {
+                "arena (activations from a per-step bump arena over the caching allocator that \
+                 holds the weights and the KV cache)"
+            }
+        })
+    }
+}
 
 /// Settings of the decode example.
 #[derive(Debug, Clone)]
@@ -35,6 +108,8 @@ pub struct DecodeArgs {
     pub seed: u64,
     /// Omit the per-step lines.
     pub quiet: bool,
+    /// Where device memory comes from.
+    pub allocator: AllocatorChoice,
 }
 
 impl Default for DecodeArgs {
@@ -59,6 +134,7 @@ impl Default for DecodeArgs {
             preempt: Some(Preemption::Swap),
             seed: 7,
             quiet: false,
+            allocator: AllocatorChoice::Caching,
         }
     }
 }
@@ -137,7 +213,9 @@ pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) 
         Bytes(info.total)
     ));
     let stream = device.new_stream()?;
-    let model = Model::<B>::new(&stream, a.model, a.seed)?;
+    say(&format!("allocator: {}", a.allocator));
+    let (memory, kv_alloc) = a.allocator.build::<B>(&device)?;
+    let model = Model::<B>::new(&stream, a.model, a.seed, memory)?;
     stream.synchronize()?;
     let spec = KvCacheSpec::new(
         a.model.layers,
@@ -148,7 +226,7 @@ pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) 
     .with_block_size(a.block_size);
     let config = KvCacheConfig {
         utilization: a.utilization,
-        // Activations of a step, which the caching allocator keeps (a generous bound).
+        // Activations of a step, which the activation allocator keeps (a generous bound).
         activation_peak: 64 << 20,
         max_model_len: a.max_model_len,
         max_blocks: None,
@@ -169,8 +247,9 @@ pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) 
         })
         .map_err(kv_err)?;
     say(&format!("{full}"));
-    let mut kv = KvCache::<B, f32>::new(
-        &device,
+    let mut kv = KvCache::<B, f32>::with_allocator(
+        kv_alloc,
+        &stream,
         spec,
         KvCacheConfig {
             max_blocks: Some(a.max_blocks),
@@ -225,6 +304,30 @@ pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) 
         report.swaps,
         report.recomputes
     ));
+    // One line per allocator, naming what it holds.
+    let mut groups: Vec<(Vec<&str>, &SharedAllocator<B>)> = Vec::new();
+    for (what, alloc) in [
+        ("weights", &model.memory().weights),
+        ("activations", &model.memory().activations),
+        ("KV cache", kv.allocator()),
+    ] {
+        match groups.iter_mut().find(|(_, a)| Arc::ptr_eq(a, alloc)) {
+            Some((names, _)) => names.push(what),
+            None => groups.push((vec![what], alloc)),
+        }
+    }
+    for (names, alloc) in groups {
+        let s = alloc.stats();
+        say(&format!(
+            "{} allocator ({}): peak allocated {}, peak reserved {}, {} allocations, {} from cache",
+            alloc.name(),
+            names.join(", "),
+            Bytes(s.peak_allocated),
+            Bytes(s.peak_reserved),
+            s.num_allocs,
+            s.cache_hits
+        ));
+    }
 
     // The check: the same model, one request at a time, over a contiguous KV cache.
     let expected: HashMap<RequestId, Vec<u32>> =

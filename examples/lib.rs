@@ -1,6 +1,8 @@
 //! Runnable examples, and the pieces the decode example is made of (also used by its tests):
-//! a small decoder model ([`model`]) and a serving loop over the paged KV cache ([`engine`]).
+//! a small decoder model ([`model`]), a serving loop over the paged KV cache ([`engine`]), and a
+//! third-party allocator ([`arena`]).
 
+pub mod arena;
 pub mod decode;
 pub mod engine;
 pub mod model;

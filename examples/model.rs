@@ -1,8 +1,11 @@
 //! A small Llama/Qwen-style decoder (RMSNorm, GQA attention with RoPE, SiLU-gated MLP) with
 //! random weights from a fixed seed, running entirely on a backend's stream through the kernel
 //! ops, with its KV cache behind [`KvAccess`] (the paged cache, or a contiguous one for checking).
+//! Its weights and its activations come from allocators the caller chooses ([`ModelMemory`]).
 
-use ascend_hal::alloc::CachingAllocator;
+use std::sync::Arc;
+
+use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
 use ascend_kernels::{KernelOps, Matmul, RmsNorm, RopeStyle, Rotary, SiluAndMul};
@@ -100,6 +103,41 @@ struct Layer<B: Backend> {
     w_down: DeviceBuffer<B, f32>,
 }
 
+/// Where a model's device memory comes from.
+pub struct ModelMemory<B: Backend> {
+    /// Weights: allocated once, live as long as the model.
+    pub weights: SharedAllocator<B>,
+    /// Activations: allocated and dropped every step.
+    pub activations: SharedAllocator<B>,
+}
+
+impl<B: Backend> Clone for ModelMemory<B> {
+    fn clone(&self) -> Self {
+        ModelMemory {
+            weights: Arc::clone(&self.weights),
+            activations: Arc::clone(&self.activations),
+        }
+    }
+}
+
+impl<B: Backend> ModelMemory<B> {
+    /// Everything from one allocator.
+    pub fn shared(alloc: SharedAllocator<B>) -> Self {
+        ModelMemory {
+            weights: Arc::clone(&alloc),
+            activations: alloc,
+        }
+    }
+
+    /// Everything from one caching allocator (default configuration) on `device`.
+    pub fn caching(device: &B::Device) -> Result<Self> {
+        Ok(Self::shared(Arc::new(CachingAllocator::new(
+            device,
+            Default::default(),
+        )?)))
+    }
+}
+
 /// The model's weights on a device.
 pub struct Model<B: KernelOps> {
     cfg: ModelConfig,
@@ -108,7 +146,7 @@ pub struct Model<B: KernelOps> {
     final_norm: DeviceBuffer<B, f32>,
     lm_head: DeviceBuffer<B, f32>,
     cos_sin: DeviceBuffer<B, f32>,
-    alloc: CachingAllocator<B>,
+    memory: ModelMemory<B>,
 }
 
 /// Deterministic weights: uniform in `[-scale, scale)` from an xorshift stream.
@@ -127,24 +165,30 @@ impl Init {
 }
 
 impl<B: KernelOps> Model<B> {
-    /// Random weights from `seed`, uploaded through `stream`.
-    pub fn new(stream: &B::Stream, cfg: ModelConfig, seed: u64) -> Result<Self> {
-        let device = stream.device();
+    /// Random weights from `seed`, uploaded through `stream` into memory from
+    /// `memory.weights`; activations will come from `memory.activations`.
+    pub fn new(
+        stream: &B::Stream,
+        cfg: ModelConfig,
+        seed: u64,
+        memory: ModelMemory<B>,
+    ) -> Result<Self> {
         let mut init = Init(seed | 1);
         let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
         let kv = cfg.kv_heads * hs;
-        let mut upload =
-            |n: usize, scale: f32| DeviceBuffer::from_slice(stream, &init.take(n, scale));
+        let weights = memory.weights.as_ref();
+        let put = |data: &[f32]| DeviceBuffer::from_slice_in(weights, stream, data);
+        let mut upload = |n: usize, scale: f32| put(&init.take(n, scale));
         let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
         let layers = (0..cfg.layers)
             .map(|_| {
                 Ok(Layer {
-                    attn_norm: DeviceBuffer::from_slice(stream, &vec![1.0f32; h])?,
+                    attn_norm: put(&vec![1.0f32; h])?,
                     wq: upload(h * h, w(h))?,
                     wk: upload(kv * h, w(h))?,
                     wv: upload(kv * h, w(h))?,
                     wo: upload(h * h, w(h))?,
-                    mlp_norm: DeviceBuffer::from_slice(stream, &vec![1.0f32; h])?,
+                    mlp_norm: put(&vec![1.0f32; h])?,
                     w_gate_up: upload(2 * i * h, w(h))?,
                     w_down: upload(h * i, w(i))?,
                 })
@@ -165,10 +209,10 @@ impl<B: KernelOps> Model<B> {
             cfg,
             embed,
             layers,
-            final_norm: DeviceBuffer::from_slice(stream, &vec![1.0f32; h])?,
+            final_norm: put(&vec![1.0f32; h])?,
             lm_head,
-            cos_sin: DeviceBuffer::from_slice(stream, &cs)?,
-            alloc: CachingAllocator::new(&device, Default::default())?,
+            cos_sin: put(&cs)?,
+            memory,
         })
     }
 
@@ -177,9 +221,10 @@ impl<B: KernelOps> Model<B> {
         &self.cfg
     }
 
-    /// The activation allocator (its statistics say what a step needs).
-    pub fn allocator(&self) -> &CachingAllocator<B> {
-        &self.alloc
+    /// Where the model's memory comes from (the activation allocator's statistics say what a
+    /// step needs).
+    pub fn memory(&self) -> &ModelMemory<B> {
+        &self.memory
     }
 
     /// Runs one step over `tokens` at `positions` (the batch's tokens, request after request, in
@@ -197,7 +242,8 @@ impl<B: KernelOps> Model<B> {
         let (t, h, hs, i) = (tokens.len(), cfg.hidden, cfg.head_size(), cfg.intermediate);
         let kvw = cfg.kv_heads * hs;
         let device = stream.device();
-        let buf = |n: usize| self.alloc.alloc_buffer::<f32>(n, stream);
+        let activations = self.memory.activations.as_ref();
+        let buf = |n: usize| DeviceBuffer::<B, f32>::alloc_in(activations, stream, n);
 
         // Embedding rows and positions, staged in pinned memory and uploaded asynchronously.
         let mut rows = Vec::with_capacity(t * h);
@@ -214,7 +260,7 @@ impl<B: KernelOps> Model<B> {
         let staged_rows = PinnedBuffer::<B, f32>::from_slice(&device, &rows)?;
         let staged_pos = PinnedBuffer::<B, i64>::from_slice(&device, positions)?;
         let mut hidden = buf(t * h)?;
-        let mut pos = self.alloc.alloc_buffer::<i64>(t, stream)?;
+        let mut pos = DeviceBuffer::<B, i64>::alloc_in(activations, stream, t)?;
         stream.copy_h2d(&staged_rows, &mut hidden)?;
         stream.copy_h2d(&staged_pos, &mut pos)?;
 

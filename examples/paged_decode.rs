@@ -14,11 +14,11 @@
 //! `--kv-heads` [2], `--intermediate` [512], `--vocab` [512], `--requests` [12],
 //! `--system-prompt` [40], `--max-new` [24], `--block-size` [16], `--utilization` [0.9],
 //! `--max-blocks` [4096], `--max-model-len` [512], `--preempt` swap|recompute|none [swap],
-//! `--seed` [7], `--quiet`.
+//! `--allocator` caching|direct|arena [caching], `--seed` [7], `--quiet`.
 
 use std::process::ExitCode;
 
-use ascend_examples::decode::{run, DecodeArgs, Outcome};
+use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
 use ascend_hal::{Discovered, Error};
 
@@ -53,6 +53,10 @@ fn parse() -> std::result::Result<DecodeArgs, String> {
                 a.utilization = value
                     .parse()
                     .map_err(|_| format!("--utilization {value}: not a number"))?
+            }
+            "--allocator" => {
+                a.allocator = AllocatorChoice::parse(&value)
+                    .ok_or_else(|| format!("--allocator {value}: use caching, direct or arena"))?
             }
             "--preempt" => {
                 a.preempt = match value.as_str() {

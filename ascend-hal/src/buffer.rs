@@ -1,6 +1,8 @@
 //! Typed device memory: owned buffers and borrowed views of them.
 //!
-//! A [`DeviceBuffer`] owns an allocation of `len` elements on one device and frees it on drop.
+//! A [`DeviceBuffer`] owns `len` elements of memory on one device and frees it on drop: a raw
+//! allocation of its own ([`DeviceBuffer::alloc`]) or a block of any
+//! [`Allocator`](crate::alloc::Allocator) ([`DeviceBuffer::alloc_in`]).
 //! [`DeviceSlice`] and [`DeviceSliceMut`] borrow a sub-range of one. Operations accept anything
 //! that implements [`DeviceRepr`] (read) or [`DeviceReprMut`] (write), so a buffer and a view of
 //! it are used the same way. The backend type is part of every type, so a CPU-backend buffer can
@@ -10,9 +12,10 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 
+use crate::alloc::{Allocator, MemoryBlock};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
-use crate::traits::{Backend, Device, DeviceMemory, DevicePtr};
+use crate::traits::{Backend, Device, DeviceMemory, DevicePtr, Stream};
 
 /// Read access to a typed range of device memory: what stream operations take as a source.
 pub trait DeviceRepr<B: Backend, T: Element> {
@@ -59,14 +62,14 @@ pub struct DeviceBuffer<B: Backend, T: Element> {
     _element: PhantomData<T>,
 }
 
-/// Where a buffer's memory comes from.
+/// Where a buffer's memory comes from (an implementation detail: every kind behaves the same).
 enum Storage<B: Backend> {
     /// An empty buffer: no memory.
     Empty,
     /// Its own raw allocation.
     Raw(B::DeviceMemory),
-    /// A block of a caching allocator, returned to it on drop.
-    Pooled(crate::alloc::PooledBlock<B>),
+    /// A block of an allocator, returned to it on drop.
+    Block(MemoryBlock<B>),
 }
 
 impl<B: Backend, T: Element> DeviceBuffer<B, T> {
@@ -90,33 +93,97 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
         })
     }
 
-    /// A buffer over a block of a caching allocator; `block` holds at least `len` elements.
-    pub(crate) fn from_pooled(block: crate::alloc::PooledBlock<B>, len: usize) -> Self {
-        DeviceBuffer {
+    /// Allocates `len` elements from `alloc` for use on `stream`, contents unspecified. A
+    /// zero-length buffer takes nothing from the allocator.
+    ///
+    /// # Errors
+    /// What the allocator returns ([`Error::OutOfMemory`], [`Error::WrongDevice`]);
+    /// [`Error::InvalidArgument`] when `len * size_of::<T>()` overflows.
+    pub fn alloc_in(
+        alloc: &(impl Allocator<B> + ?Sized),
+        stream: &B::Stream,
+        len: usize,
+    ) -> Result<Self> {
+        let bytes = byte_len::<T>(len, "DeviceBuffer::alloc_in")?;
+        if bytes == 0 {
+            return Ok(Self::empty(stream.device_ordinal()));
+        }
+        Self::from_block(alloc.allocate(bytes, stream)?, len)
+    }
+
+    /// A buffer of `len` elements over `block`, which returns to its allocator when the buffer
+    /// drops.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (and `block` is released) when the block holds fewer than
+    /// `len` elements.
+    pub fn from_block(block: MemoryBlock<B>, len: usize) -> Result<Self> {
+        let bytes = byte_len::<T>(len, "DeviceBuffer::from_block")?;
+        if bytes > block.size() {
+            return Err(Error::InvalidArgument {
+                op: "DeviceBuffer::from_block",
+                message: format!(
+                    "{len} elements of {} take {bytes} bytes, but the block holds {}",
+                    T::DTYPE,
+                    block.size()
+                ),
+            });
+        }
+        Ok(DeviceBuffer {
             device: block.device_ordinal(),
-            storage: Storage::Pooled(block),
+            storage: Storage::Block(block),
             len,
+            _element: PhantomData,
+        })
+    }
+
+    fn empty(device: usize) -> Self {
+        DeviceBuffer {
+            storage: Storage::Empty,
+            len: 0,
+            device,
             _element: PhantomData,
         }
     }
 
     /// Allocates a buffer and fills it with zeros, in order on `stream`.
     pub fn zeros(stream: &B::Stream, len: usize) -> Result<Self> {
-        use crate::StreamExt;
-        let device = crate::traits::Stream::device(stream);
-        let mut buf = Self::alloc(&device, len)?;
-        stream.memset(&mut buf, 0)?;
-        Ok(buf)
+        Self::alloc(&stream.device(), len)?.zeroed_on(stream)
+    }
+
+    /// Allocates a buffer from `alloc` and fills it with zeros, in order on `stream`.
+    pub fn zeros_in(
+        alloc: &(impl Allocator<B> + ?Sized),
+        stream: &B::Stream,
+        len: usize,
+    ) -> Result<Self> {
+        Self::alloc_in(alloc, stream, len)?.zeroed_on(stream)
     }
 
     /// Allocates a buffer and copies `data` into it, in order on `stream`; returns when the copy
     /// is done, so `data` may be ordinary host memory.
     pub fn from_slice(stream: &B::Stream, data: &[T]) -> Result<Self> {
-        use crate::StreamExt;
-        let device = crate::traits::Stream::device(stream);
-        let mut buf = Self::alloc(&device, data.len())?;
-        stream.copy_h2d_sync(data, &mut buf)?;
-        Ok(buf)
+        Self::alloc(&stream.device(), data.len())?.filled_on(stream, data)
+    }
+
+    /// Allocates a buffer from `alloc` and copies `data` into it, as
+    /// [`from_slice`](Self::from_slice) does.
+    pub fn from_slice_in(
+        alloc: &(impl Allocator<B> + ?Sized),
+        stream: &B::Stream,
+        data: &[T],
+    ) -> Result<Self> {
+        Self::alloc_in(alloc, stream, data.len())?.filled_on(stream, data)
+    }
+
+    fn zeroed_on(mut self, stream: &B::Stream) -> Result<Self> {
+        crate::StreamExt::memset(stream, &mut self, 0)?;
+        Ok(self)
+    }
+
+    fn filled_on(mut self, stream: &B::Stream, data: &[T]) -> Result<Self> {
+        crate::StreamExt::copy_h2d_sync(stream, data, &mut self)?;
+        Ok(self)
     }
 
     /// Number of elements.
@@ -134,12 +201,31 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
         self.device
     }
 
-    /// The caching-allocator block behind the buffer, if it came from one (for
-    /// [`CachingAllocator::record_stream`](crate::alloc::CachingAllocator::record_stream)).
-    pub fn pooled_block(&self) -> Option<&crate::alloc::PooledBlock<B>> {
+    /// The allocator block behind the buffer, if it came from an allocator.
+    pub fn block(&self) -> Option<&MemoryBlock<B>> {
         match &self.storage {
-            Storage::Pooled(b) => Some(b),
+            Storage::Block(b) => Some(b),
             _ => None,
+        }
+    }
+
+    /// Notes that the buffer is used on `stream` too, by the work enqueued there so far, so
+    /// that its memory is not reused before that work completes once the buffer drops (see
+    /// [`Allocator::record_stream`]). Buffers with their own raw allocation need nothing: a
+    /// raw allocation is safe to drop with work queued.
+    ///
+    /// # Errors
+    /// [`Error::WrongDevice`] for a stream of another device.
+    pub fn record_stream(&self, stream: &B::Stream) -> Result<()> {
+        match &self.storage {
+            Storage::Block(b) => b.record_stream(stream),
+            _ if stream.device_ordinal() != self.device => Err(Error::WrongDevice {
+                op: "DeviceBuffer::record_stream",
+                what: "the buffer",
+                expected: stream.device_ordinal(),
+                actual: self.device,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -192,7 +278,7 @@ impl<B: Backend, T: Element> DeviceBuffer<B, T> {
         match &self.storage {
             Storage::Empty => DevicePtr(0),
             Storage::Raw(m) => m.ptr(),
-            Storage::Pooled(b) => b.ptr(),
+            Storage::Block(b) => b.ptr(),
         }
     }
 }

@@ -6,8 +6,11 @@
 //! - [`Backend`], [`Device`], [`Stream`], [`Event`]: the trait set every backend implements
 //!   (the CPU backend in `hal-mock`, the ACL backend over the CANN runtime). Hot paths are generic
 //!   over `B: Backend`; [`discover`] picks one at run time.
+//! - [`Allocator`](alloc::Allocator): where device memory comes from. [`alloc`] has the direct
+//!   allocator, the caching allocator (expandable segments, stream-ordered reuse), and the
+//!   pieces to write your own.
 //! - [`DeviceBuffer`] and its views: typed device memory over [`Element`] types (`f32`, `f16`,
-//!   `bf16`, `i8`, `u8`, `i32`, `i64`) with a run-time [`DType`].
+//!   `bf16`, `i8`, `u8`, `i32`, `i64`) with a run-time [`DType`], from any allocator.
 //! - [`PinnedBuffer`]: page-locked host memory whose reuse is fenced, so asynchronous copies are
 //!   sound in safe Rust.
 //! - [`StreamExt`]: the safe stream API (copies of every kind, memset, events).
@@ -68,6 +71,7 @@ pub use traits::{
 
 /// The traits and types most code needs: `use ascend_hal::prelude::*;`.
 pub mod prelude {
+    pub use crate::alloc::Allocator;
     pub use crate::{
         Backend, DType, Device, DeviceBuffer, DeviceRepr, DeviceReprMut, Element, Event,
         PinnedBuffer, Stream, StreamExt,

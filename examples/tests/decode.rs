@@ -2,7 +2,7 @@
 //! running out of blocks preempts instead of failing, and the example runs over the ACL backend
 //! on the host-side fake (where it reports that the NPU kernels are not built yet).
 
-use ascend_examples::decode::{run, DecodeArgs, Outcome};
+use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
 use hal_mock::CpuBackend;
 
@@ -54,6 +54,47 @@ fn running_out_of_blocks_preempts_instead_of_failing() {
     assert!(tight.recomputes > 0, "no preemption happened: {tight:?}");
     let roomy = checked(&quiet(None, 4096));
     assert_eq!(tight.outputs, roomy.outputs);
+}
+
+#[test]
+fn every_allocator_gives_the_same_tokens_and_says_which_it_is() {
+    let mut outputs = Vec::new();
+    for (choice, name) in [
+        (AllocatorChoice::Caching, "caching"),
+        (AllocatorChoice::Direct, "direct"),
+        (AllocatorChoice::Arena, "arena"),
+    ] {
+        let args = DecodeArgs {
+            allocator: choice,
+            ..quiet(Some(Preemption::Swap), 4096)
+        };
+        let mut lines = Vec::new();
+        let outcome = run(CpuBackend::new(), &args, &mut |l| lines.push(l.to_string())).unwrap();
+        let text = lines.join("\n");
+        assert!(
+            text.contains(&format!("allocator: {name} (")),
+            "{name}: the run does not say its allocator:\n{text}"
+        );
+        let Outcome::Checked { report, mismatches } = outcome else {
+            panic!("{name}: skipped")
+        };
+        assert_eq!(mismatches, 0, "{name}:\n{text}");
+        // The per-allocator line: the KV cache's allocator holds at least the cache.
+        let kv_line = lines
+            .iter()
+            .find(|l| l.contains("peak allocated") && l.contains("KV cache"))
+            .unwrap_or_else(|| panic!("{name}: no allocator line for the KV cache:\n{text}"));
+        assert!(kv_line.starts_with(match choice {
+            AllocatorChoice::Direct => "direct allocator",
+            _ => "caching allocator",
+        }));
+        if choice == AllocatorChoice::Arena {
+            assert!(text.contains("arena allocator (activations)"), "{text}");
+        }
+        outputs.push(report.outputs);
+    }
+    assert_eq!(outputs[0], outputs[1], "direct differs from caching");
+    assert_eq!(outputs[0], outputs[2], "arena differs from caching");
 }
 
 #[test]

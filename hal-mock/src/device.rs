@@ -242,7 +242,7 @@ impl ascend_hal::Device for CpuDevice {
             }
         }
         let mut memory = d.memory();
-        if memory.used + accounted > total {
+        if memory.used.saturating_add(accounted) > total {
             let detail = if accounted != bytes as u64 {
                 format!("; the allocation takes {accounted} bytes after ACL's size rounding")
             } else {

@@ -27,12 +27,16 @@ const HUGE_PAGE: u64 = 2 << 20;
 const SMALL_LIMIT: u64 = 1 << 20;
 
 /// Bytes an allocation of `bytes` takes from the device's capacity.
+/// Saturates at `u64::MAX` for sizes no device has, which then fail the capacity check.
 pub(crate) fn accounted_size(bytes: usize) -> u64 {
-    let padded = (bytes as u64).div_ceil(32) * 32 + 32;
+    let padded = (bytes as u64)
+        .div_ceil(32)
+        .saturating_mul(32)
+        .saturating_add(32);
     if bytes as u64 <= SMALL_LIMIT {
         padded
     } else {
-        padded.div_ceil(HUGE_PAGE) * HUGE_PAGE
+        padded.div_ceil(HUGE_PAGE).saturating_mul(HUGE_PAGE)
     }
 }
 

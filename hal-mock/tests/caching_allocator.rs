@@ -4,7 +4,7 @@
 
 use std::sync::mpsc;
 
-use ascend_hal::alloc::{AllocatorStats, CachingAllocator, MemorySnapshot, PooledBlock};
+use ascend_hal::alloc::{AllocatorStats, CachingAllocator, MemoryBlock, MemorySnapshot};
 use ascend_hal::prelude::*;
 use hal_mock::{CpuBackend, CpuDevice, CpuStream, DeviceProfile};
 use proptest::prelude::*;
@@ -116,7 +116,7 @@ fn freed_neighbours_merge() {
     let a = allocator(&device, "");
     let s = device.new_stream().unwrap();
     let blocks: Vec<_> = (0..4).map(|_| a.allocate(100 << 10, &s).unwrap()).collect();
-    let mut blocks: Vec<Option<PooledBlock<CpuBackend>>> = blocks.into_iter().map(Some).collect();
+    let mut blocks: Vec<Option<MemoryBlock<CpuBackend>>> = blocks.into_iter().map(Some).collect();
     for i in [1, 3, 2, 0] {
         blocks[i] = None;
     }
@@ -240,7 +240,7 @@ fn expandable_segments_grow_in_place_and_shrink_on_empty_cache() {
         "contiguous in the range"
     );
     // Data across chunk boundaries, through a typed buffer from the cache.
-    let mut buf = a.alloc_buffer::<i32>(3 * MIB, &s).unwrap();
+    let mut buf = DeviceBuffer::<CpuBackend, i32>::alloc_in(&a, &s, 3 * MIB).unwrap();
     let data: Vec<i32> = (0..3 * MIB as i32).collect();
     s.copy_h2d_sync(&data, &mut buf).unwrap();
     assert_eq!(s.clone_to_host(&buf).unwrap(), data);
@@ -283,7 +283,7 @@ fn run(ops: &[Op], config: &str) -> Result<(), TestCaseError> {
     let (_b, device) = device(96);
     let a = allocator(&device, config);
     let streams: Vec<CpuStream> = (0..3).map(|_| device.new_stream().unwrap()).collect();
-    let mut live: Vec<PooledBlock<CpuBackend>> = Vec::new();
+    let mut live: Vec<MemoryBlock<CpuBackend>> = Vec::new();
     for op in ops {
         match *op {
             Op::Alloc { stream, size } => {

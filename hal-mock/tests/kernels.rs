@@ -45,8 +45,8 @@ fn cache_write_then_decode_attention_in_stream_order() {
         num_kv_heads: 2,
         head_size: 128,
     };
-    let mut kc = alloc.alloc_buffer::<f16>(c.elements(), &stream).unwrap();
-    let mut vc = alloc.alloc_buffer::<f16>(c.elements(), &stream).unwrap();
+    let mut kc = DeviceBuffer::<CpuBackend, f16>::alloc_in(&alloc, &stream, c.elements()).unwrap();
+    let mut vc = DeviceBuffer::<CpuBackend, f16>::alloc_in(&alloc, &stream, c.elements()).unwrap();
     assert!(c.elements() * 2 > 2 << 20, "the cache must span chunks");
     stream.memset(&mut kc, 0).unwrap();
     stream.memset(&mut vc, 0).unwrap();

@@ -11,11 +11,15 @@
 //!   blocks to pinned host memory and back; [`preempt`](KvCache::preempt) drops them for
 //!   recomputation.
 //!
-//! All of it is generic over any backend with the kernel ops.
+//! All of it is generic over any backend with the kernel ops. Device memory (the caches and the
+//! per-step tables) comes from an [`Allocator`](ascend_hal::alloc::Allocator) the engine chooses
+//! ([`KvCache::with_allocator`]); [`KvCache::new`] uses a caching allocator of its own.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use ascend_hal::{Backend, Device, DeviceBuffer, PinnedBuffer, StreamExt};
+use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
+use ascend_hal::{Backend, Device, DeviceBuffer, PinnedBuffer, Stream, StreamExt};
 use ascend_kernels::{
     swap_in, swap_out, CacheShape, KernelOps, KvFloat, PrefillAttention, ReshapeAndCache,
 };
@@ -94,6 +98,7 @@ pub struct KvCache<B: KernelOps, T: KvFloat> {
     swapped: HashMap<RequestId, Swapped>,
     pending_copies: Vec<BlockCopy>,
     tables: StepTables<B>,
+    alloc: SharedAllocator<B>,
 }
 
 fn hal(e: ascend_hal::Error) -> KvError {
@@ -101,13 +106,40 @@ fn hal(e: ascend_hal::Error) -> KvError {
 }
 
 impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
+    /// [`with_allocator`](Self::with_allocator) with a caching allocator of its own (default
+    /// configuration) on `stream`'s device.
+    ///
+    /// # Errors
+    /// As [`with_allocator`](Self::with_allocator).
+    pub fn new(stream: &B::Stream, spec: KvCacheSpec, config: KvCacheConfig) -> Result<Self> {
+        let alloc =
+            CachingAllocator::<B>::new(&stream.device(), Default::default()).map_err(hal)?;
+        Self::with_allocator(Arc::new(alloc), stream, spec, config)
+    }
+
     /// Sizes the cache from the device's memory (total, what is already in use, the
-    /// utilization and the activation peak) and allocates every layer's K and V caches.
+    /// utilization and the activation peak) and allocates every layer's K and V caches from
+    /// `alloc`, for use on `stream`; the per-step tables come from `alloc` too.
     ///
     /// # Errors
     /// [`KvError::InsufficientMemory`] when not enough memory remains (saying how much is
-    /// missing), [`KvError::Device`] when an allocation fails.
-    pub fn new(device: &B::Device, spec: KvCacheSpec, config: KvCacheConfig) -> Result<Self> {
+    /// missing), [`KvError::Device`] when an allocation fails (nothing stays allocated), and
+    /// [`KvError::InvalidConfig`] for an allocator of another device than `stream`'s.
+    pub fn with_allocator(
+        alloc: SharedAllocator<B>,
+        stream: &B::Stream,
+        spec: KvCacheSpec,
+        config: KvCacheConfig,
+    ) -> Result<Self> {
+        let device = &stream.device();
+        if alloc.device().ordinal() != device.ordinal() {
+            return Err(KvError::InvalidConfig(format!(
+                "the {} allocator serves device {} but the stream runs on device {}",
+                alloc.name(),
+                alloc.device().ordinal(),
+                device.ordinal()
+            )));
+        }
         if spec.dtype != T::DTYPE {
             return Err(KvError::InvalidConfig(format!(
                 "the spec says {} but the cache holds {}",
@@ -134,8 +166,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         let layers = (0..spec.num_layers)
             .map(|_| {
                 Ok((
-                    DeviceBuffer::alloc(device, shape.elements()).map_err(hal)?,
-                    DeviceBuffer::alloc(device, shape.elements()).map_err(hal)?,
+                    DeviceBuffer::alloc_in(&alloc, stream, shape.elements()).map_err(hal)?,
+                    DeviceBuffer::alloc_in(&alloc, stream, shape.elements()).map_err(hal)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -160,7 +192,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 PinnedBuffer::new(device, 0).map_err(hal)?,
             ])
         };
-        let empty = || DeviceBuffer::alloc(device, 0).map_err(hal);
+        let empty = || DeviceBuffer::alloc_in(&alloc, stream, 0).map_err(hal);
         Ok(KvCache {
             spec,
             shape,
@@ -185,7 +217,13 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 num_tokens: 0,
                 max_blocks_per_seq: 0,
             },
+            alloc,
         })
+    }
+
+    /// The allocator the cache's memory comes from.
+    pub fn allocator(&self) -> &SharedAllocator<B> {
+        &self.alloc
     }
 
     /// The sizing actually used (`Display`: `Available KV cache blocks: N (M tokens)`).
@@ -293,7 +331,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
             // Waits only for this staging buffer's copy of two steps ago.
             stage.as_mut_slice().map_err(hal)?.copy_from_slice(src);
             if dst.len() != src.len() {
-                *dst = DeviceBuffer::alloc(&device, src.len()).map_err(hal)?;
+                *dst = DeviceBuffer::alloc_in(&self.alloc, stream, src.len()).map_err(hal)?;
             }
             stream.copy_h2d(stage, dst).map_err(hal)?;
         }

@@ -22,7 +22,7 @@ fn setup(max_blocks: usize) -> (CpuBackend, CpuStream, Cache) {
     let stream = device.new_stream().unwrap();
     let spec = KvCacheSpec::new(LAYERS, KV_HEADS, HEAD, DType::F32).with_block_size(BLOCK);
     let kv = Cache::new(
-        &device,
+        &stream,
         spec,
         KvCacheConfig {
             max_blocks: Some(max_blocks),
@@ -177,9 +177,10 @@ fn sizing_follows_the_device_memory() {
     let spec = KvCacheSpec::new(LAYERS, KV_HEADS, HEAD, DType::F32).with_block_size(BLOCK);
     // Something else (the weights) already holds 16 MiB.
     let _weights = DeviceBuffer::<CpuBackend, u8>::alloc(&device, 16 << 20).unwrap();
+    let stream = device.new_stream().unwrap();
     let used = device.memory_info().unwrap().used();
     let kv = Cache::new(
-        &device,
+        &stream,
         spec,
         KvCacheConfig {
             max_model_len: 64,
@@ -195,7 +196,7 @@ fn sizing_follows_the_device_memory() {
         .starts_with("Available KV cache blocks: "));
     // Asking for more than exists says how much is missing.
     let err = Cache::new(
-        &device,
+        &stream,
         spec,
         KvCacheConfig {
             max_model_len: 1 << 30,
@@ -205,4 +206,65 @@ fn sizing_follows_the_device_memory() {
     .err()
     .unwrap();
     assert!(matches!(err, KvError::InsufficientMemory { .. }), "{err:?}");
+}
+
+#[test]
+fn the_cache_takes_its_memory_from_the_chosen_allocator() {
+    use ascend_hal::alloc::{Allocator, CachingAllocator, DirectAllocator};
+    use std::sync::Arc;
+    let backend = CpuBackend::builder()
+        .device(DeviceProfile::custom("Ascend910B4", 256 << 20))
+        .device(DeviceProfile::custom("Ascend910B4", 256 << 20))
+        .build();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let spec = KvCacheSpec::new(LAYERS, KV_HEADS, HEAD, DType::F32).with_block_size(BLOCK);
+    let config = KvCacheConfig {
+        max_blocks: Some(32),
+        max_model_len: 64,
+        swap_blocks: 4,
+        ..KvCacheConfig::default()
+    };
+    let layer_bytes = (32 * BLOCK * ROW * 4) as u64;
+    let allocators: [Arc<dyn Allocator<CpuBackend>>; 2] = [
+        Arc::new(DirectAllocator::new(&device)),
+        Arc::new(CachingAllocator::new(&device, Default::default()).unwrap()),
+    ];
+    for alloc in allocators {
+        let mut kv = Cache::with_allocator(Arc::clone(&alloc), &stream, spec, config).unwrap();
+        assert!(Arc::ptr_eq(kv.allocator(), &alloc));
+        let name = alloc.name().to_string();
+        let s = alloc.stats();
+        // K and V of every layer, each rounded to the allocator's granularity.
+        assert_eq!(s.num_allocs, 2 * LAYERS as u64, "{name}");
+        assert!(
+            s.allocated >= 2 * LAYERS as u64 * layer_bytes
+                && s.allocated < 2 * LAYERS as u64 * (layer_bytes + 512),
+            "{name}: {s:?}"
+        );
+        // A step's tables come from it too.
+        let id = RequestId(1);
+        kv.admit(id, &[1, 2, 3, 4, 5], RequestKeys::default(), usize::MAX)
+            .unwrap();
+        write(&stream, &mut kv, &[(id, vec![1, 2, 3, 4, 5])]);
+        stream.synchronize().unwrap();
+        assert_eq!(alloc.stats().num_allocs, 2 * LAYERS as u64 + 4, "{name}");
+        assert_eq!(rows(&stream, &kv, 1, id).len(), 5 * ROW);
+        drop(kv);
+        alloc.empty_cache().unwrap();
+        let s = alloc.stats();
+        assert_eq!((s.allocated, s.reserved), (0, 0), "{name}: {s:?}");
+    }
+    // An allocator of another device is refused, naming both devices.
+    let far: Arc<dyn Allocator<CpuBackend>> =
+        Arc::new(DirectAllocator::new(&backend.device(1).unwrap()));
+    let err = Cache::with_allocator(far, &stream, spec, config)
+        .err()
+        .unwrap();
+    assert!(matches!(err, KvError::InvalidConfig(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("serves device 1 but the stream runs on device 0"),
+        "{err}"
+    );
 }

@@ -28,9 +28,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::allocator::{check_stream_device, zero_size, Allocator, AllocatorStats, BlockOwner};
 use super::config::AllocatorConfig;
-use crate::buffer::DeviceBuffer;
-use crate::dtype::Element;
+use super::MemoryBlock;
 use crate::error::{Bytes, Error, Result};
 use crate::traits::{
     Backend, Device, DeviceMemory, DevicePtr, Event, MemoryInfo, Stream, StreamId, VirtualRange,
@@ -54,8 +54,9 @@ pub enum Pool {
     Large,
 }
 
-fn round_size(bytes: usize) -> usize {
-    bytes.max(1).div_ceil(MIN_BLOCK) * MIN_BLOCK
+/// `bytes` rounded up to the block granularity, or `None` past `usize::MAX`.
+fn round_size(bytes: usize) -> Option<usize> {
+    bytes.div_ceil(MIN_BLOCK).checked_mul(MIN_BLOCK)
 }
 
 fn pool_of(size: usize) -> Pool {
@@ -74,35 +75,6 @@ fn segment_size(size: usize) -> usize {
     } else {
         size.div_ceil(ROUND_LARGE) * ROUND_LARGE
     }
-}
-
-/// Counters of the allocator, all in bytes unless named otherwise.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct AllocatorStats {
-    /// Bytes in blocks handed out and not yet freed.
-    pub allocated: u64,
-    /// Bytes held from the backend (segments and mapped chunks).
-    pub reserved: u64,
-    /// Allocated bytes plus freed blocks still waiting on other streams' events.
-    pub active: u64,
-    /// Peak of `allocated`.
-    pub peak_allocated: u64,
-    /// Peak of `reserved`.
-    pub peak_reserved: u64,
-    /// Peak of `active`.
-    pub peak_active: u64,
-    /// Successful allocations.
-    pub num_allocs: u64,
-    /// Allocations served from cached blocks without asking the backend.
-    pub cache_hits: u64,
-    /// Allocations that failed with out-of-memory.
-    pub num_ooms: u64,
-    /// Segments (one per expandable range).
-    pub segments: usize,
-    /// The largest free block.
-    pub largest_free_block: u64,
-    /// `1 - largest free block / free reserved bytes` (0 with nothing free).
-    pub fragmentation: f64,
 }
 
 /// One block of a [`MemorySnapshot`].
@@ -207,9 +179,9 @@ struct Inner<B: Backend> {
 /// use ascend_hal::alloc::{AllocatorConfig, CachingAllocator};
 /// let alloc = CachingAllocator::<B>::new(device, "expandable_segments:True".parse()?)?;
 /// let stream = device.new_stream()?;
-/// let buf = alloc.alloc_buffer::<f32>(1 << 20, &stream)?; // 4 MiB from the large pool
+/// let buf = DeviceBuffer::<B, f32>::alloc_in(&alloc, &stream, 1 << 20)?; // 4 MiB, large pool
 /// drop(buf); // back to the cache, reusable at once on `stream`
-/// let again = alloc.alloc_buffer::<f32>(1 << 20, &stream)?;
+/// let again = DeviceBuffer::<B, f32>::alloc_in(&alloc, &stream, 1 << 20)?;
 /// assert_eq!(alloc.stats().cache_hits, 1);
 /// # Ok(()) }
 /// ```
@@ -225,42 +197,12 @@ impl<B: Backend> Clone for CachingAllocator<B> {
     }
 }
 
-/// A block handed out by a [`CachingAllocator`]; returns to the cache on drop.
-pub struct PooledBlock<B: Backend> {
-    ptr: DevicePtr,
-    size: usize,
-    index: usize,
-    device: usize,
-    owner: Arc<Inner<B>>,
-}
-
-impl<B: Backend> PooledBlock<B> {
-    /// Start address.
-    pub fn ptr(&self) -> DevicePtr {
-        self.ptr
-    }
-    /// Size in bytes (the request rounded up to 512).
-    pub fn size(&self) -> usize {
-        self.size
-    }
-    /// Ordinal of the device.
-    pub fn device_ordinal(&self) -> usize {
-        self.device
-    }
-}
-
-impl<B: Backend> fmt::Debug for PooledBlock<B> {
+impl<B: Backend> fmt::Debug for CachingAllocator<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledBlock")
-            .field("ptr", &self.ptr)
-            .field("size", &self.size)
+        f.debug_struct("CachingAllocator")
+            .field("device", &self.inner.device.ordinal())
+            .field("config", &self.inner.config)
             .finish()
-    }
-}
-
-impl<B: Backend> Drop for PooledBlock<B> {
-    fn drop(&mut self) {
-        self.owner.lock().release(self.index);
     }
 }
 
@@ -305,126 +247,15 @@ impl<B: Backend> CachingAllocator<B> {
             && self.inner.device.virtual_memory_granularity().is_some()
     }
 
-    /// A block of at least `bytes` for use on `stream`.
-    ///
-    /// # Errors
-    /// [`Error::OutOfMemory`] after releasing the cache and retrying once, with requested,
-    /// allocated, reserved, free and total bytes; the allocator is then exactly as before.
-    pub fn allocate(&self, bytes: usize, stream: &B::Stream) -> Result<PooledBlock<B>> {
-        if stream.device_ordinal() != self.inner.device.ordinal() {
-            return Err(Error::WrongDevice {
-                op: "CachingAllocator::allocate",
-                what: "stream",
-                expected: self.inner.device.ordinal(),
-                actual: stream.device_ordinal(),
-            });
-        }
-        let size = round_size(bytes);
-        let mut state = self.inner.lock();
-        state.collect_pending()?;
-        let index = match state.take_free(size, stream.id(), &self.inner.config) {
-            Some(i) => {
-                state.stats.cache_hits += 1;
-                i
-            }
-            None => self.grow_and_take(&mut state, size, stream.id())?,
-        };
-        let block = state.block_mut(index);
-        block.allocated = true;
-        let (ptr, size) = (DevicePtr(block.addr), block.size);
-        let s = &mut state.stats;
-        s.num_allocs += 1;
-        s.allocated += size as u64;
-        s.active += size as u64;
-        s.peak_allocated = s.peak_allocated.max(s.allocated);
-        s.peak_active = s.peak_active.max(s.active);
-        Ok(PooledBlock {
-            ptr,
-            size,
-            index,
-            device: self.inner.device.ordinal(),
-            owner: Arc::clone(&self.inner),
-        })
-    }
-
-    /// A typed buffer of `len` elements from the cache, for use on `stream`.
-    pub fn alloc_buffer<T: Element>(
-        &self,
-        len: usize,
-        stream: &B::Stream,
-    ) -> Result<DeviceBuffer<B, T>> {
-        let bytes = crate::buffer::byte_len::<T>(len, "CachingAllocator::alloc_buffer")?;
-        if bytes == 0 {
-            return DeviceBuffer::alloc(&self.inner.device, 0);
-        }
-        Ok(DeviceBuffer::from_pooled(
-            self.allocate(bytes, stream)?,
-            len,
-        ))
-    }
-
-    /// Notes that `block` is used on `stream` too (besides the stream it was allocated for),
-    /// by the work enqueued there so far: when freed, it is reused only after that work.
-    /// Call it after enqueueing the block's last use on `stream`.
-    pub fn record_stream(&self, block: &PooledBlock<B>, stream: &B::Stream) -> Result<()> {
-        let mut state = self.inner.lock();
-        if state.block(block.index).stream == stream.id() {
-            return Ok(());
-        }
-        let uses = state.uses.entry(block.index).or_default();
-        match uses.iter().position(|(s, _)| *s == stream.id()) {
-            Some(i) => stream.record(&uses[i].1),
-            None => {
-                let event = stream.device().new_event()?;
-                stream.record(&event)?;
-                uses.push((stream.id(), event));
-                Ok(())
-            }
-        }
-    }
-
     /// Makes freed blocks whose other-stream uses have completed reusable now (allocation does
     /// this too); updates the statistics accordingly.
     pub fn process_events(&self) -> Result<()> {
         self.inner.lock().collect_pending()
     }
 
-    /// Returns every cached block that is not in use to the backend (after waiting for the
-    /// device, so that nothing queued still touches them).
-    pub fn empty_cache(&self) -> Result<()> {
-        self.inner.device.synchronize()?;
-        let mut state = self.inner.lock();
-        state.collect_pending()?;
-        state.release_cached(&self.inner.device)
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> AllocatorStats {
-        let state = self.inner.lock();
-        let mut s = state.stats;
-        s.segments = state.segments.iter().flatten().count();
-        s.largest_free_block = state
-            .free
-            .values()
-            .flat_map(|set| set.iter().map(|k| k.1 as u64))
-            .max()
-            .unwrap_or(0);
-        let free_reserved = s.reserved.saturating_sub(s.active);
-        s.fragmentation = if free_reserved == 0 {
-            0.0
-        } else {
-            1.0 - s.largest_free_block as f64 / free_reserved as f64
-        };
-        s
-    }
-
     /// Resets the peaks to the current values.
     pub fn reset_peak_stats(&self) {
-        let mut state = self.inner.lock();
-        let s = &mut state.stats;
-        s.peak_allocated = s.allocated;
-        s.peak_reserved = s.reserved;
-        s.peak_active = s.active;
+        self.inner.lock().stats.reset_peaks();
     }
 
     /// Every segment and block.
@@ -471,6 +302,12 @@ impl<B: Backend> CachingAllocator<B> {
     fn grow_and_take(&self, state: &mut State<B>, size: usize, stream: StreamId) -> Result<usize> {
         let device = &self.inner.device;
         let info = device.memory_info()?;
+        if size as u64 > info.total {
+            // No device of this size: fail before any segment arithmetic can overflow, and
+            // without releasing the cache for nothing.
+            state.stats.num_ooms += 1;
+            return Err(self.oom(size, state, info));
+        }
         let allowed = (info.total as f64 * self.inner.config.memory_fraction) as u64;
         if let Some(threshold) = self.inner.config.garbage_collection_threshold {
             if state.stats.reserved as f64 > threshold * allowed as f64 {
@@ -543,6 +380,114 @@ impl<B: Backend> CachingAllocator<B> {
     }
 }
 
+impl<B: Backend> Allocator<B> for CachingAllocator<B> {
+    fn name(&self) -> &str {
+        "caching"
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.inner.device
+    }
+
+    /// A block of at least `bytes` (rounded up to 512) for use on `stream`.
+    ///
+    /// # Errors
+    /// As the trait says; [`Error::OutOfMemory`] comes after releasing the cache and retrying
+    /// once, with requested, allocated, reserved, free and total bytes, and the allocator's
+    /// blocks are then exactly as before.
+    fn allocate(&self, bytes: usize, stream: &B::Stream) -> Result<MemoryBlock<B>> {
+        const OP: &str = "CachingAllocator::allocate";
+        let ordinal = self.inner.device.ordinal();
+        check_stream_device::<B>(OP, ordinal, stream)?;
+        if bytes == 0 {
+            return Err(zero_size(OP));
+        }
+        let mut state = self.inner.lock();
+        let Some(size) = round_size(bytes) else {
+            state.stats.num_ooms += 1;
+            let info = self.inner.device.memory_info()?;
+            return Err(self.oom(bytes, &state, info));
+        };
+        state.collect_pending()?;
+        let index = match state.take_free(size, stream.id(), &self.inner.config) {
+            Some(i) => {
+                state.stats.cache_hits += 1;
+                i
+            }
+            None => self.grow_and_take(&mut state, size, stream.id())?,
+        };
+        let block = state.block_mut(index);
+        block.allocated = true;
+        let (ptr, size) = (DevicePtr(block.addr), block.size);
+        state.stats.note_allocation(size as u64);
+        drop(state);
+        let owner: Arc<dyn BlockOwner<B>> = self.inner.clone();
+        // SAFETY: (1) the block lies in a segment (an allocation, or mapped chunks of a range)
+        // that is released only once no block of it is allocated or pending; (2) segment bases
+        // are 64-byte aligned by the backend and blocks start at multiples of 512 from them;
+        // (3) the block was free, and blocks of a segment never overlap; (4) a free block was
+        // last used on its own stream `stream` (free sets are per stream), or on other streams
+        // whose recorded events completed before it left the pending list.
+        Ok(unsafe {
+            MemoryBlock::from_raw_parts(ptr, size, ordinal, stream.id(), index as u64, owner)
+        })
+    }
+
+    fn owns(&self, block: &MemoryBlock<B>) -> bool {
+        block.is_owned_by(&self.inner)
+    }
+
+    fn stats(&self) -> AllocatorStats {
+        let state = self.inner.lock();
+        let mut s = state.stats;
+        s.segments = state.segments.iter().flatten().count();
+        s.largest_free_block = state
+            .free
+            .values()
+            .flat_map(|set| set.iter().map(|k| k.1 as u64))
+            .max()
+            .unwrap_or(0);
+        let free_reserved = s.reserved.saturating_sub(s.active);
+        s.fragmentation = if free_reserved == 0 {
+            0.0
+        } else {
+            1.0 - s.largest_free_block as f64 / free_reserved as f64
+        };
+        s
+    }
+
+    /// Returns every cached block that is not in use to the backend, after waiting for the
+    /// device so that nothing queued still touches them. The lock is held across the wait, so
+    /// a block freed meanwhile on another thread cannot be released under queued work.
+    fn empty_cache(&self) -> Result<()> {
+        let mut state = self.inner.lock();
+        self.inner.device.synchronize()?;
+        state.collect_pending()?;
+        state.release_cached(&self.inner.device)
+    }
+}
+
+impl<B: Backend> BlockOwner<B> for Inner<B> {
+    fn record_stream(&self, block: &MemoryBlock<B>, stream: &B::Stream) -> Result<()> {
+        let index = block.tag() as usize;
+        let mut state = self.lock();
+        let uses = state.uses.entry(index).or_default();
+        match uses.iter().position(|(s, _)| *s == stream.id()) {
+            Some(i) => stream.record(&uses[i].1),
+            None => {
+                let event = stream.device().new_event()?;
+                stream.record(&event)?;
+                uses.push((stream.id(), event));
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, block: &MemoryBlock<B>) {
+        self.lock().release(block.tag() as usize);
+    }
+}
+
 impl<B: Backend> State<B> {
     fn block(&self, i: usize) -> &Block {
         self.blocks[i].as_ref().expect("live block index")
@@ -602,7 +547,7 @@ impl<B: Backend> State<B> {
             .filter(|k| k.0 == stream)?;
         if let Some(max) = config.max_split_size {
             if (size < max && found_size >= max)
-                || (size >= max && found_size >= size + LARGE_BUFFER)
+                || (size >= max && found_size >= size.saturating_add(LARGE_BUFFER))
             {
                 return None;
             }

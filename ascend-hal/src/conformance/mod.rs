@@ -18,7 +18,11 @@
 //! ordering, events across streams, elapsed time, memory accounting, use from many threads, and
 //! every error a caller can provoke: bad ordinal, out of memory, length mismatch, out-of-bounds
 //! views, wrong device, lost device.
+//!
+//! [`allocator`] is the same for [`Allocator`](crate::alloc::Allocator) implementations.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod allocator;
 
 use crate::prelude::*;
 use crate::{Error, MemoryInfo};

@@ -278,7 +278,7 @@ fn caching_allocator_with_expandable_segments_over_acl() {
     assert!(alloc.uses_expandable_segments());
     let stream = device.new_stream().unwrap();
     // 12 MiB: six 2 MiB chunks mapped into one range, written and read across their seams.
-    let mut a = alloc.alloc_buffer::<i32>(3 << 20, &stream).unwrap();
+    let mut a = DeviceBuffer::<AclBackend, i32>::alloc_in(&alloc, &stream, 3 << 20).unwrap();
     let data: Vec<i32> = (0..3 << 20).collect();
     stream.copy_h2d_sync(&data, &mut a).unwrap();
     assert_eq!(stream.clone_to_host(&a).unwrap(), data);
