@@ -83,7 +83,7 @@ fn replay(system: &[TokenId], users: &[User], block_size: usize, caching: bool) 
             prompt.extend(msg);
             next_id += 1;
             let id = RequestId(next_id);
-            match kv.admit(id, &prompt, RequestKeys::default(), usize::MAX) {
+            match kv.admit(id, &prompt, &RequestKeys::default(), usize::MAX) {
                 Ok(a) => {
                     out.blocks += a.allocation.new_blocks as u64;
                     waiting.pop_front();

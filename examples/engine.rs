@@ -120,6 +120,7 @@ pub fn serve<B: KernelOps>(
     let mut swapped: VecDeque<usize> = VecDeque::new();
     let mut report = Report::default();
     let mut step = 0usize;
+    let mut slots: Vec<i32> = Vec::new();
     while live.iter().any(|l| l.state != State::Done) {
         step += 1;
         if step > 100_000 {
@@ -184,8 +185,11 @@ pub fn serve<B: KernelOps>(
         while r < running.len() {
             let i = running[r];
             let n = (live[i].tokens.len() - live[i].computed).min(budget.max(1));
-            let chunk = live[i].tokens[live[i].computed..live[i].computed + n].to_vec();
-            match kv.allocate_slots(live[i].req.id, &chunk) {
+            let chunk = &live[i].tokens[live[i].computed..live[i].computed + n];
+            // The slots themselves are in the step tables; this buffer only avoids a
+            // per-request allocation.
+            slots.clear();
+            match kv.append_slots(live[i].req.id, chunk, &mut slots) {
                 Ok(_) => {
                     budget = budget.saturating_sub(n);
                     batch.push((live[i].req.id, n));
@@ -217,7 +221,7 @@ pub fn serve<B: KernelOps>(
         while running.len() < cfg.max_batch && budget > 0 {
             let Some(&i) = waiting.front() else { break };
             let id = live[i].req.id;
-            match kv.admit(id, &live[i].tokens, RequestKeys::default(), budget) {
+            match kv.admit(id, &live[i].tokens, &RequestKeys::default(), budget) {
                 Ok(a) => {
                     waiting.pop_front();
                     let n = a.allocation.slots.len();

@@ -261,7 +261,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         &mut self,
         id: RequestId,
         prompt: &[TokenId],
-        keys: RequestKeys,
+        keys: &RequestKeys,
         max_new_tokens: usize,
     ) -> Result<Admission> {
         let a = self.manager.admit(id, prompt, keys, max_new_tokens)?;
@@ -275,6 +275,19 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         let a = self.manager.allocate_slots(id, tokens)?;
         self.pending_copies.extend(&a.copies);
         Ok(a)
+    }
+
+    /// See [`KvCacheManager::append_slots`]: slots appended to the caller's buffer, nothing
+    /// allocated per call; copy-on-write copies run at the next
+    /// [`begin_step`](Self::begin_step). Returns the number of blocks newly taken.
+    pub fn append_slots(
+        &mut self,
+        id: RequestId,
+        tokens: &[TokenId],
+        slots: &mut Vec<i32>,
+    ) -> Result<usize> {
+        self.manager
+            .append_slots(id, tokens, slots, &mut self.pending_copies)
     }
 
     /// See [`KvCacheManager::fork`].
@@ -416,6 +429,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 requested: blocks.len(),
                 free: self.free_host_blocks.len(),
                 reserved: 0,
+                cached_tokens: 0,
             });
         }
         let tokens = self.manager.tokens(id)?.to_vec();

@@ -11,9 +11,10 @@ pub type Result<T, E = KvError> = std::result::Result<T, E>;
 pub enum KvError {
     /// Not enough free blocks for an all-or-nothing allocation.
     #[error(
-        "out of KV cache blocks: {requested} needed, {free} free{}; finish or preempt a \
+        "out of KV cache blocks: {requested} needed, {free} free{}{}; finish or preempt a \
          request, or give the cache more memory",
-        if *reserved > 0 { format!(" ({reserved} of them kept free for running requests)") } else { String::new() }
+        if *reserved > 0 { format!(" ({reserved} of them kept free for running requests)") } else { String::new() },
+        if *cached_tokens > 0 { format!(" ({cached_tokens} prompt tokens were found in the prefix cache)") } else { String::new() }
     )]
     OutOfBlocks {
         /// Blocks the call needed.
@@ -22,6 +23,10 @@ pub enum KvError {
         free: usize,
         /// Blocks of the free ones the watermark keeps for running requests (new requests only).
         reserved: usize,
+        /// Prompt tokens a failed `admit` found in the prefix cache (0 for other calls), so
+        /// that the caller need not look them up again (which would count twice in the
+        /// metrics).
+        cached_tokens: usize,
     },
 
     /// A request id the manager does not know.

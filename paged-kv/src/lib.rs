@@ -24,12 +24,12 @@
 //!
 //! let mut kv = KvCacheManager::new(ManagerConfig::new(64, 16))?;
 //! let system: Vec<u32> = (0..40).collect();
-//! let a = kv.admit(RequestId(1), &system, RequestKeys::default(), usize::MAX)?;
+//! let a = kv.admit(RequestId(1), &system, &RequestKeys::default(), usize::MAX)?;
 //! assert_eq!(a.num_cached_tokens, 0);
 //! // A second request with the same system prompt reuses its two full blocks.
 //! let mut prompt = system.clone();
 //! prompt.extend([900, 901]);
-//! let b = kv.admit(RequestId(2), &prompt, RequestKeys::default(), usize::MAX)?;
+//! let b = kv.admit(RequestId(2), &prompt, &RequestKeys::default(), usize::MAX)?;
 //! assert_eq!(b.num_cached_tokens, 32);
 //! assert_eq!(b.allocation.slots.len(), 10); // tokens 32..42 are computed
 //! let tables = kv.batch_tables(&[(RequestId(1), 40), (RequestId(2), 10)], None, None)?;

@@ -12,7 +12,10 @@
 //! - [`KvCacheManager::fork`] shares every block of a request with a new one (parallel sampling,
 //!   beam search); the first write into a shared partial block copies it, and the copy is
 //!   returned for the engine to perform on the device.
-//! - A watermark of blocks stays free for running requests: admission fails first.
+//! - Optionally, a watermark of blocks stays free for running requests, so that admission fails
+//!   before a running request would have to be preempted. vLLM v1's `KVCacheManager` has none,
+//!   and neither does [`ManagerConfig::new`]; vLLM v0's block manager kept 1%
+//!   ([`ManagerConfig::with_watermark`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,18 +34,33 @@ pub struct ManagerConfig {
     pub block_size: usize,
     /// Share full blocks between requests with equal prefixes.
     pub enable_prefix_caching: bool,
-    /// Blocks that admission of new requests leaves free for running ones.
+    /// Blocks that admission of new requests leaves free for running ones (0: none).
     pub watermark_blocks: usize,
 }
 
 impl ManagerConfig {
-    /// Prefix caching on, and a watermark of 1% of the blocks (vLLM's default).
+    /// Prefix caching on and no watermark: the behaviour of vLLM v1's `KVCacheManager`.
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         ManagerConfig {
             num_blocks,
             block_size,
             enable_prefix_caching: true,
-            watermark_blocks: num_blocks / 100,
+            watermark_blocks: 0,
+        }
+    }
+
+    /// Keeps `fraction` of the blocks (rounded down) free for running requests when admitting
+    /// new ones; vLLM v0's block manager used 0.01. A fraction outside `0..=1` (or NaN) keeps
+    /// no watermark.
+    pub fn with_watermark(self, fraction: f64) -> Self {
+        let watermark_blocks = if (0.0..=1.0).contains(&fraction) {
+            (self.num_blocks as f64 * fraction) as usize
+        } else {
+            0
+        };
+        ManagerConfig {
+            watermark_blocks,
+            ..self
         }
     }
 }
@@ -252,22 +270,24 @@ impl KvCacheManager {
     }
 
     /// Admits a new request: takes its longest cached prefix and allocates slots for up to
-    /// `max_new_tokens` of the rest of `prompt`, all or nothing, keeping the watermark free.
+    /// `max_new_tokens` of the rest of `prompt` (this step's prefill chunk), all or nothing,
+    /// keeping the watermark free.
     ///
     /// # Errors
-    /// [`KvError::DuplicateRequest`]; [`KvError::OutOfBlocks`] (nothing changed, except that
-    /// the prefix lookup counts in the metrics).
+    /// [`KvError::DuplicateRequest`]; [`KvError::OutOfBlocks`] with `cached_tokens` set to the
+    /// prompt tokens found in the prefix cache (nothing changed, except that the lookup counts
+    /// in the metrics, once).
     pub fn admit(
         &mut self,
         id: RequestId,
         prompt: &[TokenId],
-        keys: RequestKeys,
+        keys: &RequestKeys,
         max_new_tokens: usize,
     ) -> Result<Admission> {
         if self.requests.contains_key(&id) {
             return Err(KvError::DuplicateRequest(id));
         }
-        let prefix = self.find_cached_prefix(prompt, &keys);
+        let prefix = self.find_cached_prefix(prompt, keys);
         let cached = prefix.num_tokens;
         let chunk = max_new_tokens.min(prompt.len() - cached);
         let needed = self.blocks_for(cached + chunk) - prefix.blocks.len();
@@ -284,6 +304,7 @@ impl KvCacheManager {
                 requested: needed,
                 free,
                 reserved,
+                cached_tokens: cached,
             });
         }
         self.pool.touch(&prefix.blocks)?;
@@ -293,7 +314,7 @@ impl KvCacheManager {
                 blocks: prefix.blocks,
                 tokens: prompt[..cached].to_vec(),
                 hashes: prefix.hashes,
-                keys: Arc::new(keys),
+                keys: Arc::new(keys.clone()),
             },
         );
         let allocation = self.allocate_slots(id, &prompt[cached..cached + chunk])?;
@@ -310,6 +331,30 @@ impl KvCacheManager {
     /// [`KvError::UnknownRequest`]; [`KvError::OutOfBlocks`] with nothing changed: the engine
     /// should preempt a request and retry.
     pub fn allocate_slots(&mut self, id: RequestId, new_tokens: &[TokenId]) -> Result<Allocation> {
+        let mut allocation = Allocation::default();
+        allocation.new_blocks = self.append_slots(
+            id,
+            new_tokens,
+            &mut allocation.slots,
+            &mut allocation.copies,
+        )?;
+        Ok(allocation)
+    }
+
+    /// [`allocate_slots`](Self::allocate_slots) into the caller's buffers, so a decode loop
+    /// allocates nothing per step: appends one slot per new token to `slots` and the
+    /// copy-on-write copies to `copies`, and returns the number of blocks newly taken from the
+    /// pool. On error neither buffer changes.
+    ///
+    /// # Errors
+    /// As [`allocate_slots`](Self::allocate_slots).
+    pub fn append_slots(
+        &mut self,
+        id: RequestId,
+        new_tokens: &[TokenId],
+        slots: &mut Vec<i32>,
+        copies: &mut Vec<BlockCopy>,
+    ) -> Result<usize> {
         let bs = self.config.block_size;
         let seq = self.requests.get(&id).ok_or(KvError::UnknownRequest(id))?;
         let len = seq.tokens.len();
@@ -326,13 +371,10 @@ impl KvCacheManager {
                 requested: needed,
                 free: self.pool.num_free(),
                 reserved: 0,
+                cached_tokens: 0,
             });
         }
 
-        let mut allocation = Allocation {
-            new_blocks: needed,
-            ..Allocation::default()
-        };
         let mut fresh = self.pool.allocate(needed)?.into_iter();
         let seq = self
             .requests
@@ -343,18 +385,19 @@ impl KvCacheManager {
         if let Some(dst) = copy_into {
             let last = seq.blocks.len() - 1;
             let src = seq.blocks[last];
-            allocation.copies.push(BlockCopy { src, dst });
+            copies.push(BlockCopy { src, dst });
             seq.blocks[last] = dst;
             // Others still hold `src` (its count was above one), so this only drops ours.
             self.pool.free(&[src])?;
         }
         seq.blocks.extend(fresh);
-        allocation.slots = (len..len + new_tokens.len())
-            .map(|pos| (seq.blocks[pos / bs].0 as usize * bs + pos % bs) as i32)
-            .collect();
+        slots.extend(
+            (len..len + new_tokens.len())
+                .map(|pos| (seq.blocks[pos / bs].0 as usize * bs + pos % bs) as i32),
+        );
         seq.tokens.extend_from_slice(new_tokens);
         self.cache_full_blocks(id)?;
-        Ok(allocation)
+        Ok(needed)
     }
 
     /// Hashes and caches the request's blocks that became full.
@@ -412,6 +455,7 @@ impl KvCacheManager {
                 requested: needed,
                 free: self.pool.num_free(),
                 reserved: 0,
+                cached_tokens: 0,
             });
         }
         let blocks = self.pool.allocate(needed)?;

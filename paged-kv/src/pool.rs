@@ -195,6 +195,7 @@ impl BlockPool {
                 requested: n,
                 free: self.num_free,
                 reserved: 0,
+                cached_tokens: 0,
             });
         }
         let mut out = Vec::with_capacity(n);
@@ -307,7 +308,8 @@ mod tests {
             KvError::OutOfBlocks {
                 requested: 4,
                 free: 3,
-                reserved: 0
+                reserved: 0,
+                cached_tokens: 0,
             }
         );
         assert_eq!(

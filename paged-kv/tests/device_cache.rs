@@ -74,7 +74,7 @@ fn swap_out_then_in_restores_identical_contents() {
     let (_b, stream, mut kv) = setup(12);
     let (a, b) = (RequestId(1), RequestId(2));
     let prompt: Vec<u32> = (1..=10).collect();
-    kv.admit(a, &prompt, RequestKeys::default(), usize::MAX)
+    kv.admit(a, &prompt, &RequestKeys::default(), usize::MAX)
         .unwrap();
     write(&stream, &mut kv, &[(a, prompt.clone())]);
     let before: Vec<Vec<f32>> = (0..LAYERS).map(|l| rows(&stream, &kv, l, a)).collect();
@@ -84,7 +84,7 @@ fn swap_out_then_in_restores_identical_contents() {
     assert!(kv.is_swapped(a) && !kv.manager().contains(a));
     // Another request takes the freed blocks and overwrites them.
     let other: Vec<u32> = (50..90).collect();
-    kv.admit(b, &other, RequestKeys::default(), usize::MAX)
+    kv.admit(b, &other, &RequestKeys::default(), usize::MAX)
         .unwrap();
     write(&stream, &mut kv, &[(b, other)]);
     assert!(
@@ -110,7 +110,7 @@ fn swap_out_then_in_restores_identical_contents() {
     kv.admit(
         b,
         &(100..140).collect::<Vec<_>>(),
-        RequestKeys::default(),
+        &RequestKeys::default(),
         usize::MAX,
     )
     .unwrap();
@@ -124,7 +124,7 @@ fn fork_diverges_after_copy_on_write() {
     let (_b, stream, mut kv) = setup(12);
     let (a, b) = (RequestId(1), RequestId(2));
     let prompt: Vec<u32> = (1..=6).collect(); // one full block and half of the next
-    kv.admit(a, &prompt, RequestKeys::default(), usize::MAX)
+    kv.admit(a, &prompt, &RequestKeys::default(), usize::MAX)
         .unwrap();
     write(&stream, &mut kv, &[(a, prompt.clone())]);
     kv.fork(a, b).unwrap();
@@ -244,7 +244,7 @@ fn the_cache_takes_its_memory_from_the_chosen_allocator() {
         );
         // A step's tables come from it too.
         let id = RequestId(1);
-        kv.admit(id, &[1, 2, 3, 4, 5], RequestKeys::default(), usize::MAX)
+        kv.admit(id, &[1, 2, 3, 4, 5], &RequestKeys::default(), usize::MAX)
             .unwrap();
         write(&stream, &mut kv, &[(id, vec![1, 2, 3, 4, 5])]);
         stream.synchronize().unwrap();

@@ -30,7 +30,7 @@ fn r(n: u64) -> RequestId {
 fn eviction_order_is_least_recently_freed_tail_first() {
     let mut kv = manager(9, 4); // blocks 1..=8
     let a: Vec<u32> = (100..112).collect(); // 3 full blocks
-    kv.admit(r(1), &a, RequestKeys::default(), ALL).unwrap();
+    kv.admit(r(1), &a, &RequestKeys::default(), ALL).unwrap();
     assert_eq!(kv.blocks(r(1)).unwrap(), ids(&[1, 2, 3]));
     assert_eq!(kv.pool().num_cached(), 3);
     kv.free_request(r(1)).unwrap();
@@ -42,12 +42,12 @@ fn eviction_order_is_least_recently_freed_tail_first() {
 
     // Never-used blocks go first: no eviction.
     let b: Vec<u32> = (200..220).collect(); // 5 blocks
-    kv.admit(r(2), &b, RequestKeys::default(), ALL).unwrap();
+    kv.admit(r(2), &b, &RequestKeys::default(), ALL).unwrap();
     assert_eq!(kv.blocks(r(2)).unwrap(), ids(&[4, 5, 6, 7, 8]));
     assert_eq!(kv.metrics().evictions, 0);
 
     // The next allocation takes A's tail block and evicts it from the cache.
-    kv.admit(r(3), &[300, 301], RequestKeys::default(), ALL)
+    kv.admit(r(3), &[300, 301], &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(kv.blocks(r(3)).unwrap(), ids(&[3]));
     assert_eq!(kv.metrics().evictions, 1);
@@ -55,7 +55,7 @@ fn eviction_order_is_least_recently_freed_tail_first() {
     // A's head survived: a new request with A's prompt hits blocks 1 and 2 (and takes block 3
     // back from the queue for its last block once r3 is done).
     kv.free_request(r(3)).unwrap();
-    let again = kv.admit(r(4), &a, RequestKeys::default(), ALL).unwrap();
+    let again = kv.admit(r(4), &a, &RequestKeys::default(), ALL).unwrap();
     assert_eq!(again.num_cached_tokens, 8);
     assert_eq!(&kv.blocks(r(4)).unwrap()[..2], &ids(&[1, 2])[..]);
 }
@@ -67,7 +67,7 @@ fn prefix_hits_across_requests_sharing_a_system_prompt() {
     let with = |user: &[u32]| -> Vec<u32> { system.iter().chain(user).copied().collect() };
 
     let first = kv
-        .admit(r(1), &with(&[50, 51, 52]), RequestKeys::default(), ALL)
+        .admit(r(1), &with(&[50, 51, 52]), &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(first.num_cached_tokens, 0);
     // 13 tokens: three full blocks cached (the third holds 2 system and 2 user tokens).
@@ -75,7 +75,7 @@ fn prefix_hits_across_requests_sharing_a_system_prompt() {
 
     // Another user: the first two blocks are shared, the third differs in its user tokens.
     let second = kv
-        .admit(r(2), &with(&[60, 61, 62]), RequestKeys::default(), ALL)
+        .admit(r(2), &with(&[60, 61, 62]), &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(second.num_cached_tokens, 8);
     assert_eq!(kv.blocks(r(2)).unwrap()[..2], kv.blocks(r(1)).unwrap()[..2]);
@@ -88,24 +88,24 @@ fn prefix_hits_across_requests_sharing_a_system_prompt() {
 
     // Same user tokens as the first: all three full blocks hit, the last token is recomputed.
     let third = kv
-        .admit(r(3), &with(&[50, 51, 52]), RequestKeys::default(), ALL)
+        .admit(r(3), &with(&[50, 51, 52]), &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(third.num_cached_tokens, 12);
     assert_eq!(third.allocation.slots.len(), 1);
 
     // A prompt of exactly two blocks: only one may hit, so the last token is computed.
     let exact = kv
-        .admit(r(4), &system[..8], RequestKeys::default(), ALL)
+        .admit(r(4), &system[..8], &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(exact.num_cached_tokens, 4);
     // Nine tokens: two blocks hit.
     let nine = kv
-        .admit(r(5), &system[..9], RequestKeys::default(), ALL)
+        .admit(r(5), &system[..9], &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(nine.num_cached_tokens, 8);
     // Shorter than a block: nothing to hit.
     let short = kv
-        .admit(r(6), &system[..3], RequestKeys::default(), ALL)
+        .admit(r(6), &system[..3], &RequestKeys::default(), ALL)
         .unwrap();
     assert_eq!(short.num_cached_tokens, 0);
 
@@ -123,21 +123,21 @@ fn salts_and_adapters_separate_tenants() {
         cache_salt: Some(Arc::from(s)),
         ..RequestKeys::default()
     };
-    kv.admit(r(1), &prompt, salted(b"tenant-a"), ALL).unwrap();
+    kv.admit(r(1), &prompt, &salted(b"tenant-a"), ALL).unwrap();
     assert_eq!(
-        kv.admit(r(2), &prompt, salted(b"tenant-b"), ALL)
+        kv.admit(r(2), &prompt, &salted(b"tenant-b"), ALL)
             .unwrap()
             .num_cached_tokens,
         0
     );
     assert_eq!(
-        kv.admit(r(3), &prompt, RequestKeys::default(), ALL)
+        kv.admit(r(3), &prompt, &RequestKeys::default(), ALL)
             .unwrap()
             .num_cached_tokens,
         0
     );
     assert_eq!(
-        kv.admit(r(4), &prompt, salted(b"tenant-a"), ALL)
+        kv.admit(r(4), &prompt, &salted(b"tenant-a"), ALL)
             .unwrap()
             .num_cached_tokens,
         8
@@ -147,13 +147,13 @@ fn salts_and_adapters_separate_tenants() {
         ..RequestKeys::default()
     };
     assert_eq!(
-        kv.admit(r(5), &prompt, lora.clone(), ALL)
+        kv.admit(r(5), &prompt, &lora, ALL)
             .unwrap()
             .num_cached_tokens,
         0
     );
     assert_eq!(
-        kv.admit(r(6), &prompt, lora, ALL)
+        kv.admit(r(6), &prompt, &lora, ALL)
             .unwrap()
             .num_cached_tokens,
         8
@@ -163,7 +163,7 @@ fn salts_and_adapters_separate_tenants() {
 #[test]
 fn fork_shares_blocks_and_copies_a_shared_partial_block_on_write() {
     let mut kv = manager(16, 4);
-    kv.admit(r(1), &[1, 2, 3, 4, 5, 6], RequestKeys::default(), ALL)
+    kv.admit(r(1), &[1, 2, 3, 4, 5, 6], &RequestKeys::default(), ALL)
         .unwrap();
     let parent = kv.blocks(r(1)).unwrap().to_vec();
     assert_eq!(parent.len(), 2);
@@ -210,19 +210,20 @@ fn failed_allocations_change_nothing_and_the_watermark_holds_for_admission() {
         ..ManagerConfig::new(9, 4) // 8 usable
     })
     .unwrap();
-    kv.admit(r(1), &[1; 16], RequestKeys::default(), ALL)
+    kv.admit(r(1), &[1; 16], &RequestKeys::default(), ALL)
         .unwrap(); // 4 blocks
     let queue: Vec<_> = kv.pool().free_queue().collect();
     // 3 more blocks would leave 1 < 2 free: refused for a new request.
     let err = kv
-        .admit(r(2), &[2; 12], RequestKeys::default(), ALL)
+        .admit(r(2), &[2; 12], &RequestKeys::default(), ALL)
         .unwrap_err();
     assert_eq!(
         err,
         KvError::OutOfBlocks {
             requested: 3,
             free: 4,
-            reserved: 2
+            reserved: 2,
+            cached_tokens: 0,
         }
     );
     assert!(
@@ -233,7 +234,7 @@ fn failed_allocations_change_nothing_and_the_watermark_holds_for_admission() {
     assert!(!kv.contains(r(2)));
     assert_eq!(kv.pool().free_queue().collect::<Vec<_>>(), queue);
     // Two blocks fit.
-    kv.admit(r(2), &[2; 8], RequestKeys::default(), ALL)
+    kv.admit(r(2), &[2; 8], &RequestKeys::default(), ALL)
         .unwrap();
     // A running request may use the watermark...
     kv.allocate_slots(r(1), &[1; 8]).unwrap();
@@ -266,7 +267,7 @@ fn failed_allocations_change_nothing_and_the_watermark_holds_for_admission() {
 fn chunked_prefill_and_decode_fill_blocks_in_order() {
     let mut kv = manager(16, 4);
     let prompt: Vec<u32> = (0..10).collect();
-    let first = kv.admit(r(1), &prompt, RequestKeys::default(), 6).unwrap();
+    let first = kv.admit(r(1), &prompt, &RequestKeys::default(), 6).unwrap();
     assert_eq!(first.allocation.slots.len(), 6);
     let next = kv.allocate_slots(r(1), &prompt[6..]).unwrap();
     let decode = kv.allocate_slots(r(1), &[99]).unwrap();
@@ -291,11 +292,11 @@ fn kernel_tables_pad_with_the_null_block_and_minus_one() {
     kv.admit(
         r(1),
         &(0..9).collect::<Vec<_>>(),
-        RequestKeys::default(),
+        &RequestKeys::default(),
         ALL,
     )
     .unwrap();
-    kv.admit(r(2), &[5, 6], RequestKeys::default(), ALL)
+    kv.admit(r(2), &[5, 6], &RequestKeys::default(), ALL)
         .unwrap();
     kv.allocate_slots(r(1), &[42]).unwrap(); // decode step: one token
     kv.allocate_slots(r(2), &[43]).unwrap();
@@ -332,14 +333,116 @@ fn kernel_tables_pad_with_the_null_block_and_minus_one() {
 fn reset_forgets_cached_prefixes_but_not_owners() {
     let mut kv = manager(16, 4);
     let p: Vec<u32> = (0..9).collect();
-    kv.admit(r(1), &p, RequestKeys::default(), ALL).unwrap();
+    kv.admit(r(1), &p, &RequestKeys::default(), ALL).unwrap();
     assert_eq!(kv.reset_prefix_cache(), 2);
     assert_eq!(kv.pool().num_cached(), 0);
     assert_eq!(kv.blocks(r(1)).unwrap().len(), 3);
     assert_eq!(
-        kv.admit(r(2), &p, RequestKeys::default(), ALL)
+        kv.admit(r(2), &p, &RequestKeys::default(), ALL)
             .unwrap()
             .num_cached_tokens,
         0
     );
+}
+
+#[test]
+fn a_failed_admission_reports_its_prefix_hits_and_counts_them_once() {
+    let mut kv = manager(7, 4); // 6 usable
+    let system: Vec<u32> = (0..8).collect(); // two full blocks
+    let mut first = system.clone();
+    first.extend([100, 101]);
+    kv.admit(r(1), &first, &RequestKeys::default(), ALL)
+        .unwrap(); // 3 blocks
+    kv.admit(r(2), &[7; 8], &RequestKeys::default(), ALL)
+        .unwrap(); // 2 more: 1 free
+    let before = kv.metrics();
+    let mut second = system.clone();
+    second.extend(200..212); // 8 cached + 12 new tokens: 3 more blocks
+    let err = kv
+        .admit(r(3), &second, &RequestKeys::default(), ALL)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        KvError::OutOfBlocks {
+            requested: 3,
+            free: 1,
+            reserved: 0,
+            cached_tokens: 8,
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("8 prompt tokens were found in the prefix cache"),
+        "{err}"
+    );
+    let after = kv.metrics();
+    assert_eq!(
+        after.prefix_queries - before.prefix_queries,
+        20,
+        "queried once"
+    );
+    assert_eq!(after.prefix_hits - before.prefix_hits, 8, "hit once");
+    assert!(!kv.contains(r(3)));
+}
+
+#[test]
+fn append_slots_matches_allocate_slots_and_reuses_the_callers_buffers() {
+    let mut a = manager(16, 4);
+    let mut b = manager(16, 4);
+    let prompt: Vec<u32> = (0..6).collect();
+    let first = a
+        .admit(r(1), &prompt, &RequestKeys::default(), ALL)
+        .unwrap();
+    b.admit(r(1), &prompt, &RequestKeys::default(), ALL)
+        .unwrap();
+    a.fork(r(1), r(2)).unwrap();
+    b.fork(r(1), r(2)).unwrap();
+    assert_eq!(first.allocation.slots.len(), 6);
+    let (mut slots, mut copies) = (Vec::with_capacity(64), Vec::with_capacity(8));
+    let capacity = (slots.capacity(), copies.capacity());
+    for step in 0..10u32 {
+        for id in [r(1), r(2)] {
+            let tok = [step * 10 + id.0 as u32];
+            let want = a.allocate_slots(id, &tok).unwrap();
+            let (s0, c0) = (slots.len(), copies.len());
+            let new_blocks = b.append_slots(id, &tok, &mut slots, &mut copies).unwrap();
+            assert_eq!(&slots[s0..], want.slots.as_slice(), "step {step} {id}");
+            assert_eq!(&copies[c0..], want.copies.as_slice(), "step {step} {id}");
+            assert_eq!(new_blocks, want.new_blocks, "step {step} {id}");
+        }
+        slots.clear();
+        copies.clear();
+    }
+    assert_eq!(
+        (slots.capacity(), copies.capacity()),
+        capacity,
+        "the buffers were reallocated"
+    );
+    assert_eq!(a.blocks(r(2)).unwrap(), b.blocks(r(2)).unwrap());
+    // An error appends nothing.
+    slots.push(-7);
+    let err = b
+        .append_slots(r(9), &[1], &mut slots, &mut copies)
+        .unwrap_err();
+    assert_eq!(err, KvError::UnknownRequest(r(9)));
+    let err = b
+        .append_slots(r(1), &[1; 4 * 16], &mut slots, &mut copies)
+        .unwrap_err();
+    assert!(matches!(err, KvError::OutOfBlocks { .. }), "{err:?}");
+    assert_eq!((slots.as_slice(), copies.len()), (&[-7][..], 0));
+}
+
+#[test]
+fn no_watermark_by_default_as_in_vllm_v1() {
+    let config = ManagerConfig::new(1000, 16);
+    assert_eq!(config.watermark_blocks, 0);
+    assert_eq!(config.with_watermark(0.01).watermark_blocks, 10);
+    for bad in [-0.5, 1.5, f64::NAN, f64::INFINITY] {
+        assert_eq!(config.with_watermark(bad).watermark_blocks, 0, "{bad}");
+    }
+    // With no watermark a new request may take the last free block.
+    let mut kv = KvCacheManager::new(ManagerConfig::new(3, 4)).unwrap(); // 2 usable
+    kv.admit(r(1), &[1; 8], &RequestKeys::default(), ALL)
+        .unwrap();
+    assert_eq!(kv.pool().num_free(), 0);
 }

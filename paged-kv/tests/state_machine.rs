@@ -180,7 +180,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     cache_salt: salted.then(|| salt.clone()),
                     ..RequestKeys::default()
                 };
-                match kv.admit(id, &prompt, keys, *chunk) {
+                match kv.admit(id, &prompt, &keys, *chunk) {
                     Ok(a) => {
                         let end = a.num_cached_tokens + a.allocation.slots.len();
                         prop_assert!(a.num_cached_tokens < prompt.len(), "the whole prompt hit");
