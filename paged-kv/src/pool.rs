@@ -16,7 +16,8 @@ use crate::ids::{BlockId, TokenId};
 
 const NIL: u32 = u32::MAX;
 
-/// What a cached full block holds, kept to confirm hits (see [`crate::hash`]).
+/// What a cached full block holds, kept to confirm hits (see [`block_hash`](crate::block_hash):
+/// a hit compares this content, so a hash collision is a miss).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedContent {
     /// The block's hash.

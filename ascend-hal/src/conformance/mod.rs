@@ -19,7 +19,7 @@
 //! every error a caller can provoke: bad ordinal, out of memory, length mismatch, out-of-bounds
 //! views, wrong device, lost device.
 //!
-//! [`allocator`] is the same for [`Allocator`](crate::alloc::Allocator) implementations.
+//! [`allocator`] is the same for [`Allocator`] implementations.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod allocator;
