@@ -18,7 +18,22 @@ use crate::error::{Error, Result};
 use crate::traits::{Backend, Device, DeviceMemory, DevicePtr, Stream};
 
 /// Read access to a typed range of device memory: what stream operations take as a source.
-pub trait DeviceRepr<B: Backend, T: Element> {
+///
+/// Sealed: only [`DeviceBuffer`], [`DeviceSlice`] and [`DeviceSliceMut`] implement it, because the
+/// safe stream API hands the address and byte count it reports to the backends' `unsafe`
+/// enqueue methods. A foreign implementation could report any address or size:
+///
+/// ```compile_fail
+/// use ascend_hal::{Backend, DevicePtr, DeviceRepr, Element};
+/// struct Liar;
+/// impl<B: Backend, T: Element> DeviceRepr<B, T> for Liar {
+///     fn device_ptr(&self) -> DevicePtr { DevicePtr(0x1000) }
+///     fn len(&self) -> usize { 64 }
+///     fn device_ordinal(&self) -> usize { 0 }
+///     fn size_in_bytes(&self) -> usize { 1 << 20 }
+/// }
+/// ```
+pub trait DeviceRepr<B: Backend, T: Element>: sealed::Sealed {
     /// Start address of the range.
     fn device_ptr(&self) -> DevicePtr;
     /// Number of elements.
@@ -29,16 +44,24 @@ pub trait DeviceRepr<B: Backend, T: Element> {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Size of the range in bytes.
+    /// Size of the range in bytes: `len() * size_of::<T>()`, always (the trait is sealed).
     fn size_in_bytes(&self) -> usize {
         self.len() * std::mem::size_of::<T>()
     }
 }
 
+mod sealed {
+    /// Implemented only by this module's buffer and view types.
+    pub trait Sealed {}
+    impl<B: crate::Backend, T: crate::Element> Sealed for super::DeviceBuffer<B, T> {}
+    impl<B: crate::Backend, T: crate::Element> Sealed for super::DeviceSlice<'_, B, T> {}
+    impl<B: crate::Backend, T: crate::Element> Sealed for super::DeviceSliceMut<'_, B, T> {}
+}
+
 /// Write access to a typed range of device memory: what stream operations take as a destination.
 ///
 /// Implemented only by types that hold exclusive access (an owned buffer or a `&mut` view), so
-/// that two destinations of one operation can never alias.
+/// that two destinations of one operation can never alias; sealed like [`DeviceRepr`].
 pub trait DeviceReprMut<B: Backend, T: Element>: DeviceRepr<B, T> {}
 
 /// An owned, typed allocation of `len` elements on one device.

@@ -136,6 +136,20 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A buffer whose asynchronous use could not be fenced: queued device work may still use
+    /// its memory, so the memory is kept (leaked) rather than freed, and the host may not
+    /// touch it.
+    #[error(
+        "{what} is poisoned: {reason}; its memory is kept (never freed) so that queued device \
+         work cannot touch freed memory. Drop it and use a new one"
+    )]
+    Poisoned {
+        /// What is poisoned.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+
     /// An argument that no call could accept.
     #[error("invalid argument to {op}: {message}")]
     InvalidArgument {

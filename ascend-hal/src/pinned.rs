@@ -8,13 +8,18 @@
 //! on stream S that touches the buffer first makes S wait (on the device, without blocking the
 //! host) for the conflicting fences of other streams. The borrow checker does the rest: device
 //! writes into the buffer need `&mut`, so no host slice can be alive while one is being enqueued.
+//!
+//! If a fence cannot be recorded after a copy was queued, the buffer falls back on synchronising
+//! the stream; if that fails too, nothing proves the copy is done, so the buffer is *poisoned*:
+//! host access returns [`Error::Poisoned`], and `Drop` leaks the memory (with a warning on
+//! stderr) instead of freeing it under the queued copy.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::dtype::Element;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::traits::{Backend, Device, Event, HostMemory, Stream, StreamId};
 
 /// A typed page-locked host buffer for asynchronous copies.
@@ -44,6 +49,8 @@ pub struct PinnedBuffer<B: Backend, T: Element> {
 struct Fences<B: Backend> {
     reads: Vec<(StreamId, B::Event)>,
     writes: Vec<(StreamId, B::Event)>,
+    /// Why a queued copy may still use the memory without a fence, if one may.
+    poisoned: Option<String>,
 }
 
 /// Which pending device accesses a host access or a new copy conflicts with.
@@ -70,6 +77,7 @@ impl<B: Backend, T: Element> PinnedBuffer<B, T> {
             fences: Mutex::new(Fences {
                 reads: Vec::new(),
                 writes: Vec::new(),
+                poisoned: None,
             }),
             _element: PhantomData,
         })
@@ -132,9 +140,16 @@ impl<B: Backend, T: Element> PinnedBuffer<B, T> {
     }
 
     /// Before a copy of kind `access` on `stream`: make the stream wait for conflicting fences
-    /// of other streams, so the device orders the accesses without blocking the host.
+    /// of other streams, so the device orders the accesses without blocking the host. A
+    /// poisoned buffer takes no more copies.
     pub(crate) fn order_before(&self, stream: &B::Stream, access: Access) -> Result<()> {
         let fences = self.lock_fences();
+        if let Some(reason) = &fences.poisoned {
+            return Err(Error::Poisoned {
+                what: "a pinned host buffer",
+                reason: reason.clone(),
+            });
+        }
         for (id, event) in conflicting(&fences, access) {
             if *id != stream.id() {
                 stream.wait(event)?;
@@ -159,17 +174,29 @@ impl<B: Backend, T: Element> PinnedBuffer<B, T> {
                 Ok(())
             }),
         };
-        if recorded.is_err() {
+        if let Err(e) = &recorded {
             // Without a fence the host could touch memory the copy still uses: wait for the whole
-            // stream instead. Its own error (if any) is the stream's to report; the record
-            // failure is what we return.
-            let _ = stream.synchronize();
+            // stream instead. Only `Ok` proves the queue drained (the `Stream::synchronize`
+            // contract); otherwise the buffer is poisoned and its memory never freed.
+            if let Err(sync) = stream.synchronize() {
+                fences.poisoned = Some(format!(
+                    "recording a fence after a copy on {:?} failed ({e}), and synchronising the \
+                     stream failed too ({sync})",
+                    stream.id()
+                ));
+            }
         }
         recorded
     }
 
     fn wait_host(&self, access: Access) -> Result<()> {
         let mut fences = self.lock_fences();
+        if let Some(reason) = &fences.poisoned {
+            return Err(Error::Poisoned {
+                what: "a pinned host buffer",
+                reason: reason.clone(),
+            });
+        }
         let mut first_error = None;
         for (_, event) in conflicting(&fences, access) {
             if let Err(e) = event.synchronize() {
@@ -206,7 +233,15 @@ impl<B: Backend, T: Element> Drop for PinnedBuffer<B, T> {
     fn drop(&mut self) {
         // The memory must outlive every copy that uses it. A failed copy's error is reported by
         // its stream's next synchronize, so nothing is lost by ignoring it here.
-        let _ = self.wait_host(Access::Write);
+        if let Err(Error::Poisoned { reason, .. }) = self.wait_host(Access::Write) {
+            if let Some(memory) = self.memory.take() {
+                eprintln!(
+                    "ascend-hal: leaking a pinned host buffer of {} bytes: {reason}",
+                    memory.size()
+                );
+                std::mem::forget(memory);
+            }
+        }
     }
 }
 

@@ -340,6 +340,12 @@ pub trait Stream: Send + Sync + fmt::Debug {
 
     /// Blocks until all queued work has finished; returns the first failure since the last
     /// synchronisation.
+    ///
+    /// `Ok` promises that every operation queued before the call has finished. An `Err` does
+    /// not: the call itself may have failed (an injected fault, a lost device) before the queue
+    /// drained. Code that frees memory queued work uses must treat an error as "may still be
+    /// running" (as [`PinnedBuffer`](crate::PinnedBuffer) does). Every backend returns `Ok` only
+    /// after draining the queue.
     fn synchronize(&self) -> Result<()>;
 
     /// Whether all queued work has finished, without blocking.

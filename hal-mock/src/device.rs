@@ -148,6 +148,18 @@ impl DeviceShared {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         streams.push(Arc::downgrade(stream));
     }
+
+    /// Forgets a dropped stream, so that a server creating and dropping streams without ever
+    /// synchronising the device keeps no trace of them.
+    pub(crate) fn unregister_stream(&self, id: ascend_hal::StreamId) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.retain(|w| w.upgrade().is_some_and(|s| s.id() != id));
+    }
+
+    /// Streams registered and not yet dropped.
+    pub(crate) fn registered_streams(&self) -> usize {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// A device of the CPU backend. Cheap to clone.
@@ -165,6 +177,12 @@ impl CpuDevice {
     /// Whether the device has been marked lost.
     pub fn is_lost(&self) -> bool {
         self.shared.is_lost()
+    }
+
+    /// How many streams of this device the backend keeps track of: the live ones (a dropped
+    /// stream leaves no trace).
+    pub fn tracked_streams(&self) -> usize {
+        self.shared.registered_streams()
     }
 }
 

@@ -3,16 +3,26 @@
 //! Each record creates a fresh [`Signal`] that the recording stream's worker completes when it
 //! reaches the record; the event points at its latest signal. A `wait` captures the signal current
 //! at the time of the call, so re-recording the event later never changes what an earlier wait
-//! waits for, and since the record was queued before the wait, waits cannot form a cycle.
+//! waits for.
+//!
+//! Why waits cannot form a cycle: the record task is pushed onto its stream's queue *before*
+//! the event publishes its signal (both under the event's lock), so every wait task is pushed
+//! after the record it waits for. A blocked wait waits for a queue whose front task was pushed
+//! earlier still; following waits back therefore goes strictly back in push order and ends.
+//! (Publishing first, as an earlier version did, let a concurrent `wait` on the same stream
+//! queue ahead of the record, and the worker waited on itself forever; the model check in
+//! `tests/model_check.rs` finds that order.) A wait from the signal's own worker for a signal
+//! it has not completed is an error instead of a hang.
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ascend_hal::{Error, Result};
 
 use crate::backend::CpuBackend;
 use crate::device::DeviceShared;
+use crate::sync::{thread, Condvar, Mutex, MutexGuard};
 
 #[derive(Default)]
 struct SignalState {
@@ -21,10 +31,11 @@ struct SignalState {
 }
 
 /// One record of an event: completed by a stream worker, waited on by hosts and other streams.
-#[derive(Default)]
 pub(crate) struct Signal {
     state: Mutex<SignalState>,
     cv: Condvar,
+    /// The worker thread that completes it.
+    completer: Option<thread::ThreadId>,
 }
 
 impl Signal {
@@ -42,9 +53,21 @@ impl Signal {
     }
 
     /// Blocks until completed; returns the recording stream's failure, if any.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the caller is the worker that must complete the signal
+    /// (a host task waiting for an event recorded after it on its own stream).
     pub(crate) fn wait(&self) -> Result<()> {
-        crate::stream::poll_briefly(|| self.lock().done.is_some());
+        crate::sync::poll_briefly(|| self.lock().done.is_some());
         let mut s = self.lock();
+        if s.done.is_none() && self.completer == Some(thread::current().id()) {
+            return Err(Error::InvalidArgument {
+                op: "Event::synchronize",
+                message: "a host task waits for an event recorded after it on its own stream, \
+                          which cannot complete before the task does"
+                    .into(),
+            });
+        }
         while s.done.is_none() {
             s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
@@ -70,11 +93,31 @@ impl CpuEvent {
         }
     }
 
-    /// Starts a new record; the caller queues the returned signal on a stream.
-    pub(crate) fn new_record(&self) -> Arc<Signal> {
-        let signal = Arc::new(Signal::default());
-        *self.lock_latest() = Some(Arc::clone(&signal));
-        signal
+    /// Records: creates a signal completed by the worker `completer`, lets `queue` push its
+    /// record task, and only then makes it the event's latest signal, all under the event's
+    /// lock (see the module docs for why the order matters).
+    pub(crate) fn record_with(
+        &self,
+        completer: Option<thread::ThreadId>,
+        queue: impl FnOnce(Arc<Signal>),
+    ) {
+        let signal = Arc::new(Signal {
+            state: Mutex::new(SignalState::default()),
+            cv: Condvar::new(),
+            completer,
+        });
+        let mut latest = self.lock_latest();
+        #[cfg(feature = "model-check")]
+        if crate::model_check::old_record_order() {
+            // The order before the fix, kept for the model check to show what it finds.
+            *latest = Some(Arc::clone(&signal));
+            drop(latest);
+            thread::yield_now();
+            queue(signal);
+            return;
+        }
+        queue(Arc::clone(&signal));
+        *latest = Some(signal);
     }
 
     /// The signal of the most recent record, if any.

@@ -39,6 +39,26 @@ mod kernels;
 mod memory;
 mod regions;
 mod stream;
+mod sync;
+
+/// Switches for the model check (feature `model-check`), which runs the streams and events on
+/// shuttle's primitives.
+#[cfg(feature = "model-check")]
+pub mod model_check {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static OLD_RECORD_ORDER: AtomicBool = AtomicBool::new(false);
+
+    /// Restores the record order that deadlocked (publish the event's signal, then queue its
+    /// record), so that a test can show the checker finds it.
+    pub fn use_old_record_order(old: bool) {
+        OLD_RECORD_ORDER.store(old, Ordering::SeqCst);
+    }
+
+    pub(crate) fn old_record_order() -> bool {
+        OLD_RECORD_ORDER.load(Ordering::SeqCst)
+    }
+}
 
 pub use backend::{CpuBackend, CpuBackendBuilder};
 pub use device::{CpuDevice, DeviceProfile, VMM_GRANULARITY};

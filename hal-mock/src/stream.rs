@@ -5,12 +5,14 @@
 //! completes event records, carrying the failure to whoever synchronises them, so nothing ever
 //! waits forever. `synchronize` waits for the queue to drain and returns that failure once; the
 //! stream is then usable again. Dropping a stream lets the worker finish its queue first.
+//!
+//! Waiting for a stream from its own worker (a host task that synchronises its stream, or the
+//! device) can never end, so it is an error instead of a hang.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 
 use ascend_hal::{DevicePtr, Error, Result, StreamId};
 
@@ -19,23 +21,9 @@ use crate::device::{CpuDevice, DeviceShared};
 use crate::event::{CpuEvent, Signal};
 use crate::faults::MockOp;
 use crate::memory::{Allocation, Piece};
+use crate::sync::{poll_briefly, thread, Condvar, Mutex, MutexGuard};
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
-
-/// How long a synchronising host polls before it blocks.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
-
-/// Polls `done` for up to [`SPIN`] before the caller blocks on its condition variable.
-///
-/// Short operations finish within microseconds; polling first saves the host a wake-up round
-/// trip (~50 us here), as the default synchronisation of CUDA and ACL (spin, yield, then block)
-/// does.
-pub(crate) fn poll_briefly(mut done: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + SPIN;
-    while !done() && std::time::Instant::now() < until {
-        std::thread::yield_now();
-    }
-}
 
 type Work = Box<dyn FnOnce() -> Result<()> + Send>;
 
@@ -73,9 +61,25 @@ pub(crate) struct StreamShared {
     state: Mutex<QueueState>,
     work_ready: Condvar,
     work_done: Condvar,
+    /// The worker thread, set before the stream is handed out.
+    worker: OnceLock<thread::ThreadId>,
 }
 
 impl StreamShared {
+    /// Whether the calling thread is this stream's worker (running one of its tasks).
+    pub(crate) fn on_own_worker(&self) -> bool {
+        self.worker.get() == Some(&thread::current().id())
+    }
+
+    /// The worker's thread id, for the signals this stream completes.
+    pub(crate) fn worker_id(&self) -> Option<thread::ThreadId> {
+        self.worker.get().copied()
+    }
+
+    pub(crate) fn id(&self) -> StreamId {
+        self.id
+    }
+
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // The worker never panics while holding the lock (tasks run outside it), so a poisoned
         // lock is still consistent.
@@ -90,7 +94,21 @@ impl StreamShared {
     }
 
     /// Waits until every task queued so far has run, then takes the pending failure.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when called from the stream's own worker (a host task waiting
+    /// for its own stream), which would wait forever.
     pub(crate) fn wait_idle_and_take_error(&self) -> Result<()> {
+        if self.on_own_worker() {
+            return Err(Error::InvalidArgument {
+                op: "synchronize",
+                message: format!(
+                    "a host task of {} waits for its own stream, which cannot finish before the \
+                     task does; enqueue the work after the task instead",
+                    self.label
+                ),
+            });
+        }
         poll_briefly(|| {
             let s = self.lock();
             s.completed == s.enqueued
@@ -173,7 +191,7 @@ fn run_catching(work: Work) -> Result<()> {
 /// A stream of the CPU backend, with its own worker thread.
 pub struct CpuStream {
     shared: Arc<StreamShared>,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<thread::JoinHandle<()>>,
 }
 
 /// A raw pointer that a task may carry to the worker thread; the HAL's safety contracts keep the
@@ -194,15 +212,17 @@ impl CpuStream {
             state: Mutex::new(QueueState::default()),
             work_ready: Condvar::new(),
             work_done: Condvar::new(),
+            worker: OnceLock::new(),
         });
         let worker_state = Arc::clone(&shared);
-        let worker = std::thread::Builder::new()
+        let worker = thread::Builder::new()
             .name(shared.label.clone())
             .spawn(move || worker_state.run_worker())
             .map_err(|e| Error::InvalidArgument {
                 op: "new_stream",
                 message: format!("could not start the stream's worker thread: {e}"),
             })?;
+        let _ = shared.worker.set(worker.thread().id());
         shared.device.register_stream(&shared);
         Ok(CpuStream {
             shared,
@@ -440,8 +460,11 @@ impl ascend_hal::Stream for CpuStream {
     fn record(&self, event: &CpuEvent) -> Result<()> {
         self.check_own(event, "record")?;
         self.shared.device.enter(MockOp::Record)?;
-        self.shared
-            .push("record", TaskKind::Record(event.new_record()));
+        // The record is queued before the event points at its signal, so a `wait` can never
+        // capture a signal whose record is not queued yet (see `event.rs`).
+        event.record_with(self.shared.worker_id(), |signal| {
+            self.shared.push("record", TaskKind::Record(signal))
+        });
         Ok(())
     }
 
@@ -468,6 +491,7 @@ impl ascend_hal::Stream for CpuStream {
 
 impl Drop for CpuStream {
     fn drop(&mut self) {
+        self.shared.device.unregister_stream(self.shared.id);
         self.shared.lock().shutdown = true;
         self.shared.work_ready.notify_all();
         if let Some(worker) = self.worker.take() {

@@ -1,0 +1,173 @@
+//! Regression tests for what an outside review found in the CPU backend and the safe layer over
+//! it: each failed (crashed, hung or corrupted memory) before its fix.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ascend_hal::prelude::*;
+use ascend_hal::Error;
+use hal_mock::{CpuBackend, CpuStream, DeviceProfile, MockOp};
+
+fn backend(mib: u64) -> CpuBackend {
+    CpuBackend::builder()
+        .device(DeviceProfile::custom("Ascend910B4", mib << 20))
+        .build()
+}
+
+/// Holds `stream` until the returned sender sends (or drops).
+fn hold(stream: &CpuStream) -> mpsc::Sender<()> {
+    let (open, gate) = mpsc::channel::<()>();
+    stream
+        .enqueue_host_task("held", move || {
+            let _ = gate.recv();
+            Ok(())
+        })
+        .unwrap();
+    open
+}
+
+/// Runs `f` on a thread and fails if it has not returned after `secs` seconds (a hang).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} hung for {secs} s"))
+}
+
+/// A fence that cannot be recorded, with a synchronisation that fails too, used to leave a
+/// queued device-to-host copy unfenced; dropping the pinned buffer freed its memory and the copy
+/// then wrote 64 KiB into whatever reused it.
+#[test]
+fn an_unfenced_pinned_buffer_is_poisoned_and_leaked_not_freed() {
+    let backend = backend(64);
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    const N: usize = 64 << 10;
+    let src = DeviceBuffer::<CpuBackend, u8>::from_slice(&stream, &vec![0xAB; N]).unwrap();
+    let mut host = PinnedBuffer::<CpuBackend, u8>::new(&device, N).unwrap();
+    let open = hold(&stream);
+    backend.faults().fail_nth(MockOp::Record, 1).unwrap();
+    backend.faults().fail_nth(MockOp::Synchronize, 1).unwrap();
+    let err = stream.copy_d2h(&src, &mut host).unwrap_err();
+    assert!(
+        matches!(err, Error::Injected { op: "record", .. }),
+        "{err:?}"
+    );
+    let err = host.as_slice().unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err:?}");
+    assert!(err.to_string().contains("never freed"), "{err}");
+    // A poisoned buffer takes no more copies either.
+    let err = stream.copy_d2h(&src, &mut host).unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err:?}");
+    drop(host); // leaked, with a warning: the queued copy still targets it
+    let bystander = vec![0u8; N]; // what the freed memory would have been reused for
+    drop(open);
+    stream.synchronize().unwrap();
+    assert!(
+        bystander.iter().all(|&b| b == 0),
+        "the queued copy wrote into memory the buffer no longer owned"
+    );
+}
+
+/// A host task that synchronises its own stream (or the device) waited for itself forever.
+#[test]
+fn a_host_task_waiting_for_its_own_stream_is_an_error_not_a_hang() {
+    let backend = backend(64);
+    let device = backend.device(0).unwrap();
+    let stream = std::sync::Arc::new(device.new_stream().unwrap());
+    let inner = std::sync::Arc::clone(&stream);
+    let dev = device.clone();
+    let (tx, rx) = mpsc::channel();
+    stream
+        .enqueue_host_task("waits for itself", move || {
+            let own = inner.synchronize();
+            let all = dev.synchronize();
+            let _ = tx.send((own, all));
+            Ok(())
+        })
+        .unwrap();
+    let (own, all) = rx.recv_timeout(Duration::from_secs(20)).expect("hung");
+    for err in [own.unwrap_err(), all.unwrap_err()] {
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("waits for its own stream"),
+            "{err}"
+        );
+    }
+    within(20, "the stream after the task", move || {
+        stream.synchronize().unwrap()
+    });
+}
+
+/// A host task that waits for an event recorded after it on its own stream.
+#[test]
+fn a_host_task_waiting_for_a_later_event_of_its_stream_is_an_error() {
+    let backend = backend(64);
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let event = std::sync::Arc::new(device.new_event().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let (go, gate) = mpsc::channel::<()>();
+    let e = std::sync::Arc::clone(&event);
+    stream
+        .enqueue_host_task("waits for a later event", move || {
+            let _ = gate.recv(); // until the record below is queued
+            let _ = tx.send(e.synchronize());
+            Ok(())
+        })
+        .unwrap();
+    stream.record(&event).unwrap();
+    go.send(()).unwrap();
+    let err = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("hung")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot complete before the task does"),
+        "{err}"
+    );
+    stream.synchronize().unwrap();
+}
+
+/// Recording an event published its signal before queueing the record, so a concurrent wait on
+/// the same stream could queue ahead of it and the worker waited for itself (3 runs of 3). The
+/// model check (`tests/model_check.rs`) covers every interleaving; this runs the real threads.
+#[test]
+fn concurrent_record_and_wait_on_one_stream_do_not_deadlock() {
+    within(60, "record/wait race", || {
+        let backend = backend(64);
+        let device = backend.device(0).unwrap();
+        let stream = std::sync::Arc::new(device.new_stream().unwrap());
+        let event = std::sync::Arc::new(device.new_event().unwrap());
+        let recorder = {
+            let (stream, event) = (stream.clone(), event.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    stream.record(&event).unwrap();
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            stream.wait(&event).unwrap();
+        }
+        recorder.join().unwrap();
+        stream.synchronize().unwrap();
+    });
+}
+
+/// The device kept a `Weak` for every stream ever created until its next synchronisation.
+#[test]
+fn dropped_streams_leave_no_trace_on_the_device() {
+    let backend = backend(64);
+    let device = backend.device(0).unwrap();
+    let keep = device.new_stream().unwrap();
+    for _ in 0..500 {
+        drop(device.new_stream().unwrap());
+    }
+    assert_eq!(device.tracked_streams(), 1);
+    drop(keep);
+    assert_eq!(device.tracked_streams(), 0);
+}
