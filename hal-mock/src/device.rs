@@ -97,7 +97,7 @@ impl DeviceShared {
             faults,
             poison,
             lost: AtomicBool::new(false),
-            memory: Mutex::new(AddressSpace::new(ordinal)),
+            memory: Mutex::new(AddressSpace::new()),
             streams: Mutex::new(Vec::new()),
         }
     }
@@ -162,6 +162,10 @@ impl DeviceShared {
     }
 }
 
+/// What an allocation or reservation says when the device's simulated addresses run out.
+const ADDRESSES_USED_UP: &str = "the CPU backend's simulated address space of this device is \
+     used up (256 TiB of addresses, never reused); use a new backend";
+
 /// A device of the CPU backend. Cheap to clone.
 #[derive(Clone)]
 pub struct CpuDevice {
@@ -200,7 +204,7 @@ impl ascend_hal::Device for CpuDevice {
     fn memory_info(&self) -> Result<MemoryInfo> {
         self.shared.check_alive("memory_info")?;
         let total = self.shared.profile.total_memory;
-        let used = self.shared.memory().used;
+        let used = self.shared.memory().used();
         Ok(MemoryInfo {
             free: total.saturating_sub(used),
             total,
@@ -252,7 +256,7 @@ impl ascend_hal::Device for CpuDevice {
         };
         if let Some(limit) = d.faults.allocation_limit() {
             if bytes as u64 > limit {
-                let used = d.memory().used;
+                let used = d.memory().used();
                 return Err(oom(
                     used,
                     format!("; injected fault: allocations above {limit} bytes fail"),
@@ -260,24 +264,27 @@ impl ascend_hal::Device for CpuDevice {
             }
         }
         let mut memory = d.memory();
-        if memory.used.saturating_add(accounted) > total {
+        let used = memory.used();
+        if used.saturating_add(accounted) > total {
             let detail = if accounted != bytes as u64 {
                 format!("; the allocation takes {accounted} bytes after ACL's size rounding")
             } else {
                 String::new()
             };
-            return Err(oom(memory.used, detail));
+            return Err(oom(used, detail));
         }
         let Some(mut data) = HostBytes::zeroed(bytes) else {
             return Err(oom(
-                memory.used,
+                used,
                 "; the host could not back the simulated device memory".into(),
             ));
         };
         if d.poison {
             data.as_mut_slice().fill(0xff);
         }
-        let allocation = memory.insert(bytes, accounted, data);
+        let Some(allocation) = memory.insert(bytes, accounted, data) else {
+            return Err(oom(used, format!("; {}", ADDRESSES_USED_UP)));
+        };
         Ok(CpuDeviceMemory {
             allocation,
             device: Arc::clone(d),
@@ -291,7 +298,12 @@ impl ascend_hal::Device for CpuDevice {
     fn reserve_virtual(&self, bytes: usize) -> Result<CpuVirtualRange> {
         self.shared.enter(MockOp::ReserveVirtual)?;
         check_granular("reserve_virtual", bytes)?;
-        let base = self.shared.memory().reserve(bytes);
+        let Some(base) = self.shared.memory().reserve(bytes) else {
+            return Err(Error::InvalidArgument {
+                op: "reserve_virtual",
+                message: format!("{bytes} bytes: {ADDRESSES_USED_UP}"),
+            });
+        };
         Ok(CpuVirtualRange {
             base,
             size: bytes,
@@ -304,13 +316,14 @@ impl ascend_hal::Device for CpuDevice {
         d.enter(MockOp::AllocatePhysical)?;
         check_granular("allocate_physical", bytes)?;
         let total = d.profile.total_memory;
-        let mut memory = d.memory();
+        let memory = d.memory();
         let limit = d.faults.allocation_limit();
-        if memory.used + bytes as u64 > total || limit.is_some_and(|l| bytes as u64 > l) {
+        let used = memory.used();
+        if used.saturating_add(bytes as u64) > total || limit.is_some_and(|l| bytes as u64 > l) {
             return Err(Error::OutOfMemory {
                 device: d.label.clone(),
                 requested: bytes as u64,
-                free: total.saturating_sub(memory.used),
+                free: total.saturating_sub(used),
                 total,
                 detail: if limit.is_some_and(|l| bytes as u64 > l) {
                     "; injected fault: allocations above the limit fail".into()
@@ -322,15 +335,14 @@ impl ascend_hal::Device for CpuDevice {
         let data = HostBytes::zeroed(bytes).ok_or_else(|| Error::OutOfMemory {
             device: d.label.clone(),
             requested: bytes as u64,
-            free: total.saturating_sub(memory.used),
+            free: total.saturating_sub(used),
             total,
             detail: "; the host could not back the simulated device memory".into(),
         })?;
-        memory.used += bytes as u64;
         Ok(CpuPhysicalMemory {
             storage: Arc::new(std::sync::Mutex::new(data)),
             size: bytes,
-            device: Arc::clone(d),
+            _charge: memory.charge(bytes as u64),
         })
     }
 

@@ -14,6 +14,7 @@ use std::alloc::Layout;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ascend_hal::{DevicePtr, Error, Result};
@@ -113,14 +114,40 @@ impl Drop for HostBytes {
 /// The bytes behind an allocation, or behind a physical chunk that may be mapped.
 pub(crate) type Storage = Arc<Mutex<HostBytes>>;
 
+/// Bytes counted against a device's capacity, given back when the charge drops.
+pub(crate) struct Charge {
+    bytes: u64,
+    used: Arc<AtomicU64>,
+}
+
+impl Charge {
+    pub(crate) fn new(bytes: u64, used: &Arc<AtomicU64>) -> Self {
+        used.fetch_add(bytes, Ordering::SeqCst);
+        Charge {
+            bytes,
+            used: Arc::clone(used),
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
 /// One mapped range of a device's address space: an ordinary allocation, or a physical chunk
 /// mapped into a reserved range. Its storage is locked for every access.
+///
+/// Queued operations hold it through their [`Piece`]s, so an ordinary allocation's capacity
+/// (its [`Charge`]) comes back only when the last operation that uses it has finished, not when
+/// its owner drops it.
 pub(crate) struct Allocation {
     pub(crate) base: u64,
     pub(crate) size: usize,
-    /// Bytes this entry counts against the capacity (0 for a mapping: the physical chunk
+    /// What this entry counts against the capacity (none for a mapping: the physical chunk
     /// counts itself).
-    pub(crate) accounted: u64,
+    _charge: Option<Charge>,
     data: Storage,
 }
 
@@ -146,28 +173,58 @@ impl Allocation {
 /// `len` bytes at `offset` of one allocation: a piece of a device range.
 pub(crate) type Piece = (Arc<Allocation>, usize, usize);
 
+/// Bits of address per device: each device of every CPU backend in the process gets its own
+/// 256 TiB of addresses, so a buffer of one backend is never a valid address of another.
+const SPACE_BITS: u32 = 48;
+/// The next address space to hand out (space 0 is never used: address 0 stays invalid).
+static NEXT_SPACE: AtomicU64 = AtomicU64::new(1);
+
 /// The live allocations and mappings of one device, and its usage.
-#[derive(Default)]
 pub(crate) struct AddressSpace {
     live: BTreeMap<u64, Arc<Allocation>>,
     next: u64,
-    pub(crate) used: u64,
+    end: u64,
+    used: Arc<AtomicU64>,
 }
 
 impl AddressSpace {
-    pub(crate) fn new(ordinal: usize) -> Self {
+    /// A fresh range of addresses, unique in the process (after 65,535 devices the ranges are
+    /// handed out again).
+    pub(crate) fn new() -> Self {
+        let index = NEXT_SPACE.fetch_add(1, Ordering::Relaxed) % ((1 << (64 - SPACE_BITS)) - 1) + 1;
+        let start = index << SPACE_BITS;
         AddressSpace {
             live: BTreeMap::new(),
-            next: (ordinal as u64 + 1) << 48,
-            used: 0,
+            next: start,
+            end: start + ((1u64 << SPACE_BITS) - 1),
+            used: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Takes `size` bytes of fresh addresses, followed by an unmapped guard gap.
-    pub(crate) fn reserve(&mut self, size: usize) -> u64 {
+    /// Bytes counted against the capacity (live allocations, memory queued work still uses,
+    /// physical chunks).
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// Counts `bytes` against the capacity until the returned charge drops.
+    pub(crate) fn charge(&self, bytes: u64) -> Charge {
+        Charge::new(bytes, &self.used)
+    }
+
+    /// Takes `size` bytes of fresh addresses, followed by an unmapped guard gap; `None` when the
+    /// device's addresses are used up.
+    pub(crate) fn reserve(&mut self, size: usize) -> Option<u64> {
         let base = self.next;
-        self.next = (base + size as u64 + GUARD_GAP).div_ceil(HUGE_PAGE) * HUGE_PAGE;
-        base
+        let next = base
+            .checked_add(size as u64)?
+            .checked_add(GUARD_GAP)?
+            .checked_next_multiple_of(HUGE_PAGE)?;
+        if next > self.end {
+            return None;
+        }
+        self.next = next;
+        Some(base)
     }
 
     /// Adds an allocation of `size` bytes backed by `data`; the caller checked capacity.
@@ -176,17 +233,16 @@ impl AddressSpace {
         size: usize,
         accounted: u64,
         data: HostBytes,
-    ) -> Arc<Allocation> {
-        let base = self.reserve(size);
-        self.used += accounted;
+    ) -> Option<Arc<Allocation>> {
+        let base = self.reserve(size)?;
         let allocation = Arc::new(Allocation {
             base,
             size,
-            accounted,
+            _charge: Some(self.charge(accounted)),
             data: Arc::new(Mutex::new(data)),
         });
         self.live.insert(base, Arc::clone(&allocation));
-        allocation
+        Some(allocation)
     }
 
     /// Maps `data` (`size` bytes) at `base`, inside a reserved range; the caller checked that
@@ -197,7 +253,7 @@ impl AddressSpace {
             Arc::new(Allocation {
                 base,
                 size,
-                accounted: 0,
+                _charge: None,
                 data,
             }),
         );
@@ -220,15 +276,10 @@ impl AddressSpace {
             .is_some_and(|(&b, a)| b + a.size as u64 > base)
     }
 
-    /// Removes the allocation or mapping starting at `base`; returns whether there was one.
+    /// Removes the allocation or mapping starting at `base` from the address space; returns
+    /// whether there was one. Its capacity comes back once queued work no longer holds it.
     pub(crate) fn remove(&mut self, base: u64) -> bool {
-        match self.live.remove(&base) {
-            Some(a) => {
-                self.used -= a.accounted;
-                true
-            }
-            None => false,
-        }
+        self.live.remove(&base).is_some()
     }
 
     /// The pieces of `ptr..ptr + bytes`: one for an ordinary allocation, several across the
@@ -346,7 +397,8 @@ impl fmt::Debug for CpuVirtualRange {
 pub struct CpuPhysicalMemory {
     pub(crate) storage: Storage,
     pub(crate) size: usize,
-    pub(crate) device: Arc<DeviceShared>,
+    /// Its capacity, given back on drop (unmapped by then, by the `Device::unmap` contract).
+    pub(crate) _charge: Charge,
 }
 
 impl ascend_hal::PhysicalMemory for CpuPhysicalMemory {
@@ -355,11 +407,6 @@ impl ascend_hal::PhysicalMemory for CpuPhysicalMemory {
     }
 }
 
-impl Drop for CpuPhysicalMemory {
-    fn drop(&mut self) {
-        self.device.memory().used -= self.size as u64;
-    }
-}
 
 impl fmt::Debug for CpuPhysicalMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -410,9 +457,9 @@ mod tests {
 
     #[test]
     fn resolve_rejects_gaps_and_overruns() {
-        let mut space = AddressSpace::new(0);
-        let a = space.insert(100, 160, HostBytes::zeroed(100).unwrap());
-        let b = space.insert(100, 160, HostBytes::zeroed(100).unwrap());
+        let mut space = AddressSpace::new();
+        let a = space.insert(100, 160, HostBytes::zeroed(100).unwrap()).unwrap();
+        let b = space.insert(100, 160, HostBytes::zeroed(100).unwrap()).unwrap();
         assert!(b.base >= a.base + 100 + GUARD_GAP);
         let pieces = space
             .resolve(DevicePtr(a.base + 10), 90, "t", "cpu:0")
@@ -432,16 +479,19 @@ mod tests {
         assert!(space
             .resolve(DevicePtr(a.base + 200), 1, "t", "cpu:0")
             .is_err());
-        assert_eq!(space.used, 320);
-        space.remove(a.base);
-        assert_eq!(space.used, 160);
-        assert!(space.resolve(DevicePtr(a.base), 1, "t", "cpu:0").is_err());
+        assert_eq!(space.used(), 320);
+        let a_base = a.base;
+        space.remove(a_base);
+        assert_eq!(space.used(), 320, "`a` still holds its capacity");
+        drop((a, pieces));
+        assert_eq!(space.used(), 160);
+        assert!(space.resolve(DevicePtr(a_base), 1, "t", "cpu:0").is_err());
     }
 
     #[test]
     fn mapped_chunks_resolve_as_one_range() {
-        let mut space = AddressSpace::new(0);
-        let base = space.reserve(3 * 64);
+        let mut space = AddressSpace::new();
+        let base = space.reserve(3 * 64).unwrap();
         let chunk = || Arc::new(Mutex::new(HostBytes::zeroed(64).unwrap()));
         space.map_at(base, 64, chunk());
         space.map_at(base + 64, 64, chunk());

@@ -171,3 +171,44 @@ fn dropped_streams_leave_no_trace_on_the_device() {
     drop(keep);
     assert_eq!(device.tracked_streams(), 0);
 }
+
+/// Two `CpuBackend` values handed out the same device addresses, so a buffer of one written
+/// through the other's stream landed in an unrelated buffer.
+#[test]
+fn two_backends_never_share_device_addresses() {
+    let (one, two) = (backend(64), backend(64));
+    let (d1, d2) = (one.device(0).unwrap(), two.device(0).unwrap());
+    let s2 = d2.new_stream().unwrap();
+    let mut a = DeviceBuffer::<CpuBackend, u8>::alloc(&d1, 4096).unwrap();
+    let b = DeviceBuffer::<CpuBackend, u8>::zeros(&s2, 4096).unwrap();
+    assert_ne!(a.view().device_ptr(), b.view().device_ptr());
+    let err = s2.copy_h2d_sync(&[7u8; 4096], &mut a).unwrap_err();
+    assert!(
+        err.to_string().contains("not inside live memory"),
+        "{err}"
+    );
+    assert_eq!(s2.clone_to_host(&b).unwrap(), vec![0; 4096], "b was written");
+}
+
+/// Dropping a buffer gave its capacity back at once although a queued copy still used it.
+#[test]
+fn capacity_comes_back_when_queued_work_is_done() {
+    let backend = backend(64);
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let base = device.memory_info().unwrap().used();
+    let mut buf = DeviceBuffer::<CpuBackend, u8>::alloc(&device, 3 << 20).unwrap();
+    let held = device.memory_info().unwrap().used() - base;
+    assert_eq!(held, 4 << 20, "3 MiB + ACL's padding, in 2 MiB pages");
+    let open = hold(&stream);
+    stream.memset(&mut buf, 1).unwrap();
+    drop(buf);
+    assert_eq!(
+        device.memory_info().unwrap().used() - base,
+        held,
+        "capacity returned while a queued memset still uses the memory"
+    );
+    drop(open);
+    stream.synchronize().unwrap();
+    assert_eq!(device.memory_info().unwrap().used(), base);
+}
