@@ -407,7 +407,6 @@ impl ascend_hal::PhysicalMemory for CpuPhysicalMemory {
     }
 }
 
-
 impl fmt::Debug for CpuPhysicalMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CpuPhysicalMemory")
@@ -458,8 +457,12 @@ mod tests {
     #[test]
     fn resolve_rejects_gaps_and_overruns() {
         let mut space = AddressSpace::new();
-        let a = space.insert(100, 160, HostBytes::zeroed(100).unwrap()).unwrap();
-        let b = space.insert(100, 160, HostBytes::zeroed(100).unwrap()).unwrap();
+        let a = space
+            .insert(100, 160, HostBytes::zeroed(100).unwrap())
+            .unwrap();
+        let b = space
+            .insert(100, 160, HostBytes::zeroed(100).unwrap())
+            .unwrap();
         assert!(b.base >= a.base + 100 + GUARD_GAP);
         let pieces = space
             .resolve(DevicePtr(a.base + 10), 90, "t", "cpu:0")

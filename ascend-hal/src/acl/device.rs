@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use super::backend::AclBackend;
-use super::event::AclEvent;
+use super::event::{AclEvent, RawEvent};
 use super::memory::{AclDeviceMemory, AclHostMemory};
 use super::result;
 use super::runtime::Runtime;
@@ -13,6 +13,7 @@ use super::stream::AclStream;
 use super::sys::AclrtContext;
 use super::vmm::{AclPhysicalMemory, AclVirtualRange};
 use crate::error::{Error, Result};
+use crate::traits::StreamId;
 use crate::MemoryInfo;
 
 /// State shared by every handle of one device.
@@ -25,6 +26,8 @@ pub(crate) struct DeviceInner {
     vmm_granularity: Option<usize>,
     /// Errors of releases done in `Drop` (free, destroy), returned by the next `synchronize`.
     deferred: Mutex<Vec<Error>>,
+    /// Events no handle names any more that streams still may wait on (see `event.rs`).
+    retired: Mutex<Vec<RawEvent>>,
 }
 
 // SAFETY: the context handle is an opaque token of the ACL runtime, which documents contexts as
@@ -66,6 +69,7 @@ impl DeviceInner {
             soc,
             vmm_granularity,
             deferred: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -88,6 +92,57 @@ impl DeviceInner {
         if let Err(e) = self.bind().and_then(|()| release(&self.rt.api)) {
             self.defer(e);
         }
+    }
+
+    /// Takes an event no handle names any more: destroyed now if no stream waited on it, else
+    /// kept until every stream that did has drained.
+    pub(crate) fn retire_event(&self, event: RawEvent) {
+        if event.handle.is_null() {
+            return;
+        }
+        if event.waiters.is_empty() {
+            let handle = event.handle;
+            // SAFETY: the handle is live, no stream waits on it, and nothing names it any more.
+            self.release_in_drop(|api| unsafe { result::destroy_event(api, handle) });
+        } else {
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(event);
+        }
+    }
+
+    /// `stream` has run all its queued work (or is gone): retired events that only it still
+    /// waited on are destroyed.
+    pub(crate) fn stream_drained(&self, stream: StreamId) {
+        let done: Vec<RawEvent> = {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            for e in retired.iter_mut() {
+                e.waiters.retain(|&s| s != stream);
+            }
+            let (done, keep) = std::mem::take(&mut *retired)
+                .into_iter()
+                .partition(|e| e.waiters.is_empty());
+            *retired = keep;
+            done
+        };
+        for e in done {
+            self.retire_event(e);
+        }
+    }
+
+    /// Every stream of the device has drained: every retired event goes.
+    fn destroy_retired(&self) {
+        let all = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut e in all {
+            e.waiters.clear();
+            self.retire_event(e);
+        }
+    }
+
+    /// How many retired events wait for their streams to drain.
+    pub(crate) fn retired_events(&self) -> usize {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Keeps an error from a `Drop` for the next `synchronize`.
@@ -119,8 +174,10 @@ impl DeviceInner {
 
 impl Drop for DeviceInner {
     fn drop(&mut self) {
-        // Every stream, event and allocation of the device held this value, so they are gone;
-        // there is nobody left to report a failed release to.
+        // Every stream, event and allocation of the device held this value, so they are gone
+        // (streams synchronised before their destruction): retired events can go. There is
+        // nobody left to report a failed release to.
+        self.destroy_retired();
         let _ = result::reset_device(&self.rt.api, self.ordinal as i32);
     }
 }
@@ -135,6 +192,12 @@ impl AclDevice {
     /// The SoC name the runtime reports (`Ascend910B1`, ...).
     pub fn soc_name(&self) -> &str {
         &self.inner.soc
+    }
+
+    /// Events dropped while streams may still wait on them, kept until those streams drain
+    /// (see the event module's notes on destruction).
+    pub fn retired_events(&self) -> usize {
+        self.inner.retired_events()
     }
 }
 
@@ -156,6 +219,7 @@ impl crate::Device for AclDevice {
     fn synchronize(&self) -> Result<()> {
         self.inner.bind()?;
         result::synchronize_device(&self.inner.rt.api)?;
+        self.inner.destroy_retired();
         self.inner.take_deferred().map_or(Ok(()), Err)
     }
 

@@ -261,9 +261,10 @@ impl crate::Stream for AclStream {
     fn record(&self, event: &AclEvent) -> Result<()> {
         self.check_event(event, "record")?;
         self.device.bind()?;
-        // SAFETY: both handles are live and belong to the bound device (checked above).
-        unsafe { result::record_event(&self.device.rt.api, event.raw, self.raw) }?;
-        event.mark_recorded();
+        event.record_with(|handle| {
+            // SAFETY: both handles are live and belong to the bound device (checked above).
+            unsafe { result::record_event(&self.device.rt.api, handle, self.raw) }
+        })?;
         self.note("record");
         Ok(())
     }
@@ -274,14 +275,21 @@ impl crate::Stream for AclStream {
             return Ok(());
         }
         self.device.bind()?;
-        // SAFETY: both handles are live and belong to the bound device (checked above).
-        unsafe { result::stream_wait_event(&self.device.rt.api, self.raw, event.raw) }?;
+        event.wait_with(self.id, |handle| {
+            // SAFETY: both handles are live and belong to the bound device (checked above).
+            unsafe { result::stream_wait_event(&self.device.rt.api, self.raw, handle) }
+        })?;
         self.note("wait");
         Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.sync_raw()
+        let result = self.sync_raw();
+        if result.is_ok() {
+            // This stream's waits have run: retired events it waited on may go.
+            self.device.stream_drained(self.id);
+        }
+        result
     }
 
     fn query(&self) -> Result<bool> {
@@ -310,6 +318,8 @@ impl Drop for AclStream {
         if let Err(e) = unsafe { result::destroy_stream(&self.device.rt.api, self.raw) } {
             self.device.defer(e);
         }
+        // A destroyed stream has no queued waits left.
+        self.device.stream_drained(self.id);
     }
 }
 

@@ -292,3 +292,52 @@ fn caching_allocator_with_expandable_segments_over_acl() {
     assert_eq!(device.memory_info().unwrap(), before, "memory left mapped");
     assert!(common::call_count("aclrtUnmapMem") >= 6);
 }
+
+/// An event that another stream's queued wait still refers to was destroyed at once on drop
+/// (`acl_rt.h`: waits must finish first); it now waits for that stream to drain. A re-recorded
+/// event takes a fresh ACL event, since CANN promises re-record semantics only for the `Ex`
+/// events.
+#[test]
+fn events_outlive_the_waits_on_them_and_re_records_take_fresh_events() {
+    let _s = serial();
+    let backend = common::backend();
+    let device = backend.device(0).unwrap();
+    let (producer, consumer) = (device.new_stream().unwrap(), device.new_stream().unwrap());
+    let created = common::call_count("aclrtCreateEventWithFlag");
+    let destroyed = common::call_count("aclrtDestroyEvent");
+    let event = device.new_event().unwrap();
+    producer.record(&event).unwrap();
+    consumer.wait(&event).unwrap();
+    // A second record: a fresh ACL event; the first, waited on, is retired, not destroyed.
+    producer.record(&event).unwrap();
+    assert_eq!(common::call_count("aclrtCreateEventWithFlag") - created, 2);
+    assert_eq!(device.retired_events(), 1);
+    assert_eq!(common::call_count("aclrtDestroyEvent"), destroyed);
+    consumer.wait(&event).unwrap();
+    drop(event);
+    assert_eq!(
+        device.retired_events(),
+        2,
+        "dropped while the consumer may wait"
+    );
+    assert_eq!(common::call_count("aclrtDestroyEvent"), destroyed);
+    // The producer draining frees nothing: only the consumer waited.
+    producer.synchronize().unwrap();
+    assert_eq!(device.retired_events(), 2);
+    consumer.synchronize().unwrap();
+    assert_eq!(device.retired_events(), 0);
+    assert_eq!(common::call_count("aclrtDestroyEvent") - destroyed, 2);
+    // An event nobody waited on goes at once; a device synchronisation clears the rest.
+    let lonely = device.new_event().unwrap();
+    producer.record(&lonely).unwrap();
+    drop(lonely);
+    assert_eq!(common::call_count("aclrtDestroyEvent") - destroyed, 3);
+    let waited = device.new_event().unwrap();
+    producer.record(&waited).unwrap();
+    consumer.wait(&waited).unwrap();
+    drop(waited);
+    assert_eq!(device.retired_events(), 1);
+    device.synchronize().unwrap();
+    assert_eq!(device.retired_events(), 0);
+    assert_eq!(common::call_count("aclrtDestroyEvent") - destroyed, 4);
+}
