@@ -67,6 +67,11 @@ pub use faults::{FaultInjector, MockOp};
 pub use memory::{CpuDeviceMemory, CpuHostMemory, CpuPhysicalMemory, CpuVirtualRange};
 pub use stream::CpuStream;
 
+/// Every device address the CPU backend hands out is at or above this (each device has its own
+/// 2^48-byte range, from 2^48 up), and host pointers on 48-bit virtual-address machines are
+/// below it, so a host-side fake can tell a device address from a host one.
+pub const DEVICE_ADDRESS_FLOOR: u64 = 1 << 48;
+
 /// Picks the best available backend with the CPU backend (one 910B1-sized device) as the
 /// fallback; see [`ascend_hal::discover`]. Honours `ASCEND_HAL_BACKEND`.
 pub fn discover() -> ascend_hal::Result<ascend_hal::Discovery<CpuBackend>> {

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use ascend_hal::{Device, DeviceMemory, DevicePtr, Event, HostMemory, Stream};
 
@@ -78,17 +78,21 @@ pub extern "C" fn aclInit(_config: *const c_char) -> i32 {
             return fail(code::REPEAT_INITIALIZE, "aclInit: already initialized");
         }
         g.initialized = true;
+        g.finalized = false;
         Ok(())
     })
 }
 
-/// `aclError aclFinalize()`: releases every resource of the fake devices.
+/// `aclError aclFinalize()`: releases every resource of the fake devices. As CANN 8.5's
+/// `acl.cpp`: the first call returns 0 even without `aclInit` (its "finalized" flag starts
+/// false); a second one returns `ACL_ERROR_REPEAT_FINALIZE`.
 #[no_mangle]
 pub extern "C" fn aclFinalize() -> i32 {
     call("aclFinalize", |mut g, _| {
-        if !g.initialized {
-            return fail(code::REPEAT_FINALIZE, "aclFinalize: not initialized");
+        if g.finalized {
+            return fail(code::REPEAT_FINALIZE, "aclFinalize: already finalized");
         }
+        g.finalized = true;
         g.initialized = false;
         g.reset_devices();
         set_current_device(None);
@@ -201,6 +205,12 @@ pub extern "C" fn aclrtGetCurrentContext(ctx: *mut *mut c_void) -> i32 {
 #[no_mangle]
 pub extern "C" fn aclrtSetCurrentContext(ctx: *mut c_void) -> i32 {
     call("aclrtSetCurrentContext", |g, _| {
+        if ctx.is_null() {
+            return fail(
+                code::INVALID_PARAM,
+                "aclrtSetCurrentContext: context is NULL",
+            );
+        }
         match context_device(ctx).filter(|&d| d < g.devices.len() && g.set_count[d] > 0) {
             Some(d) => {
                 set_current_device(Some(d));
@@ -214,15 +224,32 @@ pub extern "C" fn aclrtSetCurrentContext(ctx: *mut c_void) -> i32 {
     })
 }
 
-/// `aclError aclrtSynchronizeDevice(void)`.
+/// `aclError aclrtSynchronizeDevice(void)`: also reports misuse any of the device's streams
+/// saw (memory freed under a queued copy).
 #[no_mangle]
 pub extern "C" fn aclrtSynchronizeDevice() -> i32 {
     call("aclrtSynchronizeDevice", |g, _| {
-        let device = g.devices[current_device()?].clone();
+        let d = current_device()?;
+        let device = g.devices[d].clone();
+        let streams = g.streams_of(d);
         drop(g);
-        device
+        let r = device
             .synchronize()
-            .map_err(|e| from_hal("aclrtSynchronizeDevice", e))
+            .map_err(|e| from_hal("aclrtSynchronizeDevice", e));
+        for s in &streams {
+            take_misuse(s, "aclrtSynchronizeDevice")?;
+        }
+        r
+    })
+}
+
+/// `aclError aclrtGetRunMode(aclrtRunMode *runMode)`: `ACL_HOST` (1), an application on the
+/// host CPU with the NPU on PCIe, as on an Atlas 800 A2.
+#[no_mangle]
+pub extern "C" fn aclrtGetRunMode(mode: *mut u32) -> i32 {
+    call("aclrtGetRunMode", |_, _| {
+        *out(mode, "aclrtGetRunMode")? = 1;
+        Ok(())
     })
 }
 
@@ -231,7 +258,10 @@ pub extern "C" fn aclrtSynchronizeDevice() -> i32 {
 pub extern "C" fn aclrtGetMemInfo(attr: u32, free: *mut usize, total: *mut usize) -> i32 {
     call("aclrtGetMemInfo", |g, _| {
         if attr > 17 {
-            return fail(code::INVALID_PARAM, format!("aclrtGetMemInfo: attr {attr}"));
+            return fail(
+                code::RT_INVALID_MEMORY_TYPE,
+                format!("aclrtGetMemInfo: attr {attr} is not an aclrtMemAttr"),
+            );
         }
         let info = g.devices[current_device()?]
             .memory_info()
@@ -291,26 +321,55 @@ pub extern "C" fn aclrtMallocHost(p: *mut *mut c_void, size: usize) -> i32 {
             .allocate_host(size)
             .map_err(|e| from_hal("aclrtMallocHost", e))?;
         let addr = memory.as_ptr() as usize;
-        g.host_memory.insert(addr, memory);
+        g.host_memory.insert(addr, Arc::new(memory));
         *slot = addr as *mut c_void;
         Ok(())
     })
 }
 
-/// `aclError aclrtFreeHost(void *hostPtr)`.
+/// `aclError aclrtFreeHost(void *hostPtr)`. Freeing memory a queued copy still uses is
+/// undefined in CANN; the fake keeps the memory until the copy is done and reports the misuse
+/// at the stream's next synchronisation (`ACL_ERROR_RT_COPY_DATA`).
 #[no_mangle]
 pub extern "C" fn aclrtFreeHost(p: *mut c_void) -> i32 {
     call("aclrtFreeHost", |mut g, _| {
         if p.is_null() {
             return fail(code::INVALID_PARAM, "aclrtFreeHost: NULL");
         }
-        match g.host_memory.remove(&(p as usize)) {
-            Some(_) => Ok(()),
-            None => fail(
+        let Some(memory) = g.host_memory.remove(&(p as usize)) else {
+            return fail(
                 code::RT_PARAM_INVALID,
                 format!("aclrtFreeHost: {p:p} is not a live aclrtMallocHost allocation"),
-            ),
+            );
+        };
+        let streams: Vec<Arc<FakeStream>> = g
+            .streams
+            .values()
+            .chain(&g.default_streams)
+            .cloned()
+            .collect();
+        drop(g);
+        for s in streams {
+            s.prune();
+            let busy = s
+                .in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|(m, _)| Arc::ptr_eq(m, &memory));
+            if busy {
+                s.misuse
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| {
+                        format!(
+                            "aclrtFreeHost freed {p:p} while an asynchronous copy queued on this \
+                             stream still used it; synchronize the stream before freeing"
+                        )
+                    });
+            }
         }
+        Ok(())
     })
 }
 
@@ -356,25 +415,69 @@ fn direction(
     if std::ptr::eq(dst, src) {
         return Ok(None);
     }
-    let on_device = |p: usize| g.device_of(p, count).is_some();
-    Ok(Some(match kind {
+    let dir = match kind {
         0 => Direction::HostToHost,
         1 | 5 => Direction::HostToDevice,
         2 => Direction::DeviceToHost,
         3 => Direction::DeviceToDevice,
-        _ => match (on_device(src as usize), on_device(dst as usize)) {
+        _ => match (is_device_address(src), is_device_address(dst)) {
             (false, false) => Direction::HostToHost,
             (false, true) => Direction::HostToDevice,
             (true, false) => Direction::DeviceToHost,
             (true, true) => Direction::DeviceToDevice,
         },
-    }))
+    };
+    // The host side of a copy must be host memory (a device address there would be touched by
+    // the host), and a pinned range must fit its allocation; the CPU backend checks the device
+    // side against its live allocations.
+    let (src_host, dst_host) = match dir {
+        Direction::HostToHost => (true, true),
+        Direction::HostToDevice => (true, false),
+        Direction::DeviceToHost => (false, true),
+        Direction::DeviceToDevice => (false, false),
+    };
+    for (p, host, what) in [(src, src_host, "src"), (dst.cast_const(), dst_host, "dst")] {
+        if host && is_device_address(p) {
+            return fail(
+                code::RT_PARAM_INVALID,
+                format!(
+                    "{function}: {what} {p:p} is a device address, but memcpy kind {kind} says \
+                     host memory"
+                ),
+            );
+        }
+        if host
+            && g.pinned_of(p as usize, count)
+                .is_some_and(|(_, fits)| !fits)
+        {
+            return fail(
+                code::RT_PARAM_INVALID,
+                format!("{function}: {what} {p:p} + {count} bytes overruns its aclrtMallocHost allocation"),
+            );
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// Whether `p` is in the CPU backend's device address range (never a host pointer).
+fn is_device_address(p: *const c_void) -> bool {
+    p as u64 >= hal_mock::DEVICE_ADDRESS_FLOOR
+}
+
+/// The misuse a stream saw, as the failure its synchronisation returns.
+fn take_misuse(s: &FakeStream, function: &str) -> Outcome {
+    s.prune();
+    match s.misuse.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(message) => fail(code::RT_COPY_DATA, format!("{function}: {message}")),
+        None => Ok(()),
+    }
 }
 
 /// Queues a copy on `stream`; pageable host memory makes it synchronous, as CANN 8.5 does.
+/// Pinned host memory an asynchronous copy uses is remembered until the copy is done.
 fn copy_on(
     s: &Arc<FakeStream>,
-    pinned: bool,
+    pinned: Option<Arc<hal_mock::CpuHostMemory>>,
     dir: Direction,
     dst: *mut c_void,
     src: *const c_void,
@@ -383,11 +486,12 @@ fn copy_on(
 ) -> Outcome {
     let stream = &s.stream;
     let (d, sp) = (DevicePtr(dst as u64), DevicePtr(src as u64));
+    let async_host = pinned.is_some();
     // SAFETY: the C API's contract: the caller keeps both ranges valid until the copy completes
     // (pageable host memory is copied before returning). Device addresses are checked by the
     // CPU backend, which rejects anything outside a live allocation of the stream's device.
     let r = unsafe {
-        match (dir, pinned) {
+        match (dir, async_host) {
             (Direction::HostToDevice, true) => stream.enqueue_copy_h2d(src.cast(), d, count),
             (Direction::HostToDevice, false) => stream.copy_h2d_blocking(src.cast(), d, count),
             (Direction::DeviceToHost, true) => stream.enqueue_copy_d2h(sp, dst.cast(), count),
@@ -399,7 +503,20 @@ fn copy_on(
             }
         }
     };
-    r.map_err(|e| from_hal(function, e))
+    r.map_err(|e| from_hal(function, e))?;
+    if let Some(memory) = pinned {
+        let event = stream
+            .device()
+            .new_event()
+            .and_then(|e| stream.record(&e).map(|()| e))
+            .map_err(|e| from_hal(function, e))?;
+        s.prune();
+        s.in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((memory, event));
+    }
+    Ok(())
 }
 
 /// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, kind)`.
@@ -412,6 +529,7 @@ pub extern "C" fn aclrtMemcpy(
     kind: u32,
 ) -> i32 {
     call("aclrtMemcpy", |g, _| {
+        let current = current_device()?;
         let Some(dir) = direction(&g, "aclrtMemcpy", dst, dest_max, src, count, kind)? else {
             return Ok(());
         };
@@ -419,12 +537,10 @@ pub extern "C" fn aclrtMemcpy(
             Direction::DeviceToHost | Direction::DeviceToDevice => src as usize,
             _ => dst as usize,
         };
-        let dev = g
-            .device_of(device_side, count)
-            .unwrap_or(current_device().unwrap_or(0));
+        let dev = g.device_of(device_side, count).unwrap_or(current);
         let s = Arc::clone(&g.sync_streams[dev.min(g.sync_streams.len() - 1)]);
         drop(g);
-        copy_on(&s, false, dir, dst, src, count, "aclrtMemcpy")?;
+        copy_on(&s, None, dir, dst, src, count, "aclrtMemcpy")?;
         s.stream
             .synchronize()
             .map_err(|e| from_hal("aclrtMemcpy", e))
@@ -474,8 +590,19 @@ pub extern "C" fn aclrtMemcpyAsync(
             Direction::HostToDevice => src as usize,
             _ => dst as usize,
         };
-        let pinned = dir == Direction::DeviceToDevice || g.is_pinned(host_side, count);
+        let pinned = match dir {
+            Direction::DeviceToDevice => None,
+            _ => g.pinned_of(host_side, count).map(|(m, _)| m),
+        };
         drop(g);
+        if dir == Direction::DeviceToDevice {
+            // SAFETY: both sides are device addresses, which the CPU backend checks.
+            return unsafe {
+                s.stream
+                    .enqueue_copy_d2d(DevicePtr(src as u64), DevicePtr(dst as u64), count)
+            }
+            .map_err(|e| from_hal("aclrtMemcpyAsync", e));
+        }
         copy_on(&s, pinned, dir, dst, src, count, "aclrtMemcpyAsync")
     })
 }
@@ -514,6 +641,56 @@ pub extern "C" fn aclrtMemsetAsync(
     })
 }
 
+/// `aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count)`: a byte
+/// fill (the runtime casts `value` to `uint8`), synchronous; device or host memory by address
+/// (on the host side, only `aclrtMallocHost` memory).
+#[no_mangle]
+pub extern "C" fn aclrtMemset(p: *mut c_void, max: usize, value: i32, count: usize) -> i32 {
+    call("aclrtMemset", |g, _| {
+        if p.is_null() {
+            return fail(code::INVALID_PARAM, "aclrtMemset: NULL");
+        }
+        if count == 0 || count > max {
+            return fail(
+                code::RT_PARAM_INVALID,
+                format!("aclrtMemset: count {count} with maxCount {max}"),
+            );
+        }
+        let current = current_device()?;
+        if !is_device_address(p) {
+            // Host memory: the fake fills only what it can check, aclrtMallocHost memory (a
+            // stray host pointer would crash the process instead of returning an error).
+            return match g.pinned_of(p as usize, count) {
+                Some((_, true)) => {
+                    drop(g);
+                    // SAFETY: `p..p + count` lies inside a live aclrtMallocHost allocation.
+                    unsafe { std::ptr::write_bytes(p.cast::<u8>(), value as u8, count) };
+                    Ok(())
+                }
+                _ => fail(
+                    code::RT_PARAM_INVALID,
+                    format!(
+                        "aclrtMemset: {p:p} + {count} bytes is neither device memory nor inside \
+                         an aclrtMallocHost allocation (the fake fills no other host memory)"
+                    ),
+                ),
+            };
+        }
+        let dev = g.device_of(p as usize, count).unwrap_or(current);
+        let s = Arc::clone(&g.sync_streams[dev.min(g.sync_streams.len() - 1)]);
+        drop(g);
+        // SAFETY: the CPU backend checks the range against its live allocations.
+        unsafe {
+            s.stream
+                .enqueue_memset(DevicePtr(p as u64), value as u8, count)
+        }
+        .map_err(|e| from_hal("aclrtMemset", e))?;
+        s.stream
+            .synchronize()
+            .map_err(|e| from_hal("aclrtMemset", e))
+    })
+}
+
 /// `aclError aclrtCreateStream(aclrtStream *stream)`.
 #[no_mangle]
 pub extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
@@ -523,11 +700,7 @@ pub extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
         let s = g.devices[d]
             .new_stream()
             .map_err(|e| from_hal("aclrtCreateStream", e))?;
-        *slot = g.add_stream(FakeStream {
-            stream: s,
-            device: d,
-            injected: Mutex::new(None),
-        });
+        *slot = g.add_stream(FakeStream::new(s, d));
         Ok(())
     })
 }
@@ -557,6 +730,7 @@ pub extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
 fn sync_stream(s: &FakeStream, function: &'static str) -> Outcome {
     let r = s.stream.synchronize().map_err(|e| from_hal(function, e));
     let injected = s.injected.lock().unwrap_or_else(|p| p.into_inner()).take();
+    take_misuse(s, function)?;
     match injected {
         Some(code) => fail(
             code,
@@ -606,6 +780,20 @@ pub extern "C" fn aclrtCreateEventWithFlag(event: *mut *mut c_void, flag: u32) -
         let e = g.devices[d]
             .new_event()
             .map_err(|e| from_hal("aclrtCreateEventWithFlag", e))?;
+        *slot = g.add_event(e);
+        Ok(())
+    })
+}
+
+/// `aclError aclrtCreateEvent(aclrtEvent *event)`: a default event (timing and sync).
+#[no_mangle]
+pub extern "C" fn aclrtCreateEvent(event: *mut *mut c_void) -> i32 {
+    call("aclrtCreateEvent", |mut g, _| {
+        let slot = out(event, "aclrtCreateEvent")?;
+        let d = current_device()?;
+        let e = g.devices[d]
+            .new_event()
+            .map_err(|e| from_hal("aclrtCreateEvent", e))?;
         *slot = g.add_event(e);
         Ok(())
     })

@@ -22,12 +22,14 @@ pub(crate) mod code {
     pub const RT_INVALID_DEVICEID: i32 = 107_001;
     pub const RT_CONTEXT_NULL: i32 = 107_002;
     pub const RT_STREAM_CONTEXT: i32 = 107_003;
+    pub const RT_INVALID_MEMORY_TYPE: i32 = 107_016;
     pub const RT_INVALID_HANDLE: i32 = 107_017;
     pub const RT_FEATURE_NOT_SUPPORT: i32 = 207_000;
     pub const RT_MEMORY_ALLOCATION: i32 = 207_001;
     pub const INTERNAL_ERROR: i32 = 500_000;
     pub const RT_INTERNAL_ERROR: i32 = 507_000;
     pub const RT_LOST_HEARTBEAT: i32 = 507_010;
+    pub const RT_COPY_DATA: i32 = 507_052;
 }
 
 /// A failed call: the code and the text `aclGetRecentErrMsg` will return.
@@ -155,12 +157,39 @@ pub(crate) struct FakeStream {
     pub(crate) stream: CpuStream,
     pub(crate) device: usize,
     pub(crate) injected: Mutex<Option<i32>>,
+    /// Pinned host memory that queued copies use, each with an event recorded after its copy:
+    /// `aclrtFreeHost` of it keeps the memory alive until the copy is done.
+    pub(crate) in_use: Mutex<Vec<(Arc<CpuHostMemory>, CpuEvent)>>,
+    /// Misuse to report at the next synchronisation (memory freed under a queued copy).
+    pub(crate) misuse: Mutex<Option<String>>,
+}
+
+impl FakeStream {
+    pub(crate) fn new(stream: CpuStream, device: usize) -> FakeStream {
+        FakeStream {
+            stream,
+            device,
+            injected: Mutex::new(None),
+            in_use: Mutex::new(Vec::new()),
+            misuse: Mutex::new(None),
+        }
+    }
+
+    /// Drops the entries whose copies are done.
+    pub(crate) fn prune(&self) {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, e)| !ascend_hal::Event::query(e).unwrap_or(true));
+    }
 }
 
 /// The runtime state of one `aclInit` .. `aclFinalize` span, and the configuration across them.
 pub(crate) struct Fake {
     pub(crate) config: Config,
     pub(crate) initialized: bool,
+    /// `aclFinalize` ran since the last `aclInit` (a second one is 100037).
+    pub(crate) finalized: bool,
     pub(crate) backend: CpuBackend,
     pub(crate) devices: Vec<CpuDevice>,
     /// `aclrtSetDevice` reference counts.
@@ -171,7 +200,7 @@ pub(crate) struct Fake {
     pub(crate) sync_streams: Vec<Arc<FakeStream>>,
     pub(crate) events: HashMap<usize, Arc<CpuEvent>>,
     pub(crate) device_memory: BTreeMap<u64, CpuDeviceMemory>,
-    pub(crate) host_memory: BTreeMap<usize, CpuHostMemory>,
+    pub(crate) host_memory: BTreeMap<usize, Arc<CpuHostMemory>>,
     /// Reserved ranges by start address, with their device.
     pub(crate) ranges: BTreeMap<u64, (usize, CpuVirtualRange)>,
     /// Physical allocations by handle, with their device.
@@ -194,6 +223,7 @@ impl Fake {
         let mut fake = Fake {
             config,
             initialized: false,
+            finalized: false,
             devices: Vec::new(),
             // Replaced by `reset_devices` below, from the configuration.
             backend: CpuBackend::builder().build(),
@@ -240,11 +270,7 @@ impl Fake {
         for d in &self.devices {
             for list in [&mut self.default_streams, &mut self.sync_streams] {
                 if let Ok(stream) = d.new_stream() {
-                    list.push(Arc::new(FakeStream {
-                        stream,
-                        device: d.ordinal(),
-                        injected: Mutex::new(None),
-                    }));
+                    list.push(Arc::new(FakeStream::new(stream, d.ordinal())));
                 }
             }
         }
@@ -304,12 +330,22 @@ impl Fake {
             .then(|| ascend_hal::DeviceMemory::device_ordinal(m))
     }
 
-    /// Whether `p..p+len` is inside a pinned host allocation.
-    pub(crate) fn is_pinned(&self, p: usize, len: usize) -> bool {
-        self.host_memory
-            .range(..=p)
-            .next_back()
-            .is_some_and(|(&base, m)| p + len <= base + ascend_hal::HostMemory::size(m))
+    /// The pinned host allocation `p` points into, and whether `p..p+len` fits in it.
+    pub(crate) fn pinned_of(&self, p: usize, len: usize) -> Option<(Arc<CpuHostMemory>, bool)> {
+        let (&base, m) = self.host_memory.range(..=p).next_back()?;
+        let size = ascend_hal::HostMemory::size(&**m);
+        (p < base + size).then(|| (Arc::clone(m), p.saturating_add(len) <= base + size))
+    }
+
+    /// Every stream of device `d`, the default and synchronous ones included.
+    pub(crate) fn streams_of(&self, d: usize) -> Vec<Arc<FakeStream>> {
+        self.streams
+            .values()
+            .chain(&self.default_streams)
+            .chain(&self.sync_streams)
+            .filter(|s| s.device == d)
+            .cloned()
+            .collect()
     }
 
     /// Counts a call; `Some(fault)` if it was planned to fail.
