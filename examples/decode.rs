@@ -158,6 +158,38 @@ impl DecodeArgs {
         if self.block_size == 0 || self.requests == 0 || self.max_new == 0 {
             return Err("block-size, requests and max-new must be positive".into());
         }
+        let model = ModelConfig {
+            max_position: self.max_model_len,
+            ..*m
+        };
+        match model.elements() {
+            Some(n) if n <= ModelConfig::MAX_ELEMENTS => {}
+            _ => {
+                return Err(format!(
+                    "the model (vocab {}, hidden {}, {} layers, intermediate {}, max-model-len \
+                     {}) would have more than {} elements; this example keeps to 4 GiB of f32",
+                    m.vocab,
+                    m.hidden,
+                    m.layers,
+                    m.intermediate,
+                    self.max_model_len,
+                    ModelConfig::MAX_ELEMENTS
+                ))
+            }
+        }
+        // The longest request: the system prompt, up to 47 user tokens, all its new tokens.
+        let longest = self
+            .system_prompt
+            .checked_add(47)
+            .and_then(|n| n.checked_add(self.max_new))
+            .unwrap_or(usize::MAX);
+        if longest > self.max_model_len {
+            return Err(format!(
+                "requests reach {longest} tokens (system prompt {} + up to 47 + max-new {}), \
+                 more than --max-model-len {}",
+                self.system_prompt, self.max_new, self.max_model_len
+            ));
+        }
         Ok(())
     }
 }
@@ -195,7 +227,8 @@ pub fn workload(a: &DecodeArgs) -> Vec<Request> {
             Request {
                 id: RequestId(r as u64 + 1),
                 prompt,
-                max_new: a.max_new / 2 + next(a.max_new / 2 + 1),
+                // At least one new token: `--max-new 1` gave requests of 0, which never ended.
+                max_new: (a.max_new / 2 + next(a.max_new / 2 + 1)).max(1),
                 arrival: 1 + r / 3 * 2,
             }
         })

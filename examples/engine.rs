@@ -105,6 +105,22 @@ pub fn serve<B: KernelOps>(
     mut log: impl FnMut(&str),
 ) -> Result<Report> {
     let start = Instant::now();
+    let max_len = model.config().max_position;
+    if let Some(r) = requests
+        .iter()
+        .find(|r| r.prompt.len().saturating_add(r.max_new) > max_len)
+    {
+        return Err(Error::InvalidArgument {
+            op: "serve",
+            message: format!(
+                "request {} needs {} prompt + {} new tokens, more than the model's {max_len} \
+                 positions (max_model_len)",
+                r.id,
+                r.prompt.len(),
+                r.max_new
+            ),
+        });
+    }
     let mut live: Vec<Live> = requests
         .iter()
         .map(|r| Live {
@@ -112,7 +128,12 @@ pub fn serve<B: KernelOps>(
             tokens: r.prompt.clone(),
             computed: 0,
             generated: Vec::new(),
-            state: State::Waiting,
+            // A request for no new tokens is done at once (as in the contiguous check).
+            state: if r.max_new == 0 {
+                State::Done
+            } else {
+                State::Waiting
+            },
         })
         .collect();
     let mut waiting: VecDeque<usize> = VecDeque::new();
@@ -285,7 +306,7 @@ pub fn serve<B: KernelOps>(
             l.generated.push(*tok);
             l.tokens.push(*tok);
             report.generated += 1;
-            if l.generated.len() == l.req.max_new {
+            if l.generated.len() >= l.req.max_new {
                 kv.free(l.req.id).map_err(kv_err)?;
                 l.state = State::Done;
                 running.retain(|&x| x != i);

@@ -31,9 +31,39 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The most elements (weights plus the RoPE table) this example builds a model of: 2^30
+    /// `f32` values, 4 GiB.
+    pub const MAX_ELEMENTS: usize = 1 << 30;
+
     /// Elements per head.
     pub fn head_size(&self) -> usize {
-        self.hidden / self.heads
+        self.hidden / self.heads.max(1)
+    }
+
+    /// Elements of every weight, the host-side embedding and the RoPE table, or `None` when
+    /// the count overflows `usize`.
+    pub fn elements(&self) -> Option<usize> {
+        let h = self.hidden;
+        let kv = self.kv_heads.checked_mul(self.head_size())?;
+        let per_layer = [
+            h,
+            h.checked_mul(h)?,
+            kv.checked_mul(h)?,
+            kv.checked_mul(h)?,
+            h.checked_mul(h)?,
+            h,
+            self.intermediate.checked_mul(2)?.checked_mul(h)?,
+            h.checked_mul(self.intermediate)?,
+        ]
+        .iter()
+        .try_fold(0usize, |n, &x| n.checked_add(x))?;
+        let vocab = self.vocab.checked_mul(h)?.checked_mul(2)?; // lm head + embedding
+        let rope = self.max_position.checked_mul(self.head_size())?;
+        per_layer
+            .checked_mul(self.layers)?
+            .checked_add(vocab)?
+            .checked_add(h)?
+            .checked_add(rope)
     }
 }
 

@@ -22,6 +22,30 @@ use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
 use ascend_hal::{Discovered, Error};
 
+const USAGE: &str = "usage: paged_decode [options]
+
+Serves requests with a small random-weight model over the paged KV cache on the default backend
+and checks every token against a contiguous-KV run.
+
+  --layers N           decoder layers [2]
+  --hidden N           hidden size [256]
+  --heads N            query heads [4]
+  --kv-heads N         KV heads [2]
+  --intermediate N     MLP intermediate size [512]
+  --vocab N            vocabulary [512]
+  --requests N         requests to serve [12]
+  --system-prompt N    tokens of the shared system prompt [40]
+  --max-new N          most tokens a request generates [24]
+  --block-size N       tokens per KV block [16]
+  --utilization F      fraction of device memory to use [0.9]
+  --max-blocks N       cap on KV blocks [4096]
+  --max-model-len N    longest sequence [512]
+  --preempt MODE       swap | recompute | none [swap]
+  --allocator KIND     caching | direct | arena [caching]
+  --seed N             weights and workload seed [7]
+  --quiet              no per-step lines
+  --help               this text";
+
 fn parse() -> std::result::Result<DecodeArgs, String> {
     let mut a = DecodeArgs::default();
     let mut it = std::env::args().skip(1);
@@ -29,6 +53,9 @@ fn parse() -> std::result::Result<DecodeArgs, String> {
         if flag == "--quiet" {
             a.quiet = true;
             continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = |v: &str| {
@@ -77,8 +104,12 @@ fn parse() -> std::result::Result<DecodeArgs, String> {
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };

@@ -47,8 +47,8 @@ fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
     }
 }
 
-/// Writes each token's K and V rows at its slot (`-1` skips; out-of-range slots are an error
-/// and nothing is written).
+/// Writes each token's K and V rows at its slot (a negative slot skips the token; out-of-range
+/// slots are an error and nothing is written).
 pub fn reshape_and_cache<T: KvFloat>(
     p: &ReshapeAndCache,
     key: &[T],

@@ -17,8 +17,9 @@ pub fn cache_offset(c: &CacheShape, table: &[i32], pos: usize, kv_head: usize) -
     (block * c.block_size + pos % c.block_size) * c.token_stride() + kv_head * c.head_size
 }
 
-/// Writes each token's K and V rows into the caches at its slot; slot `-1` skips the token, a
-/// slot past the cache is an error and nothing is written.
+/// Writes each token's K and V rows into the caches at its slot; a negative slot skips the
+/// token (as in vLLM, ATB and the Ascend C kernel), a slot past the cache is an error and
+/// nothing is written.
 pub fn reshape_and_cache<T: KvFloat>(
     p: &ReshapeAndCache,
     key: &[T],
@@ -47,14 +48,14 @@ pub fn reshape_and_cache<T: KvFloat>(
     Ok(())
 }
 
-/// Every slot must be `-1` or inside the cache.
+/// Every slot must be negative (skip) or inside the cache.
 pub(crate) fn check_slots(p: &ReshapeAndCache, slot_mapping: &[i32]) -> Result<()> {
     for (t, &slot) in slot_mapping.iter().enumerate() {
-        if slot < -1 || (slot >= 0 && slot as usize >= p.cache.slots()) {
+        if slot >= 0 && slot as usize >= p.cache.slots() {
             return Err(Error::InvalidArgument {
                 op: "reshape_and_cache",
                 message: format!(
-                    "slot_mapping[{t}] = {slot} is outside the cache's {} slots (-1 skips a token)",
+                    "slot_mapping[{t}] = {slot} is outside the cache's {} slots (a negative slot skips a token)",
                     p.cache.slots()
                 ),
             });

@@ -22,19 +22,19 @@ pub struct CacheShape {
 impl CacheShape {
     /// Elements of one token's K (or V) across heads.
     pub fn token_stride(&self) -> usize {
-        self.num_kv_heads * self.head_size
+        self.num_kv_heads.saturating_mul(self.head_size)
     }
     /// Elements of one block.
     pub fn block_stride(&self) -> usize {
-        self.block_size * self.token_stride()
+        self.block_size.saturating_mul(self.token_stride())
     }
     /// Elements of the whole cache.
     pub fn elements(&self) -> usize {
-        self.num_blocks * self.block_stride()
+        self.num_blocks.saturating_mul(self.block_stride())
     }
     /// Slots in the cache.
     pub fn slots(&self) -> usize {
-        self.num_blocks * self.block_size
+        self.num_blocks.saturating_mul(self.block_size)
     }
     fn describe(&self) -> String {
         format!(
@@ -153,27 +153,54 @@ impl Matmul {
     /// Checks every length.
     pub fn validate<T: KvFloat>(&self, out: usize, x: usize, w: usize) -> Result<()> {
         const OP: &str = "matmul";
+        positive(OP, &[("n", self.n), ("k", self.k)])?;
         expect_len::<T>(
             OP,
             "out",
             format!("[m={}, n={}]", self.m, self.n),
-            self.m * self.n,
+            dims(&[self.m, self.n]),
             out,
         )?;
         expect_len::<T>(
             OP,
             "x",
             format!("[m={}, k={}]", self.m, self.k),
-            self.m * self.k,
+            dims(&[self.m, self.k]),
             x,
         )?;
         expect_len::<T>(
             OP,
             "weight",
             format!("[n={}, k={}]", self.n, self.k),
-            self.n * self.k,
+            dims(&[self.n, self.k]),
             w,
         )
+    }
+}
+
+/// The number of elements of a shape; `usize::MAX` when it overflows, which no buffer has, so
+/// the length check that follows fails with an error instead of a panic.
+pub fn dims(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+/// Errors unless every named dimension is positive (a zero one would make a kernel divide its
+/// work into rows of zero elements).
+fn positive(op: &'static str, named: &[(&str, usize)]) -> Result<()> {
+    match named.iter().find(|(_, d)| *d == 0) {
+        Some((name, _)) => Err(invalid(op, format!("{name} must be positive"))),
+        None => Ok(()),
+    }
+}
+
+/// How a wanted element count reads in an error.
+fn count(want: usize) -> String {
+    if want == usize::MAX {
+        "more elements than usize counts".into()
+    } else {
+        format!("{want} elements")
     }
 }
 
@@ -191,7 +218,7 @@ pub fn expect_len<T: KvFloat>(
         Err(Error::ShapeMismatch {
             op,
             arg,
-            expected: format!("{shape} {} ({want} elements)", T::DTYPE),
+            expected: format!("{shape} {} ({})", T::DTYPE, count(want)),
             actual: format!("{got} elements"),
         })
     }
@@ -211,7 +238,7 @@ pub fn expect_index_len(
         Err(Error::ShapeMismatch {
             op,
             arg,
-            expected: format!("{shape} ({want} elements)"),
+            expected: format!("{shape} ({})", count(want)),
             actual: format!("{got} elements"),
         })
     }
@@ -252,10 +279,16 @@ impl ReshapeAndCache {
             OP,
             "key",
             rows.clone(),
-            self.num_tokens * c.token_stride(),
+            dims(&[self.num_tokens, c.token_stride()]),
             key,
         )?;
-        expect_len::<T>(OP, "value", rows, self.num_tokens * c.token_stride(), value)?;
+        expect_len::<T>(
+            OP,
+            "value",
+            rows,
+            dims(&[self.num_tokens, c.token_stride()]),
+            value,
+        )?;
         expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
         expect_len::<T>(OP, "value_cache", c.describe(), c.elements(), value_cache)?;
         expect_index_len(
@@ -266,6 +299,17 @@ impl ReshapeAndCache {
             slots,
         )
     }
+}
+
+/// A window of 0 tokens would attend to nothing (and a kernel would return zeros): refused.
+fn check_window(op: &'static str, window: Option<usize>) -> Result<()> {
+    if window == Some(0) {
+        return Err(invalid(
+            op,
+            "sliding_window must be at least 1 token (None for no window)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_heads(op: &'static str, num_heads: usize, c: &CacheShape) -> Result<()> {
@@ -295,13 +339,14 @@ impl PagedAttention {
     ) -> Result<()> {
         const OP: &str = "paged_attention";
         check_cache(OP, &self.cache)?;
+        check_window(OP, self.sliding_window)?;
         check_heads(OP, self.num_heads, &self.cache)?;
         let c = &self.cache;
         let rows = format!(
             "[num_seqs={}, num_heads={}, head_size={}]",
             self.num_seqs, self.num_heads, c.head_size
         );
-        let n = self.num_seqs * self.num_heads * c.head_size;
+        let n = dims(&[self.num_seqs, self.num_heads, c.head_size]);
         expect_len::<T>(OP, "query", rows.clone(), n, q)?;
         expect_len::<T>(OP, "out", rows, n, out)?;
         expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
@@ -313,7 +358,7 @@ impl PagedAttention {
                 "[num_seqs={}, max_blocks={}] i32",
                 self.num_seqs, self.max_blocks_per_seq
             ),
-            self.num_seqs * self.max_blocks_per_seq,
+            dims(&[self.num_seqs, self.max_blocks_per_seq]),
             block_tables,
         )?;
         expect_index_len(
@@ -341,13 +386,14 @@ impl PrefillAttention {
     ) -> Result<()> {
         const OP: &str = "paged_prefill_attention";
         check_cache(OP, &self.cache)?;
+        check_window(OP, self.sliding_window)?;
         check_heads(OP, self.num_heads, &self.cache)?;
         let c = &self.cache;
         let rows = format!(
             "[num_tokens={}, num_heads={}, head_size={}]",
             self.num_tokens, self.num_heads, c.head_size
         );
-        let n = self.num_tokens * self.num_heads * c.head_size;
+        let n = dims(&[self.num_tokens, self.num_heads, c.head_size]);
         expect_len::<T>(OP, "query", rows.clone(), n, q)?;
         expect_len::<T>(OP, "out", rows, n, out)?;
         expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
@@ -359,14 +405,14 @@ impl PrefillAttention {
                 "[num_seqs={}, max_blocks={}] i32",
                 self.num_seqs, self.max_blocks_per_seq
             ),
-            self.num_seqs * self.max_blocks_per_seq,
+            dims(&[self.num_seqs, self.max_blocks_per_seq]),
             block_tables,
         )?;
         expect_index_len(
             OP,
             "query_start_loc",
-            format!("[num_seqs+1={}] i32", self.num_seqs + 1),
-            self.num_seqs + 1,
+            format!("[num_seqs+1={}] i32", self.num_seqs.saturating_add(1)),
+            self.num_seqs.saturating_add(1),
             query_starts,
         )?;
         expect_index_len(
@@ -389,6 +435,14 @@ impl Rotary {
         cos_sin: usize,
     ) -> Result<()> {
         const OP: &str = "rotary_embedding";
+        positive(
+            OP,
+            &[
+                ("num_heads", self.num_heads),
+                ("num_kv_heads", self.num_kv_heads),
+                ("head_size", self.head_size),
+            ],
+        )?;
         if self.rotary_dim == 0
             || !self.rotary_dim.is_multiple_of(2)
             || self.rotary_dim > self.head_size
@@ -415,7 +469,7 @@ impl Rotary {
                 "[num_tokens={}, num_heads={}, head_size={}]",
                 self.num_tokens, self.num_heads, self.head_size
             ),
-            self.num_tokens * self.num_heads * self.head_size,
+            dims(&[self.num_tokens, self.num_heads, self.head_size]),
             q,
         )?;
         expect_len::<T>(
@@ -425,7 +479,7 @@ impl Rotary {
                 "[num_tokens={}, kv_heads={}, head_size={}]",
                 self.num_tokens, self.num_kv_heads, self.head_size
             ),
-            self.num_tokens * self.num_kv_heads * self.head_size,
+            dims(&[self.num_tokens, self.num_kv_heads, self.head_size]),
             k,
         )?;
         expect_index_len(
@@ -435,7 +489,7 @@ impl Rotary {
                 "[max_position={}, rotary_dim={}] f32",
                 self.max_position, self.rotary_dim
             ),
-            self.max_position * self.rotary_dim,
+            dims(&[self.max_position, self.rotary_dim]),
             cos_sin,
         )
     }
@@ -451,9 +505,11 @@ impl RmsNorm {
         other_name: &'static str,
     ) -> Result<()> {
         const OP: &str = "rms_norm";
+        positive(OP, &[("hidden", self.hidden)])?;
         let rows = format!("[num_tokens={}, hidden={}]", self.num_tokens, self.hidden);
-        expect_len::<T>(OP, "input", rows.clone(), self.num_tokens * self.hidden, x)?;
-        expect_len::<T>(OP, other_name, rows, self.num_tokens * self.hidden, other)?;
+        let n = dims(&[self.num_tokens, self.hidden]);
+        expect_len::<T>(OP, "input", rows.clone(), n, x)?;
+        expect_len::<T>(OP, other_name, rows, n, other)?;
         expect_len::<T>(
             OP,
             "weight",
@@ -468,18 +524,23 @@ impl SiluAndMul {
     /// Checks every length.
     pub fn validate<T: KvFloat>(&self, out: usize, x: usize) -> Result<()> {
         const OP: &str = "silu_and_mul";
+        positive(OP, &[("d", self.d)])?;
         expect_len::<T>(
             OP,
             "out",
             format!("[num_tokens={}, d={}]", self.num_tokens, self.d),
-            self.num_tokens * self.d,
+            dims(&[self.num_tokens, self.d]),
             out,
         )?;
         expect_len::<T>(
             OP,
             "input",
-            format!("[num_tokens={}, 2d={}]", self.num_tokens, 2 * self.d),
-            self.num_tokens * 2 * self.d,
+            format!(
+                "[num_tokens={}, 2d={}]",
+                self.num_tokens,
+                self.d.saturating_mul(2)
+            ),
+            dims(&[self.num_tokens, 2, self.d]),
             x,
         )
     }

@@ -49,8 +49,12 @@ fn preemption_by_recomputation_gives_the_same_tokens_as_none() {
 
 #[test]
 fn running_out_of_blocks_preempts_instead_of_failing() {
-    // 23 usable blocks of 16 tokens for 12 requests of ~70-110 tokens each.
-    let tight = checked(&quiet(None, 24));
+    // 23 usable blocks of 16 tokens for 12 requests of ~70-110 tokens each (the cache must
+    // hold one max_model_len sequence: 112 tokens take 8 blocks with the null one).
+    let tight = checked(&DecodeArgs {
+        max_model_len: 112,
+        ..quiet(None, 24)
+    });
     assert!(tight.recomputes > 0, "no preemption happened: {tight:?}");
     let roomy = checked(&quiet(None, 4096));
     assert_eq!(tight.outputs, roomy.outputs);
@@ -125,4 +129,54 @@ fn runs_over_the_acl_backend_on_the_fake() {
         text.contains("compute skipped: the acl backend cannot run the kernels"),
         "{text}"
     );
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_runs() {
+    for (args, needle) in [
+        (
+            DecodeArgs {
+                max_new: 1,
+                ..DecodeArgs::default()
+            },
+            None,
+        ),
+        (
+            DecodeArgs {
+                max_model_len: 100,
+                ..DecodeArgs::default()
+            },
+            Some("more than --max-model-len 100"),
+        ),
+        (
+            DecodeArgs {
+                model: ascend_examples::model::ModelConfig {
+                    vocab: usize::MAX,
+                    ..DecodeArgs::default().model
+                },
+                ..DecodeArgs::default()
+            },
+            Some("would have more than 1073741824 elements"),
+        ),
+        (
+            DecodeArgs {
+                max_model_len: usize::MAX,
+                ..DecodeArgs::default()
+            },
+            Some("would have more than"),
+        ),
+    ] {
+        match (args.validate(), needle) {
+            (Ok(()), None) => {
+                // --max-new 1 used to make requests of 0 new tokens that never ended.
+                let report = checked(&DecodeArgs {
+                    quiet: true,
+                    ..args
+                });
+                assert_eq!(report.generated, args.requests, "one token per request");
+            }
+            (Err(e), Some(n)) => assert!(e.contains(n), "{e}"),
+            (other, n) => panic!("{other:?} for {n:?}"),
+        }
+    }
 }

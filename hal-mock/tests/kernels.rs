@@ -268,3 +268,155 @@ fn copy_blocks_and_swaps_move_whole_blocks() {
     let err = swap_out(&stream, &c, kc.view(), &mut host, &[(3, 2)]).unwrap_err();
     assert!(err.to_string().contains("host block 2"), "{err}");
 }
+
+/// Zero-sized dimensions panicked inside rayon (RMSNorm hidden 0, SiLU d 0, RoPE 0 heads);
+/// a sliding window of 0 returned zeros; a slot below -1 was an error although every negative
+/// slot means "skip" (DESIGN, vLLM, the Ascend C kernel). Each is now refused or honoured at the
+/// call, with nothing queued.
+#[test]
+fn degenerate_shapes_are_refused_and_negative_slots_skip() {
+    use ascend_kernels::{Matmul, RmsNorm, RopeStyle, Rotary, SiluAndMul};
+    let (_b, _device, stream) = setup();
+    let mut out = Buf::<f32>::zeros(&stream, 8).unwrap();
+    let x = Buf::<f32>::zeros(&stream, 8).unwrap();
+    let w = Buf::<f32>::zeros(&stream, 8).unwrap();
+    let positive = |e: Error, what: &str| {
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&format!("{what} must be positive")),
+            "{e}"
+        );
+    };
+    let norm = RmsNorm {
+        num_tokens: 4,
+        hidden: 0,
+        eps: 1e-6,
+    };
+    positive(
+        CpuBackend::rms_norm::<f32>(&stream, &norm, out.view_mut(), x.view(), w.view())
+            .unwrap_err(),
+        "hidden",
+    );
+    let silu = SiluAndMul {
+        num_tokens: 4,
+        d: 0,
+    };
+    positive(
+        CpuBackend::silu_and_mul::<f32>(&stream, &silu, out.view_mut(), x.view()).unwrap_err(),
+        "d",
+    );
+    let mm = Matmul { m: 2, n: 0, k: 4 };
+    positive(
+        CpuBackend::matmul::<f32>(&stream, &mm, out.view_mut(), x.view(), w.view()).unwrap_err(),
+        "n",
+    );
+    let rope = Rotary {
+        num_tokens: 1,
+        num_heads: 0,
+        num_kv_heads: 1,
+        head_size: 8,
+        rotary_dim: 8,
+        max_position: 1,
+        style: RopeStyle::Neox,
+    };
+    let pos = Buf::<i64>::zeros(&stream, 1).unwrap();
+    let mut k = Buf::<f32>::zeros(&stream, 8).unwrap();
+    let mut q = Buf::<f32>::zeros(&stream, 0).unwrap();
+    positive(
+        CpuBackend::rotary_embedding::<f32>(
+            &stream,
+            &rope,
+            pos.view(),
+            q.view_mut(),
+            k.view_mut(),
+            x.view(),
+        )
+        .unwrap_err(),
+        "num_heads",
+    );
+    // Shapes whose element counts overflow are a shape error, not a panic.
+    let huge = RmsNorm {
+        num_tokens: usize::MAX,
+        hidden: 2,
+        eps: 1e-6,
+    };
+    let e = CpuBackend::rms_norm::<f32>(&stream, &huge, out.view_mut(), x.view(), w.view())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("more elements than usize counts"),
+        "{e}"
+    );
+
+    // Sliding window 0.
+    let c = CacheShape {
+        num_blocks: 2,
+        block_size: 16,
+        num_kv_heads: 1,
+        head_size: 64,
+    };
+    let (kc, vc) = (
+        Buf::<f32>::zeros(&stream, c.elements()).unwrap(),
+        Buf::<f32>::zeros(&stream, c.elements()).unwrap(),
+    );
+    let attn = PagedAttention {
+        num_seqs: 1,
+        num_heads: 1,
+        cache: c,
+        max_blocks_per_seq: 1,
+        scale: 1.0,
+        sliding_window: Some(0),
+    };
+    let (qa, mut oa) = (
+        Buf::<f32>::zeros(&stream, 64).unwrap(),
+        Buf::<f32>::zeros(&stream, 64).unwrap(),
+    );
+    let (table, lens) = (
+        Buf::<i32>::from_slice(&stream, &[1]).unwrap(),
+        Buf::<i32>::from_slice(&stream, &[5]).unwrap(),
+    );
+    let e = CpuBackend::paged_attention::<f32>(
+        &stream,
+        &attn,
+        oa.view_mut(),
+        qa.view(),
+        kc.view(),
+        vc.view(),
+        table.view(),
+        lens.view(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("sliding_window must be at least 1"),
+        "{e}"
+    );
+
+    // Slots -1 and -7 both skip; 3 is written.
+    let p = ReshapeAndCache {
+        num_tokens: 3,
+        cache: c,
+    };
+    let rows: Vec<f32> = (0..3 * 64).map(|i| i as f32 + 1.0).collect();
+    let (key, value) = (
+        Buf::<f32>::from_slice(&stream, &rows).unwrap(),
+        Buf::<f32>::from_slice(&stream, &rows).unwrap(),
+    );
+    let (mut kc, mut vc) = (kc, vc);
+    let slots = Buf::<i32>::from_slice(&stream, &[-1, -7, 3]).unwrap();
+    CpuBackend::reshape_and_cache::<f32>(
+        &stream,
+        &p,
+        key.view(),
+        value.view(),
+        kc.view_mut(),
+        vc.view_mut(),
+        slots.view(),
+    )
+    .unwrap();
+    let cache = stream.clone_to_host(&kc).unwrap();
+    assert_eq!(&cache[3 * 64..4 * 64], &rows[2 * 64..]);
+    assert_eq!(
+        cache.iter().filter(|&&v| v != 0.0).count(),
+        64,
+        "only slot 3 was written"
+    );
+}

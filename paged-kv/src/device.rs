@@ -151,18 +151,40 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         let sizing = spec.size_for(&MemoryBudget {
             total_memory: info.total,
             utilization: config.utilization,
-            non_kv_peak: info.used() + config.activation_peak,
+            non_kv_peak: info.used().saturating_add(config.activation_peak),
             max_model_len: config.max_model_len,
         })?;
         let num_blocks = config
             .max_blocks
             .map_or(sizing.num_blocks, |m| m.min(sizing.num_blocks));
+        let needed = spec.blocks_for_model_len(config.max_model_len)?;
+        if num_blocks < needed {
+            return Err(KvError::InvalidConfig(format!(
+                "max_blocks {num_blocks} cannot hold one sequence of max_model_len {} tokens: \
+                 that takes {needed} blocks of {} tokens (the null block included)",
+                config.max_model_len, spec.block_size
+            )));
+        }
         let shape = CacheShape {
             num_blocks,
             block_size: spec.block_size,
             num_kv_heads: spec.num_kv_heads,
             head_size: spec.head_size,
         };
+        // Everything that can be refused is checked before any memory is taken.
+        let manager = KvCacheManager::new(ManagerConfig {
+            enable_prefix_caching: config.enable_prefix_caching,
+            ..ManagerConfig::new(num_blocks, spec.block_size)
+        })?;
+        let host_elems = u32::try_from(config.swap_blocks)
+            .ok()
+            .and_then(|_| config.swap_blocks.checked_mul(shape.block_stride()))
+            .ok_or_else(|| {
+                KvError::InvalidConfig(format!(
+                    "swap_blocks {} is more host blocks than can be addressed",
+                    config.swap_blocks
+                ))
+            })?;
         let layers = (0..spec.num_layers)
             .map(|_| {
                 Ok((
@@ -171,7 +193,6 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let host_elems = config.swap_blocks * shape.block_stride();
         let host = (0..spec.num_layers)
             .map(|_| {
                 Ok((
@@ -180,10 +201,6 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let manager = KvCacheManager::new(ManagerConfig {
-            enable_prefix_caching: config.enable_prefix_caching,
-            ..ManagerConfig::new(num_blocks, spec.block_size)
-        })?;
         let staging = || -> Result<[PinnedBuffer<B, i32>; 4]> {
             Ok([
                 PinnedBuffer::new(device, 0).map_err(hal)?,

@@ -57,4 +57,4 @@ pub use manager::{
 };
 pub use pool::{BlockPool, CachedContent};
 pub use spec::{KvCacheSizing, KvCacheSpec, MemoryBudget};
-pub use tables::BatchTables;
+pub use tables::{BatchTables, MAX_PADDED_TOKENS};

@@ -164,7 +164,11 @@ impl KvCacheManager {
         if config.block_size == 0 {
             return Err(KvError::InvalidConfig("block_size must be positive".into()));
         }
-        if (config.num_blocks as u64) * (config.block_size as u64) > i32::MAX as u64 {
+        if config
+            .num_blocks
+            .checked_mul(config.block_size)
+            .is_none_or(|slots| slots > i32::MAX as usize)
+        {
             return Err(KvError::InvalidConfig(format!(
                 "{} blocks of {} tokens overflow the i32 slot mapping the kernels take",
                 config.num_blocks, config.block_size

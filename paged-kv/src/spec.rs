@@ -44,18 +44,32 @@ impl KvCacheSpec {
     }
 
     /// Bytes one block takes across all layers, K and V:
-    /// `2 * layers * block_size * kv_heads * head_size * dtype_size`.
-    pub fn bytes_per_block(&self) -> u64 {
-        2 * self.num_layers as u64
-            * self.block_size as u64
-            * self.num_kv_heads as u64
-            * self.head_size as u64
-            * self.dtype.size_in_bytes() as u64
+    /// `2 * layers * block_size * kv_heads * head_size * dtype_size`; `None` past `u64::MAX`.
+    pub fn checked_bytes_per_block(&self) -> Option<u64> {
+        [
+            self.num_layers,
+            self.block_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.dtype.size_in_bytes(),
+        ]
+        .iter()
+        .try_fold(2u64, |n, &d| n.checked_mul(d as u64))
     }
 
-    /// Elements of one layer's K (or V) cache for `num_blocks` blocks.
+    /// [`checked_bytes_per_block`](Self::checked_bytes_per_block), saturating at `u64::MAX`
+    /// (sizing refuses such a spec).
+    pub fn bytes_per_block(&self) -> u64 {
+        self.checked_bytes_per_block().unwrap_or(u64::MAX)
+    }
+
+    /// Elements of one layer's K (or V) cache for `num_blocks` blocks, saturating at
+    /// `usize::MAX` (which no allocation can have).
     pub fn layer_elements(&self, num_blocks: usize) -> usize {
-        num_blocks * self.block_size * self.num_kv_heads * self.head_size
+        [self.block_size, self.num_kv_heads, self.head_size]
+            .iter()
+            .try_fold(num_blocks, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
     fn validate(&self) -> Result<()> {
@@ -68,7 +82,32 @@ impl KvCacheSpec {
                 "layers, KV heads, head size and block size must all be positive: {self:?}"
             )));
         }
+        if self.checked_bytes_per_block().is_none() {
+            return Err(KvError::InvalidConfig(format!(
+                "one block of this spec takes more than u64::MAX bytes: {self:?}"
+            )));
+        }
         Ok(())
+    }
+
+    /// Blocks a pool needs to hold one sequence of `max_model_len` tokens: its blocks plus the
+    /// null block 0.
+    ///
+    /// # Errors
+    /// [`KvError::InvalidConfig`] for a zero block size, or a length past what the kernels'
+    /// `i32` slot mapping can address.
+    pub fn blocks_for_model_len(&self, max_model_len: usize) -> Result<usize> {
+        if self.block_size == 0 {
+            return Err(KvError::InvalidConfig("block_size must be positive".into()));
+        }
+        if max_model_len > i32::MAX as usize {
+            return Err(KvError::InvalidConfig(format!(
+                "max_model_len {max_model_len} is past what the kernels' i32 slot mapping \
+                 addresses ({})",
+                i32::MAX
+            )));
+        }
+        Ok(max_model_len.div_ceil(self.block_size) + 1)
     }
 
     /// How many blocks fit: `floor((total * utilization - non_kv_peak) / bytes_per_block)`.
@@ -95,18 +134,22 @@ impl KvCacheSpec {
                      {}-byte non-KV peak, less than one {per_block}-byte block",
                     usable, budget.total_memory, budget.utilization, budget.non_kv_peak
                 ),
-                missing: (budget.non_kv_peak + per_block).saturating_sub(usable),
+                missing: budget
+                    .non_kv_peak
+                    .saturating_add(per_block)
+                    .saturating_sub(usable),
             });
         }
-        // Block 0 is the null block: the rest must hold one full-length sequence.
-        let needed = budget.max_model_len.div_ceil(self.block_size) + 1;
+        let needed = self.blocks_for_model_len(budget.max_model_len)?;
         if num_blocks < needed {
             return Err(KvError::InsufficientMemory {
                 what: format!(
                     "max_model_len {} needs {needed} blocks of {} tokens, only {num_blocks} fit",
                     budget.max_model_len, self.block_size
                 ),
-                missing: (needed - num_blocks) as u64 * per_block - available % per_block,
+                missing: ((needed - num_blocks) as u64)
+                    .saturating_mul(per_block)
+                    .saturating_sub(available % per_block),
             });
         }
         Ok(KvCacheSizing {
@@ -142,14 +185,16 @@ pub struct KvCacheSizing {
 }
 
 impl KvCacheSizing {
-    /// Tokens the usable blocks hold (the null block excluded).
+    /// Tokens the usable blocks hold (the null block excluded), saturating.
     pub fn num_tokens(&self) -> usize {
-        (self.num_blocks - 1) * self.block_size
+        self.num_blocks
+            .saturating_sub(1)
+            .saturating_mul(self.block_size)
     }
 
-    /// Bytes of device memory all blocks take.
+    /// Bytes of device memory all blocks take, saturating.
     pub fn total_bytes(&self) -> u64 {
-        self.num_blocks as u64 * self.bytes_per_block
+        (self.num_blocks as u64).saturating_mul(self.bytes_per_block)
     }
 }
 
@@ -158,7 +203,7 @@ impl fmt::Display for KvCacheSizing {
         write!(
             f,
             "Available KV cache blocks: {} ({} tokens)",
-            self.num_blocks - 1,
+            self.num_blocks.saturating_sub(1),
             self.num_tokens()
         )
     }

@@ -7,6 +7,10 @@ use crate::error::{KvError, Result};
 use crate::ids::{BlockId, RequestId};
 use crate::manager::KvCacheManager;
 
+/// The most tokens a padded slot mapping may have: kernels count tokens in `i32`, and a larger
+/// pad would only allocate padding.
+pub const MAX_PADDED_TOKENS: usize = 1 << 24;
+
 /// Kernel-facing tables for one step of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchTables {
@@ -28,8 +32,8 @@ pub struct BatchTables {
 impl KvCacheManager {
     /// Tables for a batch of `(request, tokens computed this step)`; the step's tokens are the
     /// last ones the request was given slots for. `pad_tokens_to` pads the slot mapping with
-    /// `-1` (for a fixed-shape graph); `max_blocks_per_seq` fixes the row width (else the
-    /// longest row).
+    /// `-1` (for a fixed-shape graph, at most [`MAX_PADDED_TOKENS`]); `max_blocks_per_seq`
+    /// fixes the row width (else the longest row; at most the pool's block count).
     pub fn batch_tables(
         &self,
         batch: &[(RequestId, usize)],
@@ -63,7 +67,18 @@ impl KvCacheManager {
                 "a sequence has {longest} blocks, more than the {width} per row requested"
             )));
         }
+        if width > self.pool().num_blocks() {
+            return Err(KvError::InvalidConfig(format!(
+                "max_blocks_per_seq {width} is more than the pool's {} blocks",
+                self.pool().num_blocks()
+            )));
+        }
         if let Some(total) = pad_tokens_to {
+            if total > MAX_PADDED_TOKENS {
+                return Err(KvError::InvalidConfig(format!(
+                    "pad_tokens_to {total} is past the {MAX_PADDED_TOKENS} tokens a step may pad to"
+                )));
+            }
             if total < slot_mapping.len() {
                 return Err(KvError::InvalidConfig(format!(
                     "{} tokens do not fit a padded length of {total}",
@@ -72,7 +87,10 @@ impl KvCacheManager {
             }
             slot_mapping.resize(total, -1);
         }
-        let mut block_tables = vec![BlockId::NULL.0 as i32; rows.len() * width];
+        let cells = rows.len().checked_mul(width).ok_or_else(|| {
+            KvError::InvalidConfig(format!("{} rows of {width} blocks overflow", rows.len()))
+        })?;
+        let mut block_tables = vec![BlockId::NULL.0 as i32; cells];
         for (row, blocks) in block_tables.chunks_mut(width.max(1)).zip(&rows) {
             for (cell, b) in row.iter_mut().zip(blocks.iter()) {
                 *cell = b.0 as i32;

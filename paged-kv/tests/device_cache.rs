@@ -26,7 +26,8 @@ fn setup(max_blocks: usize) -> (CpuBackend, CpuStream, Cache) {
         spec,
         KvCacheConfig {
             max_blocks: Some(max_blocks),
-            max_model_len: 64,
+            // The longest sequence the tests write (40 tokens) in 10 blocks of 4, + the null one.
+            max_model_len: 44,
             swap_blocks: 16,
             ..KvCacheConfig::default()
         },
@@ -267,4 +268,49 @@ fn the_cache_takes_its_memory_from_the_chosen_allocator() {
             .contains("serves device 1 but the stream runs on device 0"),
         "{err}"
     );
+}
+
+/// `KvCache::new` accepted a block cap below what `max_model_len` needs, although its docs said
+/// it fails; a swap-block count past `u32` was truncated.
+#[test]
+fn a_block_cap_below_max_model_len_is_refused_before_any_allocation() {
+    let backend = CpuBackend::builder()
+        .device(DeviceProfile::custom("Ascend910B4", 64 << 20))
+        .build();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let spec = KvCacheSpec::new(LAYERS, KV_HEADS, HEAD, DType::F32).with_block_size(BLOCK);
+    let before = device.memory_info().unwrap();
+    for (max_blocks, max_model_len, swap_blocks, needle) in [
+        (
+            Some(12),
+            64,
+            4,
+            "max_blocks 12 cannot hold one sequence of max_model_len 64",
+        ),
+        (Some(0), 4, 4, "max_blocks 0 cannot hold"),
+        (
+            None,
+            usize::MAX,
+            4,
+            "past what the kernels' i32 slot mapping addresses",
+        ),
+        (Some(8), 4, usize::MAX, "swap_blocks 18446744073709551615"),
+    ] {
+        let err = Cache::new(
+            &stream,
+            spec,
+            KvCacheConfig {
+                max_blocks,
+                max_model_len,
+                swap_blocks,
+                ..KvCacheConfig::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, KvError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert_eq!(device.memory_info().unwrap(), before, "memory taken");
+    }
 }

@@ -73,7 +73,8 @@ fn segment_size(size: usize) -> usize {
     } else if size < MIN_LARGE_ALLOC {
         LARGE_BUFFER
     } else {
-        size.div_ceil(ROUND_LARGE) * ROUND_LARGE
+        // Past usize::MAX rounded, the request itself: the backend then refuses it.
+        size.checked_next_multiple_of(ROUND_LARGE).unwrap_or(size)
     }
 }
 
@@ -659,7 +660,7 @@ impl<B: Backend> State<B> {
     }
 
     fn check_fraction(&self, extra: usize, allowed: u64, device: &B::Device) -> Result<()> {
-        if self.stats.reserved + extra as u64 > allowed {
+        if self.stats.reserved.saturating_add(extra as u64) > allowed {
             let info = device.memory_info()?;
             return Err(Error::OutOfMemory {
                 device: format!("device {}", device.ordinal()),
@@ -734,7 +735,11 @@ impl<B: Backend> State<B> {
             Some(&s) => s,
             None => {
                 let info = device.memory_info()?;
-                let span = (info.total as usize).div_ceil(granularity) * granularity;
+                // The whole device, in granules (the largest such span for an absurd total).
+                let span = usize::try_from(info.total)
+                    .ok()
+                    .and_then(|t| t.checked_next_multiple_of(granularity))
+                    .unwrap_or(usize::MAX / granularity * granularity);
                 let range = device.reserve_virtual(span)?;
                 let base = range.ptr().0;
                 let s = self.push_segment(Segment {
@@ -759,13 +764,13 @@ impl<B: Backend> State<B> {
         let tail_free = last.filter(|&i| self.is_mergeable(Some(i)).is_some());
         let have = tail_free.map_or(0, |i| self.block(i).size);
         let chunks_needed = (size - have.min(size)).div_ceil(granularity).max(1);
-        let grow = chunks_needed * granularity;
+        let grow = chunks_needed.saturating_mul(granularity);
         self.check_fraction(grow, allowed, device)?;
         let segment = self.segments[seg].as_mut().expect("live segment");
         let SegmentMemory::Expandable { range, chunks, .. } = &mut segment.memory else {
             unreachable!("expandable map points at an expandable segment")
         };
-        if mapped + grow > range.size() {
+        if mapped.saturating_add(grow) > range.size() {
             return Err(Error::OutOfMemory {
                 device: format!("device {}", device.ordinal()),
                 requested: size as u64,

@@ -68,7 +68,11 @@ impl std::str::FromStr for AllocatorConfig {
                             "max_split_size_mb:{mb} is below the 20 MB large-segment size"
                         )));
                     }
-                    c.max_split_size = Some(mb << 20);
+                    c.max_split_size = Some(mb.checked_mul(1 << 20).ok_or_else(|| {
+                        bad(format!(
+                            "max_split_size_mb:{mb} is more bytes than usize holds"
+                        ))
+                    })?);
                 }
                 "garbage_collection_threshold" => {
                     let f: f64 = value.parse().map_err(|_| {
@@ -135,6 +139,9 @@ mod tests {
             "garbage_collection_threshold:1.5",
             "memory_fraction:0",
             "max_split_size_mb",
+            "max_split_size_mb:17592186044416",
+            "garbage_collection_threshold:NaN",
+            "memory_fraction:inf",
         ] {
             assert!(bad.parse::<AllocatorConfig>().is_err(), "{bad}");
         }
