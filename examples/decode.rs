@@ -140,6 +140,9 @@ impl Default for DecodeArgs {
 }
 
 impl DecodeArgs {
+    /// The most requests the example serves.
+    pub const MAX_REQUESTS: usize = 10_000;
+
     /// Checks the sizes.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let m = &self.model;
@@ -157,6 +160,13 @@ impl DecodeArgs {
         }
         if self.block_size == 0 || self.requests == 0 || self.max_new == 0 {
             return Err("block-size, requests and max-new must be positive".into());
+        }
+        if self.requests > Self::MAX_REQUESTS {
+            return Err(format!(
+                "--requests {} is more than this example serves ({})",
+                self.requests,
+                Self::MAX_REQUESTS
+            ));
         }
         let model = ModelConfig {
             max_position: self.max_model_len,

@@ -154,6 +154,7 @@ impl Matmul {
     pub fn validate<T: KvFloat>(&self, out: usize, x: usize, w: usize) -> Result<()> {
         const OP: &str = "matmul";
         positive(OP, &[("n", self.n), ("k", self.k)])?;
+        representable(OP, "the weight", &[self.n, self.k])?;
         expect_len::<T>(
             OP,
             "out",
@@ -193,6 +194,22 @@ fn positive(op: &'static str, named: &[(&str, usize)]) -> Result<()> {
         Some((name, _)) => Err(invalid(op, format!("{name} must be positive"))),
         None => Ok(()),
     }
+}
+
+/// Errors when a row the kernel works in (a product of dimensions) overflows `usize`: kernels
+/// compute row sizes even when there are no rows.
+fn representable(op: &'static str, what: &str, named: &[usize]) -> Result<()> {
+    if named
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .is_none()
+    {
+        return Err(invalid(
+            op,
+            format!("{what} ({named:?}) has more elements than usize counts"),
+        ));
+    }
+    Ok(())
 }
 
 /// How a wanted element count reads in an error.
@@ -255,7 +272,11 @@ fn check_cache(op: &'static str, c: &CacheShape) -> Result<()> {
             format!("every cache dimension must be positive: {}", c.describe()),
         ));
     }
-    Ok(())
+    representable(
+        op,
+        "the cache",
+        &[c.num_blocks, c.block_size, c.num_kv_heads, c.head_size],
+    )
 }
 
 impl ReshapeAndCache {
@@ -322,7 +343,7 @@ fn check_heads(op: &'static str, num_heads: usize, c: &CacheShape) -> Result<()>
             ),
         ));
     }
-    Ok(())
+    representable(op, "a query row", &[num_heads, c.head_size])
 }
 
 impl PagedAttention {
@@ -443,6 +464,13 @@ impl Rotary {
                 ("head_size", self.head_size),
             ],
         )?;
+        representable(OP, "a query row", &[self.num_heads, self.head_size])?;
+        representable(OP, "a key row", &[self.num_kv_heads, self.head_size])?;
+        representable(
+            OP,
+            "the cos/sin table",
+            &[self.max_position, self.rotary_dim],
+        )?;
         if self.rotary_dim == 0
             || !self.rotary_dim.is_multiple_of(2)
             || self.rotary_dim > self.head_size
@@ -525,6 +553,7 @@ impl SiluAndMul {
     pub fn validate<T: KvFloat>(&self, out: usize, x: usize) -> Result<()> {
         const OP: &str = "silu_and_mul";
         positive(OP, &[("d", self.d)])?;
+        representable(OP, "an input row", &[2, self.d])?;
         expect_len::<T>(
             OP,
             "out",

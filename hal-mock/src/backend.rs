@@ -96,6 +96,9 @@ impl fmt::Debug for CpuBackend {
     }
 }
 
+/// The most devices one CPU backend has (each gets its own simulated address range).
+pub const MAX_DEVICES: usize = 4096;
+
 /// Configuration of a [`CpuBackend`].
 ///
 /// ```
@@ -115,15 +118,21 @@ pub struct CpuBackendBuilder {
 }
 
 impl CpuBackendBuilder {
-    /// Adds a device with this profile; ordinals follow the order of the calls.
+    /// Adds a device with this profile; ordinals follow the order of the calls (at most
+    /// [`MAX_DEVICES`]).
     pub fn device(mut self, profile: DeviceProfile) -> Self {
-        self.profiles.push(profile);
+        if self.profiles.len() < MAX_DEVICES {
+            self.profiles.push(profile);
+        }
         self
     }
 
-    /// Adds `count` devices with the same profile.
+    /// Adds `count` devices with the same profile, up to [`MAX_DEVICES`] devices in all (more
+    /// than any machine has; the rest are not added).
     pub fn devices(mut self, count: usize, profile: DeviceProfile) -> Self {
-        self.profiles.extend(std::iter::repeat_n(profile, count));
+        let room = MAX_DEVICES.saturating_sub(self.profiles.len());
+        self.profiles
+            .extend(std::iter::repeat_n(profile, count.min(room)));
         self
     }
 

@@ -140,7 +140,16 @@ impl FaultInjector {
             });
         }
         let mut s = self.lock();
-        let call = s.calls.get(&op).copied().unwrap_or(0) + n;
+        let call = s
+            .calls
+            .get(&op)
+            .copied()
+            .unwrap_or(0)
+            .checked_add(n)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "FaultInjector::fail_nth",
+                message: format!("call {n} from now is past u64::MAX calls"),
+            })?;
         s.planned.push((op, call));
         Ok(())
     }

@@ -60,7 +60,7 @@ pub mod model_check {
     }
 }
 
-pub use backend::{CpuBackend, CpuBackendBuilder};
+pub use backend::{CpuBackend, CpuBackendBuilder, MAX_DEVICES};
 pub use device::{CpuDevice, DeviceProfile, VMM_GRANULARITY};
 pub use event::CpuEvent;
 pub use faults::{FaultInjector, MockOp};

@@ -54,7 +54,7 @@ impl ManagerConfig {
     /// no watermark.
     pub fn with_watermark(self, fraction: f64) -> Self {
         let watermark_blocks = if (0.0..=1.0).contains(&fraction) {
-            (self.num_blocks as f64 * fraction) as usize
+            ((self.num_blocks as f64 * fraction) as usize).min(self.num_blocks)
         } else {
             0
         };

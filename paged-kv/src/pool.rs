@@ -59,17 +59,27 @@ impl BlockPool {
                 "a pool needs 2..{NIL} blocks (block 0 is reserved), got {num_blocks}"
             )));
         }
+        // A pool too large for the host is an error, not an aborted process.
+        let mut blocks = Vec::new();
+        blocks.try_reserve_exact(num_blocks).map_err(|_| {
+            KvError::InvalidConfig(format!(
+                "a pool of {num_blocks} blocks does not fit in host memory ({} bytes of \
+                 bookkeeping)",
+                num_blocks.saturating_mul(std::mem::size_of::<Block>())
+            ))
+        })?;
+        blocks.resize(
+            num_blocks,
+            Block {
+                ref_cnt: 0,
+                prev: NIL,
+                next: NIL,
+                in_free_queue: false,
+                cached: None,
+            },
+        );
         let mut pool = BlockPool {
-            blocks: vec![
-                Block {
-                    ref_cnt: 0,
-                    prev: NIL,
-                    next: NIL,
-                    in_free_queue: false,
-                    cached: None,
-                };
-                num_blocks
-            ],
+            blocks,
             head: NIL,
             tail: NIL,
             num_free: 0,

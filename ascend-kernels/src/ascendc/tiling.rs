@@ -23,7 +23,16 @@ const BLOCK: usize = 32;
 
 /// Rounds up to whole 32-byte blocks, as `TPipe::InitBuffer` does.
 fn r32(bytes: usize) -> usize {
-    bytes.div_ceil(BLOCK) * BLOCK
+    bytes.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+/// No dimension of a kernel whose buffers fit the UB comes near this many elements: the UB
+/// formulas answer "does not fit" (`usize::MAX`) for anything larger, so their products of up
+/// to three dimensions cannot overflow.
+const UB_DIM_LIMIT: usize = 1 << 20;
+
+fn any_huge(dims: &[usize]) -> bool {
+    dims.iter().any(|&d| d > UB_DIM_LIMIT)
 }
 
 /// `ReshapeAndCacheTiling`.
@@ -122,13 +131,13 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 
 /// `bytes` must be whole 32-byte blocks: what `DataCopy` moves and where vector operands start.
 fn aligned(op: &'static str, what: &str, elems: usize, size: usize) -> Result<()> {
-    if !(elems * size).is_multiple_of(BLOCK) {
+    if !elems.saturating_mul(size).is_multiple_of(BLOCK) {
         return Err(refuse(
             op,
             format!(
                 "the Ascend C kernel needs {what} ({elems} elements x {size} bytes = {} bytes) to \
                  be a multiple of 32 bytes",
-                elems * size
+                elems.saturating_mul(size)
             ),
         ));
     }
@@ -150,6 +159,9 @@ fn fits(op: &'static str, ub: usize, detail: &str) -> Result<()> {
 
 /// Unified Buffer bytes `reshape_and_cache` uses: one double-buffered queue of a token row.
 pub fn reshape_and_cache_ub(row: usize, size: usize) -> usize {
+    if any_huge(&[row, size]) {
+        return usize::MAX;
+    }
     2 * r32(row * size)
 }
 
@@ -169,6 +181,9 @@ pub fn reshape_and_cache(p: &ReshapeAndCache, size: usize) -> Result<ReshapeAndC
 
 /// Unified Buffer bytes paged attention uses with `chunk` tokens staged (mirrors `Init`).
 pub fn paged_attention_ub(group: usize, head_size: usize, chunk: usize, size: usize) -> usize {
+    if any_huge(&[group, head_size, chunk, size]) {
+        return usize::MAX;
+    }
     let rows = group * head_size;
     let kv = chunk * head_size;
     2 * r32(rows * size) * 2          // query and output queues
@@ -234,6 +249,9 @@ pub fn paged_attention(p: &PagedAttention, size: usize) -> Result<PagedAttention
 
 /// Unified Buffer bytes the RoPE kernel uses (mirrors `Init`).
 pub fn rotary_embedding_ub(p: &Rotary, size: usize) -> usize {
+    if any_huge(&[p.num_heads, p.num_kv_heads, p.head_size, p.rotary_dim, size]) {
+        return usize::MAX;
+    }
     let row = p.num_heads.max(p.num_kv_heads) * p.head_size;
     2 * r32(p.rotary_dim * 4)
         + 2 * 2 * r32(row * size)
@@ -272,6 +290,9 @@ pub fn rotary_embedding(p: &Rotary, size: usize) -> Result<RopeTiling> {
 
 /// Unified Buffer bytes the RMSNorm kernel uses with `buffers` per queue (mirrors `Init`).
 pub fn rms_norm_ub(hidden: usize, size: usize, buffers: usize) -> usize {
+    if any_huge(&[hidden, size, buffers]) {
+        return usize::MAX;
+    }
     3 * buffers * r32(hidden * size) + 3 * r32(hidden * 4) + BLOCK
 }
 
