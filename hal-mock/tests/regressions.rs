@@ -213,3 +213,46 @@ fn capacity_comes_back_when_queued_work_is_done() {
     stream.synchronize().unwrap();
     assert_eq!(device.memory_info().unwrap().used(), base);
 }
+
+/// `empty_cache` synchronised the device *before* taking the allocator's lock, so a block
+/// freed (after new work was queued on it) between the two was released under that work. The
+/// lock is now held across the synchronisation: a free that arrives meanwhile waits for
+/// `empty_cache` to finish, and so cannot slip its block in between.
+#[test]
+fn a_block_freed_during_empty_cache_waits_for_it() {
+    use ascend_hal::alloc::{Allocator, CachingAllocator};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let backend = backend(256);
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let alloc = Arc::new(
+        CachingAllocator::<CpuBackend>::new(&device, "expandable_segments:True".parse().unwrap())
+            .unwrap(),
+    );
+    let block = alloc.allocate(4 << 20, &stream).unwrap();
+    let open = hold(&stream); // empty_cache's device synchronisation waits for this
+    let gate_opened = Arc::new(AtomicBool::new(false));
+    let emptier = {
+        let alloc = Arc::clone(&alloc);
+        std::thread::spawn(move || alloc.empty_cache())
+    };
+    std::thread::sleep(Duration::from_millis(200)); // the emptier is now synchronising
+    let freer = {
+        let gate_opened = Arc::clone(&gate_opened);
+        std::thread::spawn(move || {
+            drop(block);
+            gate_opened.load(Ordering::SeqCst)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    gate_opened.store(true, Ordering::SeqCst);
+    drop(open);
+    emptier.join().unwrap().unwrap();
+    assert!(
+        freer.join().unwrap(),
+        "the block was freed while empty_cache was between its synchronisation and its lock"
+    );
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved, 0);
+}
