@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test -p acl-fake --no-run 2>&1 | tail -1
 status=0
-for t in acl_conformance acl_specific acl_loading acl_lost_device acl_env_faults; do
+for t in acl_conformance acl_allocator_conformance acl_specific acl_fake_misuse acl_loading \
+    acl_finalize_first acl_lost_device acl_env_faults; do
     bin=$(ls -t target/debug/deps/${t}-* | grep -v '\.d$' | head -1)
     log=target/valgrind-${t}.txt
     if ! valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite,indirect \
