@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "chat_trace.rs"]
+pub mod chat_trace;
+
 /// Where criterion wrote its results: `$CARGO_TARGET_DIR/criterion`, else the nearest
 /// `target/criterion` above the current directory.
 fn criterion_dir() -> Option<PathBuf> {

@@ -17,13 +17,13 @@
 //!   and neither does [`ManagerConfig::new`]; vLLM v0's block manager kept 1%
 //!   ([`ManagerConfig::with_watermark`]).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use crate::error::{KvError, Result};
 use crate::hash::{block_hash, BlockHash, RequestKeys};
 use crate::ids::{BlockId, RequestId, TokenId};
-use crate::pool::{BlockPool, CachedContent};
+use crate::pool::BlockPool;
 
 /// How the manager is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +149,7 @@ struct Sequence {
 pub struct KvCacheManager {
     pool: BlockPool,
     config: ManagerConfig,
-    requests: HashMap<RequestId, Sequence>,
+    requests: FxHashMap<RequestId, Sequence>,
     prefix_queries: u64,
     prefix_hits: u64,
 }
@@ -177,7 +177,7 @@ impl KvCacheManager {
         Ok(KvCacheManager {
             pool: BlockPool::new(config.num_blocks)?,
             config,
-            requests: HashMap::new(),
+            requests: FxHashMap::default(),
             prefix_queries: 0,
             prefix_hits: 0,
         })
@@ -379,14 +379,13 @@ impl KvCacheManager {
             });
         }
 
-        let mut fresh = self.pool.allocate(needed)?.into_iter();
         let seq = self
             .requests
             .get_mut(&id)
             .ok_or(KvError::UnknownRequest(id))?;
-        // `needed` counted the copy's block, so `fresh` has one for it.
-        let copy_into = if shared_partial { fresh.next() } else { None };
-        if let Some(dst) = copy_into {
+        // `needed <= num_free` was checked above, so neither allocation below fails.
+        if shared_partial {
+            let dst = self.pool.allocate_one()?;
             let last = seq.blocks.len() - 1;
             let src = seq.blocks[last];
             copies.push(BlockCopy { src, dst });
@@ -394,11 +393,18 @@ impl KvCacheManager {
             // Others still hold `src` (its count was above one), so this only drops ours.
             self.pool.free(&[src])?;
         }
-        seq.blocks.extend(fresh);
-        slots.extend(
-            (len..len + new_tokens.len())
-                .map(|pos| (seq.blocks[pos / bs].0 as usize * bs + pos % bs) as i32),
-        );
+        self.pool.allocate_into(extra, &mut seq.blocks)?;
+        // Slot of position `pos`: `block * bs + pos % bs`; computed block by block, since a
+        // prefill chunk spans many tokens of each block.
+        let (mut pos, end) = (len, len + new_tokens.len());
+        slots.reserve(new_tokens.len());
+        while pos < end {
+            let (block, offset) = (pos / bs, pos % bs);
+            let run = (bs - offset).min(end - pos);
+            let first = seq.blocks[block].0 as usize * bs + offset;
+            slots.extend((first..first + run).map(|slot| slot as i32));
+            pos += run;
+        }
         seq.tokens.extend_from_slice(new_tokens);
         self.cache_full_blocks(id)?;
         Ok(needed)
@@ -423,15 +429,8 @@ impl KvCacheManager {
             seq.hashes.push(hash);
             // `false`: the block is shared and already cached, or an equal block is: either
             // way the content stays findable.
-            self.pool.cache(
-                seq.blocks[i],
-                CachedContent {
-                    hash,
-                    parent,
-                    tokens: tokens.into(),
-                    keys,
-                },
-            )?;
+            self.pool
+                .cache_tokens(seq.blocks[i], hash, parent, tokens, keys)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! A freed block with ref count zero keeps its cached content, and stays findable, until it is
 //! evicted this way. Block 0 is the null block: never allocated, used to pad block tables.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::error::{KvError, Result};
 use crate::hash::{BlockHash, BlockKeys};
@@ -46,7 +46,11 @@ pub struct BlockPool {
     head: u32,
     tail: u32,
     num_free: usize,
-    cache: HashMap<BlockHash, BlockId>,
+    cache: FxHashMap<BlockHash, BlockId>,
+    /// Contents of evicted blocks, reused by later caching instead of allocating anew (boxed:
+    /// they move between here and `Block::cached` without reallocating).
+    #[allow(clippy::vec_box)]
+    recycled: Vec<Box<CachedContent>>,
     evictions: u64,
 }
 
@@ -83,7 +87,8 @@ impl BlockPool {
             head: NIL,
             tail: NIL,
             num_free: 0,
-            cache: HashMap::new(),
+            cache: FxHashMap::default(),
+            recycled: Vec::new(),
             evictions: 0,
         };
         for b in 1..num_blocks as u32 {
@@ -176,6 +181,20 @@ impl BlockPool {
         self.num_free += 1;
     }
 
+    fn push_head(&mut self, b: u32) {
+        let block = &mut self.blocks[b as usize];
+        block.prev = NIL;
+        block.next = self.head;
+        block.in_free_queue = true;
+        if self.head == NIL {
+            self.tail = b;
+        } else {
+            self.blocks[self.head as usize].prev = b;
+        }
+        self.head = b;
+        self.num_free += 1;
+    }
+
     fn unlink(&mut self, b: u32) {
         let (prev, next) = {
             let block = &mut self.blocks[b as usize];
@@ -201,6 +220,40 @@ impl BlockPool {
     /// Takes `n` blocks from the head of the free queue, all or nothing, evicting any cached
     /// prefix they held. Each comes back with reference count 1.
     pub fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>> {
+        let mut out = Vec::new();
+        self.allocate_into(n, &mut out)?;
+        Ok(out)
+    }
+
+    /// One block, as [`allocate`](Self::allocate) takes it.
+    pub fn allocate_one(&mut self) -> Result<BlockId> {
+        if self.num_free == 0 {
+            return Err(KvError::OutOfBlocks {
+                requested: 1,
+                free: 0,
+                reserved: 0,
+                cached_tokens: 0,
+            });
+        }
+        let b = self.head;
+        self.take(b);
+        Ok(BlockId(b))
+    }
+
+    /// Unlinks free block `b`, evicting its cached content, and gives it reference count 1.
+    fn take(&mut self, b: u32) {
+        self.unlink(b);
+        let block = &mut self.blocks[b as usize];
+        if let Some(content) = block.cached.take() {
+            self.cache.remove(&content.hash);
+            self.evictions += 1;
+            self.recycled.push(content);
+        }
+        block.ref_cnt = 1;
+    }
+
+    /// [`allocate`](Self::allocate), appending to `out` (nothing is appended on error).
+    pub fn allocate_into(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<()> {
         if n > self.num_free {
             return Err(KvError::OutOfBlocks {
                 requested: n,
@@ -209,19 +262,13 @@ impl BlockPool {
                 cached_tokens: 0,
             });
         }
-        let mut out = Vec::with_capacity(n);
+        out.reserve(n);
         for _ in 0..n {
             let b = self.head;
-            self.unlink(b);
-            let block = &mut self.blocks[b as usize];
-            if let Some(content) = block.cached.take() {
-                self.cache.remove(&content.hash);
-                self.evictions += 1;
-            }
-            block.ref_cnt = 1;
+            self.take(b);
             out.push(BlockId(b));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Takes one more reference to each block (a prefix hit or a fork); a free block leaves the
@@ -239,23 +286,38 @@ impl BlockPool {
         Ok(())
     }
 
-    /// Drops one reference to each block, in order; blocks reaching zero join the tail of the
-    /// free queue (evicted last of the free ones). Checks everything first: a double free is an
-    /// error and changes nothing.
+    /// Drops one reference to each block; `blocks` are in eviction priority order (first
+    /// evicted first), as vLLM's `BlockPool.free_blocks` takes them. Blocks reaching zero join
+    /// the free queue as vLLM 0.11's does: those without cached content at its head, in the
+    /// given order (reused first: they hold nothing worth keeping), those with cached content
+    /// at its tail, in the given order (evicted last). A double free (or a bad id) is an error
+    /// and changes nothing.
     pub fn free(&mut self, blocks: &[BlockId]) -> Result<()> {
-        let mut releases: HashMap<BlockId, u32> = HashMap::new();
-        for &b in blocks {
-            self.check(b)?;
-            let n = releases.entry(b).or_insert(0);
-            *n += 1;
-            if *n > self.blocks[b.index()].ref_cnt {
-                return Err(KvError::DoubleFree(b));
+        for (i, &b) in blocks.iter().enumerate() {
+            let fault = match self.check(b) {
+                Err(e) => Some(e),
+                Ok(()) if self.blocks[b.index()].ref_cnt == 0 => Some(KvError::DoubleFree(b)),
+                Ok(()) => None,
+            };
+            if let Some(e) = fault {
+                for &done in &blocks[..i] {
+                    self.blocks[done.index()].ref_cnt += 1;
+                }
+                return Err(e);
+            }
+            self.blocks[b.index()].ref_cnt -= 1;
+        }
+        let freeable = |block: &Block| block.ref_cnt == 0 && !block.in_free_queue;
+        // Without content: pushed to the head in reverse, so they end up in the given order.
+        for &b in blocks.iter().rev() {
+            let block = &self.blocks[b.index()];
+            if freeable(block) && block.cached.is_none() {
+                self.push_head(b.0);
             }
         }
         for &b in blocks {
-            let block = &mut self.blocks[b.index()];
-            block.ref_cnt -= 1;
-            if block.ref_cnt == 0 {
+            let block = &self.blocks[b.index()];
+            if freeable(block) {
                 self.push_tail(b.0);
             }
         }
@@ -285,6 +347,40 @@ impl BlockPool {
         }
         self.cache.insert(content.hash, block);
         self.blocks[block.index()].cached = Some(Box::new(content));
+        Ok(true)
+    }
+
+    /// [`cache`](Self::cache) from borrowed tokens, reusing the storage of an evicted block's
+    /// content where there is one (so caching allocates nothing in the steady state).
+    pub fn cache_tokens(
+        &mut self,
+        block: BlockId,
+        hash: BlockHash,
+        parent: Option<BlockHash>,
+        tokens: &[TokenId],
+        keys: BlockKeys,
+    ) -> Result<bool> {
+        self.check(block)?;
+        if self.blocks[block.index()].cached.is_some() || self.cache.contains_key(&hash) {
+            return Ok(false);
+        }
+        let content = match self.recycled.pop() {
+            Some(mut c) if c.tokens.len() == tokens.len() => {
+                c.tokens.copy_from_slice(tokens);
+                c.hash = hash;
+                c.parent = parent;
+                c.keys = keys;
+                c
+            }
+            _ => Box::new(CachedContent {
+                hash,
+                parent,
+                tokens: tokens.into(),
+                keys,
+            }),
+        };
+        self.cache.insert(hash, block);
+        self.blocks[block.index()].cached = Some(content);
         Ok(true)
     }
 
@@ -328,9 +424,10 @@ mod tests {
             before,
             "a failed allocation moved blocks"
         );
-        // Freed tail first: 2 then 1 join the tail; 3, 4, 5 are evicted before them.
+        // Freed tail first, holding no cached content: 2 then 1 go to the head (vLLM 0.11),
+        // reused before 3, 4, 5.
         pool.free(&ids(&[2, 1])).unwrap();
-        assert_eq!(pool.free_queue().collect::<Vec<_>>(), ids(&[3, 4, 5, 2, 1]));
+        assert_eq!(pool.free_queue().collect::<Vec<_>>(), ids(&[2, 1, 3, 4, 5]));
     }
 
     #[test]

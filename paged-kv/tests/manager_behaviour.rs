@@ -446,3 +446,68 @@ fn no_watermark_by_default_as_in_vllm_v1() {
         .unwrap();
     assert_eq!(kv.pool().num_free(), 0);
 }
+
+/// vLLM 0.11's `BlockPool.free_blocks`: a finished request's blocks are freed tail first; those
+/// without cached content (its partial last block) go to the head of the free queue in that
+/// order (reused first), those with cached content to the tail in that order (evicted last).
+/// Freeing every block to the tail, as before, evicted reusable prefixes while worthless
+/// partial blocks waited.
+#[test]
+fn free_order_is_vllms_partial_blocks_first_cached_blocks_last() {
+    let mut kv = manager(11, 4); // blocks 1..=10
+                                 // A: 2 full blocks + a partial one (10 tokens).
+    kv.admit(
+        r(1),
+        &(100..110).collect::<Vec<_>>(),
+        &RequestKeys::default(),
+        ALL,
+    )
+    .unwrap();
+    assert_eq!(kv.blocks(r(1)).unwrap(), ids(&[1, 2, 3]));
+    // B: 1 full block + a partial one (6 tokens).
+    kv.admit(
+        r(2),
+        &(200..206).collect::<Vec<_>>(),
+        &RequestKeys::default(),
+        ALL,
+    )
+    .unwrap();
+    assert_eq!(kv.blocks(r(2)).unwrap(), ids(&[4, 5]));
+    assert_eq!(
+        kv.pool().free_queue().collect::<Vec<_>>(),
+        ids(&[6, 7, 8, 9, 10])
+    );
+    kv.free_request(r(1)).unwrap();
+    // A's partial block 3 at the head; its cached blocks 2, 1 at the tail, tail block first.
+    assert_eq!(
+        kv.pool().free_queue().collect::<Vec<_>>(),
+        ids(&[3, 6, 7, 8, 9, 10, 2, 1])
+    );
+    kv.free_request(r(2)).unwrap();
+    assert_eq!(
+        kv.pool().free_queue().collect::<Vec<_>>(),
+        ids(&[5, 3, 6, 7, 8, 9, 10, 2, 1, 4])
+    );
+    // A request needing 9 blocks takes the 7 uncached ones before evicting any prefix:
+    // exactly 2 evictions (blocks 2 and 1, A's prefix, the least recently freed).
+    kv.admit(
+        r(3),
+        &(300..336).collect::<Vec<_>>(),
+        &RequestKeys::default(),
+        ALL,
+    )
+    .unwrap();
+    assert_eq!(kv.blocks(r(3)).unwrap(), ids(&[5, 3, 6, 7, 8, 9, 10, 2, 1]));
+    assert_eq!(kv.metrics().evictions, 2);
+    // B's prefix survived.
+    kv.free_request(r(3)).unwrap();
+    let b = kv
+        .admit(
+            r(4),
+            &(200..206).collect::<Vec<_>>(),
+            &RequestKeys::default(),
+            ALL,
+        )
+        .unwrap();
+    assert_eq!(b.num_cached_tokens, 4);
+}
