@@ -275,6 +275,7 @@ pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) 
         max_blocks: None,
         enable_prefix_caching: true,
         swap_blocks: 256,
+        enable_kv_cache_events: false,
     };
     let kv_err = |e: paged_kv::KvError| Error::InvalidArgument {
         op: "KV cache",

@@ -46,6 +46,8 @@ pub struct KvCacheConfig {
     pub enable_prefix_caching: bool,
     /// Pinned host blocks for swapped-out requests.
     pub swap_blocks: usize,
+    /// Record KV cache events ([`KvCache::take_event_batch`]).
+    pub enable_kv_cache_events: bool,
 }
 
 impl Default for KvCacheConfig {
@@ -57,6 +59,7 @@ impl Default for KvCacheConfig {
             max_blocks: None,
             enable_prefix_caching: true,
             swap_blocks: 64,
+            enable_kv_cache_events: false,
         }
     }
 }
@@ -174,6 +177,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         // Everything that can be refused is checked before any memory is taken.
         let manager = KvCacheManager::new(ManagerConfig {
             enable_prefix_caching: config.enable_prefix_caching,
+            enable_kv_cache_events: config.enable_kv_cache_events,
             ..ManagerConfig::new(num_blocks, spec.block_size)
         })?;
         let host_elems = u32::try_from(config.swap_blocks)
@@ -236,6 +240,11 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
             },
             alloc,
         })
+    }
+
+    /// See [`KvCacheManager::take_event_batch`].
+    pub fn take_event_batch(&mut self) -> Option<crate::KvEventBatch> {
+        self.manager.take_event_batch()
     }
 
     /// The allocator the cache's memory comes from.

@@ -14,6 +14,8 @@
 //! - [`KvCacheManager`]: admit, allocate slots (all or nothing), fork with copy-on-write, free,
 //!   watermark, reset, metrics.
 //! - [`BatchTables`]: block tables and slot mappings for the kernels.
+//! - [`KvCacheEvent`]s: which blocks were stored and evicted, batched per step
+//!   ([`KvEventBatch`]), so a router can mirror the cache (off by default).
 //! - [`KvCache`]: the device side, generic over any backend with the kernel ops: every layer's
 //!   K and V caches sized from the device's memory, table uploads, `reshape_and_cache` and
 //!   attention per layer, copy-on-write copies, swapping to pinned host memory, all in stream
@@ -41,6 +43,7 @@
 
 mod device;
 mod error;
+mod events;
 mod hash;
 mod ids;
 mod manager;
@@ -50,6 +53,7 @@ mod tables;
 
 pub use device::{KvCache, KvCacheConfig, LayerCaches};
 pub use error::{KvError, Result};
+pub use events::{KvCacheEvent, KvEventBatch};
 pub use hash::{block_hash, BlockHash, BlockKeys, MultimodalSpan, RequestKeys};
 pub use ids::{BlockId, RequestId, TokenId};
 pub use manager::{

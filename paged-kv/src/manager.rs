@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use crate::error::{KvError, Result};
+use crate::events::{KvCacheEvent, KvEventBatch};
 use crate::hash::{block_hash, BlockHash, RequestKeys};
 use crate::ids::{BlockId, RequestId, TokenId};
 use crate::pool::BlockPool;
@@ -36,6 +37,9 @@ pub struct ManagerConfig {
     pub enable_prefix_caching: bool,
     /// Blocks that admission of new requests leaves free for running ones (0: none).
     pub watermark_blocks: usize,
+    /// Record [`KvCacheEvent`]s for [`KvCacheManager::take_events`] (off by default: then
+    /// nothing is recorded).
+    pub enable_kv_cache_events: bool,
 }
 
 impl ManagerConfig {
@@ -46,6 +50,7 @@ impl ManagerConfig {
             block_size,
             enable_prefix_caching: true,
             watermark_blocks: 0,
+            enable_kv_cache_events: false,
         }
     }
 
@@ -174,8 +179,10 @@ impl KvCacheManager {
                 config.num_blocks, config.block_size
             )));
         }
+        let mut pool = BlockPool::new(config.num_blocks)?;
+        pool.record_events(config.enable_kv_cache_events);
         Ok(KvCacheManager {
-            pool: BlockPool::new(config.num_blocks)?,
+            pool,
             config,
             requests: FxHashMap::default(),
             prefix_queries: 0,
@@ -410,7 +417,8 @@ impl KvCacheManager {
         Ok(needed)
     }
 
-    /// Hashes and caches the request's blocks that became full.
+    /// Hashes and caches the request's blocks that became full; with events on, reports each
+    /// run of newly findable blocks in one `BlockStored`.
     fn cache_full_blocks(&mut self, id: RequestId) -> Result<()> {
         if !self.config.enable_prefix_caching {
             return Ok(());
@@ -421,6 +429,7 @@ impl KvCacheManager {
             .get_mut(&id)
             .ok_or(KvError::UnknownRequest(id))?;
         let full = seq.tokens.len() / bs;
+        let mut run: Option<KvCacheEvent> = None;
         for i in seq.hashes.len()..full {
             let parent = seq.hashes.last().copied();
             let tokens = &seq.tokens[i * bs..(i + 1) * bs];
@@ -428,11 +437,61 @@ impl KvCacheManager {
             let hash = block_hash(parent, tokens, &keys);
             seq.hashes.push(hash);
             // `false`: the block is shared and already cached, or an equal block is: either
-            // way the content stays findable.
-            self.pool
+            // way the content stays findable (and was reported when it became so).
+            let stored = self
+                .pool
                 .cache_tokens(seq.blocks[i], hash, parent, tokens, keys)?;
+            if !self.pool.records_events() {
+                continue;
+            }
+            match (&mut run, stored) {
+                (
+                    Some(KvCacheEvent::BlockStored {
+                        block_hashes,
+                        token_ids,
+                        ..
+                    }),
+                    true,
+                ) => {
+                    block_hashes.push(hash);
+                    token_ids.extend_from_slice(tokens);
+                }
+                (_, true) => {
+                    if let Some(done) = run.take() {
+                        self.pool.push_event(|| done);
+                    }
+                    run = Some(KvCacheEvent::BlockStored {
+                        block_hashes: vec![hash],
+                        parent_block_hash: parent,
+                        token_ids: tokens.to_vec(),
+                        block_size: bs,
+                        lora_id: seq.keys.adapter,
+                    });
+                }
+                (_, false) => {
+                    if let Some(done) = run.take() {
+                        self.pool.push_event(|| done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = run {
+            self.pool.push_event(|| done);
         }
         Ok(())
+    }
+
+    /// The [`KvCacheEvent`]s since the last call, in order (empty unless
+    /// [`ManagerConfig::enable_kv_cache_events`]).
+    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        self.pool.take_events()
+    }
+
+    /// [`take_events`](Self::take_events) as a stamped batch (one per engine step), or `None`
+    /// when nothing happened.
+    pub fn take_event_batch(&mut self) -> Option<KvEventBatch> {
+        let events = self.take_events();
+        (!events.is_empty()).then(|| KvEventBatch::now(events))
     }
 
     /// The keys a request was admitted with.

@@ -11,6 +11,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::{KvError, Result};
+use crate::events::KvCacheEvent;
 use crate::hash::{BlockHash, BlockKeys};
 use crate::ids::{BlockId, TokenId};
 
@@ -51,6 +52,8 @@ pub struct BlockPool {
     /// they move between here and `Block::cached` without reallocating).
     #[allow(clippy::vec_box)]
     recycled: Vec<Box<CachedContent>>,
+    /// Recorded events, when enabled.
+    events: Option<Vec<KvCacheEvent>>,
     evictions: u64,
 }
 
@@ -89,6 +92,7 @@ impl BlockPool {
             num_free: 0,
             cache: FxHashMap::default(),
             recycled: Vec::new(),
+            events: None,
             evictions: 0,
         };
         for b in 1..num_blocks as u32 {
@@ -247,6 +251,11 @@ impl BlockPool {
         if let Some(content) = block.cached.take() {
             self.cache.remove(&content.hash);
             self.evictions += 1;
+            if let Some(events) = &mut self.events {
+                events.push(KvCacheEvent::BlockRemoved {
+                    block_hashes: vec![content.hash],
+                });
+            }
             self.recycled.push(content);
         }
         block.ref_cnt = 1;
@@ -384,12 +393,39 @@ impl BlockPool {
         Ok(true)
     }
 
+    /// Starts (or stops, discarding what was recorded) recording [`KvCacheEvent`]s.
+    pub fn record_events(&mut self, on: bool) {
+        self.events = on.then(Vec::new);
+    }
+
+    /// Whether events are recorded.
+    pub fn records_events(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Records `event` if events are on.
+    pub fn push_event(&mut self, event: impl FnOnce() -> KvCacheEvent) {
+        if let Some(events) = &mut self.events {
+            events.push(event());
+        }
+    }
+
+    /// The events recorded since the last call (empty when off).
+    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Forgets every cached prefix; blocks keep their owners and queue positions. Returns how
     /// many were forgotten.
     pub fn reset_cache(&mut self) -> usize {
         let n = self.cache.len();
         for (_, b) in self.cache.drain() {
-            self.blocks[b.index()].cached = None;
+            if let Some(content) = self.blocks[b.index()].cached.take() {
+                self.recycled.push(content);
+            }
+        }
+        if let Some(events) = &mut self.events {
+            events.push(KvCacheEvent::AllBlocksCleared);
         }
         n
     }

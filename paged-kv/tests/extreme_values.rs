@@ -116,6 +116,7 @@ proptest! {
             max_blocks,
             enable_prefix_caching: true,
             swap_blocks: swap,
+            enable_kv_cache_events: true,
         };
         let before = ascend_hal::Device::memory_info(&device).unwrap();
         match KvCache::<CpuBackend, f32>::new(&stream, spec, config) {

@@ -11,11 +11,12 @@
 //! - a failed all-or-nothing call changes nothing;
 //! - freeing everything returns the pool to all free.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use paged_kv::{
-    block_hash, BlockId, KvCacheManager, KvError, ManagerConfig, RequestId, RequestKeys, TokenId,
+    block_hash, BlockHash, BlockId, KvCacheEvent, KvCacheManager, KvError, ManagerConfig,
+    RequestId, RequestKeys, TokenId,
 };
 use proptest::prelude::*;
 
@@ -152,9 +153,12 @@ fn check_invariants(
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut kv = KvCacheManager::new(ManagerConfig {
         watermark_blocks: 1,
+        enable_kv_cache_events: true,
         ..ManagerConfig::new(BLOCKS, BLOCK)
     })
     .unwrap();
+    // What a router sees: the cached set rebuilt from the events alone.
+    let mut mirror: HashSet<BlockHash> = HashSet::new();
     let mut model: HashMap<RequestId, Vec<TokenId>> = HashMap::new();
     let mut live: Vec<RequestId> = Vec::new();
     let mut next = 0u64;
@@ -262,6 +266,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
         }
         check_invariants(&kv, &model)?;
+        apply_events(&mut mirror, kv.take_events())?;
+        let cached: HashSet<BlockHash> = kv.pool().cached_blocks().map(|(h, _)| h).collect();
+        prop_assert_eq!(&mirror, &cached, "the event mirror differs from the cache");
     }
     for id in live.drain(..) {
         kv.free_request(id).unwrap();
@@ -273,6 +280,49 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         BLOCKS - 1,
         "freeing everything left blocks held"
     );
+    Ok(())
+}
+
+/// Applies a step's events to a router's mirror of the cached set, checking each is consistent
+/// with it (no block stored twice, none removed that was not stored).
+fn apply_events(
+    mirror: &mut HashSet<BlockHash>,
+    events: Vec<KvCacheEvent>,
+) -> Result<(), TestCaseError> {
+    for event in events {
+        match event {
+            KvCacheEvent::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+                lora_id,
+            } => {
+                prop_assert_eq!(block_size, BLOCK);
+                prop_assert_eq!(token_ids.len(), block_hashes.len() * BLOCK);
+                prop_assert_eq!(lora_id, None);
+                // The chain: each hash is the block hash of its tokens under the one before.
+                let mut parent = parent_block_hash;
+                for (i, h) in block_hashes.iter().enumerate() {
+                    let tokens = &token_ids[i * BLOCK..(i + 1) * BLOCK];
+                    // Blocks after a request's first carry no salt here, so their hash is
+                    // checkable from the event alone (a first block's may be salted).
+                    if parent.is_some() {
+                        let want = block_hash(parent, tokens, &paged_kv::BlockKeys::default());
+                        prop_assert_eq!(want, *h, "BlockStored chain broken at {}", i);
+                    }
+                    prop_assert!(mirror.insert(*h), "block stored twice");
+                    parent = Some(*h);
+                }
+            }
+            KvCacheEvent::BlockRemoved { block_hashes } => {
+                for h in block_hashes {
+                    prop_assert!(mirror.remove(&h), "removed a block never stored");
+                }
+            }
+            KvCacheEvent::AllBlocksCleared => mirror.clear(),
+        }
+    }
     Ok(())
 }
 
