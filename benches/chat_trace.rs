@@ -9,7 +9,10 @@
 
 use std::collections::VecDeque;
 
-use paged_kv::{BlockCopy, KvCacheManager, KvError, RequestId, RequestKeys, TokenId};
+use paged_kv::eviction::{EvictionPolicy, LfuAging, Lru};
+use paged_kv::{
+    BlockCopy, KvCacheManager, KvError, ManagerConfig, RequestId, RequestKeys, TokenId,
+};
 
 use crate::Rng;
 
@@ -110,6 +113,33 @@ pub fn chat_trace(shape: ChatShape) -> Vec<KvEvent> {
         });
     }
     events
+}
+
+/// The eviction policies the benches compare, by name.
+pub fn policy(name: &str) -> Option<Box<dyn EvictionPolicy>> {
+    match name {
+        "lru" => Some(Box::new(Lru::new())),
+        "lfu-aging" => Some(Box::new(LfuAging::new())),
+        _ => None,
+    }
+}
+
+/// A manager over `pool_tokens` tokens of blocks of `block_size`, with prefix caching on or
+/// off and the named eviction policy.
+pub fn manager(
+    block_size: usize,
+    pool_tokens: usize,
+    caching: bool,
+    policy_name: &str,
+) -> KvCacheManager {
+    KvCacheManager::with_eviction_policy(
+        ManagerConfig {
+            enable_prefix_caching: caching,
+            ..ManagerConfig::new(pool_tokens / block_size + 1, block_size)
+        },
+        policy(policy_name).expect("a known policy"),
+    )
+    .expect("manager")
 }
 
 /// How a replay went.

@@ -1,22 +1,18 @@
 //! A seeded multi-turn chat trace (200 conversations over 6 shared system prompts, 24 turns in
 //! flight, ~109k events; see `chat_trace.rs`) replayed through `KvCacheManager`: nanoseconds per
 //! event with prefix caching, against the same replay without it (the baseline), in one run;
-//! and the prefix-hit tokens. `scripts/callgrind-kv.sh` counts instructions per event instead.
+//! the prefix-hit tokens; and the hit rate of each eviction policy at several pool sizes.
+//! `scripts/callgrind-kv.sh` counts instructions per event instead.
 
 use std::time::{Duration, Instant};
 
 use ascend_benches::chat_trace::{chat_trace, replay_events, ChatShape, ReplayStats};
 use criterion::{BenchmarkId, Criterion};
-use paged_kv::{KvCacheManager, ManagerConfig};
 
 const POOL_TOKENS: usize = 64 * 1024;
 
-fn manager(block_size: usize, caching: bool) -> KvCacheManager {
-    KvCacheManager::new(ManagerConfig {
-        enable_prefix_caching: caching,
-        ..ManagerConfig::new(POOL_TOKENS / block_size + 1, block_size)
-    })
-    .expect("manager")
+fn manager(block_size: usize, caching: bool) -> paged_kv::KvCacheManager {
+    ascend_benches::chat_trace::manager(block_size, POOL_TOKENS, caching, "lru")
 }
 
 fn main() {
@@ -72,6 +68,31 @@ fn main() {
             100.0 * s.hit_tokens as f64 / s.prompt_tokens as f64,
             s.refused
         );
+    }
+    println!("\nPrefix-hit tokens per eviction policy (share of prompt tokens)");
+    println!(
+        "{:<6} {:>12} {:>16} {:>16}",
+        "block", "pool tokens", "lru", "lfu-aging"
+    );
+    for block_size in [16usize, 128] {
+        for pool in [32 * 1024, 64 * 1024, 128 * 1024] {
+            let hits = |name: &str| {
+                let mut kv = ascend_benches::chat_trace::manager(block_size, pool, true, name);
+                let s = replay_events(&mut kv, &events);
+                format!(
+                    "{} ({:.2}%)",
+                    s.hit_tokens,
+                    100.0 * s.hit_tokens as f64 / s.prompt_tokens as f64
+                )
+            };
+            println!(
+                "{:<6} {:>12} {:>16} {:>16}",
+                block_size,
+                pool,
+                hits("lru"),
+                hits("lfu-aging")
+            );
+        }
     }
     ascend_benches::print_ratios(
         "Replay time per event, prefix caching vs none (time ratio)",

@@ -2,10 +2,10 @@
 //! program `scripts/callgrind-kv.sh` runs under callgrind to count instructions per event (only
 //! `replay_events` is counted, not the trace generation).
 //!
-//! `cargo run --release -p ascend-benches --example kv_replay -- [block_size] [pool_tokens]`
+//! `cargo run --release -p ascend-benches --example kv_replay -- [block_size] [pool_tokens]
+//! [lru|lfu-aging]`
 
-use ascend_benches::chat_trace::{chat_trace, replay_events, ChatShape};
-use paged_kv::{KvCacheManager, ManagerConfig};
+use ascend_benches::chat_trace::{chat_trace, manager, replay_events, ChatShape};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -14,12 +14,12 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(64 * 1024);
+    let policy = args.next().unwrap_or_else(|| "lru".into());
     let events = chat_trace(ChatShape::default());
-    let mut kv = KvCacheManager::new(ManagerConfig::new(pool_tokens / block_size + 1, block_size))
-        .expect("manager");
+    let mut kv = manager(block_size, pool_tokens, true, &policy);
     let stats = replay_events(&mut kv, &events);
     println!(
-        "events {} | prompt tokens {} | hit tokens {} ({:.2}%) | refused admissions {} | failed {} | evictions {}",
+        "policy {policy} | events {} | prompt tokens {} | hit tokens {} ({:.2}%) | refused admissions {} | failed {} | evictions {}",
         stats.events,
         stats.prompt_tokens,
         stats.hit_tokens,

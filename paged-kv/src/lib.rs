@@ -6,8 +6,8 @@
 //!
 //! - [`KvCacheSpec`] and [`MemoryBudget`]: how many blocks fit, logged as vLLM does
 //!   (`Available KV cache blocks: N (M tokens)`).
-//! - [`BlockPool`]: reference counts and a free queue that is also the eviction order; O(1) per
-//!   block.
+//! - [`BlockPool`]: reference counts and a free set ordered by an [`eviction`] policy: vLLM's
+//!   LRU queue by default (O(1) per block), LFU with aging, or your own.
 //! - Automatic prefix caching: full blocks are identified by a chained 128-bit hash of parent,
 //!   tokens and extra keys (adapter, multimodal content, cache salt), and a hit is confirmed by
 //!   comparing content, so a collision is a miss, never someone else's KV.
@@ -44,6 +44,7 @@
 mod device;
 mod error;
 mod events;
+pub mod eviction;
 mod hash;
 mod ids;
 mod manager;

@@ -166,6 +166,18 @@ impl KvCacheManager {
     /// [`KvError::InvalidConfig`] for a zero block size, fewer than 2 blocks, or slots beyond
     /// `i32` (what the kernels take).
     pub fn new(config: ManagerConfig) -> Result<Self> {
+        Self::with_eviction_policy(config, Box::new(crate::eviction::Lru::new()))
+    }
+
+    /// [`new`](Self::new) with another eviction policy than vLLM's LRU (see
+    /// [`eviction`](crate::eviction)).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_eviction_policy(
+        config: ManagerConfig,
+        policy: Box<dyn crate::eviction::EvictionPolicy>,
+    ) -> Result<Self> {
         if config.block_size == 0 {
             return Err(KvError::InvalidConfig("block_size must be positive".into()));
         }
@@ -179,7 +191,7 @@ impl KvCacheManager {
                 config.num_blocks, config.block_size
             )));
         }
-        let mut pool = BlockPool::new(config.num_blocks)?;
+        let mut pool = BlockPool::with_policy(config.num_blocks, policy)?;
         pool.record_events(config.enable_kv_cache_events);
         Ok(KvCacheManager {
             pool,
@@ -319,6 +331,7 @@ impl KvCacheManager {
             });
         }
         self.pool.touch(&prefix.blocks)?;
+        self.pool.note_hits(&prefix.blocks);
         self.requests.insert(
             id,
             Sequence {

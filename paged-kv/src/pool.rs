@@ -1,21 +1,22 @@
-//! The block pool: reference counts, the free queue that is also the eviction order, and the
-//! prefix cache's hash table. Every operation is O(1) per block.
+//! The block pool: reference counts, the free set (in the order of an [`EvictionPolicy`]), and
+//! the prefix cache's hash table.
 //!
-//! This ports vLLM v1's `BlockPool` and `FreeKVCacheBlockQueue`. The free queue is a doubly
-//! linked list threaded through the block array (indices, not pointers), so a block can leave
-//! the middle of the queue in O(1) when a prefix hit revives it. Allocation pops the head (the
-//! least recently freed block); if that block still held a cached prefix, the prefix is evicted.
-//! A freed block with ref count zero keeps its cached content, and stays findable, until it is
+//! This ports vLLM v1's `BlockPool`; with the default [`Lru`] policy the free set is vLLM's
+//! `FreeKVCacheBlockQueue` and every operation is O(1) per block. Allocation takes the
+//! policy's next block; if that block still held a cached prefix, the prefix is evicted. A
+//! freed block with ref count zero keeps its cached content, and stays findable, until it is
 //! evicted this way. Block 0 is the null block: never allocated, used to pad block tables.
 
 use rustc_hash::FxHashMap;
 
 use crate::error::{KvError, Result};
 use crate::events::KvCacheEvent;
+use crate::eviction::{EvictionPolicy, Lru};
 use crate::hash::{BlockHash, BlockKeys};
 use crate::ids::{BlockId, TokenId};
 
-const NIL: u32 = u32::MAX;
+/// Block ids are `u32`s below this.
+const MAX_BLOCKS: usize = u32::MAX as usize;
 
 /// What a cached full block holds, kept to confirm hits (see [`block_hash`](crate::block_hash):
 /// a hit compares this content, so a hash collision is a miss).
@@ -34,19 +35,15 @@ pub struct CachedContent {
 #[derive(Debug, Clone)]
 struct Block {
     ref_cnt: u32,
-    prev: u32,
-    next: u32,
     in_free_queue: bool,
     cached: Option<Box<CachedContent>>,
 }
 
 /// A fixed set of KV cache blocks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BlockPool {
     blocks: Vec<Block>,
-    head: u32,
-    tail: u32,
-    num_free: usize,
+    policy: Box<dyn EvictionPolicy>,
     cache: FxHashMap<BlockHash, BlockId>,
     /// Contents of evicted blocks, reused by later caching instead of allocating anew (boxed:
     /// they move between here and `Block::cached` without reallocating).
@@ -57,13 +54,31 @@ pub struct BlockPool {
     evictions: u64,
 }
 
+impl Clone for BlockPool {
+    fn clone(&self) -> Self {
+        BlockPool {
+            blocks: self.blocks.clone(),
+            policy: self.policy.clone_box(),
+            cache: self.cache.clone(),
+            recycled: self.recycled.clone(),
+            events: self.events.clone(),
+            evictions: self.evictions,
+        }
+    }
+}
+
 impl BlockPool {
     /// A pool of `num_blocks` blocks, block 0 reserved as the null block, so `num_blocks - 1`
-    /// are allocatable. All start free, in id order.
+    /// are allocatable. All start free, in id order, under the [`Lru`] policy (vLLM's).
     pub fn new(num_blocks: usize) -> Result<Self> {
-        if num_blocks < 2 || num_blocks > (NIL as usize) {
+        Self::with_policy(num_blocks, Box::new(Lru::new()))
+    }
+
+    /// [`new`](Self::new) with another eviction policy.
+    pub fn with_policy(num_blocks: usize, mut policy: Box<dyn EvictionPolicy>) -> Result<Self> {
+        if !(2..=MAX_BLOCKS).contains(&num_blocks) {
             return Err(KvError::InvalidConfig(format!(
-                "a pool needs 2..{NIL} blocks (block 0 is reserved), got {num_blocks}"
+                "a pool needs 2..{MAX_BLOCKS} blocks (block 0 is reserved), got {num_blocks}"
             )));
         }
         // A pool too large for the host is an error, not an aborted process.
@@ -79,26 +94,25 @@ impl BlockPool {
             num_blocks,
             Block {
                 ref_cnt: 0,
-                prev: NIL,
-                next: NIL,
-                in_free_queue: false,
+                in_free_queue: true,
                 cached: None,
             },
         );
-        let mut pool = BlockPool {
+        blocks[0].in_free_queue = false;
+        policy.reset(num_blocks);
+        Ok(BlockPool {
             blocks,
-            head: NIL,
-            tail: NIL,
-            num_free: 0,
+            policy,
             cache: FxHashMap::default(),
             recycled: Vec::new(),
             events: None,
             evictions: 0,
-        };
-        for b in 1..num_blocks as u32 {
-            pool.push_tail(b);
-        }
-        Ok(pool)
+        })
+    }
+
+    /// The eviction policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
     }
 
     /// Allocatable blocks (the null block excluded).
@@ -108,12 +122,12 @@ impl BlockPool {
 
     /// Blocks in the free queue (cached-but-unused ones included).
     pub fn num_free(&self) -> usize {
-        self.num_free
+        self.policy.len()
     }
 
     /// Fraction of allocatable blocks in use.
     pub fn usage(&self) -> f64 {
-        1.0 - self.num_free as f64 / self.num_blocks() as f64
+        1.0 - self.num_free() as f64 / self.num_blocks() as f64
     }
 
     /// Cached prefixes evicted so far.
@@ -143,17 +157,9 @@ impl BlockPool {
         self.blocks.get(block.index())?.cached.as_deref()
     }
 
-    /// The free queue from head (evicted first) to tail.
-    pub fn free_queue(&self) -> impl Iterator<Item = BlockId> + '_ {
-        let mut at = self.head;
-        std::iter::from_fn(move || {
-            if at == NIL {
-                return None;
-            }
-            let id = BlockId(at);
-            at = self.blocks[at as usize].next;
-            Some(id)
-        })
+    /// The free blocks in the order they will be handed out (evicted first first).
+    pub fn free_queue(&self) -> impl Iterator<Item = BlockId> {
+        self.policy.order().into_iter()
     }
 
     /// Every `(hash, block)` of the prefix cache.
@@ -171,56 +177,6 @@ impl BlockPool {
         Ok(())
     }
 
-    fn push_tail(&mut self, b: u32) {
-        let block = &mut self.blocks[b as usize];
-        block.prev = self.tail;
-        block.next = NIL;
-        block.in_free_queue = true;
-        if self.tail == NIL {
-            self.head = b;
-        } else {
-            self.blocks[self.tail as usize].next = b;
-        }
-        self.tail = b;
-        self.num_free += 1;
-    }
-
-    fn push_head(&mut self, b: u32) {
-        let block = &mut self.blocks[b as usize];
-        block.prev = NIL;
-        block.next = self.head;
-        block.in_free_queue = true;
-        if self.head == NIL {
-            self.tail = b;
-        } else {
-            self.blocks[self.head as usize].prev = b;
-        }
-        self.head = b;
-        self.num_free += 1;
-    }
-
-    fn unlink(&mut self, b: u32) {
-        let (prev, next) = {
-            let block = &mut self.blocks[b as usize];
-            block.in_free_queue = false;
-            let links = (block.prev, block.next);
-            block.prev = NIL;
-            block.next = NIL;
-            links
-        };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.blocks[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.blocks[next as usize].prev = prev;
-        }
-        self.num_free -= 1;
-    }
-
     /// Takes `n` blocks from the head of the free queue, all or nothing, evicting any cached
     /// prefix they held. Each comes back with reference count 1.
     pub fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>> {
@@ -231,23 +187,23 @@ impl BlockPool {
 
     /// One block, as [`allocate`](Self::allocate) takes it.
     pub fn allocate_one(&mut self) -> Result<BlockId> {
-        if self.num_free == 0 {
+        let Some(b) = self.policy.pop() else {
             return Err(KvError::OutOfBlocks {
                 requested: 1,
                 free: 0,
                 reserved: 0,
                 cached_tokens: 0,
             });
-        }
-        let b = self.head;
-        self.take(b);
-        Ok(BlockId(b))
+        };
+        self.take(b.0);
+        Ok(b)
     }
 
-    /// Unlinks free block `b`, evicting its cached content, and gives it reference count 1.
+    /// Block `b`, just taken from the free set: evicts its cached content and gives it
+    /// reference count 1.
     fn take(&mut self, b: u32) {
-        self.unlink(b);
         let block = &mut self.blocks[b as usize];
+        block.in_free_queue = false;
         if let Some(content) = block.cached.take() {
             self.cache.remove(&content.hash);
             self.evictions += 1;
@@ -263,19 +219,21 @@ impl BlockPool {
 
     /// [`allocate`](Self::allocate), appending to `out` (nothing is appended on error).
     pub fn allocate_into(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<()> {
-        if n > self.num_free {
+        if n > self.num_free() {
             return Err(KvError::OutOfBlocks {
                 requested: n,
-                free: self.num_free,
+                free: self.num_free(),
                 reserved: 0,
                 cached_tokens: 0,
             });
         }
         out.reserve(n);
         for _ in 0..n {
-            let b = self.head;
-            self.take(b);
-            out.push(BlockId(b));
+            let Some(b) = self.policy.pop() else {
+                break; // not reached: `n <= num_free` was checked
+            };
+            self.take(b.0);
+            out.push(b);
         }
         Ok(())
     }
@@ -288,7 +246,8 @@ impl BlockPool {
         }
         for &b in blocks {
             if self.blocks[b.index()].in_free_queue {
-                self.unlink(b.0);
+                self.blocks[b.index()].in_free_queue = false;
+                self.policy.remove(b);
             }
             self.blocks[b.index()].ref_cnt += 1;
         }
@@ -317,17 +276,19 @@ impl BlockPool {
             self.blocks[b.index()].ref_cnt -= 1;
         }
         let freeable = |block: &Block| block.ref_cnt == 0 && !block.in_free_queue;
-        // Without content: pushed to the head in reverse, so they end up in the given order.
+        // Without content: handed over in reverse, so a front-pushing policy keeps the order.
         for &b in blocks.iter().rev() {
-            let block = &self.blocks[b.index()];
+            let block = &mut self.blocks[b.index()];
             if freeable(block) && block.cached.is_none() {
-                self.push_head(b.0);
+                block.in_free_queue = true;
+                self.policy.push_uncached(b);
             }
         }
         for &b in blocks {
-            let block = &self.blocks[b.index()];
+            let block = &mut self.blocks[b.index()];
             if freeable(block) {
-                self.push_tail(b.0);
+                block.in_free_queue = true;
+                self.policy.push_cached(b);
             }
         }
         Ok(())
@@ -345,6 +306,14 @@ impl BlockPool {
         let content = self.blocks[b.index()].cached.as_deref()?;
         (content.parent == parent && *content.tokens == *tokens && content.keys == *keys)
             .then_some(b)
+    }
+
+    /// Tells the eviction policy that prefix lookups hit `blocks` (frequency-based policies
+    /// count it).
+    pub fn note_hits(&mut self, blocks: &[BlockId]) {
+        for &b in blocks {
+            self.policy.hit(b);
+        }
     }
 
     /// Makes a full, in-use block findable by its content. Returns `false` (and caches

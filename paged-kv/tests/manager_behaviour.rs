@@ -511,3 +511,105 @@ fn free_order_is_vllms_partial_blocks_first_cached_blocks_last() {
         .unwrap();
     assert_eq!(b.num_cached_tokens, 4);
 }
+
+/// LFU with dynamic aging: uncached blocks go first; then the cached block with the fewest hits
+/// (plus the age, the priority of the last eviction), whatever the order they were freed in.
+#[test]
+fn lfu_aging_evicts_the_least_hit_prefix_first() {
+    use paged_kv::eviction::LfuAging;
+    let mut kv =
+        KvCacheManager::with_eviction_policy(ManagerConfig::new(9, 4), Box::new(LfuAging::new()))
+            .unwrap(); // blocks 1..=8
+    assert_eq!(kv.pool().policy_name(), "lfu-aging");
+    let hot: Vec<u32> = (100..109).collect(); // 2 full blocks + 1 token
+    let cold: Vec<u32> = (200..209).collect();
+    kv.admit(r(1), &hot, &RequestKeys::default(), ALL).unwrap(); // blocks 1, 2, 3
+    kv.admit(r(2), &cold, &RequestKeys::default(), ALL).unwrap(); // blocks 4, 5, 6
+    kv.free_request(r(1)).unwrap();
+    // Hit the hot prefix three times.
+    for id in 3..6 {
+        let a = kv.admit(r(id), &hot, &RequestKeys::default(), ALL).unwrap();
+        assert_eq!(a.num_cached_tokens, 8);
+        kv.free_request(r(id)).unwrap();
+    }
+    kv.free_request(r(2)).unwrap(); // the cold prefix is freed last
+                                    // Uncached first (the partial blocks and the never-used 7, 8), then cold before hot.
+    let order: Vec<BlockId> = kv.pool().free_queue().collect();
+    assert_eq!(&order[order.len() - 4..], &ids(&[5, 4, 2, 1])[..]);
+    // A request needing 6 blocks takes the 4 uncached ones and evicts the cold prefix.
+    kv.admit(
+        r(9),
+        &(300..324).collect::<Vec<_>>(),
+        &RequestKeys::default(),
+        ALL,
+    )
+    .unwrap();
+    assert_eq!(kv.metrics().evictions, 2);
+    kv.free_request(r(9)).unwrap();
+    assert_eq!(
+        kv.admit(r(10), &hot, &RequestKeys::default(), ALL)
+            .unwrap()
+            .num_cached_tokens,
+        8,
+        "the hot prefix survived"
+    );
+    // Under LRU the cold prefix, freed last, would have survived instead.
+    let mut lru = manager(9, 4);
+    lru.admit(r(1), &hot, &RequestKeys::default(), ALL).unwrap();
+    lru.admit(r(2), &cold, &RequestKeys::default(), ALL)
+        .unwrap();
+    lru.free_request(r(1)).unwrap();
+    for id in 3..6 {
+        lru.admit(r(id), &hot, &RequestKeys::default(), ALL)
+            .unwrap();
+        lru.free_request(r(id)).unwrap();
+    }
+    lru.free_request(r(2)).unwrap();
+    lru.admit(
+        r(9),
+        &(300..324).collect::<Vec<_>>(),
+        &RequestKeys::default(),
+        ALL,
+    )
+    .unwrap();
+    lru.free_request(r(9)).unwrap();
+    assert_eq!(
+        lru.admit(r(10), &hot, &RequestKeys::default(), ALL)
+            .unwrap()
+            .num_cached_tokens,
+        0
+    );
+}
+
+/// Aging: a block hit often long ago does not stay forever. After an eviction, the cache's age
+/// is the evicted block's priority, and newly freed blocks start from it.
+#[test]
+fn lfu_aging_ages_out_old_favourites() {
+    use paged_kv::eviction::{EvictionPolicy, LfuAging};
+    let mut p = LfuAging::new();
+    p.reset(6); // blocks 1..=5 free, uncached
+    let take = |p: &mut LfuAging| p.pop().unwrap();
+    let all: Vec<BlockId> = (0..5).map(|_| take(&mut p)).collect();
+    assert_eq!(all, ids(&[1, 2, 3, 4, 5]));
+    for _ in 0..3 {
+        p.hit(BlockId(1));
+    }
+    p.push_cached(BlockId(1)); // priority 0 + 3
+    p.push_cached(BlockId(2)); // priority 0
+    assert_eq!(p.pop(), Some(BlockId(2))); // age becomes 0
+    p.hit(BlockId(3));
+    p.push_cached(BlockId(3)); // priority 0 + 1
+    assert_eq!(p.pop(), Some(BlockId(3))); // age 1
+    for b in [4, 5] {
+        p.push_cached(BlockId(b)); // priority 1 each: newer blocks start at the age
+    }
+    assert_eq!(p.pop(), Some(BlockId(4)));
+    assert_eq!(p.pop(), Some(BlockId(5)));
+    // Block 1 (priority 3) outlived them, but it is not immortal: once the age passes 3, new
+    // blocks rank above it.
+    assert_eq!(p.order(), ids(&[1]));
+    p.push_uncached(BlockId(2));
+    assert_eq!(p.order(), ids(&[2, 1]), "uncached blocks go first");
+    p.remove(BlockId(1));
+    assert_eq!(p.len(), 1);
+}

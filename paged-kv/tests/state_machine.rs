@@ -151,11 +151,21 @@ fn check_invariants(
 }
 
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut kv = KvCacheManager::new(ManagerConfig {
-        watermark_blocks: 1,
-        enable_kv_cache_events: true,
-        ..ManagerConfig::new(BLOCKS, BLOCK)
-    })
+    run_with(ops, Box::new(paged_kv::eviction::Lru::new()))
+}
+
+fn run_with(
+    ops: &[Op],
+    policy: Box<dyn paged_kv::eviction::EvictionPolicy>,
+) -> Result<(), TestCaseError> {
+    let mut kv = KvCacheManager::with_eviction_policy(
+        ManagerConfig {
+            watermark_blocks: 1,
+            enable_kv_cache_events: true,
+            ..ManagerConfig::new(BLOCKS, BLOCK)
+        },
+        policy,
+    )
     .unwrap();
     // What a router sees: the cached set rebuilt from the events alone.
     let mut mirror: HashSet<BlockHash> = HashSet::new();
@@ -332,6 +342,11 @@ proptest! {
     #[test]
     fn manager_matches_the_model(ops in prop::collection::vec(op(), 1..120)) {
         run(&ops)?;
+    }
+
+    #[test]
+    fn manager_matches_the_model_under_lfu_aging(ops in prop::collection::vec(op(), 1..120)) {
+        run_with(&ops, Box::new(paged_kv::eviction::LfuAging::new()))?;
     }
 }
 
