@@ -1,7 +1,7 @@
 //! The example bump arena passes the allocator conformance suite, over a caching parent and over
 //! a direct one, on the CPU backend; and rewinds per step.
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use ascend_examples::arena::BumpArena;
 use ascend_hal::alloc::{Allocator, CachingAllocator, DirectAllocator};
@@ -36,16 +36,8 @@ impl AllocatorHarness for Arena {
         BumpArena::new(parent, 4 << 20)
     }
     fn hold_stream(&self, stream: &CpuStream) -> Option<Box<dyn FnOnce() + Send>> {
-        let (open, gate) = mpsc::channel::<()>();
-        stream
-            .enqueue_host_task("held by the allocator suite", move || {
-                let _ = gate.recv();
-                Ok(())
-            })
-            .ok()?;
-        Some(Box::new(move || {
-            let _ = open.send(());
-        }))
+        let held = stream.hold().ok()?;
+        Some(Box::new(move || held.release()))
     }
 }
 
@@ -86,13 +78,7 @@ fn a_step_reuses_the_previous_steps_memory() {
     assert_eq!((s.allocated, s.reserved), (0, 4 << 20));
     // A block used on another stream holds the lane back until that work is done.
     let other = device.new_stream().unwrap();
-    let (open, gate) = mpsc::channel::<()>();
-    other
-        .enqueue_host_task("busy", move || {
-            let _ = gate.recv();
-            Ok(())
-        })
-        .unwrap();
+    let busy = other.hold().unwrap();
     let held = DeviceBuffer::<CpuBackend, u8>::alloc_in(&arena, &stream, 10).unwrap();
     let held_at = held.block().unwrap().ptr();
     held.record_stream(&other).unwrap();
@@ -104,7 +90,7 @@ fn a_step_reuses_the_previous_steps_memory() {
         "rewound under queued work"
     );
     drop(next);
-    open.send(()).unwrap();
+    busy.release();
     other.synchronize().unwrap();
     let after = DeviceBuffer::<CpuBackend, u8>::alloc_in(&arena, &stream, 10).unwrap();
     assert_eq!(

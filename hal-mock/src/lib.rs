@@ -65,7 +65,7 @@ pub use device::{CpuDevice, DeviceProfile, VMM_GRANULARITY};
 pub use event::CpuEvent;
 pub use faults::{FaultInjector, MockOp};
 pub use memory::{CpuDeviceMemory, CpuHostMemory, CpuPhysicalMemory, CpuVirtualRange};
-pub use stream::CpuStream;
+pub use stream::{CpuStream, StreamHold};
 
 /// Every device address the CPU backend hands out is at or above this (each device has its own
 /// 2^48-byte range, from 2^48 up), and host pointers on 48-bit virtual-address machines are

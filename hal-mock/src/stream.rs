@@ -188,6 +188,27 @@ fn run_catching(work: Work) -> Result<()> {
     })
 }
 
+/// A hold on a [`CpuStream`] from [`CpuStream::hold`]: the stream runs nothing queued after
+/// the hold until it is released (or dropped).
+#[derive(Debug)]
+pub struct StreamHold {
+    open: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl StreamHold {
+    /// Lets the stream go on.
+    pub fn release(mut self) {
+        self.open.take();
+    }
+}
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the held task.
+        self.open.take();
+    }
+}
+
 /// A stream of the CPU backend, with its own worker thread.
 pub struct CpuStream {
     shared: Arc<StreamShared>,
@@ -240,6 +261,21 @@ impl CpuStream {
         task: impl FnOnce() -> Result<()> + Send + 'static,
     ) -> Result<()> {
         self.enqueue(MockOp::HostTask, op, Box::new(task))
+    }
+
+    /// Holds the stream: work enqueued after this call waits until the returned [`StreamHold`]
+    /// is released or dropped. What tests use to keep work queued (a copy still in flight, an
+    /// event not yet complete) for as long as they need.
+    ///
+    /// # Errors
+    /// As [`enqueue_host_task`](Self::enqueue_host_task).
+    pub fn hold(&self) -> Result<StreamHold> {
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        self.enqueue_host_task("held", move || {
+            let _ = gate.recv();
+            Ok(())
+        })?;
+        Ok(StreamHold { open: Some(open) })
     }
 
     /// Enqueues host code that reads the device ranges `reads` and writes `writes`, in stream

@@ -2,7 +2,7 @@
 //! allocator (ordinary and expandable segments), and a deliberately broken allocator that the
 //! suite must catch.
 
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use ascend_hal::alloc::{
     Allocator, AllocatorStats, BlockOwner, CachingAllocator, DirectAllocator, MemoryBlock,
@@ -19,18 +19,10 @@ fn backend() -> CpuBackend {
         .build()
 }
 
-/// Holds a CPU stream with a host task that waits for the returned function.
+/// Holds a CPU stream until the returned function runs.
 fn hold(stream: &CpuStream) -> Option<Box<dyn FnOnce() + Send>> {
-    let (open, gate) = mpsc::channel::<()>();
-    stream
-        .enqueue_host_task("held by the allocator suite", move || {
-            let _ = gate.recv();
-            Ok(())
-        })
-        .ok()?;
-    Some(Box::new(move || {
-        let _ = open.send(());
-    }))
+    let held = stream.hold().ok()?;
+    Some(Box::new(move || held.release()))
 }
 
 struct Direct;

@@ -2,8 +2,6 @@
 //! stream-ordered reuse, expandable segments, out-of-memory handling, and a property test of
 //! random operation sequences against the allocator's own accounting.
 
-use std::sync::mpsc;
-
 use ascend_hal::alloc::{AllocatorStats, CachingAllocator, MemoryBlock, MemorySnapshot};
 use ascend_hal::prelude::*;
 use hal_mock::{CpuBackend, CpuDevice, CpuStream, DeviceProfile};
@@ -136,12 +134,7 @@ fn blocks_used_on_other_streams_wait_for_their_events() {
     let block = a.allocate(256 << 10, &s).unwrap();
     let ptr = block.ptr();
     // The other stream is busy with (simulated) work on the block until the gate opens.
-    let (open, gate) = mpsc::channel::<()>();
-    user.enqueue_host_task("uses the block", move || {
-        let _ = gate.recv();
-        Ok(())
-    })
-    .unwrap();
+    let open = user.hold().unwrap();
     a.record_stream(&block, &user).unwrap();
     drop(block);
     let (stats, snap) = check_accounting(&a);
@@ -153,7 +146,7 @@ fn blocks_used_on_other_streams_wait_for_their_events() {
         ptr,
         "reused while another stream still used it"
     );
-    open.send(()).unwrap();
+    open.release();
     user.synchronize().unwrap();
     drop(meanwhile);
     let later = a.allocate(256 << 10, &s).unwrap();

@@ -1,7 +1,6 @@
 //! Behaviour specific to the CPU backend: real asynchrony, fault injection, capacity profiles,
 //! failures inside streams, lost devices.
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ascend_hal::prelude::*;
@@ -16,16 +15,9 @@ fn small_backend() -> CpuBackend {
         .build()
 }
 
-/// Holds `stream` busy until the returned sender is dropped or sent to.
-fn gate(stream: &CpuStream) -> mpsc::Sender<()> {
-    let (tx, rx) = mpsc::channel::<()>();
-    stream
-        .enqueue_host_task("gate", move || {
-            let _ = rx.recv();
-            Ok(())
-        })
-        .unwrap();
-    tx
+/// Holds `stream` busy until the returned hold is released or dropped.
+fn gate(stream: &CpuStream) -> hal_mock::StreamHold {
+    stream.hold().unwrap()
 }
 
 #[test]
@@ -50,7 +42,7 @@ fn host_returns_before_queued_work_completes() {
         "gate, memset and record are all still queued"
     );
 
-    open.send(()).unwrap();
+    open.release();
     done.synchronize().unwrap();
     assert!(done.query().unwrap());
     stream.synchronize().unwrap();

@@ -6,24 +6,12 @@ use std::time::Duration;
 
 use ascend_hal::prelude::*;
 use ascend_hal::Error;
-use hal_mock::{CpuBackend, CpuStream, DeviceProfile, MockOp};
+use hal_mock::{CpuBackend, DeviceProfile, MockOp};
 
 fn backend(mib: u64) -> CpuBackend {
     CpuBackend::builder()
         .device(DeviceProfile::custom("Ascend910B4", mib << 20))
         .build()
-}
-
-/// Holds `stream` until the returned sender sends (or drops).
-fn hold(stream: &CpuStream) -> mpsc::Sender<()> {
-    let (open, gate) = mpsc::channel::<()>();
-    stream
-        .enqueue_host_task("held", move || {
-            let _ = gate.recv();
-            Ok(())
-        })
-        .unwrap();
-    open
 }
 
 /// Runs `f` on a thread and fails if it has not returned after `secs` seconds (a hang).
@@ -47,7 +35,7 @@ fn an_unfenced_pinned_buffer_is_poisoned_and_leaked_not_freed() {
     const N: usize = 64 << 10;
     let src = DeviceBuffer::<CpuBackend, u8>::from_slice(&stream, &vec![0xAB; N]).unwrap();
     let mut host = PinnedBuffer::<CpuBackend, u8>::new(&device, N).unwrap();
-    let open = hold(&stream);
+    let open = stream.hold().unwrap();
     backend.faults().fail_nth(MockOp::Record, 1).unwrap();
     backend.faults().fail_nth(MockOp::Synchronize, 1).unwrap();
     let err = stream.copy_d2h(&src, &mut host).unwrap_err();
@@ -201,7 +189,7 @@ fn capacity_comes_back_when_queued_work_is_done() {
     let mut buf = DeviceBuffer::<CpuBackend, u8>::alloc(&device, 3 << 20).unwrap();
     let held = device.memory_info().unwrap().used() - base;
     assert_eq!(held, 4 << 20, "3 MiB + ACL's padding, in 2 MiB pages");
-    let open = hold(&stream);
+    let open = stream.hold().unwrap();
     stream.memset(&mut buf, 1).unwrap();
     drop(buf);
     assert_eq!(
@@ -231,7 +219,7 @@ fn a_block_freed_during_empty_cache_waits_for_it() {
             .unwrap(),
     );
     let block = alloc.allocate(4 << 20, &stream).unwrap();
-    let open = hold(&stream); // empty_cache's device synchronisation waits for this
+    let open = stream.hold().unwrap(); // empty_cache's device synchronisation waits for this
     let gate_opened = Arc::new(AtomicBool::new(false));
     let emptier = {
         let alloc = Arc::clone(&alloc);
