@@ -25,8 +25,9 @@ use crate::ids::BlockId;
 /// The free set of a block pool and the order blocks leave it.
 ///
 /// The pool calls these with blocks `1..num_blocks` (block 0, the null block, is never free),
-/// and keeps the invariants: a block is pushed only when not free, and removed or popped only
-/// when free.
+/// and keeps the invariants: a block is pushed only when not free, and removed only when free.
+/// Implementations must not panic on other calls (a policy is public API): the two here ignore
+/// ids outside the pool, pushes of a block already free and removals of one that is not.
 pub trait EvictionPolicy: Send + Sync + fmt::Debug {
     /// A short name for logs and tables.
     fn name(&self) -> &'static str;
@@ -77,6 +78,8 @@ const NIL: u32 = u32::MAX;
 #[derive(Debug, Clone, Default)]
 pub struct Lru {
     links: Vec<(u32, u32)>,
+    /// Per block: whether it is in the queue.
+    queued: Vec<bool>,
     head: u32,
     tail: u32,
     len: usize,
@@ -87,13 +90,23 @@ impl Lru {
     pub fn new() -> Self {
         Lru {
             links: Vec::new(),
+            queued: Vec::new(),
             head: NIL,
             tail: NIL,
             len: 0,
         }
     }
 
+    /// Whether `b` may join the queue: a block of the pool (not the null block) not queued yet.
+    fn can_push(&self, b: u32) -> bool {
+        b != 0 && self.queued.get(b as usize) == Some(&false)
+    }
+
     fn push_tail(&mut self, b: u32) {
+        if !self.can_push(b) {
+            return;
+        }
+        self.queued[b as usize] = true;
         self.links[b as usize] = (self.tail, NIL);
         match self.tail {
             NIL => self.head = b,
@@ -104,6 +117,10 @@ impl Lru {
     }
 
     fn push_head(&mut self, b: u32) {
+        if !self.can_push(b) {
+            return;
+        }
+        self.queued[b as usize] = true;
         self.links[b as usize] = (NIL, self.head);
         match self.head {
             NIL => self.tail = b,
@@ -114,6 +131,10 @@ impl Lru {
     }
 
     fn unlink(&mut self, b: u32) {
+        if self.queued.get(b as usize) != Some(&true) {
+            return;
+        }
+        self.queued[b as usize] = false;
         let (prev, next) = std::mem::replace(&mut self.links[b as usize], (NIL, NIL));
         match prev {
             NIL => self.head = next,
@@ -135,6 +156,7 @@ impl EvictionPolicy for Lru {
     fn reset(&mut self, num_blocks: usize) {
         *self = Lru::new();
         self.links = vec![(NIL, NIL); num_blocks];
+        self.queued = vec![false; num_blocks];
         for b in 1..num_blocks as u32 {
             self.push_tail(b);
         }
@@ -191,6 +213,8 @@ pub struct LfuAging {
     keys: Vec<Option<(u64, u64)>>,
     /// Per block: prefix hits since its content was cached.
     hits: Vec<u64>,
+    /// Per block: whether it is free (in either set).
+    free: Vec<bool>,
     /// The priority of the last cached block evicted.
     age: u64,
     arrivals: u64,
@@ -200,6 +224,17 @@ impl LfuAging {
     /// An empty policy (the pool resets it to its size).
     pub fn new() -> Self {
         LfuAging::default()
+    }
+
+    /// Marks `block` free if it is a block of the pool, not the null block, and not free yet.
+    fn take_slot(&mut self, block: BlockId) -> bool {
+        match self.free.get_mut(block.index()) {
+            Some(f) if !*f && block.0 != 0 => {
+                *f = true;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -213,9 +248,16 @@ impl EvictionPolicy for LfuAging {
         self.uncached = (1..num_blocks as u32).collect();
         self.keys = vec![None; num_blocks];
         self.hits = vec![0; num_blocks];
+        self.free = vec![true; num_blocks];
+        if let Some(null) = self.free.first_mut() {
+            *null = false;
+        }
     }
 
     fn push_uncached(&mut self, block: BlockId) {
+        if !self.take_slot(block) {
+            return;
+        }
         // Arrivals are in reverse priority order; pushing to the front keeps a batch's order,
         // and uncached blocks of later frees go before older ones (as in `Lru`).
         self.hits[block.index()] = 0;
@@ -223,6 +265,9 @@ impl EvictionPolicy for LfuAging {
     }
 
     fn push_cached(&mut self, block: BlockId) {
+        if !self.take_slot(block) {
+            return;
+        }
         let b = block.index();
         self.arrivals += 1;
         let key = (self.age.saturating_add(self.hits[b]), self.arrivals);
@@ -232,6 +277,10 @@ impl EvictionPolicy for LfuAging {
 
     fn remove(&mut self, block: BlockId) {
         let b = block.index();
+        if self.free.get(b) != Some(&true) {
+            return;
+        }
+        self.free[b] = false;
         match self.keys[b].take() {
             Some((p, a)) => {
                 self.cached.remove(&(p, a, block.0));
@@ -242,9 +291,11 @@ impl EvictionPolicy for LfuAging {
 
     fn pop(&mut self) -> Option<BlockId> {
         if let Some(b) = self.uncached.pop_front() {
+            self.free[b as usize] = false;
             return Some(BlockId(b));
         }
         let (priority, _, b) = self.cached.pop_first()?;
+        self.free[b as usize] = false;
         self.keys[b as usize] = None;
         self.hits[b as usize] = 0; // its content is evicted
         self.age = priority;

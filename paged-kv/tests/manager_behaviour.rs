@@ -613,3 +613,38 @@ fn lfu_aging_ages_out_old_favourites() {
     p.remove(BlockId(1));
     assert_eq!(p.len(), 1);
 }
+
+/// The policies are public: calls the pool never makes (ids outside the pool, the null block,
+/// a second push, removing a block that is not free, anything before `reset`) are ignored,
+/// never a panic or a corrupted order.
+#[test]
+fn eviction_policies_ignore_calls_the_pool_never_makes() {
+    use paged_kv::eviction::{EvictionPolicy, LfuAging, Lru};
+    for mut p in [
+        Box::new(Lru::new()) as Box<dyn EvictionPolicy>,
+        Box::new(LfuAging::new()),
+    ] {
+        let name = p.name();
+        for b in [0, 3, 99, u32::MAX] {
+            p.push_cached(BlockId(b));
+            p.push_uncached(BlockId(b));
+            p.remove(BlockId(b));
+            p.hit(BlockId(b));
+        }
+        assert_eq!((p.len(), p.pop()), (0, None), "{name}: before reset");
+        p.reset(4); // 1, 2, 3 free
+        p.push_uncached(BlockId(2)); // already free
+        p.push_cached(BlockId(0)); // the null block
+        p.push_cached(BlockId(7)); // outside
+        p.remove(BlockId(9));
+        assert_eq!(p.order(), ids(&[1, 2, 3]), "{name}");
+        let b = p.pop().unwrap();
+        p.remove(b); // not free any more
+        assert_eq!(p.len(), 2, "{name}");
+        p.push_cached(b);
+        p.push_cached(b); // twice
+        assert_eq!(p.len(), 3, "{name}");
+        while p.pop().is_some() {}
+        assert!(p.is_empty(), "{name}");
+    }
+}
