@@ -207,6 +207,26 @@ fn the_host_implementation_rejects_what_a_910b_would() {
         m.contains("GM range 0..16 outside the 8-element global buffer"),
         "{m}"
     );
+    let m = fault(Violation::ReduceWorkOverlap);
+    assert!(
+        m.contains("ReduceSum: the work area overlaps the destination"),
+        "{m}"
+    );
+    let m = fault(Violation::ReduceWorkTooSmall);
+    assert!(
+        m.contains("ReduceSum: the work area holds 8 elements, 16 needed for 1024"),
+        "{m}"
+    );
+    let m = fault(Violation::ScalarReadUnsynced);
+    assert!(
+        m.contains("GetValue(3) at UB byte 44 after Duplicate wrote it with no V_S flag"),
+        "{m}"
+    );
+    let m = fault(Violation::VectorReadUnsynced);
+    assert!(
+        m.contains("Adds reads UB bytes 0..32 that SetValue wrote with no S_V flag"),
+        "{m}"
+    );
     let m = fault(Violation::UnpairedFlag);
     assert!(m.contains("SetFlag without a matching WaitFlag"), "{m}");
     // Each message says which simulated core broke the rule.

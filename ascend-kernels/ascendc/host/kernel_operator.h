@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <type_traits>
@@ -132,7 +133,9 @@ enum class RoundMode { CAST_NONE = 0, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROU
 
 enum class HardEvent : uint8_t { MTE2_V, V_MTE2, MTE3_V, V_MTE3, MTE2_MTE3, MTE3_MTE2, S_V, V_S, S_MTE2, MTE2_S, S_MTE3, MTE3_S, MAX };
 enum pipe_t { PIPE_S, PIPE_V, PIPE_MTE2, PIPE_MTE3, PIPE_ALL };
-using TEventID = int32_t;
+// As basic_api/impl/kernel_tensor_base.h and tikicpulib's stub_fun.h declare them.
+using TEventID = int8_t;
+typedef enum { EVENT_ID0 = 0, EVENT_ID1, EVENT_ID2, EVENT_ID3, EVENT_ID4, EVENT_ID5, EVENT_ID6, EVENT_ID7 } event_t;
 
 // ---------------------------------------------------------------------------------------------
 // Per-core state.
@@ -141,6 +144,35 @@ struct Buffer {
     uint32_t len = 0;      // bytes
     uint64_t generation = 1;
     bool allocated = false;
+};
+
+// UB byte ranges [lo, hi) that one pipe wrote and another has not yet been told about, with the
+// last instruction that wrote each. Adjacent and overlapping ranges merge, so the set stays as
+// small as the number of buffers a kernel touches between two flags.
+class PendingWrites {
+public:
+    void add(uint32_t lo, uint32_t hi, const char* op) {
+        if (lo >= hi) return;
+        auto it = spans_.upper_bound(lo);
+        if (it != spans_.begin() && std::prev(it)->second.first >= lo) --it;
+        while (it != spans_.end() && it->first <= hi) {
+            lo = std::min(lo, it->first);
+            hi = std::max(hi, it->second.first);
+            it = spans_.erase(it);
+        }
+        spans_[lo] = {hi, op};
+    }
+    // The instruction that wrote some byte of [lo, hi), or nullptr.
+    const char* writer(uint32_t lo, uint32_t hi) const {
+        auto it = spans_.upper_bound(lo);
+        if (it != spans_.begin() && std::prev(it)->second.first > lo) return std::prev(it)->second.second;
+        if (it != spans_.end() && it->first < hi) return it->second.second;
+        return nullptr;
+    }
+    void clear() { spans_.clear(); }
+
+private:
+    std::map<uint32_t, std::pair<uint32_t, const char*>> spans_;
 };
 
 struct CoreState {
@@ -152,6 +184,11 @@ struct CoreState {
     uint32_t queue_buffers[static_cast<int>(TPosition::MAX)] = {};
     std::map<std::pair<int, int>, int> flags;
     void* pipe = nullptr;
+    // The vector unit runs its queue of instructions behind the scalar unit, so a scalar
+    // GetValue / SetValue of bytes a vector instruction wrote needs a V_S flag in between, and a
+    // vector instruction reading bytes SetValue wrote needs an S_V flag.
+    PendingWrites vector_writes;
+    PendingWrites scalar_writes;
 };
 
 inline CoreState& core() {
@@ -203,6 +240,7 @@ public:
 
     T GetValue(uint32_t i) const {
         if (i >= size_) fail("GetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
+        scalar_after_vector("GetValue", i);
         T v;
         std::memcpy(&v, ptr() + i, sizeof(T));
         return v;
@@ -210,8 +248,22 @@ public:
     template <typename S>
     void SetValue(uint32_t i, S v) const {
         if (i >= size_) fail("SetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
+        scalar_after_vector("SetValue", i);
         T t = static_cast<T>(v);
         std::memcpy(ptr() + i, &t, sizeof(T));
+        const uint32_t at = offset_ + i * sizeof(T);
+        core().scalar_writes.add(at, at + sizeof(T), "SetValue");
+    }
+
+    // The hazards of the scalar/vector boundary, for the vector instructions.
+    void vector_reads(const char* op, uint32_t count) const {
+        if (const char* w = core().scalar_writes.writer(offset_, offset_ + count * sizeof(T)))
+            fail(std::string(op) + " reads UB bytes " + std::to_string(offset_) + ".." +
+                 std::to_string(offset_ + count * sizeof(T)) + " that " + w +
+                 " wrote with no S_V flag between (the vector unit may read them before the scalar store lands)");
+    }
+    void vector_writes(const char* op, uint32_t count) const {
+        core().vector_writes.add(offset_, offset_ + count * sizeof(T), op);
     }
 
     // Raw access for the API implementation: checks liveness and the range.
@@ -232,6 +284,16 @@ public:
             fail(std::string(op) + ": LocalTensor used after FreeTensor (its buffer was freed or reused)");
     }
     Buffer* buffer() const { return buf_; }
+
+private:
+    void scalar_after_vector(const char* what, uint32_t i) const {
+        const uint32_t at = offset_ + i * sizeof(T);
+        if (const char* w = core().vector_writes.writer(at, at + sizeof(T)))
+            fail(std::string(what) + "(" + std::to_string(i) + ") at UB byte " + std::to_string(at) + " after " + w +
+                 " wrote it with no V_S flag between (the scalar unit does not wait for the vector pipe)");
+    }
+
+public:
 
     LocalTensor(Buffer* buf, uint64_t gen, uint32_t offset_bytes, uint32_t size_elems)
         : buf_(buf), gen_(gen), offset_(offset_bytes), size_(size_elems) {}
@@ -395,6 +457,7 @@ public:
     }
     template <HardEvent e>
     TEventID FetchEventID() { return 0; }
+    TEventID FetchEventID(HardEvent) { return 0; }
     void Reset() {}
     void Destroy() {}
 
@@ -424,10 +487,16 @@ inline void WaitFlag(int32_t id) {
     int& n = core().flags[{static_cast<int>(e), id}];
     if (n <= 0) fail("WaitFlag without a matching SetFlag (event " + std::to_string(static_cast<int>(e)) + ", id " + std::to_string(id) + ")");
     n--;
+    if (e == HardEvent::V_S) core().vector_writes.clear();
+    if (e == HardEvent::S_V) core().scalar_writes.clear();
 }
 template <pipe_t p>
 inline void PipeBarrier() {
     static_assert(p != PIPE_S, "PipeBarrier<PIPE_S> is a hardware error");
+    if (p == PIPE_ALL) {
+        core().vector_writes.clear();
+        core().scalar_writes.clear();
+    }
 }
 [[noreturn]] inline void SyncAll() { fail("SyncAll: cores run one after another in the host implementation; kernels must not wait for each other"); }
 
@@ -513,6 +582,9 @@ inline void vector_type(const char* op) {
         dst.operand(#NAME, count);                                                             \
         a.operand(#NAME, count);                                                               \
         b.operand(#NAME, count);                                                               \
+        a.vector_reads(#NAME, count);                                                          \
+        b.vector_reads(#NAME, count);                                                          \
+        dst.vector_writes(#NAME, count);                                                       \
         T* d = dst.ptr();                                                                      \
         const T* x = a.ptr();                                                                  \
         const T* y = b.ptr();                                                                  \
@@ -535,6 +607,8 @@ ASCENDC_BINARY(Max, u > v ? u : v)
         vector_type<T>(#NAME);                                                                 \
         dst.operand(#NAME, count);                                                             \
         src.operand(#NAME, count);                                                             \
+        src.vector_reads(#NAME, count);                                                        \
+        dst.vector_writes(#NAME, count);                                                       \
         T* d = dst.ptr();                                                                      \
         const T* x = src.ptr();                                                                \
         float s = static_cast<float>(scalar);                                                  \
@@ -553,6 +627,8 @@ ASCENDC_SCALAR(Muls, u * s)
         vector_type<T>(#NAME);                                                                 \
         dst.operand(#NAME, count);                                                             \
         src.operand(#NAME, count);                                                             \
+        src.vector_reads(#NAME, count);                                                        \
+        dst.vector_writes(#NAME, count);                                                       \
         T* d = dst.ptr();                                                                      \
         const T* x = src.ptr();                                                                \
         for (int32_t i = 0; i < count; i++) {                                                  \
@@ -568,6 +644,7 @@ ASCENDC_UNARY(Abs, std::fabs(u))
 template <typename T>
 inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count) {
     dst.operand("Duplicate", count);
+    dst.vector_writes("Duplicate", count);
     T* d = dst.ptr();
     for (int32_t i = 0; i < count; i++) d[i] = scalar;
 }
@@ -577,6 +654,8 @@ inline void Cast(const LocalTensor<float>& dst, const LocalTensor<half>& src, co
     if (mode != RoundMode::CAST_NONE) fail("Cast half->float: only CAST_NONE is allowed on A2");
     dst.operand("Cast", count);
     src.operand("Cast", count);
+    src.vector_reads("Cast", count);
+    dst.vector_writes("Cast", count);
     for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = static_cast<float>(src.ptr()[i]);
 }
 inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, const RoundMode& mode, const uint32_t count) {
@@ -584,16 +663,51 @@ inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, co
         fail("Cast float->half: this host implementation provides CAST_NONE and CAST_RINT (round half to even)");
     dst.operand("Cast", count);
     src.operand("Cast", count);
+    src.vector_reads("Cast", count);
+    dst.vector_writes("Cast", count);
     for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = half(src.ptr()[i]);
+}
+
+// The work area the count form of ReduceSum / ReduceMax needs, in elements (the formula of the
+// ReduceSum documentation: one partial result per 256-byte repeat, rounded up to 32-byte blocks).
+template <typename T>
+inline int32_t reduce_work_elements(int32_t count) {
+    const int32_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
+    const int32_t per_block = ONE_BLK_SIZE / sizeof(T);
+    const int32_t repeats = (count + per_repeat - 1) / per_repeat;
+    return (repeats + per_block - 1) / per_block * per_block;
+}
+
+// The checks every count-form reduction makes: operands in range, a work area of the documented
+// size, and the work area apart from the source and the destination (the hardware writes its
+// partial results there while it still reads the source and before it writes the result).
+template <typename T>
+inline void reduce_operands(const char* op, const LocalTensor<T>& dst, const LocalTensor<T>& src,
+                            const LocalTensor<T>& work, int32_t count, bool calIndex) {
+    vector_type<T>(op);
+    src.operand(op, count);
+    dst.operand(op, calIndex ? 2 : 1);
+    work.check(op);
+    const int32_t need = reduce_work_elements<T>(count);
+    if (static_cast<int64_t>(work.GetSize()) < need)
+        fail(std::string(op) + ": the work area holds " + std::to_string(work.GetSize()) + " elements, " +
+             std::to_string(need) + " needed for " + std::to_string(count));
+    const auto overlaps = [](const LocalTensor<T>& a, int64_t an, const LocalTensor<T>& b, int64_t bn) {
+        return a.ptr() < b.ptr() + bn && b.ptr() < a.ptr() + an;
+    };
+    if (overlaps(work, need, dst, 1) || overlaps(work, need, src, count))
+        fail(std::string(op) + ": the work area overlaps the " +
+             (overlaps(work, need, dst, 1) ? "destination" : "source"));
+    src.vector_reads(op, count);
+    work.vector_writes(op, need);
+    dst.vector_writes(op, calIndex ? 2 : 1);  // the value, and with calIndex its index
 }
 
 // Sums: each 256-byte repeat as a binary tree, then the repeats in order (the A2 count form).
 template <typename T>
-inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count) {
-    vector_type<T>("ReduceSum");
-    src.operand("ReduceSum", count);
-    tmp.check("ReduceSum");
-    dst.check("ReduceSum");
+inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count,
+                      bool calIndex = false) {
+    reduce_operands("ReduceSum", dst, src, tmp, count, calIndex);
     const int32_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
     float total = 0.0f;
     std::vector<float> lane(per_repeat);
@@ -607,15 +721,19 @@ inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
     dst.ptr()[0] = static_cast<T>(total);
 }
 
+// With `calIndex`, the index of the (first) maximum follows the value, as its bit pattern.
 template <typename T>
-inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count) {
-    vector_type<T>("ReduceMax");
-    src.operand("ReduceMax", count);
-    tmp.check("ReduceMax");
-    dst.check("ReduceMax");
+inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count,
+                      bool calIndex = false) {
+    reduce_operands("ReduceMax", dst, src, tmp, count, calIndex);
     float m = -INFINITY;
-    for (int32_t i = 0; i < count; i++) m = std::fmax(m, static_cast<float>(src.ptr()[i]));
+    uint32_t at = 0;
+    for (int32_t i = 0; i < count; i++) {
+        const float v = static_cast<float>(src.ptr()[i]);
+        if (v > m) { m = v; at = static_cast<uint32_t>(i); }
+    }
     dst.ptr()[0] = static_cast<T>(m);
+    if (calIndex) std::memcpy(&dst.ptr()[1], &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,6 +748,8 @@ inline void reset_core(int64_t idx, int64_t num) {
     for (auto& q : c.queue_buffers) q = 0;
     c.flags.clear();
     c.pipe = nullptr;
+    c.vector_writes.clear();
+    c.scalar_writes.clear();
 }
 
 inline void check_core_exit() {

@@ -18,14 +18,14 @@
 #define P(...) __VA_ARGS__
 
 #define RESHAPE_SHIM(NAME)                                                                         \
-    SHIM(NAME, ReshapeAndCacheTiling,                                                              \
+    SHIM(NAME, ArkReshapeAndCacheTiling,                                                              \
          P(uint8_t* key, uint8_t* value, uint8_t* key_cache, uint8_t* value_cache, uint8_t* slots), \
          P(key, value, key_cache, value_cache, slots))
 RESHAPE_SHIM(reshape_and_cache_half)
 RESHAPE_SHIM(reshape_and_cache_float)
 
 #define ATTENTION_SHIM(NAME)                                                                       \
-    SHIM(NAME, PagedAttentionTiling,                                                               \
+    SHIM(NAME, ArkPagedAttentionTiling,                                                               \
          P(uint8_t* out, uint8_t* query, uint8_t* key_cache, uint8_t* value_cache,                 \
            uint8_t* block_tables, uint8_t* seq_lens),                                              \
          P(out, query, key_cache, value_cache, block_tables, seq_lens))
@@ -33,13 +33,13 @@ ATTENTION_SHIM(paged_attention_half)
 ATTENTION_SHIM(paged_attention_float)
 
 #define ROPE_SHIM(NAME)                                                                            \
-    SHIM(NAME, RopeTiling, P(uint8_t* positions, uint8_t* query, uint8_t* key, uint8_t* cos_sin),  \
+    SHIM(NAME, ArkRopeTiling, P(uint8_t* positions, uint8_t* query, uint8_t* key, uint8_t* cos_sin),  \
          P(positions, query, key, cos_sin))
 ROPE_SHIM(rotary_embedding_half)
 ROPE_SHIM(rotary_embedding_float)
 
 #define NORM_SHIM(NAME)                                                                            \
-    SHIM(NAME, RmsNormTiling, P(uint8_t* x, uint8_t* residual, uint8_t* weight, uint8_t* out),     \
+    SHIM(NAME, ArkRmsNormTiling, P(uint8_t* x, uint8_t* residual, uint8_t* weight, uint8_t* out),     \
          P(x, residual, weight, out))
 NORM_SHIM(rms_norm_half)
 NORM_SHIM(rms_norm_float)
@@ -122,6 +122,47 @@ void gm_out_of_range(GM_ADDR gm) {
 }
 
 void unpaired_flag(GM_ADDR) { SetFlag<HardEvent::MTE2_V>(0); }
+
+// ReduceSum using its destination as the work area (the partial sums would overwrite the result).
+void reduce_work_overlap(GM_ADDR) {
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> src, red;
+    pipe.InitBuffer(src, 64 * sizeof(float));
+    pipe.InitBuffer(red, 32);
+    Duplicate(src.Get<float>(), 1.0f, 64);
+    ReduceSum(red.Get<float>(), src.Get<float>(), red.Get<float>(), 64);
+}
+
+// 1024 floats are 16 repeats, whose partial sums need 16 floats of work area, not 8.
+void reduce_work_small(GM_ADDR) {
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> src, red, work;
+    pipe.InitBuffer(src, 1024 * sizeof(float));
+    pipe.InitBuffer(red, 32);
+    pipe.InitBuffer(work, 32);
+    Duplicate(src.Get<float>(), 1.0f, 1024);
+    ReduceSum(red.Get<float>(), src.Get<float>(), work.Get<float>(), 1024);
+}
+
+// The scalar unit reading what a vector instruction wrote, with no V_S flag between.
+void scalar_read_unsynced(GM_ADDR) {
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> a, b;
+    pipe.InitBuffer(a, 32);
+    pipe.InitBuffer(b, 32);
+    Duplicate(b.Get<float>(), 2.0f, 8);
+    (void)b.Get<float>().GetValue(3);
+}
+
+// A vector instruction reading what SetValue wrote, with no S_V flag between.
+void vector_read_unsynced(GM_ADDR) {
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> a;
+    pipe.InitBuffer(a, 32);
+    LocalTensor<float> t = a.Get<float>();
+    t.SetValue(5, 1.0f);
+    Adds(t, t, 1.0f, 8);
+}
 }  // namespace violations
 
 // `which` picks the violation (the order of the Rust `Violation` enum); `gm` is at least 64
@@ -131,7 +172,9 @@ extern "C" int32_t ascendc_host_violation(uint32_t which, uint8_t* gm, char* err
     static const V table[] = {violations::ub_overflow,    violations::misaligned_copy,
                               violations::misaligned_operand, violations::use_after_free,
                               violations::queue_depth,    violations::alloc_exhausted,
-                              violations::gm_out_of_range, violations::unpaired_flag};
+                              violations::gm_out_of_range, violations::unpaired_flag,
+                              violations::reduce_work_overlap, violations::reduce_work_small,
+                              violations::scalar_read_unsynced, violations::vector_read_unsynced};
     if (which >= sizeof(table) / sizeof(table[0])) return -1;
     return AscendC::launch("violation", 1, err, err_len, [&] { table[which](gm); });
 }

@@ -17,3 +17,26 @@ __aicore__ inline void FromFloat(const LocalTensor<half>& dst, const LocalTensor
 __aicore__ inline void FromFloat(const LocalTensor<float>& dst, const LocalTensor<float>& src, uint32_t n) {
     Muls(dst, src, 1.0f, static_cast<int32_t>(n));
 }
+
+// The scalar unit reads a Unified Buffer value a vector instruction wrote only after the vector
+// pipe has finished it: vector instructions are queued, GetValue is not (the V_S handshake of
+// the Ascend C samples).
+__aicore__ inline void VectorToScalar() {
+    event_t id = static_cast<event_t>(GetTPipePtr()->FetchEventID(HardEvent::V_S));
+    SetFlag<HardEvent::V_S>(id);
+    WaitFlag<HardEvent::V_S>(id);
+}
+
+// And the other way: vector instructions read what SetValue wrote only after the scalar store.
+__aicore__ inline void ScalarToVector() {
+    event_t id = static_cast<event_t>(GetTPipePtr()->FetchEventID(HardEvent::S_V));
+    SetFlag<HardEvent::S_V>(id);
+    WaitFlag<HardEvent::S_V>(id);
+}
+
+// Elements of work area the count form of ReduceSum / ReduceMax needs for `count` floats: one
+// partial result per 256-byte repeat, rounded up to whole 32-byte blocks.
+__aicore__ inline uint32_t ReduceWorkFloats(uint32_t count) {
+    const uint32_t repeats = (count + 63) / 64;
+    return (repeats + 7) / 8 * 8;
+}

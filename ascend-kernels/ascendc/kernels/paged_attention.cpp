@@ -20,7 +20,7 @@ template <typename T>
 class KernelPagedAttention {
 public:
     __aicore__ inline void Init(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache, GM_ADDR value_cache,
-                                GM_ADDR block_tables, GM_ADDR seq_lens, const PagedAttentionTiling& t) {
+                                GM_ADDR block_tables, GM_ADDR seq_lens, const ArkPagedAttentionTiling& t) {
         t_ = t;
         group_ = t.num_heads / t.num_kv_heads;
         tokenStride_ = t.num_kv_heads * t.head_size;
@@ -45,9 +45,12 @@ public:
         pipe_.InitBuffer(vf_, kv * sizeof(float));
         pipe_.InitBuffer(prod_, t.head_size * sizeof(float));
         pipe_.InitBuffer(scores_, t.chunk * sizeof(float));
-        // Per query head: running max, running sum; and a scratch block for reductions.
+        // Per query head: running max, running sum; a block for reduction results; and the
+        // reductions' work area, apart from their operands as ReduceSum / ReduceMax require.
         pipe_.InitBuffer(stats_, PA_MAX_GROUP * 2 * 32);
         pipe_.InitBuffer(red_, 32);
+        const uint32_t widest = t.head_size > t.chunk ? t.head_size : t.chunk;
+        pipe_.InitBuffer(work_, ReduceWorkFloats(widest) * sizeof(float));
     }
 
     __aicore__ inline void Process() {
@@ -98,6 +101,7 @@ private:
                 LocalTensor<float> red = red_.Get<float>();
                 Duplicate(red, 1.0f, 1);
                 Div(red, red, RunSum(g), 1);
+                VectorToScalar();
                 Muls(acc[g * hs], acc[g * hs], red.GetValue(0), static_cast<int32_t>(hs));
             }
         }
@@ -134,30 +138,36 @@ private:
 
         LocalTensor<float> qf = qf_.Get<float>(), acc = acc_.Get<float>();
         LocalTensor<float> prod = prod_.Get<float>(), scores = scores_.Get<float>(), red = red_.Get<float>();
+        LocalTensor<float> work = work_.Get<float>();
         const int32_t h = static_cast<int32_t>(hs), m = static_cast<int32_t>(n);
         for (uint32_t g = 0; g < group_; g++) {
             LocalTensor<float> qg = qf[g * hs], ag = acc[g * hs];
             for (uint32_t j = 0; j < n; j++) {
                 Mul(prod, qg, kf[j * hs], h);
-                ReduceSum(red, prod, red, h);
+                ReduceSum(red, prod, work, h);
+                VectorToScalar();
                 scores.SetValue(j, red.GetValue(0));
             }
+            ScalarToVector();
             // new max = max(old max, chunk max); rescale = exp(old max - new max).
-            ReduceMax(red, scores, red, m);
+            ReduceMax(red, scores, work, m);
             Max(red, red, RunMax(g), 1);
+            VectorToScalar();
             const float newMax = red.GetValue(0);
             Sub(red, RunMax(g), red, 1);
             Exp(red, red, 1);
+            VectorToScalar();
             const float rescale = red.GetValue(0);
             Duplicate(RunMax(g), newMax, 1);
             // weights = exp(scores - new max); sum = sum * rescale + sum(weights).
             Adds(scores, scores, -newMax, m);
             Exp(scores, scores, m);
-            ReduceSum(red, scores, red, m);
+            ReduceSum(red, scores, work, m);
             Muls(RunSum(g), RunSum(g), rescale, 1);
             Add(RunSum(g), RunSum(g), red, 1);
             // acc = acc * rescale + sum_j weight_j * v_j.
             Muls(ag, ag, rescale, h);
+            VectorToScalar();  // the weights, read one by one below
             for (uint32_t j = 0; j < n; j++) {
                 Muls(prod, vf[j * hs], scores.GetValue(j), h);
                 Add(ag, ag, prod, h);
@@ -165,12 +175,12 @@ private:
         }
     }
 
-    PagedAttentionTiling t_;
+    ArkPagedAttentionTiling t_;
     uint32_t group_ = 1, tokenStride_ = 0;
     TPipe pipe_;
     TQue<TPosition::VECIN, 1> qQueue_, kQueue_, vQueue_;
     TQue<TPosition::VECOUT, 1> outQueue_;
-    TBuf<TPosition::VECCALC> qf_, acc_, kf_, vf_, prod_, scores_, stats_, red_;
+    TBuf<TPosition::VECCALC> qf_, acc_, kf_, vf_, prod_, scores_, stats_, red_, work_;
     GlobalTensor<T> outGm_, qGm_, kGm_, vGm_;
     GlobalTensor<int32_t> tableGm_, lenGm_;
 };
@@ -178,7 +188,7 @@ private:
 #define PAGED_ATTENTION(NAME, T)                                                                   \
     extern "C" __global__ __aicore__ void NAME(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache,      \
                                                GM_ADDR value_cache, GM_ADDR block_tables,          \
-                                               GM_ADDR seq_lens, PagedAttentionTiling tiling) {    \
+                                               GM_ADDR seq_lens, ArkPagedAttentionTiling tiling) {    \
         KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
         KernelPagedAttention<T> op;                                                                \
         op.Init(out, query, key_cache, value_cache, block_tables, seq_lens, tiling);               \

@@ -9,7 +9,7 @@ template <typename T>
 class KernelReshapeAndCache {
 public:
     __aicore__ inline void Init(GM_ADDR key, GM_ADDR value, GM_ADDR key_cache, GM_ADDR value_cache,
-                                GM_ADDR slots, const ReshapeAndCacheTiling& t) {
+                                GM_ADDR slots, const ArkReshapeAndCacheTiling& t) {
         t_ = t;
         const uint64_t rows = static_cast<uint64_t>(t.num_tokens) * t.row;
         const uint64_t cache = static_cast<uint64_t>(t.num_slots) * t.row;
@@ -43,7 +43,7 @@ private:
         queue_.FreeTensor(out);
     }
 
-    ReshapeAndCacheTiling t_;
+    ArkReshapeAndCacheTiling t_;
     TPipe pipe_;
     TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queue_;
     GlobalTensor<T> keyGm_, valueGm_, keyCacheGm_, valueCacheGm_;
@@ -53,7 +53,7 @@ private:
 #define RESHAPE_AND_CACHE(NAME, T)                                                                 \
     extern "C" __global__ __aicore__ void NAME(GM_ADDR key, GM_ADDR value, GM_ADDR key_cache,      \
                                                GM_ADDR value_cache, GM_ADDR slots,                 \
-                                               ReshapeAndCacheTiling tiling) {                     \
+                                               ArkReshapeAndCacheTiling tiling) {                     \
         KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
         KernelReshapeAndCache<T> op;                                                               \
         op.Init(key, value, key_cache, value_cache, slots, tiling);                                \

@@ -3,9 +3,10 @@
 //   out = x / sqrt(mean(x^2) + eps) * weight
 //   fused: residual = x + residual (written back, rounded to T); x = rms_norm(residual) * weight
 // Rows come in through double-buffered queues, are computed in float in the UB, and leave through
-// a queue. UB: 3 queues x `buffers` of hidden * sizeof(T), plus 3 float rows (x, weight, scratch)
-// and one 32-byte reduction block. The tiling double-buffers when that fits and falls back to
-// single buffers for wide rows (f16 hidden 8192), and refuses rows that fit neither way.
+// a queue. UB: 3 queues x `buffers` of hidden * sizeof(T), plus 3 float rows (x, weight,
+// scratch), one 32-byte reduction block and the reduction's work area. The tiling double-buffers
+// when that fits and falls back to single buffers for wide rows (f16 hidden 8192), and refuses
+// rows that fit neither way.
 #include "common.h"
 #include "tiling.h"
 
@@ -13,7 +14,7 @@ template <typename T>
 class KernelRmsNorm {
 public:
     __aicore__ inline void Init(GM_ADDR x, GM_ADDR residual, GM_ADDR weight, GM_ADDR out,
-                                const RmsNormTiling& t) {
+                                const ArkRmsNormTiling& t) {
         t_ = t;
         const uint64_t n = static_cast<uint64_t>(t.num_tokens) * t.hidden;
         xGm_.SetGlobalBuffer((__gm__ T*)x, n);
@@ -29,6 +30,7 @@ public:
         pipe_.InitBuffer(wf_, t.hidden * sizeof(float));
         pipe_.InitBuffer(sq_, t.hidden * sizeof(float));
         pipe_.InitBuffer(red_, 32);
+        pipe_.InitBuffer(work_, ReduceWorkFloats(t.hidden) * sizeof(float));
         // The weight, once per core.
         LocalTensor<T> w = inQueue_.template AllocTensor<T>();
         DataCopy(w, weightGm_, t.hidden);
@@ -59,24 +61,28 @@ private:
             resQueue_.EnQue(r);
             r = resQueue_.template DeQue<T>();
             ToFloat(rf, r, h);
-            Add(xf, xf, rf, h);
-            // The new residual, rounded to T as it is stored, is what gets normalised.
-            FromFloat(r, xf, h);
-            ToFloat(xf, r, h);
-            resQueue_.EnQue(r);
-            r = resQueue_.template DeQue<T>();
-            GlobalTensor<T> res = residualGm_[at];
-            DataCopy(res, r, h);
             resQueue_.FreeTensor(r);
+            Add(xf, xf, rf, h);
+            // The new residual, rounded to T as it is stored, is what gets normalised. It leaves
+            // through the output queue (V -> MTE3), which is free again before the row's output.
+            LocalTensor<T> nr = outQueue_.template AllocTensor<T>();
+            FromFloat(nr, xf, h);
+            ToFloat(xf, nr, h);
+            outQueue_.EnQue(nr);
+            nr = outQueue_.template DeQue<T>();
+            GlobalTensor<T> res = residualGm_[at];
+            DataCopy(res, nr, h);
+            outQueue_.FreeTensor(nr);
         }
         LocalTensor<float> sq = sq_.Get<float>();
         LocalTensor<float> red = red_.Get<float>();
         Mul(sq, xf, xf, h);
-        ReduceSum(red, sq, red, h);
+        ReduceSum(red, sq, work_.Get<float>(), h);
         // sqrt(mean + eps) on the vector unit (the scalar unit has no sqrt).
         Muls(red, red, 1.0f / static_cast<float>(h), 1);
         Adds(red, red, t_.eps, 1);
         Sqrt(red, red, 1);
+        VectorToScalar();
         const float rstd = 1.0f / red.GetValue(0);
         Muls(xf, xf, rstd, h);
         Mul(xf, xf, wf_.Get<float>(), h);
@@ -89,18 +95,18 @@ private:
         outQueue_.FreeTensor(y);
     }
 
-    RmsNormTiling t_;
+    ArkRmsNormTiling t_;
     TPipe pipe_;
     TQue<TPosition::VECIN, 1> inQueue_;
-    TQue<TPosition::VECCALC, 1> resQueue_;
+    TQue<TPosition::VECIN, 1> resQueue_;
     TQue<TPosition::VECOUT, 1> outQueue_;
-    TBuf<TPosition::VECCALC> xf_, wf_, sq_, red_;
+    TBuf<TPosition::VECCALC> xf_, wf_, sq_, red_, work_;
     GlobalTensor<T> xGm_, residualGm_, weightGm_, outGm_;
 };
 
 #define RMS_NORM(NAME, T)                                                                          \
     extern "C" __global__ __aicore__ void NAME(GM_ADDR x, GM_ADDR residual, GM_ADDR weight,        \
-                                               GM_ADDR out, RmsNormTiling tiling) {                \
+                                               GM_ADDR out, ArkRmsNormTiling tiling) {                \
         KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
         KernelRmsNorm<T> op;                                                                       \
         op.Init(x, residual, weight, out, tiling);                                                 \

@@ -13,7 +13,7 @@ template <typename T>
 class KernelRotaryEmbedding {
 public:
     __aicore__ inline void Init(GM_ADDR positions, GM_ADDR query, GM_ADDR key, GM_ADDR cos_sin,
-                                const RopeTiling& t) {
+                                const ArkRopeTiling& t) {
         t_ = t;
         half_ = t.rotary_dim / 2;
         posGm_.SetGlobalBuffer((__gm__ int64_t*)positions, t.num_tokens);
@@ -75,7 +75,7 @@ private:
         outQueue_.FreeTensor(y);
     }
 
-    RopeTiling t_;
+    ArkRopeTiling t_;
     uint32_t half_ = 0;
     TPipe pipe_;
     TQue<TPosition::VECIN, 1> csQueue_, inQueue_;
@@ -88,7 +88,7 @@ private:
 
 #define ROTARY_EMBEDDING(NAME, T)                                                                  \
     extern "C" __global__ __aicore__ void NAME(GM_ADDR positions, GM_ADDR query, GM_ADDR key,      \
-                                               GM_ADDR cos_sin_cache, RopeTiling tiling) {         \
+                                               GM_ADDR cos_sin_cache, ArkRopeTiling tiling) {         \
         KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
         KernelRotaryEmbedding<T> op;                                                               \
         op.Init(positions, query, key, cos_sin_cache, tiling);                                     \

@@ -1,16 +1,19 @@
 // Tiling structs: computed on the host (in Rust, `ascend_kernels::ascendc::tiling`) and passed to
 // the kernels by value. The layouts are mirrored by `#[repr(C)]` structs with size asserts.
+// Every name carries the `Ark` (ascend-rs kernels) prefix: CANN's `kernel_operator.h` already
+// defines tiling structs of its own (`RmsNormTiling` in highlevel_api/kernel_tiling), and a
+// kernel includes both.
 #pragma once
 #include <cstdint>
 
-struct ReshapeAndCacheTiling {
+struct ArkReshapeAndCacheTiling {
     uint32_t num_tokens;
     uint32_t row;        // kv_heads * head_size elements per token
     uint32_t num_slots;  // num_blocks * block_size
     uint32_t reserved;
 };
 
-struct PagedAttentionTiling {
+struct ArkPagedAttentionTiling {
     uint32_t num_seqs;
     uint32_t num_heads;
     uint32_t num_kv_heads;
@@ -23,7 +26,7 @@ struct PagedAttentionTiling {
     uint32_t sliding_window;  // 0: attend to the whole context
 };
 
-struct RopeTiling {
+struct ArkRopeTiling {
     uint32_t num_tokens;
     uint32_t num_heads;
     uint32_t num_kv_heads;
@@ -32,7 +35,7 @@ struct RopeTiling {
     uint32_t max_position;
 };
 
-struct RmsNormTiling {
+struct ArkRmsNormTiling {
     uint32_t num_tokens;
     uint32_t hidden;
     float eps;

@@ -405,6 +405,14 @@ pub enum Violation {
     GmOutOfRange,
     /// A `SetFlag` without its `WaitFlag`.
     UnpairedFlag,
+    /// `ReduceSum` with its destination as the work area.
+    ReduceWorkOverlap,
+    /// `ReduceSum` of 1024 floats with 8 floats of work area (16 needed).
+    ReduceWorkTooSmall,
+    /// `GetValue` of a value `Duplicate` wrote, with no `V_S` flag between.
+    ScalarReadUnsynced,
+    /// `Adds` reading a value `SetValue` wrote, with no `S_V` flag between.
+    VectorReadUnsynced,
 }
 
 /// Runs the kernel that breaks `v`'s rule and returns what the host implementation said.
