@@ -7,7 +7,11 @@
 //!
 //! Unlike the CPU backend, the contents of device-side index arrays (slot mappings, block
 //! tables, sequence lengths, positions) cannot be checked on the host without a copy and a
-//! synchronisation; they must be in range, as with vLLM's kernels.
+//! synchronisation. The kernels guard them instead, so a bad entry never reads or writes outside
+//! the buffers: a slot past the cache skips its token (as a negative one does), a sequence whose
+//! length or attended block ids are out of range gets zeros, and a position outside the cos/sin
+//! table zeroes its token's query and key rows. Such entries are not reported yet (that needs a
+//! status word read back at synchronize); the CPU backend refuses them with an error.
 
 use std::ffi::c_void;
 

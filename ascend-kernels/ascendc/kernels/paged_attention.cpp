@@ -11,6 +11,10 @@
 // rescaling stay in the UB), and the weighted V rows accumulate with Muls + Add. The result is
 // divided by the softmax sum and leaves through a queue.
 //
+// Device-side indices (sequence lengths, block table entries) are checked before use: a
+// sequence whose length is negative or past its block table, or whose attended blocks name a
+// block outside the cache, gets zeros, and nothing outside the caches is read.
+//
 // Alignment: head_size * sizeof(T) and head_size * 4 are multiples of 32 bytes (the tiling
 // checks), so every token row in the UB starts on a 32-byte boundary.
 #include "common.h"
@@ -70,7 +74,10 @@ private:
         const int32_t len = lenGm_.GetValue(seq);
         LocalTensor<float> acc = acc_.Get<float>();
         Duplicate(acc, 0.0f, static_cast<int32_t>(rows));
-        if (len > 0) {
+        uint32_t first = 0;
+        if (t_.sliding_window != 0 && len > 0 && static_cast<uint32_t>(len) > t_.sliding_window)
+            first = static_cast<uint32_t>(len) - t_.sliding_window;
+        if (len > 0 && Attendable(seq, first, static_cast<uint32_t>(len))) {
             LocalTensor<float> qf = qf_.Get<float>();
             LocalTensor<T> q = qQueue_.template AllocTensor<T>();
             DataCopy(q, qGm_[at], rows);
@@ -83,9 +90,6 @@ private:
                 Duplicate(RunMax(g), -INFINITY, 1);
                 Duplicate(RunSum(g), 0.0f, 1);
             }
-            uint32_t first = 0;
-            if (t_.sliding_window != 0 && static_cast<uint32_t>(len) > t_.sliding_window)
-                first = static_cast<uint32_t>(len) - t_.sliding_window;
             for (uint32_t pos = first; pos < static_cast<uint32_t>(len);) {
                 const uint32_t inBlock = pos % t_.block_size;
                 uint32_t n = t_.block_size - inBlock;
@@ -112,6 +116,18 @@ private:
         GlobalTensor<T> dst = outGm_[at];
         DataCopy(dst, y, rows);
         outQueue_.FreeTensor(y);
+    }
+
+    // Whether positions [first, len) of `seq` lie inside its block table and every block they
+    // name inside the cache (scalar reads of the few table entries, before any K/V moves).
+    __aicore__ inline bool Attendable(uint32_t seq, uint32_t first, uint32_t len) {
+        if (static_cast<uint64_t>(len) > static_cast<uint64_t>(t_.max_blocks_per_seq) * t_.block_size) return false;
+        const uint64_t row = static_cast<uint64_t>(seq) * t_.max_blocks_per_seq;
+        for (uint32_t b = first / t_.block_size; b <= (len - 1) / t_.block_size; b++) {
+            const int32_t block = tableGm_.GetValue(row + b);
+            if (block < 0 || static_cast<uint32_t>(block) >= t_.num_blocks) return false;
+        }
+        return true;
     }
 
     // Loads `n` tokens' K and V rows for one KV head (strided bursts) and folds them into every

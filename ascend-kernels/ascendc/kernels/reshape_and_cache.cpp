@@ -1,6 +1,7 @@
 // reshape_and_cache: write each new token's K and V rows into the paged caches
 // ([num_blocks, block_size, kv_heads, head_size], ND) at its slot; a negative slot skips the
-// token. Tokens are spread over the cores; each row goes GM -> UB -> GM through a double-buffered
+// token (vLLM's padding), and so does a slot past the cache: the slot mapping comes from device
+// memory the host did not check, and a bad entry must not become a write outside the cache. Tokens are spread over the cores; each row goes GM -> UB -> GM through a double-buffered
 // queue (no vector compute). Needs kv_heads * head_size * sizeof(T) to be a multiple of 32 bytes.
 #include "common.h"
 #include "tiling.h"
@@ -24,7 +25,7 @@ public:
     __aicore__ inline void Process() {
         for (int64_t tok = GetBlockIdx(); tok < t_.num_tokens; tok += GetBlockNum()) {
             const int32_t slot = slotGm_.GetValue(tok);
-            if (slot < 0) continue;
+            if (slot < 0 || static_cast<uint32_t>(slot) >= t_.num_slots) continue;
             const uint64_t src = static_cast<uint64_t>(tok) * t_.row;
             const uint64_t dst = static_cast<uint64_t>(slot) * t_.row;
             CopyRow(keyGm_[src], keyCacheGm_[dst]);

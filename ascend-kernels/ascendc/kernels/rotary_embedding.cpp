@@ -6,6 +6,8 @@
 // token's whole query (then key) row come into the UB through double-buffered queues; each head's
 // rotating halves are computed in float with vector Mul/Sub/Add, and the row goes back out.
 // Needs rotary_dim / 2 elements of T to be a multiple of 32 bytes (vector operands are aligned).
+// A position outside [0, max_position) (device memory the host did not check) reads no cos/sin
+// row: the token's query and key rows become zeros instead.
 #include "common.h"
 #include "tiling.h"
 
@@ -33,6 +35,11 @@ public:
     __aicore__ inline void Process() {
         for (int64_t tok = GetBlockIdx(); tok < t_.num_tokens; tok += GetBlockNum()) {
             const int64_t pos = posGm_.GetValue(tok);
+            if (pos < 0 || pos >= static_cast<int64_t>(t_.max_position)) {
+                Zero(qGm_[static_cast<uint64_t>(tok) * t_.num_heads * t_.head_size], t_.num_heads);
+                Zero(kGm_[static_cast<uint64_t>(tok) * t_.num_kv_heads * t_.head_size], t_.num_kv_heads);
+                continue;
+            }
             LocalTensor<float> cs = csQueue_.template AllocTensor<float>();
             DataCopy(cs, csGm_[static_cast<uint64_t>(pos) * t_.rotary_dim], t_.rotary_dim);
             csQueue_.EnQue(cs);
@@ -44,6 +51,17 @@ public:
     }
 
 private:
+    __aicore__ inline void Zero(const GlobalTensor<T>& gm, uint32_t heads) {
+        const uint32_t n = heads * t_.head_size;
+        LocalTensor<T> y = outQueue_.template AllocTensor<T>();
+        Duplicate(y, static_cast<T>(0.0f), static_cast<int32_t>(n));
+        outQueue_.EnQue(y);
+        y = outQueue_.template DeQue<T>();
+        GlobalTensor<T> dst = gm;
+        DataCopy(dst, y, n);
+        outQueue_.FreeTensor(y);
+    }
+
     __aicore__ inline void Rotate(const GlobalTensor<T>& gm, uint32_t heads, const LocalTensor<float>& cs) {
         const uint32_t n = heads * t_.head_size;
         LocalTensor<T> x = inQueue_.template AllocTensor<T>();

@@ -213,6 +213,41 @@ pub fn reshape_and_cache<T: AscendCFloat>(
     slot_mapping: &[i32],
     block_dim: u32,
 ) -> Result<()> {
+    reshape_and_cache_with(
+        p,
+        key,
+        value,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        block_dim,
+        Indices::Checked,
+    )
+}
+
+/// Whether a host runner checks the device-side indices before the launch (as the public
+/// runners do, like the reference), or leaves them to the kernels' own guards (as on the NPU,
+/// where the indices live in device memory). Either way the host implementation bounds-checks
+/// every global-memory access, so a bad index can fail the launch but never touch memory
+/// outside the slices.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indices {
+    Checked,
+    #[cfg_attr(not(test), allow(dead_code))]
+    KernelGuarded,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reshape_and_cache_with<T: AscendCFloat>(
+    p: &ReshapeAndCache,
+    key: &[T],
+    value: &[T],
+    key_cache: &mut [T],
+    value_cache: &mut [T],
+    slot_mapping: &[i32],
+    block_dim: u32,
+    indices: Indices,
+) -> Result<()> {
     const OP: &str = "reshape_and_cache";
     check_block_dim(OP, block_dim)?;
     p.validate::<T>(
@@ -222,12 +257,14 @@ pub fn reshape_and_cache<T: AscendCFloat>(
         value_cache.len(),
         slot_mapping.len(),
     )?;
-    check_slots(p, slot_mapping)?;
+    if indices == Indices::Checked {
+        check_slots(p, slot_mapping)?;
+    }
     let t = tiling::reshape_and_cache(p, std::mem::size_of::<T>())?;
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: the lengths were checked against the tiling's shape above, so the kernel's global
-    // tensors (sized from the same tiling, bounds-checked by the host implementation) lie inside
-    // these slices; the inputs are only read; the caches are exclusively borrowed; `err` holds
+    // tensors (sized from the same tiling, bounds-checked by the host implementation, whatever
+    // the slots hold) lie inside these slices; the inputs are only read; the caches are exclusively borrowed; `err` holds
     // ERR_LEN bytes.
     let code = unsafe {
         T::RESHAPE_AND_CACHE(
@@ -257,6 +294,31 @@ pub fn paged_attention<T: AscendCFloat>(
     seq_lens: &[i32],
     block_dim: u32,
 ) -> Result<()> {
+    paged_attention_with(
+        p,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        block_tables,
+        seq_lens,
+        block_dim,
+        Indices::Checked,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn paged_attention_with<T: AscendCFloat>(
+    p: &PagedAttention,
+    out: &mut [T],
+    query: &[T],
+    key_cache: &[T],
+    value_cache: &[T],
+    block_tables: &[i32],
+    seq_lens: &[i32],
+    block_dim: u32,
+    indices: Indices,
+) -> Result<()> {
     const OP: &str = "paged_attention";
     check_block_dim(OP, block_dim)?;
     p.validate::<T>(
@@ -267,11 +329,13 @@ pub fn paged_attention<T: AscendCFloat>(
         block_tables.len(),
         seq_lens.len(),
     )?;
-    check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
+    if indices == Indices::Checked {
+        check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
+    }
     let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
     let mut err = [0 as c_char; ERR_LEN];
-    // SAFETY: as in `reshape_and_cache`: lengths, block tables and sequence lengths were
-    // checked, so every global access of the kernel is inside these slices; only `out` is
+    // SAFETY: as in `reshape_and_cache`: the lengths were checked, so every global tensor of the
+    // kernel is inside these slices (and the host implementation bounds-checks each access); only `out` is
     // written, and it is exclusively borrowed.
     let code = unsafe {
         T::PAGED_ATTENTION(
@@ -299,13 +363,36 @@ pub fn rotary_embedding<T: AscendCFloat>(
     cos_sin_cache: &[f32],
     block_dim: u32,
 ) -> Result<()> {
+    rotary_embedding_with(
+        p,
+        positions,
+        query,
+        key,
+        cos_sin_cache,
+        block_dim,
+        Indices::Checked,
+    )
+}
+
+fn rotary_embedding_with<T: AscendCFloat>(
+    p: &Rotary,
+    positions: &[i64],
+    query: &mut [T],
+    key: &mut [T],
+    cos_sin_cache: &[f32],
+    block_dim: u32,
+    indices: Indices,
+) -> Result<()> {
     const OP: &str = "rotary_embedding";
     check_block_dim(OP, block_dim)?;
     p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
-    check_positions(p, positions)?;
+    if indices == Indices::Checked {
+        check_positions(p, positions)?;
+    }
     let t = tiling::rotary_embedding(p, std::mem::size_of::<T>())?;
     let mut err = [0 as c_char; ERR_LEN];
-    // SAFETY: shapes and positions were checked, so the kernel stays inside these slices; query
+    // SAFETY: shapes were checked, so the kernel's global tensors are inside these slices (each
+    // access bounds-checked by the host implementation); query
     // and key are exclusively borrowed and distinct.
     let code = unsafe {
         T::ROTARY_EMBEDDING(
@@ -425,4 +512,185 @@ pub fn run_violation(v: Violation) -> Result<()> {
         ascendc_host_violation(v as u32, gm.as_mut_ptr().cast(), err.as_mut_ptr(), ERR_LEN)
     };
     status("violation", code, &err)
+}
+
+/// The kernels' device-side guards: with the host-side index checks off (as on the NPU, where
+/// the indices live in device memory), out-of-range slots, lengths, block ids and positions
+/// must neither fail the launch nor touch memory outside the buffers (the host implementation
+/// refuses any global access outside them), and must give the documented result.
+#[cfg(test)]
+mod device_guards {
+    use super::*;
+    use crate::reference;
+    use crate::shapes::{CacheShape, RopeStyle};
+
+    const CACHE: CacheShape = CacheShape {
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+    };
+
+    fn ramp(n: usize, salt: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.37 + salt).sin() * 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn slots_past_the_cache_are_skipped() {
+        let p = ReshapeAndCache {
+            num_tokens: 6,
+            cache: CACHE,
+        };
+        let row = CACHE.num_kv_heads * CACHE.head_size;
+        let (key, value) = (ramp(6 * row, 1.0), ramp(6 * row, 2.0));
+        let slots_total = CACHE.slots() as i32;
+        let bad = [0, slots_total, 5, i32::MAX, -1, slots_total - 1];
+        // What the kernel must do: exactly what the reference does with the bad slots skipped.
+        let skipped: Vec<i32> = bad
+            .iter()
+            .map(|&s| if s >= slots_total { -1 } else { s })
+            .collect();
+        let mut want = (
+            vec![7.0f32; CACHE.elements()],
+            vec![7.0f32; CACHE.elements()],
+        );
+        reference::reshape_and_cache(&p, &key, &value, &mut want.0, &mut want.1, &skipped).unwrap();
+        for cores in [1, 4] {
+            let mut got = (
+                vec![7.0f32; CACHE.elements()],
+                vec![7.0f32; CACHE.elements()],
+            );
+            reshape_and_cache_with(
+                &p,
+                &key,
+                &value,
+                &mut got.0,
+                &mut got.1,
+                &bad,
+                cores,
+                Indices::KernelGuarded,
+            )
+            .unwrap();
+            assert_eq!(got, want, "{cores} cores");
+        }
+        // The public runner refuses them before the launch, as the reference does.
+        let mut caches = (
+            vec![0.0f32; CACHE.elements()],
+            vec![0.0f32; CACHE.elements()],
+        );
+        let e =
+            reshape_and_cache(&p, &key, &value, &mut caches.0, &mut caches.1, &bad, 1).unwrap_err();
+        assert!(
+            e.to_string().contains("slot_mapping[1] = 64 is outside"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sequences_with_bad_lengths_or_blocks_get_zeros() {
+        let p = PagedAttention {
+            num_seqs: 6,
+            num_heads: 4,
+            cache: CACHE,
+            max_blocks_per_seq: 2,
+            scale: 0.125,
+            sliding_window: None,
+        };
+        let q = ramp(6 * 4 * 64, 3.0);
+        let (kc, vc) = (ramp(CACHE.elements(), 4.0), ramp(CACHE.elements(), 5.0));
+        let good_table = [0, 1];
+        // 0: fine; 1: length past its table (2 blocks x 16); 2: negative length; 3: a block id
+        // past the cache; 4: a negative block id inside the attended range; 5: fine, with a bad
+        // entry beyond its length (never read, so not an error).
+        let tables = [
+            good_table,
+            good_table,
+            good_table,
+            [2, 4],
+            [-3, 1],
+            [3, i32::MIN],
+        ];
+        let lens = [20, 33, -1, 17, 5, 16];
+        let table: Vec<i32> = tables.concat();
+        let mut want = vec![0.0f32; q.len()];
+        let valid = [0usize, 5];
+        for &s in &valid {
+            let one = PagedAttention { num_seqs: 1, ..p };
+            let mut o = vec![0.0f32; 4 * 64];
+            reference::paged_attention(
+                &one,
+                &mut o,
+                &q[s * 256..][..256],
+                &kc,
+                &vc,
+                &[tables[s][0], tables[s][1].max(0)],
+                &[lens[s]],
+            )
+            .unwrap();
+            want[s * 256..][..256].copy_from_slice(&o);
+        }
+        for cores in [1, 5] {
+            let mut out = vec![9.0f32; q.len()];
+            paged_attention_with(
+                &p,
+                &mut out,
+                &q,
+                &kc,
+                &vc,
+                &table,
+                &lens,
+                cores,
+                Indices::KernelGuarded,
+            )
+            .unwrap();
+            for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5,
+                    "{cores} cores, element {i}: {g} vs {w}"
+                );
+            }
+            // The invalid sequences are exactly zero.
+            for s in [1, 2, 3, 4] {
+                assert!(out[s * 256..][..256].iter().all(|&x| x == 0.0), "seq {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn positions_outside_the_table_zero_the_token() {
+        let p = Rotary {
+            num_tokens: 4,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_size: 64,
+            rotary_dim: 64,
+            max_position: 8,
+            style: RopeStyle::Neox,
+        };
+        let cs = ramp(8 * 64, 6.0);
+        let (q0, k0) = (ramp(4 * 128, 7.0), ramp(4 * 64, 8.0));
+        let positions = [3i64, 8, -1, 7];
+        let (mut want_q, mut want_k) = (q0.clone(), k0.clone());
+        reference::rotary_embedding(&p, &[3, 0, 0, 7], &mut want_q, &mut want_k, &cs).unwrap();
+        for t in [1, 2] {
+            want_q[t * 128..][..128].fill(0.0);
+            want_k[t * 64..][..64].fill(0.0);
+        }
+        let (mut q, mut k) = (q0.clone(), k0.clone());
+        rotary_embedding_with(
+            &p,
+            &positions,
+            &mut q,
+            &mut k,
+            &cs,
+            3,
+            Indices::KernelGuarded,
+        )
+        .unwrap();
+        for (g, w) in q.iter().chain(&k).zip(want_q.iter().chain(&want_k)) {
+            assert!((g - w).abs() <= 1e-5, "{g} vs {w}");
+        }
+    }
 }
