@@ -350,9 +350,12 @@ private:
 // Pipes, queues, buffers.
 class TPipe;
 
-template <TPosition src, TPosition dst, int32_t depth>
+// The mask (CANN: ND/NZ format conversion bits on the cube paths) changes nothing for vector
+// kernels; it is accepted so that declarations read as they do against CANN.
+template <TPosition src, TPosition dst, int32_t depth, auto mask = 0>
 class TQueBind {
 public:
+    static constexpr TPosition kSrcPosition = src;
     template <typename T>
     LocalTensor<T> AllocTensor() {
         for (auto& b : bufs_) {
@@ -400,8 +403,16 @@ private:
     std::deque<Entry> fifo_;
 };
 
-template <TPosition pos, int32_t depth>
-class TQue : public TQueBind<pos, pos, depth> {};
+// CANN maps a queue's position to its pipe hand-off with GetBufferLogicPos, which asserts the
+// position is neither GM nor VECCALC (a VECCALC buffer belongs to one pipe: use a TBuf). In a
+// device build that assert is empty and the queue orders nothing; here it is a compile error.
+template <TPosition pos, int32_t depth, auto mask = 0>
+class TQue : public TQueBind<pos, pos, depth, mask> {
+    static_assert(pos != TPosition::VECCALC,
+                  "TQue<TPosition::VECCALC>: a queue hands data between pipes (VECIN: MTE2 -> V, VECOUT: V -> MTE3); "
+                  "use a TBuf<TPosition::VECCALC> for scratch");
+    static_assert(pos != TPosition::GM && pos != TPosition::MAX, "TQue: GM and MAX are not queue positions");
+};
 
 template <TPosition pos = TPosition::VECCALC>
 class TBuf {
@@ -435,19 +446,16 @@ public:
         if (core().pipe == this) core().pipe = nullptr;
     }
 
-    template <TPosition src, TPosition dst, int32_t depth>
-    bool InitBuffer(TQueBind<src, dst, depth>& que, uint8_t num, uint32_t len) {
-        uint32_t& q = core().queue_buffers[static_cast<int>(src)];
+    // Any queue (TQue or TQueBind), as CANN declares it: template <class T> InitBuffer(T&, ...).
+    template <class Q>
+    bool InitBuffer(Q& que, uint8_t num, uint32_t len) {
+        uint32_t& q = core().queue_buffers[static_cast<int>(Q::kSrcPosition)];
         if (q + num > MAX_QUEUE_BUFFERS_PER_POSITION)
             fail("InitBuffer: more than " + std::to_string(MAX_QUEUE_BUFFERS_PER_POSITION) + " queue buffers at one TPosition");
         q += num;
         que.bufs_.resize(num);
         for (auto& b : que.bufs_) carve(b, len);
         return true;
-    }
-    template <TPosition src, int32_t depth>
-    bool InitBuffer(TQue<src, depth>& que, uint8_t num, uint32_t len) {
-        return InitBuffer(static_cast<TQueBind<src, src, depth>&>(que), num, len);
     }
     template <TPosition pos>
     bool InitBuffer(TBuf<pos>& buf, uint32_t len) {
