@@ -209,12 +209,12 @@ fn the_host_implementation_rejects_what_a_910b_would() {
     );
     let m = fault(Violation::ReduceWorkOverlap);
     assert!(
-        m.contains("ReduceSum: the work area overlaps the destination"),
+        m.contains("ReduceMax: the work tensor overlaps the source"),
         "{m}"
     );
     let m = fault(Violation::ReduceWorkTooSmall);
     assert!(
-        m.contains("ReduceSum: the work area holds 8 elements, 16 needed for 1024"),
+        m.contains("ReduceMax: the work tensor holds 16 elements; 1024 float need 32"),
         "{m}"
     );
     let m = fault(Violation::ScalarReadUnsynced);

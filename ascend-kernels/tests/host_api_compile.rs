@@ -1,7 +1,8 @@
-//! What the host implementation of the Ascend C API refuses at compile time, as CANN's headers
-//! do: each case is a small kernel compiled with the host header (`c++ -fsyntax-only`, the
-//! compiler `build.rs` already needs), once as written (must fail, with the rule in the
-//! diagnostic) and once corrected (must compile), so a case can fail in both directions.
+//! The host implementation of the Ascend C API against small kernels compiled here with the
+//! compiler `build.rs` already needs: what it refuses at compile time, as CANN's headers do
+//! (each case once as written, which must fail with the rule in the diagnostic, and once
+//! corrected, which must compile), and what it accepts or refuses at run time where CANN's own
+//! implementation decides (the reductions' built-in synchronisation).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +38,83 @@ fn compile(name: &str, body: &str) -> Option<String> {
     } else {
         Some(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// Builds `body` into a one-core launch and runs it: `Ok` or the host implementation's message.
+fn run(name: &str, body: &str) -> Result<(), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ascendc");
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("ascend-kernels-run-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, exe) = (dir.join("case.cpp"), dir.join("case"));
+    std::fs::write(
+        &src,
+        format!(
+            "#include \"kernel_operator.h\"\n#include <cstdio>\nusing namespace AscendC;\n\
+             void kernel_case() {{\n{body}\n}}\n\
+             int main() {{ char err[512] = {{0}}; int rc = launch(\"case\", 1, err, sizeof err, [] {{ kernel_case(); }});\n\
+             if (rc) std::fputs(err, stderr); return rc; }}\n"
+        ),
+    )
+    .unwrap();
+    let built = Command::new(compiler())
+        .args(["-std=c++17", "-I"])
+        .arg(root.join("host"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", compiler()));
+    assert!(
+        built.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let ran = Command::new(&exe).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    if ran.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&ran.stderr).into_owned())
+    }
+}
+
+#[test]
+fn reductions_synchronise_as_cann_implements_them() {
+    let setup = "TPipe pipe; TBuf<TPosition::VECCALC> s, d; pipe.InitBuffer(s, 512); pipe.InitBuffer(d, 32);\n\
+                 LocalTensor<float> src = s.Get<float>(), dst = d.Get<float>();\n\
+                 Duplicate(src, 2.0f, 128);\n";
+    // ReduceSum's count form ends with V_S, a scalar store and S_V on dav-c220, so its result
+    // (and anything the vector unit wrote before) can be read at once; its work tensor is unused.
+    run(
+        "sum-then-read",
+        &format!("{setup}ReduceSum(dst, src, dst, 128); if (dst.GetValue(0) != 256.0f) fail(\"sum\"); (void)src.GetValue(7);"),
+    )
+    .unwrap();
+    // ReduceMax without an index ends the same way, and its work tensor may be the destination
+    // when it has the documented size (8 floats for 128).
+    run(
+        "max-work-is-dst",
+        &format!(
+            "{setup}ReduceMax(dst, src, dst, 128); if (dst.GetValue(0) != 2.0f) fail(\"max\");"
+        ),
+    )
+    .unwrap();
+    // With calIndex the index lands through the vector unit: reading it needs a V_S flag.
+    let unsynced = format!(
+        "{setup}TBuf<TPosition::VECCALC> w; pipe.InitBuffer(w, 32);\n\
+         ReduceMax(dst, src, w.Get<float>(), 128, true); (void)dst.GetValue(1);"
+    );
+    let e = run("max-index-unsynced", &unsynced).unwrap_err();
+    assert!(
+        e.contains("GetValue(1)") && e.contains("after ReduceMax wrote it with no V_S flag"),
+        "{e}"
+    );
+    let synced = unsynced.replace(
+        "(void)dst.GetValue(1);",
+        "SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0); (void)dst.GetValue(1);",
+    );
+    run("max-index-synced", &synced).unwrap();
 }
 
 fn refused(name: &str, wrong: &str, right: &str, rule: &str) {

@@ -676,46 +676,53 @@ inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, co
     for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = half(src.ptr()[i]);
 }
 
-// The work area the count form of ReduceSum / ReduceMax needs, in elements (the formula of the
-// ReduceSum documentation: one partial result per 256-byte repeat, rounded up to 32-byte blocks).
+// The count forms of ReduceSum and ReduceMax as CANN 8.1.RC1 implements them for dav-c220
+// (basic_api/inner_interface/inner_kernel_operator_vec_reduce_intf.cppm and
+// impl/dav_c220/kernel_operator_vec_reduce_impl.h), with the constraints of their documentation
+// (asc-devkit docs/api/context/ReduceSum.md, ReduceMax.md):
+//   - ReduceSum runs one count-mode vcadd, waits V_S, stores the sum with the scalar unit and
+//     waits S_V and S_MTE3: the work tensor is not used ("any size"), and everything the vector
+//     unit wrote before is visible to the scalar unit afterwards, and the other way round.
+//   - ReduceMax (no index) reduces into the work tensor, which needs
+//     RoundUp(2 * max(1, count / elementsPerRepeat), elementsPerBlock) elements (every repeat
+//     leaves a value and an index), then ends the same way (V_S, scalar store, S_V, S_MTE3).
+//     The work tensor may share the destination's bytes when it has that size, but not the
+//     source's.
+//   - With calIndex the value and index end in dst through vector instructions, so a scalar
+//     read of them needs a V_S flag. (The documented work size with indices is larger; the
+//     no-index size is checked here.)
 template <typename T>
-inline int32_t reduce_work_elements(int32_t count) {
+inline int32_t reduce_max_work_elements(int32_t count) {
     const int32_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
     const int32_t per_block = ONE_BLK_SIZE / sizeof(T);
-    const int32_t repeats = (count + per_repeat - 1) / per_repeat;
-    return (repeats + per_block - 1) / per_block * per_block;
+    const int32_t first = std::max<int32_t>(1, count / per_repeat);
+    return (2 * first + per_block - 1) / per_block * per_block;
 }
 
-// The checks every count-form reduction makes: operands in range, a work area of the documented
-// size, and the work area apart from the source and the destination (the hardware writes its
-// partial results there while it still reads the source and before it writes the result).
 template <typename T>
-inline void reduce_operands(const char* op, const LocalTensor<T>& dst, const LocalTensor<T>& src,
-                            const LocalTensor<T>& work, int32_t count, bool calIndex) {
+inline void reduce_count(const char* op, const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& work,
+                         int32_t count, bool calIndex) {
     vector_type<T>(op);
+    if (count < 1 || static_cast<uint32_t>(count) > TOTAL_UB_SIZE / sizeof(T))
+        fail(std::string(op) + ": count " + std::to_string(count) + " outside 1.." + std::to_string(TOTAL_UB_SIZE / sizeof(T)));
     src.operand(op, count);
-    dst.operand(op, calIndex ? 2 : 1);
-    work.check(op);
-    const int32_t need = reduce_work_elements<T>(count);
-    if (static_cast<int64_t>(work.GetSize()) < need)
-        fail(std::string(op) + ": the work area holds " + std::to_string(work.GetSize()) + " elements, " +
-             std::to_string(need) + " needed for " + std::to_string(count));
-    const auto overlaps = [](const LocalTensor<T>& a, int64_t an, const LocalTensor<T>& b, int64_t bn) {
-        return a.ptr() < b.ptr() + bn && b.ptr() < a.ptr() + an;
-    };
-    if (overlaps(work, need, dst, 1) || overlaps(work, need, src, count))
-        fail(std::string(op) + ": the work area overlaps the " +
-             (overlaps(work, need, dst, 1) ? "destination" : "source"));
+    dst.check(op);
+    if (dst.GetSize() < (calIndex ? 2u : 1u)) fail(std::string(op) + ": the destination holds no room for the result");
+    work.operand(op, 0);  // 32-byte aligned, alive
     src.vector_reads(op, count);
-    work.vector_writes(op, need);
-    dst.vector_writes(op, calIndex ? 2 : 1);  // the value, and with calIndex its index
+}
+
+// The library's closing handshake: V_S, a scalar store of the result, S_V (and S_MTE3).
+inline void reduce_handshake() {
+    core().vector_writes.clear();
+    core().scalar_writes.clear();
 }
 
 // Sums: each 256-byte repeat as a binary tree, then the repeats in order (the A2 count form).
-template <typename T>
-inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count,
-                      bool calIndex = false) {
-    reduce_operands("ReduceSum", dst, src, tmp, count, calIndex);
+template <typename T, bool isSetMask = true>
+inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& sharedTmpBuffer,
+                      const int32_t count) {
+    reduce_count("ReduceSum", dst, src, sharedTmpBuffer, count, false);
     const int32_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
     float total = 0.0f;
     std::vector<float> lane(per_repeat);
@@ -726,22 +733,36 @@ inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
             for (int32_t i = 0; i < w; i++) lane[i] += lane[i + w];
         total += lane[0];
     }
+    reduce_handshake();
     dst.ptr()[0] = static_cast<T>(total);
 }
 
 // With `calIndex`, the index of the (first) maximum follows the value, as its bit pattern.
 template <typename T>
-inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& tmp, const int32_t count,
-                      bool calIndex = false) {
-    reduce_operands("ReduceMax", dst, src, tmp, count, calIndex);
+inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& workLocal, const int32_t count,
+                      bool calIndex = 0) {
+    reduce_count("ReduceMax", dst, src, workLocal, count, calIndex);
+    const int32_t need = reduce_max_work_elements<T>(count);
+    if (static_cast<int64_t>(workLocal.GetSize()) < need)
+        fail("ReduceMax: the work tensor holds " + std::to_string(workLocal.GetSize()) + " elements; " + std::to_string(count) + " " +
+             type_name<T>() + " need " + std::to_string(need) + " (RoundUp(2 * max(1, count / elementsPerRepeat), elementsPerBlock))");
+    if (workLocal.ptr() < src.ptr() + count && src.ptr() < workLocal.ptr() + need)
+        fail("ReduceMax: the work tensor overlaps the source (its partial results would overwrite data still to be read)");
     float m = -INFINITY;
     uint32_t at = 0;
     for (int32_t i = 0; i < count; i++) {
         const float v = static_cast<float>(src.ptr()[i]);
         if (v > m) { m = v; at = static_cast<uint32_t>(i); }
     }
+    std::fill(workLocal.ptr(), workLocal.ptr() + need, static_cast<T>(0.0f));  // its partials: not a result
     dst.ptr()[0] = static_cast<T>(m);
-    if (calIndex) std::memcpy(&dst.ptr()[1], &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at));
+    if (calIndex) {
+        std::memcpy(&dst.ptr()[1], &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at));
+        workLocal.vector_writes("ReduceMax", need);
+        dst.vector_writes("ReduceMax", 2);
+    } else {
+        reduce_handshake();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -123,25 +123,27 @@ void gm_out_of_range(GM_ADDR gm) {
 
 void unpaired_flag(GM_ADDR) { SetFlag<HardEvent::MTE2_V>(0); }
 
-// ReduceSum using its destination as the work area (the partial sums would overwrite the result).
+// ReduceMax with its work tensor inside the source (the partial results would overwrite data
+// still to be read). Sharing the destination's bytes would be allowed.
 void reduce_work_overlap(GM_ADDR) {
     TPipe pipe;
     TBuf<TPosition::VECCALC> src, red;
-    pipe.InitBuffer(src, 64 * sizeof(float));
+    pipe.InitBuffer(src, 128 * sizeof(float));
     pipe.InitBuffer(red, 32);
-    Duplicate(src.Get<float>(), 1.0f, 64);
-    ReduceSum(red.Get<float>(), src.Get<float>(), red.Get<float>(), 64);
+    LocalTensor<float> s = src.Get<float>();
+    Duplicate(s, 1.0f, 128);
+    ReduceMax(red.Get<float>(), s, s[32], 64);
 }
 
-// 1024 floats are 16 repeats, whose partial sums need 16 floats of work area, not 8.
+// ReduceMax of 1024 floats: 16 repeats, a value and an index each, need 32 floats of work.
 void reduce_work_small(GM_ADDR) {
     TPipe pipe;
     TBuf<TPosition::VECCALC> src, red, work;
     pipe.InitBuffer(src, 1024 * sizeof(float));
     pipe.InitBuffer(red, 32);
-    pipe.InitBuffer(work, 32);
+    pipe.InitBuffer(work, 64);
     Duplicate(src.Get<float>(), 1.0f, 1024);
-    ReduceSum(red.Get<float>(), src.Get<float>(), work.Get<float>(), 1024);
+    ReduceMax(red.Get<float>(), src.Get<float>(), work.Get<float>(), 1024);
 }
 
 // The scalar unit reading what a vector instruction wrote, with no V_S flag between.

@@ -34,9 +34,15 @@ __aicore__ inline void ScalarToVector() {
     WaitFlag<HardEvent::S_V>(id);
 }
 
-// Elements of work area the count form of ReduceSum / ReduceMax needs for `count` floats: one
-// partial result per 256-byte repeat, rounded up to whole 32-byte blocks.
-__aicore__ inline uint32_t ReduceWorkFloats(uint32_t count) {
-    const uint32_t repeats = (count + 63) / 64;
-    return (repeats + 7) / 8 * 8;
+// Work-tensor elements the count forms of ReduceSum / ReduceMax document for `count` floats
+// (asc-devkit docs/api/context/ReduceSum.md, ReduceMax.md). On A2 the count form of ReduceSum
+// does not touch its work tensor, but the documented size keeps the kernels portable; ReduceMax
+// uses it (a value and an index per repeat).
+__aicore__ inline uint32_t ReduceSumWorkFloats(uint32_t count) {
+    const uint32_t first = count / 64 > 1 ? count / 64 : 1;
+    return (first + 7) / 8 * 8;
+}
+__aicore__ inline uint32_t ReduceMaxWorkFloats(uint32_t count) {
+    const uint32_t first = count / 64 > 1 ? count / 64 : 1;
+    return (2 * first + 7) / 8 * 8;
 }

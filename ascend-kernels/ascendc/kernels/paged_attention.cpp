@@ -53,8 +53,8 @@ public:
         // reductions' work area, apart from their operands as ReduceSum / ReduceMax require.
         pipe_.InitBuffer(stats_, PA_MAX_GROUP * 2 * 32);
         pipe_.InitBuffer(red_, 32);
-        const uint32_t widest = t.head_size > t.chunk ? t.head_size : t.chunk;
-        pipe_.InitBuffer(work_, ReduceWorkFloats(widest) * sizeof(float));
+        const uint32_t sumWork = ReduceSumWorkFloats(t.head_size), maxWork = ReduceMaxWorkFloats(t.chunk);
+        pipe_.InitBuffer(work_, (sumWork > maxWork ? sumWork : maxWork) * sizeof(float));
     }
 
     __aicore__ inline void Process() {
@@ -160,8 +160,9 @@ private:
             LocalTensor<float> qg = qf[g * hs], ag = acc[g * hs];
             for (uint32_t j = 0; j < n; j++) {
                 Mul(prod, qg, kf[j * hs], h);
+                // ReduceSum ends with the library's own V_S / S_V handshake (dav-c220), so the
+                // sum can be read at once.
                 ReduceSum(red, prod, work, h);
-                VectorToScalar();
                 scores.SetValue(j, red.GetValue(0));
             }
             ScalarToVector();

@@ -30,7 +30,7 @@ public:
         pipe_.InitBuffer(wf_, t.hidden * sizeof(float));
         pipe_.InitBuffer(sq_, t.hidden * sizeof(float));
         pipe_.InitBuffer(red_, 32);
-        pipe_.InitBuffer(work_, ReduceWorkFloats(t.hidden) * sizeof(float));
+        pipe_.InitBuffer(work_, ReduceSumWorkFloats(t.hidden) * sizeof(float));
         // The weight, once per core.
         LocalTensor<T> w = inQueue_.template AllocTensor<T>();
         DataCopy(w, weightGm_, t.hidden);

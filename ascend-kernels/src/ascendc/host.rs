@@ -492,9 +492,9 @@ pub enum Violation {
     GmOutOfRange,
     /// A `SetFlag` without its `WaitFlag`.
     UnpairedFlag,
-    /// `ReduceSum` with its destination as the work area.
+    /// `ReduceMax` with its work tensor inside its source.
     ReduceWorkOverlap,
-    /// `ReduceSum` of 1024 floats with 8 floats of work area (16 needed).
+    /// `ReduceMax` of 1024 floats with 16 floats of work tensor (32 needed).
     ReduceWorkTooSmall,
     /// `GetValue` of a value `Duplicate` wrote, with no `V_S` flag between.
     ScalarReadUnsynced,

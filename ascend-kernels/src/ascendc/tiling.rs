@@ -21,11 +21,16 @@ pub const PA_MAX_CHUNK: usize = 128;
 
 const BLOCK: usize = 32;
 
-/// Bytes of work area the count form of `ReduceSum` / `ReduceMax` needs for `count` floats
-/// (mirrors `ReduceWorkFloats` in `kernels/common.h`): one partial result per 256-byte repeat,
-/// rounded up to whole 32-byte blocks.
-fn reduce_work_bytes(count: usize) -> usize {
-    count.div_ceil(64).div_ceil(8).saturating_mul(BLOCK)
+/// Bytes of work tensor the count form of `ReduceSum` documents for `count` floats (mirrors
+/// `ReduceSumWorkFloats` in `kernels/common.h`).
+fn reduce_sum_work_bytes(count: usize) -> usize {
+    (count / 64).max(1).div_ceil(8).saturating_mul(BLOCK)
+}
+
+/// Bytes of work tensor the count form of `ReduceMax` needs for `count` floats (a value and an
+/// index per repeat; mirrors `ReduceMaxWorkFloats`).
+fn reduce_max_work_bytes(count: usize) -> usize {
+    (2 * (count / 64).max(1)).div_ceil(8).saturating_mul(BLOCK)
 }
 
 /// Rounds up to whole 32-byte blocks, as `TPipe::InitBuffer` does.
@@ -201,7 +206,7 @@ pub fn paged_attention_ub(group: usize, head_size: usize, chunk: usize, size: us
         + r32(chunk * 4)              // scores
         + PA_MAX_GROUP * 2 * BLOCK    // running max and sum per head
         + BLOCK                       // reduction results
-        + reduce_work_bytes(head_size.max(chunk)) // reduction work area
+        + reduce_sum_work_bytes(head_size).max(reduce_max_work_bytes(chunk)) // reductions' work
 }
 
 /// Tiles paged decode attention for elements of `size` bytes: picks the largest chunk (at most
@@ -301,7 +306,7 @@ pub fn rms_norm_ub(hidden: usize, size: usize, buffers: usize) -> usize {
     if any_huge(&[hidden, size, buffers]) {
         return usize::MAX;
     }
-    3 * buffers * r32(hidden * size) + 3 * r32(hidden * 4) + BLOCK + reduce_work_bytes(hidden)
+    3 * buffers * r32(hidden * size) + 3 * r32(hidden * 4) + BLOCK + reduce_sum_work_bytes(hidden)
 }
 
 /// Tiles RMSNorm (`fused`: with the residual add) for elements of `size` bytes: double-buffered
