@@ -175,6 +175,23 @@ private:
     std::map<uint32_t, std::pair<uint32_t, const char*>> spans_;
 };
 
+// What one core's run asked of each pipe, for the cost model (ascend_kernels::ascendc::cost).
+// Mirrored by a #[repr(C)] struct on the Rust side.
+struct CoreCost {
+    uint64_t mte2_bytes;    // GM -> UB
+    uint64_t mte2_copies;   // DataCopy GM -> UB instructions
+    uint64_t mte2_bursts;   // contiguous runs within them
+    uint64_t mte3_bytes;    // UB -> GM
+    uint64_t mte3_copies;
+    uint64_t mte3_bursts;
+    uint64_t vec_instrs;    // vector instructions
+    uint64_t vec_repeats;   // their 256-byte repeats
+    uint64_t scalar_ub;     // GetValue / SetValue on the UB
+    uint64_t scalar_gm;     // GetValue / SetValue on global memory
+    uint64_t flag_waits;    // WaitFlag (explicit, or inside library calls)
+    uint64_t queue_ops;     // EnQue / DeQue
+};
+
 struct CoreState {
     int64_t block_idx = 0;
     int64_t block_num = 1;
@@ -189,11 +206,25 @@ struct CoreState {
     // vector instruction reading bytes SetValue wrote needs an S_V flag.
     PendingWrites vector_writes;
     PendingWrites scalar_writes;
+    CoreCost cost{};
 };
+
 
 inline CoreState& core() {
     static thread_local CoreState state;
     return state;
+}
+
+// The per-core costs of the last launch on this thread.
+inline std::vector<CoreCost>& last_costs() {
+    static thread_local std::vector<CoreCost> costs;
+    return costs;
+}
+
+// One vector instruction over `bytes` (count form: ceil(bytes / 256) repeats, at least one).
+inline void count_vector(uint64_t bytes, uint64_t instrs = 1) {
+    core().cost.vec_instrs += instrs;
+    core().cost.vec_repeats += std::max<uint64_t>(1, (bytes + ONE_REPEAT_BYTE_SIZE - 1) / ONE_REPEAT_BYTE_SIZE);
 }
 
 inline int64_t GetBlockIdx() { return core().block_idx; }
@@ -241,6 +272,7 @@ public:
     T GetValue(uint32_t i) const {
         if (i >= size_) fail("GetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
         scalar_after_vector("GetValue", i);
+        core().cost.scalar_ub++;
         T v;
         std::memcpy(&v, ptr() + i, sizeof(T));
         return v;
@@ -249,6 +281,7 @@ public:
     void SetValue(uint32_t i, S v) const {
         if (i >= size_) fail("SetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
         scalar_after_vector("SetValue", i);
+        core().cost.scalar_ub++;
         T t = static_cast<T>(v);
         std::memcpy(ptr() + i, &t, sizeof(T));
         const uint32_t at = offset_ + i * sizeof(T);
@@ -262,8 +295,10 @@ public:
                  std::to_string(offset_ + count * sizeof(T)) + " that " + w +
                  " wrote with no S_V flag between (the vector unit may read them before the scalar store lands)");
     }
+    // Records the destination of one vector instruction (and counts the instruction).
     void vector_writes(const char* op, uint32_t count) const {
         core().vector_writes.add(offset_, offset_ + count * sizeof(T), op);
+        count_vector(static_cast<uint64_t>(count) * sizeof(T));
     }
 
     // Raw access for the API implementation: checks liveness and the range.
@@ -320,10 +355,12 @@ public:
     uint64_t GetSize() const { return size_; }
     T GetValue(uint64_t i) const {
         in_range("GetValue", i, 1);
+        core().cost.scalar_gm++;
         return ptr_[i];
     }
     void SetValue(uint64_t i, T v) {
         in_range("SetValue", i, 1);
+        core().cost.scalar_gm++;
         ptr_[i] = v;
     }
     GlobalTensor operator[](uint64_t off) const {
@@ -380,11 +417,13 @@ public:
         if (depth > 0 && static_cast<int32_t>(fifo_.size()) >= depth)
             fail("EnQue: the queue already holds " + std::to_string(fifo_.size()) + " tensors, its depth is " + std::to_string(depth));
         fifo_.push_back({t.buffer(), t.offset_bytes(), t.GetLength()});
+        core().cost.queue_ops++;
         return true;
     }
     template <typename T>
     LocalTensor<T> DeQue() {
         if (fifo_.empty()) fail("DeQue: the queue is empty");
+        core().cost.queue_ops++;
         Entry e = fifo_.front();
         fifo_.pop_front();
         if (!e.buf->allocated) fail("DeQue: the enqueued tensor was freed before it was dequeued");
@@ -495,6 +534,7 @@ inline void WaitFlag(int32_t id) {
     int& n = core().flags[{static_cast<int>(e), id}];
     if (n <= 0) fail("WaitFlag without a matching SetFlag (event " + std::to_string(static_cast<int>(e)) + ", id " + std::to_string(id) + ")");
     n--;
+    core().cost.flag_waits++;
     if (e == HardEvent::V_S) core().vector_writes.clear();
     if (e == HardEvent::S_V) core().scalar_writes.clear();
 }
@@ -533,6 +573,9 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     dst.operand("DataCopy GM->UB", count);
     src.in_range("DataCopy GM->UB", 0, count);
     std::memcpy(dst.ptr(), src.data(), count * sizeof(T));
+    core().cost.mte2_bytes += count * sizeof(T);
+    core().cost.mte2_copies++;
+    core().cost.mte2_bursts++;
 }
 
 template <typename T>
@@ -541,6 +584,9 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     src.operand("DataCopy UB->GM", count);
     dst.in_range("DataCopy UB->GM", 0, count);
     std::memcpy(dst.data(), src.ptr(), count * sizeof(T));
+    core().cost.mte3_bytes += count * sizeof(T);
+    core().cost.mte3_copies++;
+    core().cost.mte3_bursts++;
 }
 
 template <typename T>
@@ -560,6 +606,10 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     src.in_range("DataCopy GM->UB", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + sgap) + burst);
     for (uint32_t i = 0; i < p.blockCount; i++)
         std::memcpy(dst.ptr() + i * (burst + dgap), src.data() + static_cast<uint64_t>(i) * (burst + sgap), burst * sizeof(T));
+    // Bursts that abut in GM (no gap) are one contiguous run for the DMA.
+    core().cost.mte2_bytes += static_cast<uint64_t>(p.blockCount) * burst * sizeof(T);
+    core().cost.mte2_copies++;
+    core().cost.mte2_bursts += sgap == 0 ? 1 : p.blockCount;
 }
 
 template <typename T>
@@ -571,6 +621,9 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     dst.in_range("DataCopy UB->GM", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + dgap) + burst);
     for (uint32_t i = 0; i < p.blockCount; i++)
         std::memcpy(dst.data() + static_cast<uint64_t>(i) * (burst + dgap), src.ptr() + i * (burst + sgap), burst * sizeof(T));
+    core().cost.mte3_bytes += static_cast<uint64_t>(p.blockCount) * burst * sizeof(T);
+    core().cost.mte3_copies++;
+    core().cost.mte3_bursts += dgap == 0 ? 1 : p.blockCount;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -716,6 +769,8 @@ inline void reduce_count(const char* op, const LocalTensor<T>& dst, const LocalT
 inline void reduce_handshake() {
     core().vector_writes.clear();
     core().scalar_writes.clear();
+    core().cost.flag_waits += 3;  // V_S, S_V, S_MTE3
+    core().cost.scalar_ub += 1;   // the scalar store of the result
 }
 
 // Sums: each 256-byte repeat as a binary tree, then the repeats in order (the A2 count form).
@@ -723,6 +778,7 @@ template <typename T, bool isSetMask = true>
 inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& sharedTmpBuffer,
                       const int32_t count) {
     reduce_count("ReduceSum", dst, src, sharedTmpBuffer, count, false);
+    count_vector(static_cast<uint64_t>(count) * sizeof(T));  // one count-mode vcadd
     const int32_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
     float total = 0.0f;
     std::vector<float> lane(per_repeat);
@@ -748,6 +804,20 @@ inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
              type_name<T>() + " need " + std::to_string(need) + " (RoundUp(2 * max(1, count / elementsPerRepeat), elementsPerBlock))");
     if (workLocal.ptr() < src.ptr() + count && src.ptr() < workLocal.ptr() + need)
         fail("ReduceMax: the work tensor overlaps the source (its partial results would overwrite data still to be read)");
+    // vcmax over the repeats, then vcmax rounds over the partials (each round reduces 64 or 128
+    // pairs to one); a tail past whole repeats costs a second pass and a scalar merge.
+    {
+        const uint64_t per_repeat = ONE_REPEAT_BYTE_SIZE / sizeof(T);
+        count_vector(static_cast<uint64_t>(count) * sizeof(T));
+        for (uint64_t partials = 2 * (count / per_repeat); partials > per_repeat; partials = 2 * (partials / per_repeat))
+            count_vector(partials * sizeof(T));
+        if (count > static_cast<int32_t>(per_repeat)) count_vector(ONE_REPEAT_BYTE_SIZE);
+        if (count > static_cast<int32_t>(per_repeat) && count % per_repeat != 0) {
+            count_vector(ONE_REPEAT_BYTE_SIZE, 2);
+            core().cost.flag_waits += 3;
+            core().cost.scalar_ub += 4;
+        }
+    }
     float m = -INFINITY;
     uint32_t at = 0;
     for (int32_t i = 0; i < count; i++) {
@@ -758,8 +828,8 @@ inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
     dst.ptr()[0] = static_cast<T>(m);
     if (calIndex) {
         std::memcpy(&dst.ptr()[1], &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at));
-        workLocal.vector_writes("ReduceMax", need);
-        dst.vector_writes("ReduceMax", 2);
+        core().vector_writes.add(workLocal.offset_bytes(), workLocal.offset_bytes() + need * sizeof(T), "ReduceMax");
+        core().vector_writes.add(dst.offset_bytes(), dst.offset_bytes() + 2 * sizeof(T), "ReduceMax");
     } else {
         reduce_handshake();
     }
@@ -779,6 +849,7 @@ inline void reset_core(int64_t idx, int64_t num) {
     c.pipe = nullptr;
     c.vector_writes.clear();
     c.scalar_writes.clear();
+    c.cost = CoreCost{};
 }
 
 inline void check_core_exit() {
@@ -792,13 +863,16 @@ template <typename F>
 inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t err_len, F&& body) {
     try {
         if (block_dim == 0 || block_dim > 65535) fail("blockDim must be 1..65535");
+        last_costs().assign(block_dim, CoreCost{});
         for (uint32_t b = 0; b < block_dim; b++) {
             reset_core(b, block_dim);
             body();
             check_core_exit();
+            last_costs()[b] = core().cost;
         }
         return 0;
     } catch (const std::exception& e) {
+        last_costs().clear();
         std::string msg = std::string(name) + " (core " + std::to_string(core().block_idx) + "): " + e.what();
         if (err && err_len) {
             std::strncpy(err, msg.c_str(), err_len - 1);
@@ -806,6 +880,7 @@ inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t er
         }
         return 1;
     } catch (...) {
+        last_costs().clear();
         // Nothing may unwind into the Rust caller.
         if (err && err_len) {
             std::strncpy(err, name, err_len - 1);

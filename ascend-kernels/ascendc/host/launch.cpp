@@ -180,3 +180,11 @@ extern "C" int32_t ascendc_host_violation(uint32_t which, uint8_t* gm, char* err
     if (which >= sizeof(table) / sizeof(table[0])) return -1;
     return AscendC::launch("violation", 1, err, err_len, [&] { table[which](gm); });
 }
+
+// The per-core costs of the last successful launch on this thread (none after a failed one):
+// copies min(cap, cores) entries to `out` and returns the number of cores.
+extern "C" size_t ascendc_host_last_costs(AscendC::CoreCost* out, size_t cap) {
+    const auto& costs = AscendC::last_costs();
+    for (size_t i = 0; i < costs.size() && i < cap; i++) out[i] = costs[i];
+    return costs.size();
+}

@@ -27,6 +27,7 @@
 //!
 //! See `docs/kernels.md` for each kernel's tiling, Unified Buffer budget and bandwidth target.
 
+pub mod cost;
 pub mod host;
 pub(crate) mod npu;
 pub mod tiling;

@@ -1,0 +1,176 @@
+//! The Ascend C kernels' modelled time on a 910B next to their HBM roofline, at Llama-3-8B
+//! shapes: decode attention (batch 32, 2,048 tokens, 32 heads / 8 KV heads, head 128, f16,
+//! block 128) and a 4,096-token chunk through RoPE, RMSNorm and reshape_and_cache.
+//!
+//! Each kernel runs once on the host implementation of the Ascend C API, which counts what every
+//! simulated core asks of each pipe; `ascendc::cost::Figures::ASCEND_910B` turns the counts
+//! into a time. This is a model (its figures and their sources are in `ascend-kernels/src/
+//! ascendc/cost.rs`), not a measurement, so it is a plain program rather than a criterion
+//! bench: `cargo bench -p ascend-benches --bench ascendc_cost`.
+
+use ascend_benches::Rng;
+use ascend_kernels::ascendc::{cost, host, tiling};
+use ascend_kernels::{CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary};
+use half::f16;
+
+const HEADS: usize = 32;
+const KV_HEADS: usize = 8;
+const HEAD: usize = 128;
+const CHUNK_TOKENS: usize = 4096;
+
+fn values(n: usize, rng: &mut Rng) -> Vec<f16> {
+    (0..n)
+        .map(|_| f16::from_f32((rng.next_u64() % 2000) as f32 / 1000.0 - 1.0))
+        .collect()
+}
+
+fn cores(tasks: usize) -> u32 {
+    tasks.clamp(1, tiling::VECTOR_CORES as usize) as u32
+}
+
+/// Prints one row: the estimate of the launch just run against moving `bytes` through HBM.
+fn report(name: &str, bytes: u64) {
+    let f = cost::Figures::ASCEND_910B;
+    let launch = cost::last_launch();
+    let e = f.estimate(&launch);
+    let roof = f.roofline(bytes);
+    let t = cost::total(&launch);
+    let s = e.slowest_core;
+    println!(
+        "{name:<26} {:>10.1} {:>10.1} {:>7.2}x  {:<14} mte2 {:>8.1} vec {:>8.1} scalar {:>8.1}  \
+         ({} vector instrs, {} flag waits, {} GM scalar reads)",
+        e.seconds * 1e6,
+        roof * 1e6,
+        e.seconds / roof,
+        e.bound.to_string(),
+        s.mte2 * 1e6,
+        s.vector * 1e6,
+        s.scalar * 1e6,
+        t.vec_instrs,
+        t.flag_waits,
+        t.scalar_gm,
+    );
+}
+
+fn attention(rng: &mut Rng) {
+    const BATCH: usize = 32;
+    const CTX: usize = 2048;
+    const BLOCK: usize = 128;
+    let blocks_per_seq = CTX / BLOCK;
+    let cache = CacheShape {
+        num_blocks: BATCH * blocks_per_seq,
+        block_size: BLOCK,
+        num_kv_heads: KV_HEADS,
+        head_size: HEAD,
+    };
+    let p = PagedAttention {
+        num_seqs: BATCH,
+        num_heads: HEADS,
+        cache,
+        max_blocks_per_seq: blocks_per_seq,
+        scale: 1.0 / (HEAD as f32).sqrt(),
+        sliding_window: None,
+    };
+    let (k, v) = (values(cache.elements(), rng), values(cache.elements(), rng));
+    let q = values(BATCH * HEADS * HEAD, rng);
+    let mut ids: Vec<i32> = (0..cache.num_blocks as i32).collect();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.range(0, i + 1));
+    }
+    let lens = vec![CTX as i32; BATCH];
+    let mut out = vec![f16::ZERO; q.len()];
+    let dim = cores(BATCH * KV_HEADS);
+    host::paged_attention(&p, &mut out, &q, &k, &v, &ids, &lens, dim).expect("attention");
+    // K and V of every attended token once, the queries in, the outputs out.
+    let bytes = 2 * (BATCH * CTX * KV_HEADS * HEAD * 2) + 2 * q.len() * 2;
+    report("paged_attention (decode)", bytes as u64);
+}
+
+fn rope(rng: &mut Rng) {
+    let p = Rotary {
+        num_tokens: CHUNK_TOKENS,
+        num_heads: HEADS,
+        num_kv_heads: KV_HEADS,
+        head_size: HEAD,
+        rotary_dim: HEAD,
+        max_position: 8192,
+        style: RopeStyle::Neox,
+    };
+    let positions: Vec<i64> = (0..CHUNK_TOKENS as i64).collect();
+    let mut q = values(CHUNK_TOKENS * HEADS * HEAD, rng);
+    let mut k = values(CHUNK_TOKENS * KV_HEADS * HEAD, rng);
+    let cs: Vec<f32> = (0..8192 * HEAD).map(|i| (i as f32 * 1e-3).sin()).collect();
+    host::rotary_embedding(&p, &positions, &mut q, &mut k, &cs, cores(CHUNK_TOKENS)).expect("rope");
+    let bytes = 2 * (q.len() + k.len()) * 2 + CHUNK_TOKENS * HEAD * 4;
+    report("rotary_embedding", bytes as u64);
+}
+
+fn norm(rng: &mut Rng) {
+    const HIDDEN: usize = 4096;
+    let p = RmsNorm {
+        num_tokens: CHUNK_TOKENS,
+        hidden: HIDDEN,
+        eps: 1e-6,
+    };
+    let x = values(CHUNK_TOKENS * HIDDEN, rng);
+    let w = values(HIDDEN, rng);
+    let mut out = vec![f16::ZERO; x.len()];
+    host::rms_norm(&p, &mut out, &x, &w, cores(CHUNK_TOKENS)).expect("rms_norm");
+    let bytes = 2 * x.len() * 2 + HIDDEN * 2;
+    report("rms_norm", bytes as u64);
+}
+
+fn cache_write(rng: &mut Rng) {
+    let cache = CacheShape {
+        num_blocks: CHUNK_TOKENS / 128 + 1,
+        block_size: 128,
+        num_kv_heads: KV_HEADS,
+        head_size: HEAD,
+    };
+    let p = ReshapeAndCache {
+        num_tokens: CHUNK_TOKENS,
+        cache,
+    };
+    let row = KV_HEADS * HEAD;
+    let (key, value) = (
+        values(CHUNK_TOKENS * row, rng),
+        values(CHUNK_TOKENS * row, rng),
+    );
+    let (mut kc, mut vc) = (
+        vec![f16::ZERO; cache.elements()],
+        vec![f16::ZERO; cache.elements()],
+    );
+    let slots: Vec<i32> = (0..CHUNK_TOKENS as i32).map(|t| t + 128).collect();
+    host::reshape_and_cache(
+        &p,
+        &key,
+        &value,
+        &mut kc,
+        &mut vc,
+        &slots,
+        cores(CHUNK_TOKENS),
+    )
+    .expect("reshape_and_cache");
+    let bytes = 4 * CHUNK_TOKENS * row * 2 + CHUNK_TOKENS * 4;
+    report("reshape_and_cache", bytes as u64);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument, as criterion takes, is ignored.
+    let f = cost::Figures::ASCEND_910B;
+    println!(
+        "modelled 910B time ({} vector cores, {:.2} GHz, HBM {:.1} TB/s): estimate vs roofline, µs",
+        f.vector_cores,
+        f.clock_hz / 1e9,
+        f.hbm_bytes_per_s / 1e12
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>8}  {:<14} slowest core's pipes, µs",
+        "kernel", "estimate", "roofline", "ratio", "bound"
+    );
+    let mut rng = Rng(0xc057);
+    attention(&mut rng);
+    rope(&mut rng);
+    norm(&mut rng);
+    cache_write(&mut rng);
+}
