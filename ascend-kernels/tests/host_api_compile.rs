@@ -149,3 +149,59 @@ fn the_forms_cann_declares_compile() {
         panic!("{d}");
     }
 }
+
+#[test]
+fn level_0_forms_follow_the_repeat_rules() {
+    let setup = "TPipe pipe; TBuf<TPosition::VECCALC> a, b, c; pipe.InitBuffer(a, 1024); pipe.InitBuffer(b, 1024); pipe.InitBuffer(c, 1024);\n\
+                 LocalTensor<float> x = a.Get<float>(), y = b.Get<float>(), z = c.Get<float>();\n\
+                 Duplicate(x, 1.0f, 256); Duplicate(y, 2.0f, 256); Duplicate(z, 0.0f, 256);\n";
+    // Accumulation across repeats: dst and src1 with repeat stride 0 sum the 4 rows of x.
+    run(
+        "accumulate",
+        &format!(
+            "{setup}Add(z, x, z, 64, 4, BinaryRepeatParams(1, 1, 1, 0, 8, 0));\n\
+             SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0);\n\
+             if (z.GetValue(0) != 4.0f || z.GetValue(64) != 0.0f) fail(\"accumulated wrongly\");"
+        ),
+    )
+    .unwrap();
+    // Brcb then a block-broadcast Mul: row j of y times element j of x.
+    run(
+        "broadcast",
+        &format!(
+            "{setup}SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0);\n\
+             x.SetValue(1, 3.0f); SetFlag<HardEvent::S_V>(EVENT_ID0); WaitFlag<HardEvent::S_V>(EVENT_ID0);\n\
+             Brcb(z, x, 1, BrcbRepeatParams(1, 8));\n\
+             Mul(y, y, z, 64, 2, BinaryRepeatParams(1, 1, 0, 8, 8, 1));\n\
+             SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0);\n\
+             if (y.GetValue(0) != 2.0f || y.GetValue(64) != 6.0f || y.GetValue(128) != 2.0f) fail(\"broadcast wrongly\");"
+        ),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "mask",
+            "Mul(z, x, y, 65, 1, BinaryRepeatParams());",
+            "Mul: continuous mask 65 outside 1..64",
+        ),
+        (
+            "feed",
+            "MulAddDst(x[8], x, y, 64, 2, BinaryRepeatParams());",
+            "MulAddDst: dst and src0 overlap without coinciding",
+        ),
+        (
+            "past",
+            "Mul(z, x, y, 64, 5, BinaryRepeatParams());",
+            "Mul: the dst repeats reach element 319 of a tensor of 256",
+        ),
+        (
+            "brcb-alias",
+            "Brcb(x, x, 1, BrcbRepeatParams(1, 8));",
+            "Brcb: src0 and dst share memory",
+        ),
+    ];
+    for (name, body, rule) in cases {
+        let e = run(name, &format!("{setup}{body}")).unwrap_err();
+        assert!(e.contains(rule), "{name}: {e}");
+    }
+}

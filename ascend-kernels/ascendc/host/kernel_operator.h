@@ -702,6 +702,210 @@ ASCENDC_UNARY(Sqrt, std::sqrt(u))
 ASCENDC_UNARY(Abs, std::fabs(u))
 #undef ASCENDC_UNARY
 
+// ---------------------------------------------------------------------------------------------
+// Vector compute, level 0 (mask + repeat form): each repeat covers 8 data blocks of 32 bytes;
+// blocks within a repeat are `BlkStride` blocks apart, repeats `RepStride` blocks apart; a
+// continuous mask selects the first `mask` elements of each repeat (1..256 / sizeof(T)).
+struct BinaryRepeatParams {
+    BinaryRepeatParams() {}
+    BinaryRepeatParams(const uint8_t dstBlkStrideIn, const uint8_t src0BlkStrideIn, const uint8_t src1BlkStrideIn,
+                       const uint8_t dstRepStrideIn, const uint8_t src0RepStrideIn, const uint8_t src1RepStrideIn)
+        : dstBlkStride(dstBlkStrideIn), src0BlkStride(src0BlkStrideIn), src1BlkStride(src1BlkStrideIn),
+          dstRepStride(dstRepStrideIn), src0RepStride(src0RepStrideIn), src1RepStride(src1RepStrideIn) {}
+    uint32_t blockNumber = 8;
+    uint8_t dstBlkStride = 1;
+    uint8_t src0BlkStride = 1;
+    uint8_t src1BlkStride = 1;
+    uint8_t dstRepStride = 8;
+    uint8_t src0RepStride = 8;
+    uint8_t src1RepStride = 8;
+    bool repeatStrideMode = false;
+    bool strideSizeMode = false;
+};
+
+struct BrcbRepeatParams {
+    BrcbRepeatParams() {}
+    BrcbRepeatParams(const uint16_t dstBlkStrideIn, const uint16_t dstRepStrideIn)
+        : dstRepStride(dstRepStrideIn), dstBlkStride(dstBlkStrideIn) {}
+    uint32_t blockNumber = 8;
+    uint16_t dstRepStride = 8;
+    uint16_t dstBlkStride = 1;
+    uint8_t src0BlkStride = 1;
+    uint8_t src1BlkStride = 1;
+    uint8_t src0RepStride = 8;
+    uint8_t src1RepStride = 8;
+    bool repeatStrideMode = false;
+    bool strideSizeMode = false;
+};
+
+// Element `i` (< mask) of repeat `r` of an operand with these strides, as an element offset.
+template <typename T>
+inline uint64_t level0_at(uint32_t r, uint32_t i, uint32_t blk, uint32_t rep) {
+    constexpr uint32_t epb = ONE_BLK_SIZE / sizeof(T);
+    return (static_cast<uint64_t>(r) * rep + static_cast<uint64_t>(i / epb) * blk) * epb + i % epb;
+}
+
+// The bytes an operand's repeats touch: [first, last] element offsets, as a byte range.
+template <typename T>
+inline std::pair<uint32_t, uint32_t> level0_span(const LocalTensor<T>& t, uint64_t mask, uint32_t repeat, uint32_t blk,
+                                                 uint32_t rep) {
+    uint64_t hi = 0;
+    for (uint32_t i = 0; i < mask; i++) hi = std::max(hi, level0_at<T>(repeat - 1, i, blk, rep));
+    for (uint32_t i = 0; i < mask && repeat > 1; i++) hi = std::max(hi, level0_at<T>(0, i, blk, rep));
+    return {t.offset_bytes(), static_cast<uint32_t>(t.offset_bytes() + (hi + 1) * sizeof(T))};
+}
+
+template <typename T>
+inline void level0_operand(const char* op, const char* which, const LocalTensor<T>& t, uint64_t mask, uint32_t repeat,
+                           uint32_t blk, uint32_t rep) {
+    t.operand(op, 0);
+    const auto span = level0_span(t, mask, repeat, blk, rep);
+    const uint64_t elems = (span.second - span.first) / sizeof(T);
+    if (elems > t.GetSize())
+        fail(std::string(op) + ": the " + which + " repeats reach element " + std::to_string(elems - 1) + " of a tensor of " +
+             std::to_string(t.GetSize()));
+}
+
+template <typename T>
+inline void level0_mask(const char* op, uint64_t mask, uint32_t repeat) {
+    vector_type<T>(op);
+    const uint64_t most = ONE_REPEAT_BYTE_SIZE / sizeof(T);
+    if (mask < 1 || mask > most)
+        fail(std::string(op) + ": continuous mask " + std::to_string(mask) + " outside 1.." + std::to_string(most));
+    if (repeat > 255) fail(std::string(op) + ": repeatTime " + std::to_string(repeat) + " > 255");
+}
+
+inline bool spans_overlap(std::pair<uint32_t, uint32_t> a, std::pair<uint32_t, uint32_t> b) {
+    return a.first < b.second && b.first < a.second;
+}
+
+// A level-0 binary instruction: dst = f(src0, src1, dst) per selected element, repeat after
+// repeat (so a repeat sees what earlier repeats wrote, as the hardware does in the one case
+// where that is allowed). Overlap rule (general constraints): within a repeat an operand and
+// dst coincide fully or not at all, and the dst of one repeat must not feed a source of a later
+// one, except for Add/Sub/Mul/Max/Min when only dst and src1 overlap and src1RepStride or
+// dstRepStride is 0 (an accumulation across repeats).
+template <typename T, typename F>
+inline void level0_binary(const char* op, bool accumulating_allowed, const LocalTensor<T>& dst, const LocalTensor<T>& src0,
+                          const LocalTensor<T>& src1, uint64_t mask, uint8_t repeatTimes, const BinaryRepeatParams& p, F f) {
+    level0_mask<T>(op, mask, repeatTimes);
+    if (repeatTimes == 0) return;
+    level0_operand(op, "dst", dst, mask, repeatTimes, p.dstBlkStride, p.dstRepStride);
+    level0_operand(op, "src0", src0, mask, repeatTimes, p.src0BlkStride, p.src0RepStride);
+    level0_operand(op, "src1", src1, mask, repeatTimes, p.src1BlkStride, p.src1RepStride);
+    const auto d = level0_span(dst, mask, repeatTimes, p.dstBlkStride, p.dstRepStride);
+    const auto a = level0_span(src0, mask, repeatTimes, p.src0BlkStride, p.src0RepStride);
+    const auto b = level0_span(src1, mask, repeatTimes, p.src1BlkStride, p.src1RepStride);
+    const bool same0 = dst.offset_bytes() == src0.offset_bytes() && p.dstBlkStride == p.src0BlkStride &&
+                       p.dstRepStride == p.src0RepStride;
+    const bool same1 = dst.offset_bytes() == src1.offset_bytes() && p.dstBlkStride == p.src1BlkStride &&
+                       p.dstRepStride == p.src1RepStride;
+    if (spans_overlap(d, a) && !same0)
+        fail(std::string(op) + ": dst and src0 overlap without coinciding (one repeat's result would feed a later repeat)");
+    if (spans_overlap(d, b) && !same1 &&
+        !(accumulating_allowed && (p.src1RepStride == 0 || p.dstRepStride == 0)))
+        fail(std::string(op) + ": dst and src1 overlap without coinciding, and this is not the accumulation form "
+             "(Add/Sub/Mul/Max/Min with src1RepStride or dstRepStride 0)");
+    src0.vector_reads(op, (a.second - a.first) / sizeof(T));
+    src1.vector_reads(op, (b.second - b.first) / sizeof(T));
+    core().vector_writes.add(d.first, d.second, op);
+    core().cost.vec_instrs++;
+    core().cost.vec_repeats += repeatTimes;
+    T* dp = dst.ptr();
+    const T* ap = src0.ptr();
+    const T* bp = src1.ptr();
+    std::vector<float> out(mask);
+    for (uint32_t r = 0; r < repeatTimes; r++) {
+        for (uint32_t i = 0; i < mask; i++)
+            out[i] = f(static_cast<float>(ap[level0_at<T>(r, i, p.src0BlkStride, p.src0RepStride)]),
+                       static_cast<float>(bp[level0_at<T>(r, i, p.src1BlkStride, p.src1RepStride)]),
+                       static_cast<float>(dp[level0_at<T>(r, i, p.dstBlkStride, p.dstRepStride)]));
+        for (uint32_t i = 0; i < mask; i++) dp[level0_at<T>(r, i, p.dstBlkStride, p.dstRepStride)] = static_cast<T>(out[i]);
+    }
+}
+
+template <typename T, bool isSetMask = true>
+inline void Add(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask,
+                const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
+    level0_binary("Add", true, dst, src0, src1, mask, repeatTimes, repeatParams, [](float a, float b, float) { return a + b; });
+}
+template <typename T, bool isSetMask = true>
+inline void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask,
+                const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
+    level0_binary("Mul", true, dst, src0, src1, mask, repeatTimes, repeatParams, [](float a, float b, float) { return a * b; });
+}
+// dst = src0 * src1 + dst (same element type here; CANN also has a mixed-precision form).
+template <typename T, typename U, bool isSetMask = true>
+inline void MulAddDst(const LocalTensor<T>& dst, const LocalTensor<U>& src0, const LocalTensor<U>& src1, uint64_t mask,
+                      const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
+    static_assert(std::is_same<T, U>::value, "the host implementation provides MulAddDst with one element type");
+    level0_binary("MulAddDst", false, dst, src0, src1, mask, repeatTimes, repeatParams,
+                  [](float a, float b, float d) { return a * b + d; });
+}
+
+// One sum per repeat (the first `mask` elements, as a binary tree over the repeat's lanes), the
+// sums `dstRepStride` elements apart.
+template <typename T, bool isSetMask = true>
+inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t mask, const int32_t repeatTimes,
+                           const int32_t dstRepStride, const int32_t srcBlkStride, const int32_t srcRepStride) {
+    const char* op = "WholeReduceSum";
+    if (repeatTimes < 0 || dstRepStride < 0 || srcBlkStride < 0 || srcRepStride < 0)
+        fail(std::string(op) + ": negative repeat or stride");
+    level0_mask<T>(op, static_cast<uint64_t>(mask), static_cast<uint32_t>(repeatTimes));
+    if (repeatTimes == 0) return;
+    level0_operand(op, "src", src, mask, repeatTimes, srcBlkStride, srcRepStride);
+    dst.check(op);
+    const uint64_t last = static_cast<uint64_t>(repeatTimes - 1) * dstRepStride;
+    if (last >= dst.GetSize())
+        fail(std::string(op) + ": sum " + std::to_string(repeatTimes - 1) + " lands at element " + std::to_string(last) +
+             " of a tensor of " + std::to_string(dst.GetSize()));
+    const auto sspan = level0_span(src, mask, repeatTimes, srcBlkStride, srcRepStride);
+    const std::pair<uint32_t, uint32_t> dspan{dst.offset_bytes(), static_cast<uint32_t>(dst.offset_bytes() + (last + 1) * sizeof(T))};
+    if (spans_overlap(sspan, dspan)) fail(std::string(op) + ": dst overlaps src");
+    src.vector_reads(op, (sspan.second - sspan.first) / sizeof(T));
+    core().vector_writes.add(dspan.first, dspan.second, op);
+    core().cost.vec_instrs++;
+    core().cost.vec_repeats += repeatTimes;
+    const int32_t lanes = ONE_REPEAT_BYTE_SIZE / sizeof(T);
+    std::vector<float> lane(lanes);
+    for (int32_t r = 0; r < repeatTimes; r++) {
+        for (int32_t i = 0; i < lanes; i++)
+            lane[i] = i < mask ? static_cast<float>(src.ptr()[level0_at<T>(r, i, srcBlkStride, srcRepStride)]) : 0.0f;
+        for (int32_t w = lanes / 2; w >= 1; w /= 2)
+            for (int32_t i = 0; i < w; i++) lane[i] += lane[i + w];
+        dst.ptr()[static_cast<uint64_t>(r) * dstRepStride] = static_cast<T>(lane[0]);
+    }
+}
+
+// Each repeat takes 8 elements of src0 and fills one 32-byte block of dst with each.
+template <typename T>
+inline void Brcb(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const uint8_t repeatTimes,
+                 const BrcbRepeatParams& repeatParams) {
+    const char* op = "Brcb";
+    dst.operand(op, 0);
+    src0.operand(op, static_cast<uint32_t>(repeatTimes) * 8);
+    if (repeatTimes == 0) return;
+    constexpr uint32_t epb = ONE_BLK_SIZE / sizeof(T);
+    const uint32_t blk = repeatParams.dstBlkStride == 0 ? 1 : repeatParams.dstBlkStride;  // 0 acts as 1
+    const uint64_t last_block = static_cast<uint64_t>(repeatTimes - 1) * repeatParams.dstRepStride + 7u * blk;
+    if ((last_block + 1) * epb > dst.GetSize())
+        fail(std::string(op) + ": the repeats reach block " + std::to_string(last_block) + " of a tensor of " +
+             std::to_string(dst.GetSize() / epb) + " blocks");
+    const std::pair<uint32_t, uint32_t> d{dst.offset_bytes(), static_cast<uint32_t>(dst.offset_bytes() + (last_block + 1) * ONE_BLK_SIZE)};
+    const std::pair<uint32_t, uint32_t> s{src0.offset_bytes(), static_cast<uint32_t>(src0.offset_bytes() + repeatTimes * 8u * sizeof(T))};
+    if (spans_overlap(d, s)) fail(std::string(op) + ": src0 and dst share memory (not supported)");
+    src0.vector_reads(op, repeatTimes * 8u);
+    core().vector_writes.add(d.first, d.second, op);
+    core().cost.vec_instrs++;
+    core().cost.vec_repeats += repeatTimes;
+    for (uint32_t r = 0; r < repeatTimes; r++)
+        for (uint32_t i = 0; i < 8; i++) {
+            const T v = src0.ptr()[r * 8 + i];
+            T* block = dst.ptr() + (static_cast<uint64_t>(r) * repeatParams.dstRepStride + i * blk) * epb;
+            for (uint32_t e = 0; e < epb; e++) block[e] = v;
+        }
+}
+
 template <typename T>
 inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count) {
     dst.operand("Duplicate", count);

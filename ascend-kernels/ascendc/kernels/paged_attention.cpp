@@ -6,10 +6,19 @@
 // once for all the query heads of its group. Per task the group's query rows come in once
 // (scaled, in float); the context then streams through the UB a chunk at a time (at most
 // `chunk` tokens, never crossing a cache block) as strided bursts, one burst of head_size per
-// token, through double-buffered K and V queues. Per chunk and query head: scores by vector
-// Mul + ReduceSum, online softmax (ReduceMax, Adds, Exp, ReduceSum; the running sum and
-// rescaling stay in the UB), and the weighted V rows accumulate with Muls + Add. The result is
-// divided by the softmax sum and leaves through a queue.
+// token, through double-buffered K and V queues. Per chunk and query head, a handful of vector
+// instructions over the whole chunk, none per token (level-0 repeats: one repeat per token row):
+//   scores:  Mul / MulAddDst of each 64-float piece of the K rows with the same piece of the
+//            query (src1 repeat stride 0), into one 64-lane row per token; WholeReduceSum of
+//            the rows gives the n scores;
+//   softmax: online; the running max is a scalar (ReduceMax's result is scalar-readable at once,
+//            the library ends it with its own V_S / S_V), the rescale factor exp(old - new max)
+//            fills a 32-byte block that level-0 ops broadcast, the running sum stays in the UB:
+//            no explicit flag and one scalar read per chunk and head;
+//   P.V:     Brcb spreads each weight over a 32-byte block; Mul of each 64-float piece of the V
+//            rows with its token's weight block (src1 block stride 0), then an accumulating Add
+//            (dst and src1 repeat stride 0) sums the n rows into the output piece.
+// The result is divided by the softmax sum and leaves through a queue.
 //
 // Device-side indices (sequence lengths, block table entries) are checked before use: a
 // sequence whose length is negative or past its block table, or whose attended blocks name a
@@ -47,8 +56,11 @@ public:
         pipe_.InitBuffer(acc_, rows * sizeof(float));
         pipe_.InitBuffer(kf_, kv * sizeof(float));
         pipe_.InitBuffer(vf_, kv * sizeof(float));
-        pipe_.InitBuffer(prod_, t.head_size * sizeof(float));
-        pipe_.InitBuffer(scores_, t.chunk * sizeof(float));
+        // One 64-float row per token (score partials, then weighted V pieces); the chunk's
+        // scores; each token's weight spread over a 32-byte block.
+        pipe_.InitBuffer(rows_, t.chunk * 64 * sizeof(float));
+        pipe_.InitBuffer(scores_, (t.chunk + 7) / 8 * 8 * sizeof(float));
+        pipe_.InitBuffer(weights_, (t.chunk + 7) / 8 * 8 * 8 * sizeof(float));
         // Per query head: running max, running sum; a block for reduction results; and the
         // reductions' work area, apart from their operands as ReduceSum / ReduceMax require.
         pipe_.InitBuffer(stats_, PA_MAX_GROUP * 2 * 32);
@@ -64,8 +76,9 @@ public:
     }
 
 private:
-    // Head g's running max and sum live in their own 32-byte blocks, so vector ops can use them.
-    __aicore__ inline LocalTensor<float> RunMax(uint32_t g) { return stats_.Get<float>()[g * 16]; }
+    // Head g's rescale factor (in all 8 lanes, so a level-0 op can broadcast it) and running sum
+    // live in their own 32-byte blocks; its running max is a scalar (runMax_).
+    __aicore__ inline LocalTensor<float> Rescale(uint32_t g) { return stats_.Get<float>()[g * 16]; }
     __aicore__ inline LocalTensor<float> RunSum(uint32_t g) { return stats_.Get<float>()[g * 16 + 8]; }
 
     __aicore__ inline void Task(uint32_t seq, uint32_t kvh) {
@@ -87,7 +100,7 @@ private:
             qQueue_.FreeTensor(q);
             Muls(qf, qf, t_.scale, static_cast<int32_t>(rows));
             for (uint32_t g = 0; g < group_; g++) {
-                Duplicate(RunMax(g), -INFINITY, 1);
+                runMax_[g] = -INFINITY;
                 Duplicate(RunSum(g), 0.0f, 1);
             }
             for (uint32_t pos = first; pos < static_cast<uint32_t>(len);) {
@@ -153,51 +166,64 @@ private:
         vQueue_.FreeTensor(v);
 
         LocalTensor<float> qf = qf_.Get<float>(), acc = acc_.Get<float>();
-        LocalTensor<float> prod = prod_.Get<float>(), scores = scores_.Get<float>(), red = red_.Get<float>();
-        LocalTensor<float> work = work_.Get<float>();
-        const int32_t h = static_cast<int32_t>(hs), m = static_cast<int32_t>(n);
+        LocalTensor<float> rows = rows_.Get<float>(), scores = scores_.Get<float>(), red = red_.Get<float>();
+        LocalTensor<float> weights = weights_.Get<float>(), work = work_.Get<float>();
+        const int32_t m = static_cast<int32_t>(n);
+        const uint8_t rep = static_cast<uint8_t>(n);
+        const uint8_t rowBlocks = static_cast<uint8_t>(hs / 8);  // one token row, in 32-byte blocks
+        const uint64_t lanes = hs < 64 ? hs : 64;
         for (uint32_t g = 0; g < group_; g++) {
             LocalTensor<float> qg = qf[g * hs], ag = acc[g * hs];
-            for (uint32_t j = 0; j < n; j++) {
-                Mul(prod, qg, kf[j * hs], h);
-                // ReduceSum ends with the library's own V_S / S_V handshake (dav-c220), so the
-                // sum can be read at once.
-                ReduceSum(red, prod, work, h);
-                scores.SetValue(j, red.GetValue(0));
+            // rows[j] = sum over the 64-float pieces c of k_j[c] * q[c]; scores[j] = sum(rows[j]).
+            for (uint32_t c = 0; c < hs; c += 64) {
+                const uint64_t mask = hs - c < 64 ? hs - c : 64;
+                const BinaryRepeatParams p(1, 1, 1, 8, rowBlocks, 0);
+                if (c == 0)
+                    Mul(rows, kf[c], qg[c], mask, rep, p);
+                else
+                    MulAddDst(rows, kf[c], qg[c], mask, rep, p);
             }
-            ScalarToVector();
-            // new max = max(old max, chunk max); rescale = exp(old max - new max).
+            WholeReduceSum(scores, rows, static_cast<int32_t>(lanes), m, 1, 1, 8);
+            // new max = max(old max, chunk max), on the scalar unit: ReduceMax ends with the
+            // library's own V_S / S_V handshake, so its result is readable at once.
             ReduceMax(red, scores, work, m);
-            Max(red, red, RunMax(g), 1);
-            VectorToScalar();
-            const float newMax = red.GetValue(0);
-            Sub(red, RunMax(g), red, 1);
-            Exp(red, red, 1);
-            VectorToScalar();
-            const float rescale = red.GetValue(0);
-            Duplicate(RunMax(g), newMax, 1);
+            const float chunkMax = red.GetValue(0);
+            const float newMax = chunkMax > runMax_[g] ? chunkMax : runMax_[g];
+            // rescale = exp(old max - new max), in all lanes of the head's block.
+            LocalTensor<float> rescale = Rescale(g);
+            Duplicate(rescale, runMax_[g] - newMax, 8);
+            Exp(rescale, rescale, 8);
+            runMax_[g] = newMax;
             // weights = exp(scores - new max); sum = sum * rescale + sum(weights).
             Adds(scores, scores, -newMax, m);
             Exp(scores, scores, m);
             ReduceSum(red, scores, work, m);
-            Muls(RunSum(g), RunSum(g), rescale, 1);
+            Mul(RunSum(g), RunSum(g), rescale, 1);
             Add(RunSum(g), RunSum(g), red, 1);
-            // acc = acc * rescale + sum_j weight_j * v_j.
-            Muls(ag, ag, rescale, h);
-            VectorToScalar();  // the weights, read one by one below
-            for (uint32_t j = 0; j < n; j++) {
-                Muls(prod, vf[j * hs], scores.GetValue(j), h);
-                Add(ag, ag, prod, h);
+            // acc = acc * rescale + sum_j weight_j * v_j, a 64-float piece at a time.
+            const BinaryRepeatParams byBlock(1, 1, 0, 8, 8, 0);
+            if (hs >= 64) Mul(ag, ag, rescale, 64, static_cast<uint8_t>(hs / 64), byBlock);
+            if (hs % 64 != 0) {
+                LocalTensor<float> tail = ag[hs / 64 * 64];
+                Mul(tail, tail, rescale, hs % 64, 1, byBlock);
+            }
+            Brcb(weights, scores, static_cast<uint8_t>((n + 7) / 8), BrcbRepeatParams(1, 8));
+            for (uint32_t c = 0; c < hs; c += 64) {
+                const uint64_t mask = hs - c < 64 ? hs - c : 64;
+                Mul(rows, vf[c], weights, mask, rep, BinaryRepeatParams(1, 1, 0, 8, rowBlocks, 1));
+                LocalTensor<float> out = ag[c];
+                Add(out, rows, out, mask, rep, BinaryRepeatParams(1, 1, 1, 0, 8, 0));
             }
         }
     }
 
     ArkPagedAttentionTiling t_;
     uint32_t group_ = 1, tokenStride_ = 0;
+    float runMax_[PA_MAX_GROUP];
     TPipe pipe_;
     TQue<TPosition::VECIN, 1> qQueue_, kQueue_, vQueue_;
     TQue<TPosition::VECOUT, 1> outQueue_;
-    TBuf<TPosition::VECCALC> qf_, acc_, kf_, vf_, prod_, scores_, stats_, red_, work_;
+    TBuf<TPosition::VECCALC> qf_, acc_, kf_, vf_, rows_, scores_, weights_, stats_, red_, work_;
     GlobalTensor<T> outGm_, qGm_, kGm_, vGm_;
     GlobalTensor<int32_t> tableGm_, lenGm_;
 };

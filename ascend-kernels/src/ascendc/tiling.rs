@@ -16,6 +16,9 @@ pub const UB_BUDGET: usize = 184 * 1024;
 pub const VECTOR_CORES: u32 = 48;
 /// The most query heads per KV head the attention kernel handles (`PA_MAX_GROUP`).
 pub const PA_MAX_GROUP: usize = 16;
+/// The largest head the attention kernel handles: a float token row is a level-0 repeat stride,
+/// at most 255 blocks of 32 bytes.
+pub const PA_MAX_HEAD_SIZE: usize = 255 * 8;
 /// The most tokens of K/V the attention kernel stages at a time (`PA_MAX_CHUNK`).
 pub const PA_MAX_CHUNK: usize = 128;
 
@@ -202,8 +205,9 @@ pub fn paged_attention_ub(group: usize, head_size: usize, chunk: usize, size: us
         + 2 * r32(kv * size) * 2      // K and V queues
         + 2 * r32(rows * 4)           // scaled queries and accumulators, float
         + 2 * r32(kv * 4)             // K and V chunks, float
-        + r32(head_size * 4)          // products
-        + r32(chunk * 4)              // scores
+        + r32(chunk * 64 * 4)         // one 64-float row per token
+        + r32(chunk.div_ceil(8) * 8 * 4) // scores
+        + chunk.div_ceil(8) * 8 * BLOCK // each weight spread over a block
         + PA_MAX_GROUP * 2 * BLOCK    // running max and sum per head
         + BLOCK                       // reduction results
         + reduce_sum_work_bytes(head_size).max(reduce_max_work_bytes(chunk)) // reductions' work
@@ -226,6 +230,16 @@ pub fn paged_attention(p: &PagedAttention, size: usize) -> Result<PagedAttention
     }
     aligned(OP, "head_size", c.head_size, size)?;
     aligned(OP, "head_size in float", c.head_size, 4)?;
+    if c.head_size > PA_MAX_HEAD_SIZE {
+        return Err(refuse(
+            OP,
+            format!(
+                "head_size {} is past the {PA_MAX_HEAD_SIZE} the Ascend C kernel handles (a token \
+                 row is a level-0 repeat stride, at most 255 blocks of 32 bytes)",
+                c.head_size
+            ),
+        ));
+    }
     let most = c.block_size.min(PA_MAX_CHUNK);
     let chunk = (1..=most)
         .rev()
@@ -364,8 +378,8 @@ mod tests {
             assert!(paged_attention_ub(8, 128, n, size) <= UB_BUDGET);
             assert!(n == 128 || paged_attention_ub(8, 128, n + 1, size) > UB_BUDGET);
         }
-        assert_eq!(paged_attention(&p, 2).unwrap().chunk, 83);
-        assert_eq!(paged_attention(&p, 4).unwrap().chunk, 52);
+        assert_eq!(paged_attention(&p, 2).unwrap().chunk, 72);
+        assert_eq!(paged_attention(&p, 4).unwrap().chunk, 48);
     }
 
     #[test]

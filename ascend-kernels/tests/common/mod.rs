@@ -50,7 +50,14 @@ pub struct Problem {
 pub fn problem() -> impl Strategy<Value = Problem> {
     (
         prop_oneof![Just(16usize), Just(128)],
-        prop_oneof![Just(64usize), Just(80), Just(96), Just(128), Just(256)],
+        prop_oneof![
+            Just(32usize),
+            Just(64),
+            Just(80),
+            Just(96),
+            Just(128),
+            Just(256)
+        ],
         1usize..3,
         prop_oneof![Just(1usize), Just(2), Just(4)],
         prop::collection::vec(1usize..300, 1..4),
