@@ -217,16 +217,33 @@ fn the_host_implementation_rejects_what_a_910b_would() {
         m.contains("ReduceMax: the work tensor holds 16 elements; 1024 float need 32"),
         "{m}"
     );
-    let m = fault(Violation::ScalarReadUnsynced);
-    assert!(
-        m.contains("GetValue(3) at UB byte 44 after Duplicate wrote it with no V_S flag"),
-        "{m}"
-    );
-    let m = fault(Violation::VectorReadUnsynced);
-    assert!(
-        m.contains("Adds reads UB bytes 0..32 that SetValue wrote with no S_V flag"),
-        "{m}"
-    );
+    // The pipe model: each hazard names both accesses, their pipes and the missing event.
+    let hazards = [
+        (
+            Violation::ScalarReadUnsynced,
+            "GetValue(3) (pipe S) reads UB bytes 44..48 that Duplicate (pipe V) wrote with no V_S synchronisation",
+        ),
+        (
+            Violation::VectorReadUnsynced,
+            "Adds (pipe V) reads UB bytes 20..24 that SetValue (pipe S) wrote with no S_V synchronisation",
+        ),
+        (
+            Violation::Mte2ToVectorUnsynced,
+            "Adds (pipe V) reads UB bytes 0..256 that DataCopy GM->UB (pipe MTE2) wrote with no MTE2_V synchronisation",
+        ),
+        (
+            Violation::VectorToMte3Unsynced,
+            "DataCopy UB->GM (pipe MTE3) reads UB bytes 0..256 that Duplicate (pipe V) wrote with no V_MTE3 synchronisation",
+        ),
+        (
+            Violation::RefillWithoutFree,
+            "DataCopy GM->UB (pipe MTE2) writes UB bytes 0..256 that Adds (pipe V) read with no V_MTE2 synchronisation",
+        ),
+    ];
+    for (v, want) in hazards {
+        let m = fault(v);
+        assert!(m.contains(want), "{v:?}: {m}");
+    }
     let m = fault(Violation::UnpairedFlag);
     assert!(m.contains("SetFlag without a matching WaitFlag"), "{m}");
     // Each message says which simulated core broke the rule.

@@ -107,7 +107,8 @@ fn reductions_synchronise_as_cann_implements_them() {
     );
     let e = run("max-index-unsynced", &unsynced).unwrap_err();
     assert!(
-        e.contains("GetValue(1)") && e.contains("after ReduceMax wrote it with no V_S flag"),
+        e.contains("GetValue(1) (pipe S) reads UB bytes")
+            && e.contains("that ReduceMax (pipe V) wrote with no V_S synchronisation"),
         "{e}"
     );
     let synced = unsynced.replace(

@@ -13,11 +13,19 @@
 //     and any use of a LocalTensor after FreeTensor are errors;
 //   - SetFlag/WaitFlag pairs balance by the end of each core's run; SyncAll is refused (the cores
 //     run one after another, so they cannot wait for each other).
+//   - the pipes: every UB access belongs to MTE2, V, MTE3 or S, and one pipe may not read what
+//     another wrote (or overwrite what another reads) without a queue hand-off, a flag or a
+//     barrier between them (PipeModel below);
+//   - the reductions and level-0 (mask + repeat) forms as CANN 8.1.RC1 implements and documents
+//     them for dav-c220.
+// It also counts what each core asks of each pipe, for the cost model (CoreCost).
 // Every violation throws AscendC::KernelError, which the launch shim turns into an error code and
 // message for the caller.
 //
-// Written from the CANN 8.5 Ascend C documentation and headers (asc-devkit v8.5.0); see
-// shared/reference/ascendc.md. Only the subset below is provided.
+// Written from the CANN Ascend C documentation (asc-devkit) and the CANN 8.1.RC1 headers, whose
+// declarations it mirrors (names, template parameters, arguments, defaults), so a kernel that
+// compiles here compiles against CANN (scripts/check-ascendc-api.sh checks). Only the subset
+// below is provided.
 
 #pragma once
 
@@ -144,35 +152,129 @@ struct Buffer {
     uint32_t len = 0;      // bytes
     uint64_t generation = 1;
     bool allocated = false;
+    bool freed_once = false;  // FreeTensor has run, so freed_at is meaningful
+    uint64_t freed_at = 0;    // the pipe model's sequence number at the last FreeTensor
 };
 
-// UB byte ranges [lo, hi) that one pipe wrote and another has not yet been told about, with the
-// last instruction that wrote each. Adjacent and overlapping ranges merge, so the set stays as
-// small as the number of buffers a kernel touches between two flags.
-class PendingWrites {
+// The pipes of a vector core, and which of them an access belongs to: MTE2 loads GM -> UB,
+// MTE3 stores UB -> GM, V runs vector instructions, S is the scalar unit (GetValue/SetValue).
+enum PipeId : int { PIPE_ID_S = 0, PIPE_ID_V, PIPE_ID_MTE2, PIPE_ID_MTE3, PIPE_ID_COUNT };
+inline const char* pipe_label(int p) {
+    static const char* names[] = {"S", "V", "MTE2", "MTE3"};
+    return names[p];
+}
+
+// The pipe model: every UB access is recorded with its pipe, kind (read or write) and a sequence
+// number. An access by pipe Y conflicts with an earlier write (or, if it writes, an earlier read)
+// of the same bytes by another pipe X unless something ordered X before Y since:
+//   - WaitFlag<X_Y> on a flag set after the earlier access (all of X's accesses before the
+//     SetFlag), or PipeBarrier<PIPE_ALL> (everything);
+//   - for a queue buffer: DeQue after EnQue (producer -> consumer: VECIN is MTE2 -> V, VECOUT is
+//     V -> MTE3, a VECIN -> VECOUT TQueBind is MTE2 -> MTE3), and AllocTensor after FreeTensor
+//     (consumer -> producer, so the next fill does not overwrite data still being read);
+//   - a library call's own handshake (ReduceSum/ReduceMax: V_S, scalar store, S_V, S_MTE3).
+// Same-pipe order is program order, and a scalar load is complete before anything after it is
+// issued. Nothing else is assumed: CANN's automatic synchronisation is
+// not modelled, so a kernel must synchronise explicitly wherever a pipe reads what another wrote
+// outside a queue.
+class PipeModel {
 public:
-    void add(uint32_t lo, uint32_t hi, const char* op) {
+    enum Kind { READ = 0, WRITE = 1 };
+
+    // Records an access, or fails naming both accesses if it conflicts.
+    void access(int pipe, Kind kind, uint32_t lo, uint32_t hi, const char* op, const std::string& shown) {
         if (lo >= hi) return;
-        auto it = spans_.upper_bound(lo);
-        if (it != spans_.begin() && std::prev(it)->second.first >= lo) --it;
-        while (it != spans_.end() && it->first <= hi) {
-            lo = std::min(lo, it->first);
-            hi = std::max(hi, it->second.first);
-            it = spans_.erase(it);
+        for (int other = 0; other < PIPE_ID_COUNT; other++) {
+            if (other == pipe) continue;
+            for (const Entry& e : entries_[other]) {
+                if (e.kind == READ && kind == READ) continue;
+                if (e.lo >= hi || lo >= e.hi) continue;
+                if (ordered(other, pipe, e)) continue;
+                const uint32_t a = std::max(lo, e.lo), b = std::min(hi, e.hi);
+                fail(shown + " (pipe " + pipe_label(pipe) + ") " + (kind == WRITE ? "writes" : "reads") + " UB bytes " +
+                     std::to_string(a) + ".." + std::to_string(b) + " that " + e.op + " (pipe " + pipe_label(other) + ") " +
+                     (e.kind == WRITE ? "wrote" : "read") + " with no " + event_label(other, pipe) +
+                     " synchronisation between (a queue hand-off, SetFlag/WaitFlag<HardEvent::" + event_label(other, pipe) +
+                     ">, or PipeBarrier<PIPE_ALL>)");
+            }
         }
-        spans_[lo] = {hi, op};
+        // A scalar load completes before the scalar unit issues anything after it, so it is
+        // ordered before every later access (CANN's own ReduceTailCompute reads dst with
+        // GetValue and then overwrites it with vector instructions, with no flag between).
+        if (pipe == PIPE_ID_S && kind == READ) return;
+        auto& list = entries_[pipe];
+        // A newer access of the same kind covering an older one supersedes it: whatever orders
+        // the newer one orders the older one too.
+        list.erase(std::remove_if(list.begin(), list.end(),
+                                  [&](const Entry& e) { return e.kind == kind && e.lo >= lo && e.hi <= hi; }),
+                   list.end());
+        list.push_back({lo, hi, kind, ++seq_, op});
     }
-    // The instruction that wrote some byte of [lo, hi), or nullptr.
-    const char* writer(uint32_t lo, uint32_t hi) const {
-        auto it = spans_.upper_bound(lo);
-        if (it != spans_.begin() && std::prev(it)->second.first > lo) return std::prev(it)->second.second;
-        if (it != spans_.end() && it->first < hi) return it->second.second;
-        return nullptr;
+
+    uint64_t now() const { return seq_; }
+    // Everything `from` did up to `upto` is ordered before what `to` does from now on.
+    void order(int from, int to, uint64_t upto) {
+        fence_[from][to] = std::max(fence_[from][to], upto + 1);
+        prune(from);
     }
-    void clear() { spans_.clear(); }
+    // The same for the bytes of one buffer only (a queue's per-buffer event).
+    void order_buffer(int from, int to, uint32_t lo, uint32_t hi, uint64_t upto) {
+        auto& list = buffer_fences_[from][to];
+        for (auto& f : list)
+            if (f.lo == lo && f.hi == hi) {
+                f.seq = std::max(f.seq, upto + 1);
+                return;
+            }
+        list.push_back({lo, hi, upto + 1});
+    }
+    void order_all() {
+        for (int a = 0; a < PIPE_ID_COUNT; a++)
+            for (int b = 0; b < PIPE_ID_COUNT; b++) fence_[a][b] = seq_ + 1;
+        for (auto& list : entries_) list.clear();
+        for (auto& row : buffer_fences_)
+            for (auto& list : row) list.clear();
+    }
+    void reset() {
+        seq_ = 0;
+        for (auto& row : fence_)
+            for (auto& f : row) f = 0;
+        order_all();
+        for (auto& row : fence_)
+            for (auto& f : row) f = 0;
+    }
 
 private:
-    std::map<uint32_t, std::pair<uint32_t, const char*>> spans_;
+    struct Entry {
+        uint32_t lo, hi;
+        Kind kind;
+        uint64_t seq;
+        const char* op;
+    };
+    struct BufferFence {
+        uint32_t lo, hi;
+        uint64_t seq;
+    };
+
+    bool ordered(int from, int to, const Entry& e) const {
+        if (e.seq < fence_[from][to]) return true;
+        for (const auto& f : buffer_fences_[from][to])
+            if (e.seq < f.seq && e.lo >= f.lo && e.hi <= f.hi) return true;
+        return false;
+    }
+    // Drops the accesses of `pipe` every other pipe is ordered after.
+    void prune(int pipe) {
+        uint64_t all = UINT64_MAX;
+        for (int to = 0; to < PIPE_ID_COUNT; to++)
+            if (to != pipe) all = std::min(all, fence_[pipe][to]);
+        auto& list = entries_[pipe];
+        list.erase(std::remove_if(list.begin(), list.end(), [&](const Entry& e) { return e.seq < all; }), list.end());
+    }
+    static std::string event_label(int from, int to) { return std::string(pipe_label(from)) + "_" + pipe_label(to); }
+
+    uint64_t seq_ = 0;
+    std::vector<Entry> entries_[PIPE_ID_COUNT];
+    uint64_t fence_[PIPE_ID_COUNT][PIPE_ID_COUNT] = {};
+    std::vector<BufferFence> buffer_fences_[PIPE_ID_COUNT][PIPE_ID_COUNT];
 };
 
 // What one core's run asked of each pipe, for the cost model (ascend_kernels::ascendc::cost).
@@ -201,11 +303,9 @@ struct CoreState {
     uint32_t queue_buffers[static_cast<int>(TPosition::MAX)] = {};
     std::map<std::pair<int, int>, int> flags;
     void* pipe = nullptr;
-    // The vector unit runs its queue of instructions behind the scalar unit, so a scalar
-    // GetValue / SetValue of bytes a vector instruction wrote needs a V_S flag in between, and a
-    // vector instruction reading bytes SetValue wrote needs an S_V flag.
-    PendingWrites vector_writes;
-    PendingWrites scalar_writes;
+    PipeModel pipes;
+    // Set at SetFlag, consumed at WaitFlag: the pipe model's sequence number at each SetFlag.
+    std::map<std::pair<int, int>, std::deque<uint64_t>> flag_marks;
     CoreCost cost{};
 };
 
@@ -271,7 +371,7 @@ public:
 
     T GetValue(uint32_t i) const {
         if (i >= size_) fail("GetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
-        scalar_after_vector("GetValue", i);
+        scalar_access(PipeModel::READ, "GetValue", i);
         core().cost.scalar_ub++;
         T v;
         std::memcpy(&v, ptr() + i, sizeof(T));
@@ -280,24 +380,20 @@ public:
     template <typename S>
     void SetValue(uint32_t i, S v) const {
         if (i >= size_) fail("SetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
-        scalar_after_vector("SetValue", i);
+        scalar_access(PipeModel::WRITE, "SetValue", i);
         core().cost.scalar_ub++;
         T t = static_cast<T>(v);
         std::memcpy(ptr() + i, &t, sizeof(T));
-        const uint32_t at = offset_ + i * sizeof(T);
-        core().scalar_writes.add(at, at + sizeof(T), "SetValue");
     }
 
-    // The hazards of the scalar/vector boundary, for the vector instructions.
-    void vector_reads(const char* op, uint32_t count) const {
-        if (const char* w = core().scalar_writes.writer(offset_, offset_ + count * sizeof(T)))
-            fail(std::string(op) + " reads UB bytes " + std::to_string(offset_) + ".." +
-                 std::to_string(offset_ + count * sizeof(T)) + " that " + w +
-                 " wrote with no S_V flag between (the vector unit may read them before the scalar store lands)");
+    // An access of `count` elements from the start of this tensor by `pipe`, for the pipe model.
+    void pipe_access(int pipe, PipeModel::Kind kind, const char* op, uint32_t count) const {
+        core().pipes.access(pipe, kind, offset_, offset_ + count * sizeof(T), op, op);
     }
+    void vector_reads(const char* op, uint32_t count) const { pipe_access(PIPE_ID_V, PipeModel::READ, op, count); }
     // Records the destination of one vector instruction (and counts the instruction).
     void vector_writes(const char* op, uint32_t count) const {
-        core().vector_writes.add(offset_, offset_ + count * sizeof(T), op);
+        pipe_access(PIPE_ID_V, PipeModel::WRITE, op, count);
         count_vector(static_cast<uint64_t>(count) * sizeof(T));
     }
 
@@ -321,11 +417,9 @@ public:
     Buffer* buffer() const { return buf_; }
 
 private:
-    void scalar_after_vector(const char* what, uint32_t i) const {
+    void scalar_access(PipeModel::Kind kind, const char* what, uint32_t i) const {
         const uint32_t at = offset_ + i * sizeof(T);
-        if (const char* w = core().vector_writes.writer(at, at + sizeof(T)))
-            fail(std::string(what) + "(" + std::to_string(i) + ") at UB byte " + std::to_string(at) + " after " + w +
-                 " wrote it with no V_S flag between (the scalar unit does not wait for the vector pipe)");
+        core().pipes.access(PIPE_ID_S, kind, at, at + sizeof(T), what, std::string(what) + "(" + std::to_string(i) + ")");
     }
 
 public:
@@ -391,6 +485,11 @@ class TPipe;
 // kernels; it is accepted so that declarations read as they do against CANN.
 template <TPosition src, TPosition dst, int32_t depth, auto mask = 0>
 class TQueBind {
+    // The pipes the queue hands data between: VECIN is filled by MTE2, VECOUT drained by MTE3,
+    // and the vector unit is on the other side of each.
+    static constexpr int kProducer = src == TPosition::VECIN ? PIPE_ID_MTE2 : PIPE_ID_V;
+    static constexpr int kConsumer = dst == TPosition::VECOUT ? PIPE_ID_MTE3 : PIPE_ID_V;
+
 public:
     static constexpr TPosition kSrcPosition = src;
     template <typename T>
@@ -399,6 +498,9 @@ public:
             if (!b.allocated) {
                 b.allocated = true;
                 b.generation++;
+                // The buffer's previous consumer is done with it before the producer refills it.
+                if (b.freed_once)
+                    core().pipes.order_buffer(kConsumer, kProducer, b.offset, b.offset + b.len, b.freed_at);
                 return LocalTensor<T>(&b, b.generation, b.offset, static_cast<uint32_t>(b.len / sizeof(T)));
             }
         }
@@ -410,13 +512,15 @@ public:
         Buffer* b = t.buffer();
         b->allocated = false;
         b->generation++;
+        b->freed_once = true;
+        b->freed_at = core().pipes.now();
     }
     template <typename T>
     bool EnQue(const LocalTensor<T>& t) {
         t.check("EnQue");
         if (depth > 0 && static_cast<int32_t>(fifo_.size()) >= depth)
             fail("EnQue: the queue already holds " + std::to_string(fifo_.size()) + " tensors, its depth is " + std::to_string(depth));
-        fifo_.push_back({t.buffer(), t.offset_bytes(), t.GetLength()});
+        fifo_.push_back({t.buffer(), t.offset_bytes(), t.GetLength(), core().pipes.now()});
         core().cost.queue_ops++;
         return true;
     }
@@ -427,6 +531,8 @@ public:
         Entry e = fifo_.front();
         fifo_.pop_front();
         if (!e.buf->allocated) fail("DeQue: the enqueued tensor was freed before it was dequeued");
+        // What the producer did to the buffer before EnQue is visible to the consumer now.
+        core().pipes.order_buffer(kProducer, kConsumer, e.buf->offset, e.buf->offset + e.buf->len, e.enqueued_at);
         return LocalTensor<T>(e.buf, e.buf->generation, e.offset, static_cast<uint32_t>(e.len / sizeof(T)));
     }
     bool HasTensorInQue() const { return !fifo_.empty(); }
@@ -437,6 +543,7 @@ private:
         Buffer* buf;
         uint32_t offset;
         uint32_t len;
+        uint64_t enqueued_at;
     };
     std::vector<Buffer> bufs_;
     std::deque<Entry> fifo_;
@@ -526,25 +633,39 @@ private:
 inline TPipe* GetTPipePtr() { return static_cast<TPipe*>(core().pipe); }
 
 // ---------------------------------------------------------------------------------------------
-// Synchronisation: sequential here, but Set/Wait must pair up.
+// Synchronisation: sequential here, but Set/Wait must pair up, and each WaitFlag<X_Y> orders
+// what pipe X did before the matching SetFlag ahead of what pipe Y does next (the pipe model).
+inline std::pair<int, int> event_pipes(HardEvent e) {
+    static const int from[] = {PIPE_ID_MTE2, PIPE_ID_V, PIPE_ID_MTE3, PIPE_ID_V, PIPE_ID_MTE2, PIPE_ID_MTE3,
+                               PIPE_ID_S, PIPE_ID_V, PIPE_ID_S, PIPE_ID_MTE2, PIPE_ID_S, PIPE_ID_MTE3};
+    static const int to[] = {PIPE_ID_V, PIPE_ID_MTE2, PIPE_ID_V, PIPE_ID_MTE3, PIPE_ID_MTE3, PIPE_ID_MTE2,
+                             PIPE_ID_V, PIPE_ID_S, PIPE_ID_MTE2, PIPE_ID_S, PIPE_ID_MTE3, PIPE_ID_S};
+    const int i = static_cast<int>(e);
+    return {from[i], to[i]};
+}
 template <HardEvent e>
-inline void SetFlag(int32_t id) { core().flags[{static_cast<int>(e), id}]++; }
+inline void SetFlag(int32_t id) {
+    static_assert(e != HardEvent::MAX, "HardEvent::MAX is not an event");
+    core().flags[{static_cast<int>(e), id}]++;
+    core().flag_marks[{static_cast<int>(e), id}].push_back(core().pipes.now());
+}
 template <HardEvent e>
 inline void WaitFlag(int32_t id) {
+    static_assert(e != HardEvent::MAX, "HardEvent::MAX is not an event");
     int& n = core().flags[{static_cast<int>(e), id}];
     if (n <= 0) fail("WaitFlag without a matching SetFlag (event " + std::to_string(static_cast<int>(e)) + ", id " + std::to_string(id) + ")");
     n--;
     core().cost.flag_waits++;
-    if (e == HardEvent::V_S) core().vector_writes.clear();
-    if (e == HardEvent::S_V) core().scalar_writes.clear();
+    auto& marks = core().flag_marks[{static_cast<int>(e), id}];
+    const uint64_t upto = marks.front();
+    marks.pop_front();
+    const auto pipes = event_pipes(e);
+    core().pipes.order(pipes.first, pipes.second, upto);
 }
 template <pipe_t p>
 inline void PipeBarrier() {
     static_assert(p != PIPE_S, "PipeBarrier<PIPE_S> is a hardware error");
-    if (p == PIPE_ALL) {
-        core().vector_writes.clear();
-        core().scalar_writes.clear();
-    }
+    if (p == PIPE_ALL) core().pipes.order_all();
 }
 [[noreturn]] inline void SyncAll() { fail("SyncAll: cores run one after another in the host implementation; kernels must not wait for each other"); }
 
@@ -572,6 +693,7 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     check_count<T>("DataCopy GM->UB", count);
     dst.operand("DataCopy GM->UB", count);
     src.in_range("DataCopy GM->UB", 0, count);
+    dst.pipe_access(PIPE_ID_MTE2, PipeModel::WRITE, "DataCopy GM->UB", count);
     std::memcpy(dst.ptr(), src.data(), count * sizeof(T));
     core().cost.mte2_bytes += count * sizeof(T);
     core().cost.mte2_copies++;
@@ -583,6 +705,7 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     check_count<T>("DataCopy UB->GM", count);
     src.operand("DataCopy UB->GM", count);
     dst.in_range("DataCopy UB->GM", 0, count);
+    src.pipe_access(PIPE_ID_MTE3, PipeModel::READ, "DataCopy UB->GM", count);
     std::memcpy(dst.data(), src.ptr(), count * sizeof(T));
     core().cost.mte3_bytes += count * sizeof(T);
     core().cost.mte3_copies++;
@@ -604,6 +727,7 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     const uint32_t dst_span = p.blockCount * burst + (p.blockCount - 1) * dgap;
     dst.operand("DataCopy GM->UB", dst_span);
     src.in_range("DataCopy GM->UB", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + sgap) + burst);
+    dst.pipe_access(PIPE_ID_MTE2, PipeModel::WRITE, "DataCopy GM->UB", dst_span);
     for (uint32_t i = 0; i < p.blockCount; i++)
         std::memcpy(dst.ptr() + i * (burst + dgap), src.data() + static_cast<uint64_t>(i) * (burst + sgap), burst * sizeof(T));
     // Bursts that abut in GM (no gap) are one contiguous run for the DMA.
@@ -618,6 +742,7 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     const uint32_t burst = p.blockLen * ONE_BLK_SIZE / sizeof(T);
     const uint32_t sgap = p.srcStride * ONE_BLK_SIZE / sizeof(T), dgap = p.dstStride * ONE_BLK_SIZE / sizeof(T);
     src.operand("DataCopy UB->GM", p.blockCount * burst + (p.blockCount - 1) * sgap);
+    src.pipe_access(PIPE_ID_MTE3, PipeModel::READ, "DataCopy UB->GM", p.blockCount * burst + (p.blockCount - 1) * sgap);
     dst.in_range("DataCopy UB->GM", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + dgap) + burst);
     for (uint32_t i = 0; i < p.blockCount; i++)
         std::memcpy(dst.data() + static_cast<uint64_t>(i) * (burst + dgap), src.ptr() + i * (burst + sgap), burst * sizeof(T));
@@ -808,7 +933,7 @@ inline void level0_binary(const char* op, bool accumulating_allowed, const Local
              "(Add/Sub/Mul/Max/Min with src1RepStride or dstRepStride 0)");
     src0.vector_reads(op, (a.second - a.first) / sizeof(T));
     src1.vector_reads(op, (b.second - b.first) / sizeof(T));
-    core().vector_writes.add(d.first, d.second, op);
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
     core().cost.vec_instrs++;
     core().cost.vec_repeats += repeatTimes;
     T* dp = dst.ptr();
@@ -863,7 +988,7 @@ inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src,
     const std::pair<uint32_t, uint32_t> dspan{dst.offset_bytes(), static_cast<uint32_t>(dst.offset_bytes() + (last + 1) * sizeof(T))};
     if (spans_overlap(sspan, dspan)) fail(std::string(op) + ": dst overlaps src");
     src.vector_reads(op, (sspan.second - sspan.first) / sizeof(T));
-    core().vector_writes.add(dspan.first, dspan.second, op);
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, dspan.first, dspan.second, op, op);
     core().cost.vec_instrs++;
     core().cost.vec_repeats += repeatTimes;
     const int32_t lanes = ONE_REPEAT_BYTE_SIZE / sizeof(T);
@@ -895,7 +1020,7 @@ inline void Brcb(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const ui
     const std::pair<uint32_t, uint32_t> s{src0.offset_bytes(), static_cast<uint32_t>(src0.offset_bytes() + repeatTimes * 8u * sizeof(T))};
     if (spans_overlap(d, s)) fail(std::string(op) + ": src0 and dst share memory (not supported)");
     src0.vector_reads(op, repeatTimes * 8u);
-    core().vector_writes.add(d.first, d.second, op);
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
     core().cost.vec_instrs++;
     core().cost.vec_repeats += repeatTimes;
     for (uint32_t r = 0; r < repeatTimes; r++)
@@ -969,10 +1094,14 @@ inline void reduce_count(const char* op, const LocalTensor<T>& dst, const LocalT
     src.vector_reads(op, count);
 }
 
-// The library's closing handshake: V_S, a scalar store of the result, S_V (and S_MTE3).
-inline void reduce_handshake() {
-    core().vector_writes.clear();
-    core().scalar_writes.clear();
+// The library's closing handshake: V_S, a scalar store of the result into `dst`, S_V, S_MTE3.
+template <typename T>
+inline void reduce_handshake(const char* op, const LocalTensor<T>& dst) {
+    PipeModel& m = core().pipes;
+    m.order(PIPE_ID_V, PIPE_ID_S, m.now());
+    dst.pipe_access(PIPE_ID_S, PipeModel::WRITE, op, 1);
+    m.order(PIPE_ID_S, PIPE_ID_V, m.now());
+    m.order(PIPE_ID_S, PIPE_ID_MTE3, m.now());
     core().cost.flag_waits += 3;  // V_S, S_V, S_MTE3
     core().cost.scalar_ub += 1;   // the scalar store of the result
 }
@@ -993,7 +1122,7 @@ inline void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
             for (int32_t i = 0; i < w; i++) lane[i] += lane[i + w];
         total += lane[0];
     }
-    reduce_handshake();
+    reduce_handshake("ReduceSum", dst);
     dst.ptr()[0] = static_cast<T>(total);
 }
 
@@ -1032,10 +1161,11 @@ inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
     dst.ptr()[0] = static_cast<T>(m);
     if (calIndex) {
         std::memcpy(&dst.ptr()[1], &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at));
-        core().vector_writes.add(workLocal.offset_bytes(), workLocal.offset_bytes() + need * sizeof(T), "ReduceMax");
-        core().vector_writes.add(dst.offset_bytes(), dst.offset_bytes() + 2 * sizeof(T), "ReduceMax");
+        workLocal.pipe_access(PIPE_ID_V, PipeModel::WRITE, "ReduceMax", need);
+        dst.pipe_access(PIPE_ID_V, PipeModel::WRITE, "ReduceMax", 2);
     } else {
-        reduce_handshake();
+        workLocal.pipe_access(PIPE_ID_V, PipeModel::WRITE, "ReduceMax", need);
+        reduce_handshake("ReduceMax", dst);
     }
 }
 
@@ -1051,8 +1181,8 @@ inline void reset_core(int64_t idx, int64_t num) {
     for (auto& q : c.queue_buffers) q = 0;
     c.flags.clear();
     c.pipe = nullptr;
-    c.vector_writes.clear();
-    c.scalar_writes.clear();
+    c.pipes.reset();
+    c.flag_marks.clear();
     c.cost = CoreCost{};
 }
 

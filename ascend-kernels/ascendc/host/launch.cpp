@@ -165,6 +165,50 @@ void vector_read_unsynced(GM_ADDR) {
     t.SetValue(5, 1.0f);
     Adds(t, t, 1.0f, 8);
 }
+
+// A GM -> UB copy into a TBuf read by the vector unit with no MTE2 -> V synchronisation (a
+// queue's EnQue/DeQue would provide it).
+void mte2_to_vector_unsynced(GM_ADDR gm) {
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> b;
+    pipe.InitBuffer(b, 256);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = b.Get<float>();
+    DataCopy(t, g, 64);
+    Adds(t, t, 1.0f, 64);
+}
+
+// A vector result stored to GM with no V -> MTE3 synchronisation.
+void vector_to_mte3_unsynced(GM_ADDR gm) {
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> b;
+    pipe.InitBuffer(b, 256);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = b.Get<float>();
+    Duplicate(t, 1.0f, 64);
+    DataCopy(g, t, 64);
+}
+
+// Refilling a dequeued input tensor while the vector unit may still read it: no FreeTensor /
+// AllocTensor (V -> MTE2) between the read and the next copy.
+void refill_without_free(GM_ADDR gm) {
+    TPipe pipe;
+    TQue<TPosition::VECIN, 1> q;
+    TBuf<TPosition::VECCALC> b;
+    pipe.InitBuffer(q, 1, 256);
+    pipe.InitBuffer(b, 256);
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)gm, 64);
+    LocalTensor<float> t = q.AllocTensor<float>();
+    DataCopy(t, g, 64);
+    q.EnQue(t);
+    t = q.DeQue<float>();
+    Adds(b.Get<float>(), t, 1.0f, 64);
+    DataCopy(t, g, 64);
+    q.FreeTensor(t);
+}
 }  // namespace violations
 
 // `which` picks the violation (the order of the Rust `Violation` enum); `gm` is at least 64
@@ -176,7 +220,9 @@ extern "C" int32_t ascendc_host_violation(uint32_t which, uint8_t* gm, char* err
                               violations::queue_depth,    violations::alloc_exhausted,
                               violations::gm_out_of_range, violations::unpaired_flag,
                               violations::reduce_work_overlap, violations::reduce_work_small,
-                              violations::scalar_read_unsynced, violations::vector_read_unsynced};
+                              violations::scalar_read_unsynced, violations::vector_read_unsynced,
+                              violations::mte2_to_vector_unsynced, violations::vector_to_mte3_unsynced,
+                              violations::refill_without_free};
     if (which >= sizeof(table) / sizeof(table[0])) return -1;
     return AscendC::launch("violation", 1, err, err_len, [&] { table[which](gm); });
 }

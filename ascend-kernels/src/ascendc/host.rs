@@ -500,6 +500,13 @@ pub enum Violation {
     ScalarReadUnsynced,
     /// `Adds` reading a value `SetValue` wrote, with no `S_V` flag between.
     VectorReadUnsynced,
+    /// `Adds` reading what `DataCopy` loaded into a `TBuf`, with no `MTE2_V` synchronisation.
+    Mte2ToVectorUnsynced,
+    /// `DataCopy` storing what `Duplicate` wrote, with no `V_MTE3` synchronisation.
+    VectorToMte3Unsynced,
+    /// `DataCopy` refilling a dequeued tensor the vector unit read, without `FreeTensor` /
+    /// `AllocTensor` (`V_MTE2`) between.
+    RefillWithoutFree,
 }
 
 /// Runs the kernel that breaks `v`'s rule and returns what the host implementation said.
