@@ -955,6 +955,11 @@ inline void Add(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const Loc
     level0_binary("Add", true, dst, src0, src1, mask, repeatTimes, repeatParams, [](float a, float b, float) { return a + b; });
 }
 template <typename T, bool isSetMask = true>
+inline void Sub(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask,
+                const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
+    level0_binary("Sub", true, dst, src0, src1, mask, repeatTimes, repeatParams, [](float a, float b, float) { return a - b; });
+}
+template <typename T, bool isSetMask = true>
 inline void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask,
                 const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
     level0_binary("Mul", true, dst, src0, src1, mask, repeatTimes, repeatParams, [](float a, float b, float) { return a * b; });

@@ -3,8 +3,10 @@
 //     x[f]        = x[f] * c - x[f + half] * s
 //     x[f + half] = x[f + half] * c + x[f] * s
 // Tokens are spread over the cores. Per token, the cos/sin row (float, [cos | sin]) and the
-// token's whole query (then key) row come into the UB through double-buffered queues; each head's
-// rotating halves are computed in float with vector Mul/Sub/Add, and the row goes back out.
+// token's whole query (then key) row come into the UB through double-buffered queues; the
+// rotating halves are computed in float by level-0 Mul/Sub/Add, one repeat per head (up to
+// ROPE_HEADS_PER_PASS heads and 64 floats of the half per instruction, cos/sin with repeat
+// stride 0), and the row goes back out.
 // Needs rotary_dim / 2 elements of T to be a multiple of 32 bytes (vector operands are aligned).
 // A position outside [0, max_position) (device memory the host did not check) reads no cos/sin
 // row: the token's query and key rows become zeros instead.
@@ -27,9 +29,9 @@ public:
         pipe_.InitBuffer(inQueue_, 2, row * sizeof(T));
         pipe_.InitBuffer(outQueue_, 2, row * sizeof(T));
         pipe_.InitBuffer(xf_, row * sizeof(float));
-        pipe_.InitBuffer(t1_, half_ * sizeof(float));
-        pipe_.InitBuffer(t2_, half_ * sizeof(float));
-        pipe_.InitBuffer(t3_, half_ * sizeof(float));
+        pipe_.InitBuffer(t1_, ROPE_HEADS_PER_PASS * 64 * sizeof(float));
+        pipe_.InitBuffer(t2_, ROPE_HEADS_PER_PASS * 64 * sizeof(float));
+        pipe_.InitBuffer(t3_, ROPE_HEADS_PER_PASS * 64 * sizeof(float));
     }
 
     __aicore__ inline void Process() {
@@ -71,18 +73,23 @@ private:
         LocalTensor<float> xf = xf_.Get<float>();
         ToFloat(xf, x, n);
         inQueue_.FreeTensor(x);
-        LocalTensor<float> cosv = cs, sinv = cs[half_];
         LocalTensor<float> t1 = t1_.Get<float>(), t2 = t2_.Get<float>(), t3 = t3_.Get<float>();
-        const int32_t h = static_cast<int32_t>(half_);
-        for (uint32_t head = 0; head < heads; head++) {
-            LocalTensor<float> x1 = xf[head * t_.head_size], x2 = xf[head * t_.head_size + half_];
-            Mul(t1, x1, cosv, h);  // x1 c
-            Mul(t2, x2, sinv, h);  // x2 s
-            Sub(t1, t1, t2, h);    // x1 c - x2 s
-            Mul(t2, x2, cosv, h);  // x2 c
-            Mul(t3, x1, sinv, h);  // x1 s
-            Add(x2, t2, t3, h);    // x2 c + x1 s
-            Muls(x1, t1, 1.0f, h);
+        const uint8_t rowBlocks = static_cast<uint8_t>(t_.head_size / 8);  // a head, in 32-byte blocks
+        for (uint32_t first = 0; first < heads; first += ROPE_HEADS_PER_PASS) {
+            const uint8_t rep = static_cast<uint8_t>(heads - first < ROPE_HEADS_PER_PASS ? heads - first : ROPE_HEADS_PER_PASS);
+            for (uint32_t c = 0; c < half_; c += 64) {
+                const uint64_t mask = half_ - c < 64 ? half_ - c : 64;
+                LocalTensor<float> x1 = xf[first * t_.head_size + c], x2 = xf[first * t_.head_size + half_ + c];
+                LocalTensor<float> cosv = cs[c], sinv = cs[half_ + c];
+                const BinaryRepeatParams fromRows(1, 1, 1, 8, rowBlocks, 0);  // temps <- heads x cos/sin
+                const BinaryRepeatParams toRows(1, 1, 1, rowBlocks, 8, 8);    // heads <- temps
+                Mul(t1, x1, cosv, mask, rep, fromRows);  // x1 c
+                Mul(t2, x2, sinv, mask, rep, fromRows);  // x2 s
+                Mul(t3, x1, sinv, mask, rep, fromRows);  // x1 s
+                Sub(x1, t1, t2, mask, rep, toRows);      // x1 = x1 c - x2 s
+                Mul(t1, x2, cosv, mask, rep, fromRows);  // x2 c
+                Add(x2, t1, t3, mask, rep, toRows);      // x2 = x2 c + x1 s
+            }
         }
         LocalTensor<T> y = outQueue_.template AllocTensor<T>();
         FromFloat(y, xf, n);

@@ -45,5 +45,7 @@ struct ArkRmsNormTiling {
 
 // The most query heads per KV head the attention kernel handles.
 constexpr uint32_t PA_MAX_GROUP = 16;
+// Heads the RoPE kernel rotates per vector instruction (one repeat each).
+constexpr uint32_t ROPE_HEADS_PER_PASS = 16;
 // The most tokens per K/V chunk.
 constexpr uint32_t PA_MAX_CHUNK = 128;

@@ -16,6 +16,8 @@ pub const UB_BUDGET: usize = 184 * 1024;
 pub const VECTOR_CORES: u32 = 48;
 /// The most query heads per KV head the attention kernel handles (`PA_MAX_GROUP`).
 pub const PA_MAX_GROUP: usize = 16;
+/// Heads the RoPE kernel rotates per vector instruction (`ROPE_HEADS_PER_PASS`).
+pub const ROPE_HEADS_PER_PASS: usize = 16;
 /// The largest head the attention kernel handles: a float token row is a level-0 repeat stride,
 /// at most 255 blocks of 32 bytes.
 pub const PA_MAX_HEAD_SIZE: usize = 255 * 8;
@@ -283,7 +285,7 @@ pub fn rotary_embedding_ub(p: &Rotary, size: usize) -> usize {
     2 * r32(p.rotary_dim * 4)
         + 2 * 2 * r32(row * size)
         + r32(row * 4)
-        + 3 * r32(p.rotary_dim / 2 * 4)
+        + 3 * ROPE_HEADS_PER_PASS * 64 * 4 // heads x 64-float temporaries
 }
 
 /// Tiles RoPE (NeoX pairing) for elements of `size` bytes.
@@ -300,6 +302,16 @@ pub fn rotary_embedding(p: &Rotary, size: usize) -> Result<RopeTiling> {
     aligned(OP, "half of rotary_dim", p.rotary_dim / 2, size)?;
     aligned(OP, "head_size", p.head_size, size)?;
     aligned(OP, "head_size in float", p.head_size, 4)?;
+    if p.head_size > PA_MAX_HEAD_SIZE {
+        return Err(refuse(
+            OP,
+            format!(
+                "head_size {} is past the {PA_MAX_HEAD_SIZE} the Ascend C kernel handles (a head \
+                 is a level-0 repeat stride, at most 255 blocks of 32 bytes)",
+                p.head_size
+            ),
+        ));
+    }
     fits(
         OP,
         rotary_embedding_ub(p, size),
@@ -404,5 +416,21 @@ mod tests {
             e.contains("Unified Buffer") && e.contains("fused_add_rms_norm"),
             "{e}"
         );
+        // A head wider than a level-0 repeat stride can span.
+        let p = PagedAttention {
+            num_seqs: 1,
+            num_heads: 1,
+            cache: CacheShape {
+                num_blocks: 1,
+                block_size: 1,
+                num_kv_heads: 1,
+                head_size: 2048,
+            },
+            max_blocks_per_seq: 1,
+            scale: 1.0,
+            sliding_window: None,
+        };
+        let e = paged_attention(&p, 2).unwrap_err().to_string();
+        assert!(e.contains("head_size 2048 is past the 2040"), "{e}");
     }
 }
