@@ -244,6 +244,14 @@ fn the_host_implementation_rejects_what_a_910b_would() {
         let m = fault(v);
         assert!(m.contains(want), "{v:?}: {m}");
     }
+    // Both accesses are located in the kernel source (here, the violation kernels).
+    let m = fault(Violation::Mte2ToVectorUnsynced);
+    assert!(
+        m.contains("; the earlier access at launch.cpp:")
+            && m.ends_with(']')
+            && m.contains("[at launch.cpp:"),
+        "{m}"
+    );
     let m = fault(Violation::UnpairedFlag);
     assert!(m.contains("SetFlag without a matching WaitFlag"), "{m}");
     // Each message says which simulated core broke the rule.

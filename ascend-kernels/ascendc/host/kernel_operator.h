@@ -156,6 +156,26 @@ struct Buffer {
     uint64_t freed_at = 0;    // the pipe model's sequence number at the last FreeTensor
 };
 
+// The kernel source line of the API call being run, when the kernel was compiled with
+// call_sites.h (the host build's launch shims do that): each call sets it first.
+struct CallSite {
+    const char* file = nullptr;
+    int line = 0;
+};
+inline CallSite& call_site() {
+    static thread_local CallSite site;
+    return site;
+}
+inline void at_line(const char* file, int line) {
+    const char* base = file;
+    for (const char* c = file; *c; c++)
+        if (*c == '/') base = c + 1;
+    call_site() = {base, line};
+}
+inline std::string describe(const CallSite& c) {
+    return c.file ? std::string(c.file) + ":" + std::to_string(c.line) : std::string("an unknown line");
+}
+
 // The pipes of a vector core, and which of them an access belongs to: MTE2 loads GM -> UB,
 // MTE3 stores UB -> GM, V runs vector instructions, S is the scalar unit (GetValue/SetValue).
 enum PipeId : int { PIPE_ID_S = 0, PIPE_ID_V, PIPE_ID_MTE2, PIPE_ID_MTE3, PIPE_ID_COUNT };
@@ -195,7 +215,8 @@ public:
                      std::to_string(a) + ".." + std::to_string(b) + " that " + e.op + " (pipe " + pipe_label(other) + ") " +
                      (e.kind == WRITE ? "wrote" : "read") + " with no " + event_label(other, pipe) +
                      " synchronisation between (a queue hand-off, SetFlag/WaitFlag<HardEvent::" + event_label(other, pipe) +
-                     ">, or PipeBarrier<PIPE_ALL>)");
+                     ">, or PipeBarrier<PIPE_ALL>)" +
+                     (e.site.file ? "; the earlier access at " + describe(e.site) : std::string()));
             }
         }
         // A scalar load completes before the scalar unit issues anything after it, so it is
@@ -208,7 +229,7 @@ public:
         list.erase(std::remove_if(list.begin(), list.end(),
                                   [&](const Entry& e) { return e.kind == kind && e.lo >= lo && e.hi <= hi; }),
                    list.end());
-        list.push_back({lo, hi, kind, ++seq_, op});
+        list.push_back({lo, hi, kind, ++seq_, op, call_site()});
     }
 
     uint64_t now() const { return seq_; }
@@ -249,6 +270,7 @@ private:
         Kind kind;
         uint64_t seq;
         const char* op;
+        CallSite site;
     };
     struct BufferFence {
         uint32_t lo, hi;
@@ -1187,6 +1209,7 @@ inline void reset_core(int64_t idx, int64_t num) {
     c.flags.clear();
     c.pipe = nullptr;
     c.pipes.reset();
+    call_site() = {};
     c.flag_marks.clear();
     c.cost = CoreCost{};
 }
@@ -1213,6 +1236,7 @@ inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t er
     } catch (const std::exception& e) {
         last_costs().clear();
         std::string msg = std::string(name) + " (core " + std::to_string(core().block_idx) + "): " + e.what();
+        if (call_site().file) msg += " [at " + describe(call_site()) + "]";
         if (err && err_len) {
             std::strncpy(err, msg.c_str(), err_len - 1);
             err[err_len - 1] = '\0';

@@ -3,6 +3,7 @@
 // non-zero return and a message. The Rust side (src/ascendc/host.rs) calls these through FFI.
 // On the NPU the same kernel sources are launched with <<<block_dim, nullptr, stream>>> instead.
 #include "kernel_operator.h"
+#include "call_sites.h"
 
 #include "paged_attention.cpp"
 #include "reshape_and_cache.cpp"

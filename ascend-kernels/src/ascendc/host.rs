@@ -173,7 +173,7 @@ impl AscendCFloat for f16 {
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_half;
 }
 
-const ERR_LEN: usize = 512;
+const ERR_LEN: usize = 1024;
 
 /// Turns a shim's status and message into a result.
 fn status(op: &'static str, code: i32, err: &[c_char; ERR_LEN]) -> Result<()> {
