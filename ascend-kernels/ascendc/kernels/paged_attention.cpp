@@ -61,8 +61,8 @@ public:
         pipe_.InitBuffer(rows_, t.chunk * 64 * sizeof(float));
         pipe_.InitBuffer(scores_, (t.chunk + 7) / 8 * 8 * sizeof(float));
         pipe_.InitBuffer(weights_, (t.chunk + 7) / 8 * 8 * 8 * sizeof(float));
-        // Per query head: running max, running sum; a block for reduction results; and the
-        // reductions' work area, apart from their operands as ReduceSum / ReduceMax require.
+        // Per query head: its rescale block and running sum; a block for reduction results; and
+        // the reductions' work tensor (the documented size; ReduceMax's must not overlap its source).
         pipe_.InitBuffer(stats_, PA_MAX_GROUP * 2 * 32);
         pipe_.InitBuffer(red_, 32);
         const uint32_t sumWork = ReduceSumWorkFloats(t.head_size), maxWork = ReduceMaxWorkFloats(t.chunk);
