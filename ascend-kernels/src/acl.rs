@@ -10,16 +10,18 @@
 //! synchronisation. The kernels guard them instead, so a bad entry never reads or writes outside
 //! the buffers: a slot past the cache skips its token (as a negative one does), a sequence whose
 //! length or attended block ids are out of range gets zeros, and a position outside the cos/sin
-//! table zeroes its token's query and key rows. Such entries are not reported yet (that needs a
-//! status word read back at synchronize); the CPU backend refuses them with an error.
+//! table zeroes its token's query and key rows. Each core counts what it refused into a status
+//! buffer, and the stream's next synchronisation returns [`Error::InvalidArgument`] naming the
+//! op and the count (`AclStream::check_after_sync`); the CPU backend refuses such entries at
+//! the call.
 
 use std::ffi::c_void;
 
 use ascend_hal::acl::{AclBackend, AclStream};
-use ascend_hal::{DType, DeviceRepr, Error, Result};
+use ascend_hal::{DType, DeviceBuffer, DeviceRepr, Error, Result, Stream, StreamExt};
 
 use crate::ascendc::npu::{self, NpuKernels, Pair};
-use crate::ascendc::tiling;
+use crate::ascendc::{status, tiling};
 use crate::float::KvFloat;
 use crate::ops::{device_arg, In, KernelOps, Out};
 use crate::shapes::{
@@ -66,6 +68,22 @@ fn gm<T: ascend_hal::Element, R: DeviceRepr<AclBackend, T>>(
     Ok(device_arg::<AclBackend, T, R>(op, stream, what, view)?.0 as usize as *mut c_void)
 }
 
+/// A status buffer for a launch on `dim` cores. Each core writes its own slot, so it needs no
+/// clearing. (One small allocation per launch: a per-stream pool is the follow-up once this
+/// runs on hardware.)
+fn status_buffer(stream: &AclStream, dim: u32) -> Result<DeviceBuffer<AclBackend, i32>> {
+    DeviceBuffer::alloc(&stream.device(), status::words(dim))
+}
+
+/// Reports what the kernel refused (device-side indices out of range) at the stream's next
+/// synchronisation; the buffer lives until then.
+fn report_at_sync(op: &'static str, stream: &AclStream, words: DeviceBuffer<AclBackend, i32>) {
+    stream.check_after_sync(move |s| {
+        let words: Vec<i32> = s.clone_to_host(&words)?;
+        status::check(op, status::refused(&words))
+    });
+}
+
 /// Cores for `tasks` independent pieces of work.
 fn block_dim(tasks: usize) -> u32 {
     tasks.clamp(1, tiling::VECTOR_CORES as usize) as u32
@@ -105,15 +123,21 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "slot_mapping", &slot_mapping)?,
         ];
         let dim = block_dim(p.num_tokens);
+        let words = status_buffer(stream, dim)?;
+        let st = gm(OP, stream, "status", &words)?;
         // SAFETY: the stub only queues the kernel on `s`; the buffers are on the stream's
-        // device, their lengths match the tiling the kernel indexes by, and the borrows' owners
-        // keep them alive until the caller synchronises (the stream-order contract of every
-        // KernelOps op); the stub copies the tiling into the launch arguments before returning.
+        // device, their lengths match the tiling the kernel indexes by (the status buffer holds
+        // the 8 words each of the `dim` cores writes), and the borrows' owners keep them alive
+        // until the caller synchronises (the stream-order contract of every KernelOps op; the
+        // status buffer is kept by the check that runs at that synchronisation); the stub copies
+        // the tiling into the launch arguments before returning.
         unsafe {
             stream.launch_raw(OP, |s| {
-                launch(dim, s, args[0], args[1], args[2], args[3], args[4], &t)
+                launch(dim, s, args[0], args[1], args[2], args[3], args[4], st, &t)
             })
-        }
+        }?;
+        report_at_sync(OP, stream, words);
+        Ok(())
     }
 
     fn paged_attention<T: KvFloat>(
@@ -146,14 +170,18 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "seq_lens", &seq_lens)?,
         ];
         let dim = block_dim(p.num_seqs * p.cache.num_kv_heads);
+        let words = status_buffer(stream, dim)?;
+        let st = gm(OP, stream, "status", &words)?;
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
             stream.launch_raw(OP, |s| {
                 launch(
-                    dim, s, args[0], args[1], args[2], args[3], args[4], args[5], &t,
+                    dim, s, args[0], args[1], args[2], args[3], args[4], args[5], st, &t,
                 )
             })
-        }
+        }?;
+        report_at_sync(OP, stream, words);
+        Ok(())
     }
 
     fn paged_prefill_attention<T: KvFloat>(
@@ -189,12 +217,16 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "cos_sin_cache", &cos_sin_cache)?,
         ];
         let dim = block_dim(p.num_tokens);
+        let words = status_buffer(stream, dim)?;
+        let st = gm(OP, stream, "status", &words)?;
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
             stream.launch_raw(OP, |s| {
-                launch(dim, s, args[0], args[1], args[2], args[3], &t)
+                launch(dim, s, args[0], args[1], args[2], args[3], st, &t)
             })
-        }
+        }?;
+        report_at_sync(OP, stream, words);
+        Ok(())
     }
 
     fn rms_norm<T: KvFloat>(

@@ -19,6 +19,9 @@ use crate::{DevicePtr, StreamId};
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A check queued with [`AclStream::check_after_sync`].
+type AfterSync = Box<dyn FnOnce(&AclStream) -> Result<()> + Send>;
+
 /// A stream of the ACL backend.
 pub struct AclStream {
     raw: AclrtStream,
@@ -26,6 +29,8 @@ pub struct AclStream {
     device: Arc<DeviceInner>,
     /// Operations queued since the last synchronisation, for error messages.
     pending: Mutex<Vec<&'static str>>,
+    /// Checks to run once the work queued so far has completed.
+    after_sync: Mutex<Vec<AfterSync>>,
 }
 
 // SAFETY: the stream handle is an opaque runtime token usable from any thread whose current
@@ -48,6 +53,7 @@ impl AclStream {
             id: StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed)),
             device,
             pending: Mutex::new(Vec::new()),
+            after_sync: Mutex::new(Vec::new()),
         })
     }
 
@@ -69,6 +75,21 @@ impl AclStream {
         // SAFETY: `raw` is live until `Drop`, and the device's context was just bound.
         let res = unsafe { result::synchronize_stream(&self.device.rt.api, self.raw) };
         let queued = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let checks =
+            std::mem::take(&mut *self.after_sync.lock().unwrap_or_else(|e| e.into_inner()));
+        if res.is_ok() {
+            // Every check runs (each may own device memory its kernel wrote); the first error
+            // is this synchronisation's.
+            let mut first = Ok(());
+            for check in checks {
+                let r = check(self);
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            return first;
+        }
+        drop(checks);
         res.map_err(|source| {
             let mut runs: Vec<(&str, usize)> = Vec::new();
             for &op in &queued {
@@ -131,6 +152,19 @@ impl AclStream {
         }
         self.note(op);
         Ok(())
+    }
+
+    /// Runs `check` once the work queued on this stream so far has completed: at the next
+    /// synchronisation that succeeds (`synchronize`, or a blocking copy, which synchronises
+    /// first), whose result is then the first error a check returns. A failed synchronisation
+    /// drops the checks unrun (its own error says more). Kernels use this to report what they
+    /// found on the device (device-side indices out of range) without a synchronisation of
+    /// their own; `check` may copy from the device on the stream it is given.
+    pub fn check_after_sync(&self, check: impl FnOnce(&AclStream) -> Result<()> + Send + 'static) {
+        self.after_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(check));
     }
 
     /// `aclrtMemcpyAsync` on this stream, remembered under `op` for error messages.

@@ -20,22 +20,24 @@
 
 #define RESHAPE_SHIM(NAME)                                                                         \
     SHIM(NAME, ArkReshapeAndCacheTiling,                                                              \
-         P(uint8_t* key, uint8_t* value, uint8_t* key_cache, uint8_t* value_cache, uint8_t* slots), \
-         P(key, value, key_cache, value_cache, slots))
+         P(uint8_t* key, uint8_t* value, uint8_t* key_cache, uint8_t* value_cache, uint8_t* slots,  \
+           uint8_t* status),                                                                       \
+         P(key, value, key_cache, value_cache, slots, status))
 RESHAPE_SHIM(reshape_and_cache_half)
 RESHAPE_SHIM(reshape_and_cache_float)
 
 #define ATTENTION_SHIM(NAME)                                                                       \
     SHIM(NAME, ArkPagedAttentionTiling,                                                               \
          P(uint8_t* out, uint8_t* query, uint8_t* key_cache, uint8_t* value_cache,                 \
-           uint8_t* block_tables, uint8_t* seq_lens),                                              \
-         P(out, query, key_cache, value_cache, block_tables, seq_lens))
+           uint8_t* block_tables, uint8_t* seq_lens, uint8_t* status),                             \
+         P(out, query, key_cache, value_cache, block_tables, seq_lens, status))
 ATTENTION_SHIM(paged_attention_half)
 ATTENTION_SHIM(paged_attention_float)
 
 #define ROPE_SHIM(NAME)                                                                            \
-    SHIM(NAME, ArkRopeTiling, P(uint8_t* positions, uint8_t* query, uint8_t* key, uint8_t* cos_sin),  \
-         P(positions, query, key, cos_sin))
+    SHIM(NAME, ArkRopeTiling,                                                                      \
+         P(uint8_t* positions, uint8_t* query, uint8_t* key, uint8_t* cos_sin, uint8_t* status),   \
+         P(positions, query, key, cos_sin, status))
 ROPE_SHIM(rotary_embedding_half)
 ROPE_SHIM(rotary_embedding_float)
 

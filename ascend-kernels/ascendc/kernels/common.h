@@ -46,3 +46,30 @@ __aicore__ inline uint32_t ReduceMaxWorkFloats(uint32_t count) {
     const uint32_t first = count / 64 > 1 ? count / 64 : 1;
     return (2 * first + 7) / 8 * 8;
 }
+
+// Where a kernel reports the device-side indices it refused (a slot, block id, length or
+// position outside its tiling): each core writes its count into its own 32-byte slot of
+// `status` (int32, 8 per core, so the cores never share a block); the host sums the slots once
+// the kernel is done and turns a non-zero total into an error.
+class StatusWord {
+public:
+    __aicore__ inline void Init(TPipe& pipe, GM_ADDR status) {
+        gm_.SetGlobalBuffer((__gm__ int32_t*)status + GetBlockIdx() * 8, 8);
+        pipe.InitBuffer(queue_, 1, 32);
+    }
+    __aicore__ inline void Refused() { refused_++; }
+    // Writes this core's count (always, so the host need not clear the buffer first).
+    __aicore__ inline void Write() {
+        LocalTensor<int32_t> t = queue_.template AllocTensor<int32_t>();
+        Duplicate(t, refused_, 8);
+        queue_.EnQue(t);
+        t = queue_.template DeQue<int32_t>();
+        DataCopy(gm_, t, 8);
+        queue_.FreeTensor(t);
+    }
+
+private:
+    TQue<TPosition::VECOUT, 1> queue_;
+    GlobalTensor<int32_t> gm_;
+    int32_t refused_ = 0;
+};

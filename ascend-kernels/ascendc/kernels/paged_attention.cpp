@@ -22,7 +22,8 @@
 //
 // Device-side indices (sequence lengths, block table entries) are checked before use: a
 // sequence whose length is negative or past its block table, or whose attended blocks name a
-// block outside the cache, gets zeros, and nothing outside the caches is read.
+// block outside the cache, gets zeros, nothing outside the caches is read, and the sequence is
+// counted in `status`.
 //
 // Alignment: head_size * sizeof(T) and head_size * 4 are multiples of 32 bytes (the tiling
 // checks), so every token row in the UB starts on a 32-byte boundary.
@@ -33,7 +34,8 @@ template <typename T>
 class KernelPagedAttention {
 public:
     __aicore__ inline void Init(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache, GM_ADDR value_cache,
-                                GM_ADDR block_tables, GM_ADDR seq_lens, const ArkPagedAttentionTiling& t) {
+                                GM_ADDR block_tables, GM_ADDR seq_lens, GM_ADDR status,
+                                const ArkPagedAttentionTiling& t) {
         t_ = t;
         group_ = t.num_heads / t.num_kv_heads;
         tokenStride_ = t.num_kv_heads * t.head_size;
@@ -67,12 +69,14 @@ public:
         pipe_.InitBuffer(red_, 32);
         const uint32_t sumWork = ReduceSumWorkFloats(t.head_size), maxWork = ReduceMaxWorkFloats(t.chunk);
         pipe_.InitBuffer(work_, (sumWork > maxWork ? sumWork : maxWork) * sizeof(float));
+        status_.Init(pipe_, status);
     }
 
     __aicore__ inline void Process() {
         const int64_t tasks = static_cast<int64_t>(t_.num_seqs) * t_.num_kv_heads;
         for (int64_t task = GetBlockIdx(); task < tasks; task += GetBlockNum())
             Task(static_cast<uint32_t>(task / t_.num_kv_heads), static_cast<uint32_t>(task % t_.num_kv_heads));
+        status_.Write();
     }
 
 private:
@@ -90,7 +94,9 @@ private:
         uint32_t first = 0;
         if (t_.sliding_window != 0 && len > 0 && static_cast<uint32_t>(len) > t_.sliding_window)
             first = static_cast<uint32_t>(len) - t_.sliding_window;
-        if (len > 0 && Attendable(seq, first, static_cast<uint32_t>(len))) {
+        const bool valid = len == 0 || (len > 0 && Attendable(seq, first, static_cast<uint32_t>(len)));
+        if (!valid && kvh == 0) status_.Refused();  // once per sequence, not per KV head
+        if (len > 0 && valid) {
             LocalTensor<float> qf = qf_.Get<float>();
             LocalTensor<T> q = qQueue_.template AllocTensor<T>();
             DataCopy(q, qGm_[at], rows);
@@ -220,6 +226,7 @@ private:
     ArkPagedAttentionTiling t_;
     uint32_t group_ = 1, tokenStride_ = 0;
     float runMax_[PA_MAX_GROUP];
+    StatusWord status_;
     TPipe pipe_;
     TQue<TPosition::VECIN, 1> qQueue_, kQueue_, vQueue_;
     TQue<TPosition::VECOUT, 1> outQueue_;
@@ -231,10 +238,11 @@ private:
 #define PAGED_ATTENTION(NAME, T)                                                                   \
     extern "C" __global__ __aicore__ void NAME(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache,      \
                                                GM_ADDR value_cache, GM_ADDR block_tables,          \
-                                               GM_ADDR seq_lens, ArkPagedAttentionTiling tiling) {    \
+                                               GM_ADDR seq_lens, GM_ADDR status,                   \
+                                               ArkPagedAttentionTiling tiling) {                   \
         KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
         KernelPagedAttention<T> op;                                                                \
-        op.Init(out, query, key_cache, value_cache, block_tables, seq_lens, tiling);               \
+        op.Init(out, query, key_cache, value_cache, block_tables, seq_lens, status, tiling);       \
         op.Process();                                                                              \
     }
 PAGED_ATTENTION(paged_attention_half, half)

@@ -9,14 +9,14 @@
 // stride 0), and the row goes back out.
 // Needs rotary_dim / 2 elements of T to be a multiple of 32 bytes (vector operands are aligned).
 // A position outside [0, max_position) (device memory the host did not check) reads no cos/sin
-// row: the token's query and key rows become zeros instead.
+// row: the token's query and key rows become zeros instead, and it is counted in `status`.
 #include "common.h"
 #include "tiling.h"
 
 template <typename T>
 class KernelRotaryEmbedding {
 public:
-    __aicore__ inline void Init(GM_ADDR positions, GM_ADDR query, GM_ADDR key, GM_ADDR cos_sin,
+    __aicore__ inline void Init(GM_ADDR positions, GM_ADDR query, GM_ADDR key, GM_ADDR cos_sin, GM_ADDR status,
                                 const ArkRopeTiling& t) {
         t_ = t;
         half_ = t.rotary_dim / 2;
@@ -32,12 +32,14 @@ public:
         pipe_.InitBuffer(t1_, ROPE_HEADS_PER_PASS * 64 * sizeof(float));
         pipe_.InitBuffer(t2_, ROPE_HEADS_PER_PASS * 64 * sizeof(float));
         pipe_.InitBuffer(t3_, ROPE_HEADS_PER_PASS * 64 * sizeof(float));
+        status_.Init(pipe_, status);
     }
 
     __aicore__ inline void Process() {
         for (int64_t tok = GetBlockIdx(); tok < t_.num_tokens; tok += GetBlockNum()) {
             const int64_t pos = posGm_.GetValue(tok);
             if (pos < 0 || pos >= static_cast<int64_t>(t_.max_position)) {
+                status_.Refused();
                 Zero(qGm_[static_cast<uint64_t>(tok) * t_.num_heads * t_.head_size], t_.num_heads);
                 Zero(kGm_[static_cast<uint64_t>(tok) * t_.num_kv_heads * t_.head_size], t_.num_kv_heads);
                 continue;
@@ -50,6 +52,7 @@ public:
             Rotate(kGm_[static_cast<uint64_t>(tok) * t_.num_kv_heads * t_.head_size], t_.num_kv_heads, cs);
             csQueue_.FreeTensor(cs);
         }
+        status_.Write();
     }
 
 private:
@@ -109,14 +112,16 @@ private:
     GlobalTensor<int64_t> posGm_;
     GlobalTensor<T> qGm_, kGm_;
     GlobalTensor<float> csGm_;
+    StatusWord status_;
 };
 
 #define ROTARY_EMBEDDING(NAME, T)                                                                  \
     extern "C" __global__ __aicore__ void NAME(GM_ADDR positions, GM_ADDR query, GM_ADDR key,      \
-                                               GM_ADDR cos_sin_cache, ArkRopeTiling tiling) {         \
+                                               GM_ADDR cos_sin_cache, GM_ADDR status,              \
+                                               ArkRopeTiling tiling) {                             \
         KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
         KernelRotaryEmbedding<T> op;                                                               \
-        op.Init(positions, query, key, cos_sin_cache, tiling);                                     \
+        op.Init(positions, query, key, cos_sin_cache, status, tiling);                             \
         op.Process();                                                                              \
     }
 ROTARY_EMBEDDING(rotary_embedding_half, half)

@@ -9,12 +9,14 @@ use std::ffi::{c_char, CStr};
 use ascend_hal::{Error, Result};
 use half::f16;
 
+use super::status as device_status;
 use super::tiling::{self, PagedAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling, RopeTiling};
 use crate::float::KvFloat;
 use crate::reference::{check_positions, check_slots};
 use crate::shapes::{check_seqs, PagedAttention, ReshapeAndCache, RmsNorm, Rotary};
 
-/// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status`.
+/// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status` (the kernels that
+/// read device-side indices take a status buffer as their last gm pointer).
 type Shim4<Tl> = unsafe extern "C" fn(
     u32,
     *mut u8,
@@ -48,6 +50,19 @@ type Shim6<Tl> = unsafe extern "C" fn(
     *mut c_char,
     usize,
 ) -> i32;
+type Shim7<Tl> = unsafe extern "C" fn(
+    u32,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *const Tl,
+    *mut c_char,
+    usize,
+) -> i32;
 
 // The shims of ascendc/host/launch.cpp; their C prototypes take exactly these arguments.
 extern "C" {
@@ -58,6 +73,7 @@ extern "C" {
         kc: *mut u8,
         vc: *mut u8,
         s: *mut u8,
+        st: *mut u8,
         t: *const ReshapeAndCacheTiling,
         e: *mut c_char,
         n: usize,
@@ -69,6 +85,7 @@ extern "C" {
         kc: *mut u8,
         vc: *mut u8,
         s: *mut u8,
+        st: *mut u8,
         t: *const ReshapeAndCacheTiling,
         e: *mut c_char,
         n: usize,
@@ -81,6 +98,7 @@ extern "C" {
         vc: *mut u8,
         bt: *mut u8,
         sl: *mut u8,
+        st: *mut u8,
         t: *const PagedAttentionTiling,
         e: *mut c_char,
         n: usize,
@@ -93,6 +111,7 @@ extern "C" {
         vc: *mut u8,
         bt: *mut u8,
         sl: *mut u8,
+        st: *mut u8,
         t: *const PagedAttentionTiling,
         e: *mut c_char,
         n: usize,
@@ -103,6 +122,7 @@ extern "C" {
         q: *mut u8,
         k: *mut u8,
         cs: *mut u8,
+        st: *mut u8,
         t: *const RopeTiling,
         e: *mut c_char,
         n: usize,
@@ -113,6 +133,7 @@ extern "C" {
         q: *mut u8,
         k: *mut u8,
         cs: *mut u8,
+        st: *mut u8,
         t: *const RopeTiling,
         e: *mut c_char,
         n: usize,
@@ -150,26 +171,26 @@ mod sealed {
 /// (A2 vector units have no bf16 arithmetic.)
 pub trait AscendCFloat: KvFloat + sealed::Sealed {
     #[doc(hidden)]
-    const RESHAPE_AND_CACHE: Shim5<ReshapeAndCacheTiling>;
+    const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling>;
     #[doc(hidden)]
-    const PAGED_ATTENTION: Shim6<PagedAttentionTiling>;
+    const PAGED_ATTENTION: Shim7<PagedAttentionTiling>;
     #[doc(hidden)]
-    const ROTARY_EMBEDDING: Shim4<RopeTiling>;
+    const ROTARY_EMBEDDING: Shim5<RopeTiling>;
     #[doc(hidden)]
     const RMS_NORM: Shim4<RmsNormTiling>;
 }
 
 impl AscendCFloat for f32 {
-    const RESHAPE_AND_CACHE: Shim5<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_float;
-    const PAGED_ATTENTION: Shim6<PagedAttentionTiling> = ascendc_host_paged_attention_float;
-    const ROTARY_EMBEDDING: Shim4<RopeTiling> = ascendc_host_rotary_embedding_float;
+    const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_float;
+    const PAGED_ATTENTION: Shim7<PagedAttentionTiling> = ascendc_host_paged_attention_float;
+    const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_float;
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_float;
 }
 
 impl AscendCFloat for f16 {
-    const RESHAPE_AND_CACHE: Shim5<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_half;
-    const PAGED_ATTENTION: Shim6<PagedAttentionTiling> = ascendc_host_paged_attention_half;
-    const ROTARY_EMBEDDING: Shim4<RopeTiling> = ascendc_host_rotary_embedding_half;
+    const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_half;
+    const PAGED_ATTENTION: Shim7<PagedAttentionTiling> = ascendc_host_paged_attention_half;
+    const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_half;
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_half;
 }
 
@@ -213,7 +234,7 @@ pub fn reshape_and_cache<T: AscendCFloat>(
     slot_mapping: &[i32],
     block_dim: u32,
 ) -> Result<()> {
-    reshape_and_cache_with(
+    let refused = reshape_and_cache_with(
         p,
         key,
         value,
@@ -222,7 +243,8 @@ pub fn reshape_and_cache<T: AscendCFloat>(
         slot_mapping,
         block_dim,
         Indices::Checked,
-    )
+    )?;
+    device_status::check("reshape_and_cache", refused)
 }
 
 /// Whether a host runner checks the device-side indices before the launch (as the public
@@ -247,7 +269,7 @@ fn reshape_and_cache_with<T: AscendCFloat>(
     slot_mapping: &[i32],
     block_dim: u32,
     indices: Indices,
-) -> Result<()> {
+) -> Result<u64> {
     const OP: &str = "reshape_and_cache";
     check_block_dim(OP, block_dim)?;
     p.validate::<T>(
@@ -261,11 +283,13 @@ fn reshape_and_cache_with<T: AscendCFloat>(
         check_slots(p, slot_mapping)?;
     }
     let t = tiling::reshape_and_cache(p, std::mem::size_of::<T>())?;
+    let mut words = vec![0i32; device_status::words(block_dim)];
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: the lengths were checked against the tiling's shape above, so the kernel's global
     // tensors (sized from the same tiling, bounds-checked by the host implementation, whatever
-    // the slots hold) lie inside these slices; the inputs are only read; the caches are exclusively borrowed; `err` holds
-    // ERR_LEN bytes.
+    // the slots hold) lie inside these slices; the inputs are only read; the caches are
+    // exclusively borrowed; `words` holds the 8 int32 each of the `block_dim` cores writes;
+    // `err` holds ERR_LEN bytes.
     let code = unsafe {
         T::RESHAPE_AND_CACHE(
             block_dim,
@@ -274,12 +298,14 @@ fn reshape_and_cache_with<T: AscendCFloat>(
             key_cache.as_mut_ptr().cast(),
             value_cache.as_mut_ptr().cast(),
             ptr(slot_mapping),
+            words.as_mut_ptr().cast(),
             &t,
             err.as_mut_ptr(),
             ERR_LEN,
         )
     };
-    status(OP, code, &err)
+    status(OP, code, &err)?;
+    Ok(device_status::refused(&words))
 }
 
 /// Decode paged attention on the host implementation; see [`crate::reference::paged_attention`].
@@ -294,7 +320,7 @@ pub fn paged_attention<T: AscendCFloat>(
     seq_lens: &[i32],
     block_dim: u32,
 ) -> Result<()> {
-    paged_attention_with(
+    let refused = paged_attention_with(
         p,
         out,
         query,
@@ -304,7 +330,8 @@ pub fn paged_attention<T: AscendCFloat>(
         seq_lens,
         block_dim,
         Indices::Checked,
-    )
+    )?;
+    device_status::check("paged_attention", refused)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -318,7 +345,7 @@ fn paged_attention_with<T: AscendCFloat>(
     seq_lens: &[i32],
     block_dim: u32,
     indices: Indices,
-) -> Result<()> {
+) -> Result<u64> {
     const OP: &str = "paged_attention";
     check_block_dim(OP, block_dim)?;
     p.validate::<T>(
@@ -333,6 +360,7 @@ fn paged_attention_with<T: AscendCFloat>(
         check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
     }
     let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
+    let mut words = vec![0i32; device_status::words(block_dim)];
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: as in `reshape_and_cache`: the lengths were checked, so every global tensor of the
     // kernel is inside these slices (and the host implementation bounds-checks each access); only `out` is
@@ -346,12 +374,14 @@ fn paged_attention_with<T: AscendCFloat>(
             ptr(value_cache),
             ptr(block_tables),
             ptr(seq_lens),
+            words.as_mut_ptr().cast(),
             &t,
             err.as_mut_ptr(),
             ERR_LEN,
         )
     };
-    status(OP, code, &err)
+    status(OP, code, &err)?;
+    Ok(device_status::refused(&words))
 }
 
 /// RoPE (NeoX) on the host implementation; see [`crate::reference::rotary_embedding`].
@@ -363,7 +393,7 @@ pub fn rotary_embedding<T: AscendCFloat>(
     cos_sin_cache: &[f32],
     block_dim: u32,
 ) -> Result<()> {
-    rotary_embedding_with(
+    let refused = rotary_embedding_with(
         p,
         positions,
         query,
@@ -371,7 +401,8 @@ pub fn rotary_embedding<T: AscendCFloat>(
         cos_sin_cache,
         block_dim,
         Indices::Checked,
-    )
+    )?;
+    device_status::check("rotary_embedding", refused)
 }
 
 fn rotary_embedding_with<T: AscendCFloat>(
@@ -382,7 +413,7 @@ fn rotary_embedding_with<T: AscendCFloat>(
     cos_sin_cache: &[f32],
     block_dim: u32,
     indices: Indices,
-) -> Result<()> {
+) -> Result<u64> {
     const OP: &str = "rotary_embedding";
     check_block_dim(OP, block_dim)?;
     p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
@@ -390,6 +421,7 @@ fn rotary_embedding_with<T: AscendCFloat>(
         check_positions(p, positions)?;
     }
     let t = tiling::rotary_embedding(p, std::mem::size_of::<T>())?;
+    let mut words = vec![0i32; device_status::words(block_dim)];
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: shapes were checked, so the kernel's global tensors are inside these slices (each
     // access bounds-checked by the host implementation); query
@@ -401,12 +433,14 @@ fn rotary_embedding_with<T: AscendCFloat>(
             query.as_mut_ptr().cast(),
             key.as_mut_ptr().cast(),
             ptr(cos_sin_cache),
+            words.as_mut_ptr().cast(),
             &t,
             err.as_mut_ptr(),
             ERR_LEN,
         )
     };
-    status(OP, code, &err)
+    status(OP, code, &err)?;
+    Ok(device_status::refused(&words))
 }
 
 /// RMSNorm on the host implementation; see [`crate::reference::rms_norm`].
@@ -569,7 +603,7 @@ mod device_guards {
                 vec![7.0f32; CACHE.elements()],
                 vec![7.0f32; CACHE.elements()],
             );
-            reshape_and_cache_with(
+            let refused = reshape_and_cache_with(
                 &p,
                 &key,
                 &value,
@@ -581,6 +615,14 @@ mod device_guards {
             )
             .unwrap();
             assert_eq!(got, want, "{cores} cores");
+            // The two slots past the cache are reported (the negative one is padding).
+            assert_eq!(refused, 2, "{cores} cores");
+            let e = device_status::check("reshape_and_cache", refused).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("2 slot_mapping entries past the end of the cache were skipped"),
+                "{e}"
+            );
         }
         // The public runner refuses them before the launch, as the reference does.
         let mut caches = (
@@ -640,7 +682,7 @@ mod device_guards {
         }
         for cores in [1, 5] {
             let mut out = vec![9.0f32; q.len()];
-            paged_attention_with(
+            let refused = paged_attention_with(
                 &p,
                 &mut out,
                 &q,
@@ -652,6 +694,8 @@ mod device_guards {
                 Indices::KernelGuarded,
             )
             .unwrap();
+            // Each bad sequence once, not once per KV head.
+            assert_eq!(refused, 4, "{cores} cores");
             for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-5,

@@ -30,6 +30,7 @@
 pub mod cost;
 pub mod host;
 pub(crate) mod npu;
+pub(crate) mod status;
 pub mod tiling;
 
 pub use npu::NOT_BUILT;

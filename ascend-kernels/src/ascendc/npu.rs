@@ -29,6 +29,9 @@ pub(crate) type Launch5<Tl> = unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, 
 /// The same with 6 gm pointers.
 pub(crate) type Launch6<Tl> =
     unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
+/// The same with 7 gm pointers.
+pub(crate) type Launch7<Tl> =
+    unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
 
 /// One kernel's `half` and `float` launch stubs.
 pub(crate) struct Pair<F> {
@@ -38,9 +41,11 @@ pub(crate) struct Pair<F> {
 
 /// The launch stubs of the NPU kernels library.
 pub(crate) struct NpuKernels {
-    pub reshape_and_cache: Pair<Launch5<ReshapeAndCacheTiling>>,
-    pub paged_attention: Pair<Launch6<PagedAttentionTiling>>,
-    pub rotary_embedding: Pair<Launch4<RopeTiling>>,
+    /// The three kernels that read device-side indices take a status buffer last (see
+    /// `ascendc::status`).
+    pub reshape_and_cache: Pair<Launch6<ReshapeAndCacheTiling>>,
+    pub paged_attention: Pair<Launch7<PagedAttentionTiling>>,
+    pub rotary_embedding: Pair<Launch5<RopeTiling>>,
     pub rms_norm: Pair<Launch4<RmsNormTiling>>,
     /// Keeps the stubs' code mapped.
     _library: Library,

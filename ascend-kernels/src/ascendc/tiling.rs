@@ -174,12 +174,13 @@ fn fits(op: &'static str, ub: usize, detail: &str) -> Result<()> {
     Ok(())
 }
 
-/// Unified Buffer bytes `reshape_and_cache` uses: one double-buffered queue of a token row.
+/// Unified Buffer bytes `reshape_and_cache` uses: one double-buffered queue of a token row, and
+/// the status word's block.
 pub fn reshape_and_cache_ub(row: usize, size: usize) -> usize {
     if any_huge(&[row, size]) {
         return usize::MAX;
     }
-    2 * r32(row * size)
+    2 * r32(row * size) + BLOCK
 }
 
 /// Tiles `reshape_and_cache` for elements of `size` bytes.
@@ -213,6 +214,7 @@ pub fn paged_attention_ub(group: usize, head_size: usize, chunk: usize, size: us
         + PA_MAX_GROUP * 2 * BLOCK    // running max and sum per head
         + BLOCK                       // reduction results
         + reduce_sum_work_bytes(head_size).max(reduce_max_work_bytes(chunk)) // reductions' work
+        + BLOCK // the status word
 }
 
 /// Tiles paged decode attention for elements of `size` bytes: picks the largest chunk (at most
@@ -286,6 +288,7 @@ pub fn rotary_embedding_ub(p: &Rotary, size: usize) -> usize {
         + 2 * 2 * r32(row * size)
         + r32(row * 4)
         + 3 * ROPE_HEADS_PER_PASS * 64 * 4 // heads x 64-float temporaries
+        + BLOCK // the status word
 }
 
 /// Tiles RoPE (NeoX pairing) for elements of `size` bytes.

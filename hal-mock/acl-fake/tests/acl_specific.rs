@@ -341,3 +341,40 @@ fn events_outlive_the_waits_on_them_and_re_records_take_fresh_events() {
     assert_eq!(device.retired_events(), 0);
     assert_eq!(common::call_count("aclrtDestroyEvent") - destroyed, 4);
 }
+
+#[test]
+fn checks_after_sync_run_once_the_work_is_done_and_report_at_that_sync() {
+    let _s = serial();
+    let backend = common::backend();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    // A "kernel" writes a status word on the device; the check reads it once the work is done.
+    let host = PinnedBuffer::<AclBackend, i32>::from_slice(&device, &[3; 8]).unwrap();
+    let mut status = Buf::<i32>::zeros(&stream, 8).unwrap();
+    stream.copy_h2d(&host, &mut status).unwrap();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = ran.clone();
+    stream.check_after_sync(move |s| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let words = s.clone_to_host(&status)?;
+        if words[0] != 0 {
+            return Err(Error::InvalidArgument {
+                op: "status_kernel",
+                message: format!("{} entries refused", words[0]),
+            });
+        }
+        Ok(())
+    });
+    let e = stream.synchronize().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { op: "status_kernel", message } if message == "3 entries refused"),
+        "{e}"
+    );
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Reported once: the next synchronisation is clean, and the check does not run again.
+    stream.synchronize().unwrap();
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A passing check leaves the synchronisation's own result.
+    stream.check_after_sync(|_| Ok(()));
+    stream.synchronize().unwrap();
+}
