@@ -809,7 +809,7 @@ ASCENDC_BINARY(Max, u > v ? u : v)
 #undef ASCENDC_BINARY
 
 #define ASCENDC_SCALAR(NAME, EXPR)                                                             \
-    template <typename T>                                                                      \
+    template <typename T, bool isSetMask = true>                                               \
     inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar,   \
                      const int32_t& count) {                                                   \
         vector_type<T>(#NAME);                                                                 \
@@ -1066,23 +1066,23 @@ inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t&
     for (int32_t i = 0; i < count; i++) d[i] = scalar;
 }
 
-// Cast between half and float, as the A2 table allows.
-inline void Cast(const LocalTensor<float>& dst, const LocalTensor<half>& src, const RoundMode& mode, const uint32_t count) {
-    if (mode != RoundMode::CAST_NONE) fail("Cast half->float: only CAST_NONE is allowed on A2");
-    dst.operand("Cast", count);
-    src.operand("Cast", count);
-    src.vector_reads("Cast", count);
-    dst.vector_writes("Cast", count);
-    for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = static_cast<float>(src.ptr()[i]);
-}
-inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, const RoundMode& mode, const uint32_t count) {
-    if (mode != RoundMode::CAST_NONE && mode != RoundMode::CAST_RINT)
+// Cast between half and float, as the A2 table allows (CANN's template<T1, T2> declaration; the
+// host implementation provides these two directions).
+template <typename T1, typename T2>
+inline void Cast(const LocalTensor<T1>& dst, const LocalTensor<T2>& src, const RoundMode& round_mode, const uint32_t calCount) {
+    static_assert((std::is_same<T1, float>::value && std::is_same<T2, half>::value) ||
+                      (std::is_same<T1, half>::value && std::is_same<T2, float>::value),
+                  "the host implementation provides Cast between half and float only");
+    if (std::is_same<T1, float>::value && round_mode != RoundMode::CAST_NONE)
+        fail("Cast half->float: only CAST_NONE is allowed on A2");
+    if (std::is_same<T1, half>::value && round_mode != RoundMode::CAST_NONE && round_mode != RoundMode::CAST_RINT)
         fail("Cast float->half: this host implementation provides CAST_NONE and CAST_RINT (round half to even)");
-    dst.operand("Cast", count);
-    src.operand("Cast", count);
-    src.vector_reads("Cast", count);
-    dst.vector_writes("Cast", count);
-    for (uint32_t i = 0; i < count; i++) dst.ptr()[i] = half(src.ptr()[i]);
+    dst.operand("Cast", calCount);
+    src.operand("Cast", calCount);
+    src.vector_reads("Cast", calCount);
+    dst.pipe_access(PIPE_ID_V, PipeModel::WRITE, "Cast", calCount);
+    count_vector(static_cast<uint64_t>(calCount) * std::max(sizeof(T1), sizeof(T2)));  // repeats follow the wider type
+    for (uint32_t i = 0; i < calCount; i++) dst.ptr()[i] = static_cast<T1>(static_cast<float>(src.ptr()[i]));
 }
 
 // The count forms of ReduceSum and ReduceMax as CANN 8.1.RC1 implements them for dav-c220
