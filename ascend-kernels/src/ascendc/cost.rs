@@ -75,21 +75,21 @@ pub fn last_launch() -> Vec<CoreCost> {
     cores
 }
 
-/// The sum over cores.
+/// The sum over cores (saturating).
 pub fn total(cores: &[CoreCost]) -> CoreCost {
     cores.iter().fold(CoreCost::default(), |a, c| CoreCost {
-        mte2_bytes: a.mte2_bytes + c.mte2_bytes,
-        mte2_copies: a.mte2_copies + c.mte2_copies,
-        mte2_bursts: a.mte2_bursts + c.mte2_bursts,
-        mte3_bytes: a.mte3_bytes + c.mte3_bytes,
-        mte3_copies: a.mte3_copies + c.mte3_copies,
-        mte3_bursts: a.mte3_bursts + c.mte3_bursts,
-        vec_instrs: a.vec_instrs + c.vec_instrs,
-        vec_repeats: a.vec_repeats + c.vec_repeats,
-        scalar_ub: a.scalar_ub + c.scalar_ub,
-        scalar_gm: a.scalar_gm + c.scalar_gm,
-        flag_waits: a.flag_waits + c.flag_waits,
-        queue_ops: a.queue_ops + c.queue_ops,
+        mte2_bytes: a.mte2_bytes.saturating_add(c.mte2_bytes),
+        mte2_copies: a.mte2_copies.saturating_add(c.mte2_copies),
+        mte2_bursts: a.mte2_bursts.saturating_add(c.mte2_bursts),
+        mte3_bytes: a.mte3_bytes.saturating_add(c.mte3_bytes),
+        mte3_copies: a.mte3_copies.saturating_add(c.mte3_copies),
+        mte3_bursts: a.mte3_bursts.saturating_add(c.mte3_bursts),
+        vec_instrs: a.vec_instrs.saturating_add(c.vec_instrs),
+        vec_repeats: a.vec_repeats.saturating_add(c.vec_repeats),
+        scalar_ub: a.scalar_ub.saturating_add(c.scalar_ub),
+        scalar_gm: a.scalar_gm.saturating_add(c.scalar_gm),
+        flag_waits: a.flag_waits.saturating_add(c.flag_waits),
+        queue_ops: a.queue_ops.saturating_add(c.queue_ops),
     })
 }
 
@@ -196,7 +196,7 @@ impl Figures {
             .max_by(|a, b| a.longest().total_cmp(&b.longest()))
             .unwrap_or_default();
         let t = total(cores);
-        let hbm = self.roofline(t.mte2_bytes + t.mte3_bytes);
+        let hbm = self.roofline(t.mte2_bytes.saturating_add(t.mte3_bytes));
         let cores_time = slowest.longest() * waves as f64;
         let (seconds, bound) = if hbm >= cores_time {
             (hbm, Bound::Hbm)
@@ -362,5 +362,36 @@ mod tests {
         assert_eq!(one.bound, Bound::Scalar);
         let two = f.estimate(&[scalar; 96]);
         assert!((two.seconds - 2.0 * one.seconds).abs() < 1e-12);
+    }
+
+    #[test]
+    fn extreme_inputs_give_numbers_not_panics() {
+        let f = Figures::ASCEND_910B;
+        // No cores: nothing to do.
+        let e = f.estimate(&[]);
+        assert_eq!(e.seconds, 0.0);
+        // Counts at u64::MAX saturate in the total and stay finite.
+        let huge = CoreCost {
+            mte2_bytes: u64::MAX,
+            mte3_bytes: u64::MAX,
+            mte2_copies: u64::MAX,
+            mte2_bursts: 0,
+            vec_repeats: u64::MAX,
+            ..CoreCost::default()
+        };
+        assert_eq!(total(&[huge, huge]).mte2_bytes, u64::MAX);
+        let e = f.estimate(&[huge, huge]);
+        assert!(e.seconds.is_finite() && e.seconds > 1e6, "{e:?}");
+        // Zero cores in the figures count as one; NaN figures give NaN, not a panic.
+        let zero = Figures {
+            vector_cores: 0,
+            ..f
+        };
+        assert!(zero.estimate(&[huge]).seconds.is_finite());
+        let nan = Figures {
+            clock_hz: f64::NAN,
+            ..f
+        };
+        assert!(nan.estimate(&[huge]).seconds.is_nan());
     }
 }
