@@ -256,12 +256,7 @@ public:
             for (auto& list : row) list.clear();
     }
     void reset() {
-        seq_ = 0;
-        for (auto& row : fence_)
-            for (auto& f : row) f = 0;
-        order_all();
-        for (auto& row : fence_)
-            for (auto& f : row) f = 0;
+        *this = PipeModel();
     }
 
 private:
