@@ -1,13 +1,14 @@
 //! The fast CPU kernels: the CPU backend's implementation of every op.
 //!
-//! - Work is split over both cores with rayon: attention by (sequence or token, KV head group),
-//!   norms and activations by rows.
+//! - Work is split over both cores with rayon: decode attention by (sequence, run of KV heads)
+//!   with as many KV heads per task as still keeps every thread busy (so a task reads whole
+//!   token rows), prefill attention by (token, KV head), norms and activations by rows.
 //! - Attention reads the paged cache block by block in place, converting one block's K (then V)
 //!   rows of one KV head to `f32` at a time, and keeps a running maximum, sum and accumulator per
 //!   query (online softmax): no gathered copy of the context is ever made, and numerics are
 //!   stable for long contexts.
-//! - Inner loops (dot products, `acc += w * v`) run over 8-wide chunks with independent
-//!   accumulators, which the compiler vectorises.
+//! - Inner loops (dot products, `acc = acc * s + w * v`) use AVX2 + FMA where the CPU has them,
+//!   chosen at run time (`simd`), and 8-wide chunks with independent accumulators elsewhere.
 
 use ascend_hal::Result;
 use rayon::prelude::*;
@@ -19,33 +20,13 @@ use crate::shapes::{
     Rotary, SiluAndMul,
 };
 
-const LANES: usize = 8;
-
-/// `sum(a[i] * b[i])` with 8 independent accumulators.
+/// `sum(a[i] * b[i])` over the shorter slice (AVX2 + FMA where the CPU has them).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += x * y;
-    }
-    sum
+    crate::simd::dot(a, b)
 }
 
-/// `acc = acc * scale + w * v`.
-#[inline]
-fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
-    for (a, x) in acc.iter_mut().zip(v) {
-        *a = *a * scale + w * x;
-    }
-}
+use crate::simd::{self, scale_add};
 
 /// Writes each token's K and V rows at its slot (a negative slot skips the token; out-of-range
 /// slots are an error and nothing is written).
@@ -125,8 +106,11 @@ struct Scratch {
     sum: Vec<f32>,
 }
 
-/// Online-softmax attention of `group` query rows (one KV head) over context positions
-/// `first..=last`, reading K/V run by run through `loc`; writes the `group` output rows.
+/// Online-softmax attention of the query rows of KV heads `heads` (`group` rows each, in head
+/// order) over context positions `range`, reading K/V run by run through `loc`; writes those
+/// output rows. A run's rows of all the task's KV heads are adjacent in each token row, so they
+/// are read (and converted) as one stretch per token: several heads per task read the cache
+/// in long contiguous runs instead of head-sized pieces.
 #[allow(clippy::too_many_arguments)]
 fn attend_group<T: KvFloat, L: RowLocator>(
     out: &mut [T],
@@ -134,79 +118,97 @@ fn attend_group<T: KvFloat, L: RowLocator>(
     key_cache: &[T],
     value_cache: &[T],
     loc: &L,
-    kv_head: usize,
+    heads: std::ops::Range<usize>,
     range: std::ops::Range<usize>,
     hs: usize,
     scale: f32,
     run_cap: usize,
     s: &mut Scratch,
 ) {
-    let group = q.len() / hs;
+    let nh = heads.len();
+    let rows = q.len() / hs; // query rows: nh * group
+    let group = rows / nh.max(1);
+    let width = nh * hs; // one token's K (or V) for the task's heads
     s.q.resize(q.len(), 0.0);
     T::convert_to_f32(q, &mut s.q);
     s.q.iter_mut().for_each(|x| *x *= scale);
     s.acc.clear();
-    s.acc.resize(group * hs, 0.0);
+    s.acc.resize(rows * hs, 0.0);
     s.max.clear();
-    s.max.resize(group, f32::NEG_INFINITY);
+    s.max.resize(rows, f32::NEG_INFINITY);
     s.sum.clear();
-    s.sum.resize(group, 0.0);
+    s.sum.resize(rows, 0.0);
     let mut start = range.start;
     while start < range.end {
         let end = loc
             .run_end(start, range.end)
             .min(start.saturating_add(run_cap));
         let n = end - start;
-        // Scores of every query row against this run's keys.
-        s.kv.resize(n * hs, 0.0);
+        // Scores of every query row against this run's keys (kv laid out [n][nh][hs]).
+        s.kv.resize(n * width, 0.0);
         for (i, pos) in (start..end).enumerate() {
-            let at = loc.offset(pos, kv_head);
-            T::convert_to_f32(&key_cache[at..at + hs], &mut s.kv[i * hs..(i + 1) * hs]);
+            let at = loc.offset(pos, heads.start);
+            T::convert_to_f32(
+                &key_cache[at..at + width],
+                &mut s.kv[i * width..(i + 1) * width],
+            );
         }
-        s.scores.resize(group * n, 0.0);
-        for g in 0..group {
-            let qg = &s.q[g * hs..(g + 1) * hs];
+        s.scores.resize(rows * n, 0.0);
+        for r in 0..rows {
+            let h = r / group;
+            let qr = &s.q[r * hs..(r + 1) * hs];
             for i in 0..n {
-                s.scores[g * n + i] = dot(qg, &s.kv[i * hs..(i + 1) * hs]);
+                let k = i * width + h * hs;
+                s.scores[r * n + i] = dot(qr, &s.kv[k..k + hs]);
             }
         }
         // Values, folded into the running softmax.
         for (i, pos) in (start..end).enumerate() {
-            let at = loc.offset(pos, kv_head);
-            T::convert_to_f32(&value_cache[at..at + hs], &mut s.kv[i * hs..(i + 1) * hs]);
+            let at = loc.offset(pos, heads.start);
+            T::convert_to_f32(
+                &value_cache[at..at + width],
+                &mut s.kv[i * width..(i + 1) * width],
+            );
         }
-        for g in 0..group {
-            let row = &s.scores[g * n..(g + 1) * n];
+        for r in 0..rows {
+            let h = r / group;
+            let row = &mut s.scores[r * n..(r + 1) * n];
             let run_max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = s.max[g].max(run_max);
-            let rescale = (s.max[g] - new_max).exp();
-            s.sum[g] *= rescale;
-            let acc = &mut s.acc[g * hs..(g + 1) * hs];
-            let mut first = true;
-            for (i, &score) in row.iter().enumerate() {
-                let w = (score - new_max).exp();
-                s.sum[g] += w;
-                scale_add(
-                    acc,
-                    if first { rescale } else { 1.0 },
-                    w,
-                    &s.kv[i * hs..(i + 1) * hs],
-                );
-                first = false;
+            let new_max = s.max[r].max(run_max);
+            let rescale = (s.max[r] - new_max).exp();
+            // The run's weights, exp(score - new max), all at once.
+            row.iter_mut().for_each(|x| *x -= new_max);
+            simd::exp_in_place(row);
+            s.sum[r] = s.sum[r] * rescale + row.iter().sum::<f32>();
+            let acc = &mut s.acc[r * hs..(r + 1) * hs];
+            for (i, &w) in row.iter().enumerate() {
+                let carried = if i == 0 { rescale } else { 1.0 };
+                let v = i * width + h * hs;
+                scale_add(acc, carried, w, &s.kv[v..v + hs]);
             }
-            s.max[g] = new_max;
+            s.max[r] = new_max;
         }
         start = end;
     }
-    for g in 0..group {
-        let inv = if s.sum[g] > 0.0 { 1.0 / s.sum[g] } else { 0.0 };
-        for (o, a) in out[g * hs..(g + 1) * hs]
+    for r in 0..rows {
+        let inv = if s.sum[r] > 0.0 { 1.0 / s.sum[r] } else { 0.0 };
+        for (o, a) in out[r * hs..(r + 1) * hs]
             .iter_mut()
-            .zip(&s.acc[g * hs..(g + 1) * hs])
+            .zip(&s.acc[r * hs..(r + 1) * hs])
         {
             *o = T::from_f32(a * inv);
         }
     }
+}
+
+/// KV heads per decode task: the most (so each task reads long stretches of every token row)
+/// that still gives every worker thread about two tasks.
+fn heads_per_task(num_seqs: usize, kv_heads: usize) -> usize {
+    let want = 2 * rayon::current_num_threads();
+    (1..=kv_heads.max(1))
+        .rev()
+        .find(|&d| kv_heads.is_multiple_of(d) && num_seqs * (kv_heads / d) >= want)
+        .unwrap_or(1)
 }
 
 fn scratch() -> Scratch {
@@ -253,11 +255,14 @@ pub fn paged_attention<T: KvFloat>(
     )?;
     let hs = c.head_size;
     let group = p.num_heads / c.num_kv_heads;
-    out.par_chunks_mut(group * hs)
-        .zip(query.par_chunks(group * hs))
+    let per_task = heads_per_task(p.num_seqs, c.num_kv_heads);
+    let tasks_per_seq = c.num_kv_heads / per_task;
+    out.par_chunks_mut(per_task * group * hs)
+        .zip(query.par_chunks(per_task * group * hs))
         .enumerate()
         .for_each_init(scratch, |s, (i, (o, q))| {
-            let (seq, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
+            let (seq, part) = (i / tasks_per_seq, i % tasks_per_seq);
+            let heads = part * per_task..(part + 1) * per_task;
             let len = lens[seq];
             let loc = Paged {
                 c,
@@ -274,7 +279,7 @@ pub fn paged_attention<T: KvFloat>(
                 key_cache,
                 value_cache,
                 &loc,
-                kvh,
+                heads,
                 first..len,
                 hs,
                 p.scale,
@@ -311,11 +316,14 @@ pub fn contiguous_attention<T: KvFloat>(
         p.num_seqs * max_len * stride,
         keys.len(),
     )?;
-    out.par_chunks_mut(group * hs)
-        .zip(query.par_chunks(group * hs))
+    let per_task = heads_per_task(p.num_seqs, c.num_kv_heads);
+    let tasks_per_seq = c.num_kv_heads / per_task;
+    out.par_chunks_mut(per_task * group * hs)
+        .zip(query.par_chunks(per_task * group * hs))
         .enumerate()
         .for_each_init(scratch, |s, (i, (o, q))| {
-            let (seq, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
+            let (seq, part) = (i / tasks_per_seq, i % tasks_per_seq);
+            let heads = part * per_task..(part + 1) * per_task;
             let len = (seq_lens[seq].max(0) as usize).min(max_len);
             let loc = Contiguous {
                 base: seq * max_len * stride,
@@ -323,7 +331,7 @@ pub fn contiguous_attention<T: KvFloat>(
                 head_size: hs,
             };
             // Runs as long as a 128-token block, so both kernels do the same work per run.
-            attend_group(o, q, keys, values, &loc, kvh, 0..len, hs, p.scale, 128, s);
+            attend_group(o, q, keys, values, &loc, heads, 0..len, hs, p.scale, 128, s);
         });
     Ok(())
 }
@@ -384,7 +392,7 @@ pub fn paged_prefill_attention<T: KvFloat>(
                 key_cache,
                 value_cache,
                 &loc,
-                kvh,
+                kvh..kvh + 1,
                 first..pos + 1,
                 hs,
                 p.scale,

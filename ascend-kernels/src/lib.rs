@@ -49,6 +49,9 @@ mod float;
 mod ops;
 pub mod reference;
 mod shapes;
+#[allow(unsafe_code)]
+// SIMD intrinsics behind run-time CPU feature detection; each block says why it holds.
+mod simd;
 
 pub use float::{close, tolerance, KvFloat};
 pub use ops::{device_arg, swap_in, swap_out, In, KernelOps, Out};
