@@ -157,10 +157,12 @@ fn attend_group<T: KvFloat, L: RowLocator>(
         for r in 0..rows {
             let h = r / group;
             let qr = &s.q[r * hs..(r + 1) * hs];
-            for i in 0..n {
-                let k = i * width + h * hs;
-                s.scores[r * n + i] = dot(qr, &s.kv[k..k + hs]);
-            }
+            simd::dots(
+                qr,
+                &s.kv[h * hs..],
+                width,
+                &mut s.scores[r * n..(r + 1) * n],
+            );
         }
         // Values, folded into the running softmax.
         for (i, pos) in (start..end).enumerate() {

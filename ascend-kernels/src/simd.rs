@@ -27,6 +27,30 @@ pub fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
     portable::scale_add(acc, scale, w, v)
 }
 
+/// `out[i] = dot(q, rows[i * stride..][..q.len()])` for every `i < out.len()`: one query row
+/// against a run of key rows, sharing each load of the query.
+///
+/// # Panics
+/// If `rows` is shorter than the last row needs (a caller bug, as with slice indexing).
+#[inline]
+pub fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(
+            rows.len() >= last * stride + q.len(),
+            "dots: rows too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above; the row bounds were
+        // checked just before.
+        return unsafe { x86::dots(q, rows, stride, out) };
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = portable::dot(q, &rows[i * stride..][..q.len()]);
+    }
+}
+
 /// `x = exp(x)` for every element: relative error within a few units in the last place; inputs
 /// below -87.34 (results under the smallest normal float, and `-inf`) give 0, above 88.37 give
 /// `inf`, NaN stays NaN. (The portable fallback is `f32::exp`.)
@@ -112,6 +136,49 @@ mod x86 {
             total += a[j] * b[j];
         }
         total
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `rows` holds `(out.len() - 1) * stride + q.len()` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let n = q.len();
+        let whole = n / 8 * 8;
+        let (pq, pr) = (q.as_ptr(), rows.as_ptr());
+        let mut i = 0;
+        // Four rows at a time, each query chunk loaded once for the four.
+        while i + 4 <= out.len() {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut j = 0;
+            while j < whole {
+                // SAFETY: `j + 8 <= whole <= q.len()`, and row `i + k` (k < 4, i + k < out.len())
+                // has `q.len()` floats from `(i + k) * stride`, inside `rows` by the contract.
+                unsafe {
+                    let x = _mm256_loadu_ps(pq.add(j));
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(pr.add((i + k) * stride + j)), *a);
+                    }
+                }
+                j += 8;
+            }
+            // Horizontal sums of the four accumulators at once.
+            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+            let s = _mm256_hadd_ps(s01, s23);
+            let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let mut four = [0f32; 4];
+            // SAFETY: `four` holds 4 floats.
+            unsafe { _mm_storeu_ps(four.as_mut_ptr(), r) };
+            for k in 0..4 {
+                let row = &rows[(i + k) * stride..][..n];
+                out[i + k] = four[k] + (whole..n).map(|t| q[t] * row[t]).sum::<f32>();
+            }
+            i += 4;
+        }
+        for o in i..out.len() {
+            // SAFETY: the CPU supports AVX2 and FMA (this function's contract).
+            out[o] = unsafe { dot(q, &rows[o * stride..][..n]) };
+        }
     }
 
     /// `exp` of 8 lanes: Cephes' `expf` (range reduction by ln 2 in two parts, a degree-5
@@ -204,6 +271,32 @@ mod tests {
 
     fn data(n: usize, salt: f32) -> Vec<f32> {
         (0..n).map(|i| ((i as f32 + salt) * 0.731).sin()).collect()
+    }
+
+    #[test]
+    fn dots_match_the_row_by_row_loop() {
+        for (hs, n) in [
+            (128usize, 0usize),
+            (128, 1),
+            (128, 5),
+            (64, 8),
+            (80, 7),
+            (13, 9),
+            (256, 16),
+        ] {
+            let stride = hs + 24;
+            let q = data(hs, 0.25);
+            let rows = data(n.max(1) * stride, 3.0);
+            let mut got = vec![0f32; n];
+            dots(&q, &rows, stride, &mut got);
+            for (i, g) in got.iter().enumerate() {
+                let want = portable::dot(&q, &rows[i * stride..][..hs]);
+                assert!(
+                    (g - want).abs() <= 1e-4,
+                    "dots hs {hs} n {n} row {i}: {g} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
