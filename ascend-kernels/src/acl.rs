@@ -68,20 +68,32 @@ fn gm<T: ascend_hal::Element, R: DeviceRepr<AclBackend, T>>(
     Ok(device_arg::<AclBackend, T, R>(op, stream, what, view)?.0 as usize as *mut c_void)
 }
 
-/// A status buffer for a launch on `dim` cores. Each core writes its own slot, so it needs no
-/// clearing. (One small allocation per launch: a per-stream pool is the follow-up once this
-/// runs on hardware.)
-fn status_buffer(stream: &AclStream, dim: u32) -> Result<DeviceBuffer<AclBackend, i32>> {
-    DeviceBuffer::alloc(&stream.device(), status::words(dim))
-}
-
-/// Reports what the kernel refused (device-side indices out of range) at the stream's next
-/// synchronisation; the buffer lives until then.
-fn report_at_sync(op: &'static str, stream: &AclStream, words: DeviceBuffer<AclBackend, i32>) {
+/// Queues a kernel that reports refused device-side indices: allocates its status buffer (each
+/// of the `dim` cores writes its own slot, so it needs no clearing; one small allocation per
+/// launch, a per-stream pool being the follow-up once this runs on hardware), hands `launch`
+/// the buffer's address and the raw stream, and registers the check that turns a non-zero
+/// count into the error of the stream's next synchronisation (which also keeps the buffer
+/// alive until the kernel is done).
+///
+/// # Safety
+/// As [`AclStream::launch_raw`]; `launch` may give the kernel the status address it receives,
+/// which holds `status::words(dim)` int32.
+unsafe fn launch_reporting(
+    op: &'static str,
+    stream: &AclStream,
+    dim: u32,
+    launch: impl FnOnce(*mut c_void, *mut c_void) -> u32,
+) -> Result<()> {
+    let words = DeviceBuffer::<AclBackend, i32>::alloc(&stream.device(), status::words(dim))?;
+    let st = gm(op, stream, "status", &words)?;
+    // SAFETY: the caller's contract; the status buffer outlives the kernel (the check below
+    // owns it until the synchronisation that waits for the kernel).
+    unsafe { stream.launch_raw(op, |s| launch(st, s)) }?;
     stream.check_after_sync(move |s| {
         let words: Vec<i32> = s.clone_to_host(&words)?;
         status::check(op, status::refused(&words))
     });
+    Ok(())
 }
 
 /// Cores for `tasks` independent pieces of work.
@@ -123,21 +135,16 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "slot_mapping", &slot_mapping)?,
         ];
         let dim = block_dim(p.num_tokens);
-        let words = status_buffer(stream, dim)?;
-        let st = gm(OP, stream, "status", &words)?;
         // SAFETY: the stub only queues the kernel on `s`; the buffers are on the stream's
         // device, their lengths match the tiling the kernel indexes by (the status buffer holds
         // the 8 words each of the `dim` cores writes), and the borrows' owners keep them alive
-        // until the caller synchronises (the stream-order contract of every KernelOps op; the
-        // status buffer is kept by the check that runs at that synchronisation); the stub copies
-        // the tiling into the launch arguments before returning.
+        // until the caller synchronises (the stream-order contract of every KernelOps op); the
+        // stub copies the tiling into the launch arguments before returning.
         unsafe {
-            stream.launch_raw(OP, |s| {
+            launch_reporting(OP, stream, dim, |st, s| {
                 launch(dim, s, args[0], args[1], args[2], args[3], args[4], st, &t)
             })
-        }?;
-        report_at_sync(OP, stream, words);
-        Ok(())
+        }
     }
 
     fn paged_attention<T: KvFloat>(
@@ -170,18 +177,14 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "seq_lens", &seq_lens)?,
         ];
         let dim = block_dim(p.num_seqs * p.cache.num_kv_heads);
-        let words = status_buffer(stream, dim)?;
-        let st = gm(OP, stream, "status", &words)?;
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
-            stream.launch_raw(OP, |s| {
+            launch_reporting(OP, stream, dim, |st, s| {
                 launch(
                     dim, s, args[0], args[1], args[2], args[3], args[4], args[5], st, &t,
                 )
             })
-        }?;
-        report_at_sync(OP, stream, words);
-        Ok(())
+        }
     }
 
     fn paged_prefill_attention<T: KvFloat>(
@@ -217,16 +220,12 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "cos_sin_cache", &cos_sin_cache)?,
         ];
         let dim = block_dim(p.num_tokens);
-        let words = status_buffer(stream, dim)?;
-        let st = gm(OP, stream, "status", &words)?;
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
-            stream.launch_raw(OP, |s| {
+            launch_reporting(OP, stream, dim, |st, s| {
                 launch(dim, s, args[0], args[1], args[2], args[3], st, &t)
             })
-        }?;
-        report_at_sync(OP, stream, words);
-        Ok(())
+        }
     }
 
     fn rms_norm<T: KvFloat>(

@@ -5,11 +5,18 @@
 //! 8-wide fused versions below do the same work in about a third of the instructions. The
 //! detection is `is_x86_feature_detected!`, which caches its answer.
 
+/// Whether the CPU runs the AVX2 + FMA versions (the detection caches its answer).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 /// `sum(a[i] * b[i])` over the shorter of the two slices.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { x86::dot(a, b) };
     }
@@ -20,7 +27,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { x86::scale_add(acc, scale, w, v) };
     }
@@ -41,7 +48,7 @@ pub fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above; the row bounds were
         // checked just before.
         return unsafe { x86::dots(q, rows, stride, out) };
@@ -57,7 +64,7 @@ pub fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
 #[inline]
 pub fn exp_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { x86::exp_in_place(xs) };
     }

@@ -338,6 +338,14 @@ inline std::vector<CoreCost>& last_costs() {
     return costs;
 }
 
+// One DataCopy on MTE2 or MTE3: its bytes, and its contiguous GM runs (abutting bursts are one).
+inline void count_copy(int pipe, uint64_t bytes, uint64_t bursts) {
+    CoreCost& c = core().cost;
+    (pipe == PIPE_ID_MTE2 ? c.mte2_bytes : c.mte3_bytes) += bytes;
+    (pipe == PIPE_ID_MTE2 ? c.mte2_copies : c.mte3_copies) += 1;
+    (pipe == PIPE_ID_MTE2 ? c.mte2_bursts : c.mte3_bursts) += bursts;
+}
+
 // One vector instruction over `bytes` (count form: ceil(bytes / 256) repeats, at least one).
 inline void count_vector(uint64_t bytes, uint64_t instrs = 1) {
     core().cost.vec_instrs += instrs;
@@ -712,9 +720,7 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     src.in_range("DataCopy GM->UB", 0, count);
     dst.pipe_access(PIPE_ID_MTE2, PipeModel::WRITE, "DataCopy GM->UB", count);
     std::memcpy(dst.ptr(), src.data(), count * sizeof(T));
-    core().cost.mte2_bytes += count * sizeof(T);
-    core().cost.mte2_copies++;
-    core().cost.mte2_bursts++;
+    count_copy(PIPE_ID_MTE2, count * sizeof(T), 1);
 }
 
 template <typename T>
@@ -724,9 +730,7 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     dst.in_range("DataCopy UB->GM", 0, count);
     src.pipe_access(PIPE_ID_MTE3, PipeModel::READ, "DataCopy UB->GM", count);
     std::memcpy(dst.data(), src.ptr(), count * sizeof(T));
-    core().cost.mte3_bytes += count * sizeof(T);
-    core().cost.mte3_copies++;
-    core().cost.mte3_bursts++;
+    count_copy(PIPE_ID_MTE3, count * sizeof(T), 1);
 }
 
 template <typename T>
@@ -747,10 +751,7 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     dst.pipe_access(PIPE_ID_MTE2, PipeModel::WRITE, "DataCopy GM->UB", dst_span);
     for (uint32_t i = 0; i < p.blockCount; i++)
         std::memcpy(dst.ptr() + i * (burst + dgap), src.data() + static_cast<uint64_t>(i) * (burst + sgap), burst * sizeof(T));
-    // Bursts that abut in GM (no gap) are one contiguous run for the DMA.
-    core().cost.mte2_bytes += static_cast<uint64_t>(p.blockCount) * burst * sizeof(T);
-    core().cost.mte2_copies++;
-    core().cost.mte2_bursts += sgap == 0 ? 1 : p.blockCount;
+    count_copy(PIPE_ID_MTE2, static_cast<uint64_t>(p.blockCount) * burst * sizeof(T), sgap == 0 ? 1 : p.blockCount);
 }
 
 template <typename T>
@@ -763,9 +764,7 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     dst.in_range("DataCopy UB->GM", 0, static_cast<uint64_t>(p.blockCount - 1) * (burst + dgap) + burst);
     for (uint32_t i = 0; i < p.blockCount; i++)
         std::memcpy(dst.data() + static_cast<uint64_t>(i) * (burst + dgap), src.ptr() + i * (burst + sgap), burst * sizeof(T));
-    core().cost.mte3_bytes += static_cast<uint64_t>(p.blockCount) * burst * sizeof(T);
-    core().cost.mte3_copies++;
-    core().cost.mte3_bursts += dgap == 0 ? 1 : p.blockCount;
+    count_copy(PIPE_ID_MTE3, static_cast<uint64_t>(p.blockCount) * burst * sizeof(T), dgap == 0 ? 1 : p.blockCount);
 }
 
 // ---------------------------------------------------------------------------------------------
