@@ -3,6 +3,8 @@
 //! - always, for the host: the kernel sources with `ascendc/host/kernel_operator.h` (our host
 //!   implementation of the Ascend C API) and the launch shims in `ascendc/host/launch.cpp`, with
 //!   the system C++ compiler through `cc`. `cargo test` runs them one simulated core at a time.
+//!   The same objects, with the `aclrtlaunch_*` stubs of `ascendc/host/fake_launch.cpp`, also
+//!   make `libascendc_kernels_host.so`, which the ACL backend loads over the ACL fake.
 //! - with the `ascend-c` feature, for the NPU: `ascendc/CMakeLists.txt` (CANN's
 //!   `ascendc_library`) for the SoC named by `SOC_VERSION` (default `Ascend910B1`), from the
 //!   toolkit at `ASCEND_TOOLKIT_HOME` (or `ASCEND_HOME_PATH`, as `set_env.sh` exports). The
@@ -25,16 +27,48 @@ fn main() {
 }
 
 fn host_build() {
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
-        .file("ascendc/host/launch.cpp")
+        .pic(true)
         .include("ascendc/host")
         .include("ascendc/kernels")
         .opt_level(2)
         .warnings(true)
-        .extra_warnings(true)
+        .extra_warnings(true);
+    build
+        .clone()
+        .file("ascendc/host/launch.cpp")
         .compile("ascendc_host");
+    host_kernels_library(&build);
+}
+
+/// The host kernels library, `libascendc_kernels_host.so`: the host build's kernels behind the
+/// `aclrtlaunch_*` stubs of `ascendc/host/fake_launch.cpp`, for the ACL backend over the ACL
+/// fake. Linked from the objects just built; its path is baked in as
+/// `ASCENDC_HOST_KERNELS_LIB`.
+fn host_kernels_library(build: &cc::Build) {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let stubs = build
+        .clone()
+        .file("ascendc/host/fake_launch.cpp")
+        .compile_intermediates();
+    let lib = out.join("libascendc_kernels_host.so");
+    let compiler = build.get_compiler();
+    run(compiler
+        .to_command()
+        .arg("-shared")
+        .arg("-o")
+        .arg(&lib)
+        .args(&stubs)
+        .arg("-Wl,--whole-archive")
+        .arg(out.join("libascendc_host.a"))
+        .arg("-Wl,--no-whole-archive")
+        // The library's own calls bind to its own definitions, whatever else is loaded.
+        .arg("-Wl,-Bsymbolic")
+        .arg("-ldl"));
+    println!("cargo:rustc-env=ASCENDC_HOST_KERNELS_LIB={}", lib.display());
 }
 
 fn npu_build() {

@@ -65,6 +65,7 @@ pub use device::{CpuDevice, DeviceProfile, VMM_GRANULARITY};
 pub use event::CpuEvent;
 pub use faults::{FaultInjector, MockOp};
 pub use memory::{CpuDeviceMemory, CpuHostMemory, CpuPhysicalMemory, CpuVirtualRange};
+pub use regions::KernelArg;
 pub use stream::{CpuStream, StreamHold};
 
 /// Every device address the CPU backend hands out is at or above this (each device has its own

@@ -282,6 +282,23 @@ impl AddressSpace {
         self.live.remove(&base).is_some()
     }
 
+    /// The memory a kernel argument at `ptr` can reach: from `ptr` to the end of its allocation,
+    /// or of the run of adjacent mapped chunks it starts in (what a real NPU's MMU lets a kernel
+    /// touch without a fault). `None` if `ptr` is not inside live memory.
+    pub(crate) fn extent(&self, ptr: DevicePtr) -> Option<Vec<Piece>> {
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut at = ptr.0;
+        while let Some((&base, a)) = self.live.range(..=at).next_back() {
+            let offset = (at - base) as usize;
+            if offset >= a.size || (!pieces.is_empty() && offset != 0) {
+                break;
+            }
+            pieces.push((Arc::clone(a), offset, a.size - offset));
+            at = base + a.size as u64;
+        }
+        (!pieces.is_empty()).then_some(pieces)
+    }
+
     /// The pieces of `ptr..ptr + bytes`: one for an ordinary allocation, several across the
     /// adjacent chunks of a mapped range. Every byte must be mapped.
     pub(crate) fn resolve(

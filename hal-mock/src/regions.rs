@@ -113,3 +113,93 @@ pub(crate) fn run(
     drop(guards);
     result
 }
+
+/// One argument of a device kernel run on the host: where its bytes are during the task, and
+/// how many bytes the kernel may touch from there.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelArg {
+    /// Host address of the argument's first byte (null for a null device address).
+    pub ptr: *mut u8,
+    /// Bytes from `ptr` to the end of the memory the argument lies in (0 for a null address).
+    pub len: usize,
+}
+
+/// Runs `task` over kernel arguments: each argument's extent (see `AddressSpace::extent`),
+/// borrowed in place when it is one allocation, gathered and scattered back when it spans
+/// mapped chunks. Unlike [`run`], arguments may overlap, as device kernel arguments may: the
+/// task gets raw pointers, not slices, and aliasing is its business (a write through one
+/// gathered argument is not seen through another argument until the task ends).
+pub(crate) fn run_raw(
+    args: &[Option<Vec<Piece>>],
+    task: impl FnOnce(&[KernelArg]) -> Result<()>,
+) -> Result<()> {
+    let mut allocations: Vec<Arc<Allocation>> = args
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|(a, _, _)| Arc::clone(a))
+        .collect();
+    allocations.sort_by_key(|a| a.base);
+    allocations.dedup_by_key(|a| a.base);
+    let mut guards: Vec<MutexGuard<'_, HostBytes>> = allocations.iter().map(|a| a.lock()).collect();
+    let bases: Vec<*mut u8> = guards
+        .iter_mut()
+        .map(|g| g.as_mut_slice().as_mut_ptr())
+        .collect();
+    let lock_of = |a: &Arc<Allocation>| allocations.partition_point(|b| b.base < a.base);
+
+    let mut gathered: Vec<Option<Vec<u8>>> = Vec::with_capacity(args.len());
+    let mut kernel_args = Vec::with_capacity(args.len());
+    for pieces in args {
+        match pieces.as_deref() {
+            None | Some([]) => {
+                gathered.push(None);
+                kernel_args.push(KernelArg {
+                    ptr: std::ptr::null_mut(),
+                    len: 0,
+                });
+            }
+            Some([(a, offset, len)]) => {
+                gathered.push(None);
+                kernel_args.push(KernelArg {
+                    // SAFETY: `offset` lies inside the locked allocation (resolved against it).
+                    ptr: unsafe { bases[lock_of(a)].add(*offset) },
+                    len: *len,
+                });
+            }
+            Some(many) => {
+                let mut buf = Vec::with_capacity(many.iter().map(|p| p.2).sum());
+                for (a, offset, len) in many {
+                    // SAFETY: `offset + len` lies inside the locked allocation.
+                    buf.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(bases[lock_of(a)].add(*offset), *len)
+                    });
+                }
+                kernel_args.push(KernelArg {
+                    ptr: buf.as_mut_ptr(),
+                    len: buf.len(),
+                });
+                gathered.push(Some(buf));
+            }
+        }
+    }
+    let result = task(&kernel_args);
+    for (pieces, buf) in args.iter().zip(&gathered) {
+        if let (Some(pieces), Some(buf)) = (pieces, buf) {
+            let mut at = 0;
+            for (a, offset, len) in pieces {
+                // SAFETY: as above; the task has ended, so no pointer into the storage is used.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        buf[at..].as_ptr(),
+                        bases[lock_of(a)].add(*offset),
+                        *len,
+                    )
+                };
+                at += len;
+            }
+        }
+    }
+    drop(guards);
+    result
+}

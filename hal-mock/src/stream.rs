@@ -21,6 +21,7 @@ use crate::device::{CpuDevice, DeviceShared};
 use crate::event::{CpuEvent, Signal};
 use crate::faults::MockOp;
 use crate::memory::{Allocation, Piece};
+use crate::regions::KernelArg;
 use crate::sync::{poll_briefly, thread, Condvar, Mutex, MutexGuard};
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -313,6 +314,56 @@ impl CpuStream {
         let (read_pieces, write_pieces) = (resolve(reads)?, resolve(writes)?);
         let work = move || crate::regions::run(&read_pieces, &write_pieces, task);
         self.enqueue(MockOp::HostTask, op, Box::new(work))
+    }
+
+    /// Enqueues a device kernel run on the host, in stream order: `task` gets, for each device
+    /// address in `args`, a host pointer to the bytes there and how many bytes the kernel may
+    /// touch from it (to the end of the allocation, or of the run of mapped chunks, the address
+    /// lies in; a null address gets a null pointer). The memory is locked for the task and kept
+    /// alive until it ends, whatever is freed meanwhile.
+    ///
+    /// This is how a fake of a device runtime runs kernels against this backend's memory (the
+    /// ACL fake's host build of the Ascend C kernels). An address outside live memory of this
+    /// device is not refused here, as a real device does not refuse a kernel launch: the task
+    /// fails instead, so the stream's next synchronisation reports it, naming `op`.
+    ///
+    /// # Errors
+    /// As [`enqueue_host_task`](Self::enqueue_host_task).
+    pub fn enqueue_kernel(
+        &self,
+        op: &'static str,
+        args: &[DevicePtr],
+        task: impl FnOnce(&[KernelArg]) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let resolved: std::result::Result<Vec<Option<Vec<Piece>>>, DevicePtr> = {
+            let device = &self.shared.device;
+            let memory = device.memory();
+            args.iter()
+                .map(|&p| {
+                    if p.0 == 0 {
+                        Ok(None)
+                    } else {
+                        memory.extent(p).map(Some).ok_or(p)
+                    }
+                })
+                .collect()
+        };
+        let label = self.shared.device.label.clone();
+        let work: Work = match resolved {
+            Ok(pieces) => Box::new(move || crate::regions::run_raw(&pieces, task)),
+            Err(bad) => Box::new(move || {
+                Err(Error::KernelFault {
+                    op,
+                    message: format!(
+                        "argument address {:#x} is not inside live memory of {label}: freed, \
+                         unmapped, or another device's address (the device would raise a memory \
+                         access fault)",
+                        bad.0
+                    ),
+                })
+            }),
+        };
+        self.enqueue(MockOp::HostTask, op, work)
     }
 
     /// Number of operations enqueued and not yet finished.

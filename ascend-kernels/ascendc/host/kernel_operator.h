@@ -460,10 +460,34 @@ private:
     uint32_t size_ = 0;
 };
 
+// The device memory a launch's arguments lie in, when the launch runs over a device runtime's
+// memory (the ACL fake): a global buffer must fit inside one of these ranges, as on the NPU an
+// access past the memory an argument lies in is a memory fault. Empty (no check) for launches
+// over plain host buffers.
+struct DeviceExtent {
+    const uint8_t* begin;
+    const uint8_t* end;
+};
+inline std::vector<DeviceExtent>& device_extents() {
+    static thread_local std::vector<DeviceExtent> extents;
+    return extents;
+}
+inline void check_device_extent(const void* buf, uint64_t bytes) {
+    const auto& extents = device_extents();
+    if (extents.empty() || bytes == 0) return;
+    const uint8_t* p = static_cast<const uint8_t*>(buf);
+    for (const auto& e : extents)
+        if (p >= e.begin && p <= e.end && bytes <= static_cast<uint64_t>(e.end - p)) return;
+    fail("SetGlobalBuffer: a " + std::to_string(bytes) +
+         "-byte global buffer does not fit in the device memory of any kernel argument (the NPU "
+         "would raise a memory access fault)");
+}
+
 template <typename T>
 class GlobalTensor {
 public:
     void SetGlobalBuffer(__gm__ T* buf, uint64_t size) {
+        check_device_extent(buf, size * sizeof(T));
         ptr_ = buf;
         size_ = size;
     }

@@ -35,4 +35,13 @@ pub mod tiling;
 
 pub use npu::NOT_BUILT;
 
+/// The host kernels library (`libascendc_kernels_host.so`, built by `build.rs` on every
+/// machine): the same kernel sources compiled with the host implementation of the Ascend C API,
+/// behind the `aclrtlaunch_*` stubs the CANN build exports. Its launches run on the streams of
+/// the ACL fake (`libascendcl_fake.so` of `hal-mock`), in stream order and against the fake's
+/// device memory, so the ACL backend's whole launch path runs without an NPU: point
+/// `ASCEND_KERNELS_LIB` at this path and `ASCEND_HAL_ACL_LIB` at the fake. Over a real ACL
+/// runtime its stubs refuse to launch (`ACL_ERROR_RT_FEATURE_NOT_SUPPORT`).
+pub const HOST_KERNELS_LIB: &str = env!("ASCENDC_HOST_KERNELS_LIB");
+
 pub use host::{run_violation, AscendCFloat, Violation};

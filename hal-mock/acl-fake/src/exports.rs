@@ -14,11 +14,14 @@ use crate::state::{
     set_last_error, state, take_last_error, Fake, FakeStream, Fault, Outcome,
 };
 
-type Guard = MutexGuard<'static, Fake>;
+pub(crate) type Guard = MutexGuard<'static, Fake>;
 
 /// Runs one exported call: counts it, applies a planned fault, catches panics (which must not
 /// cross the C boundary), and records the error message of a failure.
-fn call(function: &'static str, body: impl FnOnce(Guard, Option<Fault>) -> Outcome) -> i32 {
+pub(crate) fn call(
+    function: &'static str,
+    body: impl FnOnce(Guard, Option<Fault>) -> Outcome,
+) -> i32 {
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut g = state();
         let fault = g.count_call(function);
@@ -48,7 +51,7 @@ fn call(function: &'static str, body: impl FnOnce(Guard, Option<Fault>) -> Outco
     }
 }
 
-fn out<T>(p: *mut T, function: &str) -> Outcome<&'static mut T> {
+pub(crate) fn out<T>(p: *mut T, function: &str) -> Outcome<&'static mut T> {
     // SAFETY: a non-null out-pointer from the caller, valid for a write of `T` by the C API's
     // contract.
     unsafe { p.as_mut() }.ok_or_else(|| crate::state::Failure {
@@ -548,7 +551,7 @@ pub extern "C" fn aclrtMemcpy(
 }
 
 /// Records an in-stream fault: the call succeeds, the stream's next synchronisation fails.
-fn inject(s: &FakeStream, fault: Option<Fault>) -> bool {
+pub(crate) fn inject(s: &FakeStream, fault: Option<Fault>) -> bool {
     match fault {
         Some(f) => {
             s.injected
@@ -1107,7 +1110,7 @@ mod ascend_prop {
 
 // ---- Control functions of the fake (not part of ACL) ----
 
-fn c_str<'a>(p: *const c_char, function: &str) -> Outcome<&'a str> {
+pub(crate) fn c_str<'a>(p: *const c_char, function: &str) -> Outcome<&'a str> {
     if p.is_null() {
         return fail(code::INVALID_PARAM, format!("{function}: NULL string"));
     }

@@ -26,6 +26,7 @@
 //! [`library_path`] finds the built library for tests.
 
 mod exports;
+mod launch;
 mod state;
 
 /// The fake library's file name.

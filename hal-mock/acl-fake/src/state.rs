@@ -29,6 +29,7 @@ pub(crate) mod code {
     pub const INTERNAL_ERROR: i32 = 500_000;
     pub const RT_INTERNAL_ERROR: i32 = 507_000;
     pub const RT_LOST_HEARTBEAT: i32 = 507_010;
+    pub const RT_AICORE_EXCEPTION: i32 = 507_015;
     pub const RT_COPY_DATA: i32 = 507_052;
 }
 
@@ -56,6 +57,7 @@ pub(crate) fn from_hal(function: &str, e: Error) -> Failure {
             code::RT_PARAM_INVALID
         }
         Error::InvalidDevice { .. } => code::RT_INVALID_DEVICEID,
+        Error::KernelFault { .. } => code::RT_AICORE_EXCEPTION,
         _ => code::RT_INTERNAL_ERROR,
     };
     Failure {
