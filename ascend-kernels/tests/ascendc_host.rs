@@ -12,7 +12,7 @@ use ascend_kernels::ascendc::{self, host, tiling, AscendCFloat, Violation};
 use ascend_kernels::{
     reference, CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
 };
-use common::{assert_close, problem, values, DecodeCase, Problem, RopeCase};
+use common::{assert_close, problem, values, DecodeCase, PrefillCase, Problem, RopeCase};
 use half::f16;
 use proptest::prelude::*;
 
@@ -31,6 +31,25 @@ fn decode<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError
     host::paged_attention(&p, &mut npu, &q, &k, &v, &tables, &lens, cores).unwrap();
     reference::paged_attention(&p, &mut oracle, &q, &k, &v, &tables, &lens).unwrap();
     assert_close("ascendc paged_attention", &npu, &oracle)
+}
+
+fn prefill<T: AscendCFloat>(pr: &Problem, chunk: usize, cores: u32) -> Result<(), TestCaseError> {
+    let PrefillCase {
+        p,
+        q,
+        k,
+        v,
+        tables,
+        starts,
+        lens,
+    } = pr.prefill_case::<T>(chunk);
+    let mut npu = vec![T::from_f32(f32::NAN); q.len()];
+    let mut oracle = vec![T::from_f32(0.0); q.len()];
+    host::paged_prefill_attention(&p, &mut npu, &q, &k, &v, &tables, &starts, &lens, cores)
+        .unwrap();
+    reference::paged_prefill_attention(&p, &mut oracle, &q, &k, &v, &tables, &starts, &lens)
+        .unwrap();
+    assert_close("ascendc paged_prefill_attention", &npu, &oracle)
 }
 
 fn cache_write<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
@@ -131,6 +150,12 @@ proptest! {
     }
 
     #[test]
+    fn prefill_attention_matches_the_reference(pr in problem(), chunk in 1usize..40, cores in 1u32..=48) {
+        prefill::<f32>(&pr, chunk, cores)?;
+        prefill::<f16>(&pr, chunk, cores)?;
+    }
+
+    #[test]
     fn cache_writes_ropes_and_norms_match_the_reference(pr in problem(), cores in 1u32..=48, partial in any::<bool>()) {
         cache_write::<f32>(&pr, cores)?;
         cache_write::<f16>(&pr, cores)?;
@@ -162,6 +187,13 @@ fn decode_at_block_sizes_16_and_128_with_an_empty_sequence() {
             ..pr
         };
         decode::<f16>(&pr, 3).unwrap();
+        // Chunked prefill over the same contexts: whole short prompts, the last 37 tokens of
+        // the long ones (crossing blocks), with and without the window.
+        prefill::<f32>(&pr, 37, tiling::VECTOR_CORES).unwrap();
+        prefill::<f16>(&pr, 37, 5).unwrap();
+        let pr = Problem { window: None, ..pr };
+        prefill::<f32>(&pr, 37, 7).unwrap();
+        prefill::<f16>(&pr, 300, tiling::VECTOR_CORES).unwrap();
     }
 }
 

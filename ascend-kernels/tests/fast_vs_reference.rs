@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{assert_close, problem, values, DecodeCase, Problem, RopeCase};
+use common::{assert_close, problem, values, DecodeCase, PrefillCase, Problem, RopeCase};
 
 use ascend_kernels::{
-    cpu, reference, CacheShape, KvFloat, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache,
-    RmsNorm, RopeStyle, SiluAndMul,
+    cpu, reference, CacheShape, KvFloat, Matmul, PagedAttention, ReshapeAndCache, RmsNorm,
+    RopeStyle, SiluAndMul,
 };
 use half::{bf16, f16};
 use proptest::prelude::*;
@@ -32,26 +32,15 @@ fn decode<T: KvFloat>(pr: &Problem) -> Result<(), TestCaseError> {
 }
 
 fn prefill<T: KvFloat>(pr: &Problem, chunk: usize) -> Result<(), TestCaseError> {
-    let c = pr.cache();
-    let q_lens: Vec<usize> = pr.lens.iter().map(|&l| chunk.min(l)).collect();
-    let mut starts = vec![0i32];
-    for q in &q_lens {
-        starts.push(starts.last().unwrap() + *q as i32);
-    }
-    let p = PrefillAttention {
-        num_seqs: pr.lens.len(),
-        num_tokens: q_lens.iter().sum(),
-        num_heads: pr.kv_heads * pr.group,
-        cache: c,
-        max_blocks_per_seq: pr.max_blocks(),
-        scale: 1.0 / (pr.head_size as f32).sqrt(),
-        sliding_window: pr.window,
-    };
-    let q = values::<T>(p.num_tokens * p.num_heads * pr.head_size, pr.seed);
-    let k = values::<T>(c.elements(), pr.seed ^ 3);
-    let v = values::<T>(c.elements(), pr.seed ^ 4);
-    let tables = pr.tables();
-    let lens: Vec<i32> = pr.lens.iter().map(|&l| l as i32).collect();
+    let PrefillCase {
+        p,
+        q,
+        k,
+        v,
+        tables,
+        starts,
+        lens,
+    } = pr.prefill_case::<T>(chunk);
     let mut fast = vec![T::from_f32(0.0); q.len()];
     let mut slow = fast.clone();
     cpu::paged_prefill_attention(&p, &mut fast, &q, &k, &v, &tables, &starts, &lens).unwrap();

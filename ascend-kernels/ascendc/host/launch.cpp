@@ -34,6 +34,14 @@ RESHAPE_SHIM(reshape_and_cache_float)
 ATTENTION_SHIM(paged_attention_half)
 ATTENTION_SHIM(paged_attention_float)
 
+#define PREFILL_SHIM(NAME)                                                                         \
+    SHIM(NAME, ArkPrefillAttentionTiling,                                                          \
+         P(uint8_t* out, uint8_t* query, uint8_t* key_cache, uint8_t* value_cache,                 \
+           uint8_t* block_tables, uint8_t* query_start_loc, uint8_t* seq_lens, uint8_t* status),   \
+         P(out, query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, status))
+PREFILL_SHIM(paged_prefill_attention_half)
+PREFILL_SHIM(paged_prefill_attention_float)
+
 #define ROPE_SHIM(NAME)                                                                            \
     SHIM(NAME, ArkRopeTiling,                                                                      \
          P(uint8_t* positions, uint8_t* query, uint8_t* key, uint8_t* cos_sin, uint8_t* status),   \

@@ -27,19 +27,48 @@
 //
 // Alignment: head_size * sizeof(T) and head_size * 4 are multiples of 32 bytes (the tiling
 // checks), so every token row in the UB starts on a 32-byte boundary.
+//
+// Prefill (`paged_prefill_attention_*`): the same class over query tokens instead of
+// sequences. Query token r of sequence s (whose chunk is rows qsl[s]..qsl[s+1] of the query, its
+// context seq_lens[s] tokens including the chunk, already in the cache) sits at position
+// seq_lens[s] - (qsl[s+1] - qsl[s]) + (r - qsl[s]) and attends causally up to it (within the
+// sliding window, if any): exactly a decode task over a context of that position + 1, with
+// sequence s's block table. One task per (token, KV head); each core walks its tokens in order,
+// so finding a token's sequence is a cursor over query_start_loc, not a search. A token whose
+// range is inconsistent (query_start_loc not increasing through it, more queries than context)
+// gets zeros and is counted like a bad sequence. K/V rows are re-read for each query token of a
+// chunk: right for the short chunks of chunked prefill, a query-tiled kernel is the follow-up
+// for long prompts.
 #include "common.h"
 #include "tiling.h"
 
 template <typename T>
 class KernelPagedAttention {
 public:
+    // Decode: one query row per sequence.
     __aicore__ inline void Init(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache, GM_ADDR value_cache,
                                 GM_ADDR block_tables, GM_ADDR seq_lens, GM_ADDR status,
                                 const ArkPagedAttentionTiling& t) {
+        Init(out, query, key_cache, value_cache, block_tables, seq_lens, status, t, t.num_seqs);
+    }
+
+    // Prefill: `tokens` query rows, split into sequences by `query_start_loc`.
+    __aicore__ inline void InitPrefill(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache, GM_ADDR value_cache,
+                                       GM_ADDR block_tables, GM_ADDR query_start_loc, GM_ADDR seq_lens,
+                                       GM_ADDR status, const ArkPrefillAttentionTiling& t) {
+        prefill_ = true;
+        startGm_.SetGlobalBuffer((__gm__ int32_t*)query_start_loc, static_cast<uint64_t>(t.attn.num_seqs) + 1);
+        Init(out, query, key_cache, value_cache, block_tables, seq_lens, status, t.attn, t.num_tokens);
+    }
+
+    __aicore__ inline void Init(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache, GM_ADDR value_cache,
+                                GM_ADDR block_tables, GM_ADDR seq_lens, GM_ADDR status,
+                                const ArkPagedAttentionTiling& t, uint32_t queryRows) {
         t_ = t;
+        queryRows_ = queryRows;
         group_ = t.num_heads / t.num_kv_heads;
         tokenStride_ = t.num_kv_heads * t.head_size;
-        const uint64_t q = static_cast<uint64_t>(t.num_seqs) * t.num_heads * t.head_size;
+        const uint64_t q = static_cast<uint64_t>(queryRows) * t.num_heads * t.head_size;
         const uint64_t cache = static_cast<uint64_t>(t.num_blocks) * t.block_size * tokenStride_;
         outGm_.SetGlobalBuffer((__gm__ T*)out, q);
         qGm_.SetGlobalBuffer((__gm__ T*)query, q);
@@ -73,9 +102,25 @@ public:
     }
 
     __aicore__ inline void Process() {
-        const int64_t tasks = static_cast<int64_t>(t_.num_seqs) * t_.num_kv_heads;
-        for (int64_t task = GetBlockIdx(); task < tasks; task += GetBlockNum())
-            Task(static_cast<uint32_t>(task / t_.num_kv_heads), static_cast<uint32_t>(task % t_.num_kv_heads));
+        const int64_t tasks = static_cast<int64_t>(queryRows_) * t_.num_kv_heads;
+        for (int64_t task = GetBlockIdx(); task < tasks; task += GetBlockNum()) {
+            const uint32_t row = static_cast<uint32_t>(task / t_.num_kv_heads);
+            const uint32_t kvh = static_cast<uint32_t>(task % t_.num_kv_heads);
+            if (!prefill_) {
+                Task(row, row, lenGm_.GetValue(row), kvh);
+                continue;
+            }
+            // Advance the cursor to the sequence whose range holds this row.
+            while (seq_ < t_.num_seqs && startGm_.GetValue(seq_ + 1) <= static_cast<int32_t>(row)) seq_++;
+            int32_t len = -1;  // refused unless the row's range is consistent
+            if (seq_ < t_.num_seqs) {
+                const int32_t a = startGm_.GetValue(seq_), b = startGm_.GetValue(seq_ + 1);
+                const int32_t ctx = lenGm_.GetValue(seq_);
+                if (a <= static_cast<int32_t>(row) && static_cast<int32_t>(row) < b && b - a <= ctx)
+                    len = ctx - (b - a) + (static_cast<int32_t>(row) - a) + 1;
+            }
+            Task(row, seq_ < t_.num_seqs ? seq_ : 0, len, kvh);
+        }
         status_.Write();
     }
 
@@ -85,17 +130,18 @@ private:
     __aicore__ inline LocalTensor<float> Rescale(uint32_t g) { return stats_.Get<float>()[g * 16]; }
     __aicore__ inline LocalTensor<float> RunSum(uint32_t g) { return stats_.Get<float>()[g * 16 + 8]; }
 
-    __aicore__ inline void Task(uint32_t seq, uint32_t kvh) {
+    // Query row `row` attends to the first `len` positions of sequence `seq`'s context (a
+    // negative `len` is refused: zeros, counted once per row).
+    __aicore__ inline void Task(uint32_t row, uint32_t seq, int32_t len, uint32_t kvh) {
         const uint32_t hs = t_.head_size, rows = group_ * hs;
-        const uint64_t at = (static_cast<uint64_t>(seq) * t_.num_heads + kvh * group_) * hs;
-        const int32_t len = lenGm_.GetValue(seq);
+        const uint64_t at = (static_cast<uint64_t>(row) * t_.num_heads + kvh * group_) * hs;
         LocalTensor<float> acc = acc_.Get<float>();
         Duplicate(acc, 0.0f, static_cast<int32_t>(rows));
         uint32_t first = 0;
         if (t_.sliding_window != 0 && len > 0 && static_cast<uint32_t>(len) > t_.sliding_window)
             first = static_cast<uint32_t>(len) - t_.sliding_window;
         const bool valid = len == 0 || (len > 0 && Attendable(seq, first, static_cast<uint32_t>(len)));
-        if (!valid && kvh == 0) status_.Refused();  // once per sequence, not per KV head
+        if (!valid && kvh == 0) status_.Refused();  // once per query row, not per KV head
         if (len > 0 && valid) {
             LocalTensor<float> qf = qf_.Get<float>();
             LocalTensor<T> q = qQueue_.template AllocTensor<T>();
@@ -224,7 +270,9 @@ private:
     }
 
     ArkPagedAttentionTiling t_;
-    uint32_t group_ = 1, tokenStride_ = 0;
+    uint32_t queryRows_ = 0, group_ = 1, tokenStride_ = 0;
+    bool prefill_ = false;
+    uint32_t seq_ = 0;  // prefill: the sequence of the current row (the cursor)
     float runMax_[PA_MAX_GROUP];
     StatusWord status_;
     TPipe pipe_;
@@ -232,7 +280,7 @@ private:
     TQue<TPosition::VECOUT, 1> outQueue_;
     TBuf<TPosition::VECCALC> qf_, acc_, kf_, vf_, rows_, scores_, weights_, stats_, red_, work_;
     GlobalTensor<T> outGm_, qGm_, kGm_, vGm_;
-    GlobalTensor<int32_t> tableGm_, lenGm_;
+    GlobalTensor<int32_t> tableGm_, lenGm_, startGm_;
 };
 
 #define PAGED_ATTENTION(NAME, T)                                                                   \
@@ -247,3 +295,17 @@ private:
     }
 PAGED_ATTENTION(paged_attention_half, half)
 PAGED_ATTENTION(paged_attention_float, float)
+
+#define PAGED_PREFILL_ATTENTION(NAME, T)                                                           \
+    extern "C" __global__ __aicore__ void NAME(GM_ADDR out, GM_ADDR query, GM_ADDR key_cache,      \
+                                               GM_ADDR value_cache, GM_ADDR block_tables,          \
+                                               GM_ADDR query_start_loc, GM_ADDR seq_lens,          \
+                                               GM_ADDR status, ArkPrefillAttentionTiling tiling) { \
+        KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                            \
+        KernelPagedAttention<T> op;                                                                \
+        op.InitPrefill(out, query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, \
+                       status, tiling);                                                            \
+        op.Process();                                                                              \
+    }
+PAGED_PREFILL_ATTENTION(paged_prefill_attention_half, half)
+PAGED_PREFILL_ATTENTION(paged_prefill_attention_float, float)

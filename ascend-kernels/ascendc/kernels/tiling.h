@@ -26,6 +26,13 @@ struct ArkPagedAttentionTiling {
     uint32_t sliding_window;  // 0: attend to the whole context
 };
 
+// Prefill attention: the attention tiling (num_seqs sequences) and the query rows of the chunk.
+struct ArkPrefillAttentionTiling {
+    ArkPagedAttentionTiling attn;
+    uint32_t num_tokens;
+    uint32_t reserved;
+};
+
 struct ArkRopeTiling {
     uint32_t num_tokens;
     uint32_t num_heads;

@@ -10,10 +10,15 @@ use ascend_hal::{Error, Result};
 use half::f16;
 
 use super::status as device_status;
-use super::tiling::{self, PagedAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling, RopeTiling};
+use super::tiling::{
+    self, PagedAttentionTiling, PrefillAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling,
+    RopeTiling,
+};
 use crate::float::KvFloat;
-use crate::reference::{check_positions, check_slots};
-use crate::shapes::{check_seqs, PagedAttention, ReshapeAndCache, RmsNorm, Rotary};
+use crate::reference::{check_positions, check_slots, query_ranges};
+use crate::shapes::{
+    check_seqs, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
+};
 
 /// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status` (the kernels that
 /// read device-side indices take a status buffer as their last gm pointer).
@@ -52,6 +57,21 @@ type Shim6<Tl> = unsafe extern "C" fn(
 ) -> i32;
 type Shim7<Tl> = unsafe extern "C" fn(
     u32,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *mut u8,
+    *const Tl,
+    *mut c_char,
+    usize,
+) -> i32;
+
+type Shim8<Tl> = unsafe extern "C" fn(
+    u32,
+    *mut u8,
     *mut u8,
     *mut u8,
     *mut u8,
@@ -116,6 +136,34 @@ extern "C" {
         e: *mut c_char,
         n: usize,
     ) -> i32;
+    fn ascendc_host_paged_prefill_attention_half(
+        b: u32,
+        o: *mut u8,
+        q: *mut u8,
+        kc: *mut u8,
+        vc: *mut u8,
+        bt: *mut u8,
+        qs: *mut u8,
+        sl: *mut u8,
+        st: *mut u8,
+        t: *const PrefillAttentionTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_paged_prefill_attention_float(
+        b: u32,
+        o: *mut u8,
+        q: *mut u8,
+        kc: *mut u8,
+        vc: *mut u8,
+        bt: *mut u8,
+        qs: *mut u8,
+        sl: *mut u8,
+        st: *mut u8,
+        t: *const PrefillAttentionTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
     fn ascendc_host_rotary_embedding_half(
         b: u32,
         p: *mut u8,
@@ -175,6 +223,8 @@ pub trait AscendCFloat: KvFloat + sealed::Sealed {
     #[doc(hidden)]
     const PAGED_ATTENTION: Shim7<PagedAttentionTiling>;
     #[doc(hidden)]
+    const PAGED_PREFILL_ATTENTION: Shim8<PrefillAttentionTiling>;
+    #[doc(hidden)]
     const ROTARY_EMBEDDING: Shim5<RopeTiling>;
     #[doc(hidden)]
     const RMS_NORM: Shim4<RmsNormTiling>;
@@ -183,6 +233,8 @@ pub trait AscendCFloat: KvFloat + sealed::Sealed {
 impl AscendCFloat for f32 {
     const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_float;
     const PAGED_ATTENTION: Shim7<PagedAttentionTiling> = ascendc_host_paged_attention_float;
+    const PAGED_PREFILL_ATTENTION: Shim8<PrefillAttentionTiling> =
+        ascendc_host_paged_prefill_attention_float;
     const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_float;
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_float;
 }
@@ -190,6 +242,8 @@ impl AscendCFloat for f32 {
 impl AscendCFloat for f16 {
     const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_half;
     const PAGED_ATTENTION: Shim7<PagedAttentionTiling> = ascendc_host_paged_attention_half;
+    const PAGED_PREFILL_ATTENTION: Shim8<PrefillAttentionTiling> =
+        ascendc_host_paged_prefill_attention_half;
     const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_half;
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_half;
 }
@@ -382,6 +436,58 @@ fn paged_attention_with<T: AscendCFloat>(
     };
     status(OP, code, &err)?;
     Ok(device_status::refused(&words))
+}
+
+/// Paged prefill attention on the host implementation (the decode kernel's class, one task per
+/// query token and KV head); see [`crate::reference::paged_prefill_attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn paged_prefill_attention<T: AscendCFloat>(
+    p: &PrefillAttention,
+    out: &mut [T],
+    query: &[T],
+    key_cache: &[T],
+    value_cache: &[T],
+    block_tables: &[i32],
+    query_start_loc: &[i32],
+    seq_lens: &[i32],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "paged_prefill_attention";
+    check_block_dim(OP, block_dim)?;
+    p.validate::<T>(
+        out.len(),
+        query.len(),
+        key_cache.len(),
+        value_cache.len(),
+        block_tables.len(),
+        query_start_loc.len(),
+        seq_lens.len(),
+    )?;
+    query_ranges(p, query_start_loc, seq_lens)?;
+    check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
+    let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>())?;
+    let mut words = vec![0i32; device_status::words(block_dim)];
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: as in `paged_attention`: the lengths and indices were checked, so every global
+    // tensor of the kernel is inside these slices; only `out` is written, exclusively borrowed.
+    let code = unsafe {
+        T::PAGED_PREFILL_ATTENTION(
+            block_dim,
+            out.as_mut_ptr().cast(),
+            ptr(query),
+            ptr(key_cache),
+            ptr(value_cache),
+            ptr(block_tables),
+            ptr(query_start_loc),
+            ptr(seq_lens),
+            words.as_mut_ptr().cast(),
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)?;
+    device_status::check(OP, device_status::refused(&words))
 }
 
 /// RoPE (NeoX) on the host implementation; see [`crate::reference::rotary_embedding`].

@@ -6,7 +6,9 @@
 
 use ascend_hal::{Error, Result};
 
-use crate::shapes::{PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary};
+use crate::shapes::{
+    PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
+};
 
 /// Bytes of Unified Buffer a 910B vector core leaves to a kernel (192 KiB minus the 8 KiB the
 /// framework reserves).
@@ -92,6 +94,19 @@ pub struct PagedAttentionTiling {
     pub sliding_window: u32,
 }
 
+/// `ArkPrefillAttentionTiling`: the attention tiling over `num_seqs` sequences, and the query
+/// rows of the chunk.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefillAttentionTiling {
+    /// As for decode, with `num_seqs` the sequences of the batch.
+    pub attn: PagedAttentionTiling,
+    /// Query rows (tokens) of the batch.
+    pub num_tokens: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
 /// `RopeTiling`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +144,7 @@ pub struct RmsNormTiling {
 const _: () = {
     assert!(std::mem::size_of::<ReshapeAndCacheTiling>() == 16);
     assert!(std::mem::size_of::<PagedAttentionTiling>() == 40);
+    assert!(std::mem::size_of::<PrefillAttentionTiling>() == 48);
     assert!(std::mem::size_of::<RopeTiling>() == 24);
     assert!(std::mem::size_of::<RmsNormTiling>() == 20);
 };
@@ -275,6 +291,34 @@ pub fn paged_attention(p: &PagedAttention, size: usize) -> Result<PagedAttention
         chunk: chunk as u32,
         scale: p.scale,
         sliding_window: window,
+    })
+}
+
+/// Tiles paged prefill attention: the decode kernel's tiling (the same class runs it, one task
+/// per query token and KV head) and the chunk's query rows.
+pub fn paged_prefill_attention(
+    p: &PrefillAttention,
+    size: usize,
+) -> Result<PrefillAttentionTiling> {
+    let attn = paged_attention(
+        &PagedAttention {
+            num_seqs: p.num_seqs,
+            num_heads: p.num_heads,
+            cache: p.cache,
+            max_blocks_per_seq: p.max_blocks_per_seq,
+            scale: p.scale,
+            sliding_window: p.sliding_window,
+        },
+        size,
+    )
+    .map_err(|e| match e {
+        Error::InvalidArgument { message, .. } => refuse("paged_prefill_attention", message),
+        other => other,
+    })?;
+    Ok(PrefillAttentionTiling {
+        attn,
+        num_tokens: u32_of("paged_prefill_attention", "num_tokens", p.num_tokens)?,
+        reserved: 0,
     })
 }
 

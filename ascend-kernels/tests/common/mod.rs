@@ -2,7 +2,9 @@
 //! attention problems (shuffled block tables, lengths ending mid-block).
 #![allow(dead_code)] // each test binary uses its own part
 
-use ascend_kernels::{close, CacheShape, KvFloat, PagedAttention, RopeStyle, Rotary};
+use ascend_kernels::{
+    close, CacheShape, KvFloat, PagedAttention, PrefillAttention, RopeStyle, Rotary,
+};
 use proptest::prelude::*;
 
 /// Deterministic values in [-1, 1).
@@ -147,6 +149,17 @@ pub struct DecodeCase<T> {
 }
 
 /// A RoPE case built from a [`Problem`]: three tokens per sequence at scattered positions.
+/// A prefill attention case: each sequence's last `chunk` (or fewer) tokens are the queries.
+pub struct PrefillCase<T> {
+    pub p: PrefillAttention,
+    pub q: Vec<T>,
+    pub k: Vec<T>,
+    pub v: Vec<T>,
+    pub tables: Vec<i32>,
+    pub starts: Vec<i32>,
+    pub lens: Vec<i32>,
+}
+
 pub struct RopeCase<T> {
     pub p: Rotary,
     pub positions: Vec<i64>,
@@ -172,6 +185,35 @@ impl Problem {
             k: values::<T>(c.elements(), self.seed ^ 1),
             v: values::<T>(c.elements(), self.seed ^ 2),
             tables: self.tables(),
+            lens: self.lens.iter().map(|&l| l as i32).collect(),
+            p,
+        }
+    }
+
+    /// The prefill case of this problem: each sequence's last `chunk` tokens (all of a shorter
+    /// one) are this step's queries, the rest of its context already cached.
+    pub fn prefill_case<T: KvFloat>(&self, chunk: usize) -> PrefillCase<T> {
+        let c = self.cache();
+        let q_lens: Vec<usize> = self.lens.iter().map(|&l| chunk.min(l)).collect();
+        let mut starts = vec![0i32];
+        for q in &q_lens {
+            starts.push(starts.last().unwrap() + *q as i32);
+        }
+        let p = PrefillAttention {
+            num_seqs: self.lens.len(),
+            num_tokens: q_lens.iter().sum(),
+            num_heads: self.kv_heads * self.group,
+            cache: c,
+            max_blocks_per_seq: self.max_blocks(),
+            scale: 1.0 / (self.head_size as f32).sqrt(),
+            sliding_window: self.window,
+        };
+        PrefillCase {
+            q: values::<T>(p.num_tokens * p.num_heads * self.head_size, self.seed),
+            k: values::<T>(c.elements(), self.seed ^ 3),
+            v: values::<T>(c.elements(), self.seed ^ 4),
+            tables: self.tables(),
+            starts,
             lens: self.lens.iter().map(|&l| l as i32).collect(),
             p,
         }
