@@ -249,6 +249,43 @@ pub enum Error {
         /// Which CANN provides it.
         needs: &'static str,
     },
+
+    /// An ACLNN operator library (`libopapi.so`, `libnnopbase.so`) could not be loaded from any
+    /// place tried.
+    #[error(
+        "could not load {library} (CANN's ACLNN operators, which the ACL backend's matmul, \
+         SwiGLU and RMSNorm come from); tried, in order:{}\nsource the CANN environment \
+         (`source /usr/local/Ascend/ascend-toolkit/set_env.sh`), check that the toolkit's \
+         lib64 has it (it ships with the toolkit; the operators' kernels come with the \
+         Ascend-cann-kernels package for your SoC), or set {variable} to its path",
+        list_attempts(tried)
+    )]
+    OpLibraryNotFound {
+        /// The library's file name.
+        library: &'static str,
+        /// The environment variable that overrides the search.
+        variable: &'static str,
+        /// Every place tried and why it failed.
+        tried: Vec<LoadAttempt>,
+    },
+
+    /// An ACLNN call returned an `aclnnStatus` error.
+    #[error(
+        "{function} failed with {name} ({code}: {meaning}){}",
+        runtime_says(recent)
+    )]
+    Aclnn {
+        /// The C function that returned the status.
+        function: &'static str,
+        /// The `aclnnStatus` value.
+        code: i32,
+        /// Its name in CANN's `aclnn/opdev/op_errno.h` (`ACLNN_ERR_PARAM_INVALID`).
+        name: &'static str,
+        /// What the status means.
+        meaning: &'static str,
+        /// `aclGetRecentErrMsg()` right after the call (empty when it had nothing).
+        recent: String,
+    },
 }
 
 /// One place the ACL loader tried, and what happened there.

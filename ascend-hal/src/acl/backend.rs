@@ -77,6 +77,11 @@ impl AclBackend {
         })
     }
 
+    /// The loaded runtime.
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
     /// The path of the loaded library.
     pub fn library_path(&self) -> &str {
         &self.rt.path

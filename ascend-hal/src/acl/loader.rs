@@ -33,7 +33,7 @@ pub(crate) struct Candidate {
 }
 
 impl Candidate {
-    fn file(origin: impl Into<String>, target: PathBuf) -> Self {
+    pub(crate) fn file(origin: impl Into<String>, target: PathBuf) -> Self {
         Candidate {
             origin: origin.into(),
             target,
@@ -53,6 +53,18 @@ pub(crate) fn candidates(
     env: &dyn Fn(&str) -> Option<String>,
     root: &Path,
 ) -> Vec<Candidate> {
+    candidates_for(LIBRARY_NAME, "ASCEND_HAL_ACL_LIB", options, env, root)
+}
+
+/// The candidates for another library of the toolkit's `lib64` (the ACLNN libraries), in the
+/// same order, with `variable` as the override.
+pub(crate) fn candidates_for(
+    library: &str,
+    variable: &'static str,
+    options: &LoadOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+    root: &Path,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     if let Some(p) = &options.path {
         out.push(Candidate::file("explicit path", p.clone()));
@@ -61,23 +73,21 @@ pub(crate) fn candidates(
         return out;
     }
     let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    if let Some(p) = set("ASCEND_HAL_ACL_LIB") {
-        out.push(Candidate::file("ASCEND_HAL_ACL_LIB", PathBuf::from(p)));
+    if let Some(p) = set(variable) {
+        out.push(Candidate::file(variable, PathBuf::from(p)));
     }
     for var in ["ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"] {
         if let Some(home) = set(var) {
             out.push(Candidate::file(
                 var,
-                Path::new(&home).join("lib64").join(LIBRARY_NAME),
+                Path::new(&home).join("lib64").join(library),
             ));
         }
     }
     let ascend = root.join("usr/local/Ascend");
     out.push(Candidate::file(
         "default install",
-        ascend
-            .join("ascend-toolkit/latest/lib64")
-            .join(LIBRARY_NAME),
+        ascend.join("ascend-toolkit/latest/lib64").join(library),
     ));
     let mut cann: Vec<PathBuf> = std::fs::read_dir(&ascend)
         .map(|entries| {
@@ -92,7 +102,7 @@ pub(crate) fn candidates(
     for dir in cann {
         out.push(Candidate::file(
             "CANN install",
-            dir.join("lib64").join(LIBRARY_NAME),
+            dir.join("lib64").join(library),
         ));
     }
     if let Some(home) = set("HOME") {
@@ -100,12 +110,12 @@ pub(crate) fn candidates(
             "user install",
             Path::new(&home)
                 .join("Ascend/ascend-toolkit/latest/lib64")
-                .join(LIBRARY_NAME),
+                .join(library),
         ));
     }
     out.push(Candidate {
         origin: "system search path (LD_LIBRARY_PATH, ldconfig)".into(),
-        target: PathBuf::from(LIBRARY_NAME),
+        target: PathBuf::from(library),
         system: true,
     });
     out

@@ -11,6 +11,7 @@
 //! `/usr/local/Ascend/cann-<version>/lib64`, `~/Ascend/ascend-toolkit/latest/lib64`, and the system
 //! search path. A failure lists every place and says to source `set_env.sh`.
 
+pub mod aclnn;
 mod backend;
 #[cfg(feature = "bindgen")]
 mod bindgen_check;

@@ -57,7 +57,17 @@ impl AclStream {
         })
     }
 
-    fn note(&self, op: &'static str) {
+    /// The raw `aclrtStream`.
+    pub(crate) fn raw(&self) -> AclrtStream {
+        self.raw
+    }
+
+    /// Makes the stream's device current on this thread.
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.device.bind()
+    }
+
+    pub(crate) fn note(&self, op: &'static str) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.len() < 64 {
             p.push(op);

@@ -25,6 +25,7 @@
 //!
 //! [`library_path`] finds the built library for tests.
 
+mod aclnn;
 mod exports;
 mod launch;
 mod state;

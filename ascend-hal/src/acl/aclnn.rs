@@ -1,0 +1,748 @@
+//! CANN's ACLNN operators (`libopapi.so`, with the tensor descriptors of `libnnopbase.so`),
+//! loaded at run time like `libascendcl.so`: the vendor-tuned GEMM, SwiGLU and RMSNorm that
+//! vllm-ascend reaches through torch_npu.
+//!
+//! Every ACLNN operator is two calls (`aclnn/acl_meta.h`, `aclnnop/aclnn_<op>.h`):
+//! `aclnnXxxGetWorkspaceSize(inputs..., outputs..., &workspaceSize, &executor)` checks the
+//! arguments and plans the work; `aclnnXxx(workspace, workspaceSize, executor, stream)` queues
+//! it. [`Aclnn`] runs the protocol the one correct way: the workspace comes from the caller's
+//! [`Allocator`] on the op's stream (stream-ordered reuse makes it free again for the next op
+//! on that stream), the executor is used exactly once (a plan that cannot run is destroyed with
+//! `aclDestroyAclOpExecutor`), and the descriptors ([`AclTensor`]) live until the launch is
+//! queued. A non-zero `aclnnStatus` becomes [`Error::Aclnn`] with the status's name from
+//! `aclnn/opdev/op_errno.h` and `aclGetRecentErrMsg()`.
+//!
+//! Loading searches, for each library: its override variable (`ASCEND_HAL_NNOPBASE_LIB`,
+//! `ASCEND_HAL_OPAPI_LIB`), the directory the ACL runtime was loaded from (a toolkit keeps them
+//! together in `lib64`), then the places the runtime itself is searched.
+//!
+//! Declarations are those of CANN 8.1.RC1 (`aarch64-linux/include/aclnn/acl_meta.h`,
+//! `aclnn/opdev/op_errno.h`, and `opp/built-in/op_impl/ai_core/tbe/op_api/include/aclnnop/
+//! aclnn_{matmul,swi_glu,rms_norm,add_rms_norm}.h`).
+
+use std::ffi::c_void;
+use std::path::Path;
+use std::ptr::{self, NonNull};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::loader::{self, LoadOptions};
+use super::result;
+use super::runtime::Runtime;
+use super::{AclBackend, AclStream};
+use crate::alloc::Allocator;
+use crate::error::{Error, Result};
+use crate::{DType, DevicePtr};
+
+/// `typedef int32_t aclnnStatus;`
+pub type AclnnStatus = i32;
+/// `ACLNN_SUCCESS`.
+pub const ACLNN_SUCCESS: AclnnStatus = 0;
+
+/// `aclDataType` values (`acl/acl_base.h`).
+pub mod data_type {
+    /// `ACL_FLOAT`.
+    pub const ACL_FLOAT: i32 = 0;
+    /// `ACL_FLOAT16`.
+    pub const ACL_FLOAT16: i32 = 1;
+    /// `ACL_INT8`.
+    pub const ACL_INT8: i32 = 2;
+    /// `ACL_INT32`.
+    pub const ACL_INT32: i32 = 3;
+    /// `ACL_UINT8`.
+    pub const ACL_UINT8: i32 = 4;
+    /// `ACL_INT64`.
+    pub const ACL_INT64: i32 = 9;
+    /// `ACL_BF16`.
+    pub const ACL_BF16: i32 = 27;
+}
+
+/// `aclFormat::ACL_FORMAT_ND`: a plain row-major (or strided) tensor.
+pub const ACL_FORMAT_ND: i32 = 2;
+
+/// The `aclDataType` of a dtype.
+pub fn acl_data_type(dtype: DType) -> i32 {
+    use data_type::*;
+    match dtype {
+        DType::F32 => ACL_FLOAT,
+        DType::F16 => ACL_FLOAT16,
+        DType::BF16 => ACL_BF16,
+        DType::I8 => ACL_INT8,
+        DType::U8 => ACL_UINT8,
+        DType::I32 => ACL_INT32,
+        DType::I64 => ACL_INT64,
+    }
+}
+
+/// `cubeMathType` of `aclnnMatmul`: how the cube unit may treat the inputs' precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum CubeMathType {
+    /// `KEEP_DTYPE` (0): compute in the inputs' dtype (f32 stays f32 on Atlas A2).
+    KeepDtype = 0,
+    /// `ALLOW_FP32_DOWN_PRECISION` (1): f32 inputs may be computed in HF32.
+    AllowFp32DownPrecision = 1,
+    /// `USE_FP16` (2): compute in f16.
+    UseFp16 = 2,
+    /// `USE_HF32` (3): compute f32 inputs in HF32.
+    UseHf32 = 3,
+}
+
+/// The `aclnnStatus` values of `aclnn/opdev/op_errno.h`: name and meaning.
+pub fn describe_status(code: AclnnStatus) -> (&'static str, &'static str) {
+    match code {
+        0 => ("ACLNN_SUCCESS", "success"),
+        161001 => (
+            "ACLNN_ERR_PARAM_NULLPTR",
+            "a required argument (tensor, output pointer) is NULL",
+        ),
+        161002 => (
+            "ACLNN_ERR_PARAM_INVALID",
+            "an argument is invalid: dtype, shape, format, value, workspace or executor",
+        ),
+        361001 => (
+            "ACLNN_ERR_RUNTIME_ERROR",
+            "an ACL runtime call inside the operator failed",
+        ),
+        561000 => ("ACLNN_ERR_INNER", "internal error of the operator library"),
+        561001 => (
+            "ACLNN_ERR_INNER_INFERSHAPE_ERROR",
+            "the operator's shape inference failed",
+        ),
+        561002 => (
+            "ACLNN_ERR_INNER_TILING_ERROR",
+            "the operator's tiling failed for these shapes",
+        ),
+        561003 => (
+            "ACLNN_ERR_INNER_FIND_KERNEL_ERROR",
+            "no kernel binary for this SoC, dtype and shape: is the Ascend-cann-kernels package \
+             for this SoC installed?",
+        ),
+        561101 => (
+            "ACLNN_ERR_INNER_CREATE_EXECUTOR",
+            "the executor could not be created",
+        ),
+        561102 => (
+            "ACLNN_ERR_INNER_NOT_TRANS_EXECUTOR",
+            "the executor was not transferred",
+        ),
+        561103 => ("ACLNN_ERR_INNER_NULLPTR", "internal NULL pointer"),
+        561104 => (
+            "ACLNN_ERR_INNER_WRONG_ATTR_INFO_SIZE",
+            "wrong attribute size",
+        ),
+        561105 => ("ACLNN_ERR_INNER_KEY_CONFILICT", "key conflict"),
+        561106 => (
+            "ACLNN_ERR_INNER_INVALID_IMPL_MODE",
+            "invalid implementation mode",
+        ),
+        561107 => (
+            "ACLNN_ERR_INNER_OPP_PATH_NOT_FOUND",
+            "the operator package path was not found: is ASCEND_OPP_PATH set (set_env.sh)?",
+        ),
+        561108 => (
+            "ACLNN_ERR_INNER_LOAD_JSON_FAILED",
+            "loading the operator's json failed",
+        ),
+        561109 => (
+            "ACLNN_ERR_INNER_JSON_VALUE_NOT_FOUND",
+            "a value is missing from the operator's json",
+        ),
+        561110 => (
+            "ACLNN_ERR_INNER_JSON_FORMAT_INVALID",
+            "the operator's json is malformed",
+        ),
+        561111 => (
+            "ACLNN_ERR_INNER_JSON_DTYPE_INVALID",
+            "a dtype in the operator's json is invalid",
+        ),
+        561112 => (
+            "ACLNN_ERR_INNER_OPP_KERNEL_PKG_NOT_FOUND",
+            "the operator kernel package was not found: install Ascend-cann-kernels for this SoC",
+        ),
+        561113 => (
+            "ACLNN_ERR_INNER_OP_FILE_INVALID",
+            "an operator file is invalid",
+        ),
+        561114 => (
+            "ACLNN_ERR_INNER_ATTR_NUM_OUT_OF_BOUND",
+            "too many attributes",
+        ),
+        561115 => (
+            "ACLNN_ERR_INNER_ATTR_LEN_NOT_ENOUGH",
+            "an attribute is too short",
+        ),
+        561116 => (
+            "ACLNN_ERR_INNER_INPUT_NUM_IN_JSON_TOO_LARGE",
+            "too many inputs in the operator's json",
+        ),
+        561117 => (
+            "ACLNN_ERR_INNER_INPUT_JSON_IS_NULL",
+            "the operator's input json is empty",
+        ),
+        561118 => (
+            "ACLNN_ERR_INNER_STATIC_WORKSPACE_INVALID",
+            "invalid static workspace",
+        ),
+        561119 => (
+            "ACLNN_ERR_INNER_STATIC_BLOCK_DIM_INVALID",
+            "invalid static block dim",
+        ),
+        _ => ("(unknown aclnnStatus)", "a status this crate does not know"),
+    }
+}
+
+/// The raw declarations.
+mod sys {
+    use std::ffi::c_void;
+
+    use super::AclnnStatus;
+
+    /// `aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, aclDataType
+    /// dataType, const int64_t *stride, int64_t offset, aclFormat format, const int64_t
+    /// *storageDims, uint64_t storageDimsNum, void *tensorData)`.
+    pub type CreateTensor = unsafe extern "C" fn(
+        *const i64,
+        u64,
+        i32,
+        *const i64,
+        i64,
+        i32,
+        *const i64,
+        u64,
+        *mut c_void,
+    ) -> *mut c_void;
+    /// `aclnnStatus aclDestroyTensor(const aclTensor *tensor)`.
+    pub type DestroyTensor = unsafe extern "C" fn(*const c_void) -> AclnnStatus;
+    /// `aclnnStatus aclDestroyAclOpExecutor(aclOpExecutor *executor)`.
+    pub type DestroyExecutor = unsafe extern "C" fn(*mut c_void) -> AclnnStatus;
+    /// `aclnnStatus aclnnXxx(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
+    /// aclrtStream stream)`: the second call of every operator.
+    pub type Run = unsafe extern "C" fn(*mut c_void, u64, *mut c_void, *mut c_void) -> AclnnStatus;
+    /// `aclnnMatmulGetWorkspaceSize(const aclTensor *self, const aclTensor *mat2, aclTensor
+    /// *out, int8_t cubeMathType, uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type MatmulGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *mut c_void,
+        i8,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnSwiGluGetWorkspaceSize(const aclTensor *x, int64_t dim, const aclTensor *out,
+    /// uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type SwiGluGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        i64,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnRmsNormGetWorkspaceSize(const aclTensor *x, const aclTensor *gamma, double
+    /// epsilon, const aclTensor *yOut, const aclTensor *rstdOut, uint64_t *workspaceSize,
+    /// aclOpExecutor **executor)`.
+    pub type RmsNormGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        f64,
+        *const c_void,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnAddRmsNormGetWorkspaceSize(const aclTensor *x1, const aclTensor *x2, const
+    /// aclTensor *gamma, double epsilon, const aclTensor *yOut, const aclTensor *rstdOut, const
+    /// aclTensor *xOut, uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type AddRmsNormGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        f64,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+}
+
+/// One operator: its planning call and its launch call, if the library has them.
+struct Op<G> {
+    get_workspace_size: Option<G>,
+    run: Option<sys::Run>,
+}
+
+/// The loaded ACLNN libraries. One per process while any handle lives (see [`Aclnn::load`]).
+pub struct Aclnn {
+    rt: Arc<Runtime>,
+    opapi: &'static libloading::Library,
+    nnopbase_path: String,
+    opapi_path: String,
+    create_tensor: sys::CreateTensor,
+    destroy_tensor: sys::DestroyTensor,
+    destroy_executor: Option<sys::DestroyExecutor>,
+    matmul: Op<sys::MatmulGetWorkspaceSize>,
+    swi_glu: Op<sys::SwiGluGetWorkspaceSize>,
+    rms_norm: Op<sys::RmsNormGetWorkspaceSize>,
+    add_rms_norm: Op<sys::AddRmsNormGetWorkspaceSize>,
+}
+
+impl std::fmt::Debug for Aclnn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aclnn")
+            .field("nnopbase", &self.nnopbase_path)
+            .field("opapi", &self.opapi_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The library file names and their override variables.
+pub const NNOPBASE: (&str, &str) = ("libnnopbase.so", "ASCEND_HAL_NNOPBASE_LIB");
+/// See [`NNOPBASE`].
+pub const OPAPI: (&str, &str) = ("libopapi.so", "ASCEND_HAL_OPAPI_LIB");
+
+static CURRENT: Mutex<Weak<Aclnn>> = Mutex::new(Weak::new());
+
+fn open_library(
+    (library, variable): (&'static str, &'static str),
+    beside: &Path,
+) -> Result<(&'static libloading::Library, String)> {
+    let env = |k: &str| std::env::var(k).ok();
+    let options = LoadOptions {
+        path: None,
+        search: true,
+    };
+    let mut candidates = loader::candidates_for(library, variable, &options, &env, Path::new("/"));
+    // After the override (if set), next to the runtime that is loaded.
+    let at = usize::from(candidates.first().is_some_and(|c| c.origin == variable));
+    if let Some(dir) = beside.parent().filter(|d| !d.as_os_str().is_empty()) {
+        candidates.insert(
+            at,
+            loader::Candidate::file("beside the ACL runtime", dir.join(library)),
+        );
+    }
+    loader::open(&candidates).map_err(|tried| Error::OpLibraryNotFound {
+        library,
+        variable,
+        tried,
+    })
+}
+
+/// Looks `name` up in `lib`.
+///
+/// # Safety
+/// `F` is the C prototype of `name` in the CANN headers.
+unsafe fn symbol<F: Copy>(lib: &'static libloading::Library, name: &str) -> Option<F> {
+    // SAFETY: the caller's contract on `F`; `lib` stays loaded for the process.
+    unsafe { lib.get::<F>(name.as_bytes()) }.ok().map(|s| *s)
+}
+
+impl Aclnn {
+    /// The ACLNN libraries of `backend`'s runtime, loaded on first use (and kept loaded, like
+    /// the runtime). Errors: [`Error::OpLibraryNotFound`] listing every place tried;
+    /// [`Error::MissingSymbol`] when `libnnopbase.so` lacks the tensor calls.
+    pub fn load(backend: &AclBackend) -> Result<Arc<Aclnn>> {
+        let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = current.upgrade() {
+            if Arc::ptr_eq(&a.rt, backend.runtime()) {
+                return Ok(a);
+            }
+        }
+        let beside = Path::new(backend.library_path());
+        let (nnopbase, nnopbase_path) = open_library(NNOPBASE, beside)?;
+        let (opapi, opapi_path) = open_library(OPAPI, beside)?;
+        let missing = |symbol: &'static str| Error::MissingSymbol {
+            library: nnopbase_path.clone(),
+            symbol,
+            needs: "the ACLNN tensor API (CANN 7.0 or later)",
+        };
+        macro_rules! op {
+            ($get:literal, $run:literal) => {
+                Op {
+                    // SAFETY: the prototypes in `sys`, from the operator's header.
+                    get_workspace_size: unsafe { symbol(opapi, $get) },
+                    // SAFETY: as above; every `aclnnXxx` launch call has this prototype.
+                    run: unsafe { symbol(opapi, $run) },
+                }
+            };
+        }
+        let aclnn = Arc::new(Aclnn {
+            rt: Arc::clone(backend.runtime()),
+            // SAFETY: the prototypes in `sys`, from `aclnn/acl_meta.h`.
+            create_tensor: unsafe { symbol(nnopbase, "aclCreateTensor") }
+                .ok_or_else(|| missing("aclCreateTensor"))?,
+            // SAFETY: as above.
+            destroy_tensor: unsafe { symbol(nnopbase, "aclDestroyTensor") }
+                .ok_or_else(|| missing("aclDestroyTensor"))?,
+            // SAFETY: as above.
+            destroy_executor: unsafe { symbol(nnopbase, "aclDestroyAclOpExecutor") },
+            matmul: op!("aclnnMatmulGetWorkspaceSize", "aclnnMatmul"),
+            swi_glu: op!("aclnnSwiGluGetWorkspaceSize", "aclnnSwiGlu"),
+            rms_norm: op!("aclnnRmsNormGetWorkspaceSize", "aclnnRmsNorm"),
+            add_rms_norm: op!("aclnnAddRmsNormGetWorkspaceSize", "aclnnAddRmsNorm"),
+            opapi,
+            nnopbase_path,
+            opapi_path,
+        });
+        *current = Arc::downgrade(&aclnn);
+        Ok(aclnn)
+    }
+
+    /// Where `libnnopbase.so` and `libopapi.so` were loaded from.
+    pub fn library_paths(&self) -> (&str, &str) {
+        (&self.nnopbase_path, &self.opapi_path)
+    }
+
+    /// Which of the operators this crate binds the library has (`aclnnMatmul`, ...).
+    pub fn operators(&self) -> Vec<&'static str> {
+        [
+            ("aclnnMatmul", self.matmul.available()),
+            ("aclnnSwiGlu", self.swi_glu.available()),
+            ("aclnnRmsNorm", self.rms_norm.available()),
+            ("aclnnAddRmsNorm", self.add_rms_norm.available()),
+        ]
+        .into_iter()
+        .filter_map(|(n, a)| a.then_some(n))
+        .collect()
+    }
+
+    /// A tensor descriptor (`aclCreateTensor`): `dims` and `strides` (in elements) of the
+    /// view, `offset` (elements) from `data`, over storage of `storage` dims. Describing
+    /// memory does not touch it; the operator calls that read or write it are `unsafe`.
+    pub fn tensor(
+        &self,
+        dtype: DType,
+        dims: &[i64],
+        strides: &[i64],
+        offset: i64,
+        storage: &[i64],
+        data: DevicePtr,
+    ) -> Result<AclTensor<'_>> {
+        if dims.len() != strides.len() {
+            return Err(Error::InvalidArgument {
+                op: "aclCreateTensor",
+                message: format!("{} dims but {} strides", dims.len(), strides.len()),
+            });
+        }
+        // SAFETY: the arrays are valid for their lengths during the call, which copies them.
+        let raw = unsafe {
+            (self.create_tensor)(
+                dims.as_ptr(),
+                dims.len() as u64,
+                acl_data_type(dtype),
+                strides.as_ptr(),
+                offset,
+                ACL_FORMAT_ND,
+                storage.as_ptr(),
+                storage.len() as u64,
+                data.0 as usize as *mut c_void,
+            )
+        };
+        let raw = NonNull::new(raw).ok_or_else(|| Error::Aclnn {
+            function: "aclCreateTensor",
+            code: 161002,
+            name: "NULL",
+            meaning: "aclCreateTensor returned NULL (invalid dims, strides or dtype)",
+            recent: result::recent_message(&self.rt.api),
+        })?;
+        Ok(AclTensor { raw, aclnn: self })
+    }
+
+    /// A contiguous row-major tensor of `dims` at `data`.
+    pub fn contiguous(&self, dtype: DType, dims: &[i64], data: DevicePtr) -> Result<AclTensor<'_>> {
+        let mut strides = vec![1i64; dims.len()];
+        for i in (0..dims.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * dims[i + 1].max(1);
+        }
+        self.tensor(dtype, dims, &strides, 0, dims, data)
+    }
+
+    /// `Ok` for `ACLNN_SUCCESS`, else [`Error::Aclnn`] naming `function` and the status, with
+    /// `aclGetRecentErrMsg()`: for callers of ACLNN functions this crate does not bind.
+    pub fn check_status(&self, function: &'static str, code: AclnnStatus) -> Result<()> {
+        if code == ACLNN_SUCCESS {
+            return Ok(());
+        }
+        let (name, meaning) = describe_status(code);
+        Err(Error::Aclnn {
+            function,
+            code,
+            name,
+            meaning,
+            recent: result::recent_message(&self.rt.api),
+        })
+    }
+
+    /// The two-phase protocol: plan with `plan(&mut workspaceSize, &mut executor)`, take the
+    /// workspace from `workspace` on `stream`, launch with `run`, once.
+    ///
+    /// # Safety
+    /// `plan` calls the operator's planning function with descriptors that are alive, and the
+    /// memory they describe stays valid until the queued work completes.
+    unsafe fn two_phase(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        (get_name, run_name): (&'static str, &'static str),
+        run: Option<sys::Run>,
+        plan: impl FnOnce(*mut u64, *mut *mut c_void) -> Option<AclnnStatus>,
+    ) -> Result<()> {
+        let missing = |symbol| Error::MissingSymbol {
+            library: self.opapi_path.clone(),
+            symbol,
+            needs: "the ACLNN operator API of CANN 8.0 or later",
+        };
+        let run = run.ok_or_else(|| missing(run_name))?;
+        stream.bind()?;
+        let (mut size, mut executor) = (0u64, ptr::null_mut());
+        let code = plan(&mut size, &mut executor).ok_or_else(|| missing(get_name))?;
+        self.check_status(get_name, code)?;
+        if executor.is_null() {
+            return Err(Error::Aclnn {
+                function: get_name,
+                code: 561101,
+                name: "ACLNN_ERR_INNER_CREATE_EXECUTOR",
+                meaning: "it returned success but no executor",
+                recent: String::new(),
+            });
+        }
+        // A size past the address space is refused by the allocator as out of memory.
+        let block = match usize::try_from(size).unwrap_or(usize::MAX) {
+            0 => None,
+            bytes => Some(workspace.allocate(bytes, stream)),
+        };
+        let block = match block.transpose() {
+            Ok(b) => b,
+            Err(e) => {
+                if let Some(destroy) = self.destroy_executor {
+                    // SAFETY: the executor was created by the planning call and never run.
+                    let _ = unsafe { destroy(executor) };
+                }
+                return Err(e);
+            }
+        };
+        let ws = block
+            .as_ref()
+            .map_or(ptr::null_mut(), |b| b.ptr().0 as usize as *mut c_void);
+        // SAFETY: the executor is fresh and used once (the launch call frees it); the workspace
+        // holds `size` bytes of this device's memory, and returns to its allocator below, which
+        // reuses it only in stream order after this launch; the stream handle is live.
+        let code = unsafe { run(ws, size, executor, stream.raw()) };
+        self.check_status(run_name, code)?;
+        stream.note(run_name);
+        drop(block);
+        Ok(())
+    }
+
+    /// The C function `name` of `libopapi.so`, for an operator this crate does not bind.
+    ///
+    /// # Safety
+    /// `F` is the function's prototype in its `aclnnop/aclnn_<op>.h` header.
+    pub unsafe fn operator_symbol<F: Copy>(&self, name: &str) -> Option<F> {
+        // SAFETY: the caller's contract.
+        unsafe { symbol(self.opapi, name) }
+    }
+
+    /// Runs any ACLNN operator through the two-phase protocol: `plan(&mut workspaceSize, &mut
+    /// executor)` calls its `planner` (`aclnnXxxGetWorkspaceSize`, which the caller resolved
+    /// with [`operator_symbol`](Self::operator_symbol)) with its tensors and attributes; then
+    /// the workspace comes from `workspace` on `stream`, and `runner` (`aclnnXxx`) queues the
+    /// work, once.
+    ///
+    /// # Safety
+    /// `plan` calls `planner` correctly, with live descriptors; the memory they describe is on
+    /// `stream`'s device and stays valid until the queued work completes.
+    pub unsafe fn launch(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        planner: &'static str,
+        runner: &'static str,
+        plan: impl FnOnce(*mut u64, *mut *mut c_void) -> AclnnStatus,
+    ) -> Result<()> {
+        // SAFETY: every `aclnnXxx` launch call has the `Run` prototype.
+        let run = unsafe { symbol::<sys::Run>(self.opapi, runner) };
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.two_phase(stream, workspace, (planner, runner), run, |s, e| {
+                Some(plan(s, e))
+            })
+        }
+    }
+
+    /// `out = self · mat2` (`aclnnMatmul`): `a` is `[m, k]`, `b` `[k, n]` (a transposed view
+    /// of an `[n, k]` weight through strides is how a linear layer passes its weight), `out`
+    /// `[m, n]`.
+    ///
+    /// # Safety
+    /// The tensors describe memory of `stream`'s device that stays valid, and is not written by
+    /// other work, until the queued work completes.
+    pub unsafe fn matmul(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        a: &AclTensor<'_>,
+        b: &AclTensor<'_>,
+        out: &AclTensor<'_>,
+        math: CubeMathType,
+    ) -> Result<()> {
+        let get = self.matmul.get_workspace_size;
+        // SAFETY: the caller's contract; the descriptors are alive for the call.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnMatmulGetWorkspaceSize", "aclnnMatmul"),
+                self.matmul.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            a.raw(),
+                            b.raw(),
+                            out.raw() as *mut c_void,
+                            math as i8,
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+
+    /// `out = silu(x₁) · x₂` with `x` split in two halves along `dim` (`aclnnSwiGlu`).
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    pub unsafe fn swi_glu(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x: &AclTensor<'_>,
+        dim: i64,
+        out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.swi_glu.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnSwiGluGetWorkspaceSize", "aclnnSwiGlu"),
+                self.swi_glu.run,
+                |size, exec| get.map(|f| f(x.raw(), dim, out.raw(), size, exec)),
+            )
+        }
+    }
+
+    /// `y = x / sqrt(mean(x²) + eps) · gamma` over `gamma`'s trailing dims, with the
+    /// reciprocal root (f32, the leading dims and ones) in `rstd` (`aclnnRmsNorm`).
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rms_norm(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x: &AclTensor<'_>,
+        gamma: &AclTensor<'_>,
+        eps: f64,
+        y: &AclTensor<'_>,
+        rstd: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.rms_norm.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnRmsNormGetWorkspaceSize", "aclnnRmsNorm"),
+                self.rms_norm.run,
+                |size, exec| {
+                    get.map(|f| f(x.raw(), gamma.raw(), eps, y.raw(), rstd.raw(), size, exec))
+                },
+            )
+        }
+    }
+
+    /// `x_out = x1 + x2`, then RMSNorm of it into `y` (`aclnnAddRmsNorm`).
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn add_rms_norm(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x1: &AclTensor<'_>,
+        x2: &AclTensor<'_>,
+        gamma: &AclTensor<'_>,
+        eps: f64,
+        y: &AclTensor<'_>,
+        rstd: &AclTensor<'_>,
+        x_out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.add_rms_norm.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnAddRmsNormGetWorkspaceSize", "aclnnAddRmsNorm"),
+                self.add_rms_norm.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            x1.raw(),
+                            x2.raw(),
+                            gamma.raw(),
+                            eps,
+                            y.raw(),
+                            rstd.raw(),
+                            x_out.raw(),
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+}
+
+impl<G> Op<G> {
+    fn available(&self) -> bool {
+        self.get_workspace_size.is_some() && self.run.is_some()
+    }
+}
+
+/// An `aclTensor` descriptor; `aclDestroyTensor` on drop.
+pub struct AclTensor<'a> {
+    raw: NonNull<c_void>,
+    aclnn: &'a Aclnn,
+}
+
+impl AclTensor<'_> {
+    /// The `aclTensor *`, for ACLNN calls this crate does not bind (valid while `self` lives).
+    pub fn as_raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+
+    fn raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+}
+
+impl std::fmt::Debug for AclTensor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AclTensor({:p})", self.raw)
+    }
+}
+
+impl Drop for AclTensor<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by aclCreateTensor and destroyed once, here. A failure leaves nothing
+        // to do (the descriptor is host memory of the library).
+        let _ = unsafe { (self.aclnn.destroy_tensor)(self.raw()) };
+    }
+}
