@@ -144,6 +144,33 @@ pub fn device_arg<B: Backend, T: Element, R: DeviceRepr<B, T>>(
     Ok(view.device_ptr())
 }
 
+/// Splits copy-on-write pairs into waves that a parallel kernel can run one after another with
+/// the result of running the pairs in order: within a wave no block is both a source and a
+/// destination, and no block is the destination of two pairs. Usually one wave (copy-on-write
+/// copies a shared block into a fresh one).
+pub fn copy_waves(pairs: &[(u32, u32)]) -> Vec<&[(u32, u32)]> {
+    let mut waves = Vec::new();
+    let (mut start, mut srcs, mut dsts) = (
+        0,
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    );
+    for (i, &(s, d)) in pairs.iter().enumerate() {
+        if dsts.contains(&s) || dsts.contains(&d) || srcs.contains(&d) {
+            waves.push(&pairs[start..i]);
+            start = i;
+            srcs.clear();
+            dsts.clear();
+        }
+        srcs.insert(s);
+        dsts.insert(d);
+    }
+    if start < pairs.len() {
+        waves.push(&pairs[start..]);
+    }
+    waves
+}
+
 /// Copies blocks of a device cache out to pinned host memory: `pairs` are `(device block, host
 /// block)`. Any backend; ordered on `stream`, and the pinned buffer fences itself.
 pub fn swap_out<B: Backend, T: KvFloat>(

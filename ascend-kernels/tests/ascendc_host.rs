@@ -52,6 +52,32 @@ fn prefill<T: AscendCFloat>(pr: &Problem, chunk: usize, cores: u32) -> Result<()
     assert_close("ascendc paged_prefill_attention", &npu, &oracle)
 }
 
+/// Copy-on-write of a few blocks into fresh ones, in both caches.
+fn block_copies<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
+    let c = pr.cache();
+    let n = c.num_blocks;
+    // Sources from the first half, destinations from the second: one wave.
+    let pairs: Vec<(u32, u32)> = (0..(n / 2).min(5))
+        .map(|i| {
+            (
+                ((i * 7 + pr.seed as usize) % (n / 2)) as u32,
+                (n / 2 + i) as u32,
+            )
+        })
+        .collect();
+    let (k, v) = (
+        values::<T>(c.elements(), pr.seed),
+        values::<T>(c.elements(), pr.seed ^ 1),
+    );
+    let (mut kn, mut vn, mut kr, mut vr) = (k.clone(), v.clone(), k, v);
+    host::copy_blocks(&c, &mut kn, &mut vn, &pairs, cores).unwrap();
+    reference::copy_blocks(&c, &mut kr, &mut vr, &pairs).unwrap();
+    // Copies: bit-exact.
+    prop_assert!(kn == kr, "key cache differs");
+    prop_assert!(vn == vr, "value cache differs");
+    Ok(())
+}
+
 fn cache_write<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
     let c = pr.cache();
     let n = pr.lens.iter().sum::<usize>().min(c.slots());
@@ -163,6 +189,8 @@ proptest! {
         rope::<f16>(&pr, cores, partial)?;
         norms::<f32>(&pr, cores)?;
         norms::<f16>(&pr, cores)?;
+        block_copies::<f32>(&pr, cores)?;
+        block_copies::<f16>(&pr, cores)?;
     }
 }
 
@@ -194,7 +222,54 @@ fn decode_at_block_sizes_16_and_128_with_an_empty_sequence() {
         let pr = Problem { window: None, ..pr };
         prefill::<f32>(&pr, 37, 7).unwrap();
         prefill::<f16>(&pr, 300, tiling::VECTOR_CORES).unwrap();
+        block_copies::<f32>(&pr, 3).unwrap();
+        block_copies::<f16>(&pr, tiling::VECTOR_CORES).unwrap();
     }
+}
+
+/// A batch the parallel kernel cannot run as one launch (a chain a -> b -> c) is refused by the
+/// host runner, and `copy_waves` splits it so that running the waves in order equals the
+/// reference; bad pairs are refused before the launch.
+#[test]
+fn block_copy_chains_are_split_into_waves() {
+    let c = CacheShape {
+        num_blocks: 6,
+        block_size: 16,
+        num_kv_heads: 1,
+        head_size: 64,
+    };
+    let chain = [(0u32, 1u32), (1, 2), (3, 4), (4, 3)];
+    let waves = ascend_kernels::copy_waves(&chain);
+    assert_eq!(waves, vec![&chain[..1], &chain[1..3], &chain[3..]]);
+    let (k, v) = (
+        values::<f32>(c.elements(), 1),
+        values::<f32>(c.elements(), 2),
+    );
+    let (mut kn, mut vn, mut kr, mut vr) = (k.clone(), v.clone(), k, v);
+    let e = host::copy_blocks(&c, &mut kn, &mut vn, &chain, 4).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { op: "copy_blocks", message } if message.contains("parallel")),
+        "{e}"
+    );
+    for wave in &waves {
+        host::copy_blocks(&c, &mut kn, &mut vn, wave, 4).unwrap();
+    }
+    reference::copy_blocks(&c, &mut kr, &mut vr, &chain).unwrap();
+    assert!(kn == kr && vn == vr);
+    for bad in [[(0u32, 6u32)], [(2, 2)]] {
+        let e = host::copy_blocks(&c, &mut kn, &mut vn, &bad, 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument {
+                    op: "copy_blocks",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert!(kn == kr, "a refused call wrote nothing");
 }
 
 fn fault(v: Violation) -> String {

@@ -5,6 +5,7 @@
 #include "kernel_operator.h"
 #include "call_sites.h"
 
+#include "copy_blocks.cpp"
 #include "paged_attention.cpp"
 #include "reshape_and_cache.cpp"
 #include "rms_norm.cpp"
@@ -41,6 +42,13 @@ ATTENTION_SHIM(paged_attention_float)
          P(out, query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, status))
 PREFILL_SHIM(paged_prefill_attention_half)
 PREFILL_SHIM(paged_prefill_attention_float)
+
+#define COPY_SHIM(NAME)                                                                            \
+    SHIM(NAME, ArkCopyBlocksTiling,                                                                \
+         P(uint8_t* key_cache, uint8_t* value_cache, uint8_t* pairs, uint8_t* status),             \
+         P(key_cache, value_cache, pairs, status))
+COPY_SHIM(copy_blocks_half)
+COPY_SHIM(copy_blocks_float)
 
 #define ROPE_SHIM(NAME)                                                                            \
     SHIM(NAME, ArkRopeTiling,                                                                      \

@@ -33,6 +33,13 @@ struct ArkPrefillAttentionTiling {
     uint32_t reserved;
 };
 
+struct ArkCopyBlocksTiling {
+    uint32_t num_pairs;
+    uint32_t num_blocks;
+    uint32_t block_elems;  // block_size * kv_heads * head_size
+    uint32_t chunk;        // elements per GM -> UB -> GM piece
+};
+
 struct ArkRopeTiling {
     uint32_t num_tokens;
     uint32_t num_heads;

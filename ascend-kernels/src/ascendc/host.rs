@@ -11,13 +11,13 @@ use half::f16;
 
 use super::status as device_status;
 use super::tiling::{
-    self, PagedAttentionTiling, PrefillAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling,
-    RopeTiling,
+    self, CopyBlocksTiling, PagedAttentionTiling, PrefillAttentionTiling, ReshapeAndCacheTiling,
+    RmsNormTiling, RopeTiling,
 };
 use crate::float::KvFloat;
 use crate::reference::{check_positions, check_slots, query_ranges};
 use crate::shapes::{
-    check_seqs, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
+    check_seqs, CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
 };
 
 /// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status` (the kernels that
@@ -86,6 +86,26 @@ type Shim8<Tl> = unsafe extern "C" fn(
 
 // The shims of ascendc/host/launch.cpp; their C prototypes take exactly these arguments.
 extern "C" {
+    fn ascendc_host_copy_blocks_half(
+        b: u32,
+        kc: *mut u8,
+        vc: *mut u8,
+        pairs: *mut u8,
+        st: *mut u8,
+        t: *const CopyBlocksTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_copy_blocks_float(
+        b: u32,
+        kc: *mut u8,
+        vc: *mut u8,
+        pairs: *mut u8,
+        st: *mut u8,
+        t: *const CopyBlocksTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
     fn ascendc_host_reshape_and_cache_half(
         b: u32,
         k: *mut u8,
@@ -228,6 +248,8 @@ pub trait AscendCFloat: KvFloat + sealed::Sealed {
     const ROTARY_EMBEDDING: Shim5<RopeTiling>;
     #[doc(hidden)]
     const RMS_NORM: Shim4<RmsNormTiling>;
+    #[doc(hidden)]
+    const COPY_BLOCKS: Shim4<CopyBlocksTiling>;
 }
 
 impl AscendCFloat for f32 {
@@ -237,6 +259,7 @@ impl AscendCFloat for f32 {
         ascendc_host_paged_prefill_attention_float;
     const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_float;
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_float;
+    const COPY_BLOCKS: Shim4<CopyBlocksTiling> = ascendc_host_copy_blocks_float;
 }
 
 impl AscendCFloat for f16 {
@@ -246,6 +269,7 @@ impl AscendCFloat for f16 {
         ascendc_host_paged_prefill_attention_half;
     const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_half;
     const RMS_NORM: Shim4<RmsNormTiling> = ascendc_host_rms_norm_half;
+    const COPY_BLOCKS: Shim4<CopyBlocksTiling> = ascendc_host_copy_blocks_half;
 }
 
 const ERR_LEN: usize = 1024;
@@ -480,6 +504,52 @@ pub fn paged_prefill_attention<T: AscendCFloat>(
             ptr(block_tables),
             ptr(query_start_loc),
             ptr(seq_lens),
+            words.as_mut_ptr().cast(),
+            &t,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
+    status(OP, code, &err)?;
+    device_status::check(OP, device_status::refused(&words))
+}
+
+/// `copy_blocks` on the host implementation; see [`crate::reference::copy_blocks`]. The
+/// kernel runs its pairs in parallel: no block may be both a source and a destination, or the
+/// destination of two pairs (refused here; the ACL backend splits such a batch into waves).
+pub fn copy_blocks<T: AscendCFloat>(
+    c: &CacheShape,
+    key_cache: &mut [T],
+    value_cache: &mut [T],
+    pairs: &[(u32, u32)],
+    block_dim: u32,
+) -> Result<()> {
+    const OP: &str = "copy_blocks";
+    check_block_dim(OP, block_dim)?;
+    crate::reference::check_pairs(c, key_cache.len(), value_cache.len(), pairs)?;
+    if crate::ops::copy_waves(pairs).len() > 1 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            message: "a block is both copied from and to, or copied to twice: one launch runs \
+                      its pairs in parallel"
+                .into(),
+        });
+    }
+    let t = tiling::copy_blocks(c, pairs.len(), std::mem::size_of::<T>())?;
+    let flat: Vec<i32> = pairs
+        .iter()
+        .flat_map(|&(s, d)| [s as i32, d as i32])
+        .collect();
+    let mut words = vec![0i32; device_status::words(block_dim)];
+    let mut err = [0 as c_char; ERR_LEN];
+    // SAFETY: the cache lengths and every pair were checked, so the kernel's global tensors lie
+    // inside these slices; the caches are exclusively borrowed (written), the pairs only read.
+    let code = unsafe {
+        T::COPY_BLOCKS(
+            block_dim,
+            key_cache.as_mut_ptr().cast(),
+            value_cache.as_mut_ptr().cast(),
+            ptr(&flat),
             words.as_mut_ptr().cast(),
             &t,
             err.as_mut_ptr(),

@@ -7,7 +7,7 @@
 use ascend_hal::{Error, Result};
 
 use crate::shapes::{
-    PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
+    CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
 };
 
 /// Bytes of Unified Buffer a 910B vector core leaves to a kernel (192 KiB minus the 8 KiB the
@@ -107,6 +107,20 @@ pub struct PrefillAttentionTiling {
     pub reserved: u32,
 }
 
+/// `ArkCopyBlocksTiling`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyBlocksTiling {
+    /// `(src, dst)` pairs.
+    pub num_pairs: u32,
+    /// Blocks in each cache.
+    pub num_blocks: u32,
+    /// Elements per block.
+    pub block_elems: u32,
+    /// Elements per GM -> UB -> GM piece.
+    pub chunk: u32,
+}
+
 /// `RopeTiling`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +159,7 @@ const _: () = {
     assert!(std::mem::size_of::<ReshapeAndCacheTiling>() == 16);
     assert!(std::mem::size_of::<PagedAttentionTiling>() == 40);
     assert!(std::mem::size_of::<PrefillAttentionTiling>() == 48);
+    assert!(std::mem::size_of::<CopyBlocksTiling>() == 16);
     assert!(std::mem::size_of::<RopeTiling>() == 24);
     assert!(std::mem::size_of::<RmsNormTiling>() == 20);
 };
@@ -319,6 +334,24 @@ pub fn paged_prefill_attention(
         attn,
         num_tokens: u32_of("paged_prefill_attention", "num_tokens", p.num_tokens)?,
         reserved: 0,
+    })
+}
+
+/// Bytes of one copy_blocks queue buffer at most (two of them, double-buffered): large enough
+/// that a piece is a long burst, small enough to leave the UB mostly free.
+pub const COPY_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Tiles `copy_blocks` over `num_pairs` pairs of the cache `c`, elements of `size` bytes.
+pub fn copy_blocks(c: &CacheShape, num_pairs: usize, size: usize) -> Result<CopyBlocksTiling> {
+    const OP: &str = "copy_blocks";
+    let block = c.block_stride();
+    aligned(OP, "a cache block", block, size)?;
+    let chunk = block.min(COPY_CHUNK_BYTES / size.max(1));
+    Ok(CopyBlocksTiling {
+        num_pairs: u32_of(OP, "pairs", num_pairs)?,
+        num_blocks: u32_of(OP, "num_blocks", c.num_blocks)?,
+        block_elems: u32_of(OP, "block elements", block)?,
+        chunk: chunk as u32,
     })
 }
 
