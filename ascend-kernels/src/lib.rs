@@ -41,7 +41,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[allow(unsafe_code)] // launches through the NPU kernels library's C stubs.
-mod acl;
+pub mod acl;
 #[allow(unsafe_code)] // FFI to the host build of the Ascend C kernels; each call says why it holds.
 pub mod ascendc;
 pub mod cpu;

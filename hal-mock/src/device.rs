@@ -188,6 +188,34 @@ impl CpuDevice {
     pub fn tracked_streams(&self) -> usize {
         self.shared.registered_streams()
     }
+
+    /// As `Device::synchronize`, but a stream's failure is reported without being cleared: the
+    /// stream's own next synchronisation still returns it. What the ACL fake's
+    /// `aclrtSynchronizeDevice` does, so that a device-wide sync in one thread (the ACL backend
+    /// frees memory after one) does not hide a kernel fault from the thread that owns the
+    /// stream.
+    pub fn synchronize_keeping_errors(&self) -> Result<()> {
+        self.synchronize_with(false)
+    }
+
+    fn synchronize_with(&self, take: bool) -> Result<()> {
+        self.shared.enter(MockOp::Synchronize)?;
+        let mut first = None;
+        for stream in self.shared.live_streams() {
+            let r = if take {
+                stream.wait_idle_and_take_error()
+            } else {
+                stream.wait_idle_keeping_error()
+            };
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first {
+            return Err(e);
+        }
+        self.shared.check_alive("Device::synchronize")
+    }
 }
 
 impl ascend_hal::Device for CpuDevice {
@@ -212,17 +240,7 @@ impl ascend_hal::Device for CpuDevice {
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.shared.enter(MockOp::Synchronize)?;
-        let mut first = None;
-        for stream in self.shared.live_streams() {
-            if let Err(e) = stream.wait_idle_and_take_error() {
-                first.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first {
-            return Err(e);
-        }
-        self.shared.check_alive("Device::synchronize")
+        self.synchronize_with(true)
     }
 
     fn new_stream(&self) -> Result<CpuStream> {

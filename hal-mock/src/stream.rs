@@ -100,6 +100,16 @@ impl StreamShared {
     /// [`Error::InvalidArgument`] when called from the stream's own worker (a host task waiting
     /// for its own stream), which would wait forever.
     pub(crate) fn wait_idle_and_take_error(&self) -> Result<()> {
+        self.wait_idle(true)
+    }
+
+    /// As [`wait_idle_and_take_error`](Self::wait_idle_and_take_error), but a failure stays
+    /// for the stream's own next synchronisation.
+    pub(crate) fn wait_idle_keeping_error(&self) -> Result<()> {
+        self.wait_idle(false)
+    }
+
+    fn wait_idle(&self, take: bool) -> Result<()> {
         if self.on_own_worker() {
             return Err(Error::InvalidArgument {
                 op: "synchronize",
@@ -118,7 +128,12 @@ impl StreamShared {
         while s.completed < s.enqueued {
             s = self.work_done.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-        s.error.take().map_or(Ok(()), Err)
+        let error = if take {
+            s.error.take()
+        } else {
+            s.error.clone()
+        };
+        error.map_or(Ok(()), Err)
     }
 
     fn run_worker(self: Arc<Self>) {

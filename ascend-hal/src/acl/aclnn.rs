@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::loader::{self, LoadOptions};
 use super::result;
 use super::runtime::Runtime;
-use super::{AclBackend, AclStream};
+use super::{AclBackend, AclDevice, AclStream};
 use crate::alloc::Allocator;
 use crate::error::{Error, Result};
 use crate::{DType, DevicePtr};
@@ -341,13 +341,33 @@ impl Aclnn {
     /// the runtime). Errors: [`Error::OpLibraryNotFound`] listing every place tried;
     /// [`Error::MissingSymbol`] when `libnnopbase.so` lacks the tensor calls.
     pub fn load(backend: &AclBackend) -> Result<Arc<Aclnn>> {
+        Self::load_with(backend.runtime())
+    }
+
+    /// As [`load`](Self::load), for the runtime `device` belongs to.
+    pub fn load_for(device: &AclDevice) -> Result<Arc<Aclnn>> {
+        Self::load_with(&device.inner.rt)
+    }
+
+    /// As [`load`](Self::load), for the runtime a live [`AclBackend`] of this process holds;
+    /// [`Error::BackendUnavailable`] when there is none.
+    pub fn load_current() -> Result<Arc<Aclnn>> {
+        let rt = Runtime::current().ok_or_else(|| {
+            Error::BackendUnavailable(
+                "no ACL runtime is loaded: create an AclBackend before the ACLNN operators".into(),
+            )
+        })?;
+        Self::load_with(&rt)
+    }
+
+    fn load_with(rt: &Arc<Runtime>) -> Result<Arc<Aclnn>> {
         let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = current.upgrade() {
-            if Arc::ptr_eq(&a.rt, backend.runtime()) {
+            if Arc::ptr_eq(&a.rt, rt) {
                 return Ok(a);
             }
         }
-        let beside = Path::new(backend.library_path());
+        let beside = Path::new(&rt.path);
         let (nnopbase, nnopbase_path) = open_library(NNOPBASE, beside)?;
         let (opapi, opapi_path) = open_library(OPAPI, beside)?;
         let missing = |symbol: &'static str| Error::MissingSymbol {
@@ -366,7 +386,7 @@ impl Aclnn {
             };
         }
         let aclnn = Arc::new(Aclnn {
-            rt: Arc::clone(backend.runtime()),
+            rt: Arc::clone(rt),
             // SAFETY: the prototypes in `sys`, from `aclnn/acl_meta.h`.
             create_tensor: unsafe { symbol(nnopbase, "aclCreateTensor") }
                 .ok_or_else(|| missing("aclCreateTensor"))?,

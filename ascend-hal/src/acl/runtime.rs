@@ -30,6 +30,11 @@ pub(crate) struct Runtime {
 static CURRENT: Mutex<Weak<Runtime>> = Mutex::new(Weak::new());
 
 impl Runtime {
+    /// The live runtime, if a backend holds one.
+    pub(crate) fn current() -> Option<Arc<Runtime>> {
+        CURRENT.lock().unwrap_or_else(|p| p.into_inner()).upgrade()
+    }
+
     /// The live runtime, or a new one loaded from the first candidate of `options` that loads.
     pub(crate) fn acquire(
         options: &LoadOptions,

@@ -12,7 +12,10 @@ use std::sync::OnceLock;
 
 use libloading::Library;
 
-use super::tiling::{PagedAttentionTiling, ReshapeAndCacheTiling, RmsNormTiling, RopeTiling};
+use super::tiling::{
+    CopyBlocksTiling, PagedAttentionTiling, PrefillAttentionTiling, ReshapeAndCacheTiling,
+    RmsNormTiling, RopeTiling,
+};
 
 /// Why there are no NPU kernels, and what to do.
 pub const NOT_BUILT: &str = "the Ascend C kernels were not built for the NPU: install the CANN \
@@ -33,6 +36,10 @@ pub(crate) type Launch6<Tl> =
 pub(crate) type Launch7<Tl> =
     unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
 
+/// The same with 8 gm pointers.
+pub(crate) type Launch8<Tl> =
+    unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
+
 /// One kernel's `half` and `float` launch stubs.
 pub(crate) struct Pair<F> {
     pub half: F,
@@ -41,10 +48,12 @@ pub(crate) struct Pair<F> {
 
 /// The launch stubs of the NPU kernels library.
 pub(crate) struct NpuKernels {
-    /// The three kernels that read device-side indices take a status buffer last (see
+    /// The kernels that read device-side indices take a status buffer last (see
     /// `ascendc::status`).
     pub reshape_and_cache: Pair<Launch6<ReshapeAndCacheTiling>>,
     pub paged_attention: Pair<Launch7<PagedAttentionTiling>>,
+    pub paged_prefill_attention: Pair<Launch8<PrefillAttentionTiling>>,
+    pub copy_blocks: Pair<Launch4<CopyBlocksTiling>>,
     pub rotary_embedding: Pair<Launch5<RopeTiling>>,
     pub rms_norm: Pair<Launch4<RmsNormTiling>>,
     /// Keeps the stubs' code mapped.
@@ -82,6 +91,14 @@ fn load(path: &str) -> Result<NpuKernels, String> {
         paged_attention: Pair {
             half: stub!("paged_attention_half"),
             float: stub!("paged_attention_float"),
+        },
+        paged_prefill_attention: Pair {
+            half: stub!("paged_prefill_attention_half"),
+            float: stub!("paged_prefill_attention_float"),
+        },
+        copy_blocks: Pair {
+            half: stub!("copy_blocks_half"),
+            float: stub!("copy_blocks_float"),
         },
         rotary_embedding: Pair {
             half: stub!("rotary_embedding_half"),

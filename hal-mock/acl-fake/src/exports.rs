@@ -228,7 +228,9 @@ pub extern "C" fn aclrtSetCurrentContext(ctx: *mut c_void) -> i32 {
 }
 
 /// `aclError aclrtSynchronizeDevice(void)`: also reports misuse any of the device's streams
-/// saw (memory freed under a queued copy).
+/// saw (memory freed under a queued copy). A stream's failure is reported here and still by the
+/// stream's own synchronisation: a device sync elsewhere (the ACL backend frees memory after
+/// one) must not swallow a kernel fault.
 #[no_mangle]
 pub extern "C" fn aclrtSynchronizeDevice() -> i32 {
     call("aclrtSynchronizeDevice", |g, _| {
@@ -237,7 +239,7 @@ pub extern "C" fn aclrtSynchronizeDevice() -> i32 {
         let streams = g.streams_of(d);
         drop(g);
         let r = device
-            .synchronize()
+            .synchronize_keeping_errors()
             .map_err(|e| from_hal("aclrtSynchronizeDevice", e));
         for s in &streams {
             take_misuse(s, "aclrtSynchronizeDevice")?;

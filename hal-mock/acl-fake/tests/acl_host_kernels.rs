@@ -2,8 +2,8 @@
 //! the host kernels library (`ascendc::HOST_KERNELS_LIB`, the Ascend C sources built with the
 //! host implementation behind the `aclrtlaunch_*` stubs) through `ASCEND_KERNELS_LIB`, as it
 //! loads the CANN build, and its launches run on the fake's streams against the fake's device
-//! memory. Results are compared with the Rust reference; faults surface at the next
-//! synchronisation, naming the kernel.
+//! memory, and the fake serves the ACLNN operators. Results are compared with the Rust
+//! reference; faults surface at the next synchronisation, naming the kernel.
 
 mod common;
 
@@ -13,8 +13,8 @@ use ascend_hal::acl::{AclBackend, AclStream};
 use ascend_hal::prelude::*;
 use ascend_hal::Error;
 use ascend_kernels::{
-    ascendc, reference, CacheShape, KernelOps, KvFloat, PagedAttention, ReshapeAndCache, RmsNorm,
-    RopeStyle, Rotary,
+    ascendc, reference, CacheShape, KernelOps, KvFloat, Matmul, PagedAttention, PrefillAttention,
+    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,
 };
 use half::f16;
 
@@ -23,8 +23,13 @@ use half::f16;
 fn stream() -> AclStream {
     static SET: Once = Once::new();
     SET.call_once(|| {
+        let fake = common::fake_path();
         // SAFETY: see above; the tests of this binary all start here.
-        unsafe { std::env::set_var("ASCEND_KERNELS_LIB", ascendc::HOST_KERNELS_LIB) };
+        unsafe {
+            std::env::set_var("ASCEND_KERNELS_LIB", ascendc::HOST_KERNELS_LIB);
+            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &fake);
+            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &fake);
+        }
     });
     common::backend().device(0).unwrap().new_stream().unwrap()
 }
@@ -269,7 +274,12 @@ impl Hold {
         Hold(open)
     }
 
-    fn release(self) {
+    fn release(self) {}
+}
+
+impl Drop for Hold {
+    /// Also on a panic, so a failing test does not leave the stream's worker waiting forever.
+    fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
@@ -416,4 +426,179 @@ fn a_kernel_reaching_past_its_memory_faults_at_the_next_sync() {
     let e = s.synchronize().unwrap_err();
     assert_eq!(e.acl_code(), Some(507_015), "{e}");
     assert!(e.to_string().contains("not inside live memory"), "{e}");
+}
+
+#[test]
+fn every_op_is_available_with_the_host_kernels_and_the_fake_aclnn() {
+    let _s = stream();
+    assert_eq!(AclBackend::kernels_available(), Ok(()));
+}
+
+fn check_remaining_ops<T: KvFloat>(block_size: usize) {
+    let s = stream();
+    let tol = tolerance::<T>();
+    // Matmul (ACLNN) of a linear layer's [n, k] weight.
+    let mm = Matmul { m: 3, n: 40, k: 64 };
+    let (x, w) = (values::<T>(3 * 64, 20), values::<T>(40 * 64, 21));
+    let mut out = DeviceBuffer::<AclBackend, T>::zeros(&s, 3 * 40).unwrap();
+    AclBackend::matmul(
+        &s,
+        &mm,
+        out.view_mut(),
+        up(&s, &x).view(),
+        up(&s, &w).view(),
+    )
+    .unwrap();
+    let mut want = vec![T::from_f32(0.0); 3 * 40];
+    reference::matmul(&mm, &mut want, &x, &w).unwrap();
+    assert!(max_diff(&s.clone_to_host(&out).unwrap(), &want) < 4.0 * tol);
+
+    // SiLU-and-mul (ACLNN SwiGlu).
+    let sm = SiluAndMul {
+        num_tokens: 3,
+        d: 40,
+    };
+    let g = values::<T>(3 * 80, 22);
+    let mut out = DeviceBuffer::<AclBackend, T>::zeros(&s, 3 * 40).unwrap();
+    AclBackend::silu_and_mul(&s, &sm, out.view_mut(), up(&s, &g).view()).unwrap();
+    let mut want = vec![T::from_f32(0.0); 3 * 40];
+    reference::silu_and_mul(&sm, &mut want, &g).unwrap();
+    assert!(max_diff(&s.clone_to_host(&out).unwrap(), &want) < tol);
+
+    // Chunked prefill attention (Ascend C) over a paged context: the last 5 tokens of a
+    // 2-block-and-a-bit context, a whole 3-token prompt, and one decode token.
+    let cache = CacheShape {
+        num_blocks: 8,
+        block_size,
+        num_kv_heads: 2,
+        head_size: 64,
+    };
+    let lens = [2 * block_size as i32 + 3, 3, 9];
+    let starts = [0i32, 5, 8, 9];
+    let max_blocks = 3;
+    let tables: Vec<i32> = vec![7, 2, 5, 0, 0, 0, 3, 0, 0];
+    let p = PrefillAttention {
+        num_seqs: 3,
+        num_tokens: 9,
+        num_heads: 6,
+        cache,
+        max_blocks_per_seq: max_blocks,
+        scale: 0.125,
+        sliding_window: Some(block_size + 2),
+    };
+    let q = values::<T>(9 * 6 * 64, 23);
+    let (kc, vc) = (
+        values::<T>(cache.elements(), 24),
+        values::<T>(cache.elements(), 25),
+    );
+    let mut out = DeviceBuffer::<AclBackend, T>::zeros(&s, q.len()).unwrap();
+    let (dkc, dvc) = (up(&s, &kc), up(&s, &vc));
+    AclBackend::paged_prefill_attention(
+        &s,
+        &p,
+        out.view_mut(),
+        up(&s, &q).view(),
+        dkc.view(),
+        dvc.view(),
+        up(&s, &tables).view(),
+        up(&s, &starts).view(),
+        up(&s, &lens).view(),
+    )
+    .unwrap();
+    let mut want = vec![T::from_f32(0.0); q.len()];
+    reference::paged_prefill_attention(&p, &mut want, &q, &kc, &vc, &tables, &starts, &lens)
+        .unwrap();
+    let got = s.clone_to_host(&out).unwrap();
+    assert!(
+        max_diff(&got, &want) < tol,
+        "prefill differs by {}",
+        max_diff(&got, &want)
+    );
+
+    // Copy-on-write with a chain (split into waves on the host), bit-exact.
+    let pairs = [(7u32, 1u32), (1, 4), (2, 6)];
+    let (mut dk, mut dv) = (up(&s, &kc), up(&s, &vc));
+    AclBackend::copy_blocks(&s, &cache, dk.view_mut(), dv.view_mut(), &pairs).unwrap();
+    let (mut wk, mut wv) = (kc.clone(), vc.clone());
+    reference::copy_blocks(&cache, &mut wk, &mut wv, &pairs).unwrap();
+    assert_eq!(max_diff(&s.clone_to_host(&dk).unwrap(), &wk), 0.0);
+    assert_eq!(max_diff(&s.clone_to_host(&dv).unwrap(), &wv), 0.0);
+    // A bad pair is refused before anything is queued.
+    let e =
+        AclBackend::copy_blocks(&s, &cache, dk.view_mut(), dv.view_mut(), &[(1, 8)]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidArgument {
+                op: "copy_blocks",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    s.synchronize().unwrap();
+}
+
+#[test]
+fn matmul_silu_prefill_and_block_copies_match_the_reference() {
+    for block_size in [16, 128] {
+        check_remaining_ops::<f32>(block_size);
+        check_remaining_ops::<f16>(block_size);
+    }
+}
+
+#[test]
+fn providers_can_be_switched_per_op() {
+    use ascend_kernels::acl::providers::{self, AclOp, Provider};
+    let s = stream();
+    assert_eq!(providers::provider(AclOp::Matmul), Provider::Aclnn);
+    assert_eq!(
+        providers::provider(AclOp::FusedAddRmsNorm),
+        Provider::AscendC
+    );
+    let e = providers::set_provider(AclOp::Matmul, Provider::AscendC).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("matmul has no AscendC implementation"),
+        "{e}"
+    );
+
+    let p = RmsNorm {
+        num_tokens: 4,
+        hidden: 192,
+        eps: 1e-6,
+    };
+    let (x, w, r) = (
+        values::<f16>(4 * 192, 30),
+        values::<f16>(192, 31),
+        values::<f16>(4 * 192, 32),
+    );
+    let mut want = vec![f16::ZERO; x.len()];
+    reference::rms_norm(&p, &mut want, &x, &w).unwrap();
+    let (mut wx, mut wr) = (x.clone(), r.clone());
+    reference::fused_add_rms_norm(&p, &mut wx, &mut wr, &w).unwrap();
+    // Each op under each of its providers; the other tests of this binary pass under either.
+    for choice in [Provider::AscendC, Provider::Aclnn] {
+        providers::set_provider(AclOp::RmsNorm, choice).unwrap();
+        providers::set_provider(AclOp::FusedAddRmsNorm, choice).unwrap();
+        let mut out = DeviceBuffer::<AclBackend, f16>::zeros(&s, x.len()).unwrap();
+        AclBackend::rms_norm(&s, &p, out.view_mut(), up(&s, &x).view(), up(&s, &w).view()).unwrap();
+        assert!(
+            max_diff(&s.clone_to_host(&out).unwrap(), &want) < 8e-3,
+            "{choice:?}"
+        );
+        let (mut dx, mut dr) = (up(&s, &x), up(&s, &r));
+        AclBackend::fused_add_rms_norm(&s, &p, dx.view_mut(), dr.view_mut(), up(&s, &w).view())
+            .unwrap();
+        assert!(
+            max_diff(&s.clone_to_host(&dx).unwrap(), &wx) < 8e-3,
+            "{choice:?}"
+        );
+        assert!(
+            max_diff(&s.clone_to_host(&dr).unwrap(), &wr) < 8e-3,
+            "{choice:?}"
+        );
+    }
+    providers::reset_providers();
+    assert_eq!(providers::provider(AclOp::RmsNorm), Provider::Aclnn);
 }

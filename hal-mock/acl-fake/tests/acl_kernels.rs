@@ -25,17 +25,19 @@ fn kernel_ops_say_how_to_get_the_npu_kernels() {
         hidden: 64,
         eps: 1e-6,
     };
-    let x = DeviceBuffer::<AclBackend, f32>::from_slice(&stream, &[1.0; 128]).unwrap();
+    // The fused norm is an Ascend C op by default (see acl::providers).
+    let mut x = DeviceBuffer::<AclBackend, f32>::from_slice(&stream, &[1.0; 128]).unwrap();
     let w = DeviceBuffer::<AclBackend, f32>::from_slice(&stream, &[1.0; 64]).unwrap();
     let mut out = DeviceBuffer::<AclBackend, f32>::zeros(&stream, 128).unwrap();
-    let e = AclBackend::rms_norm(&stream, &p, out.view_mut(), x.view(), w.view()).unwrap_err();
+    let e = AclBackend::fused_add_rms_norm(&stream, &p, x.view_mut(), out.view_mut(), w.view())
+        .unwrap_err();
     match &e {
         Error::KernelUnavailable {
             backend,
             op,
             reason,
         } => {
-            assert_eq!((*backend, *op), ("acl", "rms_norm"));
+            assert_eq!((*backend, *op), ("acl", "fused_add_rms_norm"));
             assert_eq!(*reason, ascendc::NOT_BUILT);
         }
         other => panic!("expected KernelUnavailable, got {other:?}"),
@@ -55,9 +57,10 @@ fn kernel_ops_say_how_to_get_the_npu_kernels() {
 
     // bf16 is refused for its own reason only once a library exists; without one the reason is
     // still the missing build.
-    let xb = DeviceBuffer::<AclBackend, bf16>::zeros(&stream, 128).unwrap();
+    let mut xb = DeviceBuffer::<AclBackend, bf16>::zeros(&stream, 128).unwrap();
     let wb = DeviceBuffer::<AclBackend, bf16>::zeros(&stream, 64).unwrap();
     let mut ob = DeviceBuffer::<AclBackend, bf16>::zeros(&stream, 128).unwrap();
-    let e = AclBackend::rms_norm(&stream, &p, ob.view_mut(), xb.view(), wb.view()).unwrap_err();
+    let e = AclBackend::fused_add_rms_norm(&stream, &p, xb.view_mut(), ob.view_mut(), wb.view())
+        .unwrap_err();
     assert!(matches!(e, Error::KernelUnavailable { reason, .. } if reason == ascendc::NOT_BUILT));
 }

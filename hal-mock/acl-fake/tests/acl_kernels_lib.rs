@@ -28,11 +28,13 @@ fn an_unloadable_kernels_library_is_named() {
         hidden: 64,
         eps: 1e-6,
     };
-    let x = DeviceBuffer::<AclBackend, f32>::zeros(&stream, 64).unwrap();
+    let w = DeviceBuffer::<AclBackend, f32>::zeros(&stream, 64).unwrap();
+    let mut x = DeviceBuffer::<AclBackend, f32>::zeros(&stream, 64).unwrap();
     let mut out = DeviceBuffer::<AclBackend, f32>::zeros(&stream, 64).unwrap();
-    let e = AclBackend::rms_norm(&stream, &p, out.view_mut(), x.view(), x.view()).unwrap_err();
+    let e = AclBackend::fused_add_rms_norm(&stream, &p, x.view_mut(), out.view_mut(), w.view())
+        .unwrap_err();
     assert!(
-        matches!(e, Error::KernelUnavailable { op: "rms_norm", reason: r, .. } if r == reason),
+        matches!(e, Error::KernelUnavailable { op: "fused_add_rms_norm", reason: r, .. } if r == reason),
         "{e}"
     );
 }

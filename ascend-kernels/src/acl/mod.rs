@@ -1,38 +1,41 @@
-//! The ACL backend's kernel ops: the Ascend C kernels of [`crate::ascendc`], launched on the
-//! backend's streams through the `aclrtlaunch_*` stubs of the NPU kernels library (built with
-//! the `ascend-c` feature, loaded at run time). Shapes are checked and the kernel tiled on the
-//! host before anything is queued. Without the library, or for the ops that have no Ascend C
-//! kernel yet (prefill attention, `silu_and_mul`, `matmul`, `copy_blocks`) and for bf16, an op
-//! returns [`Error::KernelUnavailable`] saying what to do.
+//! The ACL backend's kernel ops. Each op comes from a provider (see [`providers`]): CANN's
+//! ACLNN operators for the GEMM, SwiGLU and RMSNorm (`vendor`), this crate's Ascend C kernels
+//! for the paged-attention family, RoPE, `copy_blocks` and the in-place fused norm, launched on
+//! the backend's streams through the `aclrtlaunch_*` stubs of the kernels library
+//! (`libascendc_kernels.so` of the `ascend-c` feature, or the host build over the ACL fake,
+//! loaded at run time). Shapes are checked and the kernel tiled on the host before anything is
+//! queued. Without the library an Ascend C op returns [`Error::KernelUnavailable`] saying what
+//! to do; bf16 has no Ascend C kernel (the A2 vector units have no bf16 arithmetic).
 //!
 //! Unlike the CPU backend, the contents of device-side index arrays (slot mappings, block
-//! tables, sequence lengths, positions) cannot be checked on the host without a copy and a
-//! synchronisation. The kernels guard them instead, so a bad entry never reads or writes outside
-//! the buffers: a slot past the cache skips its token (as a negative one does), a sequence whose
-//! length or attended block ids are out of range gets zeros, and a position outside the cos/sin
-//! table zeroes its token's query and key rows. Each core counts what it refused into a status
-//! buffer, and the stream's next synchronisation returns [`Error::InvalidArgument`] naming the
-//! op and the count (`AclStream::check_after_sync`); the CPU backend refuses such entries at
-//! the call.
+//! tables, sequence lengths, query start offsets, positions, block-copy pairs) cannot be checked
+//! on the host without a copy and a synchronisation. The kernels guard them instead, so a bad
+//! entry never reads or writes outside the buffers: a slot past the cache skips its token (as a
+//! negative one does), a sequence or query token whose length or attended block ids are out of
+//! range gets zeros, a position outside the cos/sin table zeroes its token's query and key rows,
+//! and a bad block pair is skipped. Each core counts what it refused into a status buffer, and
+//! the stream's next synchronisation returns [`Error::InvalidArgument`] naming the op and the
+//! count (`AclStream::check_after_sync`); the CPU backend refuses such entries at the call.
+
+pub mod providers;
+mod vendor;
 
 use std::ffi::c_void;
 
+use ascend_hal::acl::aclnn::Aclnn;
 use ascend_hal::acl::{AclBackend, AclStream};
 use ascend_hal::{DType, DeviceBuffer, DeviceRepr, Error, Result, Stream, StreamExt};
 
 use crate::ascendc::npu::{self, NpuKernels, Pair};
 use crate::ascendc::{status, tiling};
 use crate::float::KvFloat;
-use crate::ops::{device_arg, In, KernelOps, Out};
+use crate::ops::{copy_waves, device_arg, In, KernelOps, Out};
 use crate::shapes::{
     CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
     SiluAndMul,
 };
+use providers::{provider, AclOp, Provider};
 
-/// The ops without an Ascend C kernel.
-const NOT_WRITTEN: &str = "there is no Ascend C kernel for this op yet (the NPU build has \
-     reshape_and_cache, paged_attention, rotary_embedding, rms_norm and fused_add_rms_norm); run \
-     the model on the CPU backend (ASCEND_HAL_BACKEND=cpu)";
 const NO_BF16: &str = "the Ascend C kernels are built for f16 and f32 (A2 vector units have no \
      bf16 arithmetic); store activations and caches as f16";
 
@@ -103,9 +106,41 @@ fn block_dim(tasks: usize) -> u32 {
 
 impl KernelOps for AclBackend {
     fn kernels_available() -> std::result::Result<(), &'static str> {
-        // A decode step needs every op; the NPU build has only some of them yet.
-        npu::kernels()?;
-        Err(NOT_WRITTEN)
+        // Every op's current provider must be loadable.
+        let chosen: Vec<(AclOp, Provider)> =
+            AclOp::ALL.iter().map(|&op| (op, provider(op))).collect();
+        if chosen.iter().any(|&(_, p)| p == Provider::AscendC) {
+            npu::kernels()?;
+        }
+        let vendor: Vec<AclOp> = chosen
+            .iter()
+            .filter(|&&(_, p)| p == Provider::Aclnn)
+            .map(|&(op, _)| op)
+            .collect();
+        if vendor.is_empty() {
+            return Ok(());
+        }
+        let aclnn = Aclnn::load_current().map_err(|e| lasting(e.to_string()))?;
+        let has = aclnn.operators();
+        for op in vendor {
+            let needs = match op {
+                AclOp::Matmul => "aclnnMatmul",
+                AclOp::SiluAndMul => "aclnnSwiGlu",
+                AclOp::RmsNorm => "aclnnRmsNorm",
+                _ => "aclnnAddRmsNorm",
+            };
+            if !has.contains(&needs) {
+                return Err(lasting(format!(
+                    "{} ({}) lacks {needs}, which serves {}: install a CANN toolkit and \
+                     kernels package that have it, or choose another provider \
+                     (ascend_kernels::acl::providers::set_provider)",
+                    aclnn.library_paths().1,
+                    "libopapi.so",
+                    op.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn reshape_and_cache<T: KvFloat>(
@@ -188,17 +223,49 @@ impl KernelOps for AclBackend {
     }
 
     fn paged_prefill_attention<T: KvFloat>(
-        _: &AclStream,
-        _: &PrefillAttention,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, i32>,
-        _: In<'_, Self, i32>,
-        _: In<'_, Self, i32>,
+        stream: &AclStream,
+        p: &PrefillAttention,
+        out: Out<'_, Self, T>,
+        query: In<'_, Self, T>,
+        key_cache: In<'_, Self, T>,
+        value_cache: In<'_, Self, T>,
+        block_tables: In<'_, Self, i32>,
+        query_start_loc: In<'_, Self, i32>,
+        seq_lens: In<'_, Self, i32>,
     ) -> Result<()> {
-        Err(unavailable("paged_prefill_attention", NOT_WRITTEN))
+        const OP: &str = "paged_prefill_attention";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.paged_prefill_attention)?;
+        p.validate::<T>(
+            out.len(),
+            query.len(),
+            key_cache.len(),
+            value_cache.len(),
+            block_tables.len(),
+            query_start_loc.len(),
+            seq_lens.len(),
+        )?;
+        let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>())?;
+        let args = [
+            gm(OP, stream, "out", &out)?,
+            gm(OP, stream, "query", &query)?,
+            gm(OP, stream, "key_cache", &key_cache)?,
+            gm(OP, stream, "value_cache", &value_cache)?,
+            gm(OP, stream, "block_tables", &block_tables)?,
+            gm(OP, stream, "query_start_loc", &query_start_loc)?,
+            gm(OP, stream, "seq_lens", &seq_lens)?,
+        ];
+        if p.num_tokens == 0 {
+            return Ok(());
+        }
+        let dim = block_dim(p.num_tokens * p.cache.num_kv_heads);
+        // SAFETY: as in `reshape_and_cache`.
+        unsafe {
+            launch_reporting(OP, stream, dim, |st, s| {
+                launch(
+                    dim, s, args[0], args[1], args[2], args[3], args[4], args[5], args[6], st, &t,
+                )
+            })
+        }
     }
 
     fn rotary_embedding<T: KvFloat>(
@@ -236,6 +303,9 @@ impl KernelOps for AclBackend {
         weight: In<'_, Self, T>,
     ) -> Result<()> {
         const OP: &str = "rms_norm";
+        if provider(AclOp::RmsNorm) == Provider::Aclnn {
+            return vendor::rms_norm(stream, p, out, x, weight);
+        }
         let launch = pick::<_, T>(OP, &stubs(OP)?.rms_norm)?;
         p.validate::<T>(x.len(), out.len(), weight.len(), "out")?;
         let t = tiling::rms_norm(p, std::mem::size_of::<T>(), false)?;
@@ -262,6 +332,9 @@ impl KernelOps for AclBackend {
         weight: In<'_, Self, T>,
     ) -> Result<()> {
         const OP: &str = "fused_add_rms_norm";
+        if provider(AclOp::FusedAddRmsNorm) == Provider::Aclnn {
+            return vendor::fused_add_rms_norm(stream, p, x, residual, weight);
+        }
         let launch = pick::<_, T>(OP, &stubs(OP)?.rms_norm)?;
         p.validate::<T>(x.len(), residual.len(), weight.len(), "residual")?;
         let t = tiling::rms_norm(p, std::mem::size_of::<T>(), true)?;
@@ -281,31 +354,71 @@ impl KernelOps for AclBackend {
     }
 
     fn silu_and_mul<T: KvFloat>(
-        _: &AclStream,
-        _: &SiluAndMul,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, T>,
+        stream: &AclStream,
+        p: &SiluAndMul,
+        out: Out<'_, Self, T>,
+        x: In<'_, Self, T>,
     ) -> Result<()> {
-        Err(unavailable("silu_and_mul", NOT_WRITTEN))
+        vendor::silu_and_mul(stream, p, out, x)
     }
 
     fn matmul<T: KvFloat>(
-        _: &AclStream,
-        _: &Matmul,
-        _: Out<'_, Self, T>,
-        _: In<'_, Self, T>,
-        _: In<'_, Self, T>,
+        stream: &AclStream,
+        p: &Matmul,
+        out: Out<'_, Self, T>,
+        x: In<'_, Self, T>,
+        weight: In<'_, Self, T>,
     ) -> Result<()> {
-        Err(unavailable("matmul", NOT_WRITTEN))
+        vendor::matmul(stream, p, out, x, weight)
     }
 
     fn copy_blocks<T: KvFloat>(
-        _: &AclStream,
-        _: &CacheShape,
-        _: Out<'_, Self, T>,
-        _: Out<'_, Self, T>,
-        _: &[(u32, u32)],
+        stream: &AclStream,
+        cache: &CacheShape,
+        key_cache: Out<'_, Self, T>,
+        value_cache: Out<'_, Self, T>,
+        pairs: &[(u32, u32)],
     ) -> Result<()> {
-        Err(unavailable("copy_blocks", NOT_WRITTEN))
+        const OP: &str = "copy_blocks";
+        let launch = pick::<_, T>(OP, &stubs(OP)?.copy_blocks)?;
+        // The pairs are host data here, so they are checked here, as the CPU backend does.
+        crate::reference::check_pairs(cache, key_cache.len(), value_cache.len(), pairs)?;
+        let (pk, pv) = (
+            gm(OP, stream, "key_cache", &key_cache)?,
+            gm(OP, stream, "value_cache", &value_cache)?,
+        );
+        for wave in copy_waves(pairs) {
+            let t = tiling::copy_blocks(cache, wave.len(), std::mem::size_of::<T>())?;
+            let flat: Vec<i32> = wave
+                .iter()
+                .flat_map(|&(s, d)| [s as i32, d as i32])
+                .collect();
+            let on_device = DeviceBuffer::<AclBackend, i32>::from_slice(stream, &flat)?;
+            let pp = gm(OP, stream, "pairs", &on_device)?;
+            let dim = block_dim(wave.len());
+            // SAFETY: as in `reshape_and_cache`; the pair buffer is kept alive until the
+            // stream's next synchronisation by the check registered after it.
+            unsafe {
+                launch_reporting(OP, stream, dim, |st, s| launch(dim, s, pk, pv, pp, st, &t))
+            }?;
+            stream.check_after_sync(move |_| {
+                drop(on_device);
+                Ok(())
+            });
+        }
+        Ok(())
     }
+}
+
+/// An error message that outlives the call (`kernels_available` returns `&'static str`): each
+/// distinct message is kept once.
+fn lasting(message: String) -> &'static str {
+    static KEPT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&m) = kept.iter().find(|&&m| m == message) {
+        return m;
+    }
+    let m: &'static str = Box::leak(message.into_boxed_str());
+    kept.push(m);
+    m
 }
