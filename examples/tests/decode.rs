@@ -1,6 +1,7 @@
 //! The decode example's engine: preemption by recomputation gives the same tokens as none,
-//! running out of blocks preempts instead of failing, and the example runs over the ACL backend
-//! on the host-side fake (where it reports that the NPU kernels are not built yet).
+//! running out of blocks preempts instead of failing, and the example runs every step over the
+//! ACL backend on the host-side fake (ACLNN operators and the host build of the Ascend C
+//! kernels), printing the same steps and tokens as on the CPU backend.
 
 use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
@@ -101,10 +102,25 @@ fn every_allocator_gives_the_same_tokens_and_says_which_it_is() {
     assert_eq!(outputs[0], outputs[2], "arena differs from caching");
 }
 
-#[test]
-fn runs_over_the_acl_backend_on_the_fake() {
+/// The ACL backend over the fake, with the host kernels library standing in for the CANN build
+/// of the Ascend C kernels and the fake for the ACLNN libraries: the whole NPU path of a decode
+/// step.
+fn acl_backend() -> ascend_hal::acl::AclBackend {
     let path =
         ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        // SAFETY: set once, before the first ACL use of this test binary; the tests that read
+        // the environment (the backend's loaders) all come through here first.
+        unsafe {
+            std::env::set_var(
+                "ASCEND_KERNELS_LIB",
+                ascend_kernels::ascendc::HOST_KERNELS_LIB,
+            );
+            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
+            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
+        }
+    });
     let discovery = ascend_hal::discover_using(
         ascend_hal::BackendPreference::Auto,
         || ascend_hal::acl::AclBackend::load_from(&path),
@@ -112,23 +128,60 @@ fn runs_over_the_acl_backend_on_the_fake() {
     )
     .unwrap();
     assert_eq!(discovery.name(), "acl");
-    let backend = match discovery.backend {
+    match discovery.backend {
         ascend_hal::Discovered::Acl(b) => b,
         _ => unreachable!("checked above"),
-    };
-    let mut lines = Vec::new();
-    let outcome = run(backend, &quiet(Some(Preemption::Swap), 256), &mut |l| {
-        lines.push(l.to_string())
-    })
-    .unwrap();
-    let text = lines.join("\n");
-    assert!(matches!(outcome, Outcome::Skipped(_)), "{outcome:?}");
-    assert!(text.contains("device 0: Ascend910B4"), "{text}");
-    assert!(text.contains("Available KV cache blocks: "), "{text}");
-    assert!(
-        text.contains("compute skipped: the acl backend cannot run the kernels"),
-        "{text}"
-    );
+    }
+}
+
+/// The lines a run prints about its work (the workload, steps, preemptions, the token check),
+/// without the ones about the device, its memory or the time taken.
+fn work_lines(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("serving") || l.starts_with("step") || l.starts_with("check:"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn paged_decode_over_the_acl_backend_on_the_fake_matches_the_cpu_run() {
+    for preempt in [Preemption::Swap, Preemption::Recompute] {
+        let args = DecodeArgs {
+            preempt: Some(preempt),
+            max_blocks: 4096,
+            ..DecodeArgs::default()
+        };
+        let (mut acl_lines, mut cpu_lines) = (Vec::new(), Vec::new());
+        let acl = run(acl_backend(), &args, &mut |l| acl_lines.push(l.to_string())).unwrap();
+        let cpu = run(CpuBackend::new(), &args, &mut |l| {
+            cpu_lines.push(l.to_string())
+        })
+        .unwrap();
+        let text = acl_lines.join("\n");
+        assert!(text.contains("device 0: Ascend910B4"), "{text}");
+        assert!(!text.contains("compute skipped"), "{text}");
+        let (
+            Outcome::Checked {
+                report: on_acl,
+                mismatches,
+            },
+            Outcome::Checked { report: on_cpu, .. },
+        ) = (acl, cpu)
+        else {
+            panic!("a run skipped compute:\n{text}")
+        };
+        // Its own check against contiguous attention, on the ACL backend.
+        assert_eq!(mismatches, 0, "{text}");
+        assert_eq!(on_acl.outputs, on_cpu.outputs, "{preempt:?}: tokens differ");
+        assert_eq!(
+            work_lines(&acl_lines),
+            work_lines(&cpu_lines),
+            "{preempt:?}: the step lines differ"
+        );
+        assert!(on_acl.swaps + on_acl.recomputes >= 1, "{on_acl:?}");
+        assert!(work_lines(&acl_lines).len() > 10, "{text}");
+    }
 }
 
 #[test]
