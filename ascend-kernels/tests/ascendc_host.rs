@@ -9,9 +9,7 @@ mod common;
 
 use ascend_hal::Error;
 use ascend_kernels::ascendc::{self, host, tiling, AscendCFloat, Violation};
-use ascend_kernels::{
-    reference, CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
-};
+use ascend_kernels::{reference, CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle};
 use common::{assert_close, problem, values, DecodeCase, PrefillCase, Problem, RopeCase};
 use half::f16;
 use proptest::prelude::*;
@@ -120,26 +118,30 @@ fn rope<T: AscendCFloat>(pr: &Problem, cores: u32, partial: bool) -> Result<(), 
     } else {
         pr.head_size
     };
-    let RopeCase {
-        p,
-        positions,
-        q,
-        k,
-        cos_sin: cs,
-    } = pr.rope_case::<T>(rotary_dim, RopeStyle::Neox);
-    let (mut qn, mut kn) = (q.clone(), k.clone());
-    let (mut qr, mut kr) = (q, k);
-    if !(rotary_dim / 2 * std::mem::size_of::<T>()).is_multiple_of(32) {
-        // f16 head_size 80: the halves are 80 bytes, so vector operands cannot start aligned.
-        let e = host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap_err();
-        prop_assert!(e.to_string().contains("half of rotary_dim"), "{}", e);
-        prop_assert!(qn == qr && kn == kr, "a refused launch writes nothing");
-        return Ok(());
+    for style in [RopeStyle::Neox, RopeStyle::GptJ] {
+        let RopeCase {
+            p,
+            positions,
+            q,
+            k,
+            cos_sin: cs,
+        } = pr.rope_case::<T>(rotary_dim, style);
+        let (mut qn, mut kn) = (q.clone(), k.clone());
+        let (mut qr, mut kr) = (q, k);
+        if !(rotary_dim / 2 * std::mem::size_of::<T>()).is_multiple_of(32) {
+            // f16 head_size 80: the halves are 80 bytes, so vector operands cannot start aligned.
+            let e =
+                host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap_err();
+            prop_assert!(e.to_string().contains("half of rotary_dim"), "{}", e);
+            prop_assert!(qn == qr && kn == kr, "a refused launch writes nothing");
+            continue;
+        }
+        host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap();
+        reference::rotary_embedding(&p, &positions, &mut qr, &mut kr, &cs).unwrap();
+        assert_close(&format!("ascendc rope q {style:?}"), &qn, &qr)?;
+        assert_close(&format!("ascendc rope k {style:?}"), &kn, &kr)?;
     }
-    host::rotary_embedding(&p, &positions, &mut qn, &mut kn, &cs, cores).unwrap();
-    reference::rotary_embedding(&p, &positions, &mut qr, &mut kr, &cs).unwrap();
-    assert_close("ascendc rope q", &qn, &qr)?;
-    assert_close("ascendc rope k", &kn, &kr)
+    Ok(())
 }
 
 fn norms<T: AscendCFloat>(pr: &Problem, cores: u32) -> Result<(), TestCaseError> {
@@ -413,19 +415,6 @@ fn shapes_the_kernels_cannot_take_are_refused_before_launch() {
         ),
         "{e}"
     );
-    // GPT-J pairing needs a gather the vector kernel does not do.
-    let r = Rotary {
-        num_tokens: 1,
-        num_heads: 1,
-        num_kv_heads: 1,
-        head_size: 64,
-        rotary_dim: 64,
-        max_position: 4,
-        style: RopeStyle::GptJ,
-    };
-    let e = host::rotary_embedding(&r, &[0], &mut [0f32; 64], &mut [0f32; 64], &[0f32; 256], 1)
-        .unwrap_err();
-    assert!(e.to_string().contains("NeoX pairing only"), "{e}");
     // block_dim 0 is not a launch.
     let n = RmsNorm {
         num_tokens: 1,

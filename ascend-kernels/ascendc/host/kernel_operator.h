@@ -1084,6 +1084,34 @@ inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t&
     for (int32_t i = 0; i < count; i++) d[i] = scalar;
 }
 
+// Gather (level 2): dst[i] = the element at byte srcBaseAddr + srcOffset[i] of src, for i <
+// count. The offsets are bytes from src's start (CANN's own operators build them with Muls by
+// the element size); each must name a whole element inside src. dst may be src (the elements are
+// read before any is written, as the hardware reads a repeat before writing it).
+template <typename T>
+inline void Gather(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<uint32_t>& srcOffsetLocal,
+                   const uint32_t srcBaseAddr, const uint32_t count) {
+    const char* op = "Gather";
+    dst.operand(op, count);
+    srcOffsetLocal.operand(op, count);
+    src.operand(op, 0);
+    srcOffsetLocal.vector_reads(op, count);
+    src.vector_reads(op, src.GetSize());
+    std::vector<T> picked(count);
+    const uint64_t limit = static_cast<uint64_t>(src.GetSize()) * sizeof(T);
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t off;
+        std::memcpy(&off, srcOffsetLocal.ptr() + i, sizeof(off));
+        const uint64_t at = static_cast<uint64_t>(srcBaseAddr) + off;
+        if (at % sizeof(T) != 0 || at + sizeof(T) > limit)
+            fail(std::string(op) + ": offset " + std::to_string(at) + " (element " + std::to_string(i) +
+                 ") is not a whole element inside the " + std::to_string(limit) + "-byte source");
+        picked[i] = src.ptr()[at / sizeof(T)];
+    }
+    dst.vector_writes(op, count);
+    std::copy(picked.begin(), picked.end(), dst.ptr());
+}
+
 // Cast between half and float, as the A2 table allows (CANN's template<T1, T2> declaration; the
 // host implementation provides these two directions).
 template <typename T1, typename T2>

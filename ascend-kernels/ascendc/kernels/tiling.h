@@ -45,8 +45,9 @@ struct ArkRopeTiling {
     uint32_t num_heads;
     uint32_t num_kv_heads;
     uint32_t head_size;
-    uint32_t rotary_dim;  // leading elements of each head that rotate (NeoX pairing)
+    uint32_t rotary_dim;  // leading elements of each head that rotate
     uint32_t max_position;
+    uint32_t gptj;        // 0: NeoX pairing (f, f + rotary_dim / 2); 1: GPT-J pairing (2f, 2f + 1)
 };
 
 struct ArkRmsNormTiling {

@@ -560,7 +560,8 @@ pub fn copy_blocks<T: AscendCFloat>(
     device_status::check(OP, device_status::refused(&words))
 }
 
-/// RoPE (NeoX) on the host implementation; see [`crate::reference::rotary_embedding`].
+/// RoPE (NeoX or GPT-J pairing) on the host implementation; see
+/// [`crate::reference::rotary_embedding`].
 pub fn rotary_embedding<T: AscendCFloat>(
     p: &Rotary,
     positions: &[i64],

@@ -9,7 +9,9 @@
 //! | --- | --- | --- |
 //! | `reshape_and_cache` | `reshape_and_cache.cpp` | [`host::reshape_and_cache`] |
 //! | decode `paged_attention` | `paged_attention.cpp` | [`host::paged_attention`] |
-//! | `rotary_embedding` (NeoX) | `rotary_embedding.cpp` | [`host::rotary_embedding`] |
+//! | `rotary_embedding` (NeoX, GPT-J) | `rotary_embedding.cpp` | [`host::rotary_embedding`] |
+//! | `paged_prefill_attention` | `paged_attention.cpp` | [`host::paged_prefill_attention`] |
+//! | `copy_blocks` | `copy_blocks.cpp` | [`host::copy_blocks`] |
 //! | `rms_norm`, `fused_add_rms_norm` | `rms_norm.cpp` | [`host::rms_norm`], [`host::fused_add_rms_norm`] |
 //!
 //! ```

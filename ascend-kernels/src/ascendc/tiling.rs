@@ -137,6 +137,8 @@ pub struct RopeTiling {
     pub rotary_dim: u32,
     /// Rows of the cos/sin cache.
     pub max_position: u32,
+    /// 1 for the GPT-J pairing (adjacent elements), 0 for NeoX (the two halves).
+    pub gptj: u32,
 }
 
 /// `RmsNormTiling`.
@@ -160,7 +162,7 @@ const _: () = {
     assert!(std::mem::size_of::<PagedAttentionTiling>() == 40);
     assert!(std::mem::size_of::<PrefillAttentionTiling>() == 48);
     assert!(std::mem::size_of::<CopyBlocksTiling>() == 16);
-    assert!(std::mem::size_of::<RopeTiling>() == 24);
+    assert!(std::mem::size_of::<RopeTiling>() == 28);
     assert!(std::mem::size_of::<RmsNormTiling>() == 20);
 };
 
@@ -361,24 +363,22 @@ pub fn rotary_embedding_ub(p: &Rotary, size: usize) -> usize {
         return usize::MAX;
     }
     let row = p.num_heads.max(p.num_kv_heads) * p.head_size;
-    2 * r32(p.rotary_dim * 4)
+    let gptj = match p.style {
+        RopeStyle::Neox => 0,
+        // Offsets, signs / C / S of one head, and the pair-swapped row.
+        RopeStyle::GptJ => 3 * r32(p.head_size * 4) + 3 * r32(p.head_size * 4) + r32(row * 4),
+    };
+    2 * r32((p.rotary_dim + 16) * 4) // cos/sin rows and the constant blocks
         + 2 * 2 * r32(row * size)
         + r32(row * 4)
         + 3 * ROPE_HEADS_PER_PASS * 64 * 4 // heads x 64-float temporaries
+        + gptj
         + BLOCK // the status word
 }
 
-/// Tiles RoPE (NeoX pairing) for elements of `size` bytes.
+/// Tiles RoPE (either pairing) for elements of `size` bytes.
 pub fn rotary_embedding(p: &Rotary, size: usize) -> Result<RopeTiling> {
     const OP: &str = "rotary_embedding";
-    if p.style != RopeStyle::Neox {
-        return Err(refuse(
-            OP,
-            "the Ascend C kernel implements the NeoX pairing only; GPT-J interleaving needs a \
-             gather (run it on the CPU backend)"
-                .into(),
-        ));
-    }
     aligned(OP, "half of rotary_dim", p.rotary_dim / 2, size)?;
     aligned(OP, "head_size", p.head_size, size)?;
     aligned(OP, "head_size in float", p.head_size, 4)?;
@@ -404,6 +404,7 @@ pub fn rotary_embedding(p: &Rotary, size: usize) -> Result<RopeTiling> {
         head_size: u32_of(OP, "head_size", p.head_size)?,
         rotary_dim: u32_of(OP, "rotary_dim", p.rotary_dim)?,
         max_position: u32_of(OP, "max_position", p.max_position)?,
+        gptj: u32::from(p.style == RopeStyle::GptJ),
     })
 }
 
