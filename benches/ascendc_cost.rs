@@ -1,6 +1,8 @@
 //! The Ascend C kernels' modelled time on a 910B next to their HBM roofline, at Llama-3-8B
 //! shapes: decode attention (batch 32, 2,048 tokens, 32 heads / 8 KV heads, head 128, f16,
-//! block 128) and a 4,096-token chunk through RoPE, RMSNorm and reshape_and_cache.
+//! block 128), chunked prefill attention (4 sequences, the last 128 tokens of 2,048 each), a
+//! 4,096-token chunk through RoPE (both pairings), RMSNorm and reshape_and_cache, and 64
+//! copy-on-write block copies.
 //!
 //! Each kernel runs once on the host implementation of the Ascend C API, which counts what every
 //! simulated core asks of each pipe; `ascendc::cost::Figures::ASCEND_910B` turns the counts
@@ -10,7 +12,9 @@
 
 use ascend_benches::Rng;
 use ascend_kernels::ascendc::{cost, host, tiling};
-use ascend_kernels::{CacheShape, PagedAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary};
+use ascend_kernels::{
+    CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary,
+};
 use half::f16;
 
 const HEADS: usize = 32;
@@ -73,10 +77,7 @@ fn attention(rng: &mut Rng) {
     };
     let (k, v) = (values(cache.elements(), rng), values(cache.elements(), rng));
     let q = values(BATCH * HEADS * HEAD, rng);
-    let mut ids: Vec<i32> = (0..cache.num_blocks as i32).collect();
-    for i in (1..ids.len()).rev() {
-        ids.swap(i, rng.range(0, i + 1));
-    }
+    let ids = shuffled(cache.num_blocks, rng);
     let lens = vec![CTX as i32; BATCH];
     let mut out = vec![f16::ZERO; q.len()];
     let dim = cores(BATCH * KV_HEADS);
@@ -86,7 +87,66 @@ fn attention(rng: &mut Rng) {
     report("paged_attention (decode)", bytes as u64);
 }
 
-fn rope(rng: &mut Rng) {
+/// Shuffled block ids `0..n`.
+fn shuffled(n: usize, rng: &mut Rng) -> Vec<i32> {
+    let mut ids: Vec<i32> = (0..n as i32).collect();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.range(0, i + 1));
+    }
+    ids
+}
+
+fn prefill(rng: &mut Rng) {
+    const SEQS: usize = 4;
+    const CTX: usize = 2048;
+    const CHUNK: usize = 128;
+    const BLOCK: usize = 128;
+    let blocks_per_seq = CTX / BLOCK;
+    let cache = CacheShape {
+        num_blocks: SEQS * blocks_per_seq,
+        block_size: BLOCK,
+        num_kv_heads: KV_HEADS,
+        head_size: HEAD,
+    };
+    let p = PrefillAttention {
+        num_seqs: SEQS,
+        num_tokens: SEQS * CHUNK,
+        num_heads: HEADS,
+        cache,
+        max_blocks_per_seq: blocks_per_seq,
+        scale: 1.0 / (HEAD as f32).sqrt(),
+        sliding_window: None,
+    };
+    let (k, v) = (values(cache.elements(), rng), values(cache.elements(), rng));
+    let q = values(p.num_tokens * HEADS * HEAD, rng);
+    let ids = shuffled(cache.num_blocks, rng);
+    let starts: Vec<i32> = (0..=SEQS as i32).map(|s| s * CHUNK as i32).collect();
+    let lens = vec![CTX as i32; SEQS];
+    let mut out = vec![f16::ZERO; q.len()];
+    let dim = cores(p.num_tokens * KV_HEADS);
+    host::paged_prefill_attention(&p, &mut out, &q, &k, &v, &ids, &starts, &lens, dim)
+        .expect("prefill attention");
+    // The roofline reads each sequence's K and V once (a query-tiled kernel's traffic).
+    let bytes = 2 * (SEQS * CTX * KV_HEADS * HEAD * 2) + 2 * q.len() * 2;
+    report("paged_prefill_attention", bytes as u64);
+}
+
+fn block_copies(rng: &mut Rng) {
+    const PAIRS: usize = 64;
+    let cache = CacheShape {
+        num_blocks: 2 * PAIRS,
+        block_size: 128,
+        num_kv_heads: KV_HEADS,
+        head_size: HEAD,
+    };
+    let (mut kc, mut vc) = (values(cache.elements(), rng), values(cache.elements(), rng));
+    let pairs: Vec<(u32, u32)> = (0..PAIRS as u32).map(|i| (i, PAIRS as u32 + i)).collect();
+    host::copy_blocks(&cache, &mut kc, &mut vc, &pairs, cores(PAIRS)).expect("copy_blocks");
+    let bytes = 4 * PAIRS * cache.block_stride() * 2;
+    report("copy_blocks", bytes as u64);
+}
+
+fn rope(rng: &mut Rng, style: RopeStyle) {
     let p = Rotary {
         num_tokens: CHUNK_TOKENS,
         num_heads: HEADS,
@@ -94,7 +154,7 @@ fn rope(rng: &mut Rng) {
         head_size: HEAD,
         rotary_dim: HEAD,
         max_position: 8192,
-        style: RopeStyle::Neox,
+        style,
     };
     let positions: Vec<i64> = (0..CHUNK_TOKENS as i64).collect();
     let mut q = values(CHUNK_TOKENS * HEADS * HEAD, rng);
@@ -102,7 +162,13 @@ fn rope(rng: &mut Rng) {
     let cs: Vec<f32> = (0..8192 * HEAD).map(|i| (i as f32 * 1e-3).sin()).collect();
     host::rotary_embedding(&p, &positions, &mut q, &mut k, &cs, cores(CHUNK_TOKENS)).expect("rope");
     let bytes = 2 * (q.len() + k.len()) * 2 + CHUNK_TOKENS * HEAD * 4;
-    report("rotary_embedding", bytes as u64);
+    report(
+        match style {
+            RopeStyle::Neox => "rotary_embedding (NeoX)",
+            RopeStyle::GptJ => "rotary_embedding (GPT-J)",
+        },
+        bytes as u64,
+    );
 }
 
 fn norm(rng: &mut Rng) {
@@ -170,7 +236,10 @@ fn main() {
     );
     let mut rng = Rng(0xc057);
     attention(&mut rng);
-    rope(&mut rng);
+    prefill(&mut rng);
+    rope(&mut rng, RopeStyle::Neox);
+    rope(&mut rng, RopeStyle::GptJ);
     norm(&mut rng);
     cache_write(&mut rng);
+    block_copies(&mut rng);
 }
