@@ -54,7 +54,11 @@ mod shapes;
 mod simd;
 
 pub use float::{close, tolerance, KvFloat};
-pub use ops::{copy_waves, device_arg, swap_in, swap_out, In, KernelOps, Out};
+pub use ops::{
+    copy_waves, device_arg, swap_in, swap_out, CopyBlocksArgs, FusedAddRmsNormArgs, In, KernelOps,
+    MatmulArgs, Out, PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs,
+    RotaryArgs, SiluAndMulArgs,
+};
 pub use shapes::{
     expect_index_len, expect_len, CacheShape, Matmul, PagedAttention, PrefillAttention,
     ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,

@@ -21,107 +21,194 @@ pub type In<'a, B, T> = DeviceSlice<'a, B, T>;
 /// Writable device views of a backend.
 pub type Out<'a, B, T> = DeviceSliceMut<'a, B, T>;
 
-/// The decode-step ops on a backend's streams.
-pub trait KernelOps: Backend {
-    /// `Err` with the reason when this backend cannot run the kernels in this build (checked
-    /// before a workload starts; every op then fails with [`Error::KernelUnavailable`]).
-    ///
-    /// [`Error::KernelUnavailable`]: ascend_hal::Error::KernelUnavailable
-    fn kernels_available() -> std::result::Result<(), &'static str> {
-        Ok(())
+/// The type of an op argument in an argument struct (`'a`, `B`) or in a `KernelOps` method
+/// (`'_`, `Self`), by its role.
+macro_rules! op_arg {
+    ($l:lifetime, $b:ident, param $t:ty) => { &$l $t };
+    ($l:lifetime, $b:ident, input $t:ty) => { In<$l, $b, $t> };
+    ($l:lifetime, $b:ident, output $t:ty) => { Out<$l, $b, $t> };
+    ($l:lifetime, $b:ident, host $t:ty) => { &$l $t };
+}
+
+/// The op surface, in one place: each entry is the op's description (its documentation, its
+/// `KernelOps` method, the method a backend implements, and the argument struct that method
+/// takes, with each argument's role and type). From it come the argument structs, the
+/// positional `KernelOps` methods engines call, and the `launch_*` methods backends implement.
+/// Adding an op is one entry here and one `launch_*` per backend; adding a provider is one
+/// `launch_*` per op it serves.
+macro_rules! kernel_ops {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident / $launch:ident ( $args:ident ) {
+            $( $(#[$adoc:meta])* $arg:ident : $role:ident $ty:ty ),* $(,)?
+        }
+    )*) => {
+        $(
+            #[doc = concat!("The arguments of [`KernelOps::", stringify!($name), "`] (see there).")]
+            pub struct $args<'a, B: Backend, T: KvFloat> {
+                $( $(#[$adoc])* pub $arg: op_arg!('a, B, $role $ty), )*
+            }
+        )*
+
+        /// The decode-step ops on a backend's streams.
+        ///
+        /// Engines call the positional methods (`B::paged_attention(stream, &p, out, q, ..)`);
+        /// a backend implements one `launch_*` method per op, which gets the op's argument
+        /// struct. Every op checks shapes before anything is queued and runs in stream order:
+        /// the buffers must stay alive until the stream has finished the op.
+        pub trait KernelOps: Backend {
+            /// `Err` with the reason when this backend cannot run the kernels in this build
+            /// (checked before a workload starts; every op then fails with
+            /// [`Error::KernelUnavailable`]).
+            ///
+            /// [`Error::KernelUnavailable`]: ascend_hal::Error::KernelUnavailable
+            fn kernels_available() -> std::result::Result<(), &'static str> {
+                Ok(())
+            }
+
+            $(
+                $(#[$doc])*
+                #[allow(clippy::too_many_arguments)]
+                fn $name<T: KvFloat>(
+                    stream: &Self::Stream,
+                    $( $arg: op_arg!('_, Self, $role $ty), )*
+                ) -> Result<()> {
+                    Self::$launch(stream, $args { $( $arg, )* })
+                }
+
+                #[doc = concat!("Runs [`KernelOps::", stringify!($name), "`]: what a backend implements.")]
+                fn $launch<T: KvFloat>(stream: &Self::Stream, args: $args<'_, Self, T>) -> Result<()>;
+            )*
+        }
+    };
+}
+
+kernel_ops! {
+    /// See [`cpu::reshape_and_cache`](crate::cpu::reshape_and_cache).
+    fn reshape_and_cache / launch_reshape_and_cache (ReshapeAndCacheArgs) {
+        /// The shapes.
+        p: param ReshapeAndCache,
+        /// `[num_tokens, kv_heads, head_size]`.
+        key: input T,
+        /// `[num_tokens, kv_heads, head_size]`.
+        value: input T,
+        /// The paged K cache.
+        key_cache: output T,
+        /// The paged V cache.
+        value_cache: output T,
+        /// `[num_tokens]` slots; negative skips the token.
+        slot_mapping: input i32,
     }
 
-    /// See [`cpu::reshape_and_cache`](crate::cpu::reshape_and_cache).
-    fn reshape_and_cache<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &ReshapeAndCache,
-        key: In<'_, Self, T>,
-        value: In<'_, Self, T>,
-        key_cache: Out<'_, Self, T>,
-        value_cache: Out<'_, Self, T>,
-        slot_mapping: In<'_, Self, i32>,
-    ) -> Result<()>;
-
     /// See [`cpu::paged_attention`](crate::cpu::paged_attention).
-    #[allow(clippy::too_many_arguments)]
-    fn paged_attention<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &PagedAttention,
-        out: Out<'_, Self, T>,
-        query: In<'_, Self, T>,
-        key_cache: In<'_, Self, T>,
-        value_cache: In<'_, Self, T>,
-        block_tables: In<'_, Self, i32>,
-        seq_lens: In<'_, Self, i32>,
-    ) -> Result<()>;
+    fn paged_attention / launch_paged_attention (PagedAttentionArgs) {
+        /// The shapes.
+        p: param PagedAttention,
+        /// `[num_seqs, num_heads, head_size]`.
+        out: output T,
+        /// `[num_seqs, num_heads, head_size]`.
+        query: input T,
+        /// The paged K cache.
+        key_cache: input T,
+        /// The paged V cache.
+        value_cache: input T,
+        /// `[num_seqs, max_blocks_per_seq]`.
+        block_tables: input i32,
+        /// `[num_seqs]` context lengths.
+        seq_lens: input i32,
+    }
 
     /// See [`cpu::paged_prefill_attention`](crate::cpu::paged_prefill_attention).
-    #[allow(clippy::too_many_arguments)]
-    fn paged_prefill_attention<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &PrefillAttention,
-        out: Out<'_, Self, T>,
-        query: In<'_, Self, T>,
-        key_cache: In<'_, Self, T>,
-        value_cache: In<'_, Self, T>,
-        block_tables: In<'_, Self, i32>,
-        query_start_loc: In<'_, Self, i32>,
-        seq_lens: In<'_, Self, i32>,
-    ) -> Result<()>;
+    fn paged_prefill_attention / launch_paged_prefill_attention (PrefillAttentionArgs) {
+        /// The shapes.
+        p: param PrefillAttention,
+        /// `[num_tokens, num_heads, head_size]`.
+        out: output T,
+        /// `[num_tokens, num_heads, head_size]`.
+        query: input T,
+        /// The paged K cache.
+        key_cache: input T,
+        /// The paged V cache.
+        value_cache: input T,
+        /// `[num_seqs, max_blocks_per_seq]`.
+        block_tables: input i32,
+        /// `[num_seqs + 1]` offsets of each sequence's queries.
+        query_start_loc: input i32,
+        /// `[num_seqs]` context lengths, this chunk included.
+        seq_lens: input i32,
+    }
 
     /// See [`cpu::rotary_embedding`](crate::cpu::rotary_embedding).
-    fn rotary_embedding<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &Rotary,
-        positions: In<'_, Self, i64>,
-        query: Out<'_, Self, T>,
-        key: Out<'_, Self, T>,
-        cos_sin_cache: In<'_, Self, f32>,
-    ) -> Result<()>;
+    fn rotary_embedding / launch_rotary_embedding (RotaryArgs) {
+        /// The shapes and the pairing.
+        p: param Rotary,
+        /// `[num_tokens]` positions.
+        positions: input i64,
+        /// `[num_tokens, num_heads, head_size]`, rotated in place.
+        query: output T,
+        /// `[num_tokens, num_kv_heads, head_size]`, rotated in place.
+        key: output T,
+        /// `[max_position, rotary_dim]`: cosines, then sines.
+        cos_sin_cache: input f32,
+    }
 
     /// See [`cpu::rms_norm`](crate::cpu::rms_norm).
-    fn rms_norm<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &RmsNorm,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-        weight: In<'_, Self, T>,
-    ) -> Result<()>;
+    fn rms_norm / launch_rms_norm (RmsNormArgs) {
+        /// The shapes.
+        p: param RmsNorm,
+        /// `[num_tokens, hidden]`.
+        out: output T,
+        /// `[num_tokens, hidden]`.
+        x: input T,
+        /// `[hidden]`.
+        weight: input T,
+    }
 
     /// See [`cpu::fused_add_rms_norm`](crate::cpu::fused_add_rms_norm).
-    fn fused_add_rms_norm<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &RmsNorm,
-        x: Out<'_, Self, T>,
-        residual: Out<'_, Self, T>,
-        weight: In<'_, Self, T>,
-    ) -> Result<()>;
+    fn fused_add_rms_norm / launch_fused_add_rms_norm (FusedAddRmsNormArgs) {
+        /// The shapes.
+        p: param RmsNorm,
+        /// `[num_tokens, hidden]`: in, then the normalised sum.
+        x: output T,
+        /// `[num_tokens, hidden]`: in, then the sum.
+        residual: output T,
+        /// `[hidden]`.
+        weight: input T,
+    }
 
     /// See [`cpu::silu_and_mul`](crate::cpu::silu_and_mul).
-    fn silu_and_mul<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &SiluAndMul,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-    ) -> Result<()>;
+    fn silu_and_mul / launch_silu_and_mul (SiluAndMulArgs) {
+        /// The shapes.
+        p: param SiluAndMul,
+        /// `[num_tokens, d]`.
+        out: output T,
+        /// `[num_tokens, 2 d]`.
+        x: input T,
+    }
 
     /// See [`cpu::matmul`](crate::cpu::matmul).
-    fn matmul<T: KvFloat>(
-        stream: &Self::Stream,
-        p: &Matmul,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-        weight: In<'_, Self, T>,
-    ) -> Result<()>;
+    fn matmul / launch_matmul (MatmulArgs) {
+        /// The shapes.
+        p: param Matmul,
+        /// `[m, n]`.
+        out: output T,
+        /// `[m, k]`.
+        x: input T,
+        /// `[n, k]` (PyTorch's `[out, in]`).
+        weight: input T,
+    }
 
     /// See [`cpu::copy_blocks`](crate::cpu::copy_blocks).
-    fn copy_blocks<T: KvFloat>(
-        stream: &Self::Stream,
-        cache: &CacheShape,
-        key_cache: Out<'_, Self, T>,
-        value_cache: Out<'_, Self, T>,
-        pairs: &[(u32, u32)],
-    ) -> Result<()>;
+    fn copy_blocks / launch_copy_blocks (CopyBlocksArgs) {
+        /// The caches' shape.
+        cache: param CacheShape,
+        /// The paged K cache.
+        key_cache: output T,
+        /// The paged V cache.
+        value_cache: output T,
+        /// `(source block, destination block)` pairs, in order.
+        pairs: host [(u32, u32)],
+    }
 }
 
 /// The device address of an op's argument `what`, after checking that it lives on the device of

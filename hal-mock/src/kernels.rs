@@ -3,8 +3,9 @@
 
 use ascend_hal::{DevicePtr, DeviceRepr, Error, Result};
 use ascend_kernels::{
-    cpu, device_arg, CacheShape, In, KernelOps, KvFloat, Matmul, Out, PagedAttention,
-    PrefillAttention, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul,
+    cpu, device_arg, CopyBlocksArgs, FusedAddRmsNormArgs, KernelOps, KvFloat, MatmulArgs,
+    PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs,
+    SiluAndMulArgs,
 };
 
 use crate::backend::CpuBackend;
@@ -53,15 +54,18 @@ fn two<'a>(w: &'a mut [&mut [u8]]) -> (&'a mut [u8], &'a mut [u8]) {
 }
 
 impl KernelOps for CpuBackend {
-    fn reshape_and_cache<T: KvFloat>(
+    fn launch_reshape_and_cache<T: KvFloat>(
         stream: &CpuStream,
-        p: &ReshapeAndCache,
-        key: In<'_, Self, T>,
-        value: In<'_, Self, T>,
-        key_cache: Out<'_, Self, T>,
-        value_cache: Out<'_, Self, T>,
-        slot_mapping: In<'_, Self, i32>,
+        args: ReshapeAndCacheArgs<'_, Self, T>,
     ) -> Result<()> {
+        let ReshapeAndCacheArgs {
+            p,
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slot_mapping,
+        } = args;
         const OP: &str = "reshape_and_cache";
         p.validate::<T>(
             key.len(),
@@ -93,16 +97,19 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn paged_attention<T: KvFloat>(
+    fn launch_paged_attention<T: KvFloat>(
         stream: &CpuStream,
-        p: &PagedAttention,
-        out: Out<'_, Self, T>,
-        query: In<'_, Self, T>,
-        key_cache: In<'_, Self, T>,
-        value_cache: In<'_, Self, T>,
-        block_tables: In<'_, Self, i32>,
-        seq_lens: In<'_, Self, i32>,
+        args: PagedAttentionArgs<'_, Self, T>,
     ) -> Result<()> {
+        let PagedAttentionArgs {
+            p,
+            out,
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            seq_lens,
+        } = args;
         const OP: &str = "paged_attention";
         p.validate::<T>(
             out.len(),
@@ -134,17 +141,20 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn paged_prefill_attention<T: KvFloat>(
+    fn launch_paged_prefill_attention<T: KvFloat>(
         stream: &CpuStream,
-        p: &PrefillAttention,
-        out: Out<'_, Self, T>,
-        query: In<'_, Self, T>,
-        key_cache: In<'_, Self, T>,
-        value_cache: In<'_, Self, T>,
-        block_tables: In<'_, Self, i32>,
-        query_start_loc: In<'_, Self, i32>,
-        seq_lens: In<'_, Self, i32>,
+        args: PrefillAttentionArgs<'_, Self, T>,
     ) -> Result<()> {
+        let PrefillAttentionArgs {
+            p,
+            out,
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            query_start_loc,
+            seq_lens,
+        } = args;
         const OP: &str = "paged_prefill_attention";
         p.validate::<T>(
             out.len(),
@@ -179,14 +189,17 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn rotary_embedding<T: KvFloat>(
+    fn launch_rotary_embedding<T: KvFloat>(
         stream: &CpuStream,
-        p: &Rotary,
-        positions: In<'_, Self, i64>,
-        query: Out<'_, Self, T>,
-        key: Out<'_, Self, T>,
-        cos_sin_cache: In<'_, Self, f32>,
+        args: RotaryArgs<'_, Self, T>,
     ) -> Result<()> {
+        let RotaryArgs {
+            p,
+            positions,
+            query,
+            key,
+            cos_sin_cache,
+        } = args;
         const OP: &str = "rotary_embedding";
         p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
         let reads = [
@@ -210,13 +223,11 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn rms_norm<T: KvFloat>(
+    fn launch_rms_norm<T: KvFloat>(
         stream: &CpuStream,
-        p: &RmsNorm,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-        weight: In<'_, Self, T>,
+        args: RmsNormArgs<'_, Self, T>,
     ) -> Result<()> {
+        let RmsNormArgs { p, out, x, weight } = args;
         const OP: &str = "rms_norm";
         p.validate::<T>(x.len(), out.len(), weight.len(), "out")?;
         let reads = [
@@ -230,13 +241,16 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn fused_add_rms_norm<T: KvFloat>(
+    fn launch_fused_add_rms_norm<T: KvFloat>(
         stream: &CpuStream,
-        p: &RmsNorm,
-        x: Out<'_, Self, T>,
-        residual: Out<'_, Self, T>,
-        weight: In<'_, Self, T>,
+        args: FusedAddRmsNormArgs<'_, Self, T>,
     ) -> Result<()> {
+        let FusedAddRmsNormArgs {
+            p,
+            x,
+            residual,
+            weight,
+        } = args;
         const OP: &str = "fused_add_rms_norm";
         p.validate::<T>(x.len(), residual.len(), weight.len(), "residual")?;
         let reads = [range(OP, stream, "weight", &weight)?];
@@ -256,12 +270,11 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn silu_and_mul<T: KvFloat>(
+    fn launch_silu_and_mul<T: KvFloat>(
         stream: &CpuStream,
-        p: &SiluAndMul,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
+        args: SiluAndMulArgs<'_, Self, T>,
     ) -> Result<()> {
+        let SiluAndMulArgs { p, out, x } = args;
         const OP: &str = "silu_and_mul";
         p.validate::<T>(out.len(), x.len())?;
         let reads = [range(OP, stream, "input", &x)?];
@@ -272,13 +285,8 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn matmul<T: KvFloat>(
-        stream: &CpuStream,
-        p: &Matmul,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-        weight: In<'_, Self, T>,
-    ) -> Result<()> {
+    fn launch_matmul<T: KvFloat>(stream: &CpuStream, args: MatmulArgs<'_, Self, T>) -> Result<()> {
+        let MatmulArgs { p, out, x, weight } = args;
         const OP: &str = "matmul";
         p.validate::<T>(out.len(), x.len(), weight.len())?;
         let reads = [
@@ -292,13 +300,16 @@ impl KernelOps for CpuBackend {
         })
     }
 
-    fn copy_blocks<T: KvFloat>(
+    fn launch_copy_blocks<T: KvFloat>(
         stream: &CpuStream,
-        cache: &CacheShape,
-        key_cache: Out<'_, Self, T>,
-        value_cache: Out<'_, Self, T>,
-        pairs: &[(u32, u32)],
+        args: CopyBlocksArgs<'_, Self, T>,
     ) -> Result<()> {
+        let CopyBlocksArgs {
+            cache,
+            key_cache,
+            value_cache,
+            pairs,
+        } = args;
         const OP: &str = "copy_blocks";
         ascend_kernels::reference::check_pairs(cache, key_cache.len(), value_cache.len(), pairs)?;
         let writes = [

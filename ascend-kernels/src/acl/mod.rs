@@ -29,10 +29,10 @@ use ascend_hal::{DType, DeviceBuffer, DeviceRepr, Error, Result, Stream, StreamE
 use crate::ascendc::npu::{self, NpuKernels, Pair};
 use crate::ascendc::{status, tiling};
 use crate::float::KvFloat;
-use crate::ops::{copy_waves, device_arg, In, KernelOps, Out};
-use crate::shapes::{
-    CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
-    SiluAndMul,
+use crate::ops::{
+    copy_waves, device_arg, CopyBlocksArgs, FusedAddRmsNormArgs, KernelOps, MatmulArgs,
+    PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs,
+    SiluAndMulArgs,
 };
 use providers::{provider, AclOp, Provider};
 
@@ -143,15 +143,18 @@ impl KernelOps for AclBackend {
         Ok(())
     }
 
-    fn reshape_and_cache<T: KvFloat>(
+    fn launch_reshape_and_cache<T: KvFloat>(
         stream: &AclStream,
-        p: &ReshapeAndCache,
-        key: In<'_, Self, T>,
-        value: In<'_, Self, T>,
-        key_cache: Out<'_, Self, T>,
-        value_cache: Out<'_, Self, T>,
-        slot_mapping: In<'_, Self, i32>,
+        args: ReshapeAndCacheArgs<'_, Self, T>,
     ) -> Result<()> {
+        let ReshapeAndCacheArgs {
+            p,
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slot_mapping,
+        } = args;
         const OP: &str = "reshape_and_cache";
         let launch = pick::<_, T>(OP, &stubs(OP)?.reshape_and_cache)?;
         p.validate::<T>(
@@ -182,16 +185,19 @@ impl KernelOps for AclBackend {
         }
     }
 
-    fn paged_attention<T: KvFloat>(
+    fn launch_paged_attention<T: KvFloat>(
         stream: &AclStream,
-        p: &PagedAttention,
-        out: Out<'_, Self, T>,
-        query: In<'_, Self, T>,
-        key_cache: In<'_, Self, T>,
-        value_cache: In<'_, Self, T>,
-        block_tables: In<'_, Self, i32>,
-        seq_lens: In<'_, Self, i32>,
+        args: PagedAttentionArgs<'_, Self, T>,
     ) -> Result<()> {
+        let PagedAttentionArgs {
+            p,
+            out,
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            seq_lens,
+        } = args;
         const OP: &str = "paged_attention";
         let launch = pick::<_, T>(OP, &stubs(OP)?.paged_attention)?;
         p.validate::<T>(
@@ -222,17 +228,20 @@ impl KernelOps for AclBackend {
         }
     }
 
-    fn paged_prefill_attention<T: KvFloat>(
+    fn launch_paged_prefill_attention<T: KvFloat>(
         stream: &AclStream,
-        p: &PrefillAttention,
-        out: Out<'_, Self, T>,
-        query: In<'_, Self, T>,
-        key_cache: In<'_, Self, T>,
-        value_cache: In<'_, Self, T>,
-        block_tables: In<'_, Self, i32>,
-        query_start_loc: In<'_, Self, i32>,
-        seq_lens: In<'_, Self, i32>,
+        args: PrefillAttentionArgs<'_, Self, T>,
     ) -> Result<()> {
+        let PrefillAttentionArgs {
+            p,
+            out,
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            query_start_loc,
+            seq_lens,
+        } = args;
         const OP: &str = "paged_prefill_attention";
         let launch = pick::<_, T>(OP, &stubs(OP)?.paged_prefill_attention)?;
         p.validate::<T>(
@@ -268,14 +277,17 @@ impl KernelOps for AclBackend {
         }
     }
 
-    fn rotary_embedding<T: KvFloat>(
+    fn launch_rotary_embedding<T: KvFloat>(
         stream: &AclStream,
-        p: &Rotary,
-        positions: In<'_, Self, i64>,
-        query: Out<'_, Self, T>,
-        key: Out<'_, Self, T>,
-        cos_sin_cache: In<'_, Self, f32>,
+        args: RotaryArgs<'_, Self, T>,
     ) -> Result<()> {
+        let RotaryArgs {
+            p,
+            positions,
+            query,
+            key,
+            cos_sin_cache,
+        } = args;
         const OP: &str = "rotary_embedding";
         let launch = pick::<_, T>(OP, &stubs(OP)?.rotary_embedding)?;
         p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
@@ -295,13 +307,11 @@ impl KernelOps for AclBackend {
         }
     }
 
-    fn rms_norm<T: KvFloat>(
+    fn launch_rms_norm<T: KvFloat>(
         stream: &AclStream,
-        p: &RmsNorm,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-        weight: In<'_, Self, T>,
+        args: RmsNormArgs<'_, Self, T>,
     ) -> Result<()> {
+        let RmsNormArgs { p, out, x, weight } = args;
         const OP: &str = "rms_norm";
         if provider(AclOp::RmsNorm) == Provider::Aclnn {
             return vendor::rms_norm(stream, p, out, x, weight);
@@ -324,13 +334,16 @@ impl KernelOps for AclBackend {
         }
     }
 
-    fn fused_add_rms_norm<T: KvFloat>(
+    fn launch_fused_add_rms_norm<T: KvFloat>(
         stream: &AclStream,
-        p: &RmsNorm,
-        x: Out<'_, Self, T>,
-        residual: Out<'_, Self, T>,
-        weight: In<'_, Self, T>,
+        args: FusedAddRmsNormArgs<'_, Self, T>,
     ) -> Result<()> {
+        let FusedAddRmsNormArgs {
+            p,
+            x,
+            residual,
+            weight,
+        } = args;
         const OP: &str = "fused_add_rms_norm";
         if provider(AclOp::FusedAddRmsNorm) == Provider::Aclnn {
             return vendor::fused_add_rms_norm(stream, p, x, residual, weight);
@@ -353,32 +366,29 @@ impl KernelOps for AclBackend {
         }
     }
 
-    fn silu_and_mul<T: KvFloat>(
+    fn launch_silu_and_mul<T: KvFloat>(
         stream: &AclStream,
-        p: &SiluAndMul,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
+        args: SiluAndMulArgs<'_, Self, T>,
     ) -> Result<()> {
+        let SiluAndMulArgs { p, out, x } = args;
         vendor::silu_and_mul(stream, p, out, x)
     }
 
-    fn matmul<T: KvFloat>(
-        stream: &AclStream,
-        p: &Matmul,
-        out: Out<'_, Self, T>,
-        x: In<'_, Self, T>,
-        weight: In<'_, Self, T>,
-    ) -> Result<()> {
+    fn launch_matmul<T: KvFloat>(stream: &AclStream, args: MatmulArgs<'_, Self, T>) -> Result<()> {
+        let MatmulArgs { p, out, x, weight } = args;
         vendor::matmul(stream, p, out, x, weight)
     }
 
-    fn copy_blocks<T: KvFloat>(
+    fn launch_copy_blocks<T: KvFloat>(
         stream: &AclStream,
-        cache: &CacheShape,
-        key_cache: Out<'_, Self, T>,
-        value_cache: Out<'_, Self, T>,
-        pairs: &[(u32, u32)],
+        args: CopyBlocksArgs<'_, Self, T>,
     ) -> Result<()> {
+        let CopyBlocksArgs {
+            cache,
+            key_cache,
+            value_cache,
+            pairs,
+        } = args;
         const OP: &str = "copy_blocks";
         let launch = pick::<_, T>(OP, &stubs(OP)?.copy_blocks)?;
         // The pairs are host data here, so they are checked here, as the CPU backend does.
