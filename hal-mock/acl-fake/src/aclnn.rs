@@ -470,6 +470,24 @@ fn launch(
     })
 }
 
+/// `aclnnStatus aclnnXxx(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
+/// aclrtStream stream)`: the launch call, the same for every operator.
+macro_rules! launch_entry {
+    ($name:ident) => {
+        #[doc = concat!("`aclnnStatus ", stringify!($name), "(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor, aclrtStream stream)`.")]
+        #[no_mangle]
+        pub extern "C" fn $name(
+            workspace: *mut c_void,
+            workspace_size: u64,
+            executor: *mut c_void,
+            stream: *mut c_void,
+        ) -> i32 {
+            let name = stringify!($name);
+            launch(name, name, workspace, workspace_size, executor, stream)
+        }
+    };
+}
+
 /// Bytes every elementwise operator asks for.
 const SMALL_WORKSPACE: u64 = 1024;
 
@@ -556,24 +574,7 @@ pub extern "C" fn aclnnMatmulGetWorkspaceSize(
     })
 }
 
-/// `aclnnStatus aclnnMatmul(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
-/// aclrtStream stream)`.
-#[no_mangle]
-pub extern "C" fn aclnnMatmul(
-    workspace: *mut c_void,
-    workspace_size: u64,
-    executor: *mut c_void,
-    stream: *mut c_void,
-) -> i32 {
-    launch(
-        "aclnnMatmul",
-        "aclnnMatmul",
-        workspace,
-        workspace_size,
-        executor,
-        stream,
-    )
-}
+launch_entry!(aclnnMatmul);
 
 // ---- aclnnSwiGlu ----
 
@@ -647,24 +648,7 @@ pub extern "C" fn aclnnSwiGluGetWorkspaceSize(
     })
 }
 
-/// `aclnnStatus aclnnSwiGlu(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
-/// aclrtStream stream)`.
-#[no_mangle]
-pub extern "C" fn aclnnSwiGlu(
-    workspace: *mut c_void,
-    workspace_size: u64,
-    executor: *mut c_void,
-    stream: *mut c_void,
-) -> i32 {
-    launch(
-        "aclnnSwiGlu",
-        "aclnnSwiGlu",
-        workspace,
-        workspace_size,
-        executor,
-        stream,
-    )
-}
+launch_entry!(aclnnSwiGlu);
 
 // ---- aclnnRmsNorm, aclnnAddRmsNorm ----
 
@@ -769,24 +753,7 @@ pub extern "C" fn aclnnRmsNormGetWorkspaceSize(
     })
 }
 
-/// `aclnnStatus aclnnRmsNorm(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
-/// aclrtStream stream)`.
-#[no_mangle]
-pub extern "C" fn aclnnRmsNorm(
-    workspace: *mut c_void,
-    workspace_size: u64,
-    executor: *mut c_void,
-    stream: *mut c_void,
-) -> i32 {
-    launch(
-        "aclnnRmsNorm",
-        "aclnnRmsNorm",
-        workspace,
-        workspace_size,
-        executor,
-        stream,
-    )
-}
+launch_entry!(aclnnRmsNorm);
 
 /// `aclnnStatus aclnnAddRmsNormGetWorkspaceSize(const aclTensor *x1, const aclTensor *x2, const
 /// aclTensor *gamma, double epsilon, const aclTensor *yOut, const aclTensor *rstdOut, const
@@ -850,21 +817,4 @@ pub extern "C" fn aclnnAddRmsNormGetWorkspaceSize(
     })
 }
 
-/// `aclnnStatus aclnnAddRmsNorm(void *workspace, uint64_t workspaceSize, aclOpExecutor
-/// *executor, aclrtStream stream)`.
-#[no_mangle]
-pub extern "C" fn aclnnAddRmsNorm(
-    workspace: *mut c_void,
-    workspace_size: u64,
-    executor: *mut c_void,
-    stream: *mut c_void,
-) -> i32 {
-    launch(
-        "aclnnAddRmsNorm",
-        "aclnnAddRmsNorm",
-        workspace,
-        workspace_size,
-        executor,
-        stream,
-    )
-}
+launch_entry!(aclnnAddRmsNorm);
