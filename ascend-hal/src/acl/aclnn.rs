@@ -471,7 +471,12 @@ impl Aclnn {
     pub fn contiguous(&self, dtype: DType, dims: &[i64], data: DevicePtr) -> Result<AclTensor<'_>> {
         let mut strides = vec![1i64; dims.len()];
         for i in (0..dims.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * dims[i + 1].max(1);
+            strides[i] = strides[i + 1]
+                .checked_mul(dims[i + 1].max(1))
+                .ok_or_else(|| Error::InvalidArgument {
+                    op: "aclCreateTensor",
+                    message: format!("dims {dims:?} overflow the strides of a contiguous tensor"),
+                })?;
         }
         self.tensor(dtype, dims, &strides, 0, dims, data)
     }

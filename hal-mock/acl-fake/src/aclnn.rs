@@ -60,6 +60,9 @@ fn elem_size(d: i32) -> Option<usize> {
     }
 }
 
+/// The most elements of a view the fake describes (it copies views to the host to compute).
+const MAX_VIEW_ELEMENTS: u64 = 1 << 32;
+
 /// What `aclCreateTensor` recorded.
 #[derive(Debug, Clone)]
 struct Tensor {
@@ -203,7 +206,40 @@ const EXECUTOR_BASE: usize = 0x5f80_0000_0000;
 /// dataType, const int64_t *stride, int64_t offset, aclFormat format, const int64_t
 /// *storageDims, uint64_t storageDimsNum, void *tensorData)`.
 #[no_mangle]
+#[allow(clippy::too_many_arguments)]
 pub extern "C" fn aclCreateTensor(
+    view_dims: *const i64,
+    view_dims_num: u64,
+    data_type: i32,
+    stride: *const i64,
+    offset: i64,
+    format: i32,
+    storage_dims: *const i64,
+    storage_dims_num: u64,
+    tensor_data: *mut c_void,
+) -> *mut c_void {
+    // A panic must not cross the C boundary; NULL is how this call fails.
+    std::panic::catch_unwind(|| {
+        create_tensor(
+            view_dims,
+            view_dims_num,
+            data_type,
+            stride,
+            offset,
+            format,
+            storage_dims,
+            storage_dims_num,
+            tensor_data,
+        )
+    })
+    .unwrap_or_else(|_| {
+        set_last_error("aclCreateTensor: the fake panicked");
+        std::ptr::null_mut()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_tensor(
     view_dims: *const i64,
     view_dims_num: u64,
     data_type: i32,
@@ -248,6 +284,27 @@ pub extern "C" fn aclCreateTensor(
         return refuse(format!(
             "negative dims, strides or offset: {dims:?} {strides:?} {offset}"
         ));
+    }
+    // The fake computes on host copies of views: refuse what cannot be counted or held (a real
+    // NPU would fault on such a view when the operator ran).
+    let count = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let last = dims
+        .iter()
+        .zip(&strides)
+        .try_fold(offset as u64, |at, (&d, &st)| {
+            (d as u64)
+                .saturating_sub(1)
+                .checked_mul(st as u64)
+                .and_then(|x| at.checked_add(x))
+        });
+    match (count, last) {
+        (Some(n), Some(l)) if n <= MAX_VIEW_ELEMENTS && l < MAX_VIEW_ELEMENTS * 8 => {}
+        _ => {
+            return refuse(format!(
+                "a view of dims {dims:?} strides {strides:?} offset {offset} is past what the \
+                 fake computes on ({MAX_VIEW_ELEMENTS} elements)"
+            ))
+        }
     }
     let t = Tensor {
         dims,
@@ -565,7 +622,10 @@ pub extern "C" fn aclnnMatmulGetWorkspaceSize(
             &[self_, mat2, out.cast_const()],
             Plan {
                 op: "aclnnMatmul",
-                workspace: (m * n * 4).max(512) as u64,
+                workspace: (m as u64)
+                    .saturating_mul(n as u64)
+                    .saturating_mul(4)
+                    .max(512),
                 tensors: Vec::new(),
                 args: vec![a.data, b.data, o.data],
                 work: Box::new(work),

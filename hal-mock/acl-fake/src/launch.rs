@@ -48,6 +48,9 @@ impl Drop for Context {
     }
 }
 
+/// The most arguments a launch passes (the kernels take at most 9 global-memory pointers).
+const MAX_ARGS: usize = 64;
+
 /// Kernel names live as long as the process (stream errors name their op with a `&'static str`);
 /// there are a few dozen.
 fn intern(name: &str) -> &'static str {
@@ -87,6 +90,12 @@ pub extern "C" fn aclfakeLaunchHostKernel(
         };
         if args.is_null() && num_args > 0 {
             return fail(code::INVALID_PARAM, format!("{F}: {name}: args is NULL"));
+        }
+        if num_args > MAX_ARGS {
+            return fail(
+                code::INVALID_PARAM,
+                format!("{F}: {name}: {num_args} arguments; a kernel takes at most {MAX_ARGS}"),
+            );
         }
         let addresses: Vec<DevicePtr> = if num_args == 0 {
             Vec::new()

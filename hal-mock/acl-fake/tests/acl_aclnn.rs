@@ -441,3 +441,47 @@ fn a_descriptor_destroyed_before_the_launch_is_refused() {
     assert!(e.to_string().contains("destroyed before the launch"), "{e}");
     s.synchronize().unwrap();
 }
+
+#[test]
+fn descriptors_that_cannot_be_made_are_errors_not_crashes() {
+    let setup = setup();
+    let (s, aclnn) = (&setup.stream, &setup.aclnn);
+    let buf = DeviceBuffer::<AclBackend, f32>::zeros(s, 64).unwrap();
+    // A stride-0 view of 2^40 elements over one float: refused by the fake, named by the binding.
+    let e = aclnn
+        .tensor(DType::F32, &[1 << 40], &[0], 0, &[1], ptr(&buf))
+        .unwrap_err();
+    match &e {
+        Error::Aclnn {
+            function, recent, ..
+        } => {
+            assert_eq!(*function, "aclCreateTensor");
+            assert!(recent.contains("past what the fake computes"), "{recent}");
+        }
+        other => panic!("{other}"),
+    }
+    // Strides that overflow i64 are refused before the C call.
+    let e = aclnn
+        .contiguous(DType::F32, &[1 << 40, 1 << 40, 1 << 40], ptr(&buf))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidArgument {
+                op: "aclCreateTensor",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Dims and strides of different lengths, and negative dims.
+    assert!(aclnn
+        .tensor(DType::F32, &[8, 8], &[8], 0, &[64], ptr(&buf))
+        .is_err());
+    assert!(aclnn
+        .tensor(DType::F32, &[-1, 8], &[8, 1], 0, &[64], ptr(&buf))
+        .is_err());
+    // A broadcast view the fake can hold still works.
+    let t = aclnn.tensor(DType::F32, &[4, 8], &[0, 1], 0, &[8], ptr(&buf));
+    assert!(t.is_ok());
+}
