@@ -5,4 +5,5 @@
 pub mod arena;
 pub mod decode;
 pub mod engine;
+pub mod gguf;
 pub mod model;

@@ -1,0 +1,114 @@
+//! The GGUF reader on the real SmolLM2-135M-Instruct file (fetched by
+//! `scripts/fetch-smollm2.sh`, which `.ci/run` runs first): the metadata the model needs, the
+//! tensor directory, and dequantized tensors of each type in the file (Q8_0, Q4_1, F32) against
+//! sums computed by llama.cpp's own reader (the `gguf` 0.19.0 Python package:
+//! `gguf.quants.dequantize(t.data, t.tensor_type)`, summed in float64).
+
+use std::path::PathBuf;
+
+use ascend_examples::gguf::{Gguf, TensorType};
+
+/// name, type, dims, sum, sum of |x|, first and last element.
+type Golden = (&'static str, TensorType, [u64; 2], f64, f64, f64, f64);
+
+fn model() -> Option<PathBuf> {
+    let dir = std::env::var_os("ASCEND_RS_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ascend-rs/models"))
+        })?;
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    path.exists().then_some(path)
+}
+
+#[test]
+fn smollm2_reads_as_llama_cpp_reads_it() {
+    let Some(path) = model() else {
+        eprintln!("skipped: no model; run scripts/fetch-smollm2.sh (as .ci/run does)");
+        return;
+    };
+    let g = Gguf::open(&path).unwrap();
+    assert_eq!(g.version, 3);
+    assert_eq!(g.tensors.len(), 272);
+    assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+    for (key, want) in [
+        ("llama.block_count", 30),
+        ("llama.embedding_length", 576),
+        ("llama.feed_forward_length", 1536),
+        ("llama.attention.head_count", 9),
+        ("llama.attention.head_count_kv", 3),
+        ("llama.rope.dimension_count", 64),
+        ("llama.vocab_size", 49152),
+    ] {
+        assert_eq!(g.get_u64(key).unwrap(), want, "{key}");
+    }
+    assert_eq!(g.get_f64("llama.rope.freq_base").unwrap(), 100000.0);
+    assert!((g.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap() - 1e-5).abs() < 1e-12);
+    let tokens = g.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
+    assert_eq!(tokens.len(), 49152);
+    assert_eq!(tokens[1].as_str(), Some("<|im_start|>"));
+    let merges = g.get("tokenizer.ggml.merges").unwrap().as_array().unwrap();
+    assert_eq!(merges.len(), 48900);
+    assert!(g
+        .get_str("tokenizer.chat_template")
+        .unwrap()
+        .contains("<|im_start|>"));
+
+    // name, type, dims, sum, sum of |x|, first and last element (as float64, exactly
+    // representable in f32).
+    let golden: [Golden; 4] = [
+        (
+            "token_embd.weight",
+            TensorType::Q8_0,
+            [576, 49152],
+            -15353.04449415207,
+            2802153.619805813,
+            -0.10654449462890625,
+            -0.0417022705078125,
+        ),
+        (
+            "blk.0.attn_q.weight",
+            TensorType::Q4_1,
+            [576, 576],
+            59.22322082519531,
+            63395.39872741699,
+            -0.0963134765625,
+            -0.255859375,
+        ),
+        (
+            "blk.29.ffn_down.weight",
+            TensorType::Q4_1,
+            [1536, 576],
+            49.83570861816406,
+            126250.91435241699,
+            -0.2733154296875,
+            0.056640625,
+        ),
+        (
+            "output_norm.weight",
+            TensorType::F32,
+            [576, 1],
+            1038.33203125,
+            1045.09765625,
+            1.7578125,
+            1.984375,
+        ),
+    ];
+    for (name, ty, dims, sum, abs, first, last) in golden {
+        let (first, last) = (first as f32, last as f32);
+        let info = &g.tensors[name];
+        assert_eq!(info.ty, ty, "{name}");
+        assert_eq!(info.elements(), dims[0] * dims[1], "{name}");
+        let x = g.tensor_f32(name).unwrap();
+        let (s, a) = x.iter().fold((0f64, 0f64), |(s, a), &v| {
+            (s + v as f64, a + (v as f64).abs())
+        });
+        // Element values are exact (f16 scales times small integers, in f32); the sums differ
+        // from float64 ones only by summation order.
+        assert!((s - sum).abs() < 1e-6 * abs, "{name}: sum {s} vs {sum}");
+        assert!((a - abs).abs() < 1e-9 * abs, "{name}: |sum| {a} vs {abs}");
+        assert_eq!((x[0], x[x.len() - 1]), (first, last), "{name}");
+    }
+    // The model ties its output to the embedding: there is no output.weight.
+    assert!(!g.tensors.contains_key("output.weight"));
+}
