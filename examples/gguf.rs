@@ -541,6 +541,11 @@ mod tests {
             vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
         );
         assert!(g.get("missing").unwrap_err().0.contains("missing"));
+        assert!(g
+            .tensor_f32("nope")
+            .unwrap_err()
+            .0
+            .contains("no tensor nope"));
     }
 
     #[test]

@@ -602,3 +602,68 @@ fn providers_can_be_switched_per_op() {
     providers::reset_providers();
     assert_eq!(providers::provider(AclOp::RmsNorm), Provider::Aclnn);
 }
+
+#[test]
+fn bad_host_kernel_launches_are_refused_with_nothing_queued() {
+    type Launch = unsafe extern "C" fn(
+        *mut std::ffi::c_void,
+        *const std::ffi::c_char,
+        *const *mut std::ffi::c_void,
+        usize,
+        Option<unsafe extern "C" fn()>,
+        *mut std::ffi::c_void,
+        Option<unsafe extern "C" fn(*mut std::ffi::c_void)>,
+    ) -> i32;
+    unsafe extern "C" fn never() {}
+    let s = stream();
+    let lib = common::library(&common::fake_path());
+    let args = [std::ptr::null_mut::<std::ffi::c_void>(); 2];
+    // SAFETY: the fake's prototype (the kernel pointer's type does not matter to the checks,
+    // which refuse every call below before using it); nothing is dereferenced past `args`.
+    unsafe {
+        let launch: libloading::Symbol<'_, Launch> = lib.get(b"aclfakeLaunchHostKernel").unwrap();
+        let mut codes = Vec::new();
+        s.launch_raw("probe", |raw| {
+            codes.push(launch(
+                raw,
+                std::ptr::null(),
+                args.as_ptr(),
+                2,
+                Some(never),
+                std::ptr::null_mut(),
+                None,
+            ));
+            codes.push(launch(
+                raw,
+                c"k".as_ptr(),
+                std::ptr::null(),
+                2,
+                Some(never),
+                std::ptr::null_mut(),
+                None,
+            ));
+            codes.push(launch(
+                raw,
+                c"k".as_ptr(),
+                args.as_ptr(),
+                1000,
+                Some(never),
+                std::ptr::null_mut(),
+                None,
+            ));
+            codes.push(launch(
+                raw,
+                c"k".as_ptr(),
+                args.as_ptr(),
+                2,
+                None,
+                std::ptr::null_mut(),
+                None,
+            ));
+            0
+        })
+        .unwrap();
+        assert_eq!(codes, [100_000; 4]);
+    }
+    s.synchronize().unwrap();
+}
