@@ -440,22 +440,21 @@ fn plan(
 
 /// The launch call shared by every operator.
 fn launch(
-    function: &'static str,
     op: &'static str,
     workspace: *mut c_void,
     workspace_size: u64,
     executor: *mut c_void,
     stream: *mut c_void,
 ) -> i32 {
-    call(function, |g, fault| {
+    call(op, |g, fault| {
         if executor.is_null() {
-            return fail(NULLPTR, format!("{function}: executor is NULL"));
+            return fail(NULLPTR, format!("{op}: executor is NULL"));
         }
         let plan = registry(|r| r.executors.remove(&(executor as usize))).ok_or_else(|| {
             crate::state::Failure {
                 code: INVALID,
                 message: format!(
-                    "{function}: executor {executor:p} is not a live executor: a \
+                    "{op}: executor {executor:p} is not a live executor: a \
                      non-repeatable executor is freed by the launch that runs it, so plan again \
                      with {op}GetWorkspaceSize for every launch"
                 ),
@@ -465,7 +464,7 @@ fn launch(
             return fail(
                 INVALID,
                 format!(
-                    "{function}: the executor was planned by {}GetWorkspaceSize",
+                    "{op}: the executor was planned by {}GetWorkspaceSize",
                     plan.op
                 ),
             );
@@ -474,7 +473,7 @@ fn launch(
             return fail(
                 INVALID,
                 format!(
-                    "{function}: workspaceSize {workspace_size} is smaller than the {} bytes \
+                    "{op}: workspaceSize {workspace_size} is smaller than the {} bytes \
                      {op}GetWorkspaceSize returned",
                     plan.workspace
                 ),
@@ -484,7 +483,7 @@ fn launch(
             return fail(
                 NULLPTR,
                 format!(
-                    "{function}: workspace is NULL but {} bytes are needed",
+                    "{op}: workspace is NULL but {} bytes are needed",
                     plan.workspace
                 ),
             );
@@ -496,7 +495,7 @@ fn launch(
             return fail(
                 INVALID,
                 format!(
-                    "{function}: workspace {workspace:p} + {workspace_size} bytes is not device \
+                    "{op}: workspace {workspace:p} + {workspace_size} bytes is not device \
                      memory of the stream's device {}",
                     s.device
                 ),
@@ -512,7 +511,7 @@ fn launch(
             return fail(
                 INVALID,
                 format!(
-                    "{function}: aclTensor {dead:#x} was destroyed before the launch (destroy \
+                    "{op}: aclTensor {dead:#x} was destroyed before the launch (destroy \
                      descriptors after aclnnXxx returns)"
                 ),
             );
@@ -523,7 +522,7 @@ fn launch(
         let args: Vec<DevicePtr> = plan.args.iter().map(|&a| DevicePtr(a)).collect();
         s.stream
             .enqueue_kernel(op, &args, plan.work)
-            .map_err(|e| from_hal(function, e))
+            .map_err(|e| from_hal(op, e))
     })
 }
 
@@ -539,8 +538,7 @@ macro_rules! launch_entry {
             executor: *mut c_void,
             stream: *mut c_void,
         ) -> i32 {
-            let name = stringify!($name);
-            launch(name, name, workspace, workspace_size, executor, stream)
+            launch(stringify!($name), workspace, workspace_size, executor, stream)
         }
     };
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{max_diff, up, values};
+
 use std::ffi::c_void;
 use std::sync::{Arc, Once};
 
@@ -43,29 +45,6 @@ fn setup() -> Setup {
         workspace: CachingAllocator::new(&device, Default::default()).unwrap(),
         aclnn,
     }
-}
-
-fn values<T: KvFloat>(n: usize, seed: u64) -> Vec<T> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            T::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-        })
-        .collect()
-}
-
-fn max_diff<T: KvFloat>(a: &[T], b: &[T]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x.to_f32() - y.to_f32()).abs())
-        .fold(0.0, f32::max)
-}
-
-fn up<T: ascend_hal::Element>(s: &AclStream, v: &[T]) -> DeviceBuffer<AclBackend, T> {
-    DeviceBuffer::from_slice(s, v).unwrap()
 }
 
 fn ptr<T: ascend_hal::Element>(b: &DeviceBuffer<AclBackend, T>) -> ascend_hal::DevicePtr {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{max_diff, up, values};
+
 use std::sync::Once;
 
 use ascend_hal::acl::{AclBackend, AclStream};
@@ -34,27 +36,6 @@ fn stream() -> AclStream {
     common::backend().device(0).unwrap().new_stream().unwrap()
 }
 
-/// Deterministic values in [-1, 1).
-fn values<T: KvFloat>(n: usize, seed: u64) -> Vec<T> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            T::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-        })
-        .collect()
-}
-
-fn max_diff<T: KvFloat>(a: &[T], b: &[T]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x.to_f32() - y.to_f32()).abs())
-        .fold(0.0, f32::max)
-}
-
 /// f16 results differ from the f64-accumulating reference by the rounding of a few f16 steps;
 /// f32 by accumulation order.
 fn tolerance<T: KvFloat>() -> f32 {
@@ -63,10 +44,6 @@ fn tolerance<T: KvFloat>() -> f32 {
     } else {
         2e-5
     }
-}
-
-fn up<T: ascend_hal::Element>(s: &AclStream, v: &[T]) -> DeviceBuffer<AclBackend, T> {
-    DeviceBuffer::from_slice(s, v).unwrap()
 }
 
 fn check_decode_step<T: KvFloat>(block_size: usize) {

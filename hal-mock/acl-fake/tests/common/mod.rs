@@ -69,3 +69,33 @@ pub fn set_faults(spec: &str) {
         "fault spec {spec}"
     );
 }
+
+/// Deterministic values in [-1, 1).
+pub fn values<T: ascend_kernels::KvFloat>(n: usize, seed: u64) -> Vec<T> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            T::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect()
+}
+
+/// The largest elementwise difference of two equally long results.
+pub fn max_diff<T: ascend_kernels::KvFloat>(a: &[T], b: &[T]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x.to_f32() - y.to_f32()).abs())
+        .fold(0.0, f32::max)
+}
+
+/// `v` on the device of `s`.
+pub fn up<T: ascend_hal::Element>(
+    s: &ascend_hal::acl::AclStream,
+    v: &[T],
+) -> ascend_hal::DeviceBuffer<AclBackend, T> {
+    ascend_hal::DeviceBuffer::from_slice(s, v).unwrap()
+}
