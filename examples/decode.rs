@@ -115,15 +115,7 @@ pub struct DecodeArgs {
 impl Default for DecodeArgs {
     fn default() -> Self {
         DecodeArgs {
-            model: ModelConfig {
-                vocab: 512,
-                hidden: 256,
-                layers: 2,
-                heads: 4,
-                kv_heads: 2,
-                intermediate: 512,
-                max_position: 512,
-            },
+            model: ModelConfig::default(),
             requests: 12,
             system_prompt: 40,
             max_new: 24,
@@ -240,6 +232,8 @@ pub fn workload(a: &DecodeArgs) -> Vec<Request> {
                 // At least one new token: `--max-new 1` gave requests of 0, which never ended.
                 max_new: (a.max_new / 2 + next(a.max_new / 2 + 1)).max(1),
                 arrival: 1 + r / 3 * 2,
+                sampling: Default::default(),
+                stop: Vec::new(),
             }
         })
         .collect()

@@ -1,7 +1,8 @@
 //! A small serving loop over [`paged_kv::KvCache`]: continuous batching with chunked prefill,
 //! prefix caching, preemption (by swapping or by recomputation) when blocks run out or when
-//! forced, greedy sampling; and the check run, the same model over a plain contiguous KV cache,
-//! one request at a time.
+//! forced, greedy or seeded sampling, stop tokens, and an [`Observer`] that sees every step and
+//! every token as it is made (for streaming); and the check run, the same model over a plain
+//! contiguous KV cache, one request at a time.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -12,6 +13,7 @@ use ascend_kernels::{CacheShape, KernelOps, PrefillAttention, ReshapeAndCache};
 use paged_kv::{KvCache, KvError, RequestId, RequestKeys};
 
 use crate::model::{KvAccess, Model};
+use crate::sampling::{Sampler, SamplingParams};
 
 /// A request of the workload.
 #[derive(Debug, Clone)]
@@ -20,10 +22,75 @@ pub struct Request {
     pub id: RequestId,
     /// Prompt tokens.
     pub prompt: Vec<u32>,
-    /// Tokens to generate.
+    /// Most tokens to generate.
     pub max_new: usize,
     /// The step at which it arrives.
     pub arrival: usize,
+    /// How its tokens are picked.
+    pub sampling: SamplingParams,
+    /// Tokens that end it (kept as its last output token), such as the end of a turn.
+    pub stop: Vec<u32>,
+}
+
+impl Request {
+    /// A greedy request for up to `max_new` tokens, arriving at the first step, no stop tokens.
+    pub fn greedy(id: RequestId, prompt: Vec<u32>, max_new: usize) -> Self {
+        Request {
+            id,
+            prompt,
+            max_new,
+            arrival: 1,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// What one step did, for progress lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The step (from 1).
+    pub step: usize,
+    /// Requests in the batch.
+    pub batch: usize,
+    /// Of which computing prompt tokens (a prefill chunk).
+    pub prefill: usize,
+    /// Tokens computed in the step.
+    pub tokens: usize,
+    /// Tokens sampled in the step.
+    pub sampled: usize,
+    /// Seconds the step took (scheduling, the forward pass and sampling).
+    pub seconds: f64,
+    /// Tokens generated so far.
+    pub generated: usize,
+    /// Seconds since serving began.
+    pub elapsed: f64,
+    /// KV blocks holding data (in use or cached for reuse: the pool's blocks minus its free
+    /// ones).
+    pub kv_blocks_used: usize,
+    /// KV blocks in the pool.
+    pub kv_blocks: usize,
+    /// Prefix-cache hit rate so far.
+    pub prefix_hit_rate: f64,
+}
+
+/// Sees the serving loop's events; every method does nothing unless overridden.
+pub trait Observer {
+    /// A line about an event (a preemption, a swap, a step summary).
+    fn log(&mut self, _line: &str) {}
+    /// A step finished.
+    fn step(&mut self, _stats: &StepStats) {}
+    /// Request `id` made `token`; `finished` when it was its last.
+    fn token(&mut self, _id: RequestId, _token: u32, _finished: bool) {}
+}
+
+/// An [`Observer`] that passes the log lines to a closure.
+pub struct LogLines<F: FnMut(&str)>(pub F);
+
+impl<F: FnMut(&str)> Observer for LogLines<F> {
+    fn log(&mut self, line: &str) {
+        (self.0)(line)
+    }
 }
 
 /// How a forced preemption is done.
@@ -83,6 +150,7 @@ struct Live {
     computed: usize,
     generated: Vec<u32>,
     state: State,
+    sampler: Sampler,
 }
 
 fn kv_err(e: KvError) -> Error {
@@ -102,25 +170,66 @@ pub fn serve<B: KernelOps>(
     kv: &mut KvCache<B, f32>,
     requests: &[Request],
     cfg: EngineConfig,
-    mut log: impl FnMut(&str),
+    log: impl FnMut(&str),
 ) -> Result<Report> {
-    let start = Instant::now();
-    let max_len = model.config().max_position;
-    if let Some(r) = requests
-        .iter()
-        .find(|r| r.prompt.len().saturating_add(r.max_new) > max_len)
-    {
-        return Err(Error::InvalidArgument {
+    serve_observed(stream, model, kv, requests, cfg, &mut LogLines(log))
+}
+
+fn check_requests(requests: &[Request], max_len: usize, vocab: usize) -> Result<()> {
+    let bad = |message: String| {
+        Err(Error::InvalidArgument {
             op: "serve",
-            message: format!(
+            message,
+        })
+    };
+    for r in requests {
+        if r.prompt.len().saturating_add(r.max_new) > max_len {
+            return bad(format!(
                 "request {} needs {} prompt + {} new tokens, more than the model's {max_len} \
                  positions (max_model_len)",
                 r.id,
                 r.prompt.len(),
                 r.max_new
-            ),
-        });
+            ));
+        }
+        if let Err(e) = r.sampling.validate() {
+            return bad(format!("request {}: {e}", r.id));
+        }
+        if let Some(t) = r
+            .prompt
+            .iter()
+            .chain(&r.stop)
+            .find(|&&t| t as usize >= vocab)
+        {
+            return bad(format!(
+                "request {}: token {t} is outside the model's vocabulary of {vocab}",
+                r.id
+            ));
+        }
+        if r.prompt.is_empty() && r.max_new > 0 {
+            return bad(format!("request {} has an empty prompt", r.id));
+        }
     }
+    for (i, r) in requests.iter().enumerate() {
+        if requests[..i].iter().any(|o| o.id == r.id) {
+            return bad(format!("request id {} is used twice", r.id));
+        }
+    }
+    Ok(())
+}
+
+/// Serves `requests` to completion, telling `observer` about every step, event and token.
+pub fn serve_observed<B: KernelOps>(
+    stream: &B::Stream,
+    model: &Model<B>,
+    kv: &mut KvCache<B, f32>,
+    requests: &[Request],
+    cfg: EngineConfig,
+    observer: &mut impl Observer,
+) -> Result<Report> {
+    let start = Instant::now();
+    let max_len = model.config().max_position;
+    check_requests(requests, max_len, model.config().vocab)?;
     let mut live: Vec<Live> = requests
         .iter()
         .map(|r| Live {
@@ -128,6 +237,7 @@ pub fn serve<B: KernelOps>(
             tokens: r.prompt.clone(),
             computed: 0,
             generated: Vec::new(),
+            sampler: Sampler::new(r.sampling),
             // A request for no new tokens is done at once (as in the contiguous check).
             state: if r.max_new == 0 {
                 State::Done
@@ -144,6 +254,7 @@ pub fn serve<B: KernelOps>(
     let mut slots: Vec<i32> = Vec::new();
     while live.iter().any(|l| l.state != State::Done) {
         step += 1;
+        let step_start = Instant::now();
         if step > 100_000 {
             return Err(Error::InvalidArgument {
                 op: "serve",
@@ -166,7 +277,7 @@ pub fn serve<B: KernelOps>(
                         live[i].state = State::Swapped;
                         swapped.push_back(i);
                         report.swaps += 1;
-                        log(&format!(
+                        observer.log(&format!(
                             "step {step:>3}: preempted {id} by swapping out {} tokens",
                             live[i].computed
                         ));
@@ -177,7 +288,7 @@ pub fn serve<B: KernelOps>(
                         live[i].state = State::Waiting;
                         waiting.push_front(i);
                         report.recomputes += 1;
-                        log(&format!("step {step:>3}: preempted {id} for recomputation"));
+                        observer.log(&format!("step {step:>3}: preempted {id} for recomputation"));
                     }
                 }
             }
@@ -191,7 +302,7 @@ pub fn serve<B: KernelOps>(
                 swapped.pop_front();
                 live[i].state = State::Running;
                 running.push(i);
-                log(&format!(
+                observer.log(&format!(
                     "step {step:>3}: swapped {} back in",
                     live[i].req.id
                 ));
@@ -230,7 +341,7 @@ pub fn serve<B: KernelOps>(
                         rows.remove(p);
                         batch.remove(p);
                     }
-                    log(&format!(
+                    observer.log(&format!(
                         "step {step:>3}: out of blocks, preempted {} for recomputation",
                         live[victim].req.id
                     ));
@@ -287,31 +398,49 @@ pub fn serve<B: KernelOps>(
             }
         }
         kv.begin_step(stream, &batch).map_err(kv_err)?;
-        let next = model.forward(stream, kv, &tokens, &positions, &sample_rows)?;
+        let logits = model.forward_logits(stream, kv, &tokens, &positions, &sample_rows)?;
         for (&(_, n), &i) in batch.iter().zip(&rows) {
             live[i].computed += n;
         }
         report.max_batch_seen = report.max_batch_seen.max(batch.len());
         let m = kv.manager().metrics();
-        log(&format!(
-            "step {step:>3}: batch {:>2} ({prefill} prefill, {} decode), {:>3} tokens, KV blocks in use {}/{}",
+        let (pool_blocks, used_blocks) = (
+            kv.manager().pool().num_blocks(),
+            kv.manager().pool().num_blocks() - m.free_blocks,
+        );
+        observer.log(&format!(
+            "step {step:>3}: batch {:>2} ({prefill} prefill, {} decode), {:>3} tokens, KV blocks in use {used_blocks}/{pool_blocks}",
             batch.len(),
             batch.len() - prefill,
             tokens.len(),
-            kv.manager().pool().num_blocks() - m.free_blocks,
-            kv.manager().pool().num_blocks()
         ));
-        for (tok, &i) in next.iter().zip(&sampled_for) {
+        for (r, &i) in sampled_for.iter().enumerate() {
             let l = &mut live[i];
-            l.generated.push(*tok);
-            l.tokens.push(*tok);
+            let tok = l.sampler.sample(logits.row(r));
+            l.generated.push(tok);
+            l.tokens.push(tok);
             report.generated += 1;
-            if l.generated.len() >= l.req.max_new {
+            let finished = l.generated.len() >= l.req.max_new || l.req.stop.contains(&tok);
+            if finished {
                 kv.free(l.req.id).map_err(kv_err)?;
                 l.state = State::Done;
                 running.retain(|&x| x != i);
             }
+            observer.token(l.req.id, tok, finished);
         }
+        observer.step(&StepStats {
+            step,
+            batch: batch.len(),
+            prefill,
+            tokens: tokens.len(),
+            sampled: sampled_for.len(),
+            seconds: step_start.elapsed().as_secs_f64(),
+            generated: report.generated,
+            elapsed: start.elapsed().as_secs_f64(),
+            kv_blocks_used: used_blocks,
+            kv_blocks: pool_blocks,
+            prefix_hit_rate: kv.manager().metrics().prefix_hit_rate(),
+        });
     }
     report.steps = step;
     report.seconds = start.elapsed().as_secs_f64();
@@ -427,7 +556,8 @@ pub fn contiguous_run<B: KernelOps>(
         let mut tokens = r.prompt.clone();
         let mut generated = Vec::new();
         let mut done = 0usize;
-        while generated.len() < r.max_new {
+        let mut sampler = Sampler::new(r.sampling);
+        while generated.len() < r.max_new && !generated.last().is_some_and(|t| r.stop.contains(t)) {
             let new = &tokens[done..];
             let n = new.len();
             kv.num_tokens = n;
@@ -438,10 +568,11 @@ pub fn contiguous_run<B: KernelOps>(
             kv.starts = DeviceBuffer::from_slice(stream, &[0, n as i32])?;
             kv.lens = DeviceBuffer::from_slice(stream, &[(done + n) as i32])?;
             let positions: Vec<i64> = (done as i64..(done + n) as i64).collect();
-            let next = model.forward(stream, &mut kv, new, &positions, &[n - 1])?;
+            let logits = model.forward_logits(stream, &mut kv, new, &positions, &[n - 1])?;
+            let next = sampler.sample(logits.row(0));
             done += n;
-            generated.push(next[0]);
-            tokens.push(next[0]);
+            generated.push(next);
+            tokens.push(next);
         }
         out.insert(r.id, generated);
     }

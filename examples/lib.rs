@@ -3,7 +3,12 @@
 //! third-party allocator ([`arena`]).
 
 pub mod arena;
+pub mod chat;
 pub mod decode;
 pub mod engine;
 pub mod gguf;
+pub mod llama_gguf;
+pub mod llm;
 pub mod model;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,7 +1,9 @@
-//! A small Llama/Qwen-style decoder (RMSNorm, GQA attention with RoPE, SiLU-gated MLP) with
-//! random weights from a fixed seed, running entirely on a backend's stream through the kernel
-//! ops, with its KV cache behind [`KvAccess`] (the paged cache, or a contiguous one for checking).
-//! Its weights and its activations come from allocators the caller chooses ([`ModelMemory`]).
+//! A Llama/Qwen-style decoder (RMSNorm, GQA attention with RoPE, SiLU-gated MLP), running
+//! entirely on a backend's stream through the kernel ops, with its KV cache behind [`KvAccess`]
+//! (the paged cache, or a contiguous one for checking). Its weights are random from a fixed seed
+//! ([`Model::new`]) or given ([`Model::from_weights`]; [`crate::llama_gguf`] reads them from a
+//! GGUF file); they and the activations come from allocators the caller chooses
+//! ([`ModelMemory`]).
 
 use std::sync::Arc;
 
@@ -11,8 +13,8 @@ use ascend_hal::{Error, Result};
 use ascend_kernels::{KernelOps, Matmul, RmsNorm, RopeStyle, Rotary, SiluAndMul};
 use paged_kv::KvCache;
 
-/// Sizes of the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Sizes and constants of the model.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelConfig {
     /// Vocabulary.
     pub vocab: usize,
@@ -28,6 +30,27 @@ pub struct ModelConfig {
     pub intermediate: usize,
     /// Positions the RoPE table covers.
     pub max_position: usize,
+    /// RoPE base (`rope_theta`).
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+}
+
+impl Default for ModelConfig {
+    /// The small model `paged_decode` serves by default.
+    fn default() -> Self {
+        ModelConfig {
+            vocab: 512,
+            hidden: 256,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 512,
+            max_position: 512,
+            rope_theta: 10000.0,
+            rms_eps: 1e-6,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -122,6 +145,128 @@ impl<B: KernelOps> KvAccess<B> for KvCache<B, f32> {
     }
 }
 
+/// One decoder layer's weights on the host, each matrix `[out, in]` row-major (PyTorch's
+/// `Linear` layout).
+#[derive(Debug, Clone, Default)]
+pub struct LayerWeights {
+    /// RMSNorm weight before attention, `[hidden]`.
+    pub attn_norm: Vec<f32>,
+    /// Query projection, `[heads * head_size, hidden]`, rows in NeoX RoPE order (Hugging Face's).
+    pub wq: Vec<f32>,
+    /// Key projection, `[kv_heads * head_size, hidden]`, rows in NeoX RoPE order.
+    pub wk: Vec<f32>,
+    /// Value projection, `[kv_heads * head_size, hidden]`.
+    pub wv: Vec<f32>,
+    /// Output projection, `[hidden, heads * head_size]`.
+    pub wo: Vec<f32>,
+    /// RMSNorm weight before the MLP, `[hidden]`.
+    pub mlp_norm: Vec<f32>,
+    /// Gate projection, `[intermediate, hidden]`.
+    pub w_gate: Vec<f32>,
+    /// Up projection, `[intermediate, hidden]`.
+    pub w_up: Vec<f32>,
+    /// Down projection, `[hidden, intermediate]`.
+    pub w_down: Vec<f32>,
+}
+
+/// A whole model's weights on the host.
+#[derive(Debug, Clone, Default)]
+pub struct Weights {
+    /// Token embedding, `[vocab, hidden]`.
+    pub embed: Vec<f32>,
+    /// The decoder layers.
+    pub layers: Vec<LayerWeights>,
+    /// Final RMSNorm weight, `[hidden]`.
+    pub final_norm: Vec<f32>,
+    /// Output projection `[vocab, hidden]`, or `None` when it is the embedding (tied).
+    pub lm_head: Option<Vec<f32>>,
+}
+
+impl Weights {
+    /// Deterministic random weights: uniform in `±1/sqrt(fan_in)` from an xorshift stream
+    /// seeded by `seed`, norms of ones.
+    pub fn random(cfg: &ModelConfig, seed: u64) -> Self {
+        let mut init = Init(seed | 1);
+        let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
+        let kv = cfg.kv_heads * hs;
+        let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let layers = (0..cfg.layers)
+            .map(|_| {
+                let wq = init.take(h * h, w(h));
+                let wk = init.take(kv * h, w(h));
+                let wv = init.take(kv * h, w(h));
+                let wo = init.take(h * h, w(h));
+                let gate_up = init.take(2 * i * h, w(h));
+                LayerWeights {
+                    attn_norm: vec![1.0; h],
+                    wq,
+                    wk,
+                    wv,
+                    wo,
+                    mlp_norm: vec![1.0; h],
+                    w_gate: gate_up[..i * h].to_vec(),
+                    w_up: gate_up[i * h..].to_vec(),
+                    w_down: init.take(h * i, w(i)),
+                }
+            })
+            .collect();
+        let lm_head = init.take(cfg.vocab * h, w(h));
+        Weights {
+            embed: init.take(cfg.vocab * h, 1.0),
+            layers,
+            final_norm: vec![1.0; h],
+            lm_head: Some(lm_head),
+        }
+    }
+
+    /// Checks every length against `cfg`, naming the first that is wrong.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
+        let (q, kv) = (cfg.heads * hs, cfg.kv_heads * hs);
+        let check = |name: String, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument {
+                    op: "Model::from_weights",
+                    message: format!("{name} has {got} elements, the configuration needs {want}"),
+                })
+            }
+        };
+        if self.layers.len() != cfg.layers {
+            return Err(Error::InvalidArgument {
+                op: "Model::from_weights",
+                message: format!(
+                    "{} layers of weights for a {}-layer configuration",
+                    self.layers.len(),
+                    cfg.layers
+                ),
+            });
+        }
+        check("embed".into(), self.embed.len(), cfg.vocab * h)?;
+        check("final_norm".into(), self.final_norm.len(), h)?;
+        if let Some(head) = &self.lm_head {
+            check("lm_head".into(), head.len(), cfg.vocab * h)?;
+        }
+        for (l, w) in self.layers.iter().enumerate() {
+            for (name, got, want) in [
+                ("attn_norm", w.attn_norm.len(), h),
+                ("wq", w.wq.len(), q * h),
+                ("wk", w.wk.len(), kv * h),
+                ("wv", w.wv.len(), kv * h),
+                ("wo", w.wo.len(), h * q),
+                ("mlp_norm", w.mlp_norm.len(), h),
+                ("w_gate", w.w_gate.len(), i * h),
+                ("w_up", w.w_up.len(), i * h),
+                ("w_down", w.w_down.len(), h * i),
+            ] {
+                check(format!("layer {l} {name}"), got, want)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Layer<B: Backend> {
     attn_norm: DeviceBuffer<B, f32>,
     wq: DeviceBuffer<B, f32>,
@@ -129,6 +274,7 @@ struct Layer<B: Backend> {
     wv: DeviceBuffer<B, f32>,
     wo: DeviceBuffer<B, f32>,
     mlp_norm: DeviceBuffer<B, f32>,
+    /// Gate rows then up rows: one GEMM gives `silu_and_mul`'s input.
     w_gate_up: DeviceBuffer<B, f32>,
     w_down: DeviceBuffer<B, f32>,
 }
@@ -194,54 +340,99 @@ impl Init {
     }
 }
 
+/// The NeoX RoPE table `[max_position, head_size]` (cosines, then sines), computed in `f32` the
+/// way Hugging Face's Llama computes it: `inv_freq = 1 / theta^(2f / d)`, angle `pos * inv_freq`.
+pub fn rope_table(cfg: &ModelConfig) -> Vec<f32> {
+    let hs = cfg.head_size();
+    let half = hs / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|f| 1.0 / (cfg.rope_theta as f32).powf((2 * f) as f32 / hs as f32))
+        .collect();
+    let mut cs = vec![0f32; cfg.max_position * hs];
+    for pos in 0..cfg.max_position {
+        for (f, inv) in inv_freq.iter().enumerate() {
+            let theta = pos as f32 * inv;
+            cs[pos * hs + f] = theta.cos();
+            cs[pos * hs + half + f] = theta.sin();
+        }
+    }
+    cs
+}
+
+/// The logits of the rows a step samples from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    vocab: usize,
+    data: Vec<f32>,
+}
+
+impl Logits {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.vocab.max(1)
+    }
+
+    /// Row `r` (`vocab` values).
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.vocab..(r + 1) * self.vocab]
+    }
+
+    /// The greedy token of row `r`: the first of the largest logits.
+    pub fn argmax(&self, r: usize) -> u32 {
+        crate::sampling::argmax(self.row(r))
+    }
+}
+
 impl<B: KernelOps> Model<B> {
-    /// Random weights from `seed`, uploaded through `stream` into memory from
-    /// `memory.weights`; activations will come from `memory.activations`.
+    /// Random weights from `seed` ([`Weights::random`]), uploaded through `stream` into memory
+    /// from `memory.weights`; activations will come from `memory.activations`.
     pub fn new(
         stream: &B::Stream,
         cfg: ModelConfig,
         seed: u64,
         memory: ModelMemory<B>,
     ) -> Result<Self> {
-        let mut init = Init(seed | 1);
-        let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
-        let kv = cfg.kv_heads * hs;
-        let weights = memory.weights.as_ref();
-        let put = |data: &[f32]| DeviceBuffer::from_slice_in(weights, stream, data);
-        let mut upload = |n: usize, scale: f32| put(&init.take(n, scale));
-        let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
-        let layers = (0..cfg.layers)
-            .map(|_| {
+        Self::from_weights(stream, cfg, Weights::random(&cfg, seed), memory)
+    }
+
+    /// `weights` uploaded through `stream` into memory from `memory.weights` (the embedding
+    /// stays on the host, where the rows of a step's tokens are gathered; a tied output
+    /// projection is uploaded from it).
+    pub fn from_weights(
+        stream: &B::Stream,
+        cfg: ModelConfig,
+        weights: Weights,
+        memory: ModelMemory<B>,
+    ) -> Result<Self> {
+        weights.validate(&cfg)?;
+        let alloc = memory.weights.as_ref();
+        let put = |data: &[f32]| DeviceBuffer::from_slice_in(alloc, stream, data);
+        let layers = weights
+            .layers
+            .into_iter()
+            .map(|w| {
+                let mut gate_up = w.w_gate;
+                gate_up.extend_from_slice(&w.w_up);
                 Ok(Layer {
-                    attn_norm: put(&vec![1.0f32; h])?,
-                    wq: upload(h * h, w(h))?,
-                    wk: upload(kv * h, w(h))?,
-                    wv: upload(kv * h, w(h))?,
-                    wo: upload(h * h, w(h))?,
-                    mlp_norm: put(&vec![1.0f32; h])?,
-                    w_gate_up: upload(2 * i * h, w(h))?,
-                    w_down: upload(h * i, w(i))?,
+                    attn_norm: put(&w.attn_norm)?,
+                    wq: put(&w.wq)?,
+                    wk: put(&w.wk)?,
+                    wv: put(&w.wv)?,
+                    wo: put(&w.wo)?,
+                    mlp_norm: put(&w.mlp_norm)?,
+                    w_gate_up: put(&gate_up)?,
+                    w_down: put(&w.w_down)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = upload(cfg.vocab * h, w(h))?;
-        let embed = init.take(cfg.vocab * h, 1.0);
-        let half = hs / 2;
-        let mut cs = vec![0f32; cfg.max_position * hs];
-        for pos in 0..cfg.max_position {
-            for f in 0..half {
-                let theta = pos as f32 / 10000f32.powf(2.0 * f as f32 / hs as f32);
-                cs[pos * hs + f] = theta.cos();
-                cs[pos * hs + half + f] = theta.sin();
-            }
-        }
+        let lm_head = put(weights.lm_head.as_deref().unwrap_or(&weights.embed))?;
         Ok(Model {
             cfg,
-            embed,
+            embed: weights.embed,
             layers,
-            final_norm: put(&vec![1.0f32; h])?,
+            final_norm: put(&weights.final_norm)?,
             lm_head,
-            cos_sin: put(&cs)?,
+            cos_sin: put(&rope_table(&cfg))?,
             memory,
         })
     }
@@ -268,6 +459,21 @@ impl<B: KernelOps> Model<B> {
         positions: &[i64],
         sample_rows: &[usize],
     ) -> Result<Vec<u32>> {
+        let logits = self.forward_logits(stream, kv, tokens, positions, sample_rows)?;
+        Ok((0..sample_rows.len()).map(|r| logits.argmax(r)).collect())
+    }
+
+    /// Runs one step as [`forward`](Self::forward) does and returns the logits of the rows in
+    /// `sample_rows` (row `j` of the result is token `sample_rows[j]`'s); the output projection
+    /// runs on those rows only.
+    pub fn forward_logits(
+        &self,
+        stream: &B::Stream,
+        kv: &mut impl KvAccess<B>,
+        tokens: &[u32],
+        positions: &[i64],
+        sample_rows: &[usize],
+    ) -> Result<Logits> {
         let cfg = &self.cfg;
         let (t, h, hs, i) = (tokens.len(), cfg.hidden, cfg.head_size(), cfg.intermediate);
         let kvw = cfg.kv_heads * hs;
@@ -294,10 +500,22 @@ impl<B: KernelOps> Model<B> {
         stream.copy_h2d(&staged_rows, &mut hidden)?;
         stream.copy_h2d(&staged_pos, &mut pos)?;
 
+        if positions.len() != t {
+            return Err(Error::InvalidArgument {
+                op: "forward",
+                message: format!("{} positions for {t} tokens", positions.len()),
+            });
+        }
+        if let Some(&r) = sample_rows.iter().find(|&&r| r >= t) {
+            return Err(Error::InvalidArgument {
+                op: "forward",
+                message: format!("sample row {r} of a {t}-token step"),
+            });
+        }
         let norm = RmsNorm {
             num_tokens: t,
             hidden: h,
-            eps: 1e-6,
+            eps: cfg.rms_eps as f32,
         };
         let mm = |n: usize, k: usize| Matmul { m: t, n, k };
         let mut residual = buf(t * h)?;
@@ -395,28 +613,40 @@ impl<B: KernelOps> Model<B> {
             residual.view_mut(),
             self.final_norm.view(),
         )?;
-        let mut logits = buf(t * cfg.vocab)?;
+        // The output projection for the sampled rows only (a prefill chunk samples one row of
+        // many); a decode step samples every row, in order, and needs no gather.
+        let s = sample_rows.len();
+        let every_row = s == t && sample_rows.iter().enumerate().all(|(j, &r)| j == r);
+        let picked;
+        let last = if every_row {
+            &hidden
+        } else {
+            let mut rows = buf(s * h)?;
+            for (j, &r) in sample_rows.iter().enumerate() {
+                stream.copy_d2d(
+                    &hidden.slice(r * h..(r + 1) * h)?,
+                    &mut rows.slice_mut(j * h..(j + 1) * h)?,
+                )?;
+            }
+            picked = rows;
+            &picked
+        };
+        let mut logits = buf(s * cfg.vocab)?;
         B::matmul::<f32>(
             stream,
-            &mm(cfg.vocab, h),
+            &Matmul {
+                m: s,
+                n: cfg.vocab,
+                k: h,
+            },
             logits.view_mut(),
-            hidden.view(),
+            last.view(),
             self.lm_head.view(),
         )?;
         // The one synchronisation of a step: sampling needs the logits on the host.
-        let logits = stream.clone_to_host(&logits)?;
-        Ok(sample_rows
-            .iter()
-            .map(|&r| {
-                let row = &logits[r * cfg.vocab..(r + 1) * cfg.vocab];
-                let mut best = 0;
-                for (j, &x) in row.iter().enumerate() {
-                    if x > row[best] {
-                        best = j;
-                    }
-                }
-                best as u32
-            })
-            .collect())
+        Ok(Logits {
+            vocab: cfg.vocab,
+            data: stream.clone_to_host(&logits)?,
+        })
     }
 }

@@ -28,7 +28,7 @@ proptest! {
                  system_prompt in size(), max_new in size(), block in size(),
                  max_model_len in size()) {
         let a = DecodeArgs {
-            model: ModelConfig { vocab, hidden, layers, heads, kv_heads, intermediate, max_position: max_model_len },
+            model: ModelConfig { vocab, hidden, layers, heads, kv_heads, intermediate, max_position: max_model_len, ..ModelConfig::default() },
             requests,
             system_prompt,
             max_new,

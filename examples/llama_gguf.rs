@@ -1,0 +1,172 @@
+//! A Llama-architecture GGUF file (Llama, SmolLM, ...) as the example model's configuration and
+//! weights: every tensor dequantized to `f32`, the query and key projections put back in Hugging
+//! Face's row order.
+//!
+//! llama.cpp's converter permutes the rows of `q_proj` and `k_proj` so that ggml's RoPE, which
+//! rotates adjacent pairs (GPT-J style), computes what Hugging Face's rotation of the two halves
+//! (NeoX style) computes on the original rows. Undoing that permutation (as transformers does
+//! when it loads a GGUF) gives the original weights, so the model runs the same NeoX RoPE kernel
+//! and the same arithmetic as the reference.
+
+use std::path::Path;
+
+use crate::gguf::{Gguf, GgufError};
+use crate::model::{LayerWeights, ModelConfig, Weights};
+
+type Result<T> = std::result::Result<T, GgufError>;
+
+fn bad<T>(message: impl Into<String>) -> Result<T> {
+    Err(GgufError(message.into()))
+}
+
+/// The configuration a `llama` GGUF file states, with the RoPE table covering `max_position`
+/// positions (at most the file's `context_length`).
+pub fn config(file: &Gguf, max_position: usize) -> Result<ModelConfig> {
+    let arch = file.get_str("general.architecture")?;
+    if arch != "llama" {
+        return bad(format!(
+            "general.architecture is {arch:?}; this reads Llama-architecture files"
+        ));
+    }
+    let n = |key: &str| -> Result<usize> {
+        let v = file.get_u64(key)?;
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v > 0 && v <= 1 << 24)
+            .ok_or_else(|| GgufError(format!("{key} = {v} is not a size this model takes")))
+    };
+    let embd = file
+        .tensors
+        .get("token_embd.weight")
+        .ok_or_else(|| GgufError("no tensor token_embd.weight".into()))?;
+    let cfg = ModelConfig {
+        vocab: embd.dims.get(1).copied().unwrap_or(0) as usize,
+        hidden: n("llama.embedding_length")?,
+        layers: n("llama.block_count")?,
+        heads: n("llama.attention.head_count")?,
+        kv_heads: n("llama.attention.head_count_kv")?,
+        intermediate: n("llama.feed_forward_length")?,
+        max_position: max_position.min(n("llama.context_length")?),
+        rope_theta: file.get_f64("llama.rope.freq_base").unwrap_or(10000.0),
+        rms_eps: file.get_f64("llama.attention.layer_norm_rms_epsilon")?,
+    };
+    if !cfg.hidden.is_multiple_of(cfg.heads)
+        || !cfg.heads.is_multiple_of(cfg.kv_heads)
+        || !cfg.head_size().is_multiple_of(2)
+    {
+        return bad(format!(
+            "{} heads over {} KV heads do not split a hidden size of {} into even heads",
+            cfg.heads, cfg.kv_heads, cfg.hidden
+        ));
+    }
+    if let Ok(rot) = file.get_u64("llama.rope.dimension_count") {
+        if rot as usize != cfg.head_size() {
+            return bad(format!(
+                "RoPE over {rot} of {} dimensions per head: partial rotation is not supported",
+                cfg.head_size()
+            ));
+        }
+    }
+    if file.metadata.contains_key("llama.rope.scaling.type") {
+        let kind = file.get_str("llama.rope.scaling.type").unwrap_or("?");
+        if kind != "none" {
+            return bad(format!("RoPE scaling {kind:?} is not supported"));
+        }
+    }
+    Ok(cfg)
+}
+
+/// The tensor `name`, checked to be `[rows, cols]` (ggml's `[cols, rows]`), as `f32` rows.
+fn matrix(file: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let info = file
+        .tensors
+        .get(name)
+        .ok_or_else(|| GgufError(format!("no tensor {name}")))?;
+    let want: &[u64] = if rows == 1 {
+        &[cols as u64]
+    } else {
+        &[cols as u64, rows as u64]
+    };
+    if info.dims != want {
+        return bad(format!(
+            "{name} has dims {:?} (ggml order); the configuration needs {want:?}",
+            info.dims
+        ));
+    }
+    file.tensor_f32(name)
+}
+
+/// Undoes llama.cpp's row permutation of a query or key projection (`heads` heads of
+/// `head_size` rows): ggml's row `(head, j, s)` is Hugging Face's row `(head, s, j)`.
+pub fn unpermute_rows(w: &[f32], heads: usize, head_size: usize, cols: usize) -> Vec<f32> {
+    let half = head_size / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let from = (h * head_size + 2 * j + s) * cols;
+                let to = (h * head_size + s * half + j) * cols;
+                out[to..to + cols].copy_from_slice(&w[from..from + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Every weight of a `llama` file, for `cfg` (from [`config`]).
+pub fn weights(file: &Gguf, cfg: &ModelConfig) -> Result<Weights> {
+    let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
+    let (q, kv) = (cfg.heads * hs, cfg.kv_heads * hs);
+    let layer = |l: usize| -> Result<LayerWeights> {
+        let t =
+            |name: &str, rows, cols| matrix(file, &format!("blk.{l}.{name}.weight"), rows, cols);
+        Ok(LayerWeights {
+            attn_norm: t("attn_norm", 1, h)?,
+            wq: unpermute_rows(&t("attn_q", q, h)?, cfg.heads, hs, h),
+            wk: unpermute_rows(&t("attn_k", kv, h)?, cfg.kv_heads, hs, h),
+            wv: t("attn_v", kv, h)?,
+            wo: t("attn_output", h, q)?,
+            mlp_norm: t("ffn_norm", 1, h)?,
+            w_gate: t("ffn_gate", i, h)?,
+            w_up: t("ffn_up", i, h)?,
+            w_down: t("ffn_down", h, i)?,
+        })
+    };
+    // Dequantizing is most of the load time: layers on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut layers: Vec<Option<Result<LayerWeights>>> = (0..cfg.layers).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        for (c, chunk) in layers.chunks_mut(cfg.layers.div_ceil(threads)).enumerate() {
+            let first = c * cfg.layers.div_ceil(threads);
+            scope.spawn(move || {
+                for (j, slot) in chunk.iter_mut().enumerate() {
+                    *slot = Some(layer(first + j));
+                }
+            });
+        }
+    });
+    let layers = layers
+        .into_iter()
+        .map(|l| l.expect("every layer was read"))
+        .collect::<Result<Vec<_>>>()?;
+    let lm_head = if file.tensors.contains_key("output.weight") {
+        Some(matrix(file, "output.weight", cfg.vocab, h)?)
+    } else {
+        None // tied to the embedding
+    };
+    Ok(Weights {
+        embed: matrix(file, "token_embd.weight", cfg.vocab, h)?,
+        layers,
+        final_norm: matrix(file, "output_norm.weight", 1, h)?,
+        lm_head,
+    })
+}
+
+/// Reads `path` and returns its configuration (RoPE table over `max_position` positions) and
+/// weights.
+pub fn load(path: &Path, max_position: usize) -> Result<(Gguf, ModelConfig, Weights)> {
+    let file = Gguf::open(path)?;
+    let cfg = config(&file, max_position)?;
+    let w = weights(&file, &cfg)?;
+    Ok((file, cfg, w))
+}

@@ -1,0 +1,149 @@
+//! SmolLM2-135M-Instruct through this stack against Hugging Face transformers (float32, CPU),
+//! token for token.
+//!
+//! The reference is `examples/data/smollm2_reference.json`, written by
+//! `scripts/hf_reference.py tokens` (transformers loading the same GGUF file); `.ci/run`
+//! regenerates it with pinned versions and points `SMOLLM2_REFERENCE` at the fresh copy. For
+//! every chat it holds the prompt transformers' chat template renders, the ids its tokenizer
+//! gives, and its greedy continuation with the logit margin (best minus second best) at each
+//! step. Here: the same prompt and ids from the GGUF's tokenizer and template, then all chats
+//! served together by the engine (continuous batching, chunked prefill, prefix caching of the
+//! shared default system prompt, a preemption by recomputation part-way), every generated id
+//! compared.
+
+use std::path::PathBuf;
+
+use ascend_examples::engine::{serve, EngineConfig, Preemption, Request};
+use ascend_examples::llm::{kv_cache, smollm2_path, Llm};
+use ascend_examples::model::ModelMemory;
+use ascend_examples::tokenizer::Message;
+use ascend_hal::prelude::*;
+use hal_mock::CpuBackend;
+use paged_kv::RequestId;
+use serde_json::Value;
+
+/// Fewest new tokens every chat must match.
+const MIN_MATCHED: usize = 24;
+
+fn reference() -> Value {
+    let path = std::env::var_os("SMOLLM2_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/smollm2_reference.json")
+        });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading the reference {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the reference is JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+fn model_or_skip() -> Option<PathBuf> {
+    let path = smollm2_path();
+    if path.is_none() {
+        assert!(
+            std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none(),
+            "ASCEND_RS_REQUIRE_MODELS is set but the model is not in the cache; run \
+             scripts/fetch-smollm2.sh"
+        );
+        eprintln!("skipped: no model; run scripts/fetch-smollm2.sh (as .ci/run does)");
+    }
+    path
+}
+
+#[test]
+fn smollm2_generates_what_transformers_generates() {
+    let Some(path) = model_or_skip() else { return };
+    let reference = reference();
+    let chats = reference["chats"].as_array().expect("chats");
+    assert!(chats.len() >= 2);
+
+    let backend = CpuBackend::new();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let memory = ModelMemory::caching(&device).unwrap();
+    let llm = Llm::<CpuBackend>::load(&stream, &path, 512, memory.clone()).unwrap();
+    let tok = &llm.tokenizer;
+    let eos = tok.eos().expect("an end-of-turn token");
+    assert_eq!(tok.token_id("<|im_end|>"), Some(eos));
+
+    // The prompt side: template and tokenizer agree with transformers'.
+    let mut requests = Vec::new();
+    for (c, chat) in chats.iter().enumerate() {
+        let messages: Vec<Message> = chat["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message {
+                role: m["role"].as_str().unwrap().into(),
+                content: m["content"].as_str().unwrap().into(),
+            })
+            .collect();
+        let prompt = tok.chat_prompt(&messages).unwrap();
+        assert_eq!(
+            prompt,
+            chat["prompt"].as_str().unwrap(),
+            "chat {c}: template"
+        );
+        let prompt_ids = tok.encode(&prompt).unwrap();
+        assert_eq!(prompt_ids, ids(&chat["prompt_ids"]), "chat {c}: token ids");
+        assert_eq!(
+            tok.decode(&prompt_ids).unwrap(),
+            prompt,
+            "chat {c}: round trip"
+        );
+        let want = ids(&chat["generated_ids"]);
+        assert!(
+            want.len() >= MIN_MATCHED,
+            "chat {c}: the reference has only {} new tokens",
+            want.len()
+        );
+        requests.push(Request {
+            stop: vec![eos],
+            ..Request::greedy(RequestId(c as u64 + 1), prompt_ids, want.len())
+        });
+    }
+
+    // The generation side, all chats at once through the paged cache.
+    let kv_alloc = std::sync::Arc::clone(&memory.weights);
+    let mut kv = kv_cache(&stream, kv_alloc, llm.config(), 16, 0.9, 256).unwrap();
+    let cfg = EngineConfig {
+        max_batch: 4,
+        max_tokens_per_step: 48, // prompts of 34-47 tokens: chunked prefill
+        preempt_at_step: Some(8),
+        preemption: Preemption::Recompute,
+    };
+    let report = serve(&stream, &llm.model, &mut kv, &requests, cfg, |_| {}).unwrap();
+    assert!(
+        report.prefix_hit_rate > 0.0,
+        "the shared system prompt hits"
+    );
+    assert_eq!(report.recomputes, 1);
+    for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
+        let got = &report.outputs[&r.id];
+        let want = ids(&chat["generated_ids"]);
+        if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            let margin = chat["margins"][at].as_f64().unwrap_or(f64::NAN);
+            panic!(
+                "chat {c}: token {at} is {} here, {} in transformers (its logit margin there: \
+                 {margin:.4}); ours {:?}\n  (transformers: {:?})",
+                got[at],
+                want[at],
+                tok.decode(got).unwrap(),
+                chat["generated_text"].as_str().unwrap()
+            );
+        }
+        assert_eq!(got.len(), want.len(), "chat {c}: length");
+        assert_eq!(
+            tok.decode(got).unwrap(),
+            chat["generated_text"].as_str().unwrap(),
+            "chat {c}: text"
+        );
+    }
+}
