@@ -504,33 +504,119 @@ pub fn copy_blocks<T: KvFloat>(
     crate::reference::copy_blocks(c, key_cache, value_cache, pairs)
 }
 
-/// `out = x · wᵀ`: each output element is one 8-lane dot product, so a row's result does not
-/// depend on which other rows share the batch. Rows run in parallel; a single row splits its
-/// output columns instead.
+/// `out = x · wᵀ` (`w` is `[n, k]`, PyTorch's `Linear` layout).
+///
+/// Every output element is [`simd::dot_tile`]'s single-accumulator dot product, so a row's
+/// result does not depend on which other rows share the batch (a request's tokens come out the
+/// same served alone or in a batch of 8). The columns are split into blocks over the cores; a
+/// block of weight rows (converted to `f32` once, if it is not already) is then used by four
+/// input rows at a time while it is in cache, so a batch of `m` rows reads the weights from
+/// memory once rather than `m` times.
 pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result<()> {
     p.validate::<T>(out.len(), x.len(), w.len())?;
     if p.m == 0 || p.n == 0 {
         return Ok(());
     }
-    let mut xf = vec![0f32; x.len()];
-    T::convert_to_f32(x, &mut xf);
-    let columns = |o: &mut [T], xr: &[f32], first: usize, buf: &mut Vec<f32>| {
-        buf.resize(p.k, 0.0);
-        for (j, o) in o.iter_mut().enumerate() {
-            let row = (first + j) * p.k;
-            T::convert_to_f32(&w[row..row + p.k], buf);
-            *o = T::from_f32(dot(xr, buf));
+    let (m, n, k) = (p.m, p.n, p.k);
+    let mut x_buf = Vec::new();
+    let xf: &[f32] = match T::as_f32(x) {
+        Some(x) => x,
+        None => {
+            x_buf.resize(x.len(), 0.0);
+            T::convert_to_f32(x, &mut x_buf);
+            &x_buf
         }
     };
-    if p.m == 1 {
-        let chunk = p.n.div_ceil(rayon::current_num_threads() * 4).max(1);
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(Vec::new, |buf, (c, o)| columns(o, &xf, c * chunk, buf));
-    } else {
-        out.par_chunks_mut(p.n)
-            .zip(xf.par_chunks(p.k))
-            .for_each_init(Vec::new, |buf, (o, xr)| columns(o, xr, 0, buf));
+    // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each.
+    let threads = rayon::current_num_threads();
+    let by_cache = ((256 << 10) / (4 * k.max(1))).max(8);
+    let block = n.div_ceil(4 * threads).clamp(8, by_cache.max(8)).min(n);
+    let weights = |b: usize, w_buf: &mut Vec<f32>| -> (usize, usize) {
+        let (c0, c1) = (b * block, ((b + 1) * block).min(n));
+        if T::as_f32(w).is_none() {
+            w_buf.resize((c1 - c0) * k, 0.0);
+            T::convert_to_f32(&w[c0 * k..c1 * k], w_buf);
+        }
+        (c0, c1)
+    };
+    if m == 1 {
+        // One row: its output is contiguous, each core writes its own column blocks in place.
+        out.par_chunks_mut(block).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(w_buf, o): &mut (Vec<f32>, Vec<f32>), (b, dst)| {
+                let (c0, c1) = weights(b, w_buf);
+                let wb = T::as_f32(&w[c0 * k..c1 * k]).unwrap_or(w_buf);
+                o.resize(c1 - c0, 0.0);
+                matmul_block(xf, wb, 1, c1 - c0, k, o);
+                for (d, v) in dst.iter_mut().zip(o.iter()) {
+                    *d = T::from_f32(*v);
+                }
+            },
+        );
+        return Ok(());
+    }
+    let results: Vec<Vec<f32>> = (0..n.div_ceil(block))
+        .into_par_iter()
+        .map_init(Vec::new, |w_buf: &mut Vec<f32>, b| {
+            let (c0, c1) = weights(b, w_buf);
+            let wb = T::as_f32(&w[c0 * k..c1 * k]).unwrap_or(w_buf);
+            let mut o = vec![0f32; m * (c1 - c0)];
+            matmul_block(xf, wb, m, c1 - c0, k, &mut o);
+            o
+        })
+        .collect();
+    for (b, o) in results.iter().enumerate() {
+        let (c0, width) = (b * block, o.len() / m);
+        for r in 0..m {
+            for (dst, v) in out[r * n + c0..r * n + c0 + width]
+                .iter_mut()
+                .zip(&o[r * width..(r + 1) * width])
+            {
+                *dst = T::from_f32(*v);
+            }
+        }
     }
     Ok(())
+}
+
+/// `o[r * cols + c] = x_r · w_c` for `m` rows of `x` and `cols` rows of `w`, in register tiles.
+fn matmul_block(x: &[f32], w: &[f32], m: usize, cols: usize, k: usize, o: &mut [f32]) {
+    let xr = |r: usize| &x[r * k..(r + 1) * k];
+    let wr = |c: usize| &w[c * k..(c + 1) * k];
+    let mut r = 0;
+    while r + 4 <= m {
+        let xs = [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)];
+        let mut c = 0;
+        while c + 2 <= cols {
+            let mut t = [[0f32; 2]; 4];
+            simd::dot_tile(&xs, &[wr(c), wr(c + 1)], k, &mut t);
+            for (i, row) in t.iter().enumerate() {
+                o[(r + i) * cols + c..][..2].copy_from_slice(row);
+            }
+            c += 2;
+        }
+        if c < cols {
+            let mut t = [[0f32; 1]; 4];
+            simd::dot_tile(&xs, &[wr(c)], k, &mut t);
+            for (i, row) in t.iter().enumerate() {
+                o[(r + i) * cols + c] = row[0];
+            }
+        }
+        r += 4;
+    }
+    for r in r..m {
+        let xs = [xr(r)];
+        let mut c = 0;
+        while c + 4 <= cols {
+            let mut t = [[0f32; 4]; 1];
+            simd::dot_tile(&xs, &[wr(c), wr(c + 1), wr(c + 2), wr(c + 3)], k, &mut t);
+            o[r * cols + c..][..4].copy_from_slice(&t[0]);
+            c += 4;
+        }
+        for c in c..cols {
+            let mut t = [[0f32; 1]; 1];
+            simd::dot_tile(&xs, &[wr(c)], k, &mut t);
+            o[r * cols + c] = t[0][0];
+        }
+    }
 }

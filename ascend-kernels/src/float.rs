@@ -12,6 +12,11 @@ pub trait KvFloat: Element + Copy + PartialEq {
     fn from_f32(v: f32) -> Self;
     /// Converts a slice to `f32` (vectorised where the CPU allows).
     fn convert_to_f32(src: &[Self], dst: &mut [f32]);
+    /// The slice itself when it already holds `f32` (no conversion needed), else `None`.
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        let _ = src;
+        None
+    }
 }
 
 impl KvFloat for f32 {
@@ -23,6 +28,9 @@ impl KvFloat for f32 {
     }
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        Some(src)
     }
 }
 

@@ -58,6 +58,37 @@ pub fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// `out[r][c] = x[r] · w[c]` over the first `k` elements, each element with one 8-lane
+/// accumulator over `k` in steps of 8, the lanes summed in a fixed order, then the `k % 8` tail
+/// added in order. Every element gets exactly this arithmetic whatever the tile's shape, so a
+/// matmul built from tiles gives a row the same result whichever rows share its batch.
+///
+/// # Panics
+/// If a row of `x` or `w` is shorter than `k` (a caller bug, as with slice indexing).
+#[inline]
+pub fn dot_tile<const R: usize, const C: usize>(
+    x: &[&[f32]; R],
+    w: &[&[f32]; C],
+    k: usize,
+    out: &mut [[f32; C]; R],
+) {
+    assert!(
+        x.iter().chain(w.iter()).all(|row| row.len() >= k),
+        "dot_tile: a row is shorter than k"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above; every row holds `k`
+        // floats, checked just before.
+        return unsafe { x86::dot_tile(x, w, k, out) };
+    }
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = portable::dot_one_lane_set(&x[r][..k], &w[c][..k]);
+        }
+    }
+}
+
 /// `x = exp(x)` for every element: relative error within a few units in the last place; inputs
 /// below -87.34 (results under the smallest normal float, and `-inf`) give 0, above 88.37 give
 /// `inf`, NaN stays NaN. (The portable fallback is `f32::exp`.)
@@ -88,6 +119,30 @@ pub(crate) mod portable {
             }
         }
         let mut sum: f32 = acc.iter().sum();
+        for (x, y) in ra.iter().zip(rb) {
+            sum += x * y;
+        }
+        sum
+    }
+
+    /// [`super::dot_tile`]'s arithmetic for one element: one set of 8 lanes, summed as the
+    /// AVX2 version sums them, then the tail.
+    pub fn dot_one_lane_set(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let h = [
+            acc[0] + acc[4],
+            acc[1] + acc[5],
+            acc[2] + acc[6],
+            acc[3] + acc[7],
+        ];
+        let mut sum = (h[0] + h[2]) + (h[1] + h[3]);
         for (x, y) in ra.iter().zip(rb) {
             sum += x * y;
         }
@@ -185,6 +240,47 @@ mod x86 {
         for o in i..out.len() {
             // SAFETY: the CPU supports AVX2 and FMA (this function's contract).
             out[o] = unsafe { dot(q, &rows[o * stride..][..n]) };
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; every row of `x` and `w` holds at least `k` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_tile<const R: usize, const C: usize>(
+        x: &[&[f32]; R],
+        w: &[&[f32]; C],
+        k: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        let whole = k / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut wv = [_mm256_setzero_ps(); C];
+        let mut j = 0;
+        while j < whole {
+            for c in 0..C {
+                // SAFETY: `j + 8 <= whole <= k <= w[c].len()` (the contract).
+                wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(j)) };
+            }
+            for r in 0..R {
+                // SAFETY: `j + 8 <= whole <= k <= x[r].len()` (the contract).
+                let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(j)) };
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+            j += 8;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let v = acc[r][c];
+                let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                let mut total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+                for t in whole..k {
+                    total += x[r][t] * w[c][t];
+                }
+                out[r][c] = total;
+            }
         }
     }
 
@@ -301,6 +397,52 @@ mod tests {
                 assert!(
                     (g - want).abs() <= 1e-4,
                     "dots hs {hs} n {n} row {i}: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_give_every_element_the_same_bits_whatever_the_shape() {
+        for k in [0usize, 1, 7, 8, 9, 64, 100, 576] {
+            let xs: Vec<Vec<f32>> = (0..4).map(|r| data(k, r as f32 * 1.7)).collect();
+            let ws: Vec<Vec<f32>> = (0..8).map(|c| data(k, 10.0 + c as f32)).collect();
+            let mut one = [[0f32; 1]; 1];
+            let mut tile = [[0f32; 2]; 4];
+            dot_tile(
+                &[&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]],
+                &[&ws[0][..], &ws[1][..]],
+                k,
+                &mut tile,
+            );
+            let mut wide = [[0f32; 8]; 1];
+            let w8: [&[f32]; 8] = std::array::from_fn(|c| &ws[c][..]);
+            dot_tile(&[&xs[2][..]], &w8, k, &mut wide);
+            for r in 0..4 {
+                for c in 0..2 {
+                    dot_tile(&[&xs[r][..]], &[&ws[c][..]], k, &mut one);
+                    assert_eq!(
+                        tile[r][c].to_bits(),
+                        one[0][0].to_bits(),
+                        "k {k} ({r}, {c})"
+                    );
+                    let exact: f64 = xs[r]
+                        .iter()
+                        .zip(&ws[c])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    assert!(
+                        (one[0][0] as f64 - exact).abs() <= 1e-5 * (1.0 + k as f64),
+                        "k {k}"
+                    );
+                }
+            }
+            for c in 0..8 {
+                dot_tile(&[&xs[2][..]], &[&ws[c][..]], k, &mut one);
+                assert_eq!(
+                    wide[0][c].to_bits(),
+                    one[0][0].to_bits(),
+                    "k {k} column {c}"
                 );
             }
         }

@@ -1,0 +1,63 @@
+//! The CPU GEMM at SmolLM2-135M's shapes (`f32` weights `[n, k]`): one row (a batch-1 decode
+//! step, bound by reading the weights) against a plain memory copy of the weight bytes, and 8
+//! rows (a batch-8 decode step) against one row, measured in one run. The first ratio says how
+//! close a decode step's GEMMs come to memory bandwidth; the second how much a batch costs over
+//! one row (8.0 would mean no reuse of the weights at all).
+
+use std::time::Duration;
+
+use ascend_benches::Rng;
+use ascend_kernels::{cpu, Matmul};
+use criterion::{BenchmarkId, Criterion, Throughput};
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(10)
+        .configure_from_args();
+    let mut rows = Vec::new();
+    let mut groups = Vec::new();
+    // gate+up, down, and the tied output projection of SmolLM2-135M.
+    for (name, n, k) in [
+        ("gate_up", 3072usize, 576usize),
+        ("down", 576, 1536),
+        ("lm_head", 49152, 576),
+    ] {
+        let mut rng = Rng(0x6e6d + n as u64);
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let x: Vec<f32> = (0..8 * k)
+            .map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut out = vec![0f32; 8 * n];
+        let bytes = n * k * 4;
+        let src = vec![1u8; bytes];
+        let mut dst = vec![0u8; bytes];
+        let group = format!("{name}_{n}x{k}");
+        let mut g = c.benchmark_group(&group);
+        g.throughput(Throughput::Bytes(bytes as u64));
+        for m in [1usize, 8] {
+            let p = Matmul { m, n, k };
+            g.bench_function(BenchmarkId::from_parameter(format!("m{m}")), |b| {
+                b.iter(|| cpu::matmul(&p, &mut out[..m * n], &x[..m * k], &w).expect("matmul"))
+            });
+        }
+        g.bench_function(BenchmarkId::from_parameter("memcpy"), |b| {
+            b.iter(|| {
+                dst.copy_from_slice(std::hint::black_box(&src));
+                std::hint::black_box(&mut dst);
+            })
+        });
+        g.finish();
+        assert!(out.iter().all(|v| v.is_finite()));
+        groups.push(group);
+    }
+    c.final_summary();
+    for g in &groups {
+        rows.push((g.as_str(), "m1", "memcpy"));
+        rows.push((g.as_str(), "m8", "m1"));
+    }
+    ascend_benches::print_ratios("CPU GEMM (time ratios)", &rows);
+}

@@ -1,0 +1,161 @@
+//! Serving speed of a GGUF model through the engine on the default backend, measured as
+//! `scripts/hf_reference.py speed` measures Hugging Face transformers (`scripts/smollm2-speed.sh`
+//! runs both in one run and prints the ratios): prefill tokens/s of one 128-token prompt in one
+//! step, and decode tokens/s at batch 1 and at batch 8 (128-token prompts, 32 timed decode steps
+//! after an untimed one). Prints one JSON line.
+//!
+//! ```text
+//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32]
+//! ```
+
+use std::process::ExitCode;
+
+use ascend_examples::engine::{
+    serve_observed, EngineConfig, Observer, Preemption, Request, StepStats,
+};
+use ascend_examples::llm::{kv_cache, smollm2_path, BoxError, Llm};
+use ascend_examples::model::ModelMemory;
+use ascend_hal::prelude::*;
+use ascend_hal::Discovered;
+use ascend_kernels::KernelOps;
+use paged_kv::RequestId;
+
+#[derive(Default)]
+struct Steps(Vec<StepStats>);
+
+impl Observer for Steps {
+    fn step(&mut self, s: &StepStats) {
+        self.0.push(*s);
+    }
+}
+
+fn measure<B: KernelOps>(
+    backend: B,
+    path: &std::path::Path,
+    prompt_len: usize,
+    decode_steps: usize,
+) -> Result<String, BoxError> {
+    if let Err(reason) = B::kernels_available() {
+        return Err(format!(
+            "the {} backend cannot run the kernels: {reason}",
+            backend.name()
+        )
+        .into());
+    }
+    let device = backend.device(0)?;
+    let stream = device.new_stream()?;
+    let memory = ModelMemory::caching(&device)?;
+    let max_len = prompt_len + decode_steps + 8;
+    let llm = Llm::<B>::load(&stream, path, max_len, memory.clone())?;
+    let cfg = *llm.config();
+    let mut seed = 0x5eed_u64;
+    let mut prompt = || -> Vec<u32> {
+        (0..prompt_len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                100 + (seed % (cfg.vocab as u64 - 100)) as u32
+            })
+            .collect()
+    };
+    let engine = EngineConfig {
+        max_batch: 8,
+        max_tokens_per_step: 8 * prompt_len,
+        preempt_at_step: None,
+        preemption: Preemption::Recompute,
+    };
+    let mut run = |batch: usize| -> Result<Vec<StepStats>, BoxError> {
+        // A fresh cache each time: random prompts share nothing, and no run helps the next.
+        let mut kv = kv_cache(
+            &stream,
+            std::sync::Arc::clone(&memory.weights),
+            &cfg,
+            16,
+            0.9,
+            4096,
+        )?;
+        let requests: Vec<Request> = (0..batch)
+            .map(|i| Request::greedy(RequestId(i as u64 + 1), prompt(), decode_steps + 2))
+            .collect();
+        let mut steps = Steps::default();
+        serve_observed(&stream, &llm.model, &mut kv, &requests, engine, &mut steps)?;
+        Ok(steps.0)
+    };
+    run(1)?; // warm-up: first touches of the weights and the allocator's pools
+    let one = run(1)?;
+    let prefill = &one[0];
+    let decode_rate = |steps: &[StepStats], batch: usize| -> f64 {
+        let timed: Vec<&StepStats> = steps
+            .iter()
+            .filter(|s| s.prefill == 0 && s.batch == batch)
+            .skip(1)
+            .take(decode_steps)
+            .collect();
+        let secs: f64 = timed.iter().map(|s| s.seconds).sum();
+        timed.iter().map(|s| s.sampled).sum::<usize>() as f64 / secs
+    };
+    let b1 = decode_rate(&one, 1);
+    let eight = run(8)?;
+    let b8 = decode_rate(&eight, 8);
+    Ok(format!(
+        "{{\"backend\": \"{}\", \"threads\": {}, \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}}}",
+        backend.name(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        prefill.tokens as f64 / prefill.seconds,
+    ))
+}
+
+fn main() -> ExitCode {
+    let mut path = smollm2_path();
+    let (mut prompt_len, mut decode_steps) = (128usize, 32usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let value = args.next();
+        let num = |v: Option<String>| {
+            v.and_then(|v| v.parse::<usize>().ok())
+                .filter(|&n| n > 0 && n <= 4096)
+        };
+        match (a.as_str(), value) {
+            ("--model", Some(v)) => path = Some(v.into()),
+            ("--prompt-len", v) => match num(v) {
+                Some(n) => prompt_len = n,
+                None => return usage("--prompt-len takes a whole number from 1 to 4096"),
+            },
+            ("--decode-steps", v) => match num(v) {
+                Some(n) => decode_steps = n,
+                None => return usage("--decode-steps takes a whole number from 1 to 4096"),
+            },
+            (other, _) => return usage(&format!("unknown option {other}")),
+        }
+    }
+    let Some(path) = path else {
+        return usage(
+            "no --model, and SmolLM2 is not in the model cache (scripts/fetch-smollm2.sh)",
+        );
+    };
+    let result = hal_mock::discover()
+        .map_err(BoxError::from)
+        .and_then(|d| match d.backend {
+            Discovered::Acl(b) => measure(b, &path, prompt_len, decode_steps),
+            Discovered::Fallback(b) => measure(b, &path, prompt_len, decode_steps),
+            _ => Err("a backend this example does not know".into()),
+        });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(e: &str) -> ExitCode {
+    eprintln!(
+        "error: {e}\nusage: smollm2_speed [--model PATH] [--prompt-len N] [--decode-steps N]"
+    );
+    ExitCode::from(2)
+}
