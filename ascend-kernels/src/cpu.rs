@@ -26,7 +26,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     crate::simd::dot(a, b)
 }
 
-use crate::simd::{self, scale_add};
+use crate::simd;
 
 /// Writes each token's K and V rows at its slot (a negative slot skips the token; out-of-range
 /// slots are an error and nothing is written).
@@ -96,10 +96,20 @@ impl RowLocator for Contiguous {
     }
 }
 
+/// Most context positions attention converts and scores at a time (a run also ends at a
+/// block's end).
+const RUN: usize = 16;
+
 /// Per-thread scratch for one (query group, KV head) task.
 struct Scratch {
     q: Vec<f32>,
     kv: Vec<f32>,
+    /// The run's token rows: where each starts in the cache.
+    offs: Vec<usize>,
+    /// Where each starts in `kv`, when converted there.
+    copied: Vec<usize>,
+    /// Each query row's rescale of its accumulator for the current run.
+    carry: Vec<f32>,
     scores: Vec<f32>,
     acc: Vec<f32>,
     max: Vec<f32>,
@@ -122,7 +132,6 @@ fn attend_group<T: KvFloat, L: RowLocator>(
     range: std::ops::Range<usize>,
     hs: usize,
     scale: f32,
-    run_cap: usize,
     s: &mut Scratch,
 ) {
     let nh = heads.len();
@@ -138,57 +147,55 @@ fn attend_group<T: KvFloat, L: RowLocator>(
     s.max.resize(rows, f32::NEG_INFINITY);
     s.sum.clear();
     s.sum.resize(rows, 0.0);
+    s.carry.clear();
+    s.carry.resize(rows, 1.0);
     let mut start = range.start;
     while start < range.end {
-        let end = loc
-            .run_end(start, range.end)
-            .min(start.saturating_add(run_cap));
+        // Runs end at block ends and at multiples of RUN positions, so the converted rows stay
+        // in cache, and the decode and prefill kernels split a context the same way (the same
+        // arithmetic, so the same bits, for the same query).
+        let end = loc.run_end(start, range.end).min((start / RUN + 1) * RUN);
         let n = end - start;
-        // Scores of every query row against this run's keys (kv laid out [n][nh][hs]).
-        s.kv.resize(n * width, 0.0);
-        for (i, pos) in (start..end).enumerate() {
-            let at = loc.offset(pos, heads.start);
-            T::convert_to_f32(
-                &key_cache[at..at + width],
-                &mut s.kv[i * width..(i + 1) * width],
-            );
-        }
+        s.offs.clear();
+        s.offs
+            .extend((start..end).map(|pos| loc.offset(pos, heads.start)));
+        // Scores of every query row against this run's keys, read in place when the cache is
+        // f32 or f16, else through a converted copy.
         s.scores.resize(rows * n, 0.0);
-        for r in 0..rows {
-            let h = r / group;
-            let qr = &s.q[r * hs..(r + 1) * hs];
-            simd::dots(
-                qr,
-                &s.kv[h * hs..],
-                width,
-                &mut s.scores[r * n..(r + 1) * n],
-            );
+        if let Some(k) = T::as_f32(key_cache) {
+            run_scores(&s.q, k, &s.offs, nh, group, hs, n, &mut s.scores);
+        } else if let Some(k) = T::as_f16_bits(key_cache) {
+            run_scores(&s.q, k, &s.offs, nh, group, hs, n, &mut s.scores);
+        } else {
+            copy_rows(key_cache, &s.offs, width, &mut s.kv, &mut s.copied);
+            run_scores(&s.q, &s.kv, &s.copied, nh, group, hs, n, &mut s.scores);
         }
-        // Values, folded into the running softmax.
-        for (i, pos) in (start..end).enumerate() {
-            let at = loc.offset(pos, heads.start);
-            T::convert_to_f32(
-                &value_cache[at..at + width],
-                &mut s.kv[i * width..(i + 1) * width],
-            );
-        }
+        // Softmax weights of the run, then the values folded into each row's accumulator.
         for r in 0..rows {
-            let h = r / group;
             let row = &mut s.scores[r * n..(r + 1) * n];
             let run_max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let new_max = s.max[r].max(run_max);
-            let rescale = (s.max[r] - new_max).exp();
-            // The run's weights, exp(score - new max), all at once.
+            // exp(0) is exactly 1: skipping the call when the maximum holds changes no bit.
+            let rescale = if new_max == s.max[r] {
+                1.0
+            } else {
+                (s.max[r] - new_max).exp()
+            };
             row.iter_mut().for_each(|x| *x -= new_max);
             simd::exp_in_place(row);
             s.sum[r] = s.sum[r] * rescale + row.iter().sum::<f32>();
-            let acc = &mut s.acc[r * hs..(r + 1) * hs];
-            for (i, &w) in row.iter().enumerate() {
-                let carried = if i == 0 { rescale } else { 1.0 };
-                let v = i * width + h * hs;
-                scale_add(acc, carried, w, &s.kv[v..v + hs]);
-            }
             s.max[r] = new_max;
+            s.carry[r] = rescale;
+        }
+        if let Some(v) = T::as_f32(value_cache) {
+            run_values(&mut s.acc, &s.carry, &s.scores, v, &s.offs, nh, group, hs);
+        } else if let Some(v) = T::as_f16_bits(value_cache) {
+            run_values(&mut s.acc, &s.carry, &s.scores, v, &s.offs, nh, group, hs);
+        } else {
+            copy_rows(value_cache, &s.offs, width, &mut s.kv, &mut s.copied);
+            run_values(
+                &mut s.acc, &s.carry, &s.scores, &s.kv, &s.copied, nh, group, hs,
+            );
         }
         start = end;
     }
@@ -199,6 +206,116 @@ fn attend_group<T: KvFloat, L: RowLocator>(
             .zip(&s.acc[r * hs..(r + 1) * hs])
         {
             *o = T::from_f32(a * inv);
+        }
+    }
+}
+
+/// Converts the rows at `offs` (`width` elements each) into `kv`, laid out `[n][width]`, and
+/// sets `copied` to their offsets there.
+fn copy_rows<T: KvFloat>(
+    cache: &[T],
+    offs: &[usize],
+    width: usize,
+    kv: &mut Vec<f32>,
+    copied: &mut Vec<usize>,
+) {
+    kv.resize(offs.len() * width, 0.0);
+    copied.clear();
+    for (i, &at) in offs.iter().enumerate() {
+        T::convert_to_f32(&cache[at..at + width], &mut kv[i * width..(i + 1) * width]);
+        copied.push(i * width);
+    }
+}
+
+/// Scores of the `nh * group` query rows (row `r` belongs to KV head `r / group`) against the
+/// run's keys (token `j`'s heads start at `keys[offs[j]]`): `scores[r * n + j]`, in register
+/// tiles of up to four rows by two keys (each key loaded once for the rows of its head).
+#[allow(clippy::too_many_arguments)]
+fn run_scores<E: simd::TileElement>(
+    q: &[f32],
+    keys: &[E],
+    offs: &[usize],
+    nh: usize,
+    group: usize,
+    hs: usize,
+    n: usize,
+    scores: &mut [f32],
+) {
+    for h in 0..nh {
+        let mut r = h * group;
+        while r < (h + 1) * group {
+            let count = ((h + 1) * group - r).min(4);
+            match count {
+                4 => score_rows::<E, 4>(q, keys, offs, r, h, hs, n, scores),
+                3 => score_rows::<E, 3>(q, keys, offs, r, h, hs, n, scores),
+                2 => score_rows::<E, 2>(q, keys, offs, r, h, hs, n, scores),
+                _ => score_rows::<E, 1>(q, keys, offs, r, h, hs, n, scores),
+            }
+            r += count;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_rows<E: simd::TileElement, const R: usize>(
+    q: &[f32],
+    keys: &[E],
+    offs: &[usize],
+    first: usize,
+    h: usize,
+    hs: usize,
+    n: usize,
+    scores: &mut [f32],
+) {
+    let qs: [&[f32]; R] = std::array::from_fn(|i| &q[(first + i) * hs..][..hs]);
+    let key = |j: usize| &keys[offs[j] + h * hs..][..hs];
+    let mut j = 0;
+    while j + 2 <= n {
+        let mut t = [[0f32; 2]; R];
+        simd::dot_tile(&qs, &[key(j), key(j + 1)], hs, &mut t);
+        for (i, row) in t.iter().enumerate() {
+            scores[(first + i) * n + j..][..2].copy_from_slice(row);
+        }
+        j += 2;
+    }
+    if j < n {
+        let mut t = [[0f32; 1]; R];
+        simd::dot_tile(&qs, &[key(j)], hs, &mut t);
+        for (i, row) in t.iter().enumerate() {
+            scores[(first + i) * n + j] = row[0];
+        }
+    }
+}
+
+/// `acc[r] = acc[r] * carry[r] + Σ_j weights[r * n + j] * v_j` for every query row, the rows of
+/// one KV head four at a time (each value row read once for them).
+#[allow(clippy::too_many_arguments)]
+fn run_values<E: simd::TileElement>(
+    acc: &mut [f32],
+    carry: &[f32],
+    weights: &[f32],
+    values: &[E],
+    offs: &[usize],
+    nh: usize,
+    group: usize,
+    hs: usize,
+) {
+    let n = offs.len();
+    for h in 0..nh {
+        let mut r = h * group;
+        while r < (h + 1) * group {
+            let count = ((h + 1) * group - r).min(4);
+            let a = &mut acc[r * hs..(r + count) * hs];
+            let w = &weights[r * n..(r + count) * n];
+            let v = &values[h * hs..];
+            let c = &carry[r..r + count];
+            match count {
+                4 => simd::weighted_rows::<E, 4>(a, &[c[0], c[1], c[2], c[3]], w, v, offs, hs),
+                3 => simd::weighted_rows::<E, 3>(a, &[c[0], c[1], c[2]], w, v, offs, hs),
+                2 => simd::weighted_rows::<E, 2>(a, &[c[0], c[1]], w, v, offs, hs),
+                _ => simd::weighted_rows::<E, 1>(a, &[c[0]], w, v, offs, hs),
+            }
+            r += count;
         }
     }
 }
@@ -217,6 +334,9 @@ fn scratch() -> Scratch {
     Scratch {
         q: Vec::new(),
         kv: Vec::new(),
+        offs: Vec::new(),
+        copied: Vec::new(),
+        carry: Vec::new(),
         scores: Vec::new(),
         acc: Vec::new(),
         max: Vec::new(),
@@ -285,7 +405,6 @@ pub fn paged_attention<T: KvFloat>(
                 first..len,
                 hs,
                 p.scale,
-                usize::MAX,
                 s,
             );
         });
@@ -333,7 +452,7 @@ pub fn contiguous_attention<T: KvFloat>(
                 head_size: hs,
             };
             // Runs as long as a 128-token block, so both kernels do the same work per run.
-            attend_group(o, q, keys, values, &loc, heads, 0..len, hs, p.scale, 128, s);
+            attend_group(o, q, keys, values, &loc, heads, 0..len, hs, p.scale, s);
         });
     Ok(())
 }
@@ -398,7 +517,6 @@ pub fn paged_prefill_attention<T: KvFloat>(
                 first..pos + 1,
                 hs,
                 p.scale,
-                usize::MAX,
                 s,
             );
         });

@@ -1,7 +1,7 @@
 //! The floating-point element types of activations and caches.
 
 use ascend_hal::{DType, Element};
-use half::slice::HalfFloatSliceExt;
+use half::slice::HalfFloatSliceExt as _;
 use half::{bf16, f16};
 
 /// `f32`, `f16` or `bf16`: what activations and KV caches hold. Kernels accumulate in `f32`.
@@ -14,6 +14,12 @@ pub trait KvFloat: Element + Copy + PartialEq {
     fn convert_to_f32(src: &[Self], dst: &mut [f32]);
     /// The slice itself when it already holds `f32` (no conversion needed), else `None`.
     fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        let _ = src;
+        None
+    }
+    /// The slice's `f16` bits when it holds `f16` (read by the kernels without a converted
+    /// copy), else `None`.
+    fn as_f16_bits(src: &[Self]) -> Option<&[u16]> {
         let _ = src;
         None
     }
@@ -42,7 +48,10 @@ impl KvFloat for f16 {
         f16::from_f32(v)
     }
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        crate::simd::f16_to_f32(src.reinterpret_cast(), dst);
+    }
+    fn as_f16_bits(src: &[Self]) -> Option<&[u16]> {
+        Some(src.reinterpret_cast())
     }
 }
 
@@ -54,7 +63,7 @@ impl KvFloat for bf16 {
         bf16::from_f32(v)
     }
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        crate::simd::bf16_to_f32(src.reinterpret_cast(), dst);
     }
 }
 

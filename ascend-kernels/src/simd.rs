@@ -12,6 +12,43 @@ fn avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
+/// Whether the CPU converts half floats in hardware (F16C), with AVX2 for the rest.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn f16c() -> bool {
+    avx2_fma() && std::is_x86_feature_detected!("f16c")
+}
+
+/// `dst[i] = f16 bits src[i]` as `f32` (exact), over the shorter of the two slices: 8 at a time
+/// with F16C's `vcvtph2ps` where the CPU has it. (`half`'s slice conversion does the same
+/// through a call per 8 values, which costs more than the conversion in attention's inner
+/// loop.)
+#[inline]
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above.
+        return unsafe { x86::f16_to_f32(src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(*s).to_f32();
+    }
+}
+
+/// `dst[i] = bf16 bits src[i]` as `f32` (exact: the bits shifted into the high half), over the
+/// shorter of the two slices, 8 at a time with AVX2 where the CPU has it.
+#[inline]
+pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (and FMA), checked just above.
+        return unsafe { x86::bf16_to_f32(src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((*s as u32) << 16);
+    }
+}
+
 /// `sum(a[i] * b[i])` over the shorter of the two slices.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -23,68 +60,106 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     portable::dot(a, b)
 }
 
-/// `acc[i] = acc[i] * scale + w * v[i]` over the shorter of the two slices.
-#[inline]
-pub fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { x86::scale_add(acc, scale, w, v) };
-    }
-    portable::scale_add(acc, scale, w, v)
+/// An element type a tile reads its second operand in: `f32` as it is, or `f16` bits converted
+/// in registers (so attention reads an f16 cache without a converted copy).
+pub trait TileElement: sealed::Sealed + Copy + Sync {
+    /// As `f32`.
+    fn widen(self) -> f32;
 }
 
-/// `out[i] = dot(q, rows[i * stride..][..q.len()])` for every `i < out.len()`: one query row
-/// against a run of key rows, sharing each load of the query.
-///
-/// # Panics
-/// If `rows` is shorter than the last row needs (a caller bug, as with slice indexing).
-#[inline]
-pub fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    if let Some(last) = out.len().checked_sub(1) {
-        assert!(
-            rows.len() >= last * stride + q.len(),
-            "dots: rows too short"
-        );
+mod sealed {
+    /// Only `f32` and `u16` (f16 bits) are tile elements: the AVX2 loads rely on it.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for u16 {}
+}
+
+impl TileElement for f32 {
+    #[inline]
+    fn widen(self) -> f32 {
+        self
     }
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above; the row bounds were
-        // checked just before.
-        return unsafe { x86::dots(q, rows, stride, out) };
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = portable::dot(q, &rows[i * stride..][..q.len()]);
+}
+
+/// `f16` bits.
+impl TileElement for u16 {
+    #[inline]
+    fn widen(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
     }
 }
 
 /// `out[r][c] = x[r] · w[c]` over the first `k` elements, each element with one 8-lane
 /// accumulator over `k` in steps of 8, the lanes summed in a fixed order, then the `k % 8` tail
-/// added in order. Every element gets exactly this arithmetic whatever the tile's shape, so a
-/// matmul built from tiles gives a row the same result whichever rows share its batch.
+/// added in order. Every element gets exactly this arithmetic whatever the tile's shape and
+/// whether `w` is `f32` or `f16` bits (the conversion is exact), so a matmul built from tiles
+/// gives a row the same result whichever rows share its batch.
 ///
 /// # Panics
 /// If a row of `x` or `w` is shorter than `k` (a caller bug, as with slice indexing).
 #[inline]
-pub fn dot_tile<const R: usize, const C: usize>(
+pub fn dot_tile<E: TileElement, const R: usize, const C: usize>(
     x: &[&[f32]; R],
-    w: &[&[f32]; C],
+    w: &[&[E]; C],
     k: usize,
     out: &mut [[f32; C]; R],
 ) {
     assert!(
-        x.iter().chain(w.iter()).all(|row| row.len() >= k),
+        x.iter().all(|row| row.len() >= k) && w.iter().all(|row| row.len() >= k),
         "dot_tile: a row is shorter than k"
     );
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above; every row holds `k`
-        // floats, checked just before.
+    if f16c() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; every row holds `k`
+        // elements, checked just before.
         return unsafe { x86::dot_tile(x, w, k, out) };
     }
     for r in 0..R {
         for c in 0..C {
             out[r][c] = portable::dot_one_lane_set(&x[r][..k], &w[c][..k]);
+        }
+    }
+}
+
+/// For `r < R`, `j < hs`: `acc[r*hs + j] = acc[r*hs + j] * carry[r] + Σ_i w[r*n + i] *
+/// v[offs[i] + j]` with `n = offs.len()`, the terms added in order of `i` (fused where the CPU
+/// has FMA): the value side of attention for the query rows of one KV head, each value row
+/// (`f32`, or `f16` bits converted in registers) read once for all of them. A row's result does
+/// not depend on `R`.
+///
+/// # Panics
+/// If a slice is shorter than the shapes need (a caller bug, as with slice indexing).
+#[inline]
+pub fn weighted_rows<E: TileElement, const R: usize>(
+    acc: &mut [f32],
+    carry: &[f32; R],
+    w: &[f32],
+    v: &[E],
+    offs: &[usize],
+    hs: usize,
+) {
+    let n = offs.len();
+    assert!(
+        acc.len() >= R * hs
+            && w.len() >= R * n
+            && offs
+                .iter()
+                .all(|&o| o.checked_add(hs).is_some_and(|e| e <= v.len())),
+        "weighted_rows: a slice is too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; the lengths and
+        // offsets were checked just before.
+        return unsafe { x86::weighted_rows(acc, carry, w, v, offs, hs) };
+    }
+    for r in 0..R {
+        for j in 0..hs {
+            let mut a = acc[r * hs + j] * carry[r];
+            for (i, &o) in offs.iter().enumerate() {
+                a += w[r * n + i] * v[o + j].widen();
+            }
+            acc[r * hs + j] = a;
         }
     }
 }
@@ -127,13 +202,13 @@ pub(crate) mod portable {
 
     /// [`super::dot_tile`]'s arithmetic for one element: one set of 8 lanes, summed as the
     /// AVX2 version sums them, then the tail.
-    pub fn dot_one_lane_set(a: &[f32], b: &[f32]) -> f32 {
+    pub fn dot_one_lane_set<E: super::TileElement>(a: &[f32], b: &[E]) -> f32 {
         let mut acc = [0f32; LANES];
         let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
         let (ra, rb) = (ca.remainder(), cb.remainder());
         for (x, y) in ca.zip(cb) {
             for l in 0..LANES {
-                acc[l] += x[l] * y[l];
+                acc[l] += x[l] * y[l].widen();
             }
         }
         let h = [
@@ -144,21 +219,58 @@ pub(crate) mod portable {
         ];
         let mut sum = (h[0] + h[2]) + (h[1] + h[3]);
         for (x, y) in ra.iter().zip(rb) {
-            sum += x * y;
+            sum += x * y.widen();
         }
         sum
-    }
-
-    pub fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
-        for (a, x) in acc.iter_mut().zip(v) {
-            *a = *a * scale + w * x;
-        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n`: 16 bytes read from `src` and 8 floats written to `dst` lie
+            // inside them (`dst` borrowed mutably for the call).
+            unsafe {
+                let h = _mm_loadu_si128(ps.add(i) as *const __m128i);
+                _mm256_storeu_ps(pd.add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = half::f16::from_bits(src[j]).to_f32();
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n`: 16 bytes read from `src` and 8 floats written to `dst` lie
+            // inside them (`dst` borrowed mutably for the call).
+            unsafe {
+                let h = _mm_loadu_si128(ps.add(i) as *const __m128i);
+                let wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+                _mm256_storeu_ps(pd.add(i), _mm256_castsi256_ps(wide));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = f32::from_bits((src[j] as u32) << 16);
+        }
+    }
 
     /// # Safety
     /// The CPU supports AVX2 and FMA.
@@ -201,54 +313,12 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `rows` holds `(out.len() - 1) * stride + q.len()` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dots(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-        let n = q.len();
-        let whole = n / 8 * 8;
-        let (pq, pr) = (q.as_ptr(), rows.as_ptr());
-        let mut i = 0;
-        // Four rows at a time, each query chunk loaded once for the four.
-        while i + 4 <= out.len() {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut j = 0;
-            while j < whole {
-                // SAFETY: `j + 8 <= whole <= q.len()`, and row `i + k` (k < 4, i + k < out.len())
-                // has `q.len()` floats from `(i + k) * stride`, inside `rows` by the contract.
-                unsafe {
-                    let x = _mm256_loadu_ps(pq.add(j));
-                    for (k, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(pr.add((i + k) * stride + j)), *a);
-                    }
-                }
-                j += 8;
-            }
-            // Horizontal sums of the four accumulators at once.
-            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
-            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
-            let s = _mm256_hadd_ps(s01, s23);
-            let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let mut four = [0f32; 4];
-            // SAFETY: `four` holds 4 floats.
-            unsafe { _mm_storeu_ps(four.as_mut_ptr(), r) };
-            for k in 0..4 {
-                let row = &rows[(i + k) * stride..][..n];
-                out[i + k] = four[k] + (whole..n).map(|t| q[t] * row[t]).sum::<f32>();
-            }
-            i += 4;
-        }
-        for o in i..out.len() {
-            // SAFETY: the CPU supports AVX2 and FMA (this function's contract).
-            out[o] = unsafe { dot(q, &rows[o * stride..][..n]) };
-        }
-    }
-
-    /// # Safety
-    /// The CPU supports AVX2 and FMA; every row of `x` and `w` holds at least `k` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_tile<const R: usize, const C: usize>(
+    /// The CPU supports AVX2, FMA and F16C; every row of `x` and `w` holds at least `k`
+    /// elements.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_tile<E: super::TileElement, const R: usize, const C: usize>(
         x: &[&[f32]; R],
-        w: &[&[f32]; C],
+        w: &[&[E]; C],
         k: usize,
         out: &mut [[f32; C]; R],
     ) {
@@ -259,7 +329,7 @@ mod x86 {
         while j < whole {
             for c in 0..C {
                 // SAFETY: `j + 8 <= whole <= k <= w[c].len()` (the contract).
-                wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(j)) };
+                wv[c] = unsafe { load8(w[c].as_ptr().add(j)) };
             }
             for r in 0..R {
                 // SAFETY: `j + 8 <= whole <= k <= x[r].len()` (the contract).
@@ -277,9 +347,82 @@ mod x86 {
                 let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
                 let mut total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
                 for t in whole..k {
-                    total += x[r][t] * w[c][t];
+                    total += x[r][t] * w[c][t].widen();
                 }
                 out[r][c] = total;
+            }
+        }
+    }
+
+    /// `f32` or `f16` lanes from an element pointer (the element type is known at
+    /// monomorphisation; both branches are the load a `Load8` impl does, written here so they
+    /// are compiled with this function's target features).
+    ///
+    /// # Safety
+    /// `p` points at 8 readable elements of `E`, which is `f32` or `u16` (f16 bits); the CPU
+    /// supports AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8<E: super::TileElement>(p: *const E) -> __m256 {
+        if std::mem::size_of::<E>() == 4 {
+            // SAFETY: `E` is `f32` (the only 4-byte tile element): 8 readable floats.
+            unsafe { _mm256_loadu_ps(p as *const f32) }
+        } else {
+            // SAFETY: `E` is `u16` f16 bits (the only 2-byte tile element): 16 readable bytes.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C; `acc` holds `R * hs` floats, `w` `R * offs.len()`,
+    /// and every `offs[i] + hs <= v.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_rows<E: super::TileElement, const R: usize>(
+        acc: &mut [f32],
+        carry: &[f32; R],
+        w: &[f32],
+        v: &[E],
+        offs: &[usize],
+        hs: usize,
+    ) {
+        let n = offs.len();
+        let whole = hs / 8 * 8;
+        let (pa, pw, pv) = (acc.as_mut_ptr(), w.as_ptr(), v.as_ptr());
+        let mut c = 0;
+        while c < whole {
+            let mut a = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                // SAFETY: `r * hs + c + 8 <= R * hs <= acc.len()` (the contract).
+                a[r] = unsafe {
+                    _mm256_mul_ps(
+                        _mm256_loadu_ps(pa.add(r * hs + c)),
+                        _mm256_set1_ps(carry[r]),
+                    )
+                };
+            }
+            for (i, &o) in offs.iter().enumerate() {
+                // SAFETY: `o + c + 8 <= o + hs <= v.len()`, and `r * n + i < R * n <= w.len()`
+                // (the contract).
+                unsafe {
+                    let vv = load8(pv.add(o + c));
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        *ar = _mm256_fmadd_ps(_mm256_set1_ps(*pw.add(r * n + i)), vv, *ar);
+                    }
+                }
+            }
+            for (r, ar) in a.iter().enumerate() {
+                // SAFETY: as for the loads above; `acc` is borrowed mutably for the call.
+                unsafe { _mm256_storeu_ps(pa.add(r * hs + c), *ar) };
+            }
+            c += 8;
+        }
+        for r in 0..R {
+            for j in whole..hs {
+                let mut a = acc[r * hs + j] * carry[r];
+                for (i, &o) in offs.iter().enumerate() {
+                    a += w[r * n + i] * v[o + j].widen();
+                }
+                acc[r * hs + j] = a;
             }
         }
     }
@@ -343,29 +486,6 @@ mod x86 {
             xs[i..].copy_from_slice(&tail[..n - i]);
         }
     }
-
-    /// # Safety
-    /// The CPU supports AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scale_add(acc: &mut [f32], scale: f32, w: f32, v: &[f32]) {
-        let n = acc.len().min(v.len());
-        let (pa, pv) = (acc.as_mut_ptr(), v.as_ptr());
-        let (s8, w8) = (_mm256_set1_ps(scale), _mm256_set1_ps(w));
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n`, so the 8 floats read and written lie inside both slices,
-            // and `acc` is borrowed mutably for the call.
-            unsafe {
-                let a = _mm256_loadu_ps(pa.add(i));
-                let x = _mm256_loadu_ps(pv.add(i));
-                _mm256_storeu_ps(pa.add(i), _mm256_fmadd_ps(w8, x, _mm256_mul_ps(a, s8)));
-            }
-            i += 8;
-        }
-        for j in i..n {
-            acc[j] = acc[j] * scale + w * v[j];
-        }
-    }
 }
 
 #[cfg(test)]
@@ -374,32 +494,6 @@ mod tests {
 
     fn data(n: usize, salt: f32) -> Vec<f32> {
         (0..n).map(|i| ((i as f32 + salt) * 0.731).sin()).collect()
-    }
-
-    #[test]
-    fn dots_match_the_row_by_row_loop() {
-        for (hs, n) in [
-            (128usize, 0usize),
-            (128, 1),
-            (128, 5),
-            (64, 8),
-            (80, 7),
-            (13, 9),
-            (256, 16),
-        ] {
-            let stride = hs + 24;
-            let q = data(hs, 0.25);
-            let rows = data(n.max(1) * stride, 3.0);
-            let mut got = vec![0f32; n];
-            dots(&q, &rows, stride, &mut got);
-            for (i, g) in got.iter().enumerate() {
-                let want = portable::dot(&q, &rows[i * stride..][..hs]);
-                assert!(
-                    (g - want).abs() <= 1e-4,
-                    "dots hs {hs} n {n} row {i}: {g} vs {want}"
-                );
-            }
-        }
     }
 
     #[test]
@@ -449,6 +543,76 @@ mod tests {
     }
 
     #[test]
+    fn weighted_rows_match_the_plain_sums_and_do_not_depend_on_the_row_count() {
+        for (hs, n) in [(64usize, 16usize), (128, 5), (13, 3), (8, 0), (72, 1)] {
+            let stride = hs + 40;
+            let v = data(n.max(1) * stride, 0.7);
+            let w = data(4 * n, 2.2);
+            let carry = [0.5f32, 1.0, 0.25, 2.0];
+            let start = data(4 * hs, 4.4);
+            let offs: Vec<usize> = (0..n).map(|i| i * stride).collect();
+            let mut four = start.clone();
+            weighted_rows::<f32, 4>(&mut four, &carry, &w, &v, &offs, hs);
+            // The same values as f16 bits (the data rounded to f16 first, so both are exact).
+            let v16: Vec<u16> = v
+                .iter()
+                .map(|x| half::f16::from_f32(*x).to_bits())
+                .collect();
+            let v_back: Vec<f32> = v16
+                .iter()
+                .map(|b| half::f16::from_bits(*b).to_f32())
+                .collect();
+            let (mut from16, mut from32) = (start.clone(), start.clone());
+            weighted_rows::<u16, 4>(&mut from16, &carry, &w, &v16, &offs, hs);
+            weighted_rows::<f32, 4>(&mut from32, &carry, &w, &v_back, &offs, hs);
+            assert!(from16
+                .iter()
+                .zip(&from32)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            for r in 0..4 {
+                let mut one = start[r * hs..(r + 1) * hs].to_vec();
+                weighted_rows::<f32, 1>(&mut one, &[carry[r]], &w[r * n..], &v, &offs, hs);
+                for j in 0..hs {
+                    assert_eq!(
+                        four[r * hs + j].to_bits(),
+                        one[j].to_bits(),
+                        "hs {hs} n {n}"
+                    );
+                    let exact = start[r * hs + j] as f64 * carry[r] as f64
+                        + (0..n)
+                            .map(|i| w[r * n + i] as f64 * v[i * stride + j] as f64)
+                            .sum::<f64>();
+                    assert!((one[j] as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn half_conversions_are_exact_for_every_bit_pattern() {
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        for len in [bits.len(), 13, 8, 7, 0] {
+            let mut got = vec![0f32; len];
+            f16_to_f32(&bits[..len], &mut got);
+            for (b, g) in bits.iter().zip(&got) {
+                let want = half::f16::from_bits(*b).to_f32();
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "f16 {b:#06x}: {g} vs {want}"
+                );
+            }
+            bf16_to_f32(&bits[..len], &mut got);
+            for (b, g) in bits.iter().zip(&got) {
+                let want = half::bf16::from_bits(*b).to_f32();
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "bf16 {b:#06x}: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn exp_matches_std_within_a_few_ulp() {
         let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.045).collect();
         xs.extend([
@@ -492,12 +656,6 @@ mod tests {
                     (got as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64),
                     "n {n}: {got} vs {exact}"
                 );
-            }
-            let (mut x, mut y) = (data(n, 2.5), data(n, 2.5));
-            scale_add(&mut x, 0.75, -1.25, &b);
-            portable::scale_add(&mut y, 0.75, -1.25, &b);
-            for (i, (p, q)) in x.iter().zip(&y).enumerate() {
-                assert!((p - q).abs() <= 1e-6, "n {n}, element {i}: {p} vs {q}");
             }
         }
     }
