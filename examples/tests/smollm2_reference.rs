@@ -13,11 +13,12 @@
 
 use std::path::PathBuf;
 
-use ascend_examples::engine::{serve, EngineConfig, Preemption, Request};
+use ascend_examples::engine::{serve, EngineConfig, Preemption, Report, Request};
 use ascend_examples::llm::{kv_cache, smollm2_path, Llm};
 use ascend_examples::model::ModelMemory;
 use ascend_examples::tokenizer::Message;
 use ascend_hal::prelude::*;
+use ascend_kernels::KernelOps;
 use hal_mock::CpuBackend;
 use paged_kv::RequestId;
 use serde_json::Value;
@@ -145,5 +146,66 @@ fn smollm2_generates_what_transformers_generates() {
             chat["generated_text"].as_str().unwrap(),
             "chat {c}: text"
         );
+    }
+}
+
+/// The ACL backend over the fake, with the host kernels library for the Ascend C kernels and
+/// the fake for ACLNN (as `examples/tests/decode.rs` sets it up).
+fn acl_backend() -> ascend_hal::acl::AclBackend {
+    let path =
+        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
+    // SAFETY: set before the first ACL use of this test binary, and only this test uses ACL.
+    unsafe {
+        std::env::set_var(
+            "ASCEND_KERNELS_LIB",
+            ascend_kernels::ascendc::HOST_KERNELS_LIB,
+        );
+        std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
+        std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
+    }
+    ascend_hal::acl::AclBackend::load_from(&path).expect("the fake loads")
+}
+
+/// Serves `requests` with the model on `backend`'s first device.
+fn serve_on<B: KernelOps>(backend: B, path: &std::path::Path, requests: &[Request]) -> Report {
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let memory = ModelMemory::caching(&device).unwrap();
+    let llm = Llm::<B>::load(&stream, path, 256, memory.clone()).unwrap();
+    let mut kv = kv_cache(
+        &stream,
+        std::sync::Arc::clone(&memory.weights),
+        llm.config(),
+        16,
+        0.9,
+        64,
+    )
+    .unwrap();
+    let cfg = EngineConfig {
+        max_batch: 4,
+        max_tokens_per_step: 64,
+        preempt_at_step: None,
+        preemption: Preemption::Recompute,
+    };
+    serve(&stream, &llm.model, &mut kv, requests, cfg, |_| {}).unwrap()
+}
+
+#[test]
+fn smollm2_over_the_acl_backend_on_the_fake_generates_the_same_ids() {
+    // The NPU path (ACLNN GEMMs, Ascend C paged attention, RoPE, norms) on the fake: slower
+    // than the CPU backend, so two chats and their first 8 tokens.
+    const NEW: usize = 8;
+    let Some(path) = model_or_skip() else { return };
+    let reference = reference();
+    let chats = &reference["chats"].as_array().expect("chats")[..2];
+    let requests: Vec<Request> = chats
+        .iter()
+        .enumerate()
+        .map(|(c, chat)| Request::greedy(RequestId(c as u64 + 1), ids(&chat["prompt_ids"]), NEW))
+        .collect();
+    let report = serve_on(acl_backend(), &path, &requests);
+    for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
+        let want = &ids(&chat["generated_ids"])[..NEW];
+        assert_eq!(&report.outputs[&r.id][..], want, "chat {c} on ACL");
     }
 }
