@@ -624,7 +624,7 @@ pub fn copy_blocks<T: KvFloat>(
 
 /// `out = x · wᵀ` (`w` is `[n, k]`, PyTorch's `Linear` layout).
 ///
-/// Every output element is [`simd::dot_tile`]'s single-accumulator dot product, so a row's
+/// Every output element is one single-accumulator dot product (8 lanes), so a row's
 /// result does not depend on which other rows share the batch (a request's tokens come out the
 /// same served alone or in a batch of 8). The columns are split into blocks over the cores; a
 /// block of weight rows (converted to `f32` once, if it is not already) is then used by four
