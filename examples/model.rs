@@ -616,6 +616,13 @@ impl<B: KernelOps> Model<B> {
         // The output projection for the sampled rows only (a prefill chunk samples one row of
         // many); a decode step samples every row, in order, and needs no gather.
         let s = sample_rows.len();
+        if s == 0 {
+            // A step of prefill chunks that end no prompt samples nothing.
+            return Ok(Logits {
+                vocab: cfg.vocab,
+                data: Vec::new(),
+            });
+        }
         let every_row = s == t && sample_rows.iter().enumerate().all(|(j, &r)| j == r);
         let picked;
         let last = if every_row {
