@@ -210,10 +210,9 @@ fn check_requests(requests: &[Request], max_len: usize, vocab: usize) -> Result<
             return bad(format!("request {} has an empty prompt", r.id));
         }
     }
-    for (i, r) in requests.iter().enumerate() {
-        if requests[..i].iter().any(|o| o.id == r.id) {
-            return bad(format!("request id {} is used twice", r.id));
-        }
+    let mut ids = std::collections::HashSet::with_capacity(requests.len());
+    if let Some(r) = requests.iter().find(|r| !ids.insert(r.id)) {
+        return bad(format!("request id {} is used twice", r.id));
     }
     Ok(())
 }

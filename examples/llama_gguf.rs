@@ -59,6 +59,17 @@ pub fn config(file: &Gguf, max_position: usize) -> Result<ModelConfig> {
             cfg.heads, cfg.kv_heads, cfg.hidden
         ));
     }
+    for key in ["llama.attention.key_length", "llama.attention.value_length"] {
+        if let Ok(len) = file.get_u64(key) {
+            if len as usize != cfg.head_size() {
+                return bad(format!(
+                    "{key} = {len}, but hidden / heads = {}: heads of another size are not \
+                     supported",
+                    cfg.head_size()
+                ));
+            }
+        }
+    }
     if let Ok(rot) = file.get_u64("llama.rope.dimension_count") {
         if rot as usize != cfg.head_size() {
             return bad(format!(
@@ -169,4 +180,42 @@ pub fn load(path: &Path, max_position: usize) -> Result<(Gguf, ModelConfig, Weig
     let cfg = config(&file, max_position)?;
     let w = weights(&file, &cfg)?;
     Ok((file, cfg, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's `permute` (convert_hf_to_gguf.py): `w.reshape(n_head, 2, dim // n_head // 2,
+    /// *rest).swapaxes(1, 2)`, so its row `(head, j, s)` is Hugging Face's row `(head, s, j)`.
+    fn llama_cpp_permute(w: &[f32], heads: usize, head_size: usize, cols: usize) -> Vec<f32> {
+        let half = head_size / 2;
+        let mut out = vec![0f32; w.len()];
+        for h in 0..heads {
+            for s in 0..2 {
+                for j in 0..half {
+                    let hf = (h * head_size + s * half + j) * cols;
+                    let gg = (h * head_size + 2 * j + s) * cols;
+                    out[gg..gg + cols].copy_from_slice(&w[hf..hf + cols]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unpermuting_undoes_llama_cpps_permutation() {
+        for (heads, hs, cols) in [(3usize, 64usize, 5usize), (1, 4, 1), (9, 8, 3)] {
+            let hf: Vec<f32> = (0..heads * hs * cols).map(|i| i as f32).collect();
+            let gguf = llama_cpp_permute(&hf, heads, hs, cols);
+            assert_ne!(
+                gguf, hf,
+                "the permutation moves rows (heads {heads}, size {hs})"
+            );
+            assert_eq!(unpermute_rows(&gguf, heads, hs, cols), hf);
+        }
+        // Head 0, head size 4: ggml rows are (j0 s0, j0 s1, j1 s0, j1 s1) = HF rows 0, 2, 1, 3.
+        let gguf = [0.0f32, 2.0, 1.0, 3.0];
+        assert_eq!(unpermute_rows(&gguf, 1, 4, 1), [0.0, 1.0, 2.0, 3.0]);
+    }
 }

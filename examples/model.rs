@@ -221,6 +221,25 @@ impl Weights {
 
     /// Checks every length against `cfg`, naming the first that is wrong.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        if cfg.heads == 0
+            || cfg.kv_heads == 0
+            || cfg.vocab == 0
+            || !cfg.hidden.is_multiple_of(cfg.heads)
+            || !cfg.heads.is_multiple_of(cfg.kv_heads)
+            || cfg.head_size() == 0
+            || !cfg.head_size().is_multiple_of(2)
+            || !(cfg.rms_eps.is_finite() && cfg.rms_eps > 0.0)
+            || !(cfg.rope_theta.is_finite() && cfg.rope_theta > 1.0)
+        {
+            return Err(Error::InvalidArgument {
+                op: "Model::from_weights",
+                message: format!(
+                    "the configuration is not a decoder this model runs: {cfg:?} (heads must \
+                     split hidden into even heads, KV heads divide heads, epsilon > 0, RoPE \
+                     base > 1)"
+                ),
+            });
+        }
         let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
         let (q, kv) = (cfg.heads * hs, cfg.kv_heads * hs);
         let check = |name: String, got: usize, want: usize| {

@@ -117,3 +117,30 @@ fn smollm2_reads_as_llama_cpp_reads_it() {
     // The model ties its output to the embedding: there is no output.weight.
     assert!(!g.tensors.contains_key("output.weight"));
 }
+
+#[test]
+fn smollm2_configures_the_model_as_transformers_does() {
+    let Some(path) = model() else {
+        assert!(std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none());
+        return;
+    };
+    let g = Gguf::open(&path).unwrap();
+    let cfg = ascend_examples::llama_gguf::config(&g, usize::MAX).unwrap();
+    let context = g.get_u64("llama.context_length").unwrap() as usize;
+    assert_eq!(
+        (cfg.vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads),
+        (49152, 576, 30, 9, 3)
+    );
+    assert_eq!(
+        (cfg.intermediate, cfg.head_size(), cfg.max_position),
+        (1536, 64, context)
+    );
+    // Stored as f32, as the file (and so transformers) has it.
+    assert_eq!((cfg.rope_theta, cfg.rms_eps as f32), (100000.0, 1e-5));
+    assert_eq!(
+        ascend_examples::llama_gguf::config(&g, 300)
+            .unwrap()
+            .max_position,
+        300
+    );
+}
