@@ -7,6 +7,9 @@ use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
 use hal_mock::CpuBackend;
 
+mod common;
+use common::acl_backend;
+
 fn quiet(preempt: Option<Preemption>, max_blocks: usize) -> DecodeArgs {
     DecodeArgs {
         preempt,
@@ -100,38 +103,6 @@ fn every_allocator_gives_the_same_tokens_and_says_which_it_is() {
     }
     assert_eq!(outputs[0], outputs[1], "direct differs from caching");
     assert_eq!(outputs[0], outputs[2], "arena differs from caching");
-}
-
-/// The ACL backend over the fake, with the host kernels library standing in for the CANN build
-/// of the Ascend C kernels and the fake for the ACLNN libraries: the whole NPU path of a decode
-/// step.
-fn acl_backend() -> ascend_hal::acl::AclBackend {
-    let path =
-        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
-    static SET: std::sync::Once = std::sync::Once::new();
-    SET.call_once(|| {
-        // SAFETY: set once, before the first ACL use of this test binary; the tests that read
-        // the environment (the backend's loaders) all come through here first.
-        unsafe {
-            std::env::set_var(
-                "ASCEND_KERNELS_LIB",
-                ascend_kernels::ascendc::HOST_KERNELS_LIB,
-            );
-            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
-            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
-        }
-    });
-    let discovery = ascend_hal::discover_using(
-        ascend_hal::BackendPreference::Auto,
-        || ascend_hal::acl::AclBackend::load_from(&path),
-        || Ok(CpuBackend::new()),
-    )
-    .unwrap();
-    assert_eq!(discovery.name(), "acl");
-    match discovery.backend {
-        ascend_hal::Discovered::Acl(b) => b,
-        _ => unreachable!("checked above"),
-    }
 }
 
 /// The lines a run prints about its work (the workload, steps, preemptions, the token check),

@@ -4,32 +4,17 @@
 //! sums computed by llama.cpp's own reader (the `gguf` 0.19.0 Python package:
 //! `gguf.quants.dequantize(t.data, t.tensor_type)`, summed in float64).
 
-use std::path::PathBuf;
-
 use ascend_examples::gguf::{Gguf, TensorType};
+
+mod common;
+use common::smollm2_or_skip;
 
 /// name, type, dims, sum, sum of |x|, first and last element.
 type Golden = (&'static str, TensorType, [u64; 2], f64, f64, f64, f64);
 
-fn model() -> Option<PathBuf> {
-    let dir = std::env::var_os("ASCEND_RS_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ascend-rs/models"))
-        })?;
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    path.exists().then_some(path)
-}
-
 #[test]
 fn smollm2_reads_as_llama_cpp_reads_it() {
-    let Some(path) = model() else {
-        assert!(
-            std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none(),
-            "ASCEND_RS_REQUIRE_MODELS is set but the model is not in the cache; run \
-             scripts/fetch-smollm2.sh"
-        );
-        eprintln!("skipped: no model; run scripts/fetch-smollm2.sh (as .ci/run does)");
+    let Some(path) = smollm2_or_skip() else {
         return;
     };
     let g = Gguf::open(&path).unwrap();
@@ -120,8 +105,7 @@ fn smollm2_reads_as_llama_cpp_reads_it() {
 
 #[test]
 fn smollm2_configures_the_model_as_transformers_does() {
-    let Some(path) = model() else {
-        assert!(std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none());
+    let Some(path) = smollm2_or_skip() else {
         return;
     };
     let g = Gguf::open(&path).unwrap();

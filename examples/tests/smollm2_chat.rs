@@ -7,23 +7,12 @@ use std::path::PathBuf;
 
 use ascend_examples::chat::{run, ChatArgs};
 use ascend_examples::gguf::Gguf;
-use ascend_examples::llm::smollm2_path;
 use ascend_examples::sampling::SamplingParams;
 use ascend_examples::tokenizer::{GgufTokenizer, Message};
 use hal_mock::CpuBackend;
 
-fn model_or_skip() -> Option<PathBuf> {
-    let path = smollm2_path();
-    if path.is_none() {
-        assert!(
-            std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none(),
-            "ASCEND_RS_REQUIRE_MODELS is set but the model is not in the cache; run \
-             scripts/fetch-smollm2.sh"
-        );
-        eprintln!("skipped: no model; run scripts/fetch-smollm2.sh (as .ci/run does)");
-    }
-    path
-}
+mod common;
+use common::smollm2_or_skip;
 
 fn reference_answer(chat: usize) -> (String, String) {
     let text = std::fs::read_to_string(
@@ -38,7 +27,9 @@ fn reference_answer(chat: usize) -> (String, String) {
 
 #[test]
 fn two_prompts_stream_in_order_and_match_transformers() {
-    let Some(path) = model_or_skip() else { return };
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
     let (p1, a1) = reference_answer(1);
     let (p2, a2) = reference_answer(3);
     let args = ChatArgs {
@@ -85,7 +76,9 @@ fn two_prompts_stream_in_order_and_match_transformers() {
 
 #[test]
 fn sampled_answers_repeat_for_a_seed() {
-    let Some(path) = model_or_skip() else { return };
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
     let args = ChatArgs {
         max_new: 12,
         max_model_len: 128,
@@ -120,7 +113,9 @@ fn sampled_answers_repeat_for_a_seed() {
 
 #[test]
 fn bad_chat_arguments_are_named() {
-    let Some(path) = model_or_skip() else { return };
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     for (args, want) in [
         (
@@ -173,7 +168,9 @@ fn bad_chat_arguments_are_named() {
 
 #[test]
 fn the_tokenizer_streams_whole_characters_and_keeps_control_tokens_whole() {
-    let Some(path) = model_or_skip() else { return };
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
     let tok = GgufTokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
     let text = "Ünïcödé, 東京 and waves 🌊🌊 — done.";
     let ids = tok.encode(text).unwrap();

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use ascend_examples::engine::{serve, EngineConfig, Preemption, Report, Request};
-use ascend_examples::llm::{kv_cache, smollm2_path, Llm};
+use ascend_examples::llm::{kv_cache, Llm};
 use ascend_examples::model::ModelMemory;
 use ascend_examples::tokenizer::Message;
 use ascend_hal::prelude::*;
@@ -22,6 +22,9 @@ use ascend_kernels::KernelOps;
 use hal_mock::CpuBackend;
 use paged_kv::RequestId;
 use serde_json::Value;
+
+mod common;
+use common::{acl_backend, smollm2_or_skip};
 
 /// Fewest new tokens every chat must match.
 const MIN_MATCHED: usize = 24;
@@ -45,22 +48,11 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn model_or_skip() -> Option<PathBuf> {
-    let path = smollm2_path();
-    if path.is_none() {
-        assert!(
-            std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none(),
-            "ASCEND_RS_REQUIRE_MODELS is set but the model is not in the cache; run \
-             scripts/fetch-smollm2.sh"
-        );
-        eprintln!("skipped: no model; run scripts/fetch-smollm2.sh (as .ci/run does)");
-    }
-    path
-}
-
 #[test]
 fn smollm2_generates_what_transformers_generates() {
-    let Some(path) = model_or_skip() else { return };
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
     let reference = reference();
     let chats = reference["chats"].as_array().expect("chats");
     assert!(chats.len() >= 2);
@@ -149,23 +141,6 @@ fn smollm2_generates_what_transformers_generates() {
     }
 }
 
-/// The ACL backend over the fake, with the host kernels library for the Ascend C kernels and
-/// the fake for ACLNN (as `examples/tests/decode.rs` sets it up).
-fn acl_backend() -> ascend_hal::acl::AclBackend {
-    let path =
-        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
-    // SAFETY: set before the first ACL use of this test binary, and only this test uses ACL.
-    unsafe {
-        std::env::set_var(
-            "ASCEND_KERNELS_LIB",
-            ascend_kernels::ascendc::HOST_KERNELS_LIB,
-        );
-        std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
-        std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
-    }
-    ascend_hal::acl::AclBackend::load_from(&path).expect("the fake loads")
-}
-
 /// Serves `requests` with the model on `backend`'s first device.
 fn serve_on<B: KernelOps>(backend: B, path: &std::path::Path, requests: &[Request]) -> Report {
     let device = backend.device(0).unwrap();
@@ -195,7 +170,9 @@ fn smollm2_over_the_acl_backend_on_the_fake_generates_the_same_ids() {
     // The NPU path (ACLNN GEMMs, Ascend C paged attention, RoPE, norms) on the fake: slower
     // than the CPU backend, so two chats and their first 8 tokens.
     const NEW: usize = 8;
-    let Some(path) = model_or_skip() else { return };
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
     let reference = reference();
     let chats = &reference["chats"].as_array().expect("chats")[..2];
     let requests: Vec<Request> = chats

@@ -1,0 +1,55 @@
+//! What several test binaries of the examples share: the ACL backend over the fake, and the
+//! real model from the cache.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::PathBuf;
+
+use hal_mock::CpuBackend;
+
+/// The ACL backend over the fake, with the host kernels library standing in for the CANN build
+/// of the Ascend C kernels and the fake for the ACLNN libraries: the whole NPU path of a decode
+/// step.
+pub fn acl_backend() -> ascend_hal::acl::AclBackend {
+    let path =
+        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        // SAFETY: set once, before the first ACL use of this test binary; the tests that read
+        // the environment (the backend's loaders) all come through here first.
+        unsafe {
+            std::env::set_var(
+                "ASCEND_KERNELS_LIB",
+                ascend_kernels::ascendc::HOST_KERNELS_LIB,
+            );
+            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
+            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
+        }
+    });
+    let discovery = ascend_hal::discover_using(
+        ascend_hal::BackendPreference::Auto,
+        || ascend_hal::acl::AclBackend::load_from(&path),
+        || Ok(CpuBackend::new()),
+    )
+    .unwrap();
+    assert_eq!(discovery.name(), "acl");
+    match discovery.backend {
+        ascend_hal::Discovered::Acl(b) => b,
+        _ => unreachable!("checked above"),
+    }
+}
+
+/// SmolLM2-135M-Instruct from the model cache, or `None` (the test then skips, saying so)
+/// unless `ASCEND_RS_REQUIRE_MODELS` is set, as `.ci/run` sets it: then a missing model fails.
+pub fn smollm2_or_skip() -> Option<PathBuf> {
+    let path = ascend_examples::llm::smollm2_path();
+    if path.is_none() {
+        assert!(
+            std::env::var_os("ASCEND_RS_REQUIRE_MODELS").is_none(),
+            "ASCEND_RS_REQUIRE_MODELS is set but the model is not in the cache; run \
+             scripts/fetch-smollm2.sh"
+        );
+        eprintln!("skipped: no model; run scripts/fetch-smollm2.sh (as .ci/run does)");
+    }
+    path
+}
