@@ -159,6 +159,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A collective operation that could not complete: the ranks called different collectives,
+    /// a rank failed, or a rank did not arrive in time.
+    #[error("collective {op} (rank {rank} of {size}) failed: {message}")]
+    Collective {
+        /// The collective (`all_reduce`, `recv`, ...).
+        op: &'static str,
+        /// The rank that reports it.
+        rank: usize,
+        /// Ranks in the group.
+        size: usize,
+        /// What went wrong, naming the ranks involved, and what to do.
+        message: String,
+    },
+
     /// A fault injected by a test backend.
     #[error("injected fault: call #{call} of {op} was configured to fail")]
     Injected {

@@ -45,6 +45,7 @@
 pub mod acl;
 pub mod alloc;
 mod buffer;
+pub mod comm;
 mod discover;
 mod dtype;
 mod error;

@@ -32,6 +32,7 @@
 )]
 
 mod backend;
+pub mod comm;
 mod device;
 mod event;
 mod faults;
@@ -61,6 +62,7 @@ pub mod model_check {
 }
 
 pub use backend::{CpuBackend, CpuBackendBuilder, MAX_DEVICES};
+pub use comm::CpuCommunicator;
 pub use device::{CpuDevice, DeviceProfile, VMM_GRANULARITY};
 pub use event::CpuEvent;
 pub use faults::{FaultInjector, MockOp};
