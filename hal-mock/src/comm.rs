@@ -50,6 +50,8 @@ impl std::fmt::Display for Call {
 struct Round {
     calls: Vec<Option<Call>>,
     inputs: Vec<Option<Arc<Vec<u8>>>>,
+    /// Computed once, by the first rank to find every input there.
+    result: Option<Arc<Vec<u8>>>,
     failure: Option<String>,
     done: usize,
 }
@@ -201,7 +203,7 @@ impl CpuCommunicator {
         call: Call,
         send: Option<(DevicePtr, usize)>,
         recv: Option<(DevicePtr, usize)>,
-        result: impl FnOnce(&[Arc<Vec<u8>>]) -> Vec<u8> + Send + 'static,
+        part: usize,
     ) -> Result<()> {
         self.check_stream(stream, call.op)?;
         let input: Arc<Mutex<Vec<u8>>> = Arc::default();
@@ -214,7 +216,7 @@ impl CpuCommunicator {
             })?;
         }
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
-        let output: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let output: Arc<Mutex<Option<Arc<Vec<u8>>>>> = Arc::default();
         let (group, rank, out) = (Arc::clone(&self.group), self.rank, Arc::clone(&output));
         let err = {
             let (size, op) = (self.group.size, call.op);
@@ -229,15 +231,15 @@ impl CpuCommunicator {
             let data = Arc::new(std::mem::take(
                 &mut *input.lock().unwrap_or_else(|p| p.into_inner()),
             ));
-            let inputs = rendezvous(&group, seq, rank, call, data, expected).map_err(&err)?;
-            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(result(&inputs));
+            let full = rendezvous(&group, seq, rank, call, data, expected).map_err(&err)?;
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(full);
             Ok(())
         })?;
         if let Some((ptr, n)) = recv.filter(|&(_, n)| n > 0) {
             stream.enqueue_region_task(call.op, &[], &[(ptr, n)], move |_, w| {
                 // Nothing to write when the rendezvous failed (that step reported it).
-                if let Some(data) = output.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    if let Some(src) = data.get(..w[0].len()) {
+                if let Some(full) = output.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    if let Some(src) = full.get(part..part + w[0].len()) {
                         w[0].copy_from_slice(src);
                     }
                 }
@@ -245,6 +247,19 @@ impl CpuCommunicator {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The whole result of a collective every rank called as `call` (each rank writes its part):
+/// the reduction, the concatenation, or the root's data.
+fn full_result(call: &Call, size: usize, inputs: &[Arc<Vec<u8>>]) -> Vec<u8> {
+    match (call.op, call.reduce, call.root) {
+        ("reduce_scatter", Some(op), _) => combine(call.dtype, op, inputs, 0..call.count * size),
+        (_, Some(op), _) => combine(call.dtype, op, inputs, 0..call.count),
+        (_, None, Some(root)) => inputs
+            .get(root)
+            .map_or_else(Vec::new, |d| d.as_ref().clone()),
+        _ => inputs.iter().flat_map(|i| i.iter().copied()).collect(),
     }
 }
 
@@ -268,7 +283,7 @@ fn rendezvous(
     call: Call,
     data: Arc<Vec<u8>>,
     expected: usize,
-) -> std::result::Result<Vec<Arc<Vec<u8>>>, String> {
+) -> std::result::Result<Arc<Vec<u8>>, String> {
     let size = group.size;
     let deadline = Instant::now() + group.timeout();
     let mut state = group.lock();
@@ -276,6 +291,7 @@ fn rendezvous(
     let round = state.rounds.entry(seq).or_insert_with(|| Round {
         calls: vec![None; size],
         inputs: vec![None; size],
+        result: None,
         failure: None,
         done: 0,
     });
@@ -316,7 +332,10 @@ fn rendezvous(
                 group.changed.notify_all();
                 break Err(message);
             }
-            break Ok(inputs);
+            let full = round
+                .result
+                .get_or_insert_with(|| Arc::new(full_result(&calls[0], size, &inputs)));
+            break Ok(Arc::clone(full));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -355,8 +374,8 @@ fn rendezvous(
     result
 }
 
-/// Elements `range` of every rank's input combined by `op`, in rank order (floats in `f32`,
-/// integers wrapping), as bytes of `dtype`.
+/// Elements `range` of every rank's input combined by `op`, in rank order (halves in `f32`,
+/// rounded once at the end; integers wrapping), as bytes of `dtype`.
 fn combine(
     dtype: DType,
     op: ReduceOp,
@@ -364,88 +383,108 @@ fn combine(
     range: std::ops::Range<usize>,
 ) -> Vec<u8> {
     let w = dtype.size_in_bytes();
-    let mut out = Vec::with_capacity(range.len() * w);
-    macro_rules! fold {
-        ($read:expr, $write:expr, $sum:expr, $prod:expr, $max:expr, $min:expr) => {{
-            for i in range.clone() {
-                let mut acc = $read(&inputs[0][i * w..(i + 1) * w]);
-                for x in &inputs[1..] {
-                    let v = $read(&x[i * w..(i + 1) * w]);
-                    acc = match op {
-                        ReduceOp::Sum => $sum(acc, v),
-                        ReduceOp::Prod => $prod(acc, v),
-                        ReduceOp::Max => $max(acc, v),
-                        ReduceOp::Min => $min(acc, v),
-                    };
-                }
-                out.extend_from_slice(&$write(acc));
+    let bytes = range.start * w..range.end * w;
+    /// One pass per rank over a typed accumulator, the operation chosen outside the loop.
+    fn fold<T: Copy>(
+        inputs: &[Arc<Vec<u8>>],
+        bytes: std::ops::Range<usize>,
+        w: usize,
+        read: impl Fn(&[u8]) -> T,
+        write: impl Fn(T, &mut Vec<u8>),
+        f: impl Fn(T, T) -> T,
+    ) -> Vec<u8> {
+        let Some(first) = inputs.first().and_then(|i| i.get(bytes.clone())) else {
+            return Vec::new();
+        };
+        let mut acc: Vec<T> = first.chunks_exact(w).map(&read).collect();
+        for x in &inputs[1..] {
+            let Some(x) = x.get(bytes.clone()) else {
+                return Vec::new();
+            };
+            for (a, c) in acc.iter_mut().zip(x.chunks_exact(w)) {
+                *a = f(*a, read(c));
             }
-        }};
+        }
+        let mut out = Vec::with_capacity(acc.len() * w);
+        for a in acc {
+            write(a, &mut out);
+        }
+        out
+    }
+    macro_rules! by_op {
+        ($read:expr, $write:expr, $sum:expr, $prod:expr, $max:expr, $min:expr) => {
+            match op {
+                ReduceOp::Sum => fold(inputs, bytes, w, $read, $write, $sum),
+                ReduceOp::Prod => fold(inputs, bytes, w, $read, $write, $prod),
+                ReduceOp::Max => fold(inputs, bytes, w, $read, $write, $max),
+                ReduceOp::Min => fold(inputs, bytes, w, $read, $write, $min),
+            }
+        };
     }
     let fmax = |a: f32, b: f32| if b > a || a.is_nan() { b } else { a };
     let fmin = |a: f32, b: f32| if b < a || a.is_nan() { b } else { a };
+    let fsum = |a: f32, b: f32| a + b;
+    let fprod = |a: f32, b: f32| a * b;
     match dtype {
-        DType::F32 => fold!(
+        DType::F32 => by_op!(
             |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            |v: f32| v.to_le_bytes(),
-            |a, b| a + b,
-            |a, b| a * b,
+            |v: f32, o: &mut Vec<u8>| o.extend_from_slice(&v.to_le_bytes()),
+            fsum,
+            fprod,
             fmax,
             fmin
         ),
-        // Half types accumulate in f32 and round once at the end.
-        DType::F16 => fold!(
+        DType::F16 => by_op!(
             |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            |v: f32| f16::from_f32(v).to_le_bytes(),
-            |a, b| a + b,
-            |a, b| a * b,
+            |v: f32, o: &mut Vec<u8>| o.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+            fsum,
+            fprod,
             fmax,
             fmin
         ),
-        DType::BF16 => fold!(
+        DType::BF16 => by_op!(
             |b: &[u8]| bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-            |v: f32| bf16::from_f32(v).to_le_bytes(),
-            |a, b| a + b,
-            |a, b| a * b,
+            |v: f32, o: &mut Vec<u8>| o.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+            fsum,
+            fprod,
             fmax,
             fmin
         ),
-        DType::I8 => fold!(
+        DType::I8 => by_op!(
             |b: &[u8]| b[0] as i8,
-            |v: i8| v.to_le_bytes(),
+            |v: i8, o: &mut Vec<u8>| o.extend_from_slice(&v.to_le_bytes()),
             i8::wrapping_add,
             i8::wrapping_mul,
             i8::max,
             i8::min
         ),
-        DType::U8 => fold!(
+        DType::U8 => by_op!(
             |b: &[u8]| b[0],
-            |v: u8| [v],
+            |v: u8, o: &mut Vec<u8>| o.push(v),
             u8::wrapping_add,
             u8::wrapping_mul,
             u8::max,
             u8::min
         ),
-        DType::I32 => fold!(
+        DType::I32 => by_op!(
             |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            |v: i32| v.to_le_bytes(),
+            |v: i32, o: &mut Vec<u8>| o.extend_from_slice(&v.to_le_bytes()),
             i32::wrapping_add,
             i32::wrapping_mul,
             i32::max,
             i32::min
         ),
-        DType::I64 => fold!(
+        DType::I64 => by_op!(
             |b: &[u8]| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-            |v: i64| v.to_le_bytes(),
+            |v: i64, o: &mut Vec<u8>| o.extend_from_slice(&v.to_le_bytes()),
             i64::wrapping_add,
             i64::wrapping_mul,
             i64::max,
             i64::min
         ),
         // Refused at enqueue (`reducible`): nothing to combine.
-        _ => {}
+        _ => Vec::new(),
     }
-    out
 }
 
 /// Whether [`combine`] reduces `dtype` (refused at enqueue otherwise).
@@ -494,13 +533,7 @@ impl Communicator for CpuCommunicator {
             reduce: Some(op),
             root: None,
         };
-        self.enqueue_collective(
-            stream,
-            call,
-            Some((send, n)),
-            Some((recv, n)),
-            move |inputs| combine(dtype, op, inputs, 0..count),
-        )
+        self.enqueue_collective(stream, call, Some((send, n)), Some((recv, n)), 0)
     }
 
     unsafe fn enqueue_all_gather(
@@ -520,13 +553,7 @@ impl Communicator for CpuCommunicator {
             reduce: None,
             root: None,
         };
-        self.enqueue_collective(
-            stream,
-            call,
-            Some((send, n)),
-            Some((recv, total)),
-            |inputs| inputs.iter().flat_map(|i| i.iter().copied()).collect(),
-        )
+        self.enqueue_collective(stream, call, Some((send, n)), Some((recv, total)), 0)
     }
 
     unsafe fn enqueue_reduce_scatter(
@@ -558,13 +585,7 @@ impl Communicator for CpuCommunicator {
             root: None,
         };
         let rank = self.rank;
-        self.enqueue_collective(
-            stream,
-            call,
-            Some((send, total)),
-            Some((recv, n)),
-            move |inputs| combine(dtype, op, inputs, rank * count..(rank + 1) * count),
-        )
+        self.enqueue_collective(stream, call, Some((send, total)), Some((recv, n)), rank * n)
     }
 
     unsafe fn enqueue_broadcast(
@@ -595,7 +616,7 @@ impl Communicator for CpuCommunicator {
             call,
             is_root.then_some((buf, n)),
             (!is_root).then_some((buf, n)),
-            move |inputs| inputs[root].as_ref().clone(),
+            0,
         )
     }
 
