@@ -69,6 +69,10 @@ fn report(backend: &AclBackend) -> bool {
             "not exported by this runtime"
         }
     );
+    match ascend_hal::acl::hccl::Hccl::load(backend) {
+        Ok(h) => println!("HCCL        {}", h.library_path()),
+        Err(e) => println!("HCCL        unavailable (one device only): {e}"),
+    }
     let count = match backend.device_count() {
         Ok(n) => n,
         Err(e) => {

@@ -283,6 +283,42 @@ pub enum Error {
         tried: Vec<LoadAttempt>,
     },
 
+    /// HCCL (`libhccl.so`, the collective communication library) could not be loaded from any
+    /// place tried.
+    #[error(
+        "could not load {library} (CANN's collective communication library, which \
+         communicators across NPUs use); tried, in order:{}\nsource the CANN environment \
+         (`source /usr/local/Ascend/ascend-toolkit/set_env.sh`), check that the toolkit's lib64 \
+         has it, or set {variable} to its path",
+        list_attempts(tried)
+    )]
+    HcclLibraryNotFound {
+        /// The library's file name.
+        library: &'static str,
+        /// The environment variable that overrides the search.
+        variable: &'static str,
+        /// Every place tried and why it failed.
+        tried: Vec<LoadAttempt>,
+    },
+
+    /// An HCCL call returned an `HcclResult` error.
+    #[error(
+        "{function} failed with {name} ({code}: {meaning}){}",
+        runtime_says(detail)
+    )]
+    Hccl {
+        /// The C function that returned the result.
+        function: &'static str,
+        /// The `HcclResult` value.
+        code: i32,
+        /// Its name in CANN's `hccl/hccl_types.h` (`HCCL_E_PARA`).
+        name: &'static str,
+        /// What it means, and what to do.
+        meaning: &'static str,
+        /// `HcclGetErrorString` of the code, and the communicator's asynchronous error if any.
+        detail: String,
+    },
+
     /// An ACLNN call returned an `aclnnStatus` error.
     #[error(
         "{function} failed with {name} ({code}: {meaning}){}",

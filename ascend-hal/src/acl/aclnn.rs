@@ -302,7 +302,7 @@ pub const OPAPI: (&str, &str) = ("libopapi.so", "ASCEND_HAL_OPAPI_LIB");
 
 static CURRENT: Mutex<Weak<Aclnn>> = Mutex::new(Weak::new());
 
-fn open_library(
+pub(super) fn open_library(
     (library, variable): (&'static str, &'static str),
     beside: &Path,
 ) -> Result<(&'static libloading::Library, String)> {

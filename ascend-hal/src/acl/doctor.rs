@@ -270,17 +270,31 @@ pub fn run_checks(env: &dyn Fn(&str) -> Option<String>, root: &Path) -> Vec<Chec
     });
 
     // HCCL buffers.
+    const BUFFSIZE_ADVICE: &str = "deployment guides use 256 MB for 7B-14B models served \
+        tensor-parallel and 1024 MB for 70B and DeepSeek-class models; a buffer too small shows \
+        as throughput that stops scaling with ranks and jitters under concurrency";
     out.push(match var("HCCL_BUFFSIZE") {
         None => check(
             "HCCL_BUFFSIZE",
             Status::Info,
-            "unset: HCCL uses 200 MB buffers, 400 MB of device memory per communicator",
+            format!(
+                "unset: HCCL uses 200 MB buffers, 400 MB of device memory per communicator; \
+                 {BUFFSIZE_ADVICE}"
+            ),
         ),
         Some(v) => match v.trim().parse::<u64>() {
             Ok(mb) if mb >= 1 => check(
                 "HCCL_BUFFSIZE",
-                Status::Ok,
-                format!("{mb} MB: {} MB of device memory per communicator", 2 * mb),
+                if mb < 200 { Status::Warn } else { Status::Ok },
+                format!(
+                    "{mb} MB: {} MB of device memory per communicator{}",
+                    2 * mb,
+                    if mb < 200 {
+                        format!("; below HCCL's 200 MB default: {BUFFSIZE_ADVICE}")
+                    } else {
+                        String::new()
+                    }
+                ),
             ),
             _ => check(
                 "HCCL_BUFFSIZE",
@@ -398,7 +412,7 @@ mod tests {
                     "LD_LIBRARY_PATH",
                     "/tk/lib64:/usr/local/Ascend/driver/lib64/driver",
                 ),
-                ("HCCL_BUFFSIZE", "120"),
+                ("HCCL_BUFFSIZE", "256"),
                 ("TASK_QUEUE_ENABLE", "3"),
                 (
                     "PYTORCH_NPU_ALLOC_CONF",
@@ -419,8 +433,13 @@ mod tests {
         assert_eq!(c["LD_LIBRARY_PATH"].status, Status::Ok);
         assert_eq!(
             c["HCCL_BUFFSIZE"].detail,
-            "120 MB: 240 MB of device memory per communicator"
+            "256 MB: 512 MB of device memory per communicator"
         );
+        assert_eq!(c["HCCL_BUFFSIZE"].status, Status::Ok);
+        // Below the default: a warning with the sizing advice.
+        let small = run(&[("HCCL_BUFFSIZE", "120")], Path::new("/nonexistent"));
+        assert_eq!(small["HCCL_BUFFSIZE"].status, Status::Warn);
+        assert!(small["HCCL_BUFFSIZE"].detail.contains("1024 MB for 70B"));
         assert_eq!(c["TASK_QUEUE_ENABLE"].status, Status::Warn);
         assert_eq!(c["PYTORCH_NPU_ALLOC_CONF"].status, Status::Warn);
         assert!(c["PYTORCH_NPU_ALLOC_CONF"].detail.contains("max_split_mb"));

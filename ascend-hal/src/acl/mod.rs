@@ -19,6 +19,7 @@ pub(crate) mod codes;
 mod device;
 pub mod doctor;
 mod event;
+pub mod hccl;
 mod loader;
 mod memory;
 mod result;

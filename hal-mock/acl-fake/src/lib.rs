@@ -27,6 +27,7 @@
 
 mod aclnn;
 mod exports;
+mod hccl;
 mod launch;
 mod state;
 
