@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ascend_hal::alloc::{Allocator, CachingAllocator, DirectAllocator, SharedAllocator};
+use ascend_hal::comm::Communicator;
 use ascend_hal::prelude::*;
 use ascend_hal::{Bytes, DType, Error, Result};
 use ascend_kernels::KernelOps;
@@ -12,7 +13,7 @@ use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, RequestId};
 
 use crate::arena::BumpArena;
 use crate::engine::{contiguous_run, serve, EngineConfig, Preemption, Report, Request};
-use crate::model::{Model, ModelConfig, ModelMemory};
+use crate::model::{Model, ModelConfig, ModelMemory, Weights};
 
 /// Where the example's device memory comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,8 @@ pub struct DecodeArgs {
     pub quiet: bool,
     /// Where device memory comes from.
     pub allocator: AllocatorChoice,
+    /// Tensor-parallel ranks (devices); 1 runs on one device.
+    pub tp: usize,
 }
 
 impl Default for DecodeArgs {
@@ -127,6 +130,7 @@ impl Default for DecodeArgs {
             seed: 7,
             quiet: false,
             allocator: AllocatorChoice::Caching,
+            tp: 1,
         }
     }
 }
@@ -153,6 +157,12 @@ impl DecodeArgs {
         if self.block_size == 0 || self.requests == 0 || self.max_new == 0 {
             return Err("block-size, requests and max-new must be positive".into());
         }
+        if self.tp == 0 || self.tp > 64 {
+            return Err(format!("--tp {}: use 1 to 64 ranks", self.tp));
+        }
+        self.model
+            .shard(0, self.tp)
+            .map_err(|e| format!("--tp {}: {e}", self.tp))?;
         if self.requests > Self::MAX_REQUESTS {
             return Err(format!(
                 "--requests {} is more than this example serves ({})",
@@ -240,11 +250,136 @@ pub fn workload(a: &DecodeArgs) -> Vec<Request> {
 }
 
 /// Runs the example on `backend`, printing through `say`.
-pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) -> Result<Outcome> {
-    let device = backend.device(0)?;
+pub fn run<B: TensorParallel>(
+    backend: B,
+    a: &DecodeArgs,
+    say: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
+    if a.tp <= 1 {
+        return run_rank(&backend, a, say, None);
+    }
+    let count = backend.device_count()?;
+    if count < a.tp {
+        return Err(Error::InvalidArgument {
+            op: "paged_decode",
+            message: format!(
+                "--tp {} needs {} devices; the {} backend has {count}",
+                a.tp,
+                a.tp,
+                backend.name()
+            ),
+        });
+    }
+    let devices = (0..a.tp)
+        .map(|i| backend.device(i))
+        .collect::<Result<Vec<_>>>()?;
+    let comms = B::group(&devices)?;
+    let weights = Weights::random(&a.model, a.seed);
+    // One thread per rank, as one process per NPU would run it: every rank runs the same
+    // scheduler over the same requests, so they take the same decisions (checked below), and
+    // their collectives meet in the same order.
+    let results: Vec<(Result<Outcome>, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                let (backend, weights) = (&backend, &weights);
+                scope.spawn(move || {
+                    let mut lines = Vec::new();
+                    let r = run_rank(
+                        backend,
+                        a,
+                        &mut |l: &str| lines.push(l.to_string()),
+                        Some((comm, weights)),
+                    );
+                    (r, lines)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        Err(Error::InvalidArgument {
+                            op: "paged_decode",
+                            message: "a rank's thread panicked".into(),
+                        }),
+                        Vec::new(),
+                    )
+                })
+            })
+            .collect()
+    });
+    let mut outcomes = Vec::new();
+    for (rank, (result, lines)) in results.into_iter().enumerate() {
+        if rank == 0 {
+            for l in &lines {
+                say(l);
+            }
+        }
+        outcomes.push(result?);
+    }
+    // Every rank made the same tokens (the same logits after the all-reduces).
+    let reports: Vec<&Report> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Checked { report, .. } => Some(report),
+            Outcome::Skipped(_) => None,
+        })
+        .collect();
+    if let Some(first) = reports.first() {
+        for (rank, r) in reports.iter().enumerate().skip(1) {
+            if r.outputs != first.outputs {
+                say(&format!(
+                    "MISMATCH: rank {rank} generated other tokens than rank 0"
+                ));
+                return Ok(Outcome::Checked {
+                    report: (*first).clone(),
+                    mismatches: 1,
+                });
+            }
+        }
+        say(&format!("ranks: all {} generated the same tokens", a.tp));
+    }
+    Ok(outcomes.swap_remove(0))
+}
+
+/// A backend whose devices form tensor-parallel groups.
+pub trait TensorParallel: KernelOps + Sync {
+    /// One communicator per device, rank `i` on `devices[i]`.
+    fn group(devices: &[Self::Device]) -> Result<Vec<Arc<dyn Communicator<Backend = Self>>>>;
+}
+
+impl TensorParallel for hal_mock::CpuBackend {
+    fn group(devices: &[Self::Device]) -> Result<Vec<Arc<dyn Communicator<Backend = Self>>>> {
+        Ok(hal_mock::CpuCommunicator::init_all(devices)?
+            .into_iter()
+            .map(|c| Arc::new(c) as Arc<dyn Communicator<Backend = Self>>)
+            .collect())
+    }
+}
+
+impl TensorParallel for ascend_hal::acl::AclBackend {
+    fn group(devices: &[Self::Device]) -> Result<Vec<Arc<dyn Communicator<Backend = Self>>>> {
+        Ok(ascend_hal::acl::hccl::HcclCommunicator::init_all(devices)?
+            .into_iter()
+            .map(|c| Arc::new(c) as Arc<dyn Communicator<Backend = Self>>)
+            .collect())
+    }
+}
+
+/// One rank's run (the whole run without tensor parallelism).
+fn run_rank<B: KernelOps>(
+    backend: &B,
+    a: &DecodeArgs,
+    say: &mut dyn FnMut(&str),
+    tp: Option<(Arc<dyn Communicator<Backend = B>>, &Weights)>,
+) -> Result<Outcome> {
+    let rank = tp.as_ref().map_or(0, |(c, _)| c.rank());
+    let device = backend.device(rank)?;
     let info = device.memory_info()?;
     say(&format!(
-        "device 0: {} | memory free {} of {}",
+        "device {rank}: {} | memory free {} of {}",
         device.name(),
         Bytes(info.free),
         Bytes(info.total)
@@ -252,11 +387,27 @@ pub fn run<B: KernelOps>(backend: B, a: &DecodeArgs, say: &mut dyn FnMut(&str)) 
     let stream = device.new_stream()?;
     say(&format!("allocator: {}", a.allocator));
     let (memory, kv_alloc) = a.allocator.build::<B>(&device)?;
-    let model = Model::<B>::new(&stream, a.model, a.seed, memory)?;
+    let model = match tp {
+        None => Model::<B>::new(&stream, a.model, a.seed, memory)?,
+        Some((comm, weights)) => {
+            say(&format!(
+                "tensor parallel: rank {rank} of {}, {} of {} heads, {} of {} KV heads, {} of {} \
+                 MLP columns",
+                comm.size(),
+                a.model.heads / comm.size(),
+                a.model.heads,
+                a.model.kv_heads / comm.size(),
+                a.model.kv_heads,
+                a.model.intermediate / comm.size(),
+                a.model.intermediate
+            ));
+            Model::<B>::tensor_parallel(&stream, a.model, weights, memory, comm)?
+        }
+    };
     stream.synchronize()?;
     let spec = KvCacheSpec::new(
         a.model.layers,
-        a.model.kv_heads,
+        model.shard().kv_heads,
         a.model.head_size(),
         DType::F32,
     )

@@ -531,7 +531,7 @@ pub fn contiguous_run<B: KernelOps>(
         let shape = CacheShape {
             num_blocks: max_len.div_ceil(block_size),
             block_size,
-            num_kv_heads: cfg.kv_heads,
+            num_kv_heads: model.shard().kv_heads,
             head_size: cfg.head_size(),
         };
         let layers = (0..cfg.layers)

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
+use ascend_hal::comm::{Communicator, CommunicatorExt, ReduceOp};
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
 use ascend_kernels::{KernelOps, Matmul, RmsNorm, RopeStyle, Rotary, SiluAndMul};
@@ -53,7 +54,61 @@ impl Default for ModelConfig {
     }
 }
 
+/// What one rank of a tensor-parallel group holds: its share of the query heads, KV heads and
+/// MLP columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank.
+    pub rank: usize,
+    /// Ranks in the group.
+    pub size: usize,
+    /// Query heads on this rank.
+    pub heads: usize,
+    /// KV heads on this rank.
+    pub kv_heads: usize,
+    /// MLP intermediate columns on this rank.
+    pub intermediate: usize,
+}
+
 impl ModelConfig {
+    /// Rank `rank` of `size`'s share, or why the model does not split that way (Megatron-style
+    /// tensor parallelism: whole heads and whole KV heads per rank, the MLP split by columns).
+    pub fn shard(&self, rank: usize, size: usize) -> std::result::Result<Shard, String> {
+        if size == 0 || rank >= size {
+            return Err(format!("rank {rank} of a group of {size}"));
+        }
+        for (what, n) in [
+            ("heads", self.heads),
+            ("KV heads", self.kv_heads),
+            ("the intermediate size", self.intermediate),
+        ] {
+            if n % size != 0 {
+                return Err(format!(
+                    "{what} ({n}) do not split over {size} ranks: tensor parallelism needs a \
+                     whole share per rank"
+                ));
+            }
+        }
+        Ok(Shard {
+            rank,
+            size,
+            heads: self.heads / size,
+            kv_heads: self.kv_heads / size,
+            intermediate: self.intermediate / size,
+        })
+    }
+
+    /// The whole model as one rank.
+    pub fn unsharded(&self) -> Shard {
+        Shard {
+            rank: 0,
+            size: 1,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            intermediate: self.intermediate,
+        }
+    }
+
     /// The most elements (weights plus the RoPE table) this example builds a model of: 2^30
     /// `f32` values, 4 GiB.
     pub const MAX_ELEMENTS: usize = 1 << 30;
@@ -221,6 +276,52 @@ impl Weights {
 
     /// Checks every length against `cfg`, naming the first that is wrong.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        self.validate_shard(cfg, &cfg.unsharded())
+    }
+
+    /// Rank `shard.rank`'s share of these (whole-model) weights: its query, key and value rows
+    /// (whole heads), its columns of the output projection, its gate and up rows and its
+    /// columns of the down projection; norms, embedding and output projection whole.
+    pub fn shard(&self, cfg: &ModelConfig, shard: &Shard) -> Result<Weights> {
+        self.validate(cfg)?;
+        let (h, hs) = (cfg.hidden, cfg.head_size());
+        let rows = |w: &[f32], per_rank: usize, cols: usize| -> Vec<f32> {
+            w[shard.rank * per_rank * cols..(shard.rank + 1) * per_rank * cols].to_vec()
+        };
+        let cols = |w: &[f32], rows_n: usize, full: usize, per_rank: usize| -> Vec<f32> {
+            (0..rows_n)
+                .flat_map(|r| {
+                    w[r * full + shard.rank * per_rank..r * full + (shard.rank + 1) * per_rank]
+                        .iter()
+                        .copied()
+                })
+                .collect()
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerWeights {
+                attn_norm: l.attn_norm.clone(),
+                wq: rows(&l.wq, shard.heads * hs, h),
+                wk: rows(&l.wk, shard.kv_heads * hs, h),
+                wv: rows(&l.wv, shard.kv_heads * hs, h),
+                wo: cols(&l.wo, h, cfg.heads * hs, shard.heads * hs),
+                mlp_norm: l.mlp_norm.clone(),
+                w_gate: rows(&l.w_gate, shard.intermediate, h),
+                w_up: rows(&l.w_up, shard.intermediate, h),
+                w_down: cols(&l.w_down, h, cfg.intermediate, shard.intermediate),
+            })
+            .collect();
+        Ok(Weights {
+            embed: self.embed.clone(),
+            layers,
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.clone(),
+        })
+    }
+
+    /// Checks every length against rank `shard`'s share of `cfg`.
+    pub fn validate_shard(&self, cfg: &ModelConfig, shard: &Shard) -> Result<()> {
         if cfg.heads == 0
             || cfg.kv_heads == 0
             || cfg.vocab == 0
@@ -240,8 +341,8 @@ impl Weights {
                 ),
             });
         }
-        let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
-        let (q, kv) = (cfg.heads * hs, cfg.kv_heads * hs);
+        let (h, i, hs) = (cfg.hidden, shard.intermediate, cfg.head_size());
+        let (q, kv) = (shard.heads * hs, shard.kv_heads * hs);
         let check = |name: String, got: usize, want: usize| {
             if got == want {
                 Ok(())
@@ -336,6 +437,9 @@ impl<B: Backend> ModelMemory<B> {
 /// The model's weights on a device.
 pub struct Model<B: KernelOps> {
     cfg: ModelConfig,
+    shard: Shard,
+    /// The tensor-parallel group this rank belongs to, if any.
+    comm: Option<Arc<dyn Communicator<Backend = B>>>,
     embed: Vec<f32>,
     layers: Vec<Layer<B>>,
     final_norm: DeviceBuffer<B, f32>,
@@ -423,7 +527,39 @@ impl<B: KernelOps> Model<B> {
         weights: Weights,
         memory: ModelMemory<B>,
     ) -> Result<Self> {
-        weights.validate(&cfg)?;
+        Self::build(stream, cfg, cfg.unsharded(), None, weights, memory)
+    }
+
+    /// One rank of a tensor-parallel model: `weights` is the whole model's (each rank takes its
+    /// share, [`Weights::shard`]), `comm` the group, whose rank and size say which share. The
+    /// ranks' forward passes all-reduce after the attention output and MLP down projections,
+    /// so every rank ends each step with the same hidden states and the same logits.
+    pub fn tensor_parallel(
+        stream: &B::Stream,
+        cfg: ModelConfig,
+        weights: &Weights,
+        memory: ModelMemory<B>,
+        comm: Arc<dyn Communicator<Backend = B>>,
+    ) -> Result<Self> {
+        let shard =
+            cfg.shard(comm.rank(), comm.size())
+                .map_err(|message| Error::InvalidArgument {
+                    op: "Model::tensor_parallel",
+                    message,
+                })?;
+        let mine = weights.shard(&cfg, &shard)?;
+        Self::build(stream, cfg, shard, Some(comm), mine, memory)
+    }
+
+    fn build(
+        stream: &B::Stream,
+        cfg: ModelConfig,
+        shard: Shard,
+        comm: Option<Arc<dyn Communicator<Backend = B>>>,
+        weights: Weights,
+        memory: ModelMemory<B>,
+    ) -> Result<Self> {
+        weights.validate_shard(&cfg, &shard)?;
         let alloc = memory.weights.as_ref();
         let put = |data: &[f32]| DeviceBuffer::from_slice_in(alloc, stream, data);
         let layers = weights
@@ -447,6 +583,8 @@ impl<B: KernelOps> Model<B> {
         let lm_head = put(weights.lm_head.as_deref().unwrap_or(&weights.embed))?;
         Ok(Model {
             cfg,
+            shard,
+            comm,
             embed: weights.embed,
             layers,
             final_norm: put(&weights.final_norm)?,
@@ -461,10 +599,23 @@ impl<B: KernelOps> Model<B> {
         &self.cfg
     }
 
+    /// This rank's share of the model (the whole model without tensor parallelism).
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
     /// Where the model's memory comes from (the activation allocator's statistics say what a
     /// step needs).
     pub fn memory(&self) -> &ModelMemory<B> {
         &self.memory
+    }
+
+    /// Sums a row-parallel projection's partial results over the tensor-parallel group.
+    fn all_reduce(&self, stream: &B::Stream, x: &mut DeviceBuffer<B, f32>) -> Result<()> {
+        match &self.comm {
+            Some(c) => c.all_reduce_in_place(stream, x, ReduceOp::Sum),
+            None => Ok(()),
+        }
     }
 
     /// Runs one step over `tokens` at `positions` (the batch's tokens, request after request, in
@@ -494,8 +645,9 @@ impl<B: KernelOps> Model<B> {
         sample_rows: &[usize],
     ) -> Result<Logits> {
         let cfg = &self.cfg;
-        let (t, h, hs, i) = (tokens.len(), cfg.hidden, cfg.head_size(), cfg.intermediate);
-        let kvw = cfg.kv_heads * hs;
+        let sh = &self.shard;
+        let (t, h, hs, i) = (tokens.len(), cfg.hidden, cfg.head_size(), sh.intermediate);
+        let (qw, kvw) = (sh.heads * hs, sh.kv_heads * hs);
         let device = stream.device();
         let activations = self.memory.activations.as_ref();
         let buf = |n: usize| DeviceBuffer::<B, f32>::alloc_in(activations, stream, n);
@@ -539,8 +691,8 @@ impl<B: KernelOps> Model<B> {
         let mm = |n: usize, k: usize| Matmul { m: t, n, k };
         let mut residual = buf(t * h)?;
         let mut x = buf(t * h)?;
-        let (mut q, mut k, mut v) = (buf(t * h)?, buf(t * kvw)?, buf(t * kvw)?);
-        let mut attn = buf(t * h)?;
+        let (mut q, mut k, mut v) = (buf(t * qw)?, buf(t * kvw)?, buf(t * kvw)?);
+        let mut attn = buf(t * qw)?;
         let mut gate_up = buf(t * 2 * i)?;
         let mut act = buf(t * i)?;
         let scale = 1.0 / (hs as f32).sqrt();
@@ -565,13 +717,13 @@ impl<B: KernelOps> Model<B> {
                 )?;
                 std::mem::swap(&mut x, &mut hidden);
             }
-            B::matmul::<f32>(stream, &mm(h, h), q.view_mut(), x.view(), w.wq.view())?;
+            B::matmul::<f32>(stream, &mm(qw, h), q.view_mut(), x.view(), w.wq.view())?;
             B::matmul::<f32>(stream, &mm(kvw, h), k.view_mut(), x.view(), w.wk.view())?;
             B::matmul::<f32>(stream, &mm(kvw, h), v.view_mut(), x.view(), w.wv.view())?;
             let rope = Rotary {
                 num_tokens: t,
-                num_heads: cfg.heads,
-                num_kv_heads: cfg.kv_heads,
+                num_heads: sh.heads,
+                num_kv_heads: sh.kv_heads,
                 head_size: hs,
                 rotary_dim: hs,
                 max_position: cfg.max_position,
@@ -586,14 +738,15 @@ impl<B: KernelOps> Model<B> {
                 self.cos_sin.view(),
             )?;
             kv.write_kv(l, stream, &k, &v)?;
-            kv.attention(l, stream, cfg.heads, scale, &mut attn, &q)?;
+            kv.attention(l, stream, sh.heads, scale, &mut attn, &q)?;
             B::matmul::<f32>(
                 stream,
-                &mm(h, h),
+                &mm(h, qw),
                 hidden.view_mut(),
                 attn.view(),
                 w.wo.view(),
             )?;
+            self.all_reduce(stream, &mut hidden)?;
             B::fused_add_rms_norm::<f32>(
                 stream,
                 &norm,
@@ -624,6 +777,7 @@ impl<B: KernelOps> Model<B> {
                 act.view(),
                 w.w_down.view(),
             )?;
+            self.all_reduce(stream, &mut hidden)?;
         }
         B::fused_add_rms_norm::<f32>(
             stream,

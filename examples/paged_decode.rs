@@ -14,7 +14,11 @@
 //! `--kv-heads` [2], `--intermediate` [512], `--vocab` [512], `--requests` [12],
 //! `--system-prompt` [40], `--max-new` [24], `--block-size` [16], `--utilization` [0.9],
 //! `--max-blocks` [4096], `--max-model-len` [512], `--preempt` swap|recompute|none [swap],
-//! `--allocator` caching|direct|arena [caching], `--seed` [7], `--quiet`.
+//! `--allocator` caching|direct|arena [caching], `--seed` [7], `--tp` [1], `--quiet`.
+//!
+//! `--tp N` serves the model tensor-parallel over N devices (attention heads and MLP columns
+//! split, all-reduces through the backend's communicator: HCCL on NPUs, the CPU communicator
+//! across the CPU backend's devices, which it then creates N of).
 
 use std::process::ExitCode;
 
@@ -43,6 +47,7 @@ and checks every token against a contiguous-KV run.
   --preempt MODE       swap | recompute | none [swap]
   --allocator KIND     caching | direct | arena [caching]
   --seed N             weights and workload seed [7]
+  --tp N               tensor-parallel ranks (devices) [1]
   --quiet              no per-step lines
   --help               this text";
 
@@ -76,6 +81,7 @@ fn parse() -> std::result::Result<DecodeArgs, String> {
             "--max-blocks" => a.max_blocks = num(&value)?,
             "--max-model-len" => a.max_model_len = num(&value)?,
             "--seed" => a.seed = num(&value)? as u64,
+            "--tp" => a.tp = num(&value)?,
             "--utilization" => {
                 a.utilization = value
                     .parse()
@@ -113,7 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let discovery = match hal_mock::discover() {
+    let discovery = match hal_mock::discover_devices(args.tp) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");

@@ -80,3 +80,13 @@ pub const DEVICE_ADDRESS_FLOOR: u64 = 1 << 48;
 pub fn discover() -> ascend_hal::Result<ascend_hal::Discovery<CpuBackend>> {
     ascend_hal::discover(|| Ok(CpuBackend::new()))
 }
+
+/// As [`discover`], with `count` CPU devices (Ascend 910B1 profiles) when the CPU backend is
+/// the one used: what an example needs to run tensor-parallel without an NPU.
+pub fn discover_devices(count: usize) -> ascend_hal::Result<ascend_hal::Discovery<CpuBackend>> {
+    ascend_hal::discover(|| {
+        Ok(CpuBackend::builder()
+            .devices(count.max(1), DeviceProfile::ascend_910b1())
+            .build())
+    })
+}
