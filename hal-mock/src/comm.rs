@@ -174,6 +174,35 @@ impl CpuCommunicator {
         }
     }
 
+    /// Makes this rank's [`Error::Collective`]s for `op`, for tasks on its stream.
+    fn errors(&self, op: &'static str) -> impl Fn(String) -> Error + Send + 'static {
+        let (rank, size) = (self.rank, self.group.size);
+        move |message| Error::Collective {
+            op,
+            rank,
+            size,
+            message,
+        }
+    }
+
+    /// The checks of a send or receive: the stream, the byte count, and that `peer` is another
+    /// rank of the group. Returns the bytes.
+    fn point_to_point(
+        &self,
+        op: &'static str,
+        stream: &CpuStream,
+        count: usize,
+        dtype: DType,
+        peer: usize,
+    ) -> Result<usize> {
+        self.check_stream(stream, op)?;
+        let n = self.bytes(op, count, dtype)?;
+        if peer >= self.group.size || peer == self.rank {
+            return Err(self.error(op, format!("peer {peer} is not another rank of the group")));
+        }
+        Ok(n)
+    }
+
     fn check_stream(&self, stream: &CpuStream, op: &'static str) -> Result<()> {
         if stream.device_ordinal() != self.device.ordinal() {
             return Err(Error::WrongDevice {
@@ -218,15 +247,7 @@ impl CpuCommunicator {
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
         let output: Arc<Mutex<Option<Arc<Vec<u8>>>>> = Arc::default();
         let (group, rank, out) = (Arc::clone(&self.group), self.rank, Arc::clone(&output));
-        let err = {
-            let (size, op) = (self.group.size, call.op);
-            move |message: String| Error::Collective {
-                op,
-                rank,
-                size,
-                message,
-            }
-        };
+        let err = self.errors(call.op);
         stream.enqueue_host_task(call.op, move || {
             let data = Arc::new(std::mem::take(
                 &mut *input.lock().unwrap_or_else(|p| p.into_inner()),
@@ -628,24 +649,8 @@ impl Communicator for CpuCommunicator {
         dtype: DType,
         peer: usize,
     ) -> Result<()> {
-        self.check_stream(stream, "send")?;
-        let n = self.bytes("send", count, dtype)?;
-        if peer >= self.group.size || peer == self.rank {
-            return Err(self.error(
-                "send",
-                format!("peer {peer} is not another rank of the group"),
-            ));
-        }
-        let (group, from) = (Arc::clone(&self.group), self.rank);
-        let err = {
-            let size = self.group.size;
-            move |message: String| Error::Collective {
-                op: "send",
-                rank: from,
-                size,
-                message,
-            }
-        };
+        let n = self.point_to_point("send", stream, count, dtype, peer)?;
+        let (group, from, err) = (Arc::clone(&self.group), self.rank, self.errors("send"));
         let post = move |data: Vec<u8>| -> Result<()> {
             let mut state = group.lock();
             if take_fault(&mut state, from) {
@@ -680,22 +685,8 @@ impl Communicator for CpuCommunicator {
         dtype: DType,
         peer: usize,
     ) -> Result<()> {
-        self.check_stream(stream, "recv")?;
-        let n = self.bytes("recv", count, dtype)?;
-        if peer >= self.group.size || peer == self.rank {
-            return Err(self.error(
-                "recv",
-                format!("peer {peer} is not another rank of the group"),
-            ));
-        }
-        let (group, to) = (Arc::clone(&self.group), self.rank);
-        let size = self.group.size;
-        let err = move |message: String| Error::Collective {
-            op: "recv",
-            rank: to,
-            size,
-            message,
-        };
+        let n = self.point_to_point("recv", stream, count, dtype, peer)?;
+        let (group, to, err) = (Arc::clone(&self.group), self.rank, self.errors("recv"));
         let got: Arc<Mutex<Option<Arc<Vec<u8>>>>> = Arc::default();
         let slot = Arc::clone(&got);
         stream.enqueue_host_task("recv", move || {
