@@ -652,6 +652,18 @@ impl<B: KernelOps> Model<B> {
         let activations = self.memory.activations.as_ref();
         let buf = |n: usize| DeviceBuffer::<B, f32>::alloc_in(activations, stream, n);
 
+        if positions.len() != t {
+            return Err(Error::InvalidArgument {
+                op: "forward",
+                message: format!("{} positions for {t} tokens", positions.len()),
+            });
+        }
+        if let Some(&r) = sample_rows.iter().find(|&&r| r >= t) {
+            return Err(Error::InvalidArgument {
+                op: "forward",
+                message: format!("sample row {r} of a {t}-token step"),
+            });
+        }
         // Embedding rows and positions, staged in pinned memory and uploaded asynchronously.
         let mut rows = Vec::with_capacity(t * h);
         for &tok in tokens {
@@ -671,18 +683,6 @@ impl<B: KernelOps> Model<B> {
         stream.copy_h2d(&staged_rows, &mut hidden)?;
         stream.copy_h2d(&staged_pos, &mut pos)?;
 
-        if positions.len() != t {
-            return Err(Error::InvalidArgument {
-                op: "forward",
-                message: format!("{} positions for {t} tokens", positions.len()),
-            });
-        }
-        if let Some(&r) = sample_rows.iter().find(|&&r| r >= t) {
-            return Err(Error::InvalidArgument {
-                op: "forward",
-                message: format!("sample row {r} of a {t}-token step"),
-            });
-        }
         let norm = RmsNorm {
             num_tokens: t,
             hidden: h,

@@ -4,38 +4,16 @@
 //! single-device tokens. Its own binary: the fake is configured with four devices before its
 //! first `aclInit`.
 
-use std::ffi::CString;
-
 use ascend_examples::decode::{run, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
 use ascend_examples::model::ModelConfig;
 use hal_mock::CpuBackend;
 
+mod common;
+
 fn acl_backend_with_four_devices() -> ascend_hal::acl::AclBackend {
-    let path = ascendcl_fake::library_path().expect("libascendcl_fake.so is built");
-    // SAFETY: the fake's initialisers only set up its own state; it stays loaded.
-    let lib = Box::leak(Box::new(
-        unsafe { libloading::Library::new(&path) }.unwrap(),
-    ));
-    let spec = CString::new("devices=4;memory=1073741824;soc=Ascend910B4").unwrap();
-    // SAFETY: `aclfakeConfigure` is `int32_t (*)(const char *)`.
-    let code = unsafe {
-        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
-            lib.get(b"aclfakeConfigure").unwrap();
-        f(spec.as_ptr())
-    };
-    assert_eq!(code, 0, "aclfakeConfigure");
-    // SAFETY: this binary's only test sets them before any library is loaded.
-    unsafe {
-        std::env::set_var(
-            "ASCEND_KERNELS_LIB",
-            ascend_kernels::ascendc::HOST_KERNELS_LIB,
-        );
-        std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
-        std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
-        std::env::set_var("ASCEND_HAL_HCCL_LIB", &path);
-    }
-    ascend_hal::acl::AclBackend::load_from(&path).expect("the fake loads")
+    common::configure_fake("devices=4;memory=1073741824;soc=Ascend910B4");
+    common::acl_backend()
 }
 
 #[test]

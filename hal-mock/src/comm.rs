@@ -73,7 +73,6 @@ struct State {
 
 struct Group {
     size: usize,
-    ordinals: Vec<usize>,
     state: Mutex<State>,
     changed: Condvar,
     timeout: Mutex<Duration>,
@@ -132,7 +131,6 @@ impl CpuCommunicator {
         }
         let group = Arc::new(Group {
             size: devices.len(),
-            ordinals,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             timeout: Mutex::new(DEFAULT_TIMEOUT),
@@ -158,11 +156,6 @@ impl CpuCommunicator {
     /// the other ranks' share of each fails too, naming this rank.
     pub fn fail_next(&self, n: u64) {
         *self.group.lock().armed.entry(self.rank).or_default() += n;
-    }
-
-    /// The device ordinals of the group, in rank order.
-    pub fn ordinals(&self) -> &[usize] {
-        &self.group.ordinals
     }
 
     fn error(&self, op: &'static str, message: String) -> Error {

@@ -7,9 +7,28 @@ use std::path::PathBuf;
 
 use hal_mock::CpuBackend;
 
+/// Configures the fake (`aclfakeConfigure`, e.g. `devices=4`) before the binary's first
+/// `aclInit`; call before [`acl_backend`].
+pub fn configure_fake(spec: &str) {
+    let path =
+        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
+    // SAFETY: the fake's initialisers only set up its own state; it stays loaded (leaked).
+    let lib = Box::leak(Box::new(
+        unsafe { libloading::Library::new(&path) }.unwrap(),
+    ));
+    let spec = std::ffi::CString::new(spec).unwrap();
+    // SAFETY: `aclfakeConfigure` is `int32_t (*)(const char *)`.
+    let code = unsafe {
+        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
+            lib.get(b"aclfakeConfigure").unwrap();
+        f(spec.as_ptr())
+    };
+    assert_eq!(code, 0, "aclfakeConfigure({spec:?})");
+}
+
 /// The ACL backend over the fake, with the host kernels library standing in for the CANN build
-/// of the Ascend C kernels and the fake for the ACLNN libraries: the whole NPU path of a decode
-/// step.
+/// of the Ascend C kernels and the fake for the ACLNN and HCCL libraries: the whole NPU path of
+/// a decode step.
 pub fn acl_backend() -> ascend_hal::acl::AclBackend {
     let path =
         ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
@@ -24,6 +43,7 @@ pub fn acl_backend() -> ascend_hal::acl::AclBackend {
             );
             std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &path);
             std::env::set_var("ASCEND_HAL_OPAPI_LIB", &path);
+            std::env::set_var("ASCEND_HAL_HCCL_LIB", &path);
         }
     });
     let discovery = ascend_hal::discover_using(

@@ -7,8 +7,6 @@
 // Ranks index several parallel vectors (communicators, streams, buffers, inputs).
 #![allow(clippy::needless_range_loop)]
 
-use std::ffi::CString;
-
 use ascend_hal::acl::hccl::{Hccl, HcclCommunicator, RootInfo};
 use ascend_hal::acl::{AclBackend, AclDevice, AclStream};
 use ascend_hal::comm::{Communicator, CommunicatorExt, ReduceOp};
@@ -16,21 +14,18 @@ use ascend_hal::prelude::*;
 use ascend_hal::Error;
 use half::f16;
 
+mod common;
+
 const RANKS: usize = 4;
 
+/// The fake, configured with four devices before this binary's first `aclInit`.
 fn configure() -> std::path::PathBuf {
     let path = ascendcl_fake::library_path().expect("libascendcl_fake.so is built");
-    // SAFETY: the fake's initialisers only set up its own state; it stays loaded.
-    let lib = Box::leak(Box::new(
-        unsafe { libloading::Library::new(&path) }.unwrap(),
-    ));
-    let spec = CString::new("devices=4;memory=268435456;soc=Ascend910B4").unwrap();
-    // SAFETY: `aclfakeConfigure` is `int32_t (*)(const char *)`.
-    let code = unsafe {
-        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
-            lib.get(b"aclfakeConfigure").unwrap();
-        f(spec.as_ptr())
-    };
+    let code = common::call_str(
+        &path,
+        "aclfakeConfigure",
+        "devices=4;memory=268435456;soc=Ascend910B4",
+    );
     assert!(
         code == 0 || code == 100_002,
         "aclfakeConfigure returned {code}"
@@ -38,17 +33,12 @@ fn configure() -> std::path::PathBuf {
     path
 }
 
-fn set_faults(path: &std::path::Path, spec: &str) {
-    // SAFETY: as in `configure`.
-    let lib = Box::leak(Box::new(unsafe { libloading::Library::new(path) }.unwrap()));
-    let spec = CString::new(spec).unwrap();
-    // SAFETY: `aclfakeSetFaults` is `int32_t (*)(const char *)`.
-    let code = unsafe {
-        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> i32> =
-            lib.get(b"aclfakeSetFaults").unwrap();
-        f(spec.as_ptr())
-    };
-    assert_eq!(code, 0);
+fn set_faults(path: &std::path::PathBuf, spec: &str) {
+    assert_eq!(
+        common::call_str(path, "aclfakeSetFaults", spec),
+        0,
+        "{spec}"
+    );
 }
 
 fn input(r: usize, n: usize) -> Vec<f32> {
