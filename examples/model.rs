@@ -11,7 +11,7 @@ use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
 use ascend_hal::comm::{Communicator, CommunicatorExt, ReduceOp};
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
-use ascend_kernels::{KernelOps, Matmul, RmsNorm, RopeStyle, Rotary, SiluAndMul};
+use ascend_kernels::{KernelOps, Matmul, RmsNorm, RopeStyle, RopeTable, Rotary, SiluAndMul};
 use paged_kv::KvCache;
 
 /// Sizes and constants of the model.
@@ -463,25 +463,6 @@ impl Init {
     }
 }
 
-/// The NeoX RoPE table `[max_position, head_size]` (cosines, then sines), computed in `f32` the
-/// way Hugging Face's Llama computes it: `inv_freq = 1 / theta^(2f / d)`, angle `pos * inv_freq`.
-pub fn rope_table(cfg: &ModelConfig) -> Vec<f32> {
-    let hs = cfg.head_size();
-    let half = hs / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|f| 1.0 / (cfg.rope_theta as f32).powf((2 * f) as f32 / hs as f32))
-        .collect();
-    let mut cs = vec![0f32; cfg.max_position * hs];
-    for pos in 0..cfg.max_position {
-        for (f, inv) in inv_freq.iter().enumerate() {
-            let theta = pos as f32 * inv;
-            cs[pos * hs + f] = theta.cos();
-            cs[pos * hs + half + f] = theta.sin();
-        }
-    }
-    cs
-}
-
 /// The logits of the rows a step samples from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logits {
@@ -589,7 +570,9 @@ impl<B: KernelOps> Model<B> {
             layers,
             final_norm: put(&weights.final_norm)?,
             lm_head,
-            cos_sin: put(&rope_table(&cfg))?,
+            cos_sin: put(
+                &RopeTable::new(cfg.head_size(), cfg.max_position, cfg.rope_theta).build()?,
+            )?,
             memory,
         })
     }

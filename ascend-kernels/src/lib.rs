@@ -44,10 +44,13 @@
 pub mod acl;
 #[allow(unsafe_code)] // FFI to the host build of the Ascend C kernels; each call says why it holds.
 pub mod ascendc;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod cpu;
 mod float;
 mod ops;
 pub mod reference;
+mod rope;
 mod shapes;
 #[allow(unsafe_code)]
 // SIMD intrinsics behind run-time CPU feature detection; each block says why it holds.
@@ -59,6 +62,7 @@ pub use ops::{
     MatmulArgs, Out, PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs,
     RotaryArgs, SiluAndMulArgs,
 };
+pub use rope::{RopeScaling, RopeTable};
 pub use shapes::{
     expect_index_len, expect_len, CacheShape, Matmul, PagedAttention, PrefillAttention,
     ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,

@@ -99,3 +99,24 @@ fn a_step_reuses_the_previous_steps_memory() {
         "rewinds once the work is done"
     );
 }
+
+/// Every kernel op with its arguments from the arena over an expandable-segment parent, placed
+/// across the parent's 2 MiB chunks (`ascend_kernels::conformance`).
+#[test]
+fn kernel_ops_across_seams_of_the_arena() {
+    let backend = backend();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let parent: Arc<dyn Allocator<CpuBackend>> = Arc::new(
+        CachingAllocator::new(&device, "expandable_segments:True".parse().unwrap()).unwrap(),
+    );
+    let arena = BumpArena::new(parent, 4 << 20);
+    let report = ascend_kernels::conformance::every_op_across_seams::<CpuBackend>(&stream, &arena);
+    assert_eq!(report.ops, 22);
+    // A bump arena decides placement itself (a dropped probe can rewind its lane), so not
+    // every argument lands across a seam; some must.
+    assert!(
+        report.straddling > 0,
+        "arguments straddle chunk seams: {report:?}"
+    );
+}

@@ -127,8 +127,14 @@ pub struct KernelArg {
 /// Runs `task` over kernel arguments: each argument's extent (see `AddressSpace::extent`),
 /// borrowed in place when it is one allocation, gathered and scattered back when it spans
 /// mapped chunks. Unlike [`run`], arguments may overlap, as device kernel arguments may: the
-/// task gets raw pointers, not slices, and aliasing is its business (a write through one
-/// gathered argument is not seen through another argument until the task ends).
+/// task gets raw pointers, not slices, and aliasing is its business.
+///
+/// The task sees one coherent memory, as a kernel on the device does: arguments in the same
+/// allocation or the same run of mapped chunks point into the same bytes (one gathered copy
+/// per run, written back once), so a write through one argument is seen through any other that
+/// covers the same address, and nothing is written back over what the task wrote. (An
+/// argument's extent runs to the end of its run, so two arguments in one run share their tail:
+/// one copy per argument would write the earlier one's stale copy over the later one's bytes.)
 pub(crate) fn run_raw(
     args: &[Option<Vec<Piece>>],
     task: impl FnOnce(&[KernelArg]) -> Result<()>,
@@ -148,56 +154,97 @@ pub(crate) fn run_raw(
         .collect();
     let lock_of = |a: &Arc<Allocation>| allocations.partition_point(|b| b.base < a.base);
 
-    let mut gathered: Vec<Option<Vec<u8>>> = Vec::with_capacity(args.len());
-    let mut kernel_args = Vec::with_capacity(args.len());
-    for pieces in args {
-        match pieces.as_deref() {
-            None | Some([]) => {
-                gathered.push(None);
-                kernel_args.push(KernelArg {
-                    ptr: std::ptr::null_mut(),
-                    len: 0,
-                });
-            }
-            Some([(a, offset, len)]) => {
-                gathered.push(None);
-                kernel_args.push(KernelArg {
+    // Each argument's device address range, `start..end` (`end` is its run's end).
+    let span = |pieces: &[Piece]| -> Option<(u64, u64)> {
+        let (a, offset, _) = pieces.first()?;
+        let start = a.base + *offset as u64;
+        Some((
+            start,
+            start + pieces.iter().map(|p| p.2 as u64).sum::<u64>(),
+        ))
+    };
+    // Runs, by the argument that starts first in each: (start, end, host address of start,
+    // the gathered copy if the run spans chunks, the pieces to scatter it back to).
+    struct Run<'p> {
+        start: u64,
+        end: u64,
+        host: *mut u8,
+        gathered: Option<Vec<u8>>,
+        pieces: &'p [Piece],
+    }
+    let mut order: Vec<usize> = (0..args.len())
+        .filter(|&i| args[i].as_deref().and_then(span).is_some())
+        .collect();
+    order.sort_by_key(|&i| args[i].as_deref().and_then(span).map(|(s, _)| s));
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    let mut kernel_args = vec![
+        KernelArg {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        };
+        args.len()
+    ];
+    for i in order {
+        let Some(pieces) = args[i].as_deref() else {
+            continue;
+        };
+        let Some((start, end)) = span(pieces) else {
+            continue;
+        };
+        let inside = runs.last().is_some_and(|r| start < r.end);
+        if !inside {
+            let run = match pieces {
+                [(a, offset, _)] => Run {
+                    start,
+                    end,
                     // SAFETY: `offset` lies inside the locked allocation (resolved against it).
-                    ptr: unsafe { bases[lock_of(a)].add(*offset) },
-                    len: *len,
-                });
-            }
-            Some(many) => {
-                let mut buf = Vec::with_capacity(many.iter().map(|p| p.2).sum());
-                for (a, offset, len) in many {
-                    // SAFETY: `offset + len` lies inside the locked allocation.
-                    buf.extend_from_slice(unsafe {
-                        std::slice::from_raw_parts(bases[lock_of(a)].add(*offset), *len)
-                    });
+                    host: unsafe { bases[lock_of(a)].add(*offset) },
+                    gathered: None,
+                    pieces,
+                },
+                many => {
+                    let mut buf = Vec::with_capacity((end - start) as usize);
+                    for (a, offset, len) in many {
+                        // SAFETY: `offset + len` lies inside the locked allocation.
+                        buf.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(bases[lock_of(a)].add(*offset), *len)
+                        });
+                    }
+                    Run {
+                        start,
+                        end,
+                        host: buf.as_mut_ptr(),
+                        gathered: Some(buf),
+                        pieces,
+                    }
                 }
-                kernel_args.push(KernelArg {
-                    ptr: buf.as_mut_ptr(),
-                    len: buf.len(),
-                });
-                gathered.push(Some(buf));
-            }
+            };
+            runs.push(run);
         }
+        let Some(run) = runs.last() else { continue };
+        // Extents end where their run ends, so a later argument of the run lies inside it.
+        let at = (start - run.start) as usize;
+        kernel_args[i] = KernelArg {
+            // SAFETY: `start` lies in `run.start..run.end`, which `run.host` maps (the run's
+            // first allocation's storage in place, or its gathered copy).
+            ptr: unsafe { run.host.add(at) },
+            len: (end.min(run.end) - start) as usize,
+        };
     }
     let result = task(&kernel_args);
-    for (pieces, buf) in args.iter().zip(&gathered) {
-        if let (Some(pieces), Some(buf)) = (pieces, buf) {
-            let mut at = 0;
-            for (a, offset, len) in pieces {
-                // SAFETY: as above; the task has ended, so no pointer into the storage is used.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        buf[at..].as_ptr(),
-                        bases[lock_of(a)].add(*offset),
-                        *len,
-                    )
-                };
-                at += len;
-            }
+    for run in &runs {
+        let Some(buf) = &run.gathered else { continue };
+        let mut at = 0;
+        for (a, offset, len) in run.pieces {
+            // SAFETY: as above; the task has ended, so no pointer into the storage is used.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    buf[at..].as_ptr(),
+                    bases[lock_of(a)].add(*offset),
+                    *len,
+                )
+            };
+            at += len;
         }
     }
     drop(guards);
