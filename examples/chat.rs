@@ -19,7 +19,7 @@ use paged_kv::RequestId;
 use crate::engine::{
     serve_observed, EngineConfig, Observer, Preemption, Report, Request, StepStats,
 };
-use crate::llm::{kv_cache, BoxError, Llm};
+use crate::llm::{kv_cache, model_cache, smollm2_path, BoxError, Llm, SMOLLM2_FILE};
 use crate::model::ModelMemory;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{Message, TextStream};
@@ -86,6 +86,115 @@ impl ChatArgs {
         }
         Ok(())
     }
+}
+
+/// The `chat` example's usage text.
+pub const USAGE: &str = "usage: chat [options] [--] [PROMPT...]
+
+Answers each prompt with a GGUF model on the default backend, streaming the text.
+Prompts come from the arguments, else from standard input, one per line. A prompt that
+starts with '-' goes after '--'.
+
+  --model PATH             the .gguf file [SmolLM2-135M-Instruct in the model cache]
+  --system TEXT            system message [the chat template's default]
+  --max-new N              most tokens per answer [256]
+  --temperature T          0 is greedy [0]
+  --top-p P                nucleus sampling threshold [1]
+  --seed N                 sampling seed (prompt i uses seed + i) [0]
+  --max-model-len N        longest sequence, at most the model's context length [2048]
+  --block-size N           tokens per KV block [16]
+  --max-blocks N           cap on KV blocks [4096]
+  --max-batch N            most requests in a step [8]
+  --max-tokens-per-step N  most tokens computed in a step [256]
+  --no-progress            no per-step progress lines
+  -h, --help               this text";
+
+/// What the `chat` command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Print [`USAGE`].
+    Help,
+    /// Answer the prompts (none: read them from standard input).
+    Run(ChatArgs, Vec<String>),
+}
+
+/// Parses the `chat` example's arguments (without the program name). Anything starting with
+/// `-` before a `--` is an option: an unknown one is an error, not a prompt.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut model: Option<PathBuf> = None;
+    let mut a = ChatArgs::new(PathBuf::new());
+    let mut prompts = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "--" {
+            prompts.extend(it.by_ref());
+            break;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            prompts.push(arg);
+            continue;
+        }
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--no-progress" => {
+                a.progress = false;
+                continue;
+            }
+            _ => {}
+        }
+        let known = [
+            "--model",
+            "--system",
+            "--max-new",
+            "--temperature",
+            "--top-p",
+            "--seed",
+            "--max-model-len",
+            "--block-size",
+            "--max-blocks",
+            "--max-batch",
+            "--max-tokens-per-step",
+        ];
+        if !known.contains(&arg.as_str()) {
+            return Err(format!(
+                "unknown option {arg} (a prompt that starts with '-' goes after '--')"
+            ));
+        }
+        let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        let num = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{arg} {v}: not a whole number"))
+        };
+        let float = |v: &str| {
+            v.parse::<f32>()
+                .map_err(|_| format!("{arg} {v}: not a number"))
+        };
+        match arg.as_str() {
+            "--model" => model = Some(PathBuf::from(value)),
+            "--system" => a.system = Some(value),
+            "--max-new" => a.max_new = num(&value)?,
+            "--temperature" => a.sampling.temperature = float(&value)?,
+            "--top-p" => a.sampling.top_p = float(&value)?,
+            "--seed" => a.sampling.seed = num(&value)? as u64,
+            "--max-model-len" => a.max_model_len = num(&value)?,
+            "--block-size" => a.block_size = num(&value)?,
+            "--max-blocks" => a.max_blocks = num(&value)?,
+            "--max-batch" => a.max_batch = num(&value)?,
+            _ => a.max_tokens_per_step = num(&value)?,
+        }
+    }
+    a.model = match model.or_else(smollm2_path) {
+        Some(m) => m,
+        None => {
+            return Err(format!(
+                "no --model, and {SMOLLM2_FILE} is not in the model cache ({}); fetch it with \
+                 scripts/fetch-smollm2.sh",
+                model_cache().map_or("unset HOME".into(), |p| p.display().to_string())
+            ))
+        }
+    };
+    a.validate()?;
+    Ok(Command::Run(a, prompts))
 }
 
 /// Prints answers in prompt order, streaming the oldest unfinished one.

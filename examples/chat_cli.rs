@@ -11,88 +11,12 @@
 //! blocks in use, prefix hit rate) go to standard error; `--no-progress` turns them off.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ascend_examples::chat::{ChatArgs, ChatSession};
-use ascend_examples::llm::{model_cache, smollm2_path, BoxError, SMOLLM2_FILE};
+use ascend_examples::chat::{parse_args, ChatArgs, ChatSession, Command, USAGE};
+use ascend_examples::llm::BoxError;
 use ascend_hal::Discovered;
 use ascend_kernels::KernelOps;
-
-const USAGE: &str = "usage: chat [options] [PROMPT...]
-
-Answers each prompt with a GGUF model on the default backend, streaming the text.
-Prompts come from the arguments, else from standard input, one per line.
-
-  --model PATH             the .gguf file [SmolLM2-135M-Instruct in the model cache]
-  --system TEXT            system message [the chat template's default]
-  --max-new N              most tokens per answer [256]
-  --temperature T          0 is greedy [0]
-  --top-p P                nucleus sampling threshold [1]
-  --seed N                 sampling seed (prompt i uses seed + i) [0]
-  --max-model-len N        longest sequence [2048]
-  --block-size N           tokens per KV block [16]
-  --max-blocks N           cap on KV blocks [4096]
-  --max-batch N            most requests in a step [8]
-  --max-tokens-per-step N  most tokens computed in a step [256]
-  --no-progress            no per-step progress lines
-  --help                   this text";
-
-fn parse() -> Result<(ChatArgs, Vec<String>), String> {
-    let mut model: Option<PathBuf> = None;
-    let mut a = ChatArgs::new(PathBuf::new());
-    let mut prompts = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        if !arg.starts_with("--") {
-            prompts.push(arg);
-            continue;
-        }
-        match arg.as_str() {
-            "--help" => return Err(String::new()),
-            "--no-progress" => {
-                a.progress = false;
-                continue;
-            }
-            _ => {}
-        }
-        let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
-        let num = |v: &str| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{arg} {v}: not a whole number"))
-        };
-        let float = |v: &str| {
-            v.parse::<f32>()
-                .map_err(|_| format!("{arg} {v}: not a number"))
-        };
-        match arg.as_str() {
-            "--model" => model = Some(PathBuf::from(value)),
-            "--system" => a.system = Some(value),
-            "--max-new" => a.max_new = num(&value)?,
-            "--temperature" => a.sampling.temperature = float(&value)?,
-            "--top-p" => a.sampling.top_p = float(&value)?,
-            "--seed" => a.sampling.seed = num(&value)? as u64,
-            "--max-model-len" => a.max_model_len = num(&value)?,
-            "--block-size" => a.block_size = num(&value)?,
-            "--max-blocks" => a.max_blocks = num(&value)?,
-            "--max-batch" => a.max_batch = num(&value)?,
-            "--max-tokens-per-step" => a.max_tokens_per_step = num(&value)?,
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    a.model = match model.or_else(smollm2_path) {
-        Some(m) => m,
-        None => {
-            return Err(format!(
-                "no --model, and {SMOLLM2_FILE} is not in the model cache ({}); fetch it with \
-                 scripts/fetch-smollm2.sh",
-                model_cache().map_or("unset HOME".into(), |p| p.display().to_string())
-            ))
-        }
-    };
-    a.validate()?;
-    Ok((a, prompts))
-}
 
 /// Where prompts come from.
 enum Prompts {
@@ -136,9 +60,9 @@ fn answer(args: &ChatArgs, prompts: Prompts) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    let (args, prompts) = match parse() {
-        Ok(p) => p,
-        Err(e) if e.is_empty() => {
+    let (args, prompts) = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args, prompts)) => (args, prompts),
+        Ok(Command::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }

@@ -24,7 +24,7 @@ pub struct Request {
     pub prompt: Vec<u32>,
     /// Most tokens to generate.
     pub max_new: usize,
-    /// The step at which it arrives.
+    /// The step at which it arrives (steps count from 1; 0 also means the first step).
     pub arrival: usize,
     /// How its tokens are picked.
     pub sampling: SamplingParams,
@@ -115,12 +115,35 @@ pub struct EngineConfig {
     pub preemption: Preemption,
 }
 
+impl EngineConfig {
+    /// Checks the settings: a step must be able to take a request and compute a token.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: &str| {
+            Err(Error::InvalidArgument {
+                op: "serve",
+                message: message.into(),
+            })
+        };
+        if self.max_batch == 0 {
+            return bad("max_batch is 0: a step could take no request; set it to 1 or more");
+        }
+        if self.max_tokens_per_step == 0 {
+            return bad(
+                "max_tokens_per_step is 0: a step could compute no token; set it to 1 or more \
+                 (a prefill is chunked to fit)",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     /// Generated tokens per request.
     pub outputs: HashMap<RequestId, Vec<u32>>,
-    /// Steps taken.
+    /// Steps that computed tokens (idle steps waiting for an arrival are skipped, not
+    /// counted).
     pub steps: usize,
     /// Tokens generated.
     pub generated: usize,
@@ -146,11 +169,30 @@ enum State {
 
 struct Live {
     req: Request,
+    /// Queued for admission (its arrival step has come).
+    arrived: bool,
     tokens: Vec<u32>,
     computed: usize,
     generated: Vec<u32>,
     state: State,
     sampler: Sampler,
+}
+
+/// The logits row, if every value is finite: sampling from a NaN picks a meaningless token
+/// (the argmax of NaNs is the first index), so a row that is not is an error naming the step.
+fn finite_row(row: &[f32], step: usize, id: RequestId) -> Result<&[f32]> {
+    match row.iter().position(|v| !v.is_finite()) {
+        None => Ok(row),
+        Some(i) => Err(Error::NonFinite {
+            op: "sampling",
+            message: format!(
+                "step {step}: the logits of request {id} are not finite ({} at token {i} of \
+                 {}); the model's weights are corrupt or its activations overflowed",
+                row[i],
+                row.len()
+            ),
+        }),
+    }
 }
 
 fn kv_err(e: KvError) -> Error {
@@ -228,11 +270,13 @@ pub fn serve_observed<B: KernelOps>(
 ) -> Result<Report> {
     let start = Instant::now();
     let max_len = model.config().max_position;
+    cfg.validate()?;
     check_requests(requests, max_len, model.config().vocab)?;
     let mut live: Vec<Live> = requests
         .iter()
         .map(|r| Live {
             req: r.clone(),
+            arrived: false,
             tokens: r.prompt.clone(),
             computed: 0,
             generated: Vec::new(),
@@ -251,17 +295,25 @@ pub fn serve_observed<B: KernelOps>(
     let mut report = Report::default();
     let mut step = 0usize;
     let mut slots: Vec<i32> = Vec::new();
+    // Steps in a row that computed nothing while requests were waiting or swapped out.
+    let mut stalled = 0usize;
     while live.iter().any(|l| l.state != State::Done) {
         step += 1;
         let step_start = Instant::now();
-        if step > 100_000 {
-            return Err(Error::InvalidArgument {
-                op: "serve",
-                message: "no progress after 100000 steps".into(),
-            });
+        if waiting.is_empty() && running.is_empty() && swapped.is_empty() {
+            // Idle: go straight to the next arrival.
+            let next = live
+                .iter()
+                .filter(|l| !l.arrived && l.state == State::Waiting)
+                .map(|l| l.req.arrival)
+                .min();
+            if let Some(next) = next {
+                step = step.max(next);
+            }
         }
-        for (i, l) in live.iter().enumerate() {
-            if l.req.arrival == step && l.state == State::Waiting {
+        for (i, l) in live.iter_mut().enumerate() {
+            if !l.arrived && l.req.arrival <= step && l.state == State::Waiting {
+                l.arrived = true;
                 waiting.push_back(i);
             }
         }
@@ -369,15 +421,35 @@ pub fn serve_observed<B: KernelOps>(
         }
         if batch.is_empty() {
             if !waiting.is_empty() && running.is_empty() && swapped.is_empty() {
+                let i = waiting[0];
                 return Err(Error::InvalidArgument {
                     op: "serve",
-                    message:
-                        "a waiting request does not fit the empty KV cache; raise the block count"
-                            .into(),
+                    message: format!(
+                        "request {} ({} tokens) does not fit the empty KV cache of {} blocks of \
+                         {} tokens; raise the block count or lower max_model_len",
+                        live[i].req.id,
+                        live[i].tokens.len(),
+                        kv.manager().pool().num_blocks(),
+                        kv.manager().block_size()
+                    ),
                 });
             }
-            continue; // waiting for arrivals, or for swapped requests to come back
+            stalled += 1;
+            if stalled > 1000 {
+                return Err(Error::InvalidArgument {
+                    op: "serve",
+                    message: format!(
+                        "no progress for {stalled} steps: {} waiting, {} swapped out that cannot \
+                         come back, none running",
+                        waiting.len(),
+                        swapped.len()
+                    ),
+                });
+            }
+            continue; // waiting for swapped requests to come back
         }
+        stalled = 0;
+        report.steps += 1;
 
         // The step: tokens and positions, request after request.
         let (mut tokens, mut positions, mut sample_rows, mut sampled_for) =
@@ -415,7 +487,7 @@ pub fn serve_observed<B: KernelOps>(
         ));
         for (r, &i) in sampled_for.iter().enumerate() {
             let l = &mut live[i];
-            let tok = l.sampler.sample(logits.row(r));
+            let tok = l.sampler.sample(finite_row(logits.row(r), step, l.req.id)?);
             l.generated.push(tok);
             l.tokens.push(tok);
             report.generated += 1;
@@ -441,7 +513,6 @@ pub fn serve_observed<B: KernelOps>(
             prefix_hit_rate: kv.manager().metrics().prefix_hit_rate(),
         });
     }
-    report.steps = step;
     report.seconds = start.elapsed().as_secs_f64();
     report.prefix_hit_rate = kv.manager().metrics().prefix_hit_rate();
     report.outputs = live.into_iter().map(|l| (l.req.id, l.generated)).collect();
@@ -568,7 +639,7 @@ pub fn contiguous_run<B: KernelOps>(
             kv.lens = DeviceBuffer::from_slice(stream, &[(done + n) as i32])?;
             let positions: Vec<i64> = (done as i64..(done + n) as i64).collect();
             let logits = model.forward_logits(stream, &mut kv, new, &positions, &[n - 1])?;
-            let next = sampler.sample(logits.row(0));
+            let next = sampler.sample(finite_row(logits.row(0), generated.len() + 1, r.id)?);
             done += n;
             generated.push(next);
             tokens.push(next);

@@ -20,8 +20,10 @@ fn bad<T>(message: impl Into<String>) -> Result<T> {
 }
 
 /// The configuration a `llama` GGUF file states, with the RoPE table covering `max_position`
-/// positions (at most the file's `context_length`).
-pub fn config(file: &Gguf, max_position: usize) -> Result<ModelConfig> {
+/// positions, or the file's `context_length` when `None`. A `max_position` past the context
+/// length is refused (the model was not trained past it), not shortened behind the caller's
+/// back.
+pub fn config(file: &Gguf, max_position: Option<usize>) -> Result<ModelConfig> {
     let arch = file.get_str("general.architecture")?;
     if arch != "llama" {
         return bad(format!(
@@ -46,10 +48,43 @@ pub fn config(file: &Gguf, max_position: usize) -> Result<ModelConfig> {
         heads: n("llama.attention.head_count")?,
         kv_heads: n("llama.attention.head_count_kv")?,
         intermediate: n("llama.feed_forward_length")?,
-        max_position: max_position.min(n("llama.context_length")?),
+        max_position: {
+            let context = n("llama.context_length")?;
+            match max_position {
+                None => context,
+                Some(m) if m <= context => m,
+                Some(m) => {
+                    return bad(format!(
+                        "a max model length of {m} is more than the model's context length of \
+                         {context} (llama.context_length): it was not trained on longer \
+                         sequences; use at most {context}"
+                    ))
+                }
+            }
+        },
         rope_theta: file.get_f64("llama.rope.freq_base").unwrap_or(10000.0),
         rms_eps: file.get_f64("llama.attention.layer_norm_rms_epsilon")?,
     };
+    // Every per-layer allocation is sized by block_count: it must be what the file holds.
+    let blocks = file
+        .tensors
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1);
+    if cfg.layers != blocks {
+        return bad(format!(
+            "llama.block_count = {}, but the file has tensors for {blocks} blocks (blk.0 ..): \
+             the file is corrupt",
+            cfg.layers
+        ));
+    }
     if !cfg.hidden.is_multiple_of(cfg.heads)
         || !cfg.heads.is_multiple_of(cfg.kv_heads)
         || !cfg.head_size().is_multiple_of(2)
@@ -173,9 +208,9 @@ pub fn weights(file: &Gguf, cfg: &ModelConfig) -> Result<Weights> {
     })
 }
 
-/// Reads `path` and returns its configuration (RoPE table over `max_position` positions) and
-/// weights.
-pub fn load(path: &Path, max_position: usize) -> Result<(Gguf, ModelConfig, Weights)> {
+/// Reads `path` and returns its configuration (RoPE table over `max_position` positions, see
+/// [`config`]) and weights.
+pub fn load(path: &Path, max_position: Option<usize>) -> Result<(Gguf, ModelConfig, Weights)> {
     let file = Gguf::open(path)?;
     let cfg = config(&file, max_position)?;
     let w = weights(&file, &cfg)?;

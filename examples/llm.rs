@@ -45,15 +45,15 @@ pub struct Llm<B: KernelOps> {
 
 impl<B: KernelOps> Llm<B> {
     /// Loads `path` (a Llama-architecture GGUF), dequantizing every tensor to `f32` and
-    /// uploading it through `stream`; the RoPE table covers `max_model_len` positions (at most
-    /// the file's context length).
+    /// uploading it through `stream`; the RoPE table covers `max_model_len` positions, which
+    /// must be at most the file's context length.
     pub fn load(
         stream: &B::Stream,
         path: &Path,
         max_model_len: usize,
         memory: ModelMemory<B>,
     ) -> Result<Self, BoxError> {
-        let (file, cfg, weights) = llama_gguf::load(path, max_model_len)
+        let (file, cfg, weights) = llama_gguf::load(path, Some(max_model_len))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let tokenizer = GgufTokenizer::from_gguf(&file)?;
         if tokenizer.vocab_size() != cfg.vocab {

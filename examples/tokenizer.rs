@@ -31,7 +31,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::gguf::{Gguf, Value};
+use crate::gguf::{Array, Gguf, Value};
 
 /// What can go wrong building or using the tokenizer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ fn err(message: impl fmt::Display) -> TokenizerError {
 }
 
 /// llama.cpp's token type for a control token (`<|im_start|>`, `<|endoftext|>`, ...).
-const CONTROL: u64 = 3;
+const CONTROL: i64 = 3;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,15 +126,9 @@ fn strings<'a>(file: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {
         .get(key)
         .map_err(err)?
         .as_array()
-        .ok_or_else(|| err(format!("{key} is not an array")))?;
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_str()
-                .ok_or_else(|| err(format!("{key}[{i}] is not a string")))
-        })
-        .collect()
+        .and_then(Array::strings)
+        .ok_or_else(|| err(format!("{key} is not an array of strings")))?;
+    Ok(values.iter().map(String::as_str).collect())
 }
 
 impl GgufTokenizer {
@@ -169,8 +163,8 @@ impl GgufTokenizer {
         }
         let tokens = strings(file, "tokenizer.ggml.tokens")?;
         let merges = strings(file, "tokenizer.ggml.merges")?;
-        let types: Vec<u64> = match file.metadata.get("tokenizer.ggml.token_type") {
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(0)).collect(),
+        let types: Vec<i64> = match file.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a.integers().unwrap_or_default(),
             _ => Vec::new(),
         };
 

@@ -204,6 +204,17 @@ pub enum Error {
         message: String,
     },
 
+    /// Values that must be finite are not (a NaN or an infinity): corrupt weights, or
+    /// activations that overflowed their dtype. Sampling from such logits picks a token that
+    /// means nothing, so it is an error instead.
+    #[error("{op}: {message}")]
+    NonFinite {
+        /// The operation that found them (`sampling`, a loader, ...).
+        op: &'static str,
+        /// Where (step, request, tensor), the first bad value and its index, and what to check.
+        message: String,
+    },
+
     /// The backend does not support this operation.
     #[error("{op} is not supported by the {backend} backend")]
     Unsupported {

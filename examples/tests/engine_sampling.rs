@@ -238,3 +238,85 @@ fn bad_requests_are_refused_by_name_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn requests_arriving_at_step_zero_or_far_ahead_are_served() {
+    let mut s = setup();
+    let mut early = Request::greedy(RequestId(1), vec![1, 2, 3], 3);
+    early.arrival = 0;
+    let mut late = Request::greedy(RequestId(2), vec![4, 5, 6], 3);
+    late.arrival = 1_000_000;
+    let report = serve(
+        &s.stream,
+        &s.model,
+        &mut s.kv,
+        &[early.clone(), late.clone()],
+        engine(None),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.outputs[&RequestId(1)].len(), 3);
+    assert_eq!(report.outputs[&RequestId(2)].len(), 3);
+    // The idle steps before the late arrival are skipped, not run one by one.
+    assert!(report.steps < 20, "{} steps", report.steps);
+    // Each is served as it would be alone.
+    let alone = contiguous_run(&s.stream, &s.model, &[early, late], 16).unwrap();
+    assert_eq!(report.outputs, alone);
+}
+
+#[test]
+fn a_scheduler_that_cannot_take_work_is_refused_by_name() {
+    let mut s = setup();
+    let req = [Request::greedy(RequestId(1), vec![1, 2, 3], 3)];
+    for (cfg, want) in [
+        (
+            EngineConfig {
+                max_batch: 0,
+                ..engine(None)
+            },
+            "max_batch is 0",
+        ),
+        (
+            EngineConfig {
+                max_tokens_per_step: 0,
+                ..engine(None)
+            },
+            "max_tokens_per_step is 0",
+        ),
+    ] {
+        let e = serve(&s.stream, &s.model, &mut s.kv, &req, cfg, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains("KV cache"), "not blamed on the cache: {e}");
+    }
+}
+
+#[test]
+fn logits_that_are_not_finite_are_an_error_naming_the_step() {
+    let a = DecodeArgs::default();
+    let mut s = setup();
+    let mut w = ascend_examples::model::Weights::random(&a.model, 7);
+    w.final_norm[3] = f32::NAN;
+    let device = s.stream.device();
+    let model = Model::from_weights(
+        &s.stream,
+        a.model,
+        w,
+        ModelMemory::caching(&device).unwrap(),
+    )
+    .unwrap();
+    let req = [Request::greedy(RequestId(4), vec![1, 2, 3], 3)];
+    let e = serve(&s.stream, &model, &mut s.kv, &req, engine(None), |_| {})
+        .err()
+        .unwrap_or_else(|| panic!("NaN logits were sampled from"));
+    assert!(
+        matches!(e, ascend_hal::Error::NonFinite { op: "sampling", .. }),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(
+        e.contains("step 1: the logits of request r4 are not finite (NaN at token"),
+        "{e}"
+    );
+}

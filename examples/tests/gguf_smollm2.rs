@@ -36,7 +36,7 @@ fn smollm2_reads_as_llama_cpp_reads_it() {
     assert!((g.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap() - 1e-5).abs() < 1e-12);
     let tokens = g.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
     assert_eq!(tokens.len(), 49152);
-    assert_eq!(tokens[1].as_str(), Some("<|im_start|>"));
+    assert_eq!(tokens.strings().unwrap()[1], "<|im_start|>");
     let merges = g.get("tokenizer.ggml.merges").unwrap().as_array().unwrap();
     assert_eq!(merges.len(), 48900);
     assert!(g
@@ -109,7 +109,7 @@ fn smollm2_configures_the_model_as_transformers_does() {
         return;
     };
     let g = Gguf::open(&path).unwrap();
-    let cfg = ascend_examples::llama_gguf::config(&g, usize::MAX).unwrap();
+    let cfg = ascend_examples::llama_gguf::config(&g, None).unwrap();
     let context = g.get_u64("llama.context_length").unwrap() as usize;
     assert_eq!(
         (cfg.vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads),
@@ -122,7 +122,7 @@ fn smollm2_configures_the_model_as_transformers_does() {
     // Stored as f32, as the file (and so transformers) has it.
     assert_eq!((cfg.rope_theta, cfg.rms_eps as f32), (100000.0, 1e-5));
     assert_eq!(
-        ascend_examples::llama_gguf::config(&g, 300)
+        ascend_examples::llama_gguf::config(&g, Some(300))
             .unwrap()
             .max_position,
         300
