@@ -249,6 +249,37 @@ pub fn workload(a: &DecodeArgs) -> Vec<Request> {
         .collect()
 }
 
+/// Of the failures of a group's ranks, `(rank, error)`, the one to report first: a rank's own
+/// failure rather than the failures it caused in its peers (a collective that failed because
+/// another rank could not take part, left the group, or never arrived). Returns it with its
+/// rank, and the others in rank order.
+pub fn root_failure(
+    mut failures: Vec<(usize, Error)>,
+    ranks: usize,
+) -> (usize, Error, Vec<(usize, Error)>) {
+    let blames_a_peer = |own: usize, e: &Error| {
+        let text = e.to_string();
+        (0..ranks).filter(|&r| r != own).any(|r| {
+            [
+                format!("rank {r} cannot take part"),
+                format!("rank(s) {r} "),
+                format!("rank {r} left the group"),
+                format!("rank {r}'s matching send"),
+                format!("rank {r} failed"),
+                format!("nothing from rank {r}"),
+            ]
+            .iter()
+            .any(|p| text.contains(p.as_str()))
+        })
+    };
+    let at = failures
+        .iter()
+        .position(|(r, e)| !blames_a_peer(*r, e))
+        .unwrap_or(0);
+    let (rank, first) = failures.remove(at);
+    (rank, first, failures)
+}
+
 /// Runs the example on `backend`, printing through `say`.
 pub fn run<B: TensorParallel>(
     backend: B,
@@ -311,13 +342,30 @@ pub fn run<B: TensorParallel>(
             .collect()
     });
     let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
     for (rank, (result, lines)) in results.into_iter().enumerate() {
         if rank == 0 {
             for l in &lines {
                 say(l);
             }
         }
-        outcomes.push(result?);
+        match result {
+            Ok(o) => outcomes.push(o),
+            Err(e) => failures.push((rank, e)),
+        }
+    }
+    if !failures.is_empty() {
+        let (rank, first, others) = root_failure(failures, a.tp);
+        say(&format!("rank {rank} of {} failed first: {first}", a.tp));
+        for (r, e) in others {
+            let text = e.to_string();
+            let short: String = text.chars().take(300).collect();
+            let cut = if short.len() < text.len() { " ..." } else { "" };
+            say(&format!(
+                "rank {r} failed too (after rank {rank}): {short}{cut}"
+            ));
+        }
+        return Err(first);
     }
     // Every rank made the same tokens (the same logits after the all-reduces).
     let reports: Vec<&Report> = outcomes

@@ -75,14 +75,12 @@ pub enum Error {
     },
 
     /// A buffer or event of one device used with a stream of another.
-    #[error(
-        "wrong device in {op}: {what} lives on device {actual} but the stream runs on device \
-         {expected}; copy it to device {expected} first"
-    )]
+    #[error("wrong device in {op}: {}", wrong_device(what, *expected, *actual))]
     WrongDevice {
         /// The operation that checked.
         op: &'static str,
-        /// Which argument was on the wrong device.
+        /// Which argument was on the wrong device: a buffer's name, `"stream"` (a
+        /// communicator's rank given another device's stream) or `"the allocator's memory"`.
         what: &'static str,
         /// The device the operation runs on.
         expected: usize,
@@ -371,6 +369,24 @@ fn list_attempts(tried: &[LoadAttempt]) -> String {
         .iter()
         .map(|a| format!("\n  - {}: {}", a.place, a.outcome))
         .collect()
+}
+
+/// The body of [`Error::WrongDevice`]'s message: what is where, and what to do.
+fn wrong_device(what: &str, expected: usize, actual: usize) -> String {
+    match what {
+        "stream" => format!(
+            "the stream runs on device {actual}, but this communicator's rank is on device \
+             {expected}; enqueue a rank's collectives on a stream of its own device"
+        ),
+        "the allocator's memory" => format!(
+            "the allocator's memory is on device {actual}, but the stream runs on device \
+             {expected}; allocate from an allocator of device {expected}"
+        ),
+        _ => format!(
+            "{what} lives on device {actual} but the stream runs on device {expected}; copy it \
+             to device {expected} first"
+        ),
+    }
 }
 
 impl Error {

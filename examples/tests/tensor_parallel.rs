@@ -89,3 +89,71 @@ fn a_split_that_does_not_divide_is_refused_and_too_few_devices_named() {
         "{e}"
     );
 }
+
+/// A fault on one rank's stream fails that rank; its peer hears at once (it does not wait for
+/// its collective timeout), and the report names the faulted rank's own failure first.
+#[test]
+fn a_fault_on_one_rank_is_reported_first_and_at_once() {
+    let backend = CpuBackend::builder()
+        .devices(2, DeviceProfile::custom("Rank", 1 << 30))
+        .build();
+    // Part-way through the run: some rank's 400th kernel or host task fails.
+    backend
+        .faults()
+        .fail_nth(hal_mock::MockOp::HostTask, 400)
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut lines = Vec::new();
+    let e = match run(backend, &args(2, None), &mut |l| lines.push(l.to_string())) {
+        Ok(_) => panic!("the fault was not reported"),
+        Err(e) => e.to_string(),
+    };
+    let text = lines.join("\n");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(e.contains("injected fault"), "{e}");
+    assert!(
+        !e.contains("cannot take part"),
+        "the peer's failure came first: {e}"
+    );
+    assert!(text.contains("of 2 failed first: "), "{text}");
+    assert!(
+        text.contains("failed too (after rank") && text.contains("cannot take part"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_root_failure_is_the_one_that_blames_no_peer() {
+    use ascend_examples::decode::root_failure;
+    use ascend_hal::Error;
+    let secondary = Error::Collective {
+        op: "all_reduce",
+        rank: 0,
+        size: 3,
+        message: "rank 2 cannot take part in collective #4 (all_reduce(8 x F32, sum)): its \
+                  stream failed before it: boom"
+            .into(),
+    };
+    let left = Error::Collective {
+        op: "all_reduce",
+        rank: 1,
+        size: 3,
+        message: "rank(s) 2 left the group before collective #4".into(),
+    };
+    let own = Error::KernelFault {
+        op: "matmul",
+        message: "boom".into(),
+    };
+    let (rank, first, others) =
+        root_failure(vec![(0, secondary.clone()), (1, left), (2, own.clone())], 3);
+    assert_eq!((rank, first), (2, own));
+    assert_eq!(others.len(), 2);
+    assert_eq!(others[0], (0, secondary.clone()));
+    // When every failure blames a peer, the lowest rank's comes first.
+    let (rank, _, _) = root_failure(vec![(0, secondary.clone()), (1, secondary)], 3);
+    assert_eq!(rank, 0);
+}

@@ -150,10 +150,12 @@ impl CpuBackendBuilder {
         if profiles.is_empty() {
             profiles.push(DeviceProfile::ascend_910b1());
         }
+        static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_BACKEND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let devices = profiles
             .into_iter()
             .enumerate()
-            .map(|(i, p)| Arc::new(DeviceShared::new(i, p, faults.clone(), self.poison)))
+            .map(|(i, p)| Arc::new(DeviceShared::new(i, id, p, faults.clone(), self.poison)))
             .collect();
         CpuBackend { devices, faults }
     }

@@ -7,13 +7,15 @@
 //! of every rank is one operation), and the result is written back. Every rank computes the
 //! result from all inputs in rank order, so all ranks get the same bits. The ranks must call
 //! the same collectives in the same order with the same sizes: a mismatch fails the collective
-//! on every rank, naming what each called; a rank that does not arrive within the group's
-//! timeout fails the others (HCCL reports the same as a timeout). Faults are injected per rank
+//! on every rank, naming what each called. A rank that cannot arrive fails the others at once,
+//! naming it and why: its stream failed before the collective (the skipped arrival reports the
+//! stream's failure), or its communicator was dropped before it enqueued the collective (the
+//! rank stopped or failed). A rank that is merely late fails the others after the group's
+//! timeout (HCCL reports the same as a timeout). Faults are injected per rank
 //! ([`CpuCommunicator::fail_next`]): the rank's collective fails, and so does every other
 //! rank's, naming it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -56,19 +58,26 @@ struct Round {
     done: usize,
 }
 
-/// A message of a send, waiting for its receive.
+/// A message of a send, waiting for its receive: the data, or why the send could not run.
 struct Message {
     count: usize,
     dtype: DType,
-    data: Arc<Vec<u8>>,
+    data: std::result::Result<Arc<Vec<u8>>, String>,
 }
 
 #[derive(Default)]
 struct State {
     rounds: HashMap<u64, Round>,
     mailboxes: HashMap<(usize, usize), VecDeque<Message>>,
+    /// Sends enqueued and receives completed, per `(from, to)`.
+    sent: HashMap<(usize, usize), u64>,
+    received: HashMap<(usize, usize), u64>,
     /// Per rank: collectives to fail, counted from its next one.
     armed: HashMap<usize, u64>,
+    /// Per rank: collectives enqueued so far (the next one's sequence number).
+    enqueued: Vec<u64>,
+    /// Per rank: whether its communicator was dropped.
+    departed: Vec<bool>,
 }
 
 struct Group {
@@ -85,15 +94,61 @@ impl Group {
     fn timeout(&self) -> Duration {
         *self.timeout.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// When a wait that starts now gives up: `None` (never) for a timeout past what an
+    /// `Instant` can hold.
+    fn deadline(&self) -> Option<Instant> {
+        Instant::now().checked_add(self.timeout())
+    }
 }
 
-/// One rank of a group over the CPU backend's devices.
+/// Waits on `cv` until `deadline` (for ever when `None`).
+fn wait_until<'a>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, State>,
+    deadline: Option<Instant>,
+    now: Instant,
+) -> MutexGuard<'a, State> {
+    match deadline {
+        Some(d) => {
+            cv.wait_timeout(guard, d.saturating_duration_since(now))
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+        }
+        None => cv.wait(guard).unwrap_or_else(|p| p.into_inner()),
+    }
+}
+
+/// Ranks as a short list for messages: the first eight, then how many more.
+pub fn list_ranks(ranks: &[usize]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = ranks
+        .iter()
+        .take(SHOWN)
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ranks.len() > SHOWN {
+        s.push_str(&format!(" and {} more", ranks.len() - SHOWN));
+    }
+    s
+}
+
+/// One rank of a group over the CPU backend's devices. Dropping it tells the other ranks that
+/// this one will enqueue no more collectives, so they fail at once where they wait for one.
 pub struct CpuCommunicator {
     group: Arc<Group>,
     rank: usize,
     device: CpuDevice,
-    /// Collectives this rank has enqueued (the next one's sequence number).
-    next: AtomicU64,
+}
+
+impl Drop for CpuCommunicator {
+    fn drop(&mut self) {
+        let mut state = self.group.lock();
+        if let Some(d) = state.departed.get_mut(self.rank) {
+            *d = true;
+        }
+        self.group.changed.notify_all();
+    }
 }
 
 impl std::fmt::Debug for CpuCommunicator {
@@ -106,8 +161,9 @@ impl std::fmt::Debug for CpuCommunicator {
     }
 }
 
-/// How long a rank waits for the others at a collective unless told otherwise (HCCL's own
-/// execution timeout is of the same order).
+/// How long a rank waits for a late peer at a collective unless told otherwise (HCCL's own
+/// execution timeout, `HCCL_EXEC_TIMEOUT`, is 1836 s by default). A peer that cannot come
+/// (failed, stopped) is not waited for.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl CpuCommunicator {
@@ -120,6 +176,22 @@ impl CpuCommunicator {
                 message: "a group needs at least one device".into(),
             });
         }
+        let backend = devices[0].shared.backend;
+        if let Some((i, d)) = devices
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.shared.backend != backend)
+        {
+            return Err(Error::InvalidArgument {
+                op: "CpuCommunicator::init_all",
+                message: format!(
+                    "devices[{i}] (device {}) belongs to another CpuBackend than devices[0] \
+                     (device {}); a group's devices come from one backend",
+                    d.ordinal(),
+                    devices[0].ordinal()
+                ),
+            });
+        }
         let ordinals: Vec<usize> = devices.iter().map(|d| d.ordinal()).collect();
         for (i, o) in ordinals.iter().enumerate() {
             if ordinals[..i].contains(o) {
@@ -129,9 +201,14 @@ impl CpuCommunicator {
                 });
             }
         }
+        let size = devices.len();
         let group = Arc::new(Group {
-            size: devices.len(),
-            state: Mutex::new(State::default()),
+            size,
+            state: Mutex::new(State {
+                enqueued: vec![0; size],
+                departed: vec![false; size],
+                ..State::default()
+            }),
             changed: Condvar::new(),
             timeout: Mutex::new(DEFAULT_TIMEOUT),
         });
@@ -142,12 +219,12 @@ impl CpuCommunicator {
                 group: Arc::clone(&group),
                 rank,
                 device: d.clone(),
-                next: AtomicU64::new(0),
             })
             .collect())
     }
 
-    /// How long every rank of the group waits for the others at a collective.
+    /// How long every rank of the group waits for a late peer at a collective or a receive
+    /// ([`Duration::MAX`]: for ever).
     pub fn set_timeout(&self, timeout: Duration) {
         *self.group.timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
     }
@@ -205,6 +282,12 @@ impl CpuCommunicator {
                 actual: stream.device_ordinal(),
             });
         }
+        if stream.shared_device().backend != self.device.shared.backend {
+            return Err(self.error(
+                op,
+                "the stream belongs to another CpuBackend than the communicator's device".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -237,18 +320,44 @@ impl CpuCommunicator {
                 Ok(())
             })?;
         }
-        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let seq = {
+            let mut state = self.group.lock();
+            let seq = state.enqueued[self.rank];
+            state.enqueued[self.rank] += 1;
+            seq
+        };
         let output: Arc<Mutex<Option<Arc<Vec<u8>>>>> = Arc::default();
         let (group, rank, out) = (Arc::clone(&self.group), self.rank, Arc::clone(&output));
         let err = self.errors(call.op);
-        stream.enqueue_host_task(call.op, move || {
-            let data = Arc::new(std::mem::take(
-                &mut *input.lock().unwrap_or_else(|p| p.into_inner()),
-            ));
-            let full = rendezvous(&group, seq, rank, call, data, expected).map_err(&err)?;
-            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(full);
-            Ok(())
-        })?;
+        let skipped_group = Arc::clone(&self.group);
+        stream.enqueue_awaited_task(
+            call.op,
+            move || {
+                let data = Arc::new(std::mem::take(
+                    &mut *input.lock().unwrap_or_else(|p| p.into_inner()),
+                ));
+                let full = rendezvous(&group, seq, rank, call, data, expected).map_err(&err)?;
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(full);
+                Ok(())
+            },
+            move |e| {
+                // This rank will not arrive: the others fail now, with the reason.
+                let mut state = skipped_group.lock();
+                let size = skipped_group.size;
+                let round = state.rounds.entry(seq).or_insert_with(|| Round::new(size));
+                if round.failure.is_none() {
+                    round.failure = Some(format!(
+                        "rank {rank} cannot take part in collective #{seq} ({call}): its stream \
+                         failed before it: {e}"
+                    ));
+                }
+                round.done += 1;
+                if round.done == size {
+                    state.rounds.remove(&seq);
+                }
+                skipped_group.changed.notify_all();
+            },
+        )?;
         if let Some((ptr, n)) = recv.filter(|&(_, n)| n > 0) {
             stream.enqueue_region_task(call.op, &[], &[(ptr, n)], move |_, w| {
                 // Nothing to write when the rendezvous failed (that step reported it).
@@ -277,6 +386,30 @@ fn full_result(call: &Call, size: usize, inputs: &[Arc<Vec<u8>>]) -> Vec<u8> {
     }
 }
 
+impl Round {
+    fn new(size: usize) -> Self {
+        Round {
+            calls: vec![None; size],
+            inputs: vec![None; size],
+            result: None,
+            failure: None,
+            done: 0,
+        }
+    }
+}
+
+/// Ranks that will never arrive at collective `seq`: their communicator is gone and they had
+/// not enqueued it.
+fn departed_before(state: &State, round: &Round, seq: u64) -> Vec<usize> {
+    round
+        .calls
+        .iter()
+        .enumerate()
+        .filter(|&(r, c)| c.is_none() && state.departed[r] && state.enqueued[r] <= seq)
+        .map(|(r, _)| r)
+        .collect()
+}
+
 /// Takes an armed fault of `rank`, if any.
 fn take_fault(state: &mut State, rank: usize) -> bool {
     match state.armed.get_mut(&rank) {
@@ -299,16 +432,10 @@ fn rendezvous(
     expected: usize,
 ) -> std::result::Result<Arc<Vec<u8>>, String> {
     let size = group.size;
-    let deadline = Instant::now() + group.timeout();
+    let deadline = group.deadline();
     let mut state = group.lock();
     let injected = take_fault(&mut state, rank);
-    let round = state.rounds.entry(seq).or_insert_with(|| Round {
-        calls: vec![None; size],
-        inputs: vec![None; size],
-        result: None,
-        failure: None,
-        done: 0,
-    });
+    let round = state.rounds.entry(seq).or_insert_with(|| Round::new(size));
     round.calls[rank] = Some(call);
     let readable = data.len() == expected;
     round.inputs[rank] = Some(data);
@@ -325,10 +452,22 @@ fn rendezvous(
     }
     group.changed.notify_all();
     let result = loop {
+        let gone = match state.rounds.get(&seq) {
+            Some(round) if round.failure.is_none() => departed_before(&state, round, seq),
+            _ => Vec::new(),
+        };
         let Some(round) = state.rounds.get_mut(&seq) else {
             // Rounds live until every rank is out of them; this rank is not.
             break Err(format!("collective #{seq} was lost"));
         };
+        if !gone.is_empty() {
+            round.failure = Some(format!(
+                "rank(s) {} left the group before collective #{seq} ({call}): the \
+                 communicator was dropped, so the rank stopped or failed; see its own error",
+                list_ranks(&gone)
+            ));
+            group.changed.notify_all();
+        }
         if let Some(f) = &round.failure {
             break Err(f.clone());
         }
@@ -352,18 +491,18 @@ fn rendezvous(
             break Ok(Arc::clone(full));
         }
         let now = Instant::now();
-        if now >= deadline {
-            let missing: Vec<String> = round
+        if deadline.is_some_and(|d| now >= d) {
+            let missing: Vec<usize> = round
                 .calls
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| c.is_none())
-                .map(|(r, _)| r.to_string())
+                .map(|(r, _)| r)
                 .collect();
             let message = format!(
-                "rank(s) {} did not reach collective #{seq} ({}) within {:?}: a rank stopped, \
-                 failed earlier, or calls collectives in another order",
-                missing.join(", "),
+                "rank(s) {} did not reach collective #{seq} ({}) within {:?}: a rank is stuck, \
+                 or calls collectives in another order",
+                list_ranks(&missing),
                 call,
                 group.timeout()
             );
@@ -371,11 +510,7 @@ fn rendezvous(
             group.changed.notify_all();
             break Err(message);
         }
-        state = group
-            .changed
-            .wait_timeout(state, deadline - now)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+        state = wait_until(&group.changed, state, deadline, now);
     };
     // The last rank out removes the round; on failure a rank that never arrives leaves it
     // behind, which costs a little memory and answers any late arrival with the failure.
@@ -496,17 +631,34 @@ fn combine(
             i64::max,
             i64::min
         ),
-        // Refused at enqueue (`reducible`): nothing to combine.
+        // Refused at enqueue (`check_reducible`): nothing to combine.
         _ => Vec::new(),
     }
 }
 
-/// Whether [`combine`] reduces `dtype` (refused at enqueue otherwise).
-fn reducible(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::F32 | DType::F16 | DType::BF16 | DType::I8 | DType::U8 | DType::I32 | DType::I64
-    )
+/// Refuses a reduction HCCL refuses on a 910B (`CheckDataType`, `CheckReduceDataType`):
+/// unsigned data, and `prod` of bf16. [`combine`] reduces everything else it is given.
+fn check_reducible(
+    comm: &CpuCommunicator,
+    op: &'static str,
+    dtype: DType,
+    reduce: ReduceOp,
+) -> Result<()> {
+    let refused = match (dtype, reduce) {
+        (DType::U8, _) => {
+            "unsigned data is not reduced (HCCL supports int8, int16, int32, \
+                           int64, f16, f32 and bf16)"
+        }
+        (DType::BF16, ReduceOp::Prod) => {
+            "prod of bf16 is not supported on a 910B (use f16, \
+                                          f32 or i32)"
+        }
+        (DType::F32 | DType::F16 | DType::BF16 | DType::I8 | DType::I32 | DType::I64, _) => {
+            return Ok(())
+        }
+        _ => "this dtype is not reduced",
+    };
+    Err(comm.error(op, format!("{reduce} of {dtype:?}: {refused}")))
 }
 
 impl Communicator for CpuCommunicator {
@@ -534,12 +686,7 @@ impl Communicator for CpuCommunicator {
         op: ReduceOp,
     ) -> Result<()> {
         let n = self.bytes("all_reduce", count, dtype)?;
-        if !reducible(dtype) {
-            return Err(Error::Unsupported {
-                backend: "cpu",
-                op: "all_reduce of this dtype",
-            });
-        }
+        check_reducible(self, "all_reduce", dtype, op)?;
         let call = Call {
             op: "all_reduce",
             count,
@@ -580,12 +727,7 @@ impl Communicator for CpuCommunicator {
         op: ReduceOp,
     ) -> Result<()> {
         let n = self.bytes("reduce_scatter", count, dtype)?;
-        if !reducible(dtype) {
-            return Err(Error::Unsupported {
-                backend: "cpu",
-                op: "reduce_scatter of this dtype",
-            });
-        }
+        check_reducible(self, "reduce_scatter", dtype, op)?;
         let total = self.bytes(
             "reduce_scatter",
             count.saturating_mul(self.group.size),
@@ -643,31 +785,53 @@ impl Communicator for CpuCommunicator {
         peer: usize,
     ) -> Result<()> {
         let n = self.point_to_point("send", stream, count, dtype, peer)?;
-        let (group, from, err) = (Arc::clone(&self.group), self.rank, self.errors("send"));
-        let post = move |data: Vec<u8>| -> Result<()> {
-            let mut state = group.lock();
-            if take_fault(&mut state, from) {
-                return Err(err(format!(
-                    "rank {from} failed (injected fault) sending to {peer}"
-                )));
+        let from = self.rank;
+        let deliver = {
+            let group = Arc::clone(&self.group);
+            move |data: std::result::Result<Arc<Vec<u8>>, String>| {
+                let mut state = group.lock();
+                state
+                    .mailboxes
+                    .entry((from, peer))
+                    .or_default()
+                    .push_back(Message { count, dtype, data });
+                group.changed.notify_all();
             }
-            state
-                .mailboxes
-                .entry((from, peer))
-                .or_default()
-                .push_back(Message {
-                    count,
-                    dtype,
-                    data: Arc::new(data),
-                });
-            group.changed.notify_all();
+        };
+        let (group, err) = (Arc::clone(&self.group), self.errors("send"));
+        let on_skip = deliver.clone();
+        let post = move |data: Vec<u8>| -> Result<()> {
+            if take_fault(&mut group.lock(), from) {
+                let reason = format!("rank {from} failed (injected fault) sending to {peer}");
+                deliver(Err(reason.clone()));
+                return Err(err(reason));
+            }
+            deliver(Ok(Arc::new(data)));
             Ok(())
         };
-        if n == 0 {
-            stream.enqueue_host_task("send", move || post(Vec::new()))
-        } else {
-            stream.enqueue_region_task("send", &[(buf, n)], &[], move |r, _| post(r[0].to_vec()))
+        // The payload is read on the worker, in stream order, then posted.
+        let payload: Arc<Mutex<Vec<u8>>> = Arc::default();
+        if n > 0 {
+            let slot = Arc::clone(&payload);
+            stream.enqueue_region_task("send", &[(buf, n)], &[], move |r, _| {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = r[0].to_vec();
+                Ok(())
+            })?;
         }
+        *self.group.lock().sent.entry((from, peer)).or_default() += 1;
+        stream.enqueue_awaited_task(
+            "send",
+            move || {
+                post(std::mem::take(
+                    &mut *payload.lock().unwrap_or_else(|p| p.into_inner()),
+                ))
+            },
+            move |e| {
+                on_skip(Err(format!(
+                    "rank {from}'s stream failed before the send: {e}"
+                )))
+            },
+        )
     }
 
     unsafe fn enqueue_recv(
@@ -683,7 +847,7 @@ impl Communicator for CpuCommunicator {
         let got: Arc<Mutex<Option<Arc<Vec<u8>>>>> = Arc::default();
         let slot = Arc::clone(&got);
         stream.enqueue_host_task("recv", move || {
-            let deadline = Instant::now() + group.timeout();
+            let deadline = group.deadline();
             let mut state = group.lock();
             if take_fault(&mut state, to) {
                 return Err(err(format!(
@@ -696,27 +860,35 @@ impl Communicator for CpuCommunicator {
                     .get_mut(&(peer, to))
                     .and_then(VecDeque::pop_front)
                 {
+                    *state.received.entry((peer, to)).or_default() += 1;
+                    let data = m.data.map_err(|why| {
+                        err(format!("rank {peer}'s matching send did not run: {why}"))
+                    })?;
                     if (m.count, m.dtype) != (count, dtype) {
                         return Err(err(format!(
                             "rank {peer} sent {} x {:?}, rank {to} receives {count} x {dtype:?}",
                             m.count, m.dtype
                         )));
                     }
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.data);
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(data);
                     return Ok(());
                 }
-                let now = Instant::now();
-                if now >= deadline {
+                let sent = state.sent.get(&(peer, to)).copied().unwrap_or(0);
+                let received = state.received.get(&(peer, to)).copied().unwrap_or(0);
+                if state.departed[peer] && sent <= received {
                     return Err(err(format!(
-                        "nothing from rank {peer} within {:?}: it did not send, or failed",
+                        "rank {peer} left the group without sending to rank {to}: the \
+                         communicator was dropped, so the rank stopped or failed"
+                    )));
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(err(format!(
+                        "nothing from rank {peer} within {:?}: it did not send, or is stuck",
                         group.timeout()
                     )));
                 }
-                state = group
-                    .changed
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                state = wait_until(&group.changed, state, deadline, now);
             }
         })?;
         if n > 0 {

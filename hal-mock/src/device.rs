@@ -73,6 +73,8 @@ fn check_granular(op: &'static str, bytes: usize) -> Result<()> {
 /// State shared by every handle to one device, its streams and its allocations.
 pub(crate) struct DeviceShared {
     pub(crate) ordinal: usize,
+    /// Which `CpuBackend` the device belongs to (unique per built backend).
+    pub(crate) backend: u64,
     pub(crate) profile: DeviceProfile,
     /// `cpu:N`, for errors.
     pub(crate) label: String,
@@ -86,12 +88,14 @@ pub(crate) struct DeviceShared {
 impl DeviceShared {
     pub(crate) fn new(
         ordinal: usize,
+        backend: u64,
         profile: DeviceProfile,
         faults: FaultInjector,
         poison: bool,
     ) -> Self {
         DeviceShared {
             ordinal,
+            backend,
             profile,
             label: format!("cpu:{ordinal}"),
             faults,

@@ -28,9 +28,15 @@ static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
 type Work = Box<dyn FnOnce() -> Result<()> + Send>;
 
+/// Told why a task did not run: the stream had failed before it.
+type Skipped = Box<dyn FnOnce(&Error) + Send>;
+
 enum TaskKind {
     /// Host code run on the worker (copies, memsets, kernels, host tasks).
     Work(Work),
+    /// Host code that others wait for (a rank's arrival at a collective): when the stream
+    /// has failed before it, the second half hears why instead, so nobody waits for it.
+    Awaited(Work, Skipped),
     /// A failure decided at enqueue time (an injected fault) that must surface in stream order.
     Fail(Error),
     /// Complete an event record.
@@ -165,11 +171,24 @@ impl StreamShared {
                     signal.complete(failed.clone());
                     Ok(())
                 }
-                // After a failure the queued work is skipped, as on a device whose stream faulted.
+                // After a failure the queued work is skipped, as on a device whose stream faulted;
+                // whoever waits for a skipped task hears why.
+                TaskKind::Awaited(_, skipped) if failed.is_some() => {
+                    if let Some(e) = &failed {
+                        skipped(e);
+                    }
+                    Ok(())
+                }
                 _ if failed.is_some() => Ok(()),
+                TaskKind::Awaited(work, skipped) if self.device.is_lost() => {
+                    let e = self.device.lost_error(task.op);
+                    skipped(&e);
+                    drop(work);
+                    Err(e)
+                }
                 _ if self.device.is_lost() => Err(self.device.lost_error(task.op)),
                 TaskKind::Fail(e) => Err(e),
-                TaskKind::Work(work) => run_catching(work),
+                TaskKind::Work(work) | TaskKind::Awaited(work, _) => run_catching(work),
                 TaskKind::Wait(signal) => signal.wait(),
             };
             let mut s = self.lock();
@@ -279,6 +298,32 @@ impl CpuStream {
         self.enqueue(MockOp::HostTask, op, Box::new(task))
     }
 
+    /// As [`enqueue_host_task`](Self::enqueue_host_task), for a task other parties wait for:
+    /// when the stream has failed before the task's turn (so the task is skipped), or an
+    /// injected fault replaces it, `skipped` is called with the failure instead, so that they
+    /// need not wait for a task that will never run.
+    pub(crate) fn enqueue_awaited_task(
+        &self,
+        op: &'static str,
+        task: impl FnOnce() -> Result<()> + Send + 'static,
+        skipped: impl FnOnce(&Error) + Send + 'static,
+    ) -> Result<()> {
+        let device = &self.shared.device;
+        if let Err(e) = device.check_alive(op) {
+            skipped(&e);
+            return Err(e);
+        }
+        let kind = match device.faults.check(MockOp::HostTask) {
+            Ok(()) => TaskKind::Awaited(Box::new(task), Box::new(skipped)),
+            Err(injected) => {
+                skipped(&injected);
+                TaskKind::Fail(injected)
+            }
+        };
+        self.shared.push(op, kind);
+        Ok(())
+    }
+
     /// Holds the stream: work enqueued after this call waits until the returned [`StreamHold`]
     /// is released or dropped. What tests use to keep work queued (a copy still in flight, an
     /// event not yet complete) for as long as they need.
@@ -379,6 +424,11 @@ impl CpuStream {
             }),
         };
         self.enqueue(MockOp::HostTask, op, work)
+    }
+
+    /// The device this stream runs on.
+    pub(crate) fn shared_device(&self) -> &DeviceShared {
+        &self.shared.device
     }
 
     /// Number of operations enqueued and not yet finished.

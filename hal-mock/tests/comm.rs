@@ -287,7 +287,161 @@ fn an_injected_fault_fails_every_rank_naming_the_rank_and_the_next_collective_wo
     let mut b = upload(&g, 0, &[0f32; 2]);
     g.comms[0].recv(&g.streams[0], &mut b, 1).unwrap();
     assert!(sync_error(&g.streams[1]).contains("rank 1 failed (injected fault) sending to 0"));
-    assert!(sync_error(&g.streams[0]).contains("nothing from rank 1 within 200ms"));
+    // The receiver hears at once why (not after its timeout).
+    let e = sync_error(&g.streams[0]);
+    assert!(
+        e.contains(
+            "rank 1's matching send did not run: rank 1 failed (injected fault) sending to 0"
+        ),
+        "{e}"
+    );
+}
+
+/// Fails `r`'s stream with a host task, as a kernel fault would.
+fn fail_stream(g: &Group, r: usize) {
+    g.streams[r]
+        .enqueue_host_task("boom", || {
+            Err(Error::KernelFault {
+                op: "boom",
+                message: "the root cause".into(),
+            })
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_rank_whose_stream_failed_fails_the_others_at_once_with_its_cause() {
+    let g = group(3);
+    // Waiting for ever: only the skipped arrival can end the others' wait.
+    g.comms[0].set_timeout(Duration::MAX);
+    let mut bufs: Vec<_> = (0..3).map(|r| upload(&g, r, &[r as f32; 4])).collect();
+    fail_stream(&g, 1);
+    let start = std::time::Instant::now();
+    for r in 0..3 {
+        g.comms[r]
+            .all_reduce_in_place(&g.streams[r], &mut bufs[r], ReduceOp::Sum)
+            .unwrap();
+    }
+    let e1 = sync_error(&g.streams[1]);
+    assert!(e1.contains("boom") && e1.contains("the root cause"), "{e1}");
+    for r in [0, 2] {
+        let e = sync_error(&g.streams[r]);
+        assert!(
+            e.contains("rank 1 cannot take part in collective #0 (all_reduce(4 x F32, sum)): its stream failed before it"),
+            "{e}"
+        );
+        assert!(e.contains("the root cause"), "{e}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // A send skipped the same way reaches its receiver as a failure.
+    let c = upload(&g, 2, &[1f32; 2]);
+    let mut b = upload(&g, 1, &[0f32; 2]);
+    fail_stream(&g, 2);
+    g.comms[2].send(&g.streams[2], &c, 1).unwrap();
+    g.comms[1].recv(&g.streams[1], &mut b, 2).unwrap();
+    let e = sync_error(&g.streams[1]);
+    assert!(e.contains("rank 2's matching send did not run"), "{e}");
+    assert!(e.contains("the root cause"), "{e}");
+    assert!(sync_error(&g.streams[2]).contains("the root cause"));
+}
+
+#[test]
+fn a_rank_that_left_the_group_fails_the_others_at_once() {
+    let mut g = group(3);
+    g.comms[0].set_timeout(Duration::MAX);
+    let mut bufs: Vec<_> = (0..3).map(|r| upload(&g, r, &[r as f32; 4])).collect();
+    let start = std::time::Instant::now();
+    // Rank 2 enqueues one collective, then stops (its communicator is dropped).
+    for r in 0..3 {
+        g.comms[r]
+            .all_reduce_in_place(&g.streams[r], &mut bufs[r], ReduceOp::Sum)
+            .unwrap();
+    }
+    let gone = g.comms.pop().unwrap();
+    drop(gone);
+    // Its queued collective still completes with the others.
+    for r in 0..3 {
+        g.streams[r].synchronize().unwrap();
+        assert_eq!(g.streams[r].clone_to_host(&bufs[r]).unwrap(), [3.0; 4]);
+    }
+    for r in 0..2 {
+        g.comms[r]
+            .all_reduce_in_place(&g.streams[r], &mut bufs[r], ReduceOp::Sum)
+            .unwrap();
+    }
+    for r in 0..2 {
+        let e = sync_error(&g.streams[r]);
+        assert!(
+            e.contains("rank(s) 2 left the group before collective #1"),
+            "rank {r}: {e}"
+        );
+    }
+    let mut b = upload(&g, 0, &[0f32; 2]);
+    g.comms[0].recv(&g.streams[0], &mut b, 1).unwrap();
+    drop(g.comms.pop());
+    let e = sync_error(&g.streams[0]);
+    assert!(
+        e.contains("rank 1 left the group without sending to rank 0"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn any_timeout_is_accepted_and_long_rank_lists_are_cut_short() {
+    let g = group(12);
+    for t in [Duration::MAX, Duration::ZERO, Duration::from_secs(u64::MAX)] {
+        g.comms[0].set_timeout(t);
+        let mut bufs: Vec<_> = (0..12).map(|r| upload(&g, r, &[1f32; 2])).collect();
+        if t.is_zero() {
+            // Nobody waits: rank 0 alone times out at once, listing the others briefly.
+            g.comms[0]
+                .all_reduce_in_place(&g.streams[0], &mut bufs[0], ReduceOp::Sum)
+                .unwrap();
+            let e = sync_error(&g.streams[0]);
+            assert!(
+                e.contains("rank(s) 1, 2, 3, 4, 5, 6, 7, 8 and 3 more did not reach"),
+                "{e}"
+            );
+            for r in 1..12 {
+                g.comms[r]
+                    .all_reduce_in_place(&g.streams[r], &mut bufs[r], ReduceOp::Sum)
+                    .unwrap();
+                g.streams[r].synchronize().unwrap_err();
+            }
+            continue;
+        }
+        for r in 0..12 {
+            g.comms[r]
+                .all_reduce_in_place(&g.streams[r], &mut bufs[r], ReduceOp::Sum)
+                .unwrap();
+        }
+        for r in 0..12 {
+            assert_eq!(g.streams[r].clone_to_host(&bufs[r]).unwrap(), [12.0; 2]);
+        }
+    }
+}
+
+#[test]
+fn devices_of_two_backends_do_not_make_a_group() {
+    let a = CpuBackend::builder()
+        .devices(2, DeviceProfile::custom("A", 1 << 20))
+        .build();
+    let b = CpuBackend::builder()
+        .devices(2, DeviceProfile::custom("B", 1 << 20))
+        .build();
+    let e = CpuCommunicator::init_all(&[a.device(0).unwrap(), b.device(0).unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("devices[1] (device 0) belongs to another CpuBackend than devices[0]"),
+        "{e}"
+    );
+    assert!(!e.contains("given twice"), "{e}");
+    let e = CpuCommunicator::init_all(&[a.device(0).unwrap(), a.device(0).unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("device 0 is given twice"), "{e}");
 }
 
 #[test]
@@ -330,6 +484,13 @@ fn bad_arguments_are_refused_at_the_call() {
                 actual: 1,
                 ..
             }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(
+            "the stream runs on device 1, but this communicator's rank is on device 0; enqueue \
+             a rank's collectives on a stream of its own device"
         ),
         "{e}"
     );

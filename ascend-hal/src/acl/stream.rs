@@ -28,7 +28,8 @@ pub struct AclStream {
     id: StreamId,
     device: Arc<DeviceInner>,
     /// Operations queued since the last synchronisation, for error messages.
-    pending: Mutex<Vec<&'static str>>,
+    /// (the first 64 of them, and how many more).
+    pending: Mutex<(Vec<&'static str>, usize)>,
     /// Checks to run once the work queued so far has completed.
     after_sync: Mutex<Vec<AfterSync>>,
 }
@@ -44,6 +45,66 @@ fn dev(ptr: DevicePtr) -> *mut c_void {
     ptr.0 as usize as *mut c_void
 }
 
+/// The operations queued since the last synchronisation (`queued`, then `more` not recorded),
+/// as a short list: runs of one operation counted (`matmul x30`), at most eight runs, then how
+/// many more operations.
+pub(crate) fn queued_summary(queued: &[&'static str], more: usize) -> String {
+    const RUNS: usize = 8;
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for &op in queued {
+        match runs.last_mut() {
+            Some((last, n)) if *last == op => *n += 1,
+            _ => runs.push((op, 1)),
+        }
+    }
+    let mut list: Vec<String> = runs
+        .iter()
+        .take(RUNS)
+        .map(|&(op, n)| {
+            if n == 1 {
+                op.to_string()
+            } else {
+                format!("{op} x{n}")
+            }
+        })
+        .collect();
+    let rest: usize = runs.iter().skip(RUNS).map(|&(_, n)| n).sum::<usize>() + more;
+    if rest > 0 {
+        list.push(format!("and {rest} more"));
+    }
+    if list.is_empty() {
+        "nothing".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// `source` with the queued operations appended to its advice, when it is an ACL error (what a
+/// failed `aclrtSynchronizeStream` is).
+fn with_queued(source: Error, queued: &[&'static str], more: usize) -> Error {
+    match source {
+        Error::Acl {
+            function,
+            code,
+            name,
+            meaning,
+            recent,
+            hint,
+        } => Error::Acl {
+            function,
+            code,
+            name,
+            meaning,
+            recent,
+            hint: format!(
+                "{hint}; queued on the stream since its last synchronize: {}",
+                queued_summary(queued, more)
+            ),
+        },
+        other => other,
+    }
+}
+
 impl AclStream {
     pub(crate) fn new(device: Arc<DeviceInner>) -> Result<Self> {
         device.bind()?;
@@ -52,7 +113,7 @@ impl AclStream {
             raw,
             id: StreamId(NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed)),
             device,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new((Vec::new(), 0)),
             after_sync: Mutex::new(Vec::new()),
         })
     }
@@ -69,8 +130,10 @@ impl AclStream {
 
     pub(crate) fn note(&self, op: &'static str) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < 64 {
-            p.push(op);
+        if p.0.len() < 64 {
+            p.0.push(op);
+        } else {
+            p.1 += 1;
         }
     }
 
@@ -84,7 +147,8 @@ impl AclStream {
         self.device.bind()?;
         // SAFETY: `raw` is live until `Drop`, and the device's context was just bound.
         let res = unsafe { result::synchronize_stream(&self.device.rt.api, self.raw) };
-        let queued = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let (queued, more) =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let checks =
             std::mem::take(&mut *self.after_sync.lock().unwrap_or_else(|e| e.into_inner()));
         if res.is_ok() {
@@ -100,37 +164,11 @@ impl AclStream {
             return first;
         }
         drop(checks);
-        res.map_err(|source| {
-            let mut runs: Vec<(&str, usize)> = Vec::new();
-            for &op in &queued {
-                match runs.last_mut() {
-                    Some((last, n)) if *last == op => *n += 1,
-                    _ => runs.push((op, 1)),
-                }
-            }
-            let list: Vec<String> = runs
-                .iter()
-                .map(|&(op, n)| {
-                    if n == 1 {
-                        op.to_string()
-                    } else {
-                        format!("{op} x{n}")
-                    }
-                })
-                .collect();
-            Error::StreamOperation {
-                op: "queued work",
-                stream: format!(
-                    "{} (queued since the last synchronize: {})",
-                    self.label(),
-                    if list.is_empty() {
-                        "nothing".into()
-                    } else {
-                        list.join(", ")
-                    }
-                ),
-                source: Box::new(source),
-            }
+        res.map_err(|source| Error::StreamOperation {
+            op: "queued work",
+            stream: self.label(),
+            // The failure first; what was queued (a hint at which operation it was) after it.
+            source: Box::new(with_queued(source, &queued, more)),
         })
     }
 

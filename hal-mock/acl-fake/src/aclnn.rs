@@ -8,7 +8,13 @@
 //! workspace smaller than the size the planning call returned, an executor run a second time
 //! (a non-repeatable executor is freed by its launch), an executor of another operator, or a
 //! descriptor destroyed before the launch are `ACLNN_ERR_PARAM_INVALID` (161002), with the reason
-//! in `aclGetRecentErrMsg()`. Every operator asks for a workspace (the real sizes depend on
+//! in `aclGetRecentErrMsg()`. `aclDestroyAclOpExecutor(NULL)` is `ACLNN_ERR_INNER_NULLPTR`
+//! (561103), as its documentation says. A launch consumes its (non-repeatable) executor whether
+//! it runs or is refused, and a retry with it is told which launch consumed it and why.
+//! `aclnnMatmul`'s `cubeMathType` follows Atlas A2: `USE_FP16` (2) refuses BF16 operands and
+//! rounds f32 operands to f16, `USE_HF32` (3) takes f32 operands only, and HF32 (3, or 1 with
+//! f32) rounds their mantissas to 10 bits. `aclnnSwiGlu` takes a contiguous `x` only. Every
+//! operator asks for a workspace (the real sizes depend on
 //! tiling; asking always keeps callers' workspace handling exercised), and the launch runs on
 //! the fake stream in order, through the same path as the host kernels library: an argument
 //! whose view reaches past its device memory fails the stream (507015) at the next
@@ -30,6 +36,8 @@ use crate::state::{fail, from_hal, set_last_error, Outcome};
 
 const NULLPTR: i32 = 161_001;
 const INVALID: i32 = 161_002;
+/// `ACLNN_ERR_INNER_NULLPTR`: what `aclDestroyAclOpExecutor(NULL)` returns.
+const INNER_NULLPTR: i32 = 561_103;
 
 /// `aclDataType` values the operators take.
 const ACL_FLOAT: i32 = 0;
@@ -76,6 +84,18 @@ struct Tensor {
 impl Tensor {
     fn numel(&self) -> usize {
         self.dims.iter().map(|&d| d as usize).product()
+    }
+
+    /// Whether the view is row-major with no gaps (dims of one may have any stride).
+    fn is_contiguous(&self) -> bool {
+        let mut want = 1i64;
+        for (&d, &s) in self.dims.iter().zip(&self.strides).rev() {
+            if d != 1 && s != want {
+                return false;
+            }
+            want = want.saturating_mul(d);
+        }
+        true
     }
 
     /// Bytes from `data` that the view reaches.
@@ -188,7 +208,21 @@ struct Plan {
 struct Registry {
     tensors: HashMap<usize, Tensor>,
     executors: HashMap<usize, Plan>,
+    /// Executors consumed by a launch, with what became of it (the most recent ones only).
+    consumed: HashMap<usize, String>,
     next: usize,
+}
+
+/// How many consumed executors the registry remembers, for retry messages.
+const CONSUMED_KEPT: usize = 4096;
+
+impl Registry {
+    fn consume(&mut self, executor: usize, what: String) {
+        if self.consumed.len() >= CONSUMED_KEPT {
+            self.consumed.clear();
+        }
+        self.consumed.insert(executor, what);
+    }
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -343,7 +377,7 @@ pub extern "C" fn aclDestroyTensor(tensor: *const c_void) -> i32 {
 pub extern "C" fn aclDestroyAclOpExecutor(executor: *mut c_void) -> i32 {
     call("aclDestroyAclOpExecutor", |_, _| {
         if executor.is_null() {
-            return fail(NULLPTR, "aclDestroyAclOpExecutor: executor is NULL");
+            return fail(INNER_NULLPTR, "aclDestroyAclOpExecutor: executor is NULL");
         }
         match registry(|r| r.executors.remove(&(executor as usize))) {
             Some(_) => Ok(()),
@@ -438,7 +472,8 @@ fn plan(
     Ok(())
 }
 
-/// The launch call shared by every operator.
+/// The launch call shared by every operator: its checks, then the work queued on the stream.
+/// The executor is consumed either way.
 fn launch(
     op: &'static str,
     workspace: *mut c_void,
@@ -450,55 +485,72 @@ fn launch(
         if executor.is_null() {
             return fail(NULLPTR, format!("{op}: executor is NULL"));
         }
-        let plan = registry(|r| r.executors.remove(&(executor as usize))).ok_or_else(|| {
-            crate::state::Failure {
-                code: INVALID,
-                message: format!(
-                    "{op}: executor {executor:p} is not a live executor: a \
-                     non-repeatable executor is freed by the launch that runs it, so plan again \
-                     with {op}GetWorkspaceSize for every launch"
+        let key = executor as usize;
+        let plan = registry(|r| match r.executors.remove(&key) {
+            Some(plan) => Ok(plan),
+            None => Err(match r.consumed.get(&key) {
+                Some(what) => format!(
+                    "{op}: executor {executor:p} was consumed by an earlier launch ({what}); a \
+                     non-repeatable executor is released by its launch whether it runs or is \
+                     refused, so plan again with {op}GetWorkspaceSize"
                 ),
-            }
+                None => format!(
+                    "{op}: executor {executor:p} is not a live executor (never planned, or \
+                     destroyed with aclDestroyAclOpExecutor)"
+                ),
+            }),
+        })
+        .map_err(|message| crate::state::Failure {
+            code: INVALID,
+            message,
         })?;
+        let refused = |message: String| {
+            registry(|r| r.consume(key, format!("refused: {message}")));
+            message
+        };
         if plan.op != op {
             return fail(
                 INVALID,
-                format!(
+                refused(format!(
                     "{op}: the executor was planned by {}GetWorkspaceSize",
                     plan.op
-                ),
+                )),
             );
         }
         if workspace_size < plan.workspace {
             return fail(
                 INVALID,
-                format!(
+                refused(format!(
                     "{op}: workspaceSize {workspace_size} is smaller than the {} bytes \
                      {op}GetWorkspaceSize returned",
                     plan.workspace
-                ),
+                )),
             );
         }
         if plan.workspace > 0 && workspace.is_null() {
             return fail(
                 NULLPTR,
-                format!(
+                refused(format!(
                     "{op}: workspace is NULL but {} bytes are needed",
                     plan.workspace
-                ),
+                )),
             );
         }
-        let s = g.stream(stream)?;
+        let s = g.stream(stream).map_err(|f| crate::state::Failure {
+            message: refused(f.message),
+            ..f
+        })?;
+        // The operator uses the planned bytes of the workspace; a larger size is allowed.
         if plan.workspace > 0
-            && g.device_of(workspace as usize, workspace_size as usize) != Some(s.device)
+            && g.device_of(workspace as usize, plan.workspace as usize) != Some(s.device)
         {
             return fail(
                 INVALID,
-                format!(
-                    "{op}: workspace {workspace:p} + {workspace_size} bytes is not device \
-                     memory of the stream's device {}",
-                    s.device
-                ),
+                refused(format!(
+                    "{op}: workspace {workspace:p} + {} bytes is not device memory of the \
+                     stream's device {}",
+                    plan.workspace, s.device
+                )),
             );
         }
         drop(g);
@@ -510,12 +562,13 @@ fn launch(
         }) {
             return fail(
                 INVALID,
-                format!(
+                refused(format!(
                     "{op}: aclTensor {dead:#x} was destroyed before the launch (destroy \
                      descriptors after aclnnXxx returns)"
-                ),
+                )),
             );
         }
+        registry(|r| r.consume(key, "it ran".into()));
         if inject(&s, fault) {
             return Ok(());
         }
@@ -575,6 +628,30 @@ pub extern "C" fn aclnnMatmulGetWorkspaceSize(
                 format!("{F}: cubeMathType {cube_math_type} is not 0..3"),
             );
         }
+        // Atlas A2: USE_FP16 refuses BF16; USE_HF32 takes FLOAT only.
+        if cube_math_type == 2 && a.dtype == ACL_BF16 {
+            return fail(
+                INVALID,
+                format!("{F}: cubeMathType USE_FP16 (2) is not supported for DT_BF16 inputs"),
+            );
+        }
+        if cube_math_type == 3 && a.dtype != ACL_FLOAT {
+            return fail(
+                INVALID,
+                format!(
+                    "{F}: cubeMathType USE_HF32 (3) is not supported for {} inputs (DT_FLOAT \
+                     only)",
+                    dtype_name(a.dtype)
+                ),
+            );
+        }
+        // How the cube unit sees f32 operands: as f16 (USE_FP16), as HF32 (USE_HF32, or
+        // ALLOW_FP32_DOWN_PRECISION on A2), or as they are.
+        let operand: fn(f32) -> f32 = match (a.dtype, cube_math_type) {
+            (ACL_FLOAT, 2) => |v| f16::from_f32(v).to_f32(),
+            (ACL_FLOAT, 1 | 3) => round_hf32,
+            _ => |v| v,
+        };
         if a.dims.len() != 2 || b.dims.len() != 2 {
             return fail(
                 INVALID,
@@ -598,8 +675,16 @@ pub extern "C" fn aclnnMatmulGetWorkspaceSize(
         let (m, k, n) = (m as usize, k as usize, n as usize);
         let (ta, tb, to) = (a.clone(), b.clone(), o.clone());
         let work = move |args: &[KernelArg]| {
-            let x = ta.read(&args[0], "aclnnMatmul")?;
-            let w = tb.read(&args[1], "aclnnMatmul")?;
+            let x: Vec<f32> = ta
+                .read(&args[0], "aclnnMatmul")?
+                .into_iter()
+                .map(operand)
+                .collect();
+            let w: Vec<f32> = tb
+                .read(&args[1], "aclnnMatmul")?
+                .into_iter()
+                .map(operand)
+                .collect();
             // `w` is row-major [k, n]; accumulate in f32 as the cube unit does.
             let mut y = vec![0f32; m * n];
             for i in 0..m {
@@ -634,6 +719,20 @@ pub extern "C" fn aclnnMatmulGetWorkspaceSize(
 
 launch_entry!(aclnnMatmul);
 
+/// `v` rounded to HF32 (an f32 with a 10-bit mantissa, round to nearest even), what the cube
+/// unit computes f32 operands in when allowed to.
+fn round_hf32(v: f32) -> f32 {
+    if !v.is_finite() {
+        return v;
+    }
+    let bits = v.to_bits();
+    let drop = 13; // 23 - 10 mantissa bits
+    let half = 1u32 << (drop - 1);
+    let lsb = (bits >> drop) & 1;
+    let rounded = bits.wrapping_add(half - 1 + lsb) & !((1u32 << drop) - 1);
+    f32::from_bits(rounded)
+}
+
 // ---- aclnnSwiGlu ----
 
 /// `aclnnStatus aclnnSwiGluGetWorkspaceSize(const aclTensor *x, int64_t dim, const aclTensor
@@ -652,6 +751,15 @@ pub extern "C" fn aclnnSwiGluGetWorkspaceSize(
         let to = tensor(F, "out", out)?;
         check_float(F, "x", &tx)?;
         same_dtype(F, ("x", &tx), ("out", &to))?;
+        if !tx.is_contiguous() {
+            return fail(
+                INVALID,
+                format!(
+                    "{F}: x must be contiguous, got dims {:?} strides {:?}",
+                    tx.dims, tx.strides
+                ),
+            );
+        }
         let nd = tx.dims.len() as i64;
         if nd == 0 || dim < -nd || dim >= nd {
             return fail(

@@ -5,13 +5,22 @@
 //! Groups are made as HCCL makes them: `HcclCommInitAll` for one process driving several
 //! devices; `HcclGetRootInfo` then `HcclCommInitRootInfo` on each rank's thread (the rank's
 //! device is the thread's current one), which returns once every rank has joined, or
-//! `HCCL_E_TIMEOUT` after `HCCL_CONNECT_TIMEOUT` seconds (default 120). Collectives check their
-//! arguments as HCCL does (`HCCL_E_PTR` for NULL pointers, `HCCL_E_PARA` for a bad rank, root,
-//! data type, stream of another device, or a buffer that is not device memory of the rank's
-//! device) and run in the stream's order; a collective that fails while the stream runs it (the
-//! ranks called different collectives, a rank never arrived, an injected fault) fails the
-//! stream, reported by its next synchronisation. Faults: `ACL_FAKE_FAULTS` entries naming an
-//! HCCL function make its n-th call return the given `HcclResult`.
+//! `HCCL_E_TIMEOUT` after `HCCL_CONNECT_TIMEOUT` seconds (an integer in [120, 7200], default
+//! 120). A group has at most as many ranks as the fake has devices (every rank needs its own),
+//! checked before anything is allocated for it. Collectives check their arguments as HCCL does
+//! (`HCCL_E_PTR` for NULL pointers; `HCCL_E_PARA` for a bad rank, root, stream of another
+//! device, or a buffer that is not device memory of the rank's device; `HCCL_E_NOT_SUPPORT`,
+//! as HCCL's `CheckDataType`, for a reduction of unsigned or 64-bit float data and for `prod`
+//! of int16 or bf16 on a 910B) and run in the stream's order; a collective that fails while the
+//! stream runs it (the ranks called different collectives, a rank failed or left, an injected
+//! fault) fails the stream, reported by its next synchronisation. A rank waits for a late peer
+//! for `HCCL_EXEC_TIMEOUT` seconds (an integer in [0, 2147483647], 0 for ever; default 1836,
+//! as HCCL on Atlas A2); a peer that failed or left is not waited for. A bad value of either
+//! variable fails the group's creation with `HCCL_E_PARA` naming it. Tests shorten both with
+//! `aclfakeConfigure("hccl_second_ms=N")` (how many milliseconds the fake waits per second of
+//! either timeout; default 1000). Faults: `ACL_FAKE_FAULTS` entries naming an HCCL function
+//! make its n-th call return the given `HcclResult`. int16 data is refused as not supported
+//! (the CPU communicator has no int16), where HCCL takes it.
 
 #![allow(non_snake_case)]
 
@@ -96,6 +105,27 @@ fn comm(handle: *mut c_void) -> Outcome<Arc<CpuCommunicator>> {
         .ok_or((E_PARA, format!("{handle:p} is not a live communicator")))
 }
 
+/// `HcclDataType` names (`hccl/hccl_types.h`).
+fn dtype_name(d: i32) -> String {
+    let name = match d {
+        0 => "INT8",
+        1 => "INT16",
+        2 => "INT32",
+        3 => "FP16",
+        4 => "FP32",
+        5 => "INT64",
+        6 => "UINT64",
+        7 => "UINT8",
+        8 => "UINT16",
+        9 => "UINT32",
+        10 => "FP64",
+        11 => "BFP16",
+        12 => "INT128",
+        _ => return format!("HcclDataType {d}"),
+    };
+    format!("HCCL_DATA_TYPE_{name}")
+}
+
 fn dtype(d: i32) -> Outcome<DType> {
     Ok(match d {
         0 => DType::I8,
@@ -108,11 +138,36 @@ fn dtype(d: i32) -> Outcome<DType> {
         1 | 6 | 8 | 9 | 10 | 12 => {
             return fail(
                 E_NOT_SUPPORT,
-                format!("HcclDataType {d} is not supported here"),
+                format!("data type {} is not supported by the fake", dtype_name(d)),
             )
         }
-        _ => return fail(E_PARA, format!("{d} is not an HcclDataType")),
+        _ => return fail(E_NOT_SUPPORT, format!("{} is not supported", dtype_name(d))),
     })
+}
+
+/// The data type of a reduction (all-reduce, reduce-scatter), refused as HCCL's
+/// `CheckDataType(dataType, needReduce = true)` and `CheckReduceDataType` refuse on a 910B.
+fn reduce_dtype(d: i32, op: ReduceOp) -> Outcome<DType> {
+    if matches!(d, 6..=10) {
+        return fail(
+            E_NOT_SUPPORT,
+            format!(
+                "data type {} is not supported for a reduction; supported: INT8, INT16, INT32, \
+                 FP16, FP32, BFP16, INT64",
+                dtype_name(d)
+            ),
+        );
+    }
+    if op == ReduceOp::Prod && matches!(d, 1 | 11) {
+        return fail(
+            E_NOT_SUPPORT,
+            format!(
+                "a 910B does not support prod of {}; use FP16, FP32 or INT32",
+                dtype_name(d)
+            ),
+        );
+    }
+    dtype(d)
 }
 
 fn reduce_op(op: i32) -> Outcome<ReduceOp> {
@@ -121,7 +176,7 @@ fn reduce_op(op: i32) -> Outcome<ReduceOp> {
         1 => ReduceOp::Prod,
         2 => ReduceOp::Max,
         3 => ReduceOp::Min,
-        _ => return fail(E_PARA, format!("{op} is not an HcclReduceOp")),
+        _ => return fail(E_NOT_SUPPORT, format!("HcclReduceOp {op} is not supported")),
     })
 }
 
@@ -224,11 +279,56 @@ fn joining() -> &'static (Mutex<HashMap<u64, Joining>>, Condvar) {
     JOINING.get_or_init(Default::default)
 }
 
-fn connect_timeout() -> Duration {
-    std::env::var("HCCL_CONNECT_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(Duration::from_secs(120), Duration::from_secs)
+/// An HCCL timeout variable in whole seconds within `range`, or its default; a bad value is
+/// `HCCL_E_PARA` naming the variable.
+fn timeout_seconds(
+    variable: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Outcome<u64> {
+    let Ok(v) = std::env::var(variable) else {
+        return Ok(default);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => fail(
+            E_PARA,
+            format!(
+                "{variable}={v:?} is invalid: an integer number of seconds in [{}, {}] is \
+                 expected",
+                range.start(),
+                range.end()
+            ),
+        ),
+    }
+}
+
+/// `seconds` as the fake waits them (`hccl_second_ms` per second).
+fn scaled(seconds: u64) -> Duration {
+    Duration::from_millis(seconds.saturating_mul(state().config.hccl_second_ms))
+}
+
+/// How long ranks wait for each other to join: `HCCL_CONNECT_TIMEOUT`.
+fn connect_timeout() -> Outcome<Duration> {
+    timeout_seconds("HCCL_CONNECT_TIMEOUT", 120..=7200, 120).map(scaled)
+}
+
+/// How long a rank waits for a late peer at a collective: `HCCL_EXEC_TIMEOUT` (0: for ever).
+fn exec_timeout() -> Outcome<Duration> {
+    match timeout_seconds("HCCL_EXEC_TIMEOUT", 0..=2_147_483_647, 1836)? {
+        0 => Ok(Duration::MAX),
+        n => Ok(scaled(n)),
+    }
+}
+
+/// New communicators over `devices`, with the group's timeout from `HCCL_EXEC_TIMEOUT`.
+fn make_group(devices: &[CpuDevice]) -> Outcome<Vec<CpuCommunicator>> {
+    let timeout = exec_timeout()?;
+    let made = CpuCommunicator::init_all(devices).map_err(hal)?;
+    if let Some(first) = made.first() {
+        first.set_timeout(timeout);
+    }
+    Ok(made)
 }
 
 /// `HcclResult HcclCommInitRootInfo(uint32_t nRanks, const HcclRootInfo *rootInfo, uint32_t
@@ -250,6 +350,19 @@ pub extern "C" fn HcclCommInitRootInfo(
                 format!("rank {rank} of {n_ranks}: ranks are 0..{n_ranks}"),
             );
         }
+        // Every rank needs a device of its own, and they all live in this process.
+        let devices = state().devices.len();
+        if n_ranks as usize > devices {
+            return fail(
+                E_PARA,
+                format!(
+                    "nRanks {n_ranks} is more than the {devices} device(s) of this process (the \
+                     fake's ranks all run here, one per device)"
+                ),
+            );
+        }
+        let join_timeout = connect_timeout()?;
+        exec_timeout()?;
         let mut bytes = [0u8; 24];
         // SAFETY: `rootInfo` points at an `HcclRootInfo` of `HCCL_ROOT_INFO_BYTES` (> 24) bytes.
         unsafe { std::ptr::copy_nonoverlapping(root_info.cast::<u8>(), bytes.as_mut_ptr(), 24) };
@@ -285,13 +398,13 @@ pub extern "C" fn HcclCommInitRootInfo(
         group.devices[rank as usize] = Some(device);
         if group.devices.iter().all(Option::is_some) {
             let devices: Vec<CpuDevice> = group.devices.iter().flatten().cloned().collect();
-            match CpuCommunicator::init_all(&devices) {
+            match make_group(&devices) {
                 Ok(made) => group.made = made.into_iter().map(Some).collect(),
-                Err(e) => group.failed = Some(e.to_string()),
+                Err((_, message)) => group.failed = Some(message),
             }
             cv.notify_all();
         }
-        let deadline = Instant::now() + connect_timeout();
+        let deadline = Instant::now().checked_add(join_timeout);
         loop {
             let group = all
                 .get_mut(&id)
@@ -309,26 +422,29 @@ pub extern "C" fn HcclCommInitRootInfo(
                 return Ok(());
             }
             let now = Instant::now();
-            if now >= deadline {
-                let missing: Vec<String> = group
+            if deadline.is_some_and(|d| now >= d) {
+                let missing: Vec<usize> = group
                     .devices
                     .iter()
                     .enumerate()
                     .filter(|(_, d)| d.is_none())
-                    .map(|(r, _)| r.to_string())
+                    .map(|(r, _)| r)
                     .collect();
                 let message = format!(
-                    "rank(s) {} did not join within HCCL_CONNECT_TIMEOUT ({:?})",
-                    missing.join(", "),
-                    connect_timeout()
+                    "rank(s) {} did not join within HCCL_CONNECT_TIMEOUT ({join_timeout:?})",
+                    hal_mock::comm::list_ranks(&missing),
                 );
                 group.failed = Some(message.clone());
                 return fail(E_TIMEOUT, message);
             }
-            all = cv
-                .wait_timeout(all, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            all = match deadline {
+                Some(d) => {
+                    cv.wait_timeout(all, d.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => cv.wait(all).unwrap_or_else(|p| p.into_inner()),
+            };
         }
     })
 }
@@ -347,6 +463,14 @@ pub extern "C" fn HcclCommInitAll(
         if ndev == 0 {
             return fail(E_PARA, "ndev is 0");
         }
+        // Checked before `devices` is read: it holds `ndev` ids.
+        let count = state().devices.len();
+        if ndev as usize > count {
+            return fail(
+                E_PARA,
+                format!("ndev {ndev} is more than the {count} device(s) of this process"),
+            );
+        }
         // SAFETY: `devices` holds `ndev` ids by the C API's contract.
         let ids = unsafe { std::slice::from_raw_parts(devices, ndev as usize) };
         let list = {
@@ -360,7 +484,7 @@ pub extern "C" fn HcclCommInitAll(
                 })
                 .collect::<Outcome<Vec<_>>>()?
         };
-        let made = CpuCommunicator::init_all(&list).map_err(hal)?;
+        let made = make_group(&list)?;
         for (i, c) in made.into_iter().enumerate() {
             // SAFETY: `comms` has room for `ndev` handles by the C API's contract.
             unsafe { *comms_out.add(i) = add_comm(c) };
@@ -420,7 +544,9 @@ pub extern "C" fn HcclAllReduce(
     stream: *mut c_void,
 ) -> i32 {
     hccl_call("HcclAllReduce", || {
-        let (c, dt, op) = (comm(c)?, dtype(data_type)?, reduce_op(op)?);
+        let c = comm(c)?;
+        let op = reduce_op(op)?;
+        let dt = reduce_dtype(data_type, op)?;
         let s = stream_and_buffers(
             &c,
             stream,
@@ -472,7 +598,9 @@ pub extern "C" fn HcclReduceScatter(
     stream: *mut c_void,
 ) -> i32 {
     hccl_call("HcclReduceScatter", || {
-        let (c, dt, op) = (comm(c)?, dtype(data_type)?, reduce_op(op)?);
+        let c = comm(c)?;
+        let op = reduce_op(op)?;
+        let dt = reduce_dtype(data_type, op)?;
         let total = n.saturating_mul(c.size() as u64);
         let s = stream_and_buffers(
             &c,

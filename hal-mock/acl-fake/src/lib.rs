@@ -25,11 +25,27 @@
 //!
 //! [`library_path`] finds the built library for tests.
 
+// The exported functions are C entry points with C's pointer contracts (each documents its C
+// prototype); they stay safe `extern "C" fn`s, as every C ABI export is, and `abi` exposes
+// them to Rust tests under the same contracts.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 mod aclnn;
 mod exports;
 mod hccl;
 mod launch;
 mod state;
+
+/// The exported C functions (ACL, ACLNN, HCCL and the `aclfake*` controls), callable from Rust
+/// as C calls them: how tests drive the fake linked in, where a counting allocator or a
+/// debugger sees its work. A program that loads `libascendcl_fake.so` and one that calls these
+/// get separate fakes.
+pub mod abi {
+    pub use crate::aclnn::*;
+    pub use crate::exports::*;
+    pub use crate::hccl::*;
+    pub use crate::launch::*;
+}
 
 /// The fake library's file name.
 pub const LIBRARY_FILE: &str = "libascendcl_fake.so";

@@ -72,6 +72,8 @@ pub(crate) struct Config {
     pub(crate) devices: usize,
     pub(crate) memory: u64,
     pub(crate) soc: CString,
+    /// Milliseconds the fake waits per second of an HCCL timeout (tests shorten it).
+    pub(crate) hccl_second_ms: u64,
 }
 
 impl Config {
@@ -80,6 +82,7 @@ impl Config {
             devices: 1,
             memory: 32 << 30,
             soc: c"Ascend910B4".into(),
+            hccl_second_ms: 1000,
         };
         let spec: Vec<String> = [
             ("devices", "ACL_FAKE_DEVICES"),
@@ -95,7 +98,7 @@ impl Config {
         c
     }
 
-    /// Applies `key=value;...` (`devices`, `memory` in bytes, `soc`).
+    /// Applies `key=value;...` (`devices`, `memory` in bytes, `soc`, `hccl_second_ms`).
     pub(crate) fn apply(&mut self, spec: &str) -> Outcome {
         for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let (k, v) = item.split_once('=').ok_or_else(|| Failure {
@@ -110,7 +113,10 @@ impl Config {
                 "devices" => self.devices = v.trim().parse().map_err(|_| bad("a count"))?,
                 "memory" => self.memory = v.trim().parse().map_err(|_| bad("a byte count"))?,
                 "soc" => self.soc = CString::new(v.trim()).map_err(|_| bad("a name"))?,
-                _ => return Err(bad("a known key (devices, memory, soc)")),
+                "hccl_second_ms" => {
+                    self.hccl_second_ms = v.trim().parse().map_err(|_| bad("milliseconds"))?
+                }
+                _ => return Err(bad("a known key (devices, memory, soc, hccl_second_ms)")),
             }
         }
         Ok(())
@@ -324,12 +330,13 @@ impl Fake {
             })
     }
 
-    /// Whether `p..p+len` is inside a device allocation; its device if so.
+    /// Whether `p..p+len` is inside a device allocation; its device if so. A range whose end
+    /// overflows the address space is inside nothing.
     pub(crate) fn device_of(&self, p: usize, len: usize) -> Option<usize> {
         let (_, m) = self.device_memory.range(..=p as u64).next_back()?;
         let base = ascend_hal::DeviceMemory::ptr(m).0 as usize;
-        (p + len <= base + ascend_hal::DeviceMemory::size(m))
-            .then(|| ascend_hal::DeviceMemory::device_ordinal(m))
+        let end = base.checked_add(ascend_hal::DeviceMemory::size(m))?;
+        (p.checked_add(len)? <= end).then(|| ascend_hal::DeviceMemory::device_ordinal(m))
     }
 
     /// The pinned host allocation `p` points into, and whether `p..p+len` fits in it.

@@ -218,9 +218,33 @@ fn every_injected_error_surfaces_by_name() {
     assert_eq!(err.acl_code(), Some(507_015), "{msg}");
     assert!(msg.contains("ACL_ERROR_RT_AICORE_EXCEPTION"), "{msg}");
     assert!(
-        msg.contains("queued since the last synchronize: memset x2"),
+        msg.contains("queued on the stream since its last synchronize: memset x2"),
         "{msg}"
     );
+    // The failure comes first, the list of what was queued after it.
+    assert!(
+        msg.find("ACL_ERROR_RT_AICORE_EXCEPTION") < msg.find("queued on the stream"),
+        "{msg}"
+    );
+    common::set_faults("");
+    stream.synchronize().unwrap();
+
+    // Hundreds of queued operations make a short list.
+    common::set_faults("aclrtMemsetAsync:300:507015:stream");
+    for i in 0..300u32 {
+        stream.memset(&mut buf, (i % 7) as u8).unwrap();
+        if i % 50 == 0 {
+            stream
+                .copy_d2h(&buf, &mut PinnedBuffer::new(&device, 256).unwrap())
+                .unwrap();
+        }
+    }
+    let msg = stream.synchronize().unwrap_err().to_string();
+    assert!(
+        msg.contains("memset x50, copy_d2h, record, memset x9, and 248 more"),
+        "{msg}"
+    );
+    assert!(msg.len() < 1200, "{} bytes: {msg}", msg.len());
     common::set_faults("");
     stream.synchronize().unwrap();
 }
