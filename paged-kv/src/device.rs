@@ -81,12 +81,47 @@ struct StepTables<B: Backend> {
     slot_mapping: DeviceBuffer<B, i32>,
     query_start_loc: DeviceBuffer<B, i32>,
     seq_lens: DeviceBuffer<B, i32>,
+    positions: DeviceBuffer<B, i64>,
     /// Two sets of pinned staging buffers used in turn.
     staging: [[PinnedBuffer<B, i32>; 4]; 2],
+    staging_positions: [PinnedBuffer<B, i64>; 2],
     turn: usize,
     num_seqs: usize,
     num_tokens: usize,
     max_blocks_per_seq: usize,
+    state: StepState,
+}
+
+/// Whether the device tables describe the blocks as they are now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepState {
+    /// No `begin_step` yet.
+    NotBegun,
+    /// `begin_step` ran, and nothing changed the blocks since.
+    Ready,
+    /// This call changed the blocks after `begin_step`.
+    Stale(&'static str),
+}
+
+/// The current step's tables on the device, as [`KvCache::begin_step`] uploaded them: what
+/// an engine passes to its own kernels (layouts as in [`BatchTables`](crate::BatchTables)).
+pub struct StepTablesView<'a, B: Backend> {
+    /// Sequences in the step.
+    pub num_seqs: usize,
+    /// Tokens computed in the step.
+    pub num_tokens: usize,
+    /// Width of each block-table row.
+    pub max_blocks_per_seq: usize,
+    /// `[num_seqs, max_blocks_per_seq]`.
+    pub block_tables: &'a DeviceBuffer<B, i32>,
+    /// `[num_tokens]`.
+    pub slot_mapping: &'a DeviceBuffer<B, i32>,
+    /// `[num_seqs + 1]`.
+    pub query_start_loc: &'a DeviceBuffer<B, i32>,
+    /// `[num_seqs]`, this step's tokens included.
+    pub seq_lens: &'a DeviceBuffer<B, i32>,
+    /// `[num_tokens]` positions.
+    pub positions: &'a DeviceBuffer<B, i64>,
 }
 
 /// A paged KV cache on a device: the block manager plus every layer's K and V caches.
@@ -232,11 +267,17 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 slot_mapping: empty()?,
                 query_start_loc: empty()?,
                 seq_lens: empty()?,
+                positions: DeviceBuffer::alloc_in(&alloc, stream, 0).map_err(hal)?,
                 staging: [staging()?, staging()?],
+                staging_positions: [
+                    PinnedBuffer::new(device, 0).map_err(hal)?,
+                    PinnedBuffer::new(device, 0).map_err(hal)?,
+                ],
                 turn: 0,
                 num_seqs: 0,
                 num_tokens: 0,
                 max_blocks_per_seq: 0,
+                state: StepState::NotBegun,
             },
             alloc,
         })
@@ -292,6 +333,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
     ) -> Result<Admission> {
         let a = self.manager.admit(id, prompt, keys, max_new_tokens)?;
         self.pending_copies.extend(&a.allocation.copies);
+        self.changed("admit");
         Ok(a)
     }
 
@@ -300,6 +342,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
     pub fn allocate_slots(&mut self, id: RequestId, tokens: &[TokenId]) -> Result<Allocation> {
         let a = self.manager.allocate_slots(id, tokens)?;
         self.pending_copies.extend(&a.copies);
+        self.changed("allocate_slots");
         Ok(a)
     }
 
@@ -312,24 +355,76 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         tokens: &[TokenId],
         slots: &mut Vec<i32>,
     ) -> Result<usize> {
-        self.manager
-            .append_slots(id, tokens, slots, &mut self.pending_copies)
+        let n = self
+            .manager
+            .append_slots(id, tokens, slots, &mut self.pending_copies)?;
+        self.changed("append_slots");
+        Ok(n)
     }
 
     /// See [`KvCacheManager::fork`].
     pub fn fork(&mut self, parent: RequestId, child: RequestId) -> Result<()> {
-        self.manager.fork(parent, child)
+        self.manager.fork(parent, child)?;
+        self.changed("fork");
+        Ok(())
     }
 
     /// Frees a finished request.
     pub fn free(&mut self, id: RequestId) -> Result<()> {
-        self.manager.free_request(id)
+        self.manager.free_request(id)?;
+        self.changed("free");
+        Ok(())
     }
 
     /// Preempts a request by dropping its blocks; the engine recomputes it later (its prefix
     /// may still be cached).
     pub fn preempt(&mut self, id: RequestId) -> Result<()> {
-        self.manager.free_request(id)
+        self.manager.free_request(id)?;
+        self.changed("preempt");
+        Ok(())
+    }
+
+    /// Notes that `call` changed the blocks: the step's tables no longer describe them.
+    fn changed(&mut self, call: &'static str) {
+        if self.tables.state == StepState::Ready {
+            self.tables.state = StepState::Stale(call);
+        }
+    }
+
+    /// The step's device tables, or why there are none to use: no `begin_step` yet, or a call
+    /// since it changed the blocks. `what` names the caller for the message.
+    fn ready_tables(&self, what: &str) -> Result<&StepTables<B>> {
+        match self.tables.state {
+            StepState::Ready => Ok(&self.tables),
+            StepState::NotBegun => Err(KvError::StepOrder(format!(
+                "{what} before begin_step: call begin_step(stream, batch) for the step first; it \
+                 uploads the block tables and slot mapping the kernels read"
+            ))),
+            StepState::Stale(call) => Err(KvError::StepOrder(format!(
+                "{what} after {call}, which changed the blocks since begin_step: the step's \
+                 tables describe the batch before it; call begin_step again"
+            ))),
+        }
+    }
+
+    /// The current step's tables on the device (see [`StepTablesView`]), for an engine's own
+    /// kernels.
+    ///
+    /// # Errors
+    /// [`KvError::StepOrder`] before [`begin_step`](Self::begin_step), or after a call that
+    /// changed the blocks since.
+    pub fn step_tables(&self) -> Result<StepTablesView<'_, B>> {
+        let t = self.ready_tables("step_tables")?;
+        Ok(StepTablesView {
+            num_seqs: t.num_seqs,
+            num_tokens: t.num_tokens,
+            max_blocks_per_seq: t.max_blocks_per_seq,
+            block_tables: &t.block_tables,
+            slot_mapping: &t.slot_mapping,
+            query_start_loc: &t.query_start_loc,
+            seq_lens: &t.seq_lens,
+            positions: &t.positions,
+        })
     }
 
     /// Prepares a step for `batch` (request, tokens computed this step): runs pending
@@ -347,16 +442,31 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
             }
         }
         let t = self.manager.batch_tables(batch, None, None)?;
-        let mut starts = Vec::with_capacity(batch.len() + 1);
-        starts.push(0i32);
-        for q in &t.query_lens {
-            starts.push(starts[starts.len() - 1] + q);
-        }
         let device = ascend_hal::Stream::device(stream);
         let tables = &mut self.tables;
+        // Until the new tables are all queued, there are none to use.
+        tables.state = StepState::NotBegun;
         let staging = &mut tables.staging[tables.turn];
+        let stage = &mut tables.staging_positions[tables.turn];
         tables.turn ^= 1;
-        let data: [&[i32]; 4] = [&t.block_tables, &t.slot_mapping, &starts, &t.seq_lens];
+        if stage.len() != t.positions.len() {
+            *stage = PinnedBuffer::new(&device, t.positions.len()).map_err(hal)?;
+        }
+        stage
+            .as_mut_slice()
+            .map_err(hal)?
+            .copy_from_slice(&t.positions);
+        if tables.positions.len() != t.positions.len() {
+            tables.positions =
+                DeviceBuffer::alloc_in(&self.alloc, stream, t.positions.len()).map_err(hal)?;
+        }
+        stream.copy_h2d(stage, &mut tables.positions).map_err(hal)?;
+        let data: [&[i32]; 4] = [
+            &t.block_tables,
+            &t.slot_mapping,
+            &t.query_start_loc,
+            &t.seq_lens,
+        ];
         let targets = [
             &mut tables.block_tables,
             &mut tables.slot_mapping,
@@ -377,6 +487,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         tables.num_seqs = t.num_seqs;
         tables.num_tokens = t.slot_mapping.len();
         tables.max_blocks_per_seq = t.max_blocks_per_seq;
+        tables.state = StepState::Ready;
         Ok(())
     }
 
@@ -389,14 +500,27 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         key: &DeviceBuffer<B, T>,
         value: &DeviceBuffer<B, T>,
     ) -> Result<()> {
-        let (kc, vc) = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| KvError::InvalidConfig(format!("no layer {layer}")))?;
+        let t = self.ready_tables("write_kv")?;
+        let num_tokens = t.num_tokens;
+        let per_token = self.shape.token_stride();
+        for (what, buf) in [("key", key), ("value", value)] {
+            if buf.len() != num_tokens * per_token {
+                return Err(KvError::InvalidConfig(format!(
+                    "write_kv of layer {layer}: {what} holds {} elements, but the step begun by \
+                     begin_step computes {num_tokens} tokens of {per_token} ([num_tokens, \
+                     kv_heads, head_size])",
+                    buf.len()
+                )));
+            }
+        }
+        let layers = self.layers.len();
+        let (kc, vc) = self.layers.get_mut(layer).ok_or_else(|| {
+            KvError::InvalidConfig(format!("no layer {layer}: the cache has {layers}"))
+        })?;
         B::reshape_and_cache::<T>(
             stream,
             &ReshapeAndCache {
-                num_tokens: self.tables.num_tokens,
+                num_tokens,
                 cache: self.shape,
             },
             key.view(),
@@ -419,11 +543,10 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         out: &mut DeviceBuffer<B, T>,
         query: &DeviceBuffer<B, T>,
     ) -> Result<()> {
-        let (kc, vc) = self
-            .layers
-            .get(layer)
-            .ok_or_else(|| KvError::InvalidConfig(format!("no layer {layer}")))?;
-        let t = &self.tables;
+        let t = self.ready_tables("attention")?;
+        let (kc, vc) = self.layers.get(layer).ok_or_else(|| {
+            KvError::InvalidConfig(format!("no layer {layer}: the cache has {}", self.layers.len()))
+        })?;
         B::paged_prefill_attention::<T>(
             stream,
             &PrefillAttention {
@@ -475,6 +598,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         // The device blocks may be reused by later work on this stream: the copies above run
         // first.
         self.manager.free_request(id)?;
+        self.changed("swap_out");
         self.swapped.insert(
             id,
             Swapped {
@@ -506,6 +630,7 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         }
         self.swapped.remove(&id);
         self.free_host_blocks.extend(s.host_blocks);
+        self.changed("swap_in");
         Ok(())
     }
 

@@ -69,4 +69,9 @@ pub enum KvError {
     /// A configuration that cannot work.
     #[error("invalid KV cache configuration: {0}")]
     InvalidConfig(String),
+
+    /// A call out of the step's order: the cache's kernels need the tables of the step that
+    /// `begin_step` uploads, for the blocks as they are.
+    #[error("KV cache step order: {0}")]
+    StepOrder(String),
 }

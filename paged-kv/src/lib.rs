@@ -52,7 +52,7 @@ mod pool;
 mod spec;
 mod tables;
 
-pub use device::{KvCache, KvCacheConfig, LayerCaches};
+pub use device::{KvCache, KvCacheConfig, LayerCaches, StepTablesView};
 pub use error::{KvError, Result};
 pub use events::{KvCacheEvent, KvEventBatch};
 pub use hash::{block_hash, BlockHash, BlockKeys, MultimodalSpan, RequestKeys};

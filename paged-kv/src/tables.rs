@@ -1,7 +1,9 @@
 //! The tables the attention and cache kernels take for a batch, in the layout ATB and torch_npu
 //! use: block tables `[num_seqs, max_blocks]` of `i32` (padded with the null block 0), a slot
 //! mapping `[num_tokens]` of `i32` (`block * block_size + offset`, `-1` for padding tokens that
-//! the cache kernel must skip), and sequence lengths `[num_seqs]`.
+//! the cache kernel must skip), sequence lengths `[num_seqs]`, query start offsets
+//! `[num_seqs + 1]` of `i32`, and the step's token positions `[num_tokens]` of `i64` (what the
+//! rotary kernel takes).
 
 use crate::error::{KvError, Result};
 use crate::ids::{BlockId, RequestId};
@@ -27,6 +29,20 @@ pub struct BatchTables {
     pub seq_lens: Vec<i32>,
     /// `[num_seqs]`: tokens of each sequence computed this step.
     pub query_lens: Vec<i32>,
+    /// `[num_seqs + 1]`: where each sequence's tokens start in the step's token order (the
+    /// prefix sums of `query_lens`, from 0), as the prefill attention kernel takes them.
+    pub query_start_loc: Vec<i32>,
+    /// `[num_tokens]`: the position of each token computed this step in its sequence (what
+    /// RoPE rotates by), sequence after sequence, then `0` for padding (as the slot mapping's
+    /// `-1`), as `i64` for the rotary kernel.
+    pub positions: Vec<i64>,
+}
+
+impl BatchTables {
+    /// Tokens computed this step, padding included (the slot mapping's length).
+    pub fn num_tokens(&self) -> usize {
+        self.slot_mapping.len()
+    }
 }
 
 impl KvCacheManager {
@@ -45,7 +61,17 @@ impl KvCacheManager {
         let mut seq_lens = Vec::with_capacity(batch.len());
         let mut query_lens = Vec::with_capacity(batch.len());
         let mut slot_mapping = Vec::new();
+        let mut positions = Vec::new();
+        let mut query_start_loc = Vec::with_capacity(batch.len() + 1);
+        query_start_loc.push(0i32);
+        let mut seen = rustc_hash::FxHashSet::default();
         for &(id, n) in batch {
+            if !seen.insert(id) {
+                return Err(KvError::InvalidConfig(format!(
+                    "request {id} appears twice in the batch; a step computes each request's \
+                     tokens in one entry"
+                )));
+            }
             let blocks = self.blocks(id)?;
             let len = self.tokens(id)?.len();
             if n > len {
@@ -56,9 +82,11 @@ impl KvCacheManager {
             slot_mapping.extend(
                 (len - n..len).map(|pos| (blocks[pos / bs].0 as usize * bs + pos % bs) as i32),
             );
+            positions.extend((len - n..len).map(|pos| pos as i64));
             rows.push(blocks);
             seq_lens.push(len as i32);
             query_lens.push(n as i32);
+            query_start_loc.push(slot_mapping.len() as i32);
         }
         let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let width = max_blocks_per_seq.unwrap_or(longest);
@@ -86,6 +114,7 @@ impl KvCacheManager {
                 )));
             }
             slot_mapping.resize(total, -1);
+            positions.resize(total, 0);
         }
         let cells = rows.len().checked_mul(width).ok_or_else(|| {
             KvError::InvalidConfig(format!("{} rows of {width} blocks overflow", rows.len()))
@@ -103,6 +132,8 @@ impl KvCacheManager {
             slot_mapping,
             seq_lens,
             query_lens,
+            query_start_loc,
+            positions,
         })
     }
 }

@@ -249,7 +249,8 @@ fn the_cache_takes_its_memory_from_the_chosen_allocator() {
             .unwrap();
         write(&stream, &mut kv, &[(id, vec![1, 2, 3, 4, 5])]);
         stream.synchronize().unwrap();
-        assert_eq!(alloc.stats().num_allocs, 2 * LAYERS as u64 + 4, "{name}");
+        // (block tables, slot mapping, query starts, sequence lengths, positions)
+        assert_eq!(alloc.stats().num_allocs, 2 * LAYERS as u64 + 5, "{name}");
         assert_eq!(rows(&stream, &kv, 1, id).len(), 5 * ROW);
         drop(kv);
         alloc.empty_cache().unwrap();
@@ -313,4 +314,80 @@ fn a_block_cap_below_max_model_len_is_refused_before_any_allocation() {
         assert!(err.to_string().contains(needle), "{err}");
         assert_eq!(device.memory_info().unwrap(), before, "memory taken");
     }
+}
+
+fn step_order_error(r: paged_kv::Result<()>) -> String {
+    match r {
+        Err(e @ KvError::StepOrder(_)) => e.to_string(),
+        other => panic!("expected a step-order error, got {other:?}"),
+    }
+}
+
+#[test]
+fn kernels_before_begin_step_or_after_a_change_are_refused_by_name() {
+    let (_b, stream, mut kv) = setup(12);
+    let (a, b) = (RequestId(1), RequestId(2));
+    let rows = |n: usize| DeviceBuffer::<CpuBackend, f32>::zeros(&stream, n * ROW).unwrap();
+    kv.admit(a, &[1, 2, 3], &RequestKeys::default(), usize::MAX)
+        .unwrap();
+    let (k, v) = (rows(3), rows(3));
+    let e = step_order_error(kv.write_kv(0, &stream, &k, &v));
+    assert!(e.contains("write_kv before begin_step"), "{e}");
+    let mut out = DeviceBuffer::<CpuBackend, f32>::zeros(&stream, 3 * 2 * HEAD).unwrap();
+    let q = DeviceBuffer::<CpuBackend, f32>::zeros(&stream, 3 * 2 * HEAD).unwrap();
+    let e = step_order_error(kv.attention(0, &stream, 2, 0.1, &mut out, &q));
+    assert!(e.contains("attention before begin_step"), "{e}");
+    assert!(kv.step_tables().is_err());
+
+    kv.begin_step(&stream, &[(a, 3)]).unwrap();
+    kv.write_kv(0, &stream, &k, &v).unwrap();
+    // Rows for another number of tokens than the step's: named with begin_step.
+    let e = kv.write_kv(1, &stream, &rows(2), &rows(2)).unwrap_err().to_string();
+    assert!(
+        e.contains("key holds 32 elements, but the step begun by begin_step computes 3 tokens"),
+        "{e}"
+    );
+    // A change of the blocks after begin_step makes the tables stale.
+    kv.admit(b, &[4, 5], &RequestKeys::default(), usize::MAX)
+        .unwrap();
+    let e = step_order_error(kv.write_kv(1, &stream, &k, &v));
+    assert!(e.contains("write_kv after admit"), "{e}");
+    assert!(e.contains("call begin_step again"), "{e}");
+    kv.begin_step(&stream, &[(a, 3), (b, 2)]).unwrap();
+    kv.free(a).unwrap();
+    let e = step_order_error(kv.attention(0, &stream, 2, 0.1, &mut out, &q));
+    assert!(e.contains("attention after free"), "{e}");
+    stream.synchronize().unwrap();
+}
+
+#[test]
+fn the_step_tables_give_query_starts_and_positions() {
+    let (_b, stream, mut kv) = setup(12);
+    let (a, b) = (RequestId(1), RequestId(2));
+    kv.admit(a, &[1, 2, 3, 4, 5], &RequestKeys::default(), usize::MAX)
+        .unwrap();
+    kv.admit(b, &[6, 7], &RequestKeys::default(), usize::MAX)
+        .unwrap();
+    write(&stream, &mut kv, &[(a, vec![1, 2, 3, 4, 5]), (b, vec![6, 7])]);
+    // One decode token for a, two more prompt tokens for b.
+    let mut slots = Vec::new();
+    kv.append_slots(a, &[8], &mut slots).unwrap();
+    kv.append_slots(b, &[9, 10], &mut slots).unwrap();
+    kv.begin_step(&stream, &[(a, 1), (b, 2)]).unwrap();
+    let t = kv.step_tables().unwrap();
+    assert_eq!((t.num_seqs, t.num_tokens), (2, 3));
+    assert_eq!(stream.clone_to_host(t.query_start_loc).unwrap(), [0, 1, 3]);
+    assert_eq!(stream.clone_to_host(t.positions).unwrap(), [5, 2, 3]);
+    assert_eq!(stream.clone_to_host(t.seq_lens).unwrap(), [6, 4]);
+    let host = kv.manager().batch_tables(&[(a, 1), (b, 2)], Some(5), None).unwrap();
+    assert_eq!(host.query_start_loc, [0, 1, 3]);
+    assert_eq!(host.positions, [5, 2, 3, 0, 0]);
+    assert_eq!(host.slot_mapping.len(), 5);
+    assert_eq!(host.num_tokens(), 5);
+    let e = kv
+        .manager()
+        .batch_tables(&[(a, 1), (a, 1)], None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appears twice in the batch"), "{e}");
 }
