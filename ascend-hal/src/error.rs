@@ -30,10 +30,8 @@ pub enum Error {
 
     /// The device has too little free memory for an allocation.
     #[error(
-        "out of memory on {device}: requested {}, {} free of {} total{detail}; free unused \
-         buffers, lower the memory utilization, or use the caching allocator with expandable \
-         segments",
-        Bytes(*requested), Bytes(*free), Bytes(*total)
+        "out of memory on {device}: requested {}, {} free of {} total{}",
+        Bytes(*requested), Bytes(*free), Bytes(*total), oom_advice(detail)
     )]
     OutOfMemory {
         /// The device, as `backend:ordinal`.
@@ -44,7 +42,8 @@ pub enum Error {
         free: u64,
         /// Total bytes on the device.
         total: u64,
-        /// Extra context (for example an injected limit), empty or starting with `"; "`.
+        /// Why, and what to do, when the reporter knows (an allocator's view, an injected
+        /// limit): empty or starting with `"; "`. General advice follows it in the message.
         detail: String,
     },
 
@@ -369,6 +368,14 @@ fn list_attempts(tried: &[LoadAttempt]) -> String {
         .iter()
         .map(|a| format!("\n  - {}: {}", a.place, a.outcome))
         .collect()
+}
+
+/// The end of [`Error::OutOfMemory`]'s message: the reporter's reason, then general advice.
+fn oom_advice(detail: &str) -> String {
+    format!(
+        "{detail}; free unused buffers, or lower the batch size, the KV cache size or the memory \
+         utilization"
+    )
 }
 
 /// The body of [`Error::WrongDevice`]'s message: what is where, and what to do.

@@ -545,7 +545,10 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
     ) -> Result<()> {
         let t = self.ready_tables("attention")?;
         let (kc, vc) = self.layers.get(layer).ok_or_else(|| {
-            KvError::InvalidConfig(format!("no layer {layer}: the cache has {}", self.layers.len()))
+            KvError::InvalidConfig(format!(
+                "no layer {layer}: the cache has {}",
+                self.layers.len()
+            ))
         })?;
         B::paged_prefill_attention::<T>(
             stream,

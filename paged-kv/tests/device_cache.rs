@@ -342,7 +342,10 @@ fn kernels_before_begin_step_or_after_a_change_are_refused_by_name() {
     kv.begin_step(&stream, &[(a, 3)]).unwrap();
     kv.write_kv(0, &stream, &k, &v).unwrap();
     // Rows for another number of tokens than the step's: named with begin_step.
-    let e = kv.write_kv(1, &stream, &rows(2), &rows(2)).unwrap_err().to_string();
+    let e = kv
+        .write_kv(1, &stream, &rows(2), &rows(2))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("key holds 32 elements, but the step begun by begin_step computes 3 tokens"),
         "{e}"
@@ -368,7 +371,11 @@ fn the_step_tables_give_query_starts_and_positions() {
         .unwrap();
     kv.admit(b, &[6, 7], &RequestKeys::default(), usize::MAX)
         .unwrap();
-    write(&stream, &mut kv, &[(a, vec![1, 2, 3, 4, 5]), (b, vec![6, 7])]);
+    write(
+        &stream,
+        &mut kv,
+        &[(a, vec![1, 2, 3, 4, 5]), (b, vec![6, 7])],
+    );
     // One decode token for a, two more prompt tokens for b.
     let mut slots = Vec::new();
     kv.append_slots(a, &[8], &mut slots).unwrap();
@@ -379,7 +386,10 @@ fn the_step_tables_give_query_starts_and_positions() {
     assert_eq!(stream.clone_to_host(t.query_start_loc).unwrap(), [0, 1, 3]);
     assert_eq!(stream.clone_to_host(t.positions).unwrap(), [5, 2, 3]);
     assert_eq!(stream.clone_to_host(t.seq_lens).unwrap(), [6, 4]);
-    let host = kv.manager().batch_tables(&[(a, 1), (b, 2)], Some(5), None).unwrap();
+    let host = kv
+        .manager()
+        .batch_tables(&[(a, 1), (b, 2)], Some(5), None)
+        .unwrap();
     assert_eq!(host.query_start_loc, [0, 1, 3]);
     assert_eq!(host.positions, [5, 2, 3, 0, 0]);
     assert_eq!(host.slot_mapping.len(), 5);

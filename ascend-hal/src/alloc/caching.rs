@@ -307,7 +307,7 @@ impl<B: Backend> CachingAllocator<B> {
             // No device of this size: fail before any segment arithmetic can overflow, and
             // without releasing the cache for nothing.
             state.stats.num_ooms += 1;
-            return Err(self.oom(size, state, info));
+            return Err(self.oom(size, state, info, None));
         }
         let allowed = (info.total as f64 * self.inner.config.memory_fraction) as u64;
         if let Some(threshold) = self.inner.config.garbage_collection_threshold {
@@ -348,7 +348,7 @@ impl<B: Backend> CachingAllocator<B> {
                         let info = device
                             .memory_info()
                             .unwrap_or(MemoryInfo { free: 0, total: 0 });
-                        self.oom(size, state, info)
+                        self.oom(size, state, info, Some(&e))
                     } else {
                         e
                     }
@@ -358,24 +358,54 @@ impl<B: Backend> CachingAllocator<B> {
         }
     }
 
-    fn oom(&self, size: usize, state: &State<B>, info: MemoryInfo) -> Error {
+    /// The out-of-memory error for a request of `size`, after the cache was released and the
+    /// growth retried (`cause`: why the retry failed). The advice follows the facts: a request
+    /// past the device, the memory fraction's cap, a limit the device reported (an injected
+    /// one, say), a cache that holds enough bytes only in pieces (fragmentation), or a device
+    /// that is simply full.
+    fn oom(&self, size: usize, state: &State<B>, info: MemoryInfo, cause: Option<&Error>) -> Error {
+        let stats = &state.stats;
+        let fraction = self.inner.config.memory_fraction;
+        let cached = stats.reserved.saturating_sub(stats.allocated);
+        let reported = match cause.map(Error::root) {
+            Some(Error::OutOfMemory { detail, .. }) => detail.trim_start_matches("; "),
+            _ => "",
+        };
+        let why = if size as u64 > info.total {
+            format!(
+                "the request is larger than the device's whole memory ({})",
+                Bytes(info.total)
+            )
+        } else if reported.starts_with("the memory fraction") {
+            format!(
+                "{reported} (memory_fraction {fraction} of {}); raise memory_fraction or need \
+                 less",
+                Bytes(info.total)
+            )
+        } else if !reported.is_empty() {
+            format!("the device refused it: {reported}")
+        } else if cached >= size as u64 && !self.inner.config.expandable_segments {
+            format!(
+                "the cache holds {} unused, but in pieces smaller than the request (fragmented): \
+                 enable expandable_segments:True, or set max_split_size_mb",
+                Bytes(cached)
+            )
+        } else {
+            format!(
+                "the device is full: {} free, this allocator's live blocks hold {}",
+                Bytes(info.free),
+                Bytes(stats.allocated)
+            )
+        };
         Error::OutOfMemory {
             device: format!("device {}", self.inner.device.ordinal()),
             requested: size as u64,
             free: info.free,
             total: info.total,
             detail: format!(
-                "; the caching allocator holds {} allocated of {} reserved (memory fraction {}). \
-                 {}",
-                Bytes(state.stats.allocated),
-                Bytes(state.stats.reserved),
-                self.inner.config.memory_fraction,
-                if self.inner.config.expandable_segments {
-                    "Lower the memory utilization or the batch size"
-                } else {
-                    "If reserved is much larger than allocated, the cache is fragmented: \
-                     enable expandable_segments:True; else lower the memory utilization"
-                }
+                "; {why} (the caching allocator holds {} allocated of {} reserved)",
+                Bytes(stats.allocated),
+                Bytes(stats.reserved),
             ),
         }
     }
@@ -407,7 +437,7 @@ impl<B: Backend> Allocator<B> for CachingAllocator<B> {
         let Some(size) = round_size(bytes) else {
             state.stats.num_ooms += 1;
             let info = self.inner.device.memory_info()?;
-            return Err(self.oom(bytes, &state, info));
+            return Err(self.oom(bytes, &state, info, None));
         };
         state.collect_pending()?;
         let index = match state.take_free(size, stream.id(), &self.inner.config) {
@@ -662,12 +692,22 @@ impl<B: Backend> State<B> {
     fn check_fraction(&self, extra: usize, allowed: u64, device: &B::Device) -> Result<()> {
         if self.stats.reserved.saturating_add(extra as u64) > allowed {
             let info = device.memory_info()?;
+            // With the whole device allowed, the device is simply full.
+            let detail = if allowed < info.total {
+                format!(
+                    "; the memory fraction allows {} and {} are reserved",
+                    Bytes(allowed),
+                    Bytes(self.stats.reserved)
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::OutOfMemory {
                 device: format!("device {}", device.ordinal()),
                 requested: extra as u64,
                 free: info.free,
                 total: info.total,
-                detail: format!("; the memory fraction allows {allowed} bytes"),
+                detail,
             });
         }
         Ok(())
