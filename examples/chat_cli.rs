@@ -15,8 +15,7 @@ use std::process::ExitCode;
 
 use ascend_examples::chat::{parse_args, ChatArgs, ChatSession, Command, USAGE};
 use ascend_examples::llm::BoxError;
-use ascend_hal::Discovered;
-use ascend_kernels::KernelOps;
+use ascend_kernels::{EngineBackend, EngineVisitor, KernelOps, RunEngine};
 
 /// Where prompts come from.
 enum Prompts {
@@ -52,10 +51,19 @@ fn answer(args: &ChatArgs, prompts: Prompts) -> Result<(), BoxError> {
     if args.progress {
         eprintln!("{discovery}");
     }
-    match discovery.backend {
-        Discovered::Acl(b) => serve(b, args, prompts),
-        Discovered::Fallback(b) => serve(b, args, prompts),
-        _ => Err("a backend this example does not know".into()),
+    discovery.run_engine(Serve { args, prompts })
+}
+
+/// The generic body, entered with whichever backend was discovered.
+struct Serve<'a> {
+    args: &'a ChatArgs,
+    prompts: Prompts,
+}
+
+impl EngineVisitor for Serve<'_> {
+    type Output = Result<(), BoxError>;
+    fn visit<B: EngineBackend>(self, backend: B) -> Self::Output {
+        serve(backend, self.args, self.prompts)
     }
 }
 

@@ -8,7 +8,7 @@ use ascend_hal::alloc::{Allocator, CachingAllocator, DirectAllocator, SharedAllo
 use ascend_hal::comm::Communicator;
 use ascend_hal::prelude::*;
 use ascend_hal::{Bytes, DType, Error, Result};
-use ascend_kernels::KernelOps;
+use ascend_kernels::{EngineBackend, KernelOps};
 use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, RequestId};
 
 use crate::arena::BumpArena;
@@ -281,7 +281,7 @@ pub fn root_failure(
 }
 
 /// Runs the example on `backend`, printing through `say`.
-pub fn run<B: TensorParallel>(
+pub fn run<B: EngineBackend>(
     backend: B,
     a: &DecodeArgs,
     say: &mut dyn FnMut(&str),
@@ -304,7 +304,10 @@ pub fn run<B: TensorParallel>(
     let devices = (0..a.tp)
         .map(|i| backend.device(i))
         .collect::<Result<Vec<_>>>()?;
-    let comms = B::group(&devices)?;
+    let comms: Vec<Arc<dyn Communicator<Backend = B>>> = B::init_all(&devices)?
+        .into_iter()
+        .map(|c| Arc::new(c) as Arc<dyn Communicator<Backend = B>>)
+        .collect();
     let weights = Weights::random(&a.model, a.seed);
     // One thread per rank, as one process per NPU would run it: every rank runs the same
     // scheduler over the same requests, so they take the same decisions (checked below), and
@@ -390,30 +393,6 @@ pub fn run<B: TensorParallel>(
         say(&format!("ranks: all {} generated the same tokens", a.tp));
     }
     Ok(outcomes.swap_remove(0))
-}
-
-/// A backend whose devices form tensor-parallel groups.
-pub trait TensorParallel: KernelOps + Sync {
-    /// One communicator per device, rank `i` on `devices[i]`.
-    fn group(devices: &[Self::Device]) -> Result<Vec<Arc<dyn Communicator<Backend = Self>>>>;
-}
-
-impl TensorParallel for hal_mock::CpuBackend {
-    fn group(devices: &[Self::Device]) -> Result<Vec<Arc<dyn Communicator<Backend = Self>>>> {
-        Ok(hal_mock::CpuCommunicator::init_all(devices)?
-            .into_iter()
-            .map(|c| Arc::new(c) as Arc<dyn Communicator<Backend = Self>>)
-            .collect())
-    }
-}
-
-impl TensorParallel for ascend_hal::acl::AclBackend {
-    fn group(devices: &[Self::Device]) -> Result<Vec<Arc<dyn Communicator<Backend = Self>>>> {
-        Ok(ascend_hal::acl::hccl::HcclCommunicator::init_all(devices)?
-            .into_iter()
-            .map(|c| Arc::new(c) as Arc<dyn Communicator<Backend = Self>>)
-            .collect())
-    }
 }
 
 /// One rank's run (the whole run without tensor parallelism).

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 
 use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
 use ascend_examples::engine::Preemption;
-use ascend_hal::{Discovered, Error};
+use ascend_kernels::{EngineBackend, EngineVisitor, RunEngine};
 
 const USAGE: &str = "usage: paged_decode [options]
 
@@ -107,6 +107,19 @@ fn parse() -> std::result::Result<DecodeArgs, String> {
     Ok(a)
 }
 
+/// The generic body, entered with whichever backend was discovered.
+struct Run<'a> {
+    args: &'a DecodeArgs,
+    say: &'a mut dyn FnMut(&str),
+}
+
+impl EngineVisitor for Run<'_> {
+    type Output = ascend_hal::Result<Outcome>;
+    fn visit<B: EngineBackend>(self, backend: B) -> Self::Output {
+        run(backend, self.args, self.say)
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -128,13 +141,10 @@ fn main() -> ExitCode {
     };
     println!("{discovery}");
     let mut say = |line: &str| println!("{line}");
-    let result = match discovery.backend {
-        Discovered::Acl(b) => run(b, &args, &mut say),
-        Discovered::Fallback(b) => run(b, &args, &mut say),
-        _ => Err(Error::BackendUnavailable(
-            "a backend this example does not know".into(),
-        )),
-    };
+    let result = discovery.run_engine(Run {
+        args: &args,
+        say: &mut say,
+    });
     match result {
         Ok(Outcome::Checked { mismatches: 0, .. } | Outcome::Skipped(_)) => ExitCode::SUCCESS,
         Ok(Outcome::Checked { .. }) => ExitCode::FAILURE,

@@ -16,8 +16,7 @@ use ascend_examples::engine::{
 use ascend_examples::llm::{kv_cache, smollm2_path, BoxError, Llm};
 use ascend_examples::model::ModelMemory;
 use ascend_hal::prelude::*;
-use ascend_hal::Discovered;
-use ascend_kernels::KernelOps;
+use ascend_kernels::{EngineBackend, EngineVisitor, KernelOps, RunEngine};
 use paged_kv::RequestId;
 
 #[derive(Default)]
@@ -26,6 +25,20 @@ struct Steps(Vec<StepStats>);
 impl Observer for Steps {
     fn step(&mut self, s: &StepStats) {
         self.0.push(*s);
+    }
+}
+
+/// The generic body, entered with whichever backend was discovered.
+struct Measure<'a> {
+    path: &'a std::path::Path,
+    prompt_len: usize,
+    decode_steps: usize,
+}
+
+impl EngineVisitor for Measure<'_> {
+    type Output = Result<String, BoxError>;
+    fn visit<B: EngineBackend>(self, backend: B) -> Self::Output {
+        measure(backend, self.path, self.prompt_len, self.decode_steps)
     }
 }
 
@@ -134,13 +147,13 @@ fn main() -> ExitCode {
             "no --model, and SmolLM2 is not in the model cache (scripts/fetch-smollm2.sh)",
         );
     };
-    let result = hal_mock::discover()
-        .map_err(BoxError::from)
-        .and_then(|d| match d.backend {
-            Discovered::Acl(b) => measure(b, &path, prompt_len, decode_steps),
-            Discovered::Fallback(b) => measure(b, &path, prompt_len, decode_steps),
-            _ => Err("a backend this example does not know".into()),
-        });
+    let result = hal_mock::discover().map_err(BoxError::from).and_then(|d| {
+        d.run_engine(Measure {
+            path: &path,
+            prompt_len,
+            decode_steps,
+        })
+    });
     match result {
         Ok(line) => {
             println!("{line}");

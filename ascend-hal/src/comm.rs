@@ -54,6 +54,31 @@ impl fmt::Display for ReduceOp {
     }
 }
 
+/// A backend whose devices form communicator groups: what tensor-parallel code is generic over
+/// (`B: CollectiveBackend`), so that it makes its group without naming HCCL or the CPU
+/// communicator. The ACL backend's communicator is `HcclCommunicator`, the CPU backend's
+/// `hal_mock::CpuCommunicator`.
+pub trait CollectiveBackend: Backend {
+    /// One rank of a group.
+    type Communicator: Communicator<Backend = Self> + 'static;
+
+    /// One communicator per device, rank `i` on `devices[i]`, for one process driving them all
+    /// (HCCL's `HcclCommInitAll`).
+    ///
+    /// # Errors
+    /// No device, the same device twice, devices the backend cannot group, or the
+    /// collective library's own failure.
+    fn init_all(devices: &[Self::Device]) -> Result<Vec<Self::Communicator>>;
+}
+
+impl CollectiveBackend for crate::acl::AclBackend {
+    type Communicator = crate::acl::hccl::HcclCommunicator;
+
+    fn init_all(devices: &[crate::acl::AclDevice]) -> Result<Vec<Self::Communicator>> {
+        crate::acl::hccl::HcclCommunicator::init_all(devices)
+    }
+}
+
 /// One rank of a communicator group, on one device.
 ///
 /// The `enqueue_*` methods are the raw interface a backend implements; engines call the checked

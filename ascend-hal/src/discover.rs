@@ -1,7 +1,9 @@
 //! Choosing a backend at run time, as vLLM's platform detection does.
 //!
 //! Hot paths are generic over `B: Backend`; an engine picks the backend once at start-up and
-//! enters its generic code through a [`BackendVisitor`]. `ascend-hal` does not know the CPU
+//! enters its generic code through a [`BackendVisitor`] (for code that needs only this crate's
+//! traits) or `ascend_kernels::EngineVisitor` (for code that runs kernels and collectives: `B:
+//! KernelOps + CollectiveBackend`). `ascend-hal` does not know the CPU
 //! backend (it lives above, in `hal-mock`), so the fallback is passed in; `hal_mock::discover()`
 //! is the one-call version.
 //!
@@ -84,9 +86,10 @@ pub trait BackendVisitor {
     fn visit<B: Backend>(self, backend: B) -> Self::Output;
 }
 
-/// The backend [`discover`] picked.
+/// The backend [`discover`] picked. Exhaustive on purpose: a visitor over the discovered
+/// backend (this crate's [`BackendVisitor`], or a crate's own with a stronger bound, such as
+/// `ascend_kernels::EngineVisitor`) matches every variant.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Discovered<F: Backend> {
     /// The ACL backend: the CANN runtime loaded and reported devices.
     Acl(AclBackend),

@@ -47,6 +47,7 @@ pub mod ascendc;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod cpu;
+mod engine;
 mod float;
 mod ops;
 pub mod reference;
@@ -56,6 +57,7 @@ mod shapes;
 // SIMD intrinsics behind run-time CPU feature detection; each block says why it holds.
 mod simd;
 
+pub use engine::{EngineBackend, EngineVisitor, RunEngine};
 pub use float::{close, tolerance, KvFloat};
 pub use ops::{
     copy_waves, device_arg, swap_in, swap_out, CopyBlocksArgs, FusedAddRmsNormArgs, In, KernelOps,

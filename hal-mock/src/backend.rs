@@ -28,12 +28,14 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// One device with the profile of an Ascend 910B1 (64 GiB).
+    /// One device with the profile of an Ascend 910B1, its memory sized from the host's
+    /// ([`DeviceProfile::host_sized`]).
     pub fn new() -> Self {
         Self::builder().build()
     }
 
-    /// Starts a configuration with no devices (one 910B1 is added if none is given).
+    /// Starts a configuration with no devices (one [`DeviceProfile::host_sized`] device is
+    /// added if none is given).
     pub fn builder() -> CpuBackendBuilder {
         CpuBackendBuilder::default()
     }
@@ -148,7 +150,7 @@ impl CpuBackendBuilder {
         let faults = FaultInjector::default();
         let mut profiles = self.profiles;
         if profiles.is_empty() {
-            profiles.push(DeviceProfile::ascend_910b1());
+            profiles.push(DeviceProfile::host_sized());
         }
         static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_BACKEND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -661,6 +661,14 @@ fn check_reducible(
     Err(comm.error(op, format!("{reduce} of {dtype:?}: {refused}")))
 }
 
+impl ascend_hal::comm::CollectiveBackend for CpuBackend {
+    type Communicator = CpuCommunicator;
+
+    fn init_all(devices: &[CpuDevice]) -> Result<Vec<CpuCommunicator>> {
+        CpuCommunicator::init_all(devices)
+    }
+}
+
 impl Communicator for CpuCommunicator {
     type Backend = CpuBackend;
 

@@ -47,6 +47,43 @@ impl DeviceProfile {
         Self::custom("Ascend910B4", 32 * GIB)
     }
 
+    /// The CPU backend's default device: an Ascend 910B1 whose memory is sized from this
+    /// host's, so that sizing from device memory (the KV cache takes 90 % of it by default)
+    /// asks for what the host can hold: half the host's physical memory, between 1 GiB and the
+    /// 910B1's 64 GiB, in whole GiB; 8 GiB where the host's memory cannot be read.
+    /// [`host_sizing`](Self::host_sizing) says how it was sized.
+    pub fn host_sized() -> Self {
+        Self::custom("Ascend910B1", Self::host_sized_memory(host_memory()))
+    }
+
+    /// The memory [`host_sized`](Self::host_sized) gives a host with `host` bytes (`None`:
+    /// unknown).
+    pub fn host_sized_memory(host: Option<u64>) -> u64 {
+        match host {
+            Some(h) => (h / 2 / GIB).clamp(1, 64) * GIB,
+            None => 8 * GIB,
+        }
+    }
+
+    /// How [`host_sized`](Self::host_sized) sized the device, for a log line.
+    pub fn host_sizing() -> String {
+        let host = host_memory();
+        let total = Self::host_sized_memory(host);
+        match host {
+            Some(h) => format!(
+                "its device has {} of memory, half of this host's {} (at most a 910B1's 64 GiB); \
+                 build a CpuBackend with a DeviceProfile for another size",
+                ascend_hal::Bytes(total),
+                ascend_hal::Bytes(h)
+            ),
+            None => format!(
+                "its device has {}: this host's memory could not be read; build a CpuBackend \
+                 with a DeviceProfile for another size",
+                ascend_hal::Bytes(total)
+            ),
+        }
+    }
+
     /// Any name and capacity.
     pub fn custom(soc_name: impl Into<String>, total_memory: u64) -> Self {
         DeviceProfile {
@@ -54,6 +91,14 @@ impl DeviceProfile {
             total_memory,
         }
     }
+}
+
+/// The host's physical memory (`MemTotal` of `/proc/meminfo`), if it can be read.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Granularity of the CPU backend's virtual memory: ACL's huge pages.

@@ -75,18 +75,37 @@ pub use stream::{CpuStream, StreamHold};
 /// below it, so a host-side fake can tell a device address from a host one.
 pub const DEVICE_ADDRESS_FLOOR: u64 = 1 << 48;
 
-/// Picks the best available backend with the CPU backend (one 910B1-sized device) as the
-/// fallback; see [`ascend_hal::discover`]. Honours `ASCEND_HAL_BACKEND`.
+/// Picks the best available backend with the CPU backend (one device sized from the host's
+/// memory, [`DeviceProfile::host_sized`]) as the fallback; see [`ascend_hal::discover`].
+/// Honours `ASCEND_HAL_BACKEND`. When the CPU backend is chosen, the reason says how its
+/// device was sized.
 pub fn discover() -> ascend_hal::Result<ascend_hal::Discovery<CpuBackend>> {
-    ascend_hal::discover(|| Ok(CpuBackend::new()))
+    discover_devices(1)
 }
 
-/// As [`discover`], with `count` CPU devices (Ascend 910B1 profiles) when the CPU backend is
-/// the one used: what an example needs to run tensor-parallel without an NPU.
+/// As [`discover`], with `count` CPU devices when the CPU backend is the one used: what an
+/// example needs to run tensor-parallel without an NPU. The devices share the host, so each
+/// has the host-sized memory divided by `count` (at least 1 GiB).
 pub fn discover_devices(count: usize) -> ascend_hal::Result<ascend_hal::Discovery<CpuBackend>> {
-    ascend_hal::discover(|| {
-        Ok(CpuBackend::builder()
-            .devices(count.max(1), DeviceProfile::ascend_910b1())
-            .build())
-    })
+    let count = count.max(1);
+    let mut d = ascend_hal::discover(|| {
+        let mut profile = DeviceProfile::host_sized();
+        profile.total_memory = (profile.total_memory / count as u64).max(1 << 30);
+        Ok(CpuBackend::builder().devices(count, profile).build())
+    })?;
+    if let ascend_hal::Discovered::Fallback(b) = &d.backend {
+        let each = ascend_hal::Backend::device(b, 0)
+            .map(|dev| ascend_hal::Bytes(dev.profile().total_memory).to_string())
+            .unwrap_or_default();
+        d.reason = if count == 1 {
+            format!("{}; {}", d.reason, DeviceProfile::host_sizing())
+        } else {
+            format!(
+                "{}; {count} devices of {each} each ({})",
+                d.reason,
+                DeviceProfile::host_sizing()
+            )
+        };
+    }
+    Ok(d)
 }

@@ -458,3 +458,50 @@ fn virtual_memory_maps_chunks_into_one_contiguous_range() {
     assert!(err.is_out_of_memory(), "{err}");
     assert!(device.reserve_virtual(G + 1).is_err());
 }
+
+/// The default device is sized from the host's memory (half of it, 1..=64 GiB), and discovery
+/// says so; a 64 GiB default on a small host made default KV sizing ask for more than the host
+/// has.
+#[test]
+fn the_default_device_is_sized_from_the_host_and_says_so() {
+    use hal_mock::DeviceProfile;
+    const GIB: u64 = 1 << 30;
+    assert_eq!(DeviceProfile::host_sized_memory(Some(24 * GIB)), 12 * GIB);
+    assert_eq!(DeviceProfile::host_sized_memory(Some(GIB)), GIB);
+    assert_eq!(DeviceProfile::host_sized_memory(Some(1024 * GIB)), 64 * GIB);
+    assert_eq!(DeviceProfile::host_sized_memory(None), 8 * GIB);
+    let device = hal_mock::CpuBackend::new().device(0).unwrap();
+    assert_eq!(device.profile(), &DeviceProfile::host_sized());
+    let host = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    if let Some(host) = host {
+        assert!(device.memory_info().unwrap().total <= host.max(2 * GIB));
+    }
+    let d = ascend_hal::discover_with(ascend_hal::BackendPreference::Cpu, || {
+        Ok(hal_mock::CpuBackend::new())
+    })
+    .unwrap();
+    assert!(
+        !d.reason.contains("of memory"),
+        "the HAL knows nothing of CPU devices"
+    );
+    // SAFETY: this test binary reads ASCEND_HAL_BACKEND only here.
+    unsafe { std::env::set_var("ASCEND_HAL_BACKEND", "cpu") };
+    let d = hal_mock::discover().unwrap();
+    let two = hal_mock::discover_devices(2).unwrap();
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("ASCEND_HAL_BACKEND") };
+    assert!(d.reason.contains("its device has"), "{}", d.reason);
+    assert!(
+        d.reason.contains("DeviceProfile for another size"),
+        "{}",
+        d.reason
+    );
+    assert!(two.reason.contains("2 devices of"), "{}", two.reason);
+}

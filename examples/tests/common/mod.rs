@@ -55,7 +55,7 @@ pub fn acl_backend() -> ascend_hal::acl::AclBackend {
     assert_eq!(discovery.name(), "acl");
     match discovery.backend {
         ascend_hal::Discovered::Acl(b) => b,
-        _ => unreachable!("checked above"),
+        ascend_hal::Discovered::Fallback(_) => unreachable!("checked above"),
     }
 }
 
