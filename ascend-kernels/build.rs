@@ -1,6 +1,7 @@
-//! Builds the Ascend C kernels (`ascendc/kernels/*.cpp`) twice over:
+//! Builds the Ascend C kernels (`ascendc/kernels/*.cpp`), each build behind a feature, so that a
+//! build without them needs no C++ compiler:
 //!
-//! - always, for the host: the kernel sources with `ascendc/host/kernel_operator.h` (our host
+//! - `host-kernels`, for the host: the kernel sources with `ascendc/host/kernel_operator.h` (our host
 //!   implementation of the Ascend C API) and the launch shims in `ascendc/host/launch.cpp`, with
 //!   the system C++ compiler through `cc`. `cargo test` runs them one simulated core at a time.
 //!   The same objects, with the `aclrtlaunch_*` stubs of `ascendc/host/fake_launch.cpp`, also
@@ -20,7 +21,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SOC_VERSION");
     println!("cargo:rerun-if-env-changed=ASCEND_TOOLKIT_HOME");
     println!("cargo:rerun-if-env-changed=ASCEND_HOME_PATH");
-    host_build();
+    if env::var_os("CARGO_FEATURE_HOST_KERNELS").is_some() {
+        host_build();
+    }
     if env::var_os("CARGO_FEATURE_ASCEND_C").is_some() {
         npu_build();
     }

@@ -1,24 +1,18 @@
 #!/usr/bin/env bash
-# Runs the paged_decode example over the ACL backend with no NPU: the ACL fake
-# (libascendcl_fake.so) stands in for libascendcl.so and for the ACLNN libraries
-# (libnnopbase.so, libopapi.so), and the host build of the Ascend C kernels
-# (libascendc_kernels_host.so) for the CANN build of libascendc_kernels.so. The example takes
-# the very path it takes on an Atlas 800 A2; its tokens must equal the CPU backend's run, which
-# this script checks. Extra arguments go to the example.
+# Runs the paged_decode example over the ACL backend with no NPU: the ACL fake stands in for
+# libascendcl.so and for the ACLNN and HCCL libraries, and the host build of the Ascend C kernels
+# for the CANN build of libascendc_kernels.so, laid out as a toolkit that one variable
+# (ASCEND_TOOLKIT_HOME, from scripts/acl-fake-env.sh) points at. The example takes the very path
+# it takes on an Atlas 800 A2; its tokens must equal the CPU backend's run, which this script
+# checks. Extra arguments go to the example. Honours CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p acl-fake
+eval "$(scripts/acl-fake-env.sh release)"
 cargo build --release -p ascend-examples --example paged_decode
-fake="$PWD/target/release/libascendcl_fake.so"
-kernels=$(ls -t target/release/build/ascend-kernels-*/out/libascendc_kernels_host.so | head -1)
-for f in "$fake" "$kernels"; do
-    [ -f "$f" ] || { echo "missing $f after the build" >&2; exit 1; }
-done
 
 run() { cargo run --quiet --release --example paged_decode -- "$@"; }
-on_acl=$(ASCEND_HAL_BACKEND=acl ASCEND_HAL_ACL_LIB="$fake" ASCEND_HAL_NNOPBASE_LIB="$fake" \
-    ASCEND_HAL_OPAPI_LIB="$fake" ASCEND_KERNELS_LIB="$PWD/$kernels" run "$@")
+on_acl=$(ASCEND_HAL_BACKEND=acl run "$@")
 echo "$on_acl"
 on_cpu=$(ASCEND_HAL_BACKEND=cpu run "$@")
 steps() { grep -E '^(serving|step|check:)' ; }

@@ -37,6 +37,13 @@ pub use memory::{AclDeviceMemory, AclHostMemory};
 pub use stream::AclStream;
 pub use vmm::{AclPhysicalMemory, AclVirtualRange};
 
+/// Where the ACL runtime of this process was loaded from, while an [`AclBackend`] holds it:
+/// libraries that belong beside it (ACLNN's, HCCL's, an Ascend C kernels library) are looked
+/// for there.
+pub fn loaded_runtime_path() -> Option<String> {
+    runtime::Runtime::current().map(|rt| rt.path.clone())
+}
+
 /// The C functions the ACL backend cannot work without (a library lacking one fails to load
 /// with [`Error::MissingSymbol`](crate::Error::MissingSymbol)); newer ones are optional.
 pub fn required_symbols() -> &'static [&'static str] {

@@ -6,9 +6,11 @@
 //! The estimate is a model, not a measurement: it exists to compare kernel designs before there
 //! is hardware to time them on, and to say how far a kernel is from the HBM roofline. Every
 //! figure in [`Figures::ASCEND_910B`] says where it comes from; most are assumptions to replace
-//! with measurements on a 910B.
+//! with measurements on a 910B. The counts come from the `host-kernels` feature's runners
+//! ([`last_launch`] is there only with it).
 //!
 //! ```
+//! # #[cfg(feature = "host-kernels")] {
 //! use ascend_kernels::ascendc::{cost, host};
 //! use ascend_kernels::RmsNorm;
 //! let p = RmsNorm { num_tokens: 96, hidden: 4096, eps: 1e-6 };
@@ -21,6 +23,7 @@
 //! // Each row is read and written once, plus the weight once per core.
 //! assert_eq!(cost::total(&cores).mte3_bytes, 96 * 4096 * 4);
 //! assert!(est.seconds > 0.0);
+//! # }
 //! # Ok::<(), ascend_hal::Error>(())
 //! ```
 
@@ -58,6 +61,7 @@ pub struct CoreCost {
 
 const _: () = assert!(std::mem::size_of::<CoreCost>() == 12 * 8);
 
+#[cfg(feature = "host-kernels")]
 extern "C" {
     fn ascendc_host_last_costs(out: *mut CoreCost, cap: usize) -> usize;
 }
@@ -65,6 +69,7 @@ extern "C" {
 /// The per-core costs of the last host-implementation launch on this thread (empty if it failed
 /// on a simulated core, or there was none; a runner that refuses its arguments before launching
 /// leaves the previous launch's costs). Each host runner launches once: call this right after.
+#[cfg(feature = "host-kernels")]
 pub fn last_launch() -> Vec<CoreCost> {
     // SAFETY: a null pointer with capacity 0 only asks for the count.
     let n = unsafe { ascendc_host_last_costs(std::ptr::null_mut(), 0) };
@@ -287,7 +292,7 @@ pub struct Estimate {
     pub hbm_seconds: f64,
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "host-kernels"))]
 mod tests {
     use super::*;
     use crate::ascendc::host;

@@ -1,8 +1,22 @@
 //! The Ascend C kernels run on the host implementation of the Ascend C API
-//! (`ascendc/host/kernel_operator.h`), compiled by `build.rs` with the system C++ compiler. Each
-//! runner checks shapes exactly as the reference does, tiles the kernel as the NPU launch would,
-//! and runs it over `block_dim` simulated vector cores, one after another. A broken hardware rule
-//! comes back as [`Error::KernelFault`] naming the rule and the core.
+//! (`ascendc/host/kernel_operator.h`), compiled by `build.rs` with the system C++ compiler (the
+//! `host-kernels` feature). Each runner checks shapes exactly as the reference does, tiles the
+//! kernel as the NPU launch would, and runs it over `block_dim` simulated vector cores, one
+//! after another. A broken hardware rule comes back as [`Error::KernelFault`] naming the rule
+//! and the core.
+//!
+//! ```
+//! use ascend_kernels::{ascendc, reference, RmsNorm};
+//! use half::f16;
+//! let p = RmsNorm { num_tokens: 3, hidden: 64, eps: 1e-6 };
+//! let x: Vec<f16> = (0..192).map(|i| f16::from_f32((i as f32 * 0.37).sin())).collect();
+//! let w: Vec<f16> = (0..64).map(|i| f16::from_f32(1.0 + i as f32 / 64.0)).collect();
+//! let (mut npu, mut oracle) = (vec![f16::ZERO; 192], vec![f16::ZERO; 192]);
+//! ascendc::host::rms_norm(&p, &mut npu, &x, &w, 2)?; // two simulated vector cores
+//! reference::rms_norm(&p, &mut oracle, &x, &w)?;
+//! assert!(npu.iter().zip(&oracle).all(|(a, b)| (a.to_f32() - b.to_f32()).abs() < 4e-3));
+//! # Ok::<(), ascend_hal::Error>(())
+//! ```
 
 use std::ffi::{c_char, CStr};
 

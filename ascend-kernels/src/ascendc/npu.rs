@@ -5,7 +5,9 @@
 //!
 //! Loading at run time (as the HAL loads `libascendcl.so`) keeps every build free of a link-time
 //! CANN dependency. The library is looked for at `ASCEND_KERNELS_LIB` (run time), then at the
-//! path `build.rs` baked in with the feature.
+//! path `build.rs` baked in with the feature, then as `libascendc_kernels.so` beside the ACL
+//! runtime this process loaded (where a toolkit-like directory, such as the ACL fake's, keeps
+//! it).
 
 use std::ffi::c_void;
 use std::sync::OnceLock;
@@ -21,8 +23,11 @@ use super::tiling::{
 pub const NOT_BUILT: &str = "the Ascend C kernels were not built for the NPU: install the CANN \
      toolkit, `source /usr/local/Ascend/ascend-toolkit/set_env.sh`, and build with the \
      `ascend-c` feature of ascend-kernels (SOC_VERSION picks the chip, default Ascend910B1), or \
-     point ASCEND_KERNELS_LIB at a libascendc_kernels.so; until then run on the CPU backend \
-     (ASCEND_HAL_BACKEND=cpu)";
+     point ASCEND_KERNELS_LIB at a libascendc_kernels.so (or put one beside libascendcl.so); \
+     until then run on the CPU backend (ASCEND_HAL_BACKEND=cpu)";
+
+/// The kernels library's file name, as looked for beside the ACL runtime.
+pub const KERNELS_LIBRARY: &str = "libascendc_kernels.so";
 
 type Gm = *mut c_void;
 /// `aclrtlaunch_<k>(blockDim, stream, 4 gm pointers, tiling*) -> aclError`.
@@ -65,6 +70,15 @@ fn candidate() -> Option<String> {
         .ok()
         .filter(|p| !p.is_empty())
         .or_else(|| option_env!("ASCENDC_KERNELS_LIB").map(str::to_string))
+        .or_else(|| {
+            let runtime = ascend_hal::acl::loaded_runtime_path()?;
+            let beside = std::path::Path::new(&runtime)
+                .parent()?
+                .join(KERNELS_LIBRARY);
+            beside
+                .is_file()
+                .then(|| beside.to_string_lossy().into_owned())
+        })
 }
 
 fn load(path: &str) -> Result<NpuKernels, String> {

@@ -23,7 +23,10 @@
 //! Control functions (not ACL): `aclfakeConfigure`, `aclfakeSetFaults` (same syntax, counted
 //! from the call), `aclfakeCallCount(name)`, `aclfakeLoseDevice(id)`.
 //!
-//! [`library_path`] finds the built library for tests.
+//! [`library_path`] finds the built library for tests; [`toolkit::install`] (or the
+//! `acl-fake-toolkit` program) lays out a directory as a CANN toolkit over it, so that one
+//! variable, `ASCEND_TOOLKIT_HOME`, points every loader of the ACL backend at the fake and at
+//! the host build of the Ascend C kernels.
 
 // The exported functions are C entry points with C's pointer contracts (each documents its C
 // prototype); they stay safe `extern "C" fn`s, as every C ABI export is, and `abi` exposes
@@ -35,6 +38,7 @@ mod exports;
 mod hccl;
 mod launch;
 mod state;
+pub mod toolkit;
 
 /// The exported C functions (ACL, ACLNN, HCCL and the `aclfake*` controls), callable from Rust
 /// as C calls them: how tests drive the fake linked in, where a counting allocator or a
