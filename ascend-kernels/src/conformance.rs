@@ -35,8 +35,9 @@ use ascend_hal::prelude::*;
 use ascend_hal::Element;
 
 use crate::{
-    close, reference, swap_in, swap_out, CacheShape, KernelOps, KvFloat, Matmul, PagedAttention,
-    PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, RopeTable, Rotary, SiluAndMul,
+    close, reference, swap_in, swap_out, Add, Argmax, CacheShape, Embedding, KernelOps, KvFloat,
+    Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, RopeTable,
+    Rotary, SiluAndMul, TopK,
 };
 
 /// The allocation granularity the caching allocator rounds small blocks to; a block can only
@@ -456,6 +457,84 @@ pub fn ops_across_seams<B: KernelOps, T: KvFloat + std::fmt::Debug>(
         assert_close(OP, "out", &stream.clone_to_host(&dout).unwrap(), &want);
         assert_same::<B, T>(stream, OP, "x", &dx, &xs);
         assert_same::<B, T>(stream, OP, "weight", &dw, &ws);
+        pl.check_pads(OP);
+        ops += 1;
+    }
+
+    // embedding: rows of a table at token ids (repeated and last ids included).
+    {
+        const OP: &str = "embedding";
+        let p = Embedding {
+            num_tokens: 4,
+            vocab: 50,
+            hidden: 96,
+        };
+        let table = values::<T>(50 * 96, 17);
+        let ids = vec![3, 49, 3, 0];
+        let (dt, di) = (pl.put(&table), pl.put(&ids));
+        let mut dout = pl.put(&[zero; 4 * 96]);
+        B::embedding(stream, &p, dout.view_mut(), dt.view(), di.view()).unwrap();
+        let mut want = vec![zero; 4 * 96];
+        reference::embedding(&p, &mut want, &table, &ids).unwrap();
+        assert_close(OP, "out", &stream.clone_to_host(&dout).unwrap(), &want);
+        assert_same::<B, T>(stream, OP, "table", &dt, &table);
+        assert_same::<B, i32>(stream, OP, "ids", &di, &ids);
+        pl.check_pads(OP);
+        ops += 1;
+    }
+
+    // add: a residual (same shape), then a bias (one row broadcast).
+    for broadcast in [false, true] {
+        const OP: &str = "add";
+        let p = Add {
+            rows: 3,
+            cols: 160,
+            broadcast,
+        };
+        let a = values::<T>(3 * 160, 18);
+        let b = values::<T>(if broadcast { 160 } else { 3 * 160 }, 19);
+        let (da, db) = (pl.put(&a), pl.put(&b));
+        let mut dout = pl.put(&[zero; 3 * 160]);
+        B::add(stream, &p, dout.view_mut(), da.view(), db.view()).unwrap();
+        let mut want = vec![zero; 3 * 160];
+        reference::add(&p, &mut want, &a, &b).unwrap();
+        assert_close(OP, "out", &stream.clone_to_host(&dout).unwrap(), &want);
+        assert_same::<B, T>(stream, OP, "a", &da, &a);
+        assert_same::<B, T>(stream, OP, "b", &db, &b);
+        pl.check_pads(OP);
+        ops += 1;
+    }
+
+    // argmax and top_k over rows of logits (distinct values: no ties to break differently).
+    let (rows, cols, k) = (3, 300, 5);
+    let logits: Vec<T> = (0..rows * cols)
+        .map(|i| T::from_f32(((i * 7919) % 1009) as f32 / 1009.0 - 0.5))
+        .collect();
+    {
+        const OP: &str = "argmax";
+        let p = Argmax { rows, cols };
+        let dx = pl.put(&logits);
+        let mut dout = pl.put(&[0i32; 3]);
+        B::argmax(stream, &p, dout.view_mut(), dx.view()).unwrap();
+        let mut want = vec![0i32; rows];
+        reference::argmax(&p, &mut want, &logits).unwrap();
+        assert_eq!(stream.clone_to_host(&dout).unwrap(), want, "{OP}: out");
+        assert_same::<B, T>(stream, OP, "x", &dx, &logits);
+        pl.check_pads(OP);
+        ops += 1;
+    }
+    {
+        const OP: &str = "top_k";
+        let p = TopK { rows, cols, k };
+        let dx = pl.put(&logits);
+        let mut dv = pl.put(&vec![zero; rows * k]);
+        let mut di = pl.put(&vec![0i64; rows * k]);
+        B::top_k(stream, &p, dv.view_mut(), di.view_mut(), dx.view()).unwrap();
+        let (mut wv, mut wi) = (vec![zero; rows * k], vec![0i64; rows * k]);
+        reference::top_k(&p, &mut wv, &mut wi, &logits).unwrap();
+        assert_close(OP, "values", &stream.clone_to_host(&dv).unwrap(), &wv);
+        assert_eq!(stream.clone_to_host(&di).unwrap(), wi, "{OP}: indices");
+        assert_same::<B, T>(stream, OP, "x", &dx, &logits);
         pl.check_pads(OP);
         ops += 1;
     }

@@ -14,10 +14,10 @@ use ascend_hal::Result;
 use rayon::prelude::*;
 
 use crate::float::KvFloat;
-use crate::reference::{check_positions, check_slots, query_ranges, rope_pairs};
+use crate::reference::{check_ids, check_positions, check_slots, query_ranges, rope_pairs};
 use crate::shapes::{
-    check_seqs, CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm,
-    Rotary, SiluAndMul,
+    check_seqs, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention,
+    ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
 };
 
 /// `sum(a[i] * b[i])` over the shorter slice (AVX2 + FMA where the CPU has them).
@@ -737,4 +737,111 @@ fn matmul_block(x: &[f32], w: &[f32], m: usize, cols: usize, k: usize, o: &mut [
             o[r * cols + c] = t[0][0];
         }
     }
+}
+
+/// `out[t] = table[ids[t]]`, rows in parallel; every id is checked first.
+pub fn embedding<T: KvFloat>(p: &Embedding, out: &mut [T], table: &[T], ids: &[i32]) -> Result<()> {
+    p.validate::<T>(out.len(), table.len(), ids.len())?;
+    check_ids(p, ids)?;
+    out.par_chunks_mut(p.hidden)
+        .zip(ids.par_iter())
+        .for_each(|(o, &id)| o.copy_from_slice(&table[id as usize * p.hidden..][..p.hidden]));
+    Ok(())
+}
+
+/// `out = a + b` in `f32` (`b` one row added to every row when `broadcast`), rows in parallel.
+pub fn add<T: KvFloat>(p: &Add, out: &mut [T], a: &[T], b: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), a.len(), b.len())?;
+    if p.cols == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(p.cols)
+        .zip(a.par_chunks(p.cols))
+        .enumerate()
+        .for_each(|(r, (o, x))| {
+            let y = if p.broadcast {
+                b
+            } else {
+                &b[r * p.cols..][..p.cols]
+            };
+            for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                *o = T::from_f32(x.to_f32() + y.to_f32());
+            }
+        });
+    Ok(())
+}
+
+/// Whether `v` ranks above `w`: larger, a NaN above everything (as the reference ranks).
+#[inline]
+fn ranks_above(v: f32, w: f32) -> bool {
+    (v.is_nan() && !w.is_nan()) || v > w
+}
+
+/// The index of each row's largest value (first on ties, NaN largest), rows in parallel.
+pub fn argmax<T: KvFloat>(p: &Argmax, out: &mut [i32], x: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), x.len())?;
+    out.par_iter_mut()
+        .zip(x.par_chunks(p.cols))
+        .for_each(|(o, row)| {
+            let mut f = vec![0f32; row.len()];
+            let row: &[f32] = match T::as_f32(row) {
+                Some(r) => r,
+                None => {
+                    T::convert_to_f32(row, &mut f);
+                    &f
+                }
+            };
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if ranks_above(v, row[best]) {
+                    best = j;
+                }
+            }
+            *o = best as i32;
+        });
+    Ok(())
+}
+
+/// Each row's `k` largest values, largest first (lower index first on ties, NaN largest),
+/// and their indices: a selection of the `k` then a sort of those, rows in parallel.
+pub fn top_k<T: KvFloat>(p: &TopK, values: &mut [T], indices: &mut [i64], x: &[T]) -> Result<()> {
+    p.validate::<T>(values.len(), indices.len(), x.len())?;
+    if p.k == 0 {
+        return Ok(());
+    }
+    values
+        .par_chunks_mut(p.k)
+        .zip(indices.par_chunks_mut(p.k))
+        .zip(x.par_chunks(p.cols))
+        .for_each(|((vals, idx), row)| {
+            let mut f = vec![0f32; row.len()];
+            let fr: &[f32] = match T::as_f32(row) {
+                Some(r) => r,
+                None => {
+                    T::convert_to_f32(row, &mut f);
+                    &f
+                }
+            };
+            let order = |&i: &u32, &j: &u32| {
+                let (a, b) = (fr[i as usize], fr[j as usize]);
+                if ranks_above(a, b) {
+                    std::cmp::Ordering::Less
+                } else if ranks_above(b, a) {
+                    std::cmp::Ordering::Greater
+                } else {
+                    i.cmp(&j)
+                }
+            };
+            let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+            if p.k < ids.len() {
+                ids.select_nth_unstable_by(p.k - 1, order);
+                ids.truncate(p.k);
+            }
+            ids.sort_unstable_by(order);
+            for ((v, x), &i) in vals.iter_mut().zip(idx.iter_mut()).zip(&ids) {
+                *v = row[i as usize];
+                *x = i as i64;
+            }
+        });
+    Ok(())
 }

@@ -60,12 +60,12 @@ mod simd;
 pub use engine::{EngineBackend, EngineVisitor, RunEngine};
 pub use float::{close, tolerance, KvFloat};
 pub use ops::{
-    copy_waves, device_arg, swap_in, swap_out, CopyBlocksArgs, FusedAddRmsNormArgs, In, KernelOps,
-    MatmulArgs, Out, PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs,
-    RotaryArgs, SiluAndMulArgs,
+    copy_waves, device_arg, swap_in, swap_out, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs,
+    FusedAddRmsNormArgs, In, KernelOps, MatmulArgs, Out, PagedAttentionArgs, PrefillAttentionArgs,
+    ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
 pub use rope::{RopeScaling, RopeTable};
 pub use shapes::{
-    expect_index_len, expect_len, CacheShape, Matmul, PagedAttention, PrefillAttention,
-    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul,
+    expect_index_len, expect_len, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
+    PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
 };

@@ -12,8 +12,8 @@ use ascend_hal::{
 
 use crate::float::KvFloat;
 use crate::shapes::{
-    CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
-    SiluAndMul,
+    Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache,
+    RmsNorm, Rotary, SiluAndMul, TopK,
 };
 
 /// Read-only device views of a backend.
@@ -196,6 +196,53 @@ kernel_ops! {
         x: input T,
         /// `[n, k]` (PyTorch's `[out, in]`).
         weight: input T,
+    }
+
+    /// See [`cpu::embedding`](crate::cpu::embedding). An id outside the table fails the
+    /// stream (the CPU backend), or the kernel (a device).
+    fn embedding / launch_embedding (EmbeddingArgs) {
+        /// The shapes.
+        p: param Embedding,
+        /// `[num_tokens, hidden]`.
+        out: output T,
+        /// `[vocab, hidden]`.
+        table: input T,
+        /// `[num_tokens]` token ids.
+        ids: input i32,
+    }
+
+    /// See [`cpu::add`](crate::cpu::add).
+    fn add / launch_add (AddArgs) {
+        /// The shapes.
+        p: param Add,
+        /// `[rows, cols]`.
+        out: output T,
+        /// `[rows, cols]`.
+        a: input T,
+        /// `[rows, cols]`, or `[cols]` with `broadcast`.
+        b: input T,
+    }
+
+    /// See [`cpu::argmax`](crate::cpu::argmax): greedy sampling on the device.
+    fn argmax / launch_argmax (ArgmaxArgs) {
+        /// The shapes.
+        p: param Argmax,
+        /// `[rows]` indices.
+        out: output i32,
+        /// `[rows, cols]` (logits).
+        x: input T,
+    }
+
+    /// See [`cpu::top_k`](crate::cpu::top_k): the candidates of top-k / top-p sampling.
+    fn top_k / launch_top_k (TopKArgs) {
+        /// The shapes.
+        p: param TopK,
+        /// `[rows, k]`, largest first.
+        values: output T,
+        /// `[rows, k]` indices of `values`.
+        indices: output i64,
+        /// `[rows, cols]` (logits).
+        x: input T,
     }
 
     /// See [`cpu::copy_blocks`](crate::cpu::copy_blocks).

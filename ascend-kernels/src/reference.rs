@@ -6,8 +6,8 @@ use ascend_hal::{Error, Result};
 
 use crate::float::KvFloat;
 use crate::shapes::{
-    check_seq, CacheShape, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm,
-    RopeStyle, Rotary, SiluAndMul,
+    check_seq, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention,
+    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
 };
 
 /// Where token `pos` of a sequence sits in a cache laid out `[blocks, block_size, kv_heads,
@@ -392,6 +392,91 @@ pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result
                 .map(|t| x[i * p.k + t].to_f32() as f64 * w[j * p.k + t].to_f32() as f64)
                 .sum();
             out[i * p.n + j] = T::from_f32(dot as f32);
+        }
+    }
+    Ok(())
+}
+
+/// Checks every token id against the table (what a device would fault on).
+pub(crate) fn check_ids(p: &Embedding, ids: &[i32]) -> Result<()> {
+    match ids.iter().position(|&t| t < 0 || t as usize >= p.vocab) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidArgument {
+            op: "embedding",
+            message: format!(
+                "ids[{i}] = {} is outside the table's {} rows",
+                ids[i], p.vocab
+            ),
+        }),
+    }
+}
+
+/// `out[t] = table[ids[t]]`.
+pub fn embedding<T: KvFloat>(p: &Embedding, out: &mut [T], table: &[T], ids: &[i32]) -> Result<()> {
+    p.validate::<T>(out.len(), table.len(), ids.len())?;
+    check_ids(p, ids)?;
+    for (t, &id) in ids.iter().enumerate() {
+        let row = &table[id as usize * p.hidden..][..p.hidden];
+        out[t * p.hidden..][..p.hidden].copy_from_slice(row);
+    }
+    Ok(())
+}
+
+/// `out = a + b` (`b` broadcast over rows when asked), in `f64`.
+pub fn add<T: KvFloat>(p: &Add, out: &mut [T], a: &[T], b: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), a.len(), b.len())?;
+    for (i, (o, x)) in out.iter_mut().zip(a).enumerate() {
+        let y = if p.broadcast {
+            b[i % p.cols.max(1)]
+        } else {
+            b[i]
+        };
+        *o = T::from_f32((x.to_f32() as f64 + y.to_f32() as f64) as f32);
+    }
+    Ok(())
+}
+
+/// Whether `v` ranks above `best` for argmax and top-k: larger, a NaN above everything.
+fn ranks_above(v: f32, best: f32) -> bool {
+    (v.is_nan() && !best.is_nan()) || v > best
+}
+
+/// The index of each row's largest value (the first on ties; a NaN is the largest).
+pub fn argmax<T: KvFloat>(p: &Argmax, out: &mut [i32], x: &[T]) -> Result<()> {
+    p.validate::<T>(out.len(), x.len())?;
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &x[r * p.cols..][..p.cols];
+        let mut best = 0;
+        for (j, v) in row.iter().enumerate() {
+            if ranks_above(v.to_f32(), row[best].to_f32()) {
+                best = j;
+            }
+        }
+        *o = best as i32;
+    }
+    Ok(())
+}
+
+/// Each row's `k` largest values, largest first (lower index first on ties; NaN largest), and
+/// their indices.
+pub fn top_k<T: KvFloat>(p: &TopK, values: &mut [T], indices: &mut [i64], x: &[T]) -> Result<()> {
+    p.validate::<T>(values.len(), indices.len(), x.len())?;
+    for r in 0..p.rows {
+        let row = &x[r * p.cols..][..p.cols];
+        let mut order: Vec<usize> = (0..p.cols).collect();
+        order.sort_by(|&i, &j| {
+            let (a, b) = (row[i].to_f32(), row[j].to_f32());
+            if ranks_above(a, b) {
+                std::cmp::Ordering::Less
+            } else if ranks_above(b, a) {
+                std::cmp::Ordering::Greater
+            } else {
+                i.cmp(&j)
+            }
+        });
+        for (slot, &i) in order[..p.k].iter().enumerate() {
+            values[r * p.k + slot] = row[i];
+            indices[r * p.k + slot] = i as i64;
         }
     }
     Ok(())

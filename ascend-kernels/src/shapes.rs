@@ -138,6 +138,51 @@ pub struct SiluAndMul {
     pub d: usize,
 }
 
+/// Embedding lookup: the rows of a `[vocab, hidden]` table at `num_tokens` token ids (`i32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedding {
+    /// Token ids, and rows of the output.
+    pub num_tokens: usize,
+    /// Rows of the table.
+    pub vocab: usize,
+    /// Elements per row.
+    pub hidden: usize,
+}
+
+/// Elementwise `out = a + b` over `[rows, cols]`: `b` is `[rows, cols]` (a residual), or
+/// `[cols]` added to every row (a bias) when `broadcast` is set. Sums in `f32`, rounded once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Add {
+    /// Rows of `a` and `out`.
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// `b` is one row, added to every row of `a`.
+    pub broadcast: bool,
+}
+
+/// The index (`i32`) of each row's largest value, the first on ties; a NaN counts as the
+/// largest (as `torch.argmax`), so corrupt logits show rather than hide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argmax {
+    /// Rows (one index each).
+    pub rows: usize,
+    /// Elements per row (the vocabulary, for logits); positive.
+    pub cols: usize,
+}
+
+/// Each row's `k` largest values, largest first (the lower index first on ties), and their
+/// indices (`i64`, as `torch.topk` and `aclnnTopk` give them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopK {
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row; positive.
+    pub cols: usize,
+    /// Values kept per row, at most `cols`.
+    pub k: usize,
+}
+
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` (a linear layer with PyTorch's `[out, in]` weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matmul {
@@ -571,6 +616,125 @@ impl SiluAndMul {
             ),
             dims(&[self.num_tokens, 2, self.d]),
             x,
+        )
+    }
+}
+
+impl Embedding {
+    /// Checks every length; the ids are checked by the kernel.
+    pub fn validate<T: KvFloat>(&self, out: usize, table: usize, ids: usize) -> Result<()> {
+        const OP: &str = "embedding";
+        positive(OP, &[("vocab", self.vocab), ("hidden", self.hidden)])?;
+        representable(OP, "the table", &[self.vocab, self.hidden])?;
+        expect_len::<T>(
+            OP,
+            "out",
+            format!("[num_tokens={}, hidden={}]", self.num_tokens, self.hidden),
+            dims(&[self.num_tokens, self.hidden]),
+            out,
+        )?;
+        expect_len::<T>(
+            OP,
+            "table",
+            format!("[vocab={}, hidden={}]", self.vocab, self.hidden),
+            dims(&[self.vocab, self.hidden]),
+            table,
+        )?;
+        expect_index_len(
+            OP,
+            "ids",
+            format!("[num_tokens={}] i32", self.num_tokens),
+            self.num_tokens,
+            ids,
+        )
+    }
+}
+
+impl Add {
+    /// Checks every length.
+    pub fn validate<T: KvFloat>(&self, out: usize, a: usize, b: usize) -> Result<()> {
+        const OP: &str = "add";
+        let shape = format!("[rows={}, cols={}]", self.rows, self.cols);
+        let n = dims(&[self.rows, self.cols]);
+        expect_len::<T>(OP, "out", shape.clone(), n, out)?;
+        expect_len::<T>(OP, "a", shape.clone(), n, a)?;
+        if self.broadcast {
+            expect_len::<T>(OP, "b", format!("[cols={}]", self.cols), self.cols, b)
+        } else {
+            expect_len::<T>(OP, "b", shape, n, b)
+        }
+    }
+}
+
+impl Argmax {
+    /// Checks every length.
+    pub fn validate<T: KvFloat>(&self, out: usize, x: usize) -> Result<()> {
+        const OP: &str = "argmax";
+        positive(OP, &[("cols", self.cols)])?;
+        if self.cols > i32::MAX as usize {
+            return Err(invalid(
+                OP,
+                format!("cols {} is past what an i32 index holds", self.cols),
+            ));
+        }
+        expect_len::<T>(
+            OP,
+            "x",
+            format!("[rows={}, cols={}]", self.rows, self.cols),
+            dims(&[self.rows, self.cols]),
+            x,
+        )?;
+        expect_index_len(
+            OP,
+            "out",
+            format!("[rows={}] i32", self.rows),
+            self.rows,
+            out,
+        )
+    }
+}
+
+impl TopK {
+    /// Checks every length, and `k` against `cols`.
+    pub fn validate<T: KvFloat>(&self, values: usize, indices: usize, x: usize) -> Result<()> {
+        const OP: &str = "top_k";
+        positive(OP, &[("cols", self.cols)])?;
+        if self.cols > i32::MAX as usize {
+            return Err(invalid(
+                OP,
+                format!("cols {} is past what the kernels index", self.cols),
+            ));
+        }
+        if self.k > self.cols {
+            return Err(invalid(
+                OP,
+                format!(
+                    "k {} is more than the {} values of a row",
+                    self.k, self.cols
+                ),
+            ));
+        }
+        expect_len::<T>(
+            OP,
+            "x",
+            format!("[rows={}, cols={}]", self.rows, self.cols),
+            dims(&[self.rows, self.cols]),
+            x,
+        )?;
+        let out = format!("[rows={}, k={}]", self.rows, self.k);
+        expect_len::<T>(
+            OP,
+            "values",
+            out.clone(),
+            dims(&[self.rows, self.k]),
+            values,
+        )?;
+        expect_index_len(
+            OP,
+            "indices",
+            format!("{out} i64"),
+            dims(&[self.rows, self.k]),
+            indices,
         )
     }
 }

@@ -3,9 +3,9 @@
 
 use ascend_hal::{DevicePtr, DeviceRepr, Error, Result};
 use ascend_kernels::{
-    cpu, device_arg, CopyBlocksArgs, FusedAddRmsNormArgs, KernelOps, KvFloat, MatmulArgs,
-    PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs,
-    SiluAndMulArgs,
+    cpu, device_arg, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs, FusedAddRmsNormArgs,
+    KernelOps, KvFloat, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs,
+    RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
 
 use crate::backend::CpuBackend;
@@ -297,6 +297,69 @@ impl KernelOps for CpuBackend {
         let p = *p;
         stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
             cpu::matmul::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?, typed(OP, r[1])?)
+        })
+    }
+
+    fn launch_embedding<T: KvFloat>(
+        stream: &CpuStream,
+        args: EmbeddingArgs<'_, Self, T>,
+    ) -> Result<()> {
+        let EmbeddingArgs { p, out, table, ids } = args;
+        const OP: &str = "embedding";
+        p.validate::<T>(out.len(), table.len(), ids.len())?;
+        let reads = [
+            range(OP, stream, "table", &table)?,
+            range(OP, stream, "ids", &ids)?,
+        ];
+        let writes = [range(OP, stream, "out", &out)?];
+        let p = *p;
+        stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            cpu::embedding::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?, typed(OP, r[1])?)
+        })
+    }
+
+    fn launch_add<T: KvFloat>(stream: &CpuStream, args: AddArgs<'_, Self, T>) -> Result<()> {
+        let AddArgs { p, out, a, b } = args;
+        const OP: &str = "add";
+        p.validate::<T>(out.len(), a.len(), b.len())?;
+        let reads = [range(OP, stream, "a", &a)?, range(OP, stream, "b", &b)?];
+        let writes = [range(OP, stream, "out", &out)?];
+        let p = *p;
+        stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            cpu::add::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?, typed(OP, r[1])?)
+        })
+    }
+
+    fn launch_argmax<T: KvFloat>(stream: &CpuStream, args: ArgmaxArgs<'_, Self, T>) -> Result<()> {
+        let ArgmaxArgs { p, out, x } = args;
+        const OP: &str = "argmax";
+        p.validate::<T>(out.len(), x.len())?;
+        let reads = [range(OP, stream, "x", &x)?];
+        let writes = [range(OP, stream, "out", &out)?];
+        let p = *p;
+        stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            cpu::argmax::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?)
+        })
+    }
+
+    fn launch_top_k<T: KvFloat>(stream: &CpuStream, args: TopKArgs<'_, Self, T>) -> Result<()> {
+        let TopKArgs {
+            p,
+            values,
+            indices,
+            x,
+        } = args;
+        const OP: &str = "top_k";
+        p.validate::<T>(values.len(), indices.len(), x.len())?;
+        let reads = [range(OP, stream, "x", &x)?];
+        let writes = [
+            range(OP, stream, "values", &values)?,
+            range(OP, stream, "indices", &indices)?,
+        ];
+        let p = *p;
+        stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            let (v, i) = two(w);
+            cpu::top_k::<T>(&p, typed_mut(OP, v)?, typed_mut(OP, i)?, typed(OP, r[0])?)
         })
     }
 

@@ -420,3 +420,27 @@ fn degenerate_shapes_are_refused_and_negative_slots_skip() {
         "only slot 3 was written"
     );
 }
+
+/// An id outside the embedding table fails the stream; the synchronisation names the op and
+/// the id (the CPU backend checks device-side ids when it runs the kernel).
+#[test]
+fn an_embedding_id_outside_the_table_fails_the_stream_by_name() {
+    use ascend_kernels::Embedding;
+    let backend = hal_mock::CpuBackend::new();
+    let stream = backend.device(0).unwrap().new_stream().unwrap();
+    let table = DeviceBuffer::<hal_mock::CpuBackend, f32>::zeros(&stream, 8 * 4).unwrap();
+    let ids = DeviceBuffer::<hal_mock::CpuBackend, i32>::from_slice(&stream, &[1, -3]).unwrap();
+    let mut rows = DeviceBuffer::<hal_mock::CpuBackend, f32>::zeros(&stream, 2 * 4).unwrap();
+    let p = Embedding {
+        num_tokens: 2,
+        vocab: 8,
+        hidden: 4,
+    };
+    hal_mock::CpuBackend::embedding(&stream, &p, rows.view_mut(), table.view(), ids.view())
+        .unwrap();
+    let e = stream.synchronize().unwrap_err().to_string();
+    assert!(
+        e.contains("embedding") && e.contains("ids[1] = -3 is outside"),
+        "{e}"
+    );
+}

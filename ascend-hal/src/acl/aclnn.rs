@@ -18,7 +18,7 @@
 //!
 //! Declarations are those of CANN 8.1.RC1 (`aarch64-linux/include/aclnn/acl_meta.h`,
 //! `aclnn/opdev/op_errno.h`, and `opp/built-in/op_impl/ai_core/tbe/op_api/include/aclnnop/
-//! aclnn_{matmul,swi_glu,rms_norm,add_rms_norm}.h`).
+//! aclnn_{matmul,swi_glu,rms_norm,add_rms_norm,embedding,add,argmax,topk}.h`).
 
 use std::ffi::c_void;
 use std::path::Path;
@@ -213,6 +213,10 @@ mod sys {
     ) -> *mut c_void;
     /// `aclnnStatus aclDestroyTensor(const aclTensor *tensor)`.
     pub type DestroyTensor = unsafe extern "C" fn(*const c_void) -> AclnnStatus;
+    /// `aclScalar *aclCreateScalar(void *value, aclDataType dataType)`.
+    pub type CreateScalar = unsafe extern "C" fn(*mut c_void, i32) -> *mut c_void;
+    /// `aclnnStatus aclDestroyScalar(const aclScalar *scalar)`.
+    pub type DestroyScalar = unsafe extern "C" fn(*const c_void) -> AclnnStatus;
     /// `aclnnStatus aclDestroyAclOpExecutor(aclOpExecutor *executor)`.
     pub type DestroyExecutor = unsafe extern "C" fn(*mut c_void) -> AclnnStatus;
     /// `aclnnStatus aclnnXxx(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
@@ -249,6 +253,49 @@ mod sys {
         *mut u64,
         *mut *mut c_void,
     ) -> AclnnStatus;
+    /// `aclnnEmbeddingGetWorkspaceSize(const aclTensor *weight, const aclTensor *indices, const
+    /// aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type EmbeddingGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnAddGetWorkspaceSize(const aclTensor *self, const aclTensor *other, const aclScalar
+    /// *alpha, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type AddGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *mut c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnArgMaxGetWorkspaceSize(const aclTensor *self, int64_t dim, bool keepdim, aclTensor
+    /// *out, uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type ArgMaxGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        i64,
+        bool,
+        *mut c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnTopkGetWorkspaceSize(const aclTensor *self, int64_t k, int64_t dim, bool largest,
+    /// bool sorted, aclTensor *valuesOut, aclTensor *indicesOut, uint64_t *workspaceSize,
+    /// aclOpExecutor **executor)`.
+    pub type TopkGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        i64,
+        i64,
+        bool,
+        bool,
+        *mut c_void,
+        *mut c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
     /// `aclnnAddRmsNormGetWorkspaceSize(const aclTensor *x1, const aclTensor *x2, const
     /// aclTensor *gamma, double epsilon, const aclTensor *yOut, const aclTensor *rstdOut, const
     /// aclTensor *xOut, uint64_t *workspaceSize, aclOpExecutor **executor)`.
@@ -280,10 +327,16 @@ pub struct Aclnn {
     create_tensor: sys::CreateTensor,
     destroy_tensor: sys::DestroyTensor,
     destroy_executor: Option<sys::DestroyExecutor>,
+    create_scalar: Option<sys::CreateScalar>,
+    destroy_scalar: Option<sys::DestroyScalar>,
     matmul: Op<sys::MatmulGetWorkspaceSize>,
     swi_glu: Op<sys::SwiGluGetWorkspaceSize>,
     rms_norm: Op<sys::RmsNormGetWorkspaceSize>,
     add_rms_norm: Op<sys::AddRmsNormGetWorkspaceSize>,
+    embedding: Op<sys::EmbeddingGetWorkspaceSize>,
+    add: Op<sys::AddGetWorkspaceSize>,
+    arg_max: Op<sys::ArgMaxGetWorkspaceSize>,
+    topk: Op<sys::TopkGetWorkspaceSize>,
 }
 
 impl std::fmt::Debug for Aclnn {
@@ -395,10 +448,18 @@ impl Aclnn {
                 .ok_or_else(|| missing("aclDestroyTensor"))?,
             // SAFETY: as above.
             destroy_executor: unsafe { symbol(nnopbase, "aclDestroyAclOpExecutor") },
+            // SAFETY: as above.
+            create_scalar: unsafe { symbol(nnopbase, "aclCreateScalar") },
+            // SAFETY: as above.
+            destroy_scalar: unsafe { symbol(nnopbase, "aclDestroyScalar") },
             matmul: op!("aclnnMatmulGetWorkspaceSize", "aclnnMatmul"),
             swi_glu: op!("aclnnSwiGluGetWorkspaceSize", "aclnnSwiGlu"),
             rms_norm: op!("aclnnRmsNormGetWorkspaceSize", "aclnnRmsNorm"),
             add_rms_norm: op!("aclnnAddRmsNormGetWorkspaceSize", "aclnnAddRmsNorm"),
+            embedding: op!("aclnnEmbeddingGetWorkspaceSize", "aclnnEmbedding"),
+            add: op!("aclnnAddGetWorkspaceSize", "aclnnAdd"),
+            arg_max: op!("aclnnArgMaxGetWorkspaceSize", "aclnnArgMax"),
+            topk: op!("aclnnTopkGetWorkspaceSize", "aclnnTopk"),
             opapi,
             nnopbase_path,
             opapi_path,
@@ -419,6 +480,13 @@ impl Aclnn {
             ("aclnnSwiGlu", self.swi_glu.available()),
             ("aclnnRmsNorm", self.rms_norm.available()),
             ("aclnnAddRmsNorm", self.add_rms_norm.available()),
+            ("aclnnEmbedding", self.embedding.available()),
+            (
+                "aclnnAdd",
+                self.add.available() && self.create_scalar.is_some(),
+            ),
+            ("aclnnArgMax", self.arg_max.available()),
+            ("aclnnTopk", self.topk.available()),
         ]
         .into_iter()
         .filter_map(|(n, a)| a.then_some(n))
@@ -465,6 +533,36 @@ impl Aclnn {
             recent: result::recent_message(&self.rt.api),
         })?;
         Ok(AclTensor { raw, aclnn: self })
+    }
+
+    /// A scalar descriptor (`aclCreateScalar`) holding `value` as f32 (`ACL_FLOAT`); the call
+    /// copies the value.
+    pub fn scalar_f32(&self, value: f32) -> Result<AclScalar<'_>> {
+        let (create, destroy) = match (self.create_scalar, self.destroy_scalar) {
+            (Some(c), Some(d)) => (c, d),
+            _ => {
+                return Err(Error::MissingSymbol {
+                    library: self.nnopbase_path.clone(),
+                    symbol: "aclCreateScalar",
+                    needs: "the ACLNN scalar API (CANN 7.0 or later)",
+                })
+            }
+        };
+        let mut v = value;
+        // SAFETY: `v` is a live f32 for the call, which copies it (acl_meta.h).
+        let raw = unsafe { create((&mut v as *mut f32).cast(), data_type::ACL_FLOAT) };
+        let raw = NonNull::new(raw).ok_or_else(|| Error::Aclnn {
+            function: "aclCreateScalar",
+            code: 161002,
+            name: "NULL",
+            meaning: "aclCreateScalar returned NULL",
+            recent: result::recent_message(&self.rt.api),
+        })?;
+        Ok(AclScalar {
+            raw,
+            destroy,
+            _aclnn: std::marker::PhantomData,
+        })
     }
 
     /// A contiguous row-major tensor of `dims` at `data`.
@@ -732,6 +830,173 @@ impl Aclnn {
                 },
             )
         }
+    }
+}
+
+impl Aclnn {
+    /// `out = weight[indices]` along dim 0 (`aclnnEmbedding`): `weight` `[vocab, hidden]`,
+    /// `indices` `[n]` (int32 or int64), `out` `[n, hidden]`.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    pub unsafe fn embedding(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        weight: &AclTensor<'_>,
+        indices: &AclTensor<'_>,
+        out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.embedding.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnEmbeddingGetWorkspaceSize", "aclnnEmbedding"),
+                self.embedding.run,
+                |size, exec| get.map(|f| f(weight.raw(), indices.raw(), out.raw(), size, exec)),
+            )
+        }
+    }
+
+    /// `out = self + alpha · other`, with broadcasting (`aclnnAdd`).
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn add(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        a: &AclTensor<'_>,
+        b: &AclTensor<'_>,
+        alpha: &AclScalar<'_>,
+        out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.add.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnAddGetWorkspaceSize", "aclnnAdd"),
+                self.add.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            a.raw(),
+                            b.raw(),
+                            alpha.raw.as_ptr(),
+                            out.raw() as *mut c_void,
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+
+    /// The indices of the largest values along `dim` (`aclnnArgMax`), into an int32 or int64
+    /// `out`.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    pub unsafe fn arg_max(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x: &AclTensor<'_>,
+        dim: i64,
+        keepdim: bool,
+        out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.arg_max.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnArgMaxGetWorkspaceSize", "aclnnArgMax"),
+                self.arg_max.run,
+                |size, exec| {
+                    get.map(|f| f(x.raw(), dim, keepdim, out.raw() as *mut c_void, size, exec))
+                },
+            )
+        }
+    }
+
+    /// The `k` largest (or smallest) values along `dim` and their int64 indices
+    /// (`aclnnTopk`).
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn topk(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x: &AclTensor<'_>,
+        k: i64,
+        dim: i64,
+        largest: bool,
+        sorted: bool,
+        values: &AclTensor<'_>,
+        indices: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.topk.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnTopkGetWorkspaceSize", "aclnnTopk"),
+                self.topk.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            x.raw(),
+                            k,
+                            dim,
+                            largest,
+                            sorted,
+                            values.raw() as *mut c_void,
+                            indices.raw() as *mut c_void,
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+}
+
+/// An `aclScalar` descriptor; `aclDestroyScalar` on drop.
+pub struct AclScalar<'a> {
+    raw: NonNull<c_void>,
+    destroy: sys::DestroyScalar,
+    _aclnn: std::marker::PhantomData<&'a Aclnn>,
+}
+
+impl AclScalar<'_> {
+    /// The `aclScalar *`, for ACLNN calls this crate does not bind (valid while `self` lives).
+    pub fn as_raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+}
+
+impl std::fmt::Debug for AclScalar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AclScalar({:p})", self.raw)
+    }
+}
+
+impl Drop for AclScalar<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by aclCreateScalar and destroyed once, here.
+        let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
     }
 }
 

@@ -30,9 +30,9 @@ use crate::ascendc::npu::{self, NpuKernels, Pair};
 use crate::ascendc::{status, tiling};
 use crate::float::KvFloat;
 use crate::ops::{
-    copy_waves, device_arg, CopyBlocksArgs, FusedAddRmsNormArgs, KernelOps, MatmulArgs,
-    PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs,
-    SiluAndMulArgs,
+    copy_waves, device_arg, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs,
+    FusedAddRmsNormArgs, KernelOps, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs,
+    ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
 use providers::{provider, AclOp, Provider};
 
@@ -123,11 +123,8 @@ impl KernelOps for AclBackend {
         let aclnn = Aclnn::load_current().map_err(|e| lasting(e.to_string()))?;
         let has = aclnn.operators();
         for op in vendor {
-            let needs = match op {
-                AclOp::Matmul => "aclnnMatmul",
-                AclOp::SiluAndMul => "aclnnSwiGlu",
-                AclOp::RmsNorm => "aclnnRmsNorm",
-                _ => "aclnnAddRmsNorm",
+            let Some(needs) = op.aclnn_operator() else {
+                continue;
             };
             if !has.contains(&needs) {
                 return Err(lasting(format!(
@@ -377,6 +374,34 @@ impl KernelOps for AclBackend {
     fn launch_matmul<T: KvFloat>(stream: &AclStream, args: MatmulArgs<'_, Self, T>) -> Result<()> {
         let MatmulArgs { p, out, x, weight } = args;
         vendor::matmul(stream, p, out, x, weight)
+    }
+
+    fn launch_embedding<T: KvFloat>(
+        stream: &AclStream,
+        args: EmbeddingArgs<'_, Self, T>,
+    ) -> Result<()> {
+        let EmbeddingArgs { p, out, table, ids } = args;
+        vendor::embedding(stream, p, out, table, ids)
+    }
+
+    fn launch_add<T: KvFloat>(stream: &AclStream, args: AddArgs<'_, Self, T>) -> Result<()> {
+        let AddArgs { p, out, a, b } = args;
+        vendor::add(stream, p, out, a, b)
+    }
+
+    fn launch_argmax<T: KvFloat>(stream: &AclStream, args: ArgmaxArgs<'_, Self, T>) -> Result<()> {
+        let ArgmaxArgs { p, out, x } = args;
+        vendor::argmax(stream, p, out, x)
+    }
+
+    fn launch_top_k<T: KvFloat>(stream: &AclStream, args: TopKArgs<'_, Self, T>) -> Result<()> {
+        let TopKArgs {
+            p,
+            values,
+            indices,
+            x,
+        } = args;
+        vendor::top_k(stream, p, values, indices, x)
     }
 
     fn launch_copy_blocks<T: KvFloat>(

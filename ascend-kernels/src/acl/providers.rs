@@ -10,6 +10,10 @@
 //! | `rms_norm` | ACLNN `aclnnRmsNorm` | Ascend C `rms_norm` |
 //! | `fused_add_rms_norm` | Ascend C `rms_norm` (fused, in place) | ACLNN `aclnnAddRmsNorm` (into scratch, copied back) |
 //! | `reshape_and_cache`, `paged_attention`, `paged_prefill_attention`, `rotary_embedding`, `copy_blocks` | Ascend C | |
+//! | `embedding` | ACLNN `aclnnEmbedding` | |
+//! | `add` | ACLNN `aclnnAdd` | |
+//! | `argmax` | ACLNN `aclnnArgMax` (f32, f16) | |
+//! | `top_k` | ACLNN `aclnnTopk` (f32, f16) | |
 //!
 //! `fused_add_rms_norm` defaults to the Ascend C kernel because the op is in place and CANN does
 //! not document whether `aclnnAddRmsNorm` may write its outputs over its inputs; the ACLNN
@@ -58,11 +62,19 @@ pub enum AclOp {
     Matmul,
     /// `copy_blocks`.
     CopyBlocks,
+    /// `embedding`.
+    Embedding,
+    /// `add`.
+    Add,
+    /// `argmax`.
+    Argmax,
+    /// `top_k`.
+    TopK,
 }
 
 impl AclOp {
     /// Every op.
-    pub const ALL: [AclOp; 9] = [
+    pub const ALL: [AclOp; 13] = [
         AclOp::ReshapeAndCache,
         AclOp::PagedAttention,
         AclOp::PagedPrefillAttention,
@@ -72,6 +84,10 @@ impl AclOp {
         AclOp::SiluAndMul,
         AclOp::Matmul,
         AclOp::CopyBlocks,
+        AclOp::Embedding,
+        AclOp::Add,
+        AclOp::Argmax,
+        AclOp::TopK,
     ];
 
     /// The op's name in `KernelOps`.
@@ -86,6 +102,10 @@ impl AclOp {
             AclOp::SiluAndMul => "silu_and_mul",
             AclOp::Matmul => "matmul",
             AclOp::CopyBlocks => "copy_blocks",
+            AclOp::Embedding => "embedding",
+            AclOp::Add => "add",
+            AclOp::Argmax => "argmax",
+            AclOp::TopK => "top_k",
         }
     }
 
@@ -93,7 +113,12 @@ impl AclOp {
     pub fn providers(self) -> &'static [Provider] {
         use Provider::*;
         match self {
-            AclOp::Matmul | AclOp::SiluAndMul => &[Aclnn],
+            AclOp::Matmul
+            | AclOp::SiluAndMul
+            | AclOp::Embedding
+            | AclOp::Add
+            | AclOp::Argmax
+            | AclOp::TopK => &[Aclnn],
             AclOp::RmsNorm => &[Aclnn, AscendC],
             AclOp::FusedAddRmsNorm => &[AscendC, Aclnn],
             AclOp::ReshapeAndCache
@@ -102,6 +127,21 @@ impl AclOp {
             | AclOp::RotaryEmbedding
             | AclOp::CopyBlocks => &[AscendC],
         }
+    }
+
+    /// The ACLNN operator that serves the op with [`Provider::Aclnn`], if it has one.
+    pub fn aclnn_operator(self) -> Option<&'static str> {
+        Some(match self {
+            AclOp::Matmul => "aclnnMatmul",
+            AclOp::SiluAndMul => "aclnnSwiGlu",
+            AclOp::RmsNorm => "aclnnRmsNorm",
+            AclOp::FusedAddRmsNorm => "aclnnAddRmsNorm",
+            AclOp::Embedding => "aclnnEmbedding",
+            AclOp::Add => "aclnnAdd",
+            AclOp::Argmax => "aclnnArgMax",
+            AclOp::TopK => "aclnnTopk",
+            _ => return None,
+        })
     }
 
     /// The documented default provider.

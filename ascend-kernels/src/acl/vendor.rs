@@ -8,12 +8,12 @@ use std::sync::Arc;
 use ascend_hal::acl::aclnn::{AclTensor, Aclnn, CubeMathType};
 use ascend_hal::acl::{AclBackend, AclStream};
 use ascend_hal::alloc::SharedAllocator;
-use ascend_hal::{DType, DeviceBuffer, DevicePtr, DeviceRepr, Result, Stream, StreamExt};
+use ascend_hal::{DType, DeviceBuffer, DevicePtr, DeviceRepr, Error, Result, Stream, StreamExt};
 
 use super::providers::workspace_allocator;
 use crate::float::KvFloat;
 use crate::ops::{device_arg, In, Out};
-use crate::shapes::{Matmul, RmsNorm, SiluAndMul};
+use crate::shapes::{Add, Argmax, Embedding, Matmul, RmsNorm, SiluAndMul, TopK};
 
 /// The ACLNN libraries and the workspace allocator for `stream`'s device.
 fn setup(stream: &AclStream) -> Result<(Arc<Aclnn>, SharedAllocator<AclBackend>)> {
@@ -158,4 +158,127 @@ pub(super) fn fused_add_rms_norm<T: KvFloat>(
     unsafe { aclnn.add_rms_norm(stream, &*ws, &t1, &t2, &tg, p.eps as f64, &ty, &tr, &ts) }?;
     stream.copy_d2d(&y, &mut x)?;
     stream.copy_d2d(&sum, &mut residual)
+}
+
+/// CANN 8.1's `aclnnArgMax` and `aclnnTopk` take f32 and f16 values only (their headers' dtype
+/// lists have no bf16): a clear error naming the op and the limit, not a wrong result.
+fn refuse_bf16<T: KvFloat>(op: &'static str, operator: &str) -> Result<()> {
+    if T::DTYPE == DType::BF16 {
+        return Err(Error::InvalidArgument {
+            op,
+            message: format!(
+                "{operator} of CANN 8.1 takes f32 or f16 values, not bf16: cast the logits to \
+                 f32 (or f16) first, or run this op on the CPU backend"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `out[t] = table[ids[t]]` through `aclnnEmbedding` (int32 indices).
+pub(super) fn embedding<T: KvFloat>(
+    stream: &AclStream,
+    p: &Embedding,
+    out: Out<'_, AclBackend, T>,
+    table: In<'_, AclBackend, T>,
+    ids: In<'_, AclBackend, i32>,
+) -> Result<()> {
+    const OP: &str = "embedding";
+    p.validate::<T>(out.len(), table.len(), ids.len())?;
+    let (pt, pi, po) = (
+        addr(OP, stream, "table", &table)?,
+        addr(OP, stream, "ids", &ids)?,
+        addr(OP, stream, "out", &out)?,
+    );
+    if p.num_tokens == 0 {
+        return Ok(());
+    }
+    let (aclnn, ws) = setup(stream)?;
+    let tw = aclnn.contiguous(T::DTYPE, &dims(&[p.vocab, p.hidden]), pt)?;
+    let ti = aclnn.contiguous(DType::I32, &dims(&[p.num_tokens]), pi)?;
+    let to = aclnn.contiguous(T::DTYPE, &dims(&[p.num_tokens, p.hidden]), po)?;
+    // SAFETY: as in `matmul`.
+    unsafe { aclnn.embedding(stream, &*ws, &tw, &ti, &to) }
+}
+
+/// `out = a + b` through `aclnnAdd` (alpha 1; a bias broadcast as a `[1, cols]` view).
+pub(super) fn add<T: KvFloat>(
+    stream: &AclStream,
+    p: &Add,
+    out: Out<'_, AclBackend, T>,
+    a: In<'_, AclBackend, T>,
+    b: In<'_, AclBackend, T>,
+) -> Result<()> {
+    const OP: &str = "add";
+    p.validate::<T>(out.len(), a.len(), b.len())?;
+    let (pa, pb, po) = (
+        addr(OP, stream, "a", &a)?,
+        addr(OP, stream, "b", &b)?,
+        addr(OP, stream, "out", &out)?,
+    );
+    if p.rows == 0 || p.cols == 0 {
+        return Ok(());
+    }
+    let (aclnn, ws) = setup(stream)?;
+    let shape = dims(&[p.rows, p.cols]);
+    let ta = aclnn.contiguous(T::DTYPE, &shape, pa)?;
+    let b_shape = if p.broadcast {
+        dims(&[1, p.cols])
+    } else {
+        shape.clone()
+    };
+    let tb = aclnn.contiguous(T::DTYPE, &b_shape, pb)?;
+    let to = aclnn.contiguous(T::DTYPE, &shape, po)?;
+    let alpha = aclnn.scalar_f32(1.0)?;
+    // SAFETY: as in `matmul`.
+    unsafe { aclnn.add(stream, &*ws, &ta, &tb, &alpha, &to) }
+}
+
+/// Each row's argmax through `aclnnArgMax` over the last dim, into int32.
+pub(super) fn argmax<T: KvFloat>(
+    stream: &AclStream,
+    p: &Argmax,
+    out: Out<'_, AclBackend, i32>,
+    x: In<'_, AclBackend, T>,
+) -> Result<()> {
+    const OP: &str = "argmax";
+    p.validate::<T>(out.len(), x.len())?;
+    refuse_bf16::<T>(OP, "aclnnArgMax")?;
+    let (px, po) = (addr(OP, stream, "x", &x)?, addr(OP, stream, "out", &out)?);
+    if p.rows == 0 {
+        return Ok(());
+    }
+    let (aclnn, ws) = setup(stream)?;
+    let tx = aclnn.contiguous(T::DTYPE, &dims(&[p.rows, p.cols]), px)?;
+    let to = aclnn.contiguous(DType::I32, &dims(&[p.rows]), po)?;
+    // SAFETY: as in `matmul`.
+    unsafe { aclnn.arg_max(stream, &*ws, &tx, -1, false, &to) }
+}
+
+/// Each row's top `k`, sorted, largest first, through `aclnnTopk` over the last dim.
+pub(super) fn top_k<T: KvFloat>(
+    stream: &AclStream,
+    p: &TopK,
+    values: Out<'_, AclBackend, T>,
+    indices: Out<'_, AclBackend, i64>,
+    x: In<'_, AclBackend, T>,
+) -> Result<()> {
+    const OP: &str = "top_k";
+    p.validate::<T>(values.len(), indices.len(), x.len())?;
+    refuse_bf16::<T>(OP, "aclnnTopk")?;
+    let (px, pv, pi) = (
+        addr(OP, stream, "x", &x)?,
+        addr(OP, stream, "values", &values)?,
+        addr(OP, stream, "indices", &indices)?,
+    );
+    if p.rows == 0 || p.k == 0 {
+        return Ok(());
+    }
+    let (aclnn, ws) = setup(stream)?;
+    let tx = aclnn.contiguous(T::DTYPE, &dims(&[p.rows, p.cols]), px)?;
+    let out = dims(&[p.rows, p.k]);
+    let tv = aclnn.contiguous(T::DTYPE, &out, pv)?;
+    let ti = aclnn.contiguous(DType::I64, &out, pi)?;
+    // SAFETY: as in `matmul`.
+    unsafe { aclnn.topk(stream, &*ws, &tx, p.k as i64, -1, true, true, &tv, &ti) }
 }

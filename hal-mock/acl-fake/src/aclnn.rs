@@ -34,23 +34,34 @@ use half::{bf16, f16};
 use crate::exports::{call, inject};
 use crate::state::{fail, from_hal, set_last_error, Outcome};
 
-const NULLPTR: i32 = 161_001;
-const INVALID: i32 = 161_002;
+pub(crate) const NULLPTR: i32 = 161_001;
+pub(crate) const INVALID: i32 = 161_002;
 /// `ACLNN_ERR_INNER_NULLPTR`: what `aclDestroyAclOpExecutor(NULL)` returns.
 const INNER_NULLPTR: i32 = 561_103;
 
 /// `aclDataType` values the operators take.
-const ACL_FLOAT: i32 = 0;
-const ACL_FLOAT16: i32 = 1;
-const ACL_BF16: i32 = 27;
+pub(crate) const ACL_FLOAT: i32 = 0;
+pub(crate) const ACL_FLOAT16: i32 = 1;
+pub(crate) const ACL_BF16: i32 = 27;
 
-fn dtype_name(d: i32) -> String {
-    match d {
-        ACL_FLOAT => "DT_FLOAT".into(),
-        ACL_FLOAT16 => "DT_FLOAT16".into(),
-        ACL_BF16 => "DT_BF16".into(),
-        other => format!("aclDataType {other}"),
-    }
+pub(crate) fn dtype_name(d: i32) -> String {
+    let name = match d {
+        ACL_FLOAT => "DT_FLOAT",
+        ACL_FLOAT16 => "DT_FLOAT16",
+        2 => "DT_INT8",
+        3 => "DT_INT32",
+        4 => "DT_UINT8",
+        6 => "DT_INT16",
+        7 => "DT_UINT16",
+        8 => "DT_UINT32",
+        9 => "DT_INT64",
+        10 => "DT_UINT64",
+        11 => "DT_DOUBLE",
+        12 => "DT_BOOL",
+        ACL_BF16 => "DT_BF16",
+        other => return format!("aclDataType {other}"),
+    };
+    name.into()
 }
 
 /// Bytes per element of the `aclDataType`s the fake describes (`acl/acl_base.h`).
@@ -73,21 +84,21 @@ const MAX_VIEW_ELEMENTS: u64 = 1 << 32;
 
 /// What `aclCreateTensor` recorded.
 #[derive(Debug, Clone)]
-struct Tensor {
-    dims: Vec<i64>,
-    strides: Vec<i64>,
-    offset: i64,
-    dtype: i32,
-    data: u64,
+pub(crate) struct Tensor {
+    pub(crate) dims: Vec<i64>,
+    pub(crate) strides: Vec<i64>,
+    pub(crate) offset: i64,
+    pub(crate) dtype: i32,
+    pub(crate) data: u64,
 }
 
 impl Tensor {
-    fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.dims.iter().map(|&d| d as usize).product()
     }
 
     /// Whether the view is row-major with no gaps (dims of one may have any stride).
-    fn is_contiguous(&self) -> bool {
+    pub(crate) fn is_contiguous(&self) -> bool {
         let mut want = 1i64;
         for (&d, &s) in self.dims.iter().zip(&self.strides).rev() {
             if d != 1 && s != want {
@@ -114,7 +125,7 @@ impl Tensor {
     }
 
     /// Calls `f` with each element's offset, in row-major order of the view.
-    fn for_each_offset(&self, mut f: impl FnMut(usize)) {
+    pub(crate) fn for_each_offset(&self, mut f: impl FnMut(usize)) {
         if self.numel() == 0 {
             return;
         }
@@ -141,7 +152,7 @@ impl Tensor {
         }
     }
 
-    fn read(&self, arg: &KernelArg, name: &'static str) -> Result<Vec<f32>, Error> {
+    pub(crate) fn read(&self, arg: &KernelArg, name: &'static str) -> Result<Vec<f32>, Error> {
         self.fits(arg, name)?;
         let mut out = Vec::with_capacity(self.numel());
         let p = arg.ptr;
@@ -156,7 +167,12 @@ impl Tensor {
         Ok(out)
     }
 
-    fn write(&self, arg: &KernelArg, name: &'static str, values: &[f32]) -> Result<(), Error> {
+    pub(crate) fn write(
+        &self,
+        arg: &KernelArg,
+        name: &'static str,
+        values: &[f32],
+    ) -> Result<(), Error> {
         self.fits(arg, name)?;
         let (p, mut next) = (arg.ptr, values.iter());
         // SAFETY: as in `read`; nothing else accesses the memory while the task runs.
@@ -171,7 +187,7 @@ impl Tensor {
         Ok(())
     }
 
-    fn fits(&self, arg: &KernelArg, name: &'static str) -> Result<(), Error> {
+    pub(crate) fn fits(&self, arg: &KernelArg, name: &'static str) -> Result<(), Error> {
         if self.reach() <= arg.len {
             return Ok(());
         }
@@ -191,17 +207,17 @@ impl Tensor {
 }
 
 /// An operator's work on the stream worker, over its arguments' memory.
-type Work = Box<dyn FnOnce(&[KernelArg]) -> Result<(), Error> + Send>;
+pub(crate) type Work = Box<dyn FnOnce(&[KernelArg]) -> Result<(), Error> + Send>;
 
 /// A planned operator, waiting for its launch.
-struct Plan {
-    op: &'static str,
-    workspace: u64,
+pub(crate) struct Plan {
+    pub(crate) op: &'static str,
+    pub(crate) workspace: u64,
     /// Descriptor handles that must still be alive at the launch.
-    tensors: Vec<usize>,
+    pub(crate) tensors: Vec<usize>,
     /// Device addresses the work reads and writes, in the order `work` takes them.
-    args: Vec<u64>,
-    work: Work,
+    pub(crate) args: Vec<u64>,
+    pub(crate) work: Work,
 }
 
 #[derive(Default)]
@@ -390,7 +406,7 @@ pub extern "C" fn aclDestroyAclOpExecutor(executor: *mut c_void) -> i32 {
 }
 
 /// The descriptor behind a handle argument named `what` of `function`.
-fn tensor(function: &str, what: &str, h: *const c_void) -> Outcome<Tensor> {
+pub(crate) fn tensor(function: &str, what: &str, h: *const c_void) -> Outcome<Tensor> {
     if h.is_null() {
         return fail(
             NULLPTR,
@@ -403,7 +419,7 @@ fn tensor(function: &str, what: &str, h: *const c_void) -> Outcome<Tensor> {
     })
 }
 
-fn check_float(function: &str, what: &str, t: &Tensor) -> Outcome {
+pub(crate) fn check_float(function: &str, what: &str, t: &Tensor) -> Outcome {
     if matches!(t.dtype, ACL_FLOAT | ACL_FLOAT16 | ACL_BF16) {
         return Ok(());
     }
@@ -417,7 +433,11 @@ fn check_float(function: &str, what: &str, t: &Tensor) -> Outcome {
     )
 }
 
-fn same_dtype(function: &str, (a, ta): (&str, &Tensor), (b, tb): (&str, &Tensor)) -> Outcome {
+pub(crate) fn same_dtype(
+    function: &str,
+    (a, ta): (&str, &Tensor),
+    (b, tb): (&str, &Tensor),
+) -> Outcome {
     if ta.dtype == tb.dtype {
         return Ok(());
     }
@@ -431,7 +451,7 @@ fn same_dtype(function: &str, (a, ta): (&str, &Tensor), (b, tb): (&str, &Tensor)
     )
 }
 
-fn shape_is(function: &str, what: &str, t: &Tensor, want: &[i64]) -> Outcome {
+pub(crate) fn shape_is(function: &str, what: &str, t: &Tensor, want: &[i64]) -> Outcome {
     if t.dims == want {
         return Ok(());
     }
@@ -442,7 +462,7 @@ fn shape_is(function: &str, what: &str, t: &Tensor, want: &[i64]) -> Outcome {
 }
 
 /// Records a plan and hands its executor and workspace size back.
-fn plan(
+pub(crate) fn plan(
     function: &str,
     workspace_size: *mut u64,
     executor: *mut *mut c_void,
@@ -474,7 +494,7 @@ fn plan(
 
 /// The launch call shared by every operator: its checks, then the work queued on the stream.
 /// The executor is consumed either way.
-fn launch(
+pub(crate) fn launch(
     op: &'static str,
     workspace: *mut c_void,
     workspace_size: u64,
@@ -595,9 +615,10 @@ macro_rules! launch_entry {
         }
     };
 }
+pub(crate) use launch_entry;
 
 /// Bytes every elementwise operator asks for.
-const SMALL_WORKSPACE: u64 = 1024;
+pub(crate) const SMALL_WORKSPACE: u64 = 1024;
 
 // ---- aclnnMatmul ----
 

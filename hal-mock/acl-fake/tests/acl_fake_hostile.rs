@@ -420,3 +420,95 @@ fn aclnn_launches_check_workspaces_without_overflow_and_explain_a_consumed_execu
     assert!(recent().contains("consumed by an earlier launch (it ran)"));
     assert_eq!(fake::aclrtSynchronizeStream(s), 0);
 }
+
+const ACL_INT32: i32 = 3;
+const ACL_INT64: i32 = 9;
+const ACLNN_ERR_PARAM_NULLPTR: i32 = 161_001;
+
+#[test]
+fn the_step_operators_check_what_their_headers_document() {
+    let _s = serial();
+    on_device(0);
+    let mem = malloc(1 << 16);
+    let at = |off: usize| mem.wrapping_add(off);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    // aclnnArgMax: FLOAT / FLOAT16 values, INT32 / INT64 out; no bf16.
+    let x_bf16 = tensor(ACL_BF16, &[2, 8], &row_major(&[2, 8]), at(0));
+    let out32 = tensor(ACL_INT32, &[2], &[1], at(4096));
+    let code = fake::aclnnArgMaxGetWorkspaceSize(x_bf16, -1, false, out32, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_INVALID);
+    let m = recent();
+    assert!(
+        m.contains("self dtype DT_BF16 should be in dtype support list [DT_FLOAT, DT_FLOAT16]"),
+        "{m}"
+    );
+    let x = tensor(ACL_FLOAT, &[2, 8], &row_major(&[2, 8]), at(0));
+    let out_f = tensor(ACL_FLOAT, &[2], &[1], at(4096));
+    assert_eq!(
+        fake::aclnnArgMaxGetWorkspaceSize(x, -1, false, out_f, &mut ws, &mut exec),
+        ACLNN_ERR_PARAM_INVALID
+    );
+    assert_eq!(
+        fake::aclnnArgMaxGetWorkspaceSize(x, 2, false, out32, &mut ws, &mut exec),
+        ACLNN_ERR_PARAM_INVALID
+    );
+    assert!(recent().contains("dim 2 should be in [-2, 2)"));
+    assert_eq!(
+        fake::aclnnArgMaxGetWorkspaceSize(x, -1, false, out32, &mut ws, &mut exec),
+        0
+    );
+    assert_eq!(fake::aclDestroyAclOpExecutor(exec), 0);
+
+    // aclnnTopk: INT64 indices only; k within the dim.
+    let vals = tensor(ACL_FLOAT, &[2, 3], &row_major(&[2, 3]), at(8192));
+    let idx32 = tensor(ACL_INT32, &[2, 3], &row_major(&[2, 3]), at(12288));
+    let idx64 = tensor(ACL_INT64, &[2, 3], &row_major(&[2, 3]), at(12288));
+    let code =
+        fake::aclnnTopkGetWorkspaceSize(x, 3, -1, true, true, vals, idx32, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_INVALID);
+    assert!(
+        recent().contains("indicesOut dtype DT_INT32 should be in dtype support list [DT_INT64]")
+    );
+    let code =
+        fake::aclnnTopkGetWorkspaceSize(x, 9, -1, true, true, vals, idx64, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("k 9 should be in [0, 8]"));
+    let code =
+        fake::aclnnTopkGetWorkspaceSize(x, 3, -1, true, true, vals, idx64, &mut ws, &mut exec);
+    assert_eq!(code, 0, "{}", recent());
+    assert_eq!(fake::aclDestroyAclOpExecutor(exec), 0);
+
+    // aclnnEmbedding: INT32 / INT64 indices; out one dim more than the indices.
+    let weight = tensor(ACL_FLOAT, &[16, 8], &row_major(&[16, 8]), at(0));
+    let ids_f = tensor(ACL_FLOAT, &[3], &[1], at(20480));
+    let ids = tensor(ACL_INT32, &[3], &[1], at(20480));
+    let rows = tensor(ACL_FLOAT, &[3, 8], &row_major(&[3, 8]), at(24576));
+    let flat = tensor(ACL_FLOAT, &[24], &[1], at(24576));
+    let code = fake::aclnnEmbeddingGetWorkspaceSize(weight, ids_f, rows, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("indices dtype DT_FLOAT should be in dtype support list"));
+    let code = fake::aclnnEmbeddingGetWorkspaceSize(weight, ids, flat, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("out shape [24] should be [3, 8]"));
+
+    // aclnnAdd: shapes must broadcast; alpha must be a live scalar.
+    let a = tensor(ACL_FLOAT, &[2, 8], &row_major(&[2, 8]), at(0));
+    let b_bad = tensor(ACL_FLOAT, &[3], &[1], at(4096));
+    let b_row = tensor(ACL_FLOAT, &[1, 8], &row_major(&[1, 8]), at(4096));
+    let out = tensor(ACL_FLOAT, &[2, 8], &row_major(&[2, 8]), at(8192));
+    let mut one = 1.0f32;
+    let alpha = fake::aclCreateScalar((&mut one as *mut f32).cast(), ACL_FLOAT);
+    assert!(!alpha.is_null());
+    let code = fake::aclnnAddGetWorkspaceSize(a, b_bad, alpha, out, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("the shape of self [2, 8] and other [3] cannot broadcast"));
+    let code = fake::aclnnAddGetWorkspaceSize(a, b_row, std::ptr::null(), out, &mut ws, &mut exec);
+    assert_eq!(code, ACLNN_ERR_PARAM_NULLPTR);
+    let code = fake::aclnnAddGetWorkspaceSize(a, b_row, alpha, out, &mut ws, &mut exec);
+    assert_eq!(code, 0, "{}", recent());
+    assert_eq!(fake::aclDestroyAclOpExecutor(exec), 0);
+    assert_eq!(fake::aclDestroyScalar(alpha), 0);
+    assert_eq!(fake::aclDestroyScalar(alpha), ACLNN_ERR_PARAM_INVALID);
+    assert!(fake::aclCreateScalar(null_mut(), ACL_FLOAT).is_null());
+    assert!(recent().contains("value is NULL"));
+}
