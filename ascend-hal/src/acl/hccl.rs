@@ -99,16 +99,23 @@ pub fn describe_result(code: HcclResult) -> (&'static str, &'static str) {
 mod sys {
     use super::*;
 
+    /// `HcclResult HcclGetRootInfo(HcclRootInfo *rootInfo)`.
     pub(super) type GetRootInfo = unsafe extern "C" fn(root_info: *mut c_void) -> HcclResult;
+    /// `HcclResult HcclCommInitRootInfo(uint32_t nRanks, const HcclRootInfo *rootInfo,
+    /// uint32_t rank, HcclComm *comm)`.
     pub(super) type CommInitRootInfo = unsafe extern "C" fn(
         n_ranks: u32,
         root_info: *const c_void,
         rank: u32,
         comm: *mut *mut c_void,
     ) -> HcclResult;
+    /// `HcclResult HcclCommInitAll(uint32_t ndev, int32_t *devices, HcclComm *comms)`.
     pub(super) type CommInitAll =
         unsafe extern "C" fn(ndev: u32, devices: *mut i32, comms: *mut *mut c_void) -> HcclResult;
+    /// `HcclResult HcclCommDestroy(HcclComm comm)`.
     pub(super) type CommDestroy = unsafe extern "C" fn(comm: *mut c_void) -> HcclResult;
+    /// `HcclResult HcclAllReduce(void *sendBuf, void *recvBuf, uint64_t count, HcclDataType
+    /// dataType, HcclReduceOp op, HcclComm comm, aclrtStream stream)`.
     pub(super) type AllReduce = unsafe extern "C" fn(
         send: *mut c_void,
         recv: *mut c_void,
@@ -118,6 +125,8 @@ mod sys {
         comm: *mut c_void,
         stream: AclrtStream,
     ) -> HcclResult;
+    /// `HcclResult HcclBroadcast(void *buf, uint64_t count, HcclDataType dataType, uint32_t
+    /// root, HcclComm comm, aclrtStream stream)`.
     pub(super) type Broadcast = unsafe extern "C" fn(
         buf: *mut c_void,
         count: u64,
@@ -126,6 +135,8 @@ mod sys {
         comm: *mut c_void,
         stream: AclrtStream,
     ) -> HcclResult;
+    /// `HcclResult HcclReduceScatter(void *sendBuf, void *recvBuf, uint64_t recvCount,
+    /// HcclDataType dataType, HcclReduceOp op, HcclComm comm, aclrtStream stream)`.
     pub(super) type ReduceScatter = unsafe extern "C" fn(
         send: *mut c_void,
         recv: *mut c_void,
@@ -135,6 +146,8 @@ mod sys {
         comm: *mut c_void,
         stream: AclrtStream,
     ) -> HcclResult;
+    /// `HcclResult HcclAllGather(void *sendBuf, void *recvBuf, uint64_t sendCount,
+    /// HcclDataType dataType, HcclComm comm, aclrtStream stream)`.
     pub(super) type AllGather = unsafe extern "C" fn(
         send: *mut c_void,
         recv: *mut c_void,
@@ -144,6 +157,8 @@ mod sys {
         stream: AclrtStream,
     ) -> HcclResult;
     /// `HcclSend` and `HcclRecv` share this shape (`destRank` / `srcRank`).
+    /// `HcclResult HcclSend(void *sendBuf, uint64_t count, HcclDataType dataType, uint32_t
+    /// destRank, HcclComm comm, aclrtStream stream)`; `HcclRecv` has the same shape.
     pub(super) type SendRecv = unsafe extern "C" fn(
         buf: *mut c_void,
         count: u64,
@@ -152,8 +167,12 @@ mod sys {
         comm: *mut c_void,
         stream: AclrtStream,
     ) -> HcclResult;
+    /// `HcclResult HcclGetRankSize(HcclComm comm, uint32_t *rankSize)`; `HcclGetRankId` has
+    /// the same shape.
     pub(super) type GetRank = unsafe extern "C" fn(comm: *mut c_void, out: *mut u32) -> HcclResult;
+    /// `const char *HcclGetErrorString(HcclResult code)`.
     pub(super) type GetErrorString = unsafe extern "C" fn(code: HcclResult) -> *const c_char;
+    /// `HcclResult HcclGetCommAsyncError(HcclComm comm, HcclResult *asyncError)`.
     pub(super) type GetCommAsyncError =
         unsafe extern "C" fn(comm: *mut c_void, error: *mut HcclResult) -> HcclResult;
 }

@@ -524,7 +524,8 @@ fn copy_on(
     Ok(())
 }
 
-/// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, kind)`.
+/// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count,
+/// aclrtMemcpyKind kind)`.
 #[no_mangle]
 pub extern "C" fn aclrtMemcpy(
     dst: *mut c_void,
@@ -566,8 +567,8 @@ pub(crate) fn inject(s: &FakeStream, fault: Option<Fault>) -> bool {
     }
 }
 
-/// `aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t count, kind,
-/// aclrtStream stream)`.
+/// `aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t count,
+/// aclrtMemcpyKind kind, aclrtStream stream)`.
 #[no_mangle]
 pub extern "C" fn aclrtMemcpyAsync(
     dst: *mut c_void,
@@ -902,7 +903,8 @@ pub extern "C" fn aclrtEventElapsedTime(ms: *mut f32, start: *mut c_void, end: *
 
 const GRANULARITY: usize = hal_mock::VMM_GRANULARITY;
 
-/// `aclError aclrtMemGetAllocationGranularity(aclrtPhysicalMemProp *prop, option, size_t *g)`.
+/// `aclError aclrtMemGetAllocationGranularity(aclrtPhysicalMemProp *prop,
+/// aclrtMemGranularityOptions option, size_t *granularity)`.
 #[no_mangle]
 pub extern "C" fn aclrtMemGetAllocationGranularity(
     prop: *mut ascend_prop::PhysicalMemProp,
