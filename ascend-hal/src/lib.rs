@@ -78,3 +78,8 @@ pub mod prelude {
         PinnedBuffer, Stream, StreamExt,
     };
 }
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

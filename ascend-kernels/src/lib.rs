@@ -69,3 +69,8 @@ pub use shapes::{
     expect_index_len, expect_len, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
     PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
 };
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

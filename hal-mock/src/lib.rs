@@ -109,3 +109,8 @@ pub fn discover_devices(count: usize) -> ascend_hal::Result<ascend_hal::Discover
     }
     Ok(d)
 }
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -63,3 +63,8 @@ pub use manager::{
 pub use pool::{BlockPool, CachedContent};
 pub use spec::{KvCacheSizing, KvCacheSpec, MemoryBudget};
 pub use tables::{BatchTables, MAX_PADDED_TOKENS};
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
