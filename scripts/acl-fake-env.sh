@@ -19,8 +19,7 @@ case "$profile" in
     *) echo "usage: $0 [release|debug]" >&2; exit 2 ;;
 esac
 
-target_dir=$(cargo metadata --no-deps --format-version 1 \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(scripts/target-dir.sh)
 
 # The host kernels library is in ascend-kernels' build-script output directory; cargo says where.
 kernels=$(cargo build "${flags[@]}" -p ascend-kernels --features host-kernels \

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 bs=${1:-16}
 pool=${2:-65536}
 cargo build --release -q -p ascend-benches --example kv_replay
+target=$(scripts/target-dir.sh)
 out=$(mktemp -d)
 valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
-    --toggle-collect='*replay_events*' target/release/examples/kv_replay "$bs" "$pool" \
+    --toggle-collect='*replay_events*' "$target/release/examples/kv_replay" "$bs" "$pool" \
     >"$out/stdout" 2>"$out/stderr"
 cat "$out/stdout"
 collected=$(grep -o 'Collected : [0-9]*' "$out/stderr" | grep -o '[0-9]*$')

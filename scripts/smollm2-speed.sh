@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 model=$(scripts/fetch-smollm2.sh)
 python=$(scripts/hf-venv.sh)
 cargo build --quiet --release -p ascend-examples --example smollm2_speed
-ours=$(target/release/examples/smollm2_speed --model "$model")
+ours=$("$(scripts/target-dir.sh)/release/examples/smollm2_speed" --model "$model")
 theirs=$("$python" scripts/hf_reference.py speed --model "$model" 2>/dev/null)
 python3 - "$ours" "$theirs" <<'PY'
 import json, sys

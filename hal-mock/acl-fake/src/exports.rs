@@ -1129,14 +1129,15 @@ pub(crate) fn c_str<'a>(p: *const c_char, function: &str) -> Outcome<&'a str> {
 #[no_mangle]
 pub extern "C" fn aclfakeConfigure(spec: *const c_char) -> i32 {
     call("aclfakeConfigure", |mut g, _| {
+        // The spec is checked first: a bad one is refused whatever the state.
+        let mut config = g.config.clone();
+        config.apply(c_str(spec, "aclfakeConfigure")?)?;
         if g.initialized {
             return fail(
                 code::REPEAT_INITIALIZE,
                 "aclfakeConfigure: initialized; finalize first",
             );
         }
-        let mut config = g.config.clone();
-        config.apply(c_str(spec, "aclfakeConfigure")?)?;
         g.config = config;
         g.reset_devices();
         Ok(())

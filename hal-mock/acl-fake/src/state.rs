@@ -66,6 +66,9 @@ pub(crate) fn from_hal(function: &str, e: Error) -> Failure {
     }
 }
 
+/// The most devices the fake simulates (each has two stream worker threads of its own).
+pub(crate) const MAX_FAKE_DEVICES: usize = 64;
+
 /// What the fake simulates; set by `ACL_FAKE_*` variables or `aclfakeConfigure`.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -110,7 +113,15 @@ impl Config {
                 message: format!("aclfakeConfigure: {k}={v:?} is not {what}"),
             };
             match k.trim() {
-                "devices" => self.devices = v.trim().parse().map_err(|_| bad("a count"))?,
+                "devices" => {
+                    // Each device runs two stream workers; a server has at most 16 NPUs.
+                    self.devices = v
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_FAKE_DEVICES).contains(n))
+                        .ok_or_else(|| bad(&format!("a count from 1 to {MAX_FAKE_DEVICES}")))?
+                }
                 "memory" => self.memory = v.trim().parse().map_err(|_| bad("a byte count"))?,
                 "soc" => self.soc = CString::new(v.trim()).map_err(|_| bad("a name"))?,
                 "hccl_second_ms" => {
@@ -271,10 +282,10 @@ impl Fake {
                 DeviceProfile::custom(self.config.soc.to_string_lossy(), self.config.memory),
             )
             .build();
-        self.devices = (0..self.config.devices)
+        self.devices = (0..self.config.devices.min(MAX_FAKE_DEVICES))
             .filter_map(|i| self.backend.device(i).ok())
             .collect();
-        self.set_count = vec![0; self.config.devices];
+        self.set_count = vec![0; self.devices.len()];
         for d in &self.devices {
             for list in [&mut self.default_streams, &mut self.sync_streams] {
                 if let Ok(stream) = d.new_stream() {

@@ -512,3 +512,21 @@ fn the_step_operators_check_what_their_headers_document() {
     assert!(fake::aclCreateScalar(null_mut(), ACL_FLOAT).is_null());
     assert!(recent().contains("value is NULL"));
 }
+
+#[test]
+fn a_configuration_past_what_the_fake_simulates_is_refused_not_allocated() {
+    let _s = serial();
+    for spec in [
+        "devices=1000000000",
+        "devices=0",
+        "devices=-1",
+        "devices=65",
+    ] {
+        let c = CString::new(spec).unwrap();
+        let (code, peak) = peak_of(|| fake::aclfakeConfigure(c.as_ptr()));
+        assert_ne!(code, 0, "{spec}");
+        let m = recent();
+        assert!(m.contains("a count from 1 to 64"), "{spec}: {m}");
+        assert!(peak < 64 << 10, "{spec}: {peak} bytes");
+    }
+}
