@@ -2,7 +2,8 @@
 # Compiles every Ascend C kernel in ascend-kernels/ascendc/kernels against the real CANN headers
 # (syntax and types only: g++ -fsyntax-only in the CPU-debug configuration CANN's tikicpulib
 # uses for an Ascend 910B vector core), so a call our host implementation accepts but CANN
-# declares differently fails here.
+# declares differently fails here; then the device-configuration check
+# (scripts/check-ascendc-device.sh), so a name only the CPU-debug headers define fails too.
 #
 #   CANN_HOME=/usr/local/Ascend/ascend-toolkit/latest scripts/check-ascendc-api.sh
 #
@@ -42,4 +43,7 @@ for k in "$root"/ascend-kernels/ascendc/kernels/*.cpp; do
         status=1
     fi
 done
+# The same kernels in the device configuration (no ASCENDC_CPU_DEBUG), which g++ cannot parse:
+# every name only the CPU-debug build defines is poisoned (scripts/check-ascendc-device.sh).
+"$root/scripts/check-ascendc-device.sh" || status=1
 exit $status

@@ -4,6 +4,11 @@
 
 using namespace AscendC;
 
+// The lowest finite float: the start of a running maximum. The device build has no <cmath>
+// (INFINITY, HUGE_VALF), and exp(lowest - m) is 0 for every score m a kernel meets, which is
+// what exp(-inf - m) would give.
+constexpr float kFloatLowest = -3.40282347e+38f;
+
 // Converts `n` elements to float (a Cast for half; a UB copy for float).
 __aicore__ inline void ToFloat(const LocalTensor<float>& dst, const LocalTensor<half>& src, uint32_t n) {
     Cast(dst, src, RoundMode::CAST_NONE, n);

@@ -152,7 +152,7 @@ private:
             qQueue_.FreeTensor(q);
             Muls(qf, qf, t_.scale, static_cast<int32_t>(rows));
             for (uint32_t g = 0; g < group_; g++) {
-                runMax_[g] = -INFINITY;
+                runMax_[g] = kFloatLowest;
                 Duplicate(RunSum(g), 0.0f, 1);
             }
             for (uint32_t pos = first; pos < static_cast<uint32_t>(len);) {
