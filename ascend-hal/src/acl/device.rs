@@ -22,6 +22,8 @@ pub(crate) struct DeviceInner {
     pub(crate) ordinal: usize,
     ctx: AclrtContext,
     soc: String,
+    /// Vector cores, and where the count came from.
+    vector_cores: (u32, CoreCountSource),
     /// The VMM granularity, if the runtime has the VMM calls.
     vmm_granularity: Option<usize>,
     /// Errors of releases done in `Drop` (free, destroy), returned by the next `synchronize`.
@@ -62,11 +64,13 @@ impl DeviceInner {
                 .filter(|&g| g > 0)
                 .unwrap_or(2 << 20)
         });
+        let vector_cores = vector_cores(api, id as u32, &soc);
         Ok(DeviceInner {
             rt,
             ordinal,
             ctx,
             soc,
+            vector_cores,
             vmm_granularity,
             deferred: Mutex::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
@@ -182,6 +186,41 @@ impl Drop for DeviceInner {
     }
 }
 
+/// Where [`AclDevice::vector_cores`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreCountSource {
+    /// `aclGetDeviceCapability(ACL_DEVICE_INFO_VECTOR_CORE_NUM)`.
+    Runtime,
+    /// The runtime has no `aclGetDeviceCapability` or did not answer; the count is the
+    /// `vector_core_cnt` of the SoC's platform description in CANN 8.1
+    /// (`data/platform_config/<SoC>.ini`).
+    SocTable,
+    /// Neither: the smallest count of an Atlas A2 (40, a 910B3/B4), so a launch sized for it
+    /// never runs a second wave.
+    Fallback,
+}
+
+/// `vector_core_cnt` of CANN 8.1's platform descriptions of the Atlas A2 SoCs.
+fn soc_vector_cores(soc: &str) -> Option<u32> {
+    match soc {
+        "Ascend910B1" | "Ascend910B2" | "Ascend910B2C" => Some(48),
+        "Ascend910B3" | "Ascend910B4" | "Ascend910B4-1" => Some(40),
+        _ => None,
+    }
+}
+
+/// The device's vector cores: asked of the runtime, else from the SoC's platform table.
+fn vector_cores(api: &super::sys::AclApi, device: u32, soc: &str) -> (u32, CoreCountSource) {
+    let asked = result::device_capability(api, device, super::sys::ACL_DEVICE_INFO_VECTOR_CORE_NUM)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| (1..=4096).contains(&n));
+    match (asked, soc_vector_cores(soc)) {
+        (Some(n), _) => (n, CoreCountSource::Runtime),
+        (None, Some(n)) => (n, CoreCountSource::SocTable),
+        (None, None) => (40, CoreCountSource::Fallback),
+    }
+}
+
 /// A device of the ACL backend. Cheap to clone.
 #[derive(Clone)]
 pub struct AclDevice {
@@ -192,6 +231,18 @@ impl AclDevice {
     /// The SoC name the runtime reports (`Ascend910B1`, ...).
     pub fn soc_name(&self) -> &str {
         &self.inner.soc
+    }
+
+    /// The vector cores kernels can spread over (`ACL_DEVICE_INFO_VECTOR_CORE_NUM`: 48 on a
+    /// 910B1/B2, 40 on a 910B3/B4). Launches use at most this many blocks, so none runs a
+    /// second wave; see [`vector_core_source`](Self::vector_core_source).
+    pub fn vector_cores(&self) -> u32 {
+        self.inner.vector_cores.0
+    }
+
+    /// Where [`vector_cores`](Self::vector_cores) came from.
+    pub fn vector_core_source(&self) -> CoreCountSource {
+        self.inner.vector_cores.1
     }
 
     /// Events dropped while streams may still wait on them, kept until those streams drain
@@ -315,6 +366,7 @@ impl fmt::Debug for AclDevice {
         f.debug_struct("AclDevice")
             .field("ordinal", &self.inner.ordinal)
             .field("soc", &self.inner.soc)
+            .field("vector_cores", &self.inner.vector_cores)
             .finish()
     }
 }

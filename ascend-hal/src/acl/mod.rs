@@ -30,7 +30,7 @@ mod vmm;
 
 pub use backend::{AclBackend, AclVersions};
 pub use codes::describe_code;
-pub use device::AclDevice;
+pub use device::{AclDevice, CoreCountSource};
 pub use event::AclEvent;
 pub use loader::{LoadOptions, LIBRARY_NAME};
 pub use memory::{AclDeviceMemory, AclHostMemory};

@@ -124,6 +124,14 @@ pub(crate) fn soc_name(api: &AclApi) -> Option<String> {
     unsafe { c_string((api.aclrtGetSocName)()) }
 }
 
+/// `aclGetDeviceCapability(device, info)`, when the library has it and answers.
+pub(crate) fn device_capability(api: &AclApi, device: u32, info: i32) -> Option<i64> {
+    let f = api.aclGetDeviceCapability?;
+    let mut value = 0i64;
+    // SAFETY: plain values and a valid out-pointer.
+    (unsafe { f(device, info, &mut value) } == sys::ACL_SUCCESS).then_some(value)
+}
+
 /// `aclsysGetCANNVersion(pkg)`, when the library has it.
 pub(crate) fn package_version(api: &AclApi, pkg: u32) -> Option<String> {
     let f = api.aclsysGetCANNVersion?;

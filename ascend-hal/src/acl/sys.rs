@@ -39,6 +39,10 @@ pub const ACL_MEMCPY_DEVICE_TO_HOST: u32 = 2;
 /// Device to device.
 pub const ACL_MEMCPY_DEVICE_TO_DEVICE: u32 = 3;
 
+/// `aclDeviceInfo::ACL_DEVICE_INFO_VECTOR_CORE_NUM` (for `aclGetDeviceCapability`; `AI_CORE_NUM`
+/// is 0, `L2_SIZE` 2): the vector cores (`vector_core_cnt` of the
+/// SoC's platform .ini: 48 on a 910B1/B2, 40 on a 910B3/B4).
+pub const ACL_DEVICE_INFO_VECTOR_CORE_NUM: i32 = 1;
 /// `aclrtMemAttr::ACL_HBM_MEM`: huge + normal pages of HBM, for `aclrtGetMemInfo`.
 pub const ACL_HBM_MEM: u32 = 1;
 
@@ -236,6 +240,9 @@ acl_api! {
         aclrtGetMemInfo: fn(u32, *mut usize, *mut usize) -> AclErrorCode;
     }
     optional {
+        /// `aclError aclGetDeviceCapability(uint32_t deviceId, aclDeviceInfo deviceInfo,
+        /// int64_t *value)` (acl_base.h).
+        aclGetDeviceCapability: fn(u32, i32, *mut i64) -> AclErrorCode;
         /// `aclError aclrtStreamQuery(aclrtStream stream, aclrtStreamStatus *status)` (~2023,
         /// CANN 7.x).
         aclrtStreamQuery: fn(AclrtStream, *mut u32) -> AclErrorCode;

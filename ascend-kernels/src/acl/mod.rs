@@ -99,9 +99,12 @@ unsafe fn launch_reporting(
     Ok(())
 }
 
-/// Cores for `tasks` independent pieces of work.
-fn block_dim(tasks: usize) -> u32 {
-    tasks.clamp(1, tiling::VECTOR_CORES as usize) as u32
+/// Cores for `tasks` independent pieces of work: at most the vector cores of the stream's device
+/// (`aclGetDeviceCapability(ACL_DEVICE_INFO_VECTOR_CORE_NUM)`: 48 on a 910B1/B2, 40 on a
+/// 910B3/B4), so a launch never runs a second wave of blocks.
+fn block_dim(stream: &AclStream, tasks: usize) -> u32 {
+    let cores = stream.device().vector_cores().max(1);
+    tasks.clamp(1, cores as usize) as u32
 }
 
 impl KernelOps for AclBackend {
@@ -169,7 +172,7 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "value_cache", &value_cache)?,
             gm(OP, stream, "slot_mapping", &slot_mapping)?,
         ];
-        let dim = block_dim(p.num_tokens);
+        let dim = block_dim(stream, p.num_tokens);
         // SAFETY: the stub only queues the kernel on `s`; the buffers are on the stream's
         // device, their lengths match the tiling the kernel indexes by (the status buffer holds
         // the 8 words each of the `dim` cores writes), and the borrows' owners keep them alive
@@ -214,7 +217,7 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "block_tables", &block_tables)?,
             gm(OP, stream, "seq_lens", &seq_lens)?,
         ];
-        let dim = block_dim(p.num_seqs * p.cache.num_kv_heads);
+        let dim = block_dim(stream, p.num_seqs * p.cache.num_kv_heads);
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
             launch_reporting(OP, stream, dim, |st, s| {
@@ -263,7 +266,7 @@ impl KernelOps for AclBackend {
         if p.num_tokens == 0 {
             return Ok(());
         }
-        let dim = block_dim(p.num_tokens * p.cache.num_kv_heads);
+        let dim = block_dim(stream, p.num_tokens * p.cache.num_kv_heads);
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
             launch_reporting(OP, stream, dim, |st, s| {
@@ -295,7 +298,7 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "key", &key)?,
             gm(OP, stream, "cos_sin_cache", &cos_sin_cache)?,
         ];
-        let dim = block_dim(p.num_tokens);
+        let dim = block_dim(stream, p.num_tokens);
         // SAFETY: as in `reshape_and_cache`.
         unsafe {
             launch_reporting(OP, stream, dim, |st, s| {
@@ -321,7 +324,7 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "weight", &weight)?,
             gm(OP, stream, "out", &out)?,
         ];
-        let dim = block_dim(p.num_tokens);
+        let dim = block_dim(stream, p.num_tokens);
         // SAFETY: as in `reshape_and_cache`; with `fused` 0 the kernel never touches the
         // residual argument, so it is null.
         unsafe {
@@ -353,7 +356,7 @@ impl KernelOps for AclBackend {
             gm(OP, stream, "residual", &residual)?,
             gm(OP, stream, "weight", &weight)?,
         ];
-        let dim = block_dim(p.num_tokens);
+        let dim = block_dim(stream, p.num_tokens);
         // SAFETY: as in `reshape_and_cache`; `x` is input and output, which the kernel allows
         // (each row is in the UB before its result is written).
         unsafe {
@@ -430,7 +433,7 @@ impl KernelOps for AclBackend {
                 .collect();
             let on_device = DeviceBuffer::<AclBackend, i32>::from_slice(stream, &flat)?;
             let pp = gm(OP, stream, "pairs", &on_device)?;
-            let dim = block_dim(wave.len());
+            let dim = block_dim(stream, wave.len());
             // SAFETY: as in `reshape_and_cache`; the pair buffer is kept alive until the
             // stream's next synchronisation by the check registered after it.
             unsafe {

@@ -13,8 +13,10 @@ use crate::shapes::{
 /// Bytes of Unified Buffer a 910B vector core leaves to a kernel (192 KiB minus the 8 KiB the
 /// framework reserves).
 pub const UB_BUDGET: usize = 184 * 1024;
-/// Vector cores (AIV) of an Ascend 910B1/B2: 24 AI cores with two vector units each. On hardware
-/// the launch should use the platform's count (`aclrtGetDeviceInfo`), this is the default.
+/// Vector cores (AIV) of an Ascend 910B1/B2: 24 AI cores with two vector units each (a 910B3/B4
+/// has 40). The ACL backend launches with its device's own count
+/// (`AclDevice::vector_cores`, from `aclGetDeviceCapability`); this is the host runners' and the
+/// cost model's default.
 pub const VECTOR_CORES: u32 = 48;
 /// The most query heads per KV head the attention kernel handles (`PA_MAX_GROUP`).
 pub const PA_MAX_GROUP: usize = 16;

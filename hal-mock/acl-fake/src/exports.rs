@@ -128,6 +128,42 @@ pub extern "C" fn aclrtGetSocName() -> *const c_char {
     state().config.soc.as_ptr()
 }
 
+/// `aclError aclGetDeviceCapability(uint32_t deviceId, aclDeviceInfo deviceInfo, int64_t *value)`:
+/// the configured SoC's AI cores (0), vector cores (1) and L2 bytes (2), as CANN 8.1's platform
+/// description of that SoC gives them (`data/platform_config/<SoC>.ini`).
+#[no_mangle]
+pub extern "C" fn aclGetDeviceCapability(device: u32, info: i32, value: *mut i64) -> i32 {
+    call("aclGetDeviceCapability", |g, _| {
+        let id = i32::try_from(device).unwrap_or(i32::MAX);
+        check_device(&g, id, "aclGetDeviceCapability")?;
+        let soc = crate::state::soc_profile(&g.config.soc.to_string_lossy()).ok_or_else(|| {
+            crate::state::Failure {
+                code: code::RT_FEATURE_NOT_SUPPORT,
+                message: format!(
+                    "aclGetDeviceCapability: the fake has no platform description of {:?}",
+                    g.config.soc
+                ),
+            }
+        })?;
+        let v = match info {
+            0 => soc.ai_cores,
+            1 => soc.vector_cores,
+            2 => soc.l2_bytes,
+            _ => {
+                return fail(
+                    code::INVALID_PARAM,
+                    format!(
+                        "aclGetDeviceCapability: deviceInfo {info} is not an aclDeviceInfo \
+                         (0 AI_CORE_NUM, 1 VECTOR_CORE_NUM, 2 L2_SIZE)"
+                    ),
+                )
+            }
+        };
+        *out(value, "aclGetDeviceCapability")? = v;
+        Ok(())
+    })
+}
+
 /// `aclError aclsysGetCANNVersion(aclCANNPackageName name, aclCANNPackageVersion *version)`.
 #[no_mangle]
 pub extern "C" fn aclsysGetCANNVersion(name: u32, version: *mut c_char) -> i32 {

@@ -17,7 +17,7 @@
 //! | --- | --- | --- |
 //! | `ACL_FAKE_DEVICES` | number of devices | 1 |
 //! | `ACL_FAKE_MEMORY` | bytes per device | 34359738368 (32 GiB) |
-//! | `ACL_FAKE_SOC` | `aclrtGetSocName()` | `Ascend910B4` |
+//! | `ACL_FAKE_SOC` | `aclrtGetSocName()`, and `aclGetDeviceCapability`'s AI cores, vector cores and L2 bytes from CANN 8.1's platform description of that SoC: `Ascend910B1`, `B2`, `B2C` (48 vector cores), `Ascend910B3`, `B4`, `B4-1` (40) | `Ascend910B4` |
 //! | `ACL_FAKE_FAULTS` | `function:n:code[:stream],...`: the n-th call of `function` returns `code`; with `:stream`, the call succeeds and the stream's next synchronisation returns `code` | none |
 //!
 //! Control functions (not ACL): `aclfakeConfigure`, `aclfakeSetFaults` (same syntax, counted

@@ -33,6 +33,75 @@ pub(crate) mod code {
     pub const RT_COPY_DATA: i32 = 507_052;
 }
 
+/// What CANN 8.1's platform description (`data/platform_config/<SoC>.ini`) says of a SoC the
+/// fake can simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocProfile {
+    /// `ai_core_cnt`.
+    pub(crate) ai_cores: i64,
+    /// `vector_core_cnt`.
+    pub(crate) vector_cores: i64,
+    /// `l2_size`.
+    pub(crate) l2_bytes: i64,
+}
+
+/// The Atlas A2 SoCs the fake simulates, by `aclrtGetSocName` name.
+pub(crate) const SOCS: &[(&str, SocProfile)] = &[
+    (
+        "Ascend910B1",
+        SocProfile {
+            ai_cores: 24,
+            vector_cores: 48,
+            l2_bytes: 201_326_592,
+        },
+    ),
+    (
+        "Ascend910B2",
+        SocProfile {
+            ai_cores: 24,
+            vector_cores: 48,
+            l2_bytes: 201_326_592,
+        },
+    ),
+    (
+        "Ascend910B2C",
+        SocProfile {
+            ai_cores: 24,
+            vector_cores: 48,
+            l2_bytes: 201_326_592,
+        },
+    ),
+    (
+        "Ascend910B3",
+        SocProfile {
+            ai_cores: 20,
+            vector_cores: 40,
+            l2_bytes: 201_326_592,
+        },
+    ),
+    (
+        "Ascend910B4",
+        SocProfile {
+            ai_cores: 20,
+            vector_cores: 40,
+            l2_bytes: 100_663_296,
+        },
+    ),
+    (
+        "Ascend910B4-1",
+        SocProfile {
+            ai_cores: 20,
+            vector_cores: 40,
+            l2_bytes: 176_160_768,
+        },
+    ),
+];
+
+/// The profile of `soc`, if the fake simulates it.
+pub(crate) fn soc_profile(soc: &str) -> Option<SocProfile> {
+    SOCS.iter().find(|(n, _)| *n == soc).map(|(_, p)| *p)
+}
+
 /// A failed call: the code and the text `aclGetRecentErrMsg` will return.
 pub(crate) struct Failure {
     pub(crate) code: i32,
@@ -123,7 +192,16 @@ impl Config {
                         .ok_or_else(|| bad(&format!("a count from 1 to {MAX_FAKE_DEVICES}")))?
                 }
                 "memory" => self.memory = v.trim().parse().map_err(|_| bad("a byte count"))?,
-                "soc" => self.soc = CString::new(v.trim()).map_err(|_| bad("a name"))?,
+                "soc" => {
+                    let names: Vec<&str> = SOCS.iter().map(|(n, _)| *n).collect();
+                    if soc_profile(v.trim()).is_none() {
+                        return Err(bad(&format!(
+                            "a SoC the fake simulates ({})",
+                            names.join(", ")
+                        )));
+                    }
+                    self.soc = CString::new(v.trim()).map_err(|_| bad("a name"))?
+                }
                 "hccl_second_ms" => {
                     self.hccl_second_ms = v.trim().parse().map_err(|_| bad("milliseconds"))?
                 }
