@@ -528,6 +528,9 @@ struct Contiguous<B: KernelOps> {
     slots: DeviceBuffer<B, i32>,
     starts: DeviceBuffer<B, i32>,
     lens: DeviceBuffer<B, i32>,
+    /// `starts` and `lens` on the host, as attention takes them too.
+    host_starts: [i32; 2],
+    host_lens: [i32; 1],
     num_tokens: usize,
 }
 
@@ -582,6 +585,8 @@ impl<B: KernelOps> KvAccess<B> for Contiguous<B> {
             self.table.view(),
             self.starts.view(),
             self.lens.view(),
+            &self.host_starts,
+            &self.host_lens,
         )
     }
 }
@@ -621,6 +626,8 @@ pub fn contiguous_run<B: KernelOps>(
             slots: DeviceBuffer::alloc(&device, 0)?,
             starts: DeviceBuffer::alloc(&device, 0)?,
             lens: DeviceBuffer::alloc(&device, 0)?,
+            host_starts: [0, 0],
+            host_lens: [0],
             num_tokens: 0,
         };
         let mut tokens = r.prompt.clone();
@@ -635,8 +642,10 @@ pub fn contiguous_run<B: KernelOps>(
                 stream,
                 &(done as i32..(done + n) as i32).collect::<Vec<_>>(),
             )?;
-            kv.starts = DeviceBuffer::from_slice(stream, &[0, n as i32])?;
-            kv.lens = DeviceBuffer::from_slice(stream, &[(done + n) as i32])?;
+            kv.host_starts = [0, n as i32];
+            kv.host_lens = [(done + n) as i32];
+            kv.starts = DeviceBuffer::from_slice(stream, &kv.host_starts)?;
+            kv.lens = DeviceBuffer::from_slice(stream, &kv.host_lens)?;
             let positions: Vec<i64> = (done as i64..(done + n) as i64).collect();
             let logits = model.forward_logits(stream, &mut kv, new, &positions, &[n - 1])?;
             let next = sampler.sample(finite_row(logits.row(0), generated.len() + 1, r.id)?);

@@ -289,6 +289,7 @@ pub fn ops_across_seams<B: KernelOps, T: KvFloat + std::fmt::Debug>(
             dvc.view(),
             dt.view(),
             dl.view(),
+            &lens,
         )
         .unwrap();
         let mut want = vec![zero; q.len()];
@@ -330,6 +331,8 @@ pub fn ops_across_seams<B: KernelOps, T: KvFloat + std::fmt::Debug>(
             dt.view(),
             dst.view(),
             dl.view(),
+            &starts,
+            &lens,
         )
         .unwrap();
         let mut want = vec![zero; q.len()];

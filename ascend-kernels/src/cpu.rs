@@ -14,10 +14,10 @@ use ascend_hal::Result;
 use rayon::prelude::*;
 
 use crate::float::KvFloat;
-use crate::reference::{check_ids, check_positions, check_slots, query_ranges, rope_pairs};
+use crate::reference::{check_ids, check_positions, check_slots, rope_pairs};
 use crate::shapes::{
-    check_seqs, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention,
-    ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
+    check_seqs, query_ranges, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
+    PrefillAttention, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
 };
 
 /// `sum(a[i] * b[i])` over the shorter slice (AVX2 + FMA where the CPU has them).

@@ -116,6 +116,10 @@ kernel_ops! {
         block_tables: input i32,
         /// `[num_seqs]` context lengths.
         seq_lens: input i32,
+        /// `seq_lens` on the host: what CANN's fused attention takes (`actualSeqLengthsKv` is a
+        /// host array), and what every backend checks before queuing. The CPU backend also
+        /// checks that the device copy holds the same values when the op runs.
+        seq_lens_host: host [i32],
     }
 
     /// See [`cpu::paged_prefill_attention`](crate::cpu::paged_prefill_attention).
@@ -136,6 +140,12 @@ kernel_ops! {
         query_start_loc: input i32,
         /// `[num_seqs]` context lengths, this chunk included.
         seq_lens: input i32,
+        /// `query_start_loc` on the host (see `seq_lens_host`).
+        query_start_loc_host: host [i32],
+        /// `seq_lens` on the host: CANN's fused attention takes the lengths as host arrays,
+        /// and every backend checks them before queuing (the CPU backend also checks that the
+        /// device copies agree when the op runs).
+        seq_lens_host: host [i32],
     }
 
     /// See [`cpu::rotary_embedding`](crate::cpu::rotary_embedding).

@@ -6,8 +6,8 @@ use ascend_hal::{Error, Result};
 
 use crate::float::KvFloat;
 use crate::shapes::{
-    check_seq, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention,
-    ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
+    check_seq, query_ranges, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
+    PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
 };
 
 /// Where token `pos` of a sequence sits in a cache laid out `[blocks, block_size, kv_heads,
@@ -142,41 +142,6 @@ pub fn paged_attention<T: KvFloat>(
         }
     }
     Ok(())
-}
-
-/// Checks `query_start_loc` and returns each sequence's query range.
-pub(crate) fn query_ranges(
-    p: &PrefillAttention,
-    query_starts: &[i32],
-    seq_lens: &[i32],
-) -> Result<Vec<(usize, usize)>> {
-    const OP: &str = "paged_prefill_attention";
-    let mut ranges = Vec::with_capacity(p.num_seqs);
-    if query_starts[0] != 0 || query_starts[p.num_seqs] as usize != p.num_tokens {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            message: format!(
-                "query_start_loc must run from 0 to num_tokens = {}, got {:?}",
-                p.num_tokens, query_starts
-            ),
-        });
-    }
-    for s in 0..p.num_seqs {
-        let (a, b) = (query_starts[s], query_starts[s + 1]);
-        if b < a || (b - a) > seq_lens[s] {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                message: format!(
-                    "sequence {s}: query_start_loc {a}..{b} must not decrease, and its {} queries \
-                     cannot exceed seq_lens[{s}] = {}",
-                    b - a,
-                    seq_lens[s]
-                ),
-            });
-        }
-        ranges.push((a as usize, b as usize));
-    }
-    Ok(ranges)
 }
 
 /// Prefill attention over the paged cache: query token `j` of a sequence's chunk sits at

@@ -437,7 +437,43 @@ impl PagedAttention {
     }
 }
 
+impl PagedAttention {
+    /// Checks the host copy of the sequence lengths (`seq_lens_host`): one per sequence, each
+    /// within what a block-table row reaches.
+    pub fn validate_host(&self, seq_lens: &[i32]) -> Result<()> {
+        check_host_lens(
+            "paged_attention",
+            &self.cache,
+            self.max_blocks_per_seq,
+            self.num_seqs,
+            seq_lens,
+        )
+    }
+}
+
 impl PrefillAttention {
+    /// Checks the host copies of the query offsets and sequence lengths: `num_seqs + 1`
+    /// offsets from 0 to `num_tokens`, never decreasing, each sequence's queries at most its
+    /// length, each length within what a block-table row reaches.
+    pub fn validate_host(&self, query_start_loc: &[i32], seq_lens: &[i32]) -> Result<()> {
+        const OP: &str = "paged_prefill_attention";
+        expect_index_len(
+            OP,
+            "query_start_loc_host",
+            format!("[num_seqs+1={}] i32", self.num_seqs.saturating_add(1)),
+            self.num_seqs.saturating_add(1),
+            query_start_loc.len(),
+        )?;
+        check_host_lens(
+            OP,
+            &self.cache,
+            self.max_blocks_per_seq,
+            self.num_seqs,
+            seq_lens,
+        )?;
+        query_ranges(self, query_start_loc, seq_lens).map(|_| ())
+    }
+
     /// Checks every length.
     #[allow(clippy::too_many_arguments)]
     pub fn validate<T: KvFloat>(
@@ -737,6 +773,84 @@ impl TopK {
             indices,
         )
     }
+}
+
+/// Checks `query_start_loc` and returns each sequence's query range.
+pub(crate) fn query_ranges(
+    p: &PrefillAttention,
+    query_starts: &[i32],
+    seq_lens: &[i32],
+) -> Result<Vec<(usize, usize)>> {
+    const OP: &str = "paged_prefill_attention";
+    if query_starts.len() != p.num_seqs + 1 || seq_lens.len() != p.num_seqs {
+        return Err(invalid(
+            OP,
+            format!(
+                "{} query_start_loc and {} seq_lens entries for {} sequences",
+                query_starts.len(),
+                seq_lens.len(),
+                p.num_seqs
+            ),
+        ));
+    }
+    let mut ranges = Vec::with_capacity(p.num_seqs);
+    if query_starts[0] != 0 || query_starts[p.num_seqs] as usize != p.num_tokens {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            message: format!(
+                "query_start_loc must run from 0 to num_tokens = {}, got {:?}",
+                p.num_tokens, query_starts
+            ),
+        });
+    }
+    for s in 0..p.num_seqs {
+        let (a, b) = (query_starts[s], query_starts[s + 1]);
+        if b < a || (b - a) > seq_lens[s] {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                message: format!(
+                    "sequence {s}: query_start_loc {a}..{b} must not decrease, and its {} queries \
+                     cannot exceed seq_lens[{s}] = {}",
+                    b - a,
+                    seq_lens[s]
+                ),
+            });
+        }
+        ranges.push((a as usize, b as usize));
+    }
+    Ok(ranges)
+}
+
+/// Checks host sequence lengths: `num_seqs` of them, each from 0 to the `width * block_size`
+/// tokens a block-table row reaches.
+fn check_host_lens(
+    op: &'static str,
+    c: &CacheShape,
+    width: usize,
+    num_seqs: usize,
+    seq_lens: &[i32],
+) -> Result<()> {
+    expect_index_len(
+        op,
+        "seq_lens_host",
+        format!("[num_seqs={num_seqs}] i32"),
+        num_seqs,
+        seq_lens.len(),
+    )?;
+    let most = width.saturating_mul(c.block_size);
+    for (s, &len) in seq_lens.iter().enumerate() {
+        if len < 0 || len as usize > most {
+            return Err(invalid(
+                op,
+                format!(
+                    "seq_lens_host[{s}] = {len} is outside 0..={most} (block_tables rows of \
+                     {width} blocks of {} tokens)",
+                    c.block_size
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a block table row and a sequence length against the cache.

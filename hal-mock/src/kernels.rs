@@ -109,6 +109,7 @@ impl KernelOps for CpuBackend {
             value_cache,
             block_tables,
             seq_lens,
+            seq_lens_host,
         } = args;
         const OP: &str = "paged_attention";
         p.validate::<T>(
@@ -119,6 +120,8 @@ impl KernelOps for CpuBackend {
             block_tables.len(),
             seq_lens.len(),
         )?;
+        p.validate_host(seq_lens_host)?;
+        let host_lens = seq_lens_host.to_vec();
         let reads = [
             range(OP, stream, "query", &query)?,
             range(OP, stream, "key_cache", &key_cache)?,
@@ -129,6 +132,8 @@ impl KernelOps for CpuBackend {
         let writes = [range(OP, stream, "out", &out)?];
         let p = *p;
         stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            let lens = typed(OP, r[4])?;
+            same_as_host(OP, "seq_lens", lens, &host_lens)?;
             cpu::paged_attention::<T>(
                 &p,
                 typed_mut(OP, w[0])?,
@@ -136,7 +141,7 @@ impl KernelOps for CpuBackend {
                 typed(OP, r[1])?,
                 typed(OP, r[2])?,
                 typed(OP, r[3])?,
-                typed(OP, r[4])?,
+                lens,
             )
         })
     }
@@ -154,6 +159,8 @@ impl KernelOps for CpuBackend {
             block_tables,
             query_start_loc,
             seq_lens,
+            query_start_loc_host,
+            seq_lens_host,
         } = args;
         const OP: &str = "paged_prefill_attention";
         p.validate::<T>(
@@ -165,6 +172,8 @@ impl KernelOps for CpuBackend {
             query_start_loc.len(),
             seq_lens.len(),
         )?;
+        p.validate_host(query_start_loc_host, seq_lens_host)?;
+        let (host_starts, host_lens) = (query_start_loc_host.to_vec(), seq_lens_host.to_vec());
         let reads = [
             range(OP, stream, "query", &query)?,
             range(OP, stream, "key_cache", &key_cache)?,
@@ -176,6 +185,9 @@ impl KernelOps for CpuBackend {
         let writes = [range(OP, stream, "out", &out)?];
         let p = *p;
         stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            let (starts, lens) = (typed(OP, r[4])?, typed(OP, r[5])?);
+            same_as_host(OP, "query_start_loc", starts, &host_starts)?;
+            same_as_host(OP, "seq_lens", lens, &host_lens)?;
             cpu::paged_prefill_attention::<T>(
                 &p,
                 typed_mut(OP, w[0])?,
@@ -183,8 +195,8 @@ impl KernelOps for CpuBackend {
                 typed(OP, r[1])?,
                 typed(OP, r[2])?,
                 typed(OP, r[3])?,
-                typed(OP, r[4])?,
-                typed(OP, r[5])?,
+                starts,
+                lens,
             )
         })
     }
@@ -384,5 +396,21 @@ impl KernelOps for CpuBackend {
             let (k, v) = two(w);
             cpu::copy_blocks::<T>(&c, typed_mut(OP, k)?, typed_mut(OP, v)?, &pairs)
         })
+    }
+}
+
+/// When the op runs: the device copy of `what` must hold the values its host copy held at the
+/// call (a provider may read either; both must describe the same batch).
+fn same_as_host(op: &'static str, what: &str, device: &[i32], host: &[i32]) -> Result<()> {
+    match device.iter().zip(host).position(|(d, h)| d != h) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidArgument {
+            op,
+            message: format!(
+                "{what}[{i}] is {} on the device but {} in {what}_host: the host copy must hold \
+                 the values the device copy holds when the op runs",
+                device[i], host[i]
+            ),
+        }),
     }
 }

@@ -105,6 +105,7 @@ fn cache_write_then_decode_attention_in_stream_order() {
         vc.view(),
         dt.view(),
         dl.view(),
+        &[40, 23],
     )
     .unwrap();
     let got = stream.clone_to_host(&out).unwrap();
@@ -383,6 +384,7 @@ fn degenerate_shapes_are_refused_and_negative_slots_skip() {
         vc.view(),
         table.view(),
         lens.view(),
+        &[5],
     )
     .unwrap_err();
     assert!(

@@ -82,6 +82,10 @@ struct StepTables<B: Backend> {
     query_start_loc: DeviceBuffer<B, i32>,
     seq_lens: DeviceBuffer<B, i32>,
     positions: DeviceBuffer<B, i64>,
+    /// The step's query offsets and sequence lengths on the host too: what attention providers
+    /// that take host lengths (CANN's fused attention) are given.
+    host_query_start_loc: Vec<i32>,
+    host_seq_lens: Vec<i32>,
     /// Two sets of pinned staging buffers used in turn.
     staging: [[PinnedBuffer<B, i32>; 4]; 2],
     staging_positions: [PinnedBuffer<B, i64>; 2],
@@ -122,6 +126,10 @@ pub struct StepTablesView<'a, B: Backend> {
     pub seq_lens: &'a DeviceBuffer<B, i32>,
     /// `[num_tokens]` positions.
     pub positions: &'a DeviceBuffer<B, i64>,
+    /// `query_start_loc` on the host (the attention ops' `query_start_loc_host`).
+    pub host_query_start_loc: &'a [i32],
+    /// `seq_lens` on the host (the attention ops' `seq_lens_host`).
+    pub host_seq_lens: &'a [i32],
 }
 
 /// A paged KV cache on a device: the block manager plus every layer's K and V caches.
@@ -268,6 +276,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 query_start_loc: empty()?,
                 seq_lens: empty()?,
                 positions: DeviceBuffer::alloc_in(&alloc, stream, 0).map_err(hal)?,
+                host_query_start_loc: Vec::new(),
+                host_seq_lens: Vec::new(),
                 staging: [staging()?, staging()?],
                 staging_positions: [
                     PinnedBuffer::new(device, 0).map_err(hal)?,
@@ -424,6 +434,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
             query_start_loc: &t.query_start_loc,
             seq_lens: &t.seq_lens,
             positions: &t.positions,
+            host_query_start_loc: &t.host_query_start_loc,
+            host_seq_lens: &t.host_seq_lens,
         })
     }
 
@@ -484,6 +496,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
             }
             stream.copy_h2d(stage, dst).map_err(hal)?;
         }
+        tables.host_query_start_loc.clone_from(&t.query_start_loc);
+        tables.host_seq_lens.clone_from(&t.seq_lens);
         tables.num_seqs = t.num_seqs;
         tables.num_tokens = t.slot_mapping.len();
         tables.max_blocks_per_seq = t.max_blocks_per_seq;
@@ -568,6 +582,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
             t.block_tables.view(),
             t.query_start_loc.view(),
             t.seq_lens.view(),
+            &t.host_query_start_loc,
+            &t.host_seq_lens,
         )
         .map_err(hal)
     }

@@ -18,7 +18,8 @@
 //!
 //! Declarations are those of CANN 8.1.RC1 (`aarch64-linux/include/aclnn/acl_meta.h`,
 //! `aclnn/opdev/op_errno.h`, and `opp/built-in/op_impl/ai_core/tbe/op_api/include/aclnnop/
-//! aclnn_{matmul,swi_glu,rms_norm,add_rms_norm,embedding,add,argmax,topk}.h`).
+//! aclnn_{matmul,swi_glu,rms_norm,add_rms_norm,embedding,add,argmax,topk,
+//! fused_infer_attention_score_v2}.h`, `level2/aclnn_rope_with_sin_cos_cache.h`).
 
 use std::ffi::c_void;
 use std::path::Path;
@@ -193,7 +194,7 @@ pub fn describe_status(code: AclnnStatus) -> (&'static str, &'static str) {
 
 /// The raw declarations.
 mod sys {
-    use std::ffi::c_void;
+    use std::ffi::{c_char, c_void};
 
     use super::AclnnStatus;
 
@@ -217,6 +218,14 @@ mod sys {
     pub type CreateScalar = unsafe extern "C" fn(*mut c_void, i32) -> *mut c_void;
     /// `aclnnStatus aclDestroyScalar(const aclScalar *scalar)`.
     pub type DestroyScalar = unsafe extern "C" fn(*const c_void) -> AclnnStatus;
+    /// `aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size)`.
+    pub type CreateIntArray = unsafe extern "C" fn(*const i64, u64) -> *mut c_void;
+    /// `aclnnStatus aclDestroyIntArray(const aclIntArray *array)`.
+    pub type DestroyIntArray = unsafe extern "C" fn(*const c_void) -> AclnnStatus;
+    /// `aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size)`.
+    pub type CreateTensorList = unsafe extern "C" fn(*const *const c_void, u64) -> *mut c_void;
+    /// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)` (destroys its tensors too).
+    pub type DestroyTensorList = unsafe extern "C" fn(*const c_void) -> AclnnStatus;
     /// `aclnnStatus aclDestroyAclOpExecutor(aclOpExecutor *executor)`.
     pub type DestroyExecutor = unsafe extern "C" fn(*mut c_void) -> AclnnStatus;
     /// `aclnnStatus aclnnXxx(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
@@ -296,6 +305,83 @@ mod sys {
         *mut u64,
         *mut *mut c_void,
     ) -> AclnnStatus;
+    /// `aclnnFusedInferAttentionScoreV2GetWorkspaceSize(const aclTensor *query, const
+    /// aclTensorList *key, const aclTensorList *value, const aclTensor *pseShiftOptional, const
+    /// aclTensor *attenMaskOptional, const aclIntArray *actualSeqLengthsOptional, const
+    /// aclIntArray *actualSeqLengthsKvOptional, const aclTensor *deqScale1Optional, const
+    /// aclTensor *quantScale1Optional, const aclTensor *deqScale2Optional, const aclTensor
+    /// *quantScale2Optional, const aclTensor *quantOffset2Optional, const aclTensor
+    /// *antiquantScaleOptional, const aclTensor *antiquantOffsetOptional, const aclTensor
+    /// *blockTableOptional, const aclTensor *queryPaddingSizeOptional, const aclTensor
+    /// *kvPaddingSizeOptional, const aclTensor *keyAntiquantScaleOptional, const aclTensor
+    /// *keyAntiquantOffsetOptional, const aclTensor *valueAntiquantScaleOptional, const
+    /// aclTensor *valueAntiquantOffsetOptional, const aclTensor *keySharedPrefixOptional, const
+    /// aclTensor *valueSharedPrefixOptional, const aclIntArray *actualSharedPrefixLenOptional,
+    /// int64_t numHeads, double scaleValue, int64_t preTokens, int64_t nextTokens, char
+    /// *inputLayout, int64_t numKeyValueHeads, int64_t sparseMode, int64_t innerPrecise, int64_t
+    /// blockSize, int64_t antiquantMode, bool softmaxLseFlag, int64_t keyAntiquantMode, int64_t
+    /// valueAntiquantMode, const aclTensor *attentionOut, const aclTensor *softmaxLse, uint64_t
+    /// *workspaceSize, aclOpExecutor **executor)`.
+    pub type FusedInferAttentionScoreV2GetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        i64,
+        f64,
+        i64,
+        i64,
+        *mut c_char,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        bool,
+        i64,
+        i64,
+        *const c_void,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnRopeWithSinCosCacheGetWorkspaceSize(const aclTensor *positions, const aclTensor
+    /// *queryIn, const aclTensor *keyIn, const aclTensor *cosSinCache, const aclIntArray
+    /// *mropeSection, int64_t headSize, bool isNeoxStyle, aclTensor *queryOut, aclTensor
+    /// *keyOut, uint64_t *workspaceSize, aclOpExecutor **executor)`.
+    pub type RopeWithSinCosCacheGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        i64,
+        bool,
+        *mut c_void,
+        *mut c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
     /// `aclnnAddRmsNormGetWorkspaceSize(const aclTensor *x1, const aclTensor *x2, const
     /// aclTensor *gamma, double epsilon, const aclTensor *yOut, const aclTensor *rstdOut, const
     /// aclTensor *xOut, uint64_t *workspaceSize, aclOpExecutor **executor)`.
@@ -329,6 +415,10 @@ pub struct Aclnn {
     destroy_executor: Option<sys::DestroyExecutor>,
     create_scalar: Option<sys::CreateScalar>,
     destroy_scalar: Option<sys::DestroyScalar>,
+    create_int_array: Option<sys::CreateIntArray>,
+    destroy_int_array: Option<sys::DestroyIntArray>,
+    create_tensor_list: Option<sys::CreateTensorList>,
+    destroy_tensor_list: Option<sys::DestroyTensorList>,
     matmul: Op<sys::MatmulGetWorkspaceSize>,
     swi_glu: Op<sys::SwiGluGetWorkspaceSize>,
     rms_norm: Op<sys::RmsNormGetWorkspaceSize>,
@@ -337,6 +427,8 @@ pub struct Aclnn {
     add: Op<sys::AddGetWorkspaceSize>,
     arg_max: Op<sys::ArgMaxGetWorkspaceSize>,
     topk: Op<sys::TopkGetWorkspaceSize>,
+    fused_attention: Op<sys::FusedInferAttentionScoreV2GetWorkspaceSize>,
+    rope_sin_cos: Op<sys::RopeWithSinCosCacheGetWorkspaceSize>,
 }
 
 impl std::fmt::Debug for Aclnn {
@@ -452,6 +544,14 @@ impl Aclnn {
             create_scalar: unsafe { symbol(nnopbase, "aclCreateScalar") },
             // SAFETY: as above.
             destroy_scalar: unsafe { symbol(nnopbase, "aclDestroyScalar") },
+            // SAFETY: as above.
+            create_int_array: unsafe { symbol(nnopbase, "aclCreateIntArray") },
+            // SAFETY: as above.
+            destroy_int_array: unsafe { symbol(nnopbase, "aclDestroyIntArray") },
+            // SAFETY: as above.
+            create_tensor_list: unsafe { symbol(nnopbase, "aclCreateTensorList") },
+            // SAFETY: as above.
+            destroy_tensor_list: unsafe { symbol(nnopbase, "aclDestroyTensorList") },
             matmul: op!("aclnnMatmulGetWorkspaceSize", "aclnnMatmul"),
             swi_glu: op!("aclnnSwiGluGetWorkspaceSize", "aclnnSwiGlu"),
             rms_norm: op!("aclnnRmsNormGetWorkspaceSize", "aclnnRmsNorm"),
@@ -460,6 +560,14 @@ impl Aclnn {
             add: op!("aclnnAddGetWorkspaceSize", "aclnnAdd"),
             arg_max: op!("aclnnArgMaxGetWorkspaceSize", "aclnnArgMax"),
             topk: op!("aclnnTopkGetWorkspaceSize", "aclnnTopk"),
+            fused_attention: op!(
+                "aclnnFusedInferAttentionScoreV2GetWorkspaceSize",
+                "aclnnFusedInferAttentionScoreV2"
+            ),
+            rope_sin_cos: op!(
+                "aclnnRopeWithSinCosCacheGetWorkspaceSize",
+                "aclnnRopeWithSinCosCache"
+            ),
             opapi,
             nnopbase_path,
             opapi_path,
@@ -487,6 +595,15 @@ impl Aclnn {
             ),
             ("aclnnArgMax", self.arg_max.available()),
             ("aclnnTopk", self.topk.available()),
+            (
+                "aclnnFusedInferAttentionScoreV2",
+                self.fused_attention.available()
+                    && self.create_int_array.is_some()
+                    && self.destroy_int_array.is_some()
+                    && self.create_tensor_list.is_some()
+                    && self.destroy_tensor_list.is_some(),
+            ),
+            ("aclnnRopeWithSinCosCache", self.rope_sin_cos.available()),
         ]
         .into_iter()
         .filter_map(|(n, a)| a.then_some(n))
@@ -970,6 +1087,315 @@ impl Aclnn {
                 },
             )
         }
+    }
+}
+
+impl Aclnn {
+    /// An `aclIntArray` holding `values` (`aclCreateIntArray`, which copies them): how ACLNN
+    /// operators take host-side integer lists such as sequence lengths.
+    pub fn int_array(&self, values: &[i64]) -> Result<AclIntArray<'_>> {
+        let (create, destroy) = match (self.create_int_array, self.destroy_int_array) {
+            (Some(c), Some(d)) => (c, d),
+            _ => {
+                return Err(Error::MissingSymbol {
+                    library: self.nnopbase_path.clone(),
+                    symbol: "aclCreateIntArray",
+                    needs: "the ACLNN array API (CANN 7.0 or later)",
+                })
+            }
+        };
+        // SAFETY: `values` is valid for its length during the call, which copies it.
+        let raw = unsafe { create(values.as_ptr(), values.len() as u64) };
+        let raw = NonNull::new(raw).ok_or_else(|| Error::Aclnn {
+            function: "aclCreateIntArray",
+            code: 161002,
+            name: "NULL",
+            meaning: "aclCreateIntArray returned NULL",
+            recent: result::recent_message(&self.rt.api),
+        })?;
+        Ok(AclIntArray {
+            raw,
+            destroy,
+            _aclnn: std::marker::PhantomData,
+        })
+    }
+
+    /// An `aclTensorList` of `tensors` (`aclCreateTensorList`). The list owns them from here:
+    /// `aclDestroyTensorList` destroys its tensors too, as `acl_meta.h`'s documentation says.
+    pub fn tensor_list<'a>(&'a self, tensors: Vec<AclTensor<'a>>) -> Result<AclTensorList<'a>> {
+        let (create, destroy) = match (self.create_tensor_list, self.destroy_tensor_list) {
+            (Some(c), Some(d)) => (c, d),
+            _ => {
+                return Err(Error::MissingSymbol {
+                    library: self.nnopbase_path.clone(),
+                    symbol: "aclCreateTensorList",
+                    needs: "the ACLNN tensor-list API (CANN 7.0 or later)",
+                })
+            }
+        };
+        let raws: Vec<*const c_void> = tensors.iter().map(AclTensor::raw).collect();
+        // SAFETY: `raws` holds live descriptors for the call.
+        let raw = unsafe { create(raws.as_ptr(), raws.len() as u64) };
+        let raw = NonNull::new(raw).ok_or_else(|| Error::Aclnn {
+            function: "aclCreateTensorList",
+            code: 161002,
+            name: "NULL",
+            meaning: "aclCreateTensorList returned NULL",
+            recent: result::recent_message(&self.rt.api),
+        })?;
+        // The list destroys the tensors; they must not be destroyed again.
+        tensors.into_iter().for_each(std::mem::forget);
+        Ok(AclTensorList {
+            raw,
+            destroy,
+            _aclnn: std::marker::PhantomData,
+        })
+    }
+
+    /// Fused attention with a paged KV cache (`aclnnFusedInferAttentionScoreV2`, what
+    /// torch_npu's `npu_fused_infer_attention_score` calls): `softmax(scale · Q Kᵀ + mask) V`
+    /// with the other optional inputs (positional shift, quantization, padding, shared
+    /// prefixes) absent. A query of one token per batch takes its incremental (decode) branch,
+    /// longer ones its prompt branch.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul); the block table's entries name blocks of the caches.
+    pub unsafe fn fused_infer_attention_score_v2(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        t: &FusedAttentionTensors<'_, '_>,
+        a: &FusedAttentionAttrs,
+    ) -> Result<()> {
+        let get = self.fused_attention.get_workspace_size;
+        let opt = |x: Option<&AclTensor<'_>>| x.map_or(ptr::null(), AclTensor::raw);
+        let opt_array = |x: Option<&AclIntArray<'_>>| x.map_or(ptr::null(), |a| a.raw());
+        let null = ptr::null::<c_void>();
+        // The layout string is read, never written, by the operator (its prototype says `char *`).
+        let layout = a.input_layout.as_ptr() as *mut std::ffi::c_char;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                (
+                    "aclnnFusedInferAttentionScoreV2GetWorkspaceSize",
+                    "aclnnFusedInferAttentionScoreV2",
+                ),
+                self.fused_attention.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            t.query.raw(),
+                            t.key.raw(),
+                            t.value.raw(),
+                            null,
+                            opt(t.atten_mask),
+                            opt_array(t.actual_seq_lengths),
+                            opt_array(t.actual_seq_lengths_kv),
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            opt(t.block_table),
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            null,
+                            a.num_heads,
+                            a.scale,
+                            a.pre_tokens,
+                            a.next_tokens,
+                            layout,
+                            a.num_key_value_heads,
+                            a.sparse_mode,
+                            a.inner_precise,
+                            a.block_size,
+                            0,
+                            a.softmax_lse_flag,
+                            0,
+                            0,
+                            t.attention_out.raw(),
+                            t.softmax_lse.raw(),
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+
+    /// Rotary embedding from a cos/sin cache (`aclnnRopeWithSinCosCache`, RoPE mode:
+    /// `mropeSection` NULL): `query_in` `[tokens, heads · head_size]` and `key_in` `[tokens,
+    /// kv_heads · head_size]` rotated by the rows of `cos_sin_cache` `[max_position,
+    /// rotary_dim]` (cosines then sines) that `positions` (int64) select, into `query_out` and
+    /// `key_out`; NeoX (rotate-half) or GPT-J (interleaved) pairing.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rope_with_sin_cos_cache(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        positions: &AclTensor<'_>,
+        query_in: &AclTensor<'_>,
+        key_in: &AclTensor<'_>,
+        cos_sin_cache: &AclTensor<'_>,
+        head_size: i64,
+        neox: bool,
+        query_out: &AclTensor<'_>,
+        key_out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.rope_sin_cos.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                (
+                    "aclnnRopeWithSinCosCacheGetWorkspaceSize",
+                    "aclnnRopeWithSinCosCache",
+                ),
+                self.rope_sin_cos.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            positions.raw(),
+                            query_in.raw(),
+                            key_in.raw(),
+                            cos_sin_cache.raw(),
+                            ptr::null(),
+                            head_size,
+                            neox,
+                            query_out.raw() as *mut c_void,
+                            key_out.raw() as *mut c_void,
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+}
+
+/// The tensors [`Aclnn::fused_infer_attention_score_v2`] passes; every other optional input of
+/// the operator is NULL.
+pub struct FusedAttentionTensors<'t, 'a> {
+    /// The query (`[B, S, N·D]` with layout `BSH`).
+    pub query: &'t AclTensor<'a>,
+    /// The keys: with a block table, one tensor `[num_blocks, block_size, KV_N·D]`.
+    pub key: &'t AclTensorList<'a>,
+    /// The values, shaped as the keys.
+    pub value: &'t AclTensorList<'a>,
+    /// The mask (`sparseMode` 2-4 take the optimised 2048 × 2048 one).
+    pub atten_mask: Option<&'t AclTensor<'a>>,
+    /// Valid query tokens per batch (host).
+    pub actual_seq_lengths: Option<&'t AclIntArray<'a>>,
+    /// Valid key/value tokens per batch (host; required with a block table).
+    pub actual_seq_lengths_kv: Option<&'t AclIntArray<'a>>,
+    /// `[B, max_blocks]` int32 block ids into the caches.
+    pub block_table: Option<&'t AclTensor<'a>>,
+    /// The output, shaped as the query.
+    pub attention_out: &'t AclTensor<'a>,
+    /// The log-sum-exp output: a float `[1]` when `softmax_lse_flag` is false.
+    pub softmax_lse: &'t AclTensor<'a>,
+}
+
+/// The attributes of `aclnnFusedInferAttentionScoreV2` (antiquant modes 0).
+#[derive(Debug, Clone, Copy)]
+pub struct FusedAttentionAttrs {
+    /// Query heads.
+    pub num_heads: i64,
+    /// Softmax scale.
+    pub scale: f64,
+    /// Tokens before the diagonal a query attends to (sparse modes 0 with a mask, and 4).
+    pub pre_tokens: i64,
+    /// Tokens after it.
+    pub next_tokens: i64,
+    /// `BSH`, `BSND`, `BNSD`, ...
+    pub input_layout: &'static std::ffi::CStr,
+    /// KV heads (0: as many as query heads).
+    pub num_key_value_heads: i64,
+    /// 0 default mask, 1 all, 2 left-up causal, 3 right-down causal, 4 band.
+    pub sparse_mode: i64,
+    /// 0 high precision, 1 high performance (+2: correct rows with nothing to attend to).
+    pub inner_precise: i64,
+    /// Tokens per cache block (with a block table).
+    pub block_size: i64,
+    /// Whether to write the log-sum-exp.
+    pub softmax_lse_flag: bool,
+}
+
+/// An `aclIntArray` descriptor; `aclDestroyIntArray` on drop.
+pub struct AclIntArray<'a> {
+    raw: NonNull<c_void>,
+    destroy: sys::DestroyIntArray,
+    _aclnn: std::marker::PhantomData<&'a Aclnn>,
+}
+
+impl AclIntArray<'_> {
+    /// The `aclIntArray *`, for ACLNN calls this crate does not bind (valid while `self` lives).
+    pub fn as_raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+
+    fn raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+}
+
+impl std::fmt::Debug for AclIntArray<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AclIntArray({:p})", self.raw)
+    }
+}
+
+impl Drop for AclIntArray<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by aclCreateIntArray and destroyed once, here.
+        let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
+    }
+}
+
+/// An `aclTensorList` descriptor that owns its tensors; `aclDestroyTensorList` on drop.
+pub struct AclTensorList<'a> {
+    raw: NonNull<c_void>,
+    destroy: sys::DestroyTensorList,
+    _aclnn: std::marker::PhantomData<&'a Aclnn>,
+}
+
+impl AclTensorList<'_> {
+    /// The `aclTensorList *`, for ACLNN calls this crate does not bind (valid while `self` lives).
+    pub fn as_raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+
+    fn raw(&self) -> *const c_void {
+        self.raw.as_ptr()
+    }
+}
+
+impl std::fmt::Debug for AclTensorList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AclTensorList({:p})", self.raw)
+    }
+}
+
+impl Drop for AclTensorList<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by aclCreateTensorList and destroyed once, here (with its tensors).
+        let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
     }
 }
 

@@ -17,6 +17,7 @@
 //! the stream's next synchronisation returns [`Error::InvalidArgument`] naming the op and the
 //! count (`AclStream::check_after_sync`); the CPU backend refuses such entries at the call.
 
+mod fused;
 pub mod providers;
 mod vendor;
 
@@ -34,7 +35,7 @@ use crate::ops::{
     FusedAddRmsNormArgs, KernelOps, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs,
     ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
-use providers::{provider, AclOp, Provider};
+use providers::{provider, serve, AclOp, Provider, Served};
 
 const NO_BF16: &str = "the Ascend C kernels are built for f16 and f32 (A2 vector units have no \
      bf16 arithmetic); store activations and caches as f16";
@@ -189,122 +190,58 @@ impl KernelOps for AclBackend {
         stream: &AclStream,
         args: PagedAttentionArgs<'_, Self, T>,
     ) -> Result<()> {
-        let PagedAttentionArgs {
-            p,
-            out,
-            query,
-            key_cache,
-            value_cache,
-            block_tables,
-            seq_lens,
-        } = args;
-        const OP: &str = "paged_attention";
-        let launch = pick::<_, T>(OP, &stubs(OP)?.paged_attention)?;
-        p.validate::<T>(
-            out.len(),
-            query.len(),
-            key_cache.len(),
-            value_cache.len(),
-            block_tables.len(),
-            seq_lens.len(),
+        let a = &args;
+        a.p.validate::<T>(
+            a.out.len(),
+            a.query.len(),
+            a.key_cache.len(),
+            a.value_cache.len(),
+            a.block_tables.len(),
+            a.seq_lens.len(),
         )?;
-        let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
-        let args = [
-            gm(OP, stream, "out", &out)?,
-            gm(OP, stream, "query", &query)?,
-            gm(OP, stream, "key_cache", &key_cache)?,
-            gm(OP, stream, "value_cache", &value_cache)?,
-            gm(OP, stream, "block_tables", &block_tables)?,
-            gm(OP, stream, "seq_lens", &seq_lens)?,
-        ];
-        let dim = block_dim(stream, p.num_seqs * p.cache.num_kv_heads);
-        // SAFETY: as in `reshape_and_cache`.
-        unsafe {
-            launch_reporting(OP, stream, dim, |st, s| {
-                launch(
-                    dim, s, args[0], args[1], args[2], args[3], args[4], args[5], st, &t,
-                )
-            })
-        }
+        a.p.validate_host(a.seq_lens_host)?;
+        serve(AclOp::PagedAttention, |provider| match provider {
+            Provider::Aclnn => fused::decode(stream, a),
+            Provider::AscendC => ascendc_paged_attention(stream, a),
+        })
     }
 
     fn launch_paged_prefill_attention<T: KvFloat>(
         stream: &AclStream,
         args: PrefillAttentionArgs<'_, Self, T>,
     ) -> Result<()> {
-        let PrefillAttentionArgs {
-            p,
-            out,
-            query,
-            key_cache,
-            value_cache,
-            block_tables,
-            query_start_loc,
-            seq_lens,
-        } = args;
-        const OP: &str = "paged_prefill_attention";
-        let launch = pick::<_, T>(OP, &stubs(OP)?.paged_prefill_attention)?;
-        p.validate::<T>(
-            out.len(),
-            query.len(),
-            key_cache.len(),
-            value_cache.len(),
-            block_tables.len(),
-            query_start_loc.len(),
-            seq_lens.len(),
+        let a = &args;
+        a.p.validate::<T>(
+            a.out.len(),
+            a.query.len(),
+            a.key_cache.len(),
+            a.value_cache.len(),
+            a.block_tables.len(),
+            a.query_start_loc.len(),
+            a.seq_lens.len(),
         )?;
-        let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>())?;
-        let args = [
-            gm(OP, stream, "out", &out)?,
-            gm(OP, stream, "query", &query)?,
-            gm(OP, stream, "key_cache", &key_cache)?,
-            gm(OP, stream, "value_cache", &value_cache)?,
-            gm(OP, stream, "block_tables", &block_tables)?,
-            gm(OP, stream, "query_start_loc", &query_start_loc)?,
-            gm(OP, stream, "seq_lens", &seq_lens)?,
-        ];
-        if p.num_tokens == 0 {
-            return Ok(());
-        }
-        let dim = block_dim(stream, p.num_tokens * p.cache.num_kv_heads);
-        // SAFETY: as in `reshape_and_cache`.
-        unsafe {
-            launch_reporting(OP, stream, dim, |st, s| {
-                launch(
-                    dim, s, args[0], args[1], args[2], args[3], args[4], args[5], args[6], st, &t,
-                )
-            })
-        }
+        a.p.validate_host(a.query_start_loc_host, a.seq_lens_host)?;
+        serve(AclOp::PagedPrefillAttention, |provider| match provider {
+            Provider::Aclnn => fused::prefill(stream, a),
+            Provider::AscendC => ascendc_prefill_attention(stream, a),
+        })
     }
 
     fn launch_rotary_embedding<T: KvFloat>(
         stream: &AclStream,
         args: RotaryArgs<'_, Self, T>,
     ) -> Result<()> {
-        let RotaryArgs {
-            p,
-            positions,
-            query,
-            key,
-            cos_sin_cache,
-        } = args;
-        const OP: &str = "rotary_embedding";
-        let launch = pick::<_, T>(OP, &stubs(OP)?.rotary_embedding)?;
-        p.validate::<T>(positions.len(), query.len(), key.len(), cos_sin_cache.len())?;
-        let t = tiling::rotary_embedding(p, std::mem::size_of::<T>())?;
-        let args = [
-            gm(OP, stream, "positions", &positions)?,
-            gm(OP, stream, "query", &query)?,
-            gm(OP, stream, "key", &key)?,
-            gm(OP, stream, "cos_sin_cache", &cos_sin_cache)?,
-        ];
-        let dim = block_dim(stream, p.num_tokens);
-        // SAFETY: as in `reshape_and_cache`.
-        unsafe {
-            launch_reporting(OP, stream, dim, |st, s| {
-                launch(dim, s, args[0], args[1], args[2], args[3], st, &t)
-            })
-        }
+        let mut args = args;
+        args.p.validate::<T>(
+            args.positions.len(),
+            args.query.len(),
+            args.key.len(),
+            args.cos_sin_cache.len(),
+        )?;
+        serve(AclOp::RotaryEmbedding, |provider| match provider {
+            Provider::Aclnn => fused::rotary(stream, &mut args),
+            Provider::AscendC => ascendc_rotary(stream, &args),
+        })
     }
 
     fn launch_rms_norm<T: KvFloat>(
@@ -459,4 +396,109 @@ fn lasting(message: String) -> &'static str {
     let m: &'static str = Box::leak(message.into_boxed_str());
     kept.push(m);
     m
+}
+
+/// The Ascend C stub for `T`, or the reason the kernels cannot run `T` (bf16).
+fn pick_or_decline<F: Copy, T: KvFloat>(pair: &Pair<F>) -> std::result::Result<F, Served> {
+    match T::DTYPE {
+        DType::F16 => Ok(pair.half),
+        DType::F32 => Ok(pair.float),
+        _ => Err(Served::Declined(NO_BF16.into())),
+    }
+}
+
+/// Decode attention by the Ascend C kernel (the shapes checked by the caller).
+fn ascendc_paged_attention<T: KvFloat>(
+    stream: &AclStream,
+    a: &PagedAttentionArgs<'_, AclBackend, T>,
+) -> Result<Served> {
+    const OP: &str = "paged_attention";
+    let launch = match pick_or_decline::<_, T>(&stubs(OP)?.paged_attention) {
+        Ok(l) => l,
+        Err(declined) => return Ok(declined),
+    };
+    let p = a.p;
+    let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
+    let args = [
+        gm(OP, stream, "out", &a.out)?,
+        gm(OP, stream, "query", &a.query)?,
+        gm(OP, stream, "key_cache", &a.key_cache)?,
+        gm(OP, stream, "value_cache", &a.value_cache)?,
+        gm(OP, stream, "block_tables", &a.block_tables)?,
+        gm(OP, stream, "seq_lens", &a.seq_lens)?,
+    ];
+    let dim = block_dim(stream, p.num_seqs * p.cache.num_kv_heads);
+    // SAFETY: as in `reshape_and_cache`.
+    unsafe {
+        launch_reporting(OP, stream, dim, |st, s| {
+            launch(
+                dim, s, args[0], args[1], args[2], args[3], args[4], args[5], st, &t,
+            )
+        })
+    }?;
+    Ok(Served::Done)
+}
+
+/// Chunked-prefill attention by the Ascend C kernel (the shapes checked by the caller).
+fn ascendc_prefill_attention<T: KvFloat>(
+    stream: &AclStream,
+    a: &PrefillAttentionArgs<'_, AclBackend, T>,
+) -> Result<Served> {
+    const OP: &str = "paged_prefill_attention";
+    let launch = match pick_or_decline::<_, T>(&stubs(OP)?.paged_prefill_attention) {
+        Ok(l) => l,
+        Err(declined) => return Ok(declined),
+    };
+    let p = a.p;
+    let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>())?;
+    let args = [
+        gm(OP, stream, "out", &a.out)?,
+        gm(OP, stream, "query", &a.query)?,
+        gm(OP, stream, "key_cache", &a.key_cache)?,
+        gm(OP, stream, "value_cache", &a.value_cache)?,
+        gm(OP, stream, "block_tables", &a.block_tables)?,
+        gm(OP, stream, "query_start_loc", &a.query_start_loc)?,
+        gm(OP, stream, "seq_lens", &a.seq_lens)?,
+    ];
+    if p.num_tokens == 0 {
+        return Ok(Served::Done);
+    }
+    let dim = block_dim(stream, p.num_tokens * p.cache.num_kv_heads);
+    // SAFETY: as in `reshape_and_cache`.
+    unsafe {
+        launch_reporting(OP, stream, dim, |st, s| {
+            launch(
+                dim, s, args[0], args[1], args[2], args[3], args[4], args[5], args[6], st, &t,
+            )
+        })
+    }?;
+    Ok(Served::Done)
+}
+
+/// RoPE by the Ascend C kernel (the shapes checked by the caller).
+fn ascendc_rotary<T: KvFloat>(
+    stream: &AclStream,
+    a: &RotaryArgs<'_, AclBackend, T>,
+) -> Result<Served> {
+    const OP: &str = "rotary_embedding";
+    let launch = match pick_or_decline::<_, T>(&stubs(OP)?.rotary_embedding) {
+        Ok(l) => l,
+        Err(declined) => return Ok(declined),
+    };
+    let p = a.p;
+    let t = tiling::rotary_embedding(p, std::mem::size_of::<T>())?;
+    let args = [
+        gm(OP, stream, "positions", &a.positions)?,
+        gm(OP, stream, "query", &a.query)?,
+        gm(OP, stream, "key", &a.key)?,
+        gm(OP, stream, "cos_sin_cache", &a.cos_sin_cache)?,
+    ];
+    let dim = block_dim(stream, p.num_tokens);
+    // SAFETY: as in `reshape_and_cache`.
+    unsafe {
+        launch_reporting(OP, stream, dim, |st, s| {
+            launch(dim, s, args[0], args[1], args[2], args[3], st, &t)
+        })
+    }?;
+    Ok(Served::Done)
 }

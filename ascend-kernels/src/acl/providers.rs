@@ -9,7 +9,10 @@
 //! | `silu_and_mul` | ACLNN `aclnnSwiGlu` | |
 //! | `rms_norm` | ACLNN `aclnnRmsNorm` | Ascend C `rms_norm` |
 //! | `fused_add_rms_norm` | Ascend C `rms_norm` (fused, in place) | ACLNN `aclnnAddRmsNorm` (into scratch, copied back) |
-//! | `reshape_and_cache`, `paged_attention`, `paged_prefill_attention`, `rotary_embedding`, `copy_blocks` | Ascend C | |
+//! | `paged_attention` | ACLNN `aclnnFusedInferAttentionScoreV2` (f16, bf16) | Ascend C |
+//! | `paged_prefill_attention` | ACLNN `aclnnFusedInferAttentionScoreV2` (f16, bf16; blocks of 128-512) | Ascend C |
+//! | `rotary_embedding` | Ascend C | ACLNN `aclnnRopeWithSinCosCache` (f32: its table must be the query's dtype) |
+//! | `reshape_and_cache`, `copy_blocks` | Ascend C | |
 //! | `embedding` | ACLNN `aclnnEmbedding` | |
 //! | `add` | ACLNN `aclnnAdd` | |
 //! | `argmax` | ACLNN `aclnnArgMax` (f32, f16) | |
@@ -18,6 +21,15 @@
 //! `fused_add_rms_norm` defaults to the Ascend C kernel because the op is in place and CANN does
 //! not document whether `aclnnAddRmsNorm` may write its outputs over its inputs; the ACLNN
 //! choice writes into scratch buffers and copies back (two more device copies).
+//!
+//! Attention comes from CANN's fused operator as vllm-ascend's does
+//! (`npu_fused_infer_attention_score`): decode steps through its incremental branch, chunked
+//! prefill through its prompt branch with the right-down causal mask, a sliding window through
+//! the band mode's `preTokens`. Where the operator cannot run a call (an f32 query, a block size
+//! its prompt branch refuses, a window on a one-token query, a head past its limits), the call
+//! falls back to the next provider of the op: the reason is logged once (the `log` crate,
+//! target `ascend_kernels::acl`) and counted in [`fallbacks`]. A call no provider runs is an
+//! error naming the op and every provider's reason.
 //!
 //! An engine changes a choice with [`set_provider`] (process-wide, before or between steps).
 //! ACLNN workspaces (and the ACLNN norms' scratch) come from a per-device allocator: a
@@ -119,13 +131,11 @@ impl AclOp {
             | AclOp::Add
             | AclOp::Argmax
             | AclOp::TopK => &[Aclnn],
-            AclOp::RmsNorm => &[Aclnn, AscendC],
-            AclOp::FusedAddRmsNorm => &[AscendC, Aclnn],
-            AclOp::ReshapeAndCache
-            | AclOp::PagedAttention
-            | AclOp::PagedPrefillAttention
-            | AclOp::RotaryEmbedding
-            | AclOp::CopyBlocks => &[AscendC],
+            AclOp::RmsNorm | AclOp::PagedAttention | AclOp::PagedPrefillAttention => {
+                &[Aclnn, AscendC]
+            }
+            AclOp::FusedAddRmsNorm | AclOp::RotaryEmbedding => &[AscendC, Aclnn],
+            AclOp::ReshapeAndCache | AclOp::CopyBlocks => &[AscendC],
         }
     }
 
@@ -140,7 +150,11 @@ impl AclOp {
             AclOp::Add => "aclnnAdd",
             AclOp::Argmax => "aclnnArgMax",
             AclOp::TopK => "aclnnTopk",
-            _ => return None,
+            AclOp::PagedAttention | AclOp::PagedPrefillAttention => {
+                "aclnnFusedInferAttentionScoreV2"
+            }
+            AclOp::RotaryEmbedding => "aclnnRopeWithSinCosCache",
+            AclOp::ReshapeAndCache | AclOp::CopyBlocks => return None,
         })
     }
 
@@ -162,9 +176,9 @@ pub fn provider(op: AclOp) -> Provider {
         .unwrap_or_else(|| op.default_provider())
 }
 
-/// Serves `op` from `provider` from now on, in this process. [`Error::InvalidArgument`] if the
-/// provider has no implementation of the op (there is no Ascend C GEMM, no ACLNN paged
-/// attention in this crate).
+/// Serves `op` from `provider` from now on, in this process (a call it cannot run still falls
+/// back to the op's other providers). [`Error::InvalidArgument`] if the provider has no
+/// implementation of the op (there is no Ascend C GEMM, no ACLNN `copy_blocks` in this crate).
 pub fn set_provider(op: AclOp, provider: Provider) -> Result<()> {
     if !op.providers().contains(&provider) {
         return Err(Error::InvalidArgument {
@@ -189,6 +203,97 @@ pub fn reset_providers() {
     *CHOSEN.write().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
+/// What a provider did with one call of an op.
+pub(crate) enum Served {
+    /// It queued the work.
+    Done,
+    /// It cannot run this call (nothing was queued), and why.
+    Declined(String),
+}
+
+/// A call that went past a provider which could not run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// The op.
+    pub op: AclOp,
+    /// The provider that declined.
+    pub from: Provider,
+    /// The provider that ran the call.
+    pub to: Provider,
+    /// Why `from` declined.
+    pub reason: String,
+    /// Calls that fell back for this reason.
+    pub count: u64,
+}
+
+static FALLBACKS: Mutex<Vec<Fallback>> = Mutex::new(Vec::new());
+
+/// Every fallback since the process started (or [`clear_fallbacks`]), one entry per op,
+/// provider pair and reason.
+pub fn fallbacks() -> Vec<Fallback> {
+    FALLBACKS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Forgets the recorded fallbacks.
+pub fn clear_fallbacks() {
+    FALLBACKS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+fn record_fallback(op: AclOp, from: Provider, to: Provider, reason: &str) {
+    let mut all = FALLBACKS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = all
+        .iter_mut()
+        .find(|f| f.op == op && f.from == from && f.to == to && f.reason == reason)
+    {
+        f.count += 1;
+        return;
+    }
+    log::warn!(
+        target: "ascend_kernels::acl",
+        "{}: {from:?} cannot run this call ({reason}); {to:?} runs it",
+        op.name()
+    );
+    all.push(Fallback {
+        op,
+        from,
+        to,
+        reason: reason.to_string(),
+        count: 1,
+    });
+}
+
+/// Runs one call of `op`: its chosen provider first, then the op's other providers in order,
+/// until one queues the work. A provider that declines has queued nothing. An error ends the
+/// call (a provider's own failure is not a reason to try another).
+pub(crate) fn serve(op: AclOp, mut run: impl FnMut(Provider) -> Result<Served>) -> Result<()> {
+    let first = provider(op);
+    let order =
+        std::iter::once(first).chain(op.providers().iter().copied().filter(|&p| p != first));
+    let mut declined: Vec<(Provider, String)> = Vec::new();
+    for p in order {
+        match run(p)? {
+            Served::Done => {
+                for (from, reason) in &declined {
+                    record_fallback(op, *from, p, reason);
+                }
+                return Ok(());
+            }
+            Served::Declined(reason) => declined.push((p, reason)),
+        }
+    }
+    Err(Error::InvalidArgument {
+        op: op.name(),
+        message: format!(
+            "no provider of the ACL backend runs this call: {}",
+            declined
+                .iter()
+                .map(|(p, r)| format!("{p:?}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })
+}
+
 static WORKSPACES: Mutex<Vec<SharedAllocator<AclBackend>>> = Mutex::new(Vec::new());
 
 /// Takes ACLNN workspaces for `allocator`'s device from `allocator` from now on (replacing the
@@ -200,9 +305,11 @@ pub fn set_workspace_allocator(allocator: SharedAllocator<AclBackend>) {
     all.push(allocator);
 }
 
-/// Drops every workspace allocator (the defaults keep their device open for the life of the
-/// process otherwise, as torch_npu's caching allocator does).
+/// Drops every workspace allocator and the fused attention's mask on each device (the defaults
+/// keep their device open for the life of the process otherwise, as torch_npu's caching
+/// allocator does).
 pub fn clear_workspace_allocators() {
+    super::fused::clear_masks();
     WORKSPACES.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 

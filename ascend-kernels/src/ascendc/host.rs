@@ -29,7 +29,8 @@ use super::tiling::{
     RmsNormTiling, RopeTiling,
 };
 use crate::float::KvFloat;
-use crate::reference::{check_positions, check_slots, query_ranges};
+use crate::reference::{check_positions, check_slots};
+use crate::shapes::query_ranges;
 use crate::shapes::{
     check_seqs, CacheShape, PagedAttention, PrefillAttention, ReshapeAndCache, RmsNorm, Rotary,
 };

@@ -223,6 +223,10 @@ pub(crate) struct Plan {
 #[derive(Default)]
 struct Registry {
     tensors: HashMap<usize, Tensor>,
+    /// `aclCreateIntArray`'s copies.
+    int_arrays: HashMap<usize, Vec<i64>>,
+    /// `aclCreateTensorList`'s lists: the handles of the tensors each owns.
+    tensor_lists: HashMap<usize, Vec<usize>>,
     executors: HashMap<usize, Plan>,
     /// Executors consumed by a launch, with what became of it (the most recent ones only).
     consumed: HashMap<usize, String>,
@@ -385,6 +389,159 @@ pub extern "C" fn aclDestroyTensor(tensor: *const c_void) -> i32 {
                 format!("aclDestroyTensor: {tensor:p} is not a live aclTensor (destroyed twice?)"),
             ),
         }
+    })
+}
+
+/// `aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size)`: a copy of the values;
+/// NULL (with the reason in `aclGetRecentErrMsg`) for a NULL `value` with a non-zero size or
+/// more than 2^20 values.
+#[no_mangle]
+pub extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut c_void {
+    std::panic::catch_unwind(|| {
+        if size > 1 << 20 || (size > 0 && value.is_null()) {
+            set_last_error(&format!(
+                "aclCreateIntArray: {size} values at {value:p} (NULL, or past the fake's 2^20)"
+            ));
+            return std::ptr::null_mut();
+        }
+        let values = if size == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: a non-null array of `size` values, by the C API's contract.
+            unsafe { std::slice::from_raw_parts(value, size as usize) }.to_vec()
+        };
+        registry(|r| {
+            r.next += 1;
+            let h = TENSOR_BASE + r.next * 16;
+            r.int_arrays.insert(h, values);
+            h as *mut c_void
+        })
+    })
+    .unwrap_or_else(|_| {
+        set_last_error("aclCreateIntArray: the fake panicked");
+        std::ptr::null_mut()
+    })
+}
+
+/// `aclnnStatus aclDestroyIntArray(const aclIntArray *array)`.
+#[no_mangle]
+pub extern "C" fn aclDestroyIntArray(array: *const c_void) -> i32 {
+    call("aclDestroyIntArray", |_, _| {
+        if array.is_null() {
+            return Ok(());
+        }
+        match registry(|r| r.int_arrays.remove(&(array as usize))) {
+            Some(_) => Ok(()),
+            None => fail(
+                INVALID,
+                format!("aclDestroyIntArray: {array:p} is not a live aclIntArray"),
+            ),
+        }
+    })
+}
+
+/// `aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size)`: the list
+/// owns the tensors from here (`aclDestroyTensorList` destroys them). NULL for a NULL `value`
+/// with a non-zero size, a tensor that is not live, or one named twice.
+#[no_mangle]
+pub extern "C" fn aclCreateTensorList(value: *const *const c_void, size: u64) -> *mut c_void {
+    std::panic::catch_unwind(|| {
+        if size > 4096 || (size > 0 && value.is_null()) {
+            set_last_error(&format!(
+                "aclCreateTensorList: {size} tensors at {value:p} (NULL, or past the fake's 4096)"
+            ));
+            return std::ptr::null_mut();
+        }
+        let handles: Vec<usize> = if size == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: a non-null array of `size` handles, by the C API's contract.
+            unsafe { std::slice::from_raw_parts(value, size as usize) }
+                .iter()
+                .map(|&h| h as usize)
+                .collect()
+        };
+        registry(|r| {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(bad) = handles
+                .iter()
+                .find(|h| !r.tensors.contains_key(h) || !seen.insert(**h))
+            {
+                set_last_error(&format!(
+                    "aclCreateTensorList: {bad:#x} is not a live aclTensor, or is listed twice"
+                ));
+                return std::ptr::null_mut();
+            }
+            r.next += 1;
+            let h = TENSOR_BASE + r.next * 16;
+            r.tensor_lists.insert(h, handles);
+            h as *mut c_void
+        })
+    })
+    .unwrap_or_else(|_| {
+        set_last_error("aclCreateTensorList: the fake panicked");
+        std::ptr::null_mut()
+    })
+}
+
+/// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)`: destroys the list and its
+/// tensors.
+#[no_mangle]
+pub extern "C" fn aclDestroyTensorList(array: *const c_void) -> i32 {
+    call("aclDestroyTensorList", |_, _| {
+        if array.is_null() {
+            return Ok(());
+        }
+        match registry(|r| {
+            let list = r.tensor_lists.remove(&(array as usize))?;
+            for h in &list {
+                r.tensors.remove(h);
+            }
+            Some(())
+        }) {
+            Some(()) => Ok(()),
+            None => fail(
+                INVALID,
+                format!("aclDestroyTensorList: {array:p} is not a live aclTensorList"),
+            ),
+        }
+    })
+}
+
+/// The values behind an `aclIntArray` argument named `what` of `function` (`None` for NULL).
+pub(crate) fn int_array(function: &str, what: &str, h: *const c_void) -> Outcome<Option<Vec<i64>>> {
+    if h.is_null() {
+        return Ok(None);
+    }
+    registry(|r| r.int_arrays.get(&(h as usize)).cloned())
+        .map(Some)
+        .ok_or_else(|| crate::state::Failure {
+            code: INVALID,
+            message: format!("{function}: {what} ({h:p}) is not a live aclIntArray"),
+        })
+}
+
+/// The tensors (and their handles) of an `aclTensorList` argument named `what`.
+pub(crate) fn tensor_list(
+    function: &str,
+    what: &str,
+    h: *const c_void,
+) -> Outcome<Vec<(usize, Tensor)>> {
+    if h.is_null() {
+        return fail(
+            NULLPTR,
+            format!("{function}: expected a proper TensorList but got null for argument {what}"),
+        );
+    }
+    registry(|r| {
+        let list = r.tensor_lists.get(&(h as usize))?;
+        list.iter()
+            .map(|t| r.tensors.get(t).map(|d| (*t, d.clone())))
+            .collect::<Option<Vec<_>>>()
+    })
+    .ok_or_else(|| crate::state::Failure {
+        code: INVALID,
+        message: format!("{function}: {what} ({h:p}) is not a live aclTensorList"),
     })
 }
 

@@ -34,6 +34,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod aclnn;
+mod aclnn_attention;
 mod aclnn_step_ops;
 mod exports;
 mod hccl;
@@ -47,6 +48,7 @@ pub mod toolkit;
 /// get separate fakes.
 pub mod abi {
     pub use crate::aclnn::*;
+    pub use crate::aclnn_attention::*;
     pub use crate::aclnn_step_ops::*;
     pub use crate::exports::*;
     pub use crate::hccl::*;
