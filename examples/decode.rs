@@ -8,7 +8,7 @@ use ascend_hal::alloc::{Allocator, CachingAllocator, DirectAllocator, SharedAllo
 use ascend_hal::comm::Communicator;
 use ascend_hal::prelude::*;
 use ascend_hal::{Bytes, DType, Error, Result};
-use ascend_kernels::{EngineBackend, KernelOps};
+use ascend_kernels::{EngineBackend, KernelOps, KvFloat};
 use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, RequestId};
 
 use crate::arena::BumpArena;
@@ -84,6 +84,38 @@ impl fmt::Display for AllocatorChoice {
     }
 }
 
+/// The dtype the model computes in (its weights, activations and KV cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everywhere (the default: every provider runs it).
+    F32,
+    /// f16, as NPU engines run: the ACL backend takes attention from CANN's fused operator.
+    F16,
+    /// bf16 (the ACL backend's Ascend C kernels have none; see `docs/kernels.md`).
+    Bf16,
+}
+
+impl Precision {
+    /// Parses `f32`, `f16` or `bf16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(Precision::F32),
+            "f16" => Some(Precision::F16),
+            "bf16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
 /// Settings of the decode example.
 #[derive(Debug, Clone)]
 pub struct DecodeArgs {
@@ -113,6 +145,8 @@ pub struct DecodeArgs {
     pub allocator: AllocatorChoice,
     /// Tensor-parallel ranks (devices); 1 runs on one device.
     pub tp: usize,
+    /// What the model computes in.
+    pub precision: Precision,
 }
 
 impl Default for DecodeArgs {
@@ -131,6 +165,7 @@ impl Default for DecodeArgs {
             quiet: false,
             allocator: AllocatorChoice::Caching,
             tp: 1,
+            precision: Precision::F32,
         }
     }
 }
@@ -395,8 +430,21 @@ pub fn run<B: EngineBackend>(
     Ok(outcomes.swap_remove(0))
 }
 
-/// One rank's run (the whole run without tensor parallelism).
+/// One rank's run (the whole run without tensor parallelism), in the chosen precision.
 fn run_rank<B: KernelOps>(
+    backend: &B,
+    a: &DecodeArgs,
+    say: &mut dyn FnMut(&str),
+    tp: Option<(Arc<dyn Communicator<Backend = B>>, &Weights)>,
+) -> Result<Outcome> {
+    match a.precision {
+        Precision::F32 => run_typed::<B, f32>(backend, a, say, tp),
+        Precision::F16 => run_typed::<B, half::f16>(backend, a, say, tp),
+        Precision::Bf16 => run_typed::<B, half::bf16>(backend, a, say, tp),
+    }
+}
+
+fn run_typed<B: KernelOps, T: KvFloat>(
     backend: &B,
     a: &DecodeArgs,
     say: &mut dyn FnMut(&str),
@@ -415,7 +463,7 @@ fn run_rank<B: KernelOps>(
     say(&format!("allocator: {}", a.allocator));
     let (memory, kv_alloc) = a.allocator.build::<B>(&device)?;
     let model = match tp {
-        None => Model::<B>::new(&stream, a.model, a.seed, memory)?,
+        None => Model::<B, T>::new(&stream, a.model, a.seed, memory)?,
         Some((comm, weights)) => {
             say(&format!(
                 "tensor parallel: rank {rank} of {}, {} of {} heads, {} of {} KV heads, {} of {} \
@@ -428,15 +476,16 @@ fn run_rank<B: KernelOps>(
                 a.model.intermediate / comm.size(),
                 a.model.intermediate
             ));
-            Model::<B>::tensor_parallel(&stream, a.model, weights, memory, comm)?
+            Model::<B, T>::tensor_parallel(&stream, a.model, weights, memory, comm)?
         }
     };
     stream.synchronize()?;
+    say(&format!("precision: {:?}", T::DTYPE));
     let spec = KvCacheSpec::new(
         a.model.layers,
         model.shard().kv_heads,
         a.model.head_size(),
-        DType::F32,
+        T::DTYPE,
     )
     .with_block_size(a.block_size);
     let config = KvCacheConfig {
@@ -463,7 +512,7 @@ fn run_rank<B: KernelOps>(
         })
         .map_err(kv_err)?;
     say(&format!("{full}"));
-    let mut kv = KvCache::<B, f32>::with_allocator(
+    let mut kv = KvCache::<B, T>::with_allocator(
         kv_alloc,
         &stream,
         spec,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
-use ascend_kernels::{CacheShape, KernelOps, PrefillAttention, ReshapeAndCache};
+use ascend_kernels::{CacheShape, KernelOps, KvFloat, PrefillAttention, ReshapeAndCache};
 use paged_kv::{KvCache, KvError, RequestId, RequestKeys};
 
 use crate::model::{KvAccess, Model};
@@ -206,10 +206,10 @@ fn kv_err(e: KvError) -> Error {
 }
 
 /// Serves `requests` to completion; `log` gets one line per step and per event.
-pub fn serve<B: KernelOps>(
+pub fn serve<B: KernelOps, T: KvFloat>(
     stream: &B::Stream,
-    model: &Model<B>,
-    kv: &mut KvCache<B, f32>,
+    model: &Model<B, T>,
+    kv: &mut KvCache<B, T>,
     requests: &[Request],
     cfg: EngineConfig,
     log: impl FnMut(&str),
@@ -260,10 +260,10 @@ fn check_requests(requests: &[Request], max_len: usize, vocab: usize) -> Result<
 }
 
 /// Serves `requests` to completion, telling `observer` about every step, event and token.
-pub fn serve_observed<B: KernelOps>(
+pub fn serve_observed<B: KernelOps, T: KvFloat>(
     stream: &B::Stream,
-    model: &Model<B>,
-    kv: &mut KvCache<B, f32>,
+    model: &Model<B, T>,
+    kv: &mut KvCache<B, T>,
     requests: &[Request],
     cfg: EngineConfig,
     observer: &mut impl Observer,
@@ -521,9 +521,9 @@ pub fn serve_observed<B: KernelOps>(
 
 /// One request's KV in a plain contiguous buffer per layer: its blocks laid out in order, so the
 /// kernels do exactly the arithmetic they do on the paged cache.
-struct Contiguous<B: KernelOps> {
+struct Contiguous<B: KernelOps, T: KvFloat> {
     shape: CacheShape,
-    layers: Vec<(DeviceBuffer<B, f32>, DeviceBuffer<B, f32>)>,
+    layers: Vec<(DeviceBuffer<B, T>, DeviceBuffer<B, T>)>,
     table: DeviceBuffer<B, i32>,
     slots: DeviceBuffer<B, i32>,
     starts: DeviceBuffer<B, i32>,
@@ -534,16 +534,16 @@ struct Contiguous<B: KernelOps> {
     num_tokens: usize,
 }
 
-impl<B: KernelOps> KvAccess<B> for Contiguous<B> {
+impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for Contiguous<B, T> {
     fn write_kv(
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, f32>,
-        value: &DeviceBuffer<B, f32>,
+        key: &DeviceBuffer<B, T>,
+        value: &DeviceBuffer<B, T>,
     ) -> Result<()> {
         let (k, v) = &mut self.layers[layer];
-        B::reshape_and_cache::<f32>(
+        B::reshape_and_cache::<T>(
             stream,
             &ReshapeAndCache {
                 num_tokens: self.num_tokens,
@@ -562,8 +562,8 @@ impl<B: KernelOps> KvAccess<B> for Contiguous<B> {
         stream: &B::Stream,
         heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, f32>,
-        query: &DeviceBuffer<B, f32>,
+        out: &mut DeviceBuffer<B, T>,
+        query: &DeviceBuffer<B, T>,
     ) -> Result<()> {
         let (k, v) = &self.layers[layer];
         let p = PrefillAttention {
@@ -575,7 +575,7 @@ impl<B: KernelOps> KvAccess<B> for Contiguous<B> {
             scale,
             sliding_window: None,
         };
-        B::paged_prefill_attention::<f32>(
+        B::paged_prefill_attention::<T>(
             stream,
             &p,
             out.view_mut(),
@@ -593,9 +593,9 @@ impl<B: KernelOps> KvAccess<B> for Contiguous<B> {
 
 /// The check run: each request alone, whole prompt then one token at a time, over a contiguous
 /// KV cache. Returns the generated tokens per request.
-pub fn contiguous_run<B: KernelOps>(
+pub fn contiguous_run<B: KernelOps, T: KvFloat>(
     stream: &B::Stream,
-    model: &Model<B>,
+    model: &Model<B, T>,
     requests: &[Request],
     block_size: usize,
 ) -> Result<HashMap<RequestId, Vec<u32>>> {

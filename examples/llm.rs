@@ -6,8 +6,8 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
 use ascend_hal::prelude::*;
-use ascend_hal::{DType, Result as HalResult};
-use ascend_kernels::KernelOps;
+use ascend_hal::Result as HalResult;
+use ascend_kernels::{KernelOps, KvFloat};
 use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, MemoryBudget};
 
 use crate::llama_gguf;
@@ -35,17 +35,17 @@ pub fn smollm2_path() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// A model on a device with its tokenizer.
-pub struct Llm<B: KernelOps> {
+/// A model on a device with its tokenizer, computing in `T` (f32 by default).
+pub struct Llm<B: KernelOps, T: KvFloat = f32> {
     /// The weights and the forward pass.
-    pub model: Model<B>,
+    pub model: Model<B, T>,
     /// The tokenizer and chat template.
     pub tokenizer: GgufTokenizer,
 }
 
-impl<B: KernelOps> Llm<B> {
+impl<B: KernelOps, T: KvFloat> Llm<B, T> {
     /// Loads `path` (a Llama-architecture GGUF), dequantizing every tensor to `f32` and
-    /// uploading it through `stream`; the RoPE table covers `max_model_len` positions, which
+    /// uploading it through `stream` as `T`; the RoPE table covers `max_model_len` positions, which
     /// must be at most the file's context length.
     pub fn load(
         stream: &B::Stream,
@@ -79,17 +79,17 @@ impl<B: KernelOps> Llm<B> {
 /// A paged KV cache for `cfg` from `alloc`: `block_size` tokens per block, as many blocks as
 /// `utilization` of the device's memory holds beside what is already used and
 /// `activation_peak` bytes of activations, capped at `max_blocks`, prefix caching on.
-pub fn kv_cache<B: KernelOps>(
+pub fn kv_cache<B: KernelOps, T: KvFloat>(
     stream: &B::Stream,
     alloc: ascend_hal::alloc::SharedAllocator<B>,
     cfg: &ModelConfig,
     block_size: usize,
     utilization: f64,
     max_blocks: usize,
-) -> HalResult<KvCache<B, f32>> {
+) -> HalResult<KvCache<B, T>> {
     let device = stream.device();
     let info = device.memory_info()?;
-    let spec = KvCacheSpec::new(cfg.layers, cfg.kv_heads, cfg.head_size(), DType::F32)
+    let spec = KvCacheSpec::new(cfg.layers, cfg.kv_heads, cfg.head_size(), T::DTYPE)
         .with_block_size(block_size);
     let config = KvCacheConfig {
         utilization,

@@ -11,7 +11,9 @@ use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
 use ascend_hal::comm::{Communicator, CommunicatorExt, ReduceOp};
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
-use ascend_kernels::{KernelOps, Matmul, RmsNorm, RopeStyle, RopeTable, Rotary, SiluAndMul};
+use ascend_kernels::{
+    KernelOps, KvFloat, Matmul, RmsNorm, RopeStyle, RopeTable, Rotary, SiluAndMul,
+};
 use paged_kv::KvCache;
 
 /// Sizes and constants of the model.
@@ -145,15 +147,15 @@ impl ModelConfig {
     }
 }
 
-/// Where attention keeps its keys and values.
-pub trait KvAccess<B: KernelOps> {
+/// Where attention keeps its keys and values (of the model's activation dtype `T`).
+pub trait KvAccess<B: KernelOps, T: KvFloat = f32> {
     /// Writes this step's K and V rows of `layer`.
     fn write_kv(
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, f32>,
-        value: &DeviceBuffer<B, f32>,
+        key: &DeviceBuffer<B, T>,
+        value: &DeviceBuffer<B, T>,
     ) -> Result<()>;
     /// Causal attention of this step's queries over the cached context.
     fn attention(
@@ -162,8 +164,8 @@ pub trait KvAccess<B: KernelOps> {
         stream: &B::Stream,
         heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, f32>,
-        query: &DeviceBuffer<B, f32>,
+        out: &mut DeviceBuffer<B, T>,
+        query: &DeviceBuffer<B, T>,
     ) -> Result<()>;
 }
 
@@ -177,13 +179,13 @@ fn kv_err(e: paged_kv::KvError) -> Error {
     }
 }
 
-impl<B: KernelOps> KvAccess<B> for KvCache<B, f32> {
+impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for KvCache<B, T> {
     fn write_kv(
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, f32>,
-        value: &DeviceBuffer<B, f32>,
+        key: &DeviceBuffer<B, T>,
+        value: &DeviceBuffer<B, T>,
     ) -> Result<()> {
         KvCache::write_kv(self, layer, stream, key, value).map_err(kv_err)
     }
@@ -193,8 +195,8 @@ impl<B: KernelOps> KvAccess<B> for KvCache<B, f32> {
         stream: &B::Stream,
         heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, f32>,
-        query: &DeviceBuffer<B, f32>,
+        out: &mut DeviceBuffer<B, T>,
+        query: &DeviceBuffer<B, T>,
     ) -> Result<()> {
         KvCache::attention(self, layer, stream, heads, scale, out, query).map_err(kv_err)
     }
@@ -387,16 +389,16 @@ impl Weights {
     }
 }
 
-struct Layer<B: Backend> {
-    attn_norm: DeviceBuffer<B, f32>,
-    wq: DeviceBuffer<B, f32>,
-    wk: DeviceBuffer<B, f32>,
-    wv: DeviceBuffer<B, f32>,
-    wo: DeviceBuffer<B, f32>,
-    mlp_norm: DeviceBuffer<B, f32>,
+struct Layer<B: Backend, T: KvFloat> {
+    attn_norm: DeviceBuffer<B, T>,
+    wq: DeviceBuffer<B, T>,
+    wk: DeviceBuffer<B, T>,
+    wv: DeviceBuffer<B, T>,
+    wo: DeviceBuffer<B, T>,
+    mlp_norm: DeviceBuffer<B, T>,
     /// Gate rows then up rows: one GEMM gives `silu_and_mul`'s input.
-    w_gate_up: DeviceBuffer<B, f32>,
-    w_down: DeviceBuffer<B, f32>,
+    w_gate_up: DeviceBuffer<B, T>,
+    w_down: DeviceBuffer<B, T>,
 }
 
 /// Where a model's device memory comes from.
@@ -434,16 +436,17 @@ impl<B: Backend> ModelMemory<B> {
     }
 }
 
-/// The model's weights on a device.
-pub struct Model<B: KernelOps> {
+/// The model's weights on a device, in the activation dtype `T` (f32 by default; f16 and bf16
+/// run every op in that dtype, with f32 accumulation inside the kernels, as NPU engines do).
+pub struct Model<B: KernelOps, T: KvFloat = f32> {
     cfg: ModelConfig,
     shard: Shard,
     /// The tensor-parallel group this rank belongs to, if any.
     comm: Option<Arc<dyn Communicator<Backend = B>>>,
     embed: Vec<f32>,
-    layers: Vec<Layer<B>>,
-    final_norm: DeviceBuffer<B, f32>,
-    lm_head: DeviceBuffer<B, f32>,
+    layers: Vec<Layer<B, T>>,
+    final_norm: DeviceBuffer<B, T>,
+    lm_head: DeviceBuffer<B, T>,
     cos_sin: DeviceBuffer<B, f32>,
     memory: ModelMemory<B>,
 }
@@ -487,7 +490,7 @@ impl Logits {
     }
 }
 
-impl<B: KernelOps> Model<B> {
+impl<B: KernelOps, T: KvFloat> Model<B, T> {
     /// Random weights from `seed` ([`Weights::random`]), uploaded through `stream` into memory
     /// from `memory.weights`; activations will come from `memory.activations`.
     pub fn new(
@@ -542,7 +545,10 @@ impl<B: KernelOps> Model<B> {
     ) -> Result<Self> {
         weights.validate_shard(&cfg, &shard)?;
         let alloc = memory.weights.as_ref();
-        let put = |data: &[f32]| DeviceBuffer::from_slice_in(alloc, stream, data);
+        let put = |data: &[f32]| {
+            let data: Vec<T> = data.iter().map(|&v| T::from_f32(v)).collect();
+            DeviceBuffer::from_slice_in(alloc, stream, &data)
+        };
         let layers = weights
             .layers
             .into_iter()
@@ -570,7 +576,9 @@ impl<B: KernelOps> Model<B> {
             layers,
             final_norm: put(&weights.final_norm)?,
             lm_head,
-            cos_sin: put(
+            cos_sin: DeviceBuffer::from_slice_in(
+                alloc,
+                stream,
                 &RopeTable::new(cfg.head_size(), cfg.max_position, cfg.rope_theta).build()?,
             )?,
             memory,
@@ -594,7 +602,7 @@ impl<B: KernelOps> Model<B> {
     }
 
     /// Sums a row-parallel projection's partial results over the tensor-parallel group.
-    fn all_reduce(&self, stream: &B::Stream, x: &mut DeviceBuffer<B, f32>) -> Result<()> {
+    fn all_reduce(&self, stream: &B::Stream, x: &mut DeviceBuffer<B, T>) -> Result<()> {
         match &self.comm {
             Some(c) => c.all_reduce_in_place(stream, x, ReduceOp::Sum),
             None => Ok(()),
@@ -607,7 +615,7 @@ impl<B: KernelOps> Model<B> {
     pub fn forward(
         &self,
         stream: &B::Stream,
-        kv: &mut impl KvAccess<B>,
+        kv: &mut impl KvAccess<B, T>,
         tokens: &[u32],
         positions: &[i64],
         sample_rows: &[usize],
@@ -622,7 +630,7 @@ impl<B: KernelOps> Model<B> {
     pub fn forward_logits(
         &self,
         stream: &B::Stream,
-        kv: &mut impl KvAccess<B>,
+        kv: &mut impl KvAccess<B, T>,
         tokens: &[u32],
         positions: &[i64],
         sample_rows: &[usize],
@@ -633,7 +641,7 @@ impl<B: KernelOps> Model<B> {
         let (qw, kvw) = (sh.heads * hs, sh.kv_heads * hs);
         let device = stream.device();
         let activations = self.memory.activations.as_ref();
-        let buf = |n: usize| DeviceBuffer::<B, f32>::alloc_in(activations, stream, n);
+        let buf = |n: usize| DeviceBuffer::<B, T>::alloc_in(activations, stream, n);
 
         if positions.len() != t {
             return Err(Error::InvalidArgument {
@@ -657,9 +665,13 @@ impl<B: KernelOps> Model<B> {
                     message: format!("token {tok} is outside the vocabulary of {}", cfg.vocab),
                 });
             }
-            rows.extend_from_slice(&self.embed[tok * h..(tok + 1) * h]);
+            rows.extend(
+                self.embed[tok * h..(tok + 1) * h]
+                    .iter()
+                    .map(|&v| T::from_f32(v)),
+            );
         }
-        let staged_rows = PinnedBuffer::<B, f32>::from_slice(&device, &rows)?;
+        let staged_rows = PinnedBuffer::<B, T>::from_slice(&device, &rows)?;
         let staged_pos = PinnedBuffer::<B, i64>::from_slice(&device, positions)?;
         let mut hidden = buf(t * h)?;
         let mut pos = DeviceBuffer::<B, i64>::alloc_in(activations, stream, t)?;
@@ -682,7 +694,7 @@ impl<B: KernelOps> Model<B> {
         for (l, w) in self.layers.iter().enumerate() {
             if l == 0 {
                 stream.copy_d2d(&hidden, &mut residual)?;
-                B::rms_norm::<f32>(
+                B::rms_norm::<T>(
                     stream,
                     &norm,
                     x.view_mut(),
@@ -691,7 +703,7 @@ impl<B: KernelOps> Model<B> {
                 )?;
             } else {
                 // `hidden` holds the previous MLP's output: residual += hidden; x = norm(residual).
-                B::fused_add_rms_norm::<f32>(
+                B::fused_add_rms_norm::<T>(
                     stream,
                     &norm,
                     hidden.view_mut(),
@@ -700,9 +712,9 @@ impl<B: KernelOps> Model<B> {
                 )?;
                 std::mem::swap(&mut x, &mut hidden);
             }
-            B::matmul::<f32>(stream, &mm(qw, h), q.view_mut(), x.view(), w.wq.view())?;
-            B::matmul::<f32>(stream, &mm(kvw, h), k.view_mut(), x.view(), w.wk.view())?;
-            B::matmul::<f32>(stream, &mm(kvw, h), v.view_mut(), x.view(), w.wv.view())?;
+            B::matmul::<T>(stream, &mm(qw, h), q.view_mut(), x.view(), w.wq.view())?;
+            B::matmul::<T>(stream, &mm(kvw, h), k.view_mut(), x.view(), w.wk.view())?;
+            B::matmul::<T>(stream, &mm(kvw, h), v.view_mut(), x.view(), w.wv.view())?;
             let rope = Rotary {
                 num_tokens: t,
                 num_heads: sh.heads,
@@ -712,7 +724,7 @@ impl<B: KernelOps> Model<B> {
                 max_position: cfg.max_position,
                 style: RopeStyle::Neox,
             };
-            B::rotary_embedding::<f32>(
+            B::rotary_embedding::<T>(
                 stream,
                 &rope,
                 pos.view(),
@@ -722,7 +734,7 @@ impl<B: KernelOps> Model<B> {
             )?;
             kv.write_kv(l, stream, &k, &v)?;
             kv.attention(l, stream, sh.heads, scale, &mut attn, &q)?;
-            B::matmul::<f32>(
+            B::matmul::<T>(
                 stream,
                 &mm(h, qw),
                 hidden.view_mut(),
@@ -730,21 +742,21 @@ impl<B: KernelOps> Model<B> {
                 w.wo.view(),
             )?;
             self.all_reduce(stream, &mut hidden)?;
-            B::fused_add_rms_norm::<f32>(
+            B::fused_add_rms_norm::<T>(
                 stream,
                 &norm,
                 hidden.view_mut(),
                 residual.view_mut(),
                 w.mlp_norm.view(),
             )?;
-            B::matmul::<f32>(
+            B::matmul::<T>(
                 stream,
                 &mm(2 * i, h),
                 gate_up.view_mut(),
                 hidden.view(),
                 w.w_gate_up.view(),
             )?;
-            B::silu_and_mul::<f32>(
+            B::silu_and_mul::<T>(
                 stream,
                 &SiluAndMul {
                     num_tokens: t,
@@ -753,7 +765,7 @@ impl<B: KernelOps> Model<B> {
                 act.view_mut(),
                 gate_up.view(),
             )?;
-            B::matmul::<f32>(
+            B::matmul::<T>(
                 stream,
                 &mm(h, i),
                 hidden.view_mut(),
@@ -762,7 +774,7 @@ impl<B: KernelOps> Model<B> {
             )?;
             self.all_reduce(stream, &mut hidden)?;
         }
-        B::fused_add_rms_norm::<f32>(
+        B::fused_add_rms_norm::<T>(
             stream,
             &norm,
             hidden.view_mut(),
@@ -795,7 +807,7 @@ impl<B: KernelOps> Model<B> {
             &picked
         };
         let mut logits = buf(s * cfg.vocab)?;
-        B::matmul::<f32>(
+        B::matmul::<T>(
             stream,
             &Matmul {
                 m: s,
@@ -807,9 +819,10 @@ impl<B: KernelOps> Model<B> {
             self.lm_head.view(),
         )?;
         // The one synchronisation of a step: sampling needs the logits on the host.
+        let data = stream.clone_to_host(&logits)?;
         Ok(Logits {
             vocab: cfg.vocab,
-            data: stream.clone_to_host(&logits)?,
+            data: data.into_iter().map(T::to_f32).collect(),
         })
     }
 }

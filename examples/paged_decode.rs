@@ -9,12 +9,14 @@
 //! cargo run --release --example paged_decode
 //! cargo run --release --example paged_decode -- --requests 32 --layers 4 --block-size 128
 //! cargo run --release --example paged_decode -- --preempt recompute
+//! cargo run --release --example paged_decode -- --dtype f16 --block-size 128
 //! ```
 //! Options (defaults in brackets): `--layers` [2], `--hidden` [256], `--heads` [4],
 //! `--kv-heads` [2], `--intermediate` [512], `--vocab` [512], `--requests` [12],
 //! `--system-prompt` [40], `--max-new` [24], `--block-size` [16], `--utilization` [0.9],
 //! `--max-blocks` [4096], `--max-model-len` [512], `--preempt` swap|recompute|none [swap],
-//! `--allocator` caching|direct|arena [caching], `--seed` [7], `--tp` [1], `--quiet`.
+//! `--allocator` caching|direct|arena [caching], `--seed` [7], `--tp` [1], `--dtype`
+//! f32|f16|bf16 [f32], `--quiet`.
 //!
 //! `--tp N` serves the model tensor-parallel over N devices (attention heads and MLP columns
 //! split, all-reduces through the backend's communicator: HCCL on NPUs, the CPU communicator
@@ -22,7 +24,7 @@
 
 use std::process::ExitCode;
 
-use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
+use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome, Precision};
 use ascend_examples::engine::Preemption;
 use ascend_kernels::{EngineBackend, EngineVisitor, RunEngine};
 
@@ -48,6 +50,7 @@ and checks every token against a contiguous-KV run.
   --allocator KIND     caching | direct | arena [caching]
   --seed N             weights and workload seed [7]
   --tp N               tensor-parallel ranks (devices) [1]
+  --dtype T            f32 | f16 | bf16: weights, activations and KV cache [f32]
   --quiet              no per-step lines
   --help               this text";
 
@@ -86,6 +89,10 @@ fn parse() -> std::result::Result<DecodeArgs, String> {
                 a.utilization = value
                     .parse()
                     .map_err(|_| format!("--utilization {value}: not a number"))?
+            }
+            "--dtype" => {
+                a.precision = Precision::parse(&value)
+                    .ok_or_else(|| format!("--dtype {value}: use f32, f16 or bf16"))?
             }
             "--allocator" => {
                 a.allocator = AllocatorChoice::parse(&value)
@@ -145,6 +152,17 @@ fn main() -> ExitCode {
         args: &args,
         say: &mut say,
     });
+    // Calls the ACL backend's default provider could not run, and who ran them instead.
+    for f in ascend_kernels::acl::providers::fallbacks() {
+        println!(
+            "provider fallback: {} x{}: {:?} -> {:?}: {}",
+            f.op.name(),
+            f.count,
+            f.from,
+            f.to,
+            f.reason
+        );
+    }
     match result {
         Ok(Outcome::Checked { mismatches: 0, .. } | Outcome::Skipped(_)) => ExitCode::SUCCESS,
         Ok(Outcome::Checked { .. }) => ExitCode::FAILURE,

@@ -3,7 +3,7 @@
 //! ACL backend on the host-side fake (ACLNN operators and the host build of the Ascend C
 //! kernels), printing the same steps and tokens as on the CPU backend.
 
-use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome};
+use ascend_examples::decode::{run, AllocatorChoice, DecodeArgs, Outcome, Precision};
 use ascend_examples::engine::Preemption;
 use hal_mock::CpuBackend;
 
@@ -153,6 +153,55 @@ fn paged_decode_over_the_acl_backend_on_the_fake_matches_the_cpu_run() {
         assert!(on_acl.swaps + on_acl.recomputes >= 1, "{on_acl:?}");
         assert!(work_lines(&acl_lines).len() > 10, "{text}");
     }
+}
+
+#[test]
+fn paged_decode_in_f16_takes_attention_from_cann_fused_operator_and_matches_the_cpu_run() {
+    use ascend_kernels::acl::providers::{fallbacks, AclOp};
+    // vllm-ascend's block size, and a system prompt that fills a block (prefix caching shares
+    // whole blocks).
+    let args = DecodeArgs {
+        precision: Precision::F16,
+        block_size: 128,
+        system_prompt: 160,
+        quiet: true,
+        ..DecodeArgs::default()
+    };
+    let before = common::fake_call_count("aclnnFusedInferAttentionScoreV2");
+    let mut acl_lines = Vec::new();
+    let acl = run(acl_backend(), &args, &mut |l| acl_lines.push(l.to_string())).unwrap();
+    let calls = common::fake_call_count("aclnnFusedInferAttentionScoreV2") - before;
+    let cpu = run(CpuBackend::new(), &args, &mut |_| {}).unwrap();
+    let text = acl_lines.join("\n");
+    let (
+        Outcome::Checked {
+            report: on_acl,
+            mismatches,
+        },
+        Outcome::Checked { report: on_cpu, .. },
+    ) = (acl, cpu)
+    else {
+        panic!("a run skipped compute:\n{text}")
+    };
+    assert_eq!(mismatches, 0, "{text}");
+    assert_eq!(
+        on_acl.outputs, on_cpu.outputs,
+        "f16 tokens differ from the CPU backend's"
+    );
+    assert!(on_acl.prefix_hit_rate > 0.0, "{text}");
+    // Every layer of every step (and of the contiguous check) through the fused operator, and
+    // no f16 call of attention fell back (other tests of this binary run f32, which does).
+    assert!(
+        calls >= (on_acl.steps * 2) as u64,
+        "{calls} calls for {} steps",
+        on_acl.steps
+    );
+    let declined: Vec<_> = fallbacks()
+        .into_iter()
+        .filter(|f| matches!(f.op, AclOp::PagedAttention | AclOp::PagedPrefillAttention))
+        .filter(|f| !f.reason.contains("F32"))
+        .collect();
+    assert!(declined.is_empty(), "{declined:?}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use ascend_examples::llm::{kv_cache, Llm};
 use ascend_examples::model::ModelMemory;
 use ascend_examples::tokenizer::Message;
 use ascend_hal::prelude::*;
-use ascend_kernels::KernelOps;
+use ascend_kernels::{KernelOps, KvFloat};
 use hal_mock::CpuBackend;
 use paged_kv::RequestId;
 use serde_json::Value;
@@ -141,19 +141,25 @@ fn smollm2_generates_what_transformers_generates() {
     }
 }
 
-/// Serves `requests` with the model on `backend`'s first device.
-fn serve_on<B: KernelOps>(backend: B, path: &std::path::Path, requests: &[Request]) -> Report {
+/// Serves `requests` with the model on `backend`'s first device, computing in `T` over KV
+/// blocks of `block_size` tokens.
+fn serve_on<B: KernelOps, T: KvFloat>(
+    backend: B,
+    path: &std::path::Path,
+    requests: &[Request],
+    block_size: usize,
+) -> Report {
     let device = backend.device(0).unwrap();
     let stream = device.new_stream().unwrap();
     let memory = ModelMemory::caching(&device).unwrap();
-    let llm = Llm::<B>::load(&stream, path, 256, memory.clone()).unwrap();
-    let mut kv = kv_cache(
+    let llm = Llm::<B, T>::load(&stream, path, 256, memory.clone()).unwrap();
+    let mut kv = kv_cache::<B, T>(
         &stream,
         std::sync::Arc::clone(&memory.weights),
         llm.config(),
-        16,
+        block_size,
         0.9,
-        64,
+        64 * 16 / block_size,
     )
     .unwrap();
     let cfg = EngineConfig {
@@ -180,9 +186,44 @@ fn smollm2_over_the_acl_backend_on_the_fake_generates_the_same_ids() {
         .enumerate()
         .map(|(c, chat)| Request::greedy(RequestId(c as u64 + 1), ids(&chat["prompt_ids"]), NEW))
         .collect();
-    let report = serve_on(acl_backend(), &path, &requests);
+    let report = serve_on::<_, f32>(acl_backend(), &path, &requests, 16);
     for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
         let want = &ids(&chat["generated_ids"])[..NEW];
         assert_eq!(&report.outputs[&r.id][..], want, "chat {c} on ACL");
+    }
+}
+
+#[test]
+fn smollm2_in_f16_over_cann_fused_attention_on_the_fake_generates_the_cpu_backends_ids() {
+    // f16 as NPU engines serve it, 128-token blocks: attention through
+    // aclnnFusedInferAttentionScoreV2 on the ACL path, the CPU kernels on the CPU backend.
+    // Half precision changes the numbers, so the comparison is with the CPU backend's f16 run
+    // (and how far both stay with transformers' float32 ids is printed, not asserted).
+    const NEW: usize = 8;
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
+    let reference = reference();
+    let chats = &reference["chats"].as_array().expect("chats")[..2];
+    let requests: Vec<Request> = chats
+        .iter()
+        .enumerate()
+        .map(|(c, chat)| Request::greedy(RequestId(c as u64 + 1), ids(&chat["prompt_ids"]), NEW))
+        .collect();
+    let before = common::fake_call_count("aclnnFusedInferAttentionScoreV2");
+    let on_acl = serve_on::<_, half::f16>(acl_backend(), &path, &requests, 128);
+    let calls = common::fake_call_count("aclnnFusedInferAttentionScoreV2") - before;
+    let on_cpu = serve_on::<_, half::f16>(CpuBackend::new(), &path, &requests, 128);
+    assert!(
+        calls >= 30 * on_acl.steps as u64,
+        "{calls} fused calls for {} steps",
+        on_acl.steps
+    );
+    for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
+        let (acl, cpu) = (&on_acl.outputs[&r.id], &on_cpu.outputs[&r.id]);
+        assert_eq!(acl, cpu, "chat {c}: f16 on ACL vs f16 on the CPU backend");
+        let want = &ids(&chat["generated_ids"])[..NEW];
+        let agree = acl.iter().zip(want).take_while(|(a, b)| a == b).count();
+        eprintln!("chat {c}: f16 agrees with transformers' f32 ids for {agree} of {NEW} tokens");
     }
 }

@@ -26,6 +26,23 @@ pub fn configure_fake(spec: &str) {
     assert_eq!(code, 0, "aclfakeConfigure({spec:?})");
 }
 
+/// How many times the loaded fake's C function `name` has been called (`aclfakeCallCount`).
+pub fn fake_call_count(name: &str) -> u64 {
+    let path =
+        ascendcl_fake::library_path().expect("libascendcl_fake.so is built as a dev-dependency");
+    // SAFETY: loading an already loaded library returns the same instance; kept loaded.
+    let lib = Box::leak(Box::new(
+        unsafe { libloading::Library::new(&path) }.unwrap(),
+    ));
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: `aclfakeCallCount` is `uint64_t (*)(const char *)`.
+    unsafe {
+        let f: libloading::Symbol<'_, unsafe extern "C" fn(*const std::ffi::c_char) -> u64> =
+            lib.get(b"aclfakeCallCount").unwrap();
+        f(name.as_ptr())
+    }
+}
+
 /// The ACL backend over the fake, with the host kernels library standing in for the CANN build
 /// of the Ascend C kernels and the fake for the ACLNN and HCCL libraries: the whole NPU path of
 /// a decode step.
