@@ -34,22 +34,43 @@ fn cores(tasks: usize) -> u32 {
 
 /// Prints one row: the estimate of the launch just run against moving `bytes` through HBM.
 fn report(name: &str, bytes: u64) {
+    report_launches(
+        name,
+        &[cost::last_launch_traced()],
+        cost::Figures::ASCEND_910B.roofline(bytes),
+    );
+}
+
+/// Prints one row for `launches` run one after another, against `roof` seconds: the timeline
+/// estimate (every core's instruction stream replayed), the perfect-overlap bound beside it.
+fn report_launches(name: &str, launches: &[cost::Launch], roof: f64) {
     let f = cost::Figures::ASCEND_910B;
-    let launch = cost::last_launch();
-    let e = f.estimate(&launch);
-    let roof = f.roofline(bytes);
-    let t = cost::total(&launch);
+    let (mut seconds, mut ideal) = (0.0, 0.0);
+    let mut worst: Option<cost::Estimate> = None;
+    let mut t = cost::CoreCost::default();
+    for l in launches {
+        let e = f.estimate_launch(l);
+        seconds += e.seconds;
+        ideal += f.estimate(&l.cores).seconds;
+        if worst.is_none_or(|w| e.seconds > w.seconds) {
+            worst = Some(e);
+        }
+        t = cost::total(&[t, cost::total(&l.cores)]);
+    }
+    let e = worst.expect("a launch");
     let s = e.slowest_core;
     println!(
-        "{name:<26} {:>10.1} {:>10.1} {:>7.2}x  {:<14} mte2 {:>8.1} vec {:>8.1} scalar {:>8.1}  \
-         ({} vector instrs, {} flag waits, {} GM scalar reads)",
-        e.seconds * 1e6,
+        "{name:<26} {:>9.1} {:>9.1} {:>9.1} {:>7.2}x  {:<14} mte2 {:>7.1} vec {:>7.1} scalar {:>7.1}  \
+         ({} launches, {} vector instrs, {} flag waits, {} GM scalar reads)",
+        seconds * 1e6,
+        ideal * 1e6,
         roof * 1e6,
-        e.seconds / roof,
+        seconds / roof,
         e.bound.to_string(),
         s.mte2 * 1e6,
         s.vector * 1e6,
         s.scalar * 1e6,
+        launches.len(),
         t.vec_instrs,
         t.flag_waits,
         t.scalar_gm,
@@ -231,8 +252,8 @@ fn main() {
         f.hbm_bytes_per_s / 1e12
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>8}  {:<14} slowest core's pipes, µs",
-        "kernel", "estimate", "roofline", "ratio", "bound"
+        "{:<26} {:>9} {:>9} {:>9} {:>8}  {:<14} slowest core's busy pipes, µs",
+        "kernel", "estimate", "overlap", "roofline", "ratio", "bound"
     );
     let mut rng = Rng(0xc057);
     attention(&mut rng);

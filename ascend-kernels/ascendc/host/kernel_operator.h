@@ -311,6 +311,29 @@ struct CoreCost {
     uint64_t queue_ops;     // EnQue / DeQue
 };
 
+// One event of a core's instruction stream, in the order the scalar unit issues it, for the
+// cost model's timeline (ascend_kernels::ascendc::cost::simulate). Mirrored in Rust.
+//   - an op on a pipe: MTE2/MTE3 (a = bytes, b = contiguous GM runs), V (a = 256-byte repeats,
+//     b = instructions), S (a = UB accesses, b = GM accesses);
+//   - a flag set by pipe `pipe` for pipe `other` (SetFlag, EnQue / FreeTensor hand-offs, a
+//     library call's own handshake), and the matching wait, which holds pipe `pipe` until the
+//     set has happened (for S: the scalar unit stops issuing);
+//   - PipeBarrier<PIPE_ALL>: every pipe drains.
+struct TraceEvent {
+    uint8_t kind;   // TRACE_OP, TRACE_SET, TRACE_WAIT, TRACE_BARRIER
+    uint8_t pipe;   // op: its pipe; set: the setting pipe; wait: the waiting pipe
+    uint8_t other;  // set: the pipe it signals; wait: the pipe it waits for
+    uint8_t pad;
+    uint32_t id;    // set/wait: which flag (sets and waits of one (pipe, other, id) pair in order)
+    uint64_t a;
+    uint64_t b;
+};
+enum : uint8_t { TRACE_OP = 0, TRACE_SET = 1, TRACE_WAIT = 2, TRACE_BARRIER = 3 };
+// The most events kept per core; a longer run is costed by its totals alone.
+constexpr size_t TRACE_CAP = size_t(1) << 22;
+// Flag ids the library's own handshakes use (ReduceSum / ReduceMax): apart from kernel ids.
+constexpr uint32_t TRACE_LIBRARY_ID = 0xFFFF0000u;
+
 struct CoreState {
     int64_t block_idx = 0;
     int64_t block_num = 1;
@@ -324,6 +347,8 @@ struct CoreState {
     // Set at SetFlag, consumed at WaitFlag: the pipe model's sequence number at each SetFlag.
     std::map<std::pair<int, int>, std::deque<uint64_t>> flag_marks;
     CoreCost cost{};
+    std::vector<TraceEvent> trace;
+    bool trace_truncated = false;
 };
 
 
@@ -332,10 +357,48 @@ inline CoreState& core() {
     return state;
 }
 
-// The per-core costs of the last launch on this thread.
+// The per-core costs and traces of the last launch on this thread.
 inline std::vector<CoreCost>& last_costs() {
     static thread_local std::vector<CoreCost> costs;
     return costs;
+}
+inline std::vector<std::vector<TraceEvent>>& last_traces() {
+    static thread_local std::vector<std::vector<TraceEvent>> traces;
+    return traces;
+}
+inline std::vector<uint8_t>& last_truncated() {
+    static thread_local std::vector<uint8_t> truncated;
+    return truncated;
+}
+
+inline void trace_push(const TraceEvent& e) {
+    CoreState& c = core();
+    if (c.trace.size() >= TRACE_CAP) {
+        c.trace_truncated = true;
+        return;
+    }
+    c.trace.push_back(e);
+}
+inline void trace_op(int pipe, uint64_t a, uint64_t b) {
+    CoreState& c = core();
+    // Scalar accesses in a row are one op (they are issued back to back anyway).
+    if (pipe == PIPE_ID_S && !c.trace.empty() && c.trace.back().kind == TRACE_OP && c.trace.back().pipe == PIPE_ID_S) {
+        c.trace.back().a += a;
+        c.trace.back().b += b;
+        return;
+    }
+    trace_push({TRACE_OP, static_cast<uint8_t>(pipe), 0, 0, 0, a, b});
+}
+inline void trace_set(int from, int to, uint32_t id) {
+    trace_push({TRACE_SET, static_cast<uint8_t>(from), static_cast<uint8_t>(to), 0, id, 0, 0});
+}
+inline void trace_wait(int from, int to, uint32_t id) {
+    trace_push({TRACE_WAIT, static_cast<uint8_t>(to), static_cast<uint8_t>(from), 0, id, 0, 0});
+}
+// A handshake pipe `from` -> pipe `to` as one pair (what a library call does internally).
+inline void trace_handshake(int from, int to, uint32_t id) {
+    trace_set(from, to, id);
+    trace_wait(from, to, id);
 }
 
 // One DataCopy on MTE2 or MTE3: its bytes, and its contiguous GM runs (abutting bursts are one).
@@ -344,12 +407,26 @@ inline void count_copy(int pipe, uint64_t bytes, uint64_t bursts) {
     (pipe == PIPE_ID_MTE2 ? c.mte2_bytes : c.mte3_bytes) += bytes;
     (pipe == PIPE_ID_MTE2 ? c.mte2_copies : c.mte3_copies) += 1;
     (pipe == PIPE_ID_MTE2 ? c.mte2_bursts : c.mte3_bursts) += bursts;
+    trace_op(pipe, bytes, bursts);
+}
+
+// Vector instructions of `repeats` 256-byte repeats in all.
+inline void count_vector_repeats(uint64_t repeats, uint64_t instrs = 1) {
+    core().cost.vec_instrs += instrs;
+    core().cost.vec_repeats += repeats;
+    trace_op(PIPE_ID_V, repeats, instrs);
 }
 
 // One vector instruction over `bytes` (count form: ceil(bytes / 256) repeats, at least one).
 inline void count_vector(uint64_t bytes, uint64_t instrs = 1) {
-    core().cost.vec_instrs += instrs;
-    core().cost.vec_repeats += std::max<uint64_t>(1, (bytes + ONE_REPEAT_BYTE_SIZE - 1) / ONE_REPEAT_BYTE_SIZE);
+    count_vector_repeats(std::max<uint64_t>(1, (bytes + ONE_REPEAT_BYTE_SIZE - 1) / ONE_REPEAT_BYTE_SIZE), instrs);
+}
+
+// Scalar accesses to the UB and to global memory.
+inline void count_scalar(uint64_t ub, uint64_t gm) {
+    core().cost.scalar_ub += ub;
+    core().cost.scalar_gm += gm;
+    trace_op(PIPE_ID_S, ub, gm);
 }
 
 inline int64_t GetBlockIdx() { return core().block_idx; }
@@ -397,7 +474,7 @@ public:
     T GetValue(uint32_t i) const {
         if (i >= size_) fail("GetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
         scalar_access(PipeModel::READ, "GetValue", i);
-        core().cost.scalar_ub++;
+        count_scalar(1, 0);
         T v;
         std::memcpy(&v, ptr() + i, sizeof(T));
         return v;
@@ -406,7 +483,7 @@ public:
     void SetValue(uint32_t i, S v) const {
         if (i >= size_) fail("SetValue(" + std::to_string(i) + ") past " + std::to_string(size_) + " elements");
         scalar_access(PipeModel::WRITE, "SetValue", i);
-        core().cost.scalar_ub++;
+        count_scalar(1, 0);
         T t = static_cast<T>(v);
         std::memcpy(ptr() + i, &t, sizeof(T));
     }
@@ -498,12 +575,12 @@ public:
     uint64_t GetSize() const { return size_; }
     T GetValue(uint64_t i) const {
         in_range("GetValue", i, 1);
-        core().cost.scalar_gm++;
+        count_scalar(0, 1);
         return ptr_[i];
     }
     void SetValue(uint64_t i, T v) {
         in_range("SetValue", i, 1);
-        core().cost.scalar_gm++;
+        count_scalar(0, 1);
         ptr_[i] = v;
     }
     GlobalTensor operator[](uint64_t off) const {
@@ -548,8 +625,10 @@ public:
                 b.allocated = true;
                 b.generation++;
                 // The buffer's previous consumer is done with it before the producer refills it.
-                if (b.freed_once)
+                if (b.freed_once) {
                     core().pipes.order_buffer(kConsumer, kProducer, b.offset, b.offset + b.len, b.freed_at);
+                    trace_wait(kConsumer, kProducer, b.offset);
+                }
                 return LocalTensor<T>(&b, b.generation, b.offset, static_cast<uint32_t>(b.len / sizeof(T)));
             }
         }
@@ -563,6 +642,7 @@ public:
         b->generation++;
         b->freed_once = true;
         b->freed_at = core().pipes.now();
+        trace_set(kConsumer, kProducer, b->offset);
     }
     template <typename T>
     bool EnQue(const LocalTensor<T>& t) {
@@ -571,6 +651,7 @@ public:
             fail("EnQue: the queue already holds " + std::to_string(fifo_.size()) + " tensors, its depth is " + std::to_string(depth));
         fifo_.push_back({t.buffer(), t.offset_bytes(), t.GetLength(), core().pipes.now()});
         core().cost.queue_ops++;
+        trace_set(kProducer, kConsumer, t.buffer()->offset);
         return true;
     }
     template <typename T>
@@ -582,6 +663,7 @@ public:
         if (!e.buf->allocated) fail("DeQue: the enqueued tensor was freed before it was dequeued");
         // What the producer did to the buffer before EnQue is visible to the consumer now.
         core().pipes.order_buffer(kProducer, kConsumer, e.buf->offset, e.buf->offset + e.buf->len, e.enqueued_at);
+        trace_wait(kProducer, kConsumer, e.buf->offset);
         return LocalTensor<T>(e.buf, e.buf->generation, e.offset, static_cast<uint32_t>(e.len / sizeof(T)));
     }
     bool HasTensorInQue() const { return !fifo_.empty(); }
@@ -697,6 +779,8 @@ inline void SetFlag(int32_t id) {
     static_assert(e != HardEvent::MAX, "HardEvent::MAX is not an event");
     core().flags[{static_cast<int>(e), id}]++;
     core().flag_marks[{static_cast<int>(e), id}].push_back(core().pipes.now());
+    const auto pipes = event_pipes(e);
+    trace_set(pipes.first, pipes.second, static_cast<uint32_t>(id) & 0xFFFFu);
 }
 template <HardEvent e>
 inline void WaitFlag(int32_t id) {
@@ -710,11 +794,15 @@ inline void WaitFlag(int32_t id) {
     marks.pop_front();
     const auto pipes = event_pipes(e);
     core().pipes.order(pipes.first, pipes.second, upto);
+    trace_wait(pipes.first, pipes.second, static_cast<uint32_t>(id) & 0xFFFFu);
 }
 template <pipe_t p>
 inline void PipeBarrier() {
     static_assert(p != PIPE_S, "PipeBarrier<PIPE_S> is a hardware error");
-    if (p == PIPE_ALL) core().pipes.order_all();
+    if (p == PIPE_ALL) {
+        core().pipes.order_all();
+        trace_push({TRACE_BARRIER, 0, 0, 0, 0, 0, 0});
+    }
 }
 [[noreturn]] inline void SyncAll() { fail("SyncAll: cores run one after another in the host implementation; kernels must not wait for each other"); }
 
@@ -974,8 +1062,7 @@ inline void level0_binary(const char* op, bool accumulating_allowed, const Local
     src0.vector_reads(op, (a.second - a.first) / sizeof(T));
     src1.vector_reads(op, (b.second - b.first) / sizeof(T));
     core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
-    core().cost.vec_instrs++;
-    core().cost.vec_repeats += repeatTimes;
+    count_vector_repeats(repeatTimes);
     T* dp = dst.ptr();
     const T* ap = src0.ptr();
     const T* bp = src1.ptr();
@@ -1034,8 +1121,7 @@ inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src,
     if (spans_overlap(sspan, dspan)) fail(std::string(op) + ": dst overlaps src");
     src.vector_reads(op, (sspan.second - sspan.first) / sizeof(T));
     core().pipes.access(PIPE_ID_V, PipeModel::WRITE, dspan.first, dspan.second, op, op);
-    core().cost.vec_instrs++;
-    core().cost.vec_repeats += repeatTimes;
+    count_vector_repeats(repeatTimes);
     const int32_t lanes = ONE_REPEAT_BYTE_SIZE / sizeof(T);
     std::vector<float> lane(lanes);
     for (int32_t r = 0; r < repeatTimes; r++) {
@@ -1066,8 +1152,7 @@ inline void Brcb(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const ui
     if (spans_overlap(d, s)) fail(std::string(op) + ": src0 and dst share memory (not supported)");
     src0.vector_reads(op, repeatTimes * 8u);
     core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
-    core().cost.vec_instrs++;
-    core().cost.vec_repeats += repeatTimes;
+    count_vector_repeats(repeatTimes);
     for (uint32_t r = 0; r < repeatTimes; r++)
         for (uint32_t i = 0; i < 8; i++) {
             const T v = src0.ptr()[r * 8 + i];
@@ -1176,7 +1261,10 @@ inline void reduce_handshake(const char* op, const LocalTensor<T>& dst) {
     m.order(PIPE_ID_S, PIPE_ID_V, m.now());
     m.order(PIPE_ID_S, PIPE_ID_MTE3, m.now());
     core().cost.flag_waits += 3;  // V_S, S_V, S_MTE3
-    core().cost.scalar_ub += 1;   // the scalar store of the result
+    trace_handshake(PIPE_ID_V, PIPE_ID_S, TRACE_LIBRARY_ID);
+    count_scalar(1, 0);  // the scalar store of the result
+    trace_handshake(PIPE_ID_S, PIPE_ID_V, TRACE_LIBRARY_ID);
+    trace_handshake(PIPE_ID_S, PIPE_ID_MTE3, TRACE_LIBRARY_ID);
 }
 
 // Sums: each 256-byte repeat as a binary tree, then the repeats in order (the A2 count form).
@@ -1221,7 +1309,10 @@ inline void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, cons
         if (count > static_cast<int32_t>(per_repeat) && count % per_repeat != 0) {
             count_vector(ONE_REPEAT_BYTE_SIZE, 2);
             core().cost.flag_waits += 3;
-            core().cost.scalar_ub += 4;
+            trace_handshake(PIPE_ID_V, PIPE_ID_S, TRACE_LIBRARY_ID);
+            count_scalar(4, 0);
+            trace_handshake(PIPE_ID_S, PIPE_ID_V, TRACE_LIBRARY_ID);
+            trace_handshake(PIPE_ID_S, PIPE_ID_MTE3, TRACE_LIBRARY_ID);
         }
     }
     float m = -INFINITY;
@@ -1258,6 +1349,8 @@ inline void reset_core(int64_t idx, int64_t num) {
     call_site() = {};
     c.flag_marks.clear();
     c.cost = CoreCost{};
+    c.trace.clear();
+    c.trace_truncated = false;
 }
 
 inline void check_core_exit() {
@@ -1272,15 +1365,20 @@ inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t er
     try {
         if (block_dim == 0 || block_dim > 65535) fail("blockDim must be 1..65535");
         last_costs().assign(block_dim, CoreCost{});
+        last_traces().assign(block_dim, {});
+        last_truncated().assign(block_dim, 0);
         for (uint32_t b = 0; b < block_dim; b++) {
             reset_core(b, block_dim);
             body();
             check_core_exit();
             last_costs()[b] = core().cost;
+            last_traces()[b].swap(core().trace);
+            last_truncated()[b] = core().trace_truncated;
         }
         return 0;
     } catch (const std::exception& e) {
         last_costs().clear();
+        last_traces().clear();
         std::string msg = std::string(name) + " (core " + std::to_string(core().block_idx) + "): " + e.what();
         if (call_site().file) msg += " [at " + describe(call_site()) + "]";
         if (err && err_len) {
@@ -1290,6 +1388,7 @@ inline int32_t launch(const char* name, uint32_t block_dim, char* err, size_t er
         return 1;
     } catch (...) {
         last_costs().clear();
+        last_traces().clear();
         // Nothing may unwind into the Rust caller.
         if (err && err_len) {
             std::strncpy(err, name, err_len - 1);

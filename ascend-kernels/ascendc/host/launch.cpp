@@ -253,3 +253,14 @@ extern "C" size_t ascendc_host_last_costs(AscendC::CoreCost* out, size_t cap) {
     for (size_t i = 0; i < costs.size() && i < cap; i++) out[i] = costs[i];
     return costs.size();
 }
+
+// The instruction stream core `core` of the last launch issued (see AscendC::TraceEvent): its
+// length, copying at most `cap` events; `truncated` says whether it hit AscendC::TRACE_CAP.
+extern "C" size_t ascendc_host_last_trace(size_t core, AscendC::TraceEvent* out, size_t cap, int* truncated) {
+    const auto& traces = AscendC::last_traces();
+    if (core >= traces.size()) return 0;
+    const auto& t = traces[core];
+    for (size_t i = 0; i < t.size() && i < cap; i++) out[i] = t[i];
+    if (truncated) *truncated = AscendC::last_truncated().size() > core && AscendC::last_truncated()[core];
+    return t.size();
+}

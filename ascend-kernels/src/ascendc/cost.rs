@@ -61,9 +61,83 @@ pub struct CoreCost {
 
 const _: () = assert!(std::mem::size_of::<CoreCost>() == 12 * 8);
 
+/// One event of a core's instruction stream, in the order its scalar unit issued it (mirrors
+/// `AscendC::TraceEvent`): an op on a pipe, a flag set by one pipe for another, the wait for it,
+/// or a barrier. [`Figures::simulate`] replays them on a timeline.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// 0 op, 1 set, 2 wait, 3 barrier (`PipeBarrier<PIPE_ALL>`).
+    pub kind: u8,
+    /// Op: its pipe; set: the pipe that sets; wait: the pipe that waits. 0 S, 1 V, 2 MTE2,
+    /// 3 MTE3.
+    pub pipe: u8,
+    /// Set: the pipe signalled; wait: the pipe waited for.
+    pub other: u8,
+    /// Zero.
+    pub pad: u8,
+    /// Which flag (a queue buffer's offset, a `SetFlag` id, or the library's own).
+    pub id: u32,
+    /// Op: MTE bytes, V repeats, or S accesses to the UB.
+    pub a: u64,
+    /// Op: MTE contiguous runs, V instructions, or S accesses to global memory.
+    pub b: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<TraceEvent>() == 24);
+
+/// A core's instruction stream, whole or cut at the host implementation's cap (a cut stream is
+/// costed from its totals).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// The events, in issue order.
+    pub events: Vec<TraceEvent>,
+    /// Whether the stream was longer than the host implementation keeps.
+    pub truncated: bool,
+}
+
+/// One launch: per core, its totals and its instruction stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Launch {
+    /// Per-core totals.
+    pub cores: Vec<CoreCost>,
+    /// Per-core instruction streams (as many as `cores`).
+    pub traces: Vec<Trace>,
+}
+
 #[cfg(feature = "host-kernels")]
 extern "C" {
     fn ascendc_host_last_costs(out: *mut CoreCost, cap: usize) -> usize;
+    fn ascendc_host_last_trace(
+        core: usize,
+        out: *mut TraceEvent,
+        cap: usize,
+        truncated: *mut i32,
+    ) -> usize;
+}
+
+/// The last host-implementation launch on this thread, with every core's instruction stream
+/// (empty if it failed, as [`last_launch`]).
+#[cfg(feature = "host-kernels")]
+pub fn last_launch_traced() -> Launch {
+    let cores = last_launch();
+    let traces = (0..cores.len())
+        .map(|core| {
+            let mut truncated = 0i32;
+            // SAFETY: a null pointer with capacity 0 only asks for the length.
+            let n = unsafe {
+                ascendc_host_last_trace(core, std::ptr::null_mut(), 0, std::ptr::null_mut())
+            };
+            let mut events = vec![TraceEvent::default(); n];
+            // SAFETY: `events` holds `n` entries of the C layout (size asserted above).
+            unsafe { ascendc_host_last_trace(core, events.as_mut_ptr(), n, &mut truncated) };
+            Trace {
+                events,
+                truncated: truncated != 0,
+            }
+        })
+        .collect();
+    Launch { cores, traces }
 }
 
 /// The per-core costs of the last host-implementation launch on this thread (empty if it failed
@@ -136,6 +210,9 @@ pub struct Figures {
     /// An `EnQue` or `DeQue` (a flag set or wait between pipes that double buffering usually
     /// hides). **Assumption**: 4 cycles.
     pub queue_op_cycles: f64,
+    /// What the scalar unit spends issuing one instruction to another pipe (a copy, a vector
+    /// instruction, a flag) in the timeline. **Assumption**: 1 cycle.
+    pub issue_cycles: f64,
 }
 
 impl Figures {
@@ -153,6 +230,7 @@ impl Figures {
         scalar_gm_cycles: 100.0,
         flag_wait_cycles: 30.0,
         queue_op_cycles: 4.0,
+        issue_cycles: 1.0,
     };
 
     /// The time to move `bytes` through HBM at full bandwidth: the roofline of a kernel that
@@ -184,10 +262,152 @@ impl Figures {
         }
     }
 
-    /// Estimates a launch from its per-core costs. A core's time is the longest of its MTE2
-    /// stream, its MTE3 stream and its compute (vector plus scalar work, which the in-order
-    /// scalar unit issues one after another); the MTE pipes overlap compute (the kernels double
-    /// buffer). Cores beyond [`vector_cores`](Self::vector_cores) run in later waves; the whole
+    /// Replays one core's instruction stream on a timeline: the scalar unit issues every event
+    /// in order; each pipe runs its ops in order, an op starting once it is issued and its pipe
+    /// is free; a flag is set when its pipe has finished everything issued to it before; a wait
+    /// holds its pipe until that set (a wait on the scalar unit, such as the V_S of a
+    /// `ReduceMax` or a `GetValue` after vector work, stops all issuing: the scalar stall that
+    /// keeps the next chunk's load from starting under the current chunk's compute). Copies
+    /// move at most `mte_share` bytes per cycle: this core's share of the HBM when `cores`
+    /// stream at once.
+    pub fn simulate(&self, trace: &[TraceEvent], mte_share: f64) -> Timeline {
+        const S: usize = 0;
+        let mut issue = 0.0f64;
+        let mut free = [0.0f64; 4];
+        let mut busy = [0.0f64; 4];
+        let mut stalled = 0.0f64;
+        let mut flags: std::collections::HashMap<(u8, u8, u32), std::collections::VecDeque<f64>> =
+            std::collections::HashMap::new();
+        let mte = self
+            .mte_bytes_per_cycle
+            .min(mte_share)
+            .max(f64::MIN_POSITIVE);
+        for e in trace {
+            let pipe = (e.pipe as usize).min(3);
+            match e.kind {
+                0 => {
+                    let cycles = match pipe {
+                        S => {
+                            e.a as f64 * self.scalar_ub_cycles + e.b as f64 * self.scalar_gm_cycles
+                        }
+                        1 => {
+                            e.a as f64 * self.repeat_cycles + e.b as f64 * self.vector_issue_cycles
+                        }
+                        _ => {
+                            e.a as f64 / mte
+                                + self.copy_setup_cycles
+                                + e.b.saturating_sub(1) as f64 * self.burst_cycles
+                        }
+                    };
+                    if pipe == S {
+                        issue += cycles;
+                        busy[S] += cycles;
+                    } else {
+                        let start = issue.max(free[pipe]);
+                        free[pipe] = start + cycles;
+                        busy[pipe] += cycles;
+                        issue += self.issue_cycles;
+                    }
+                }
+                1 => {
+                    let at = if pipe == S {
+                        issue
+                    } else {
+                        issue.max(free[pipe])
+                    };
+                    flags
+                        .entry((e.pipe, e.other, e.id))
+                        .or_default()
+                        .push_back(at);
+                    if pipe != S {
+                        issue += self.issue_cycles;
+                    }
+                }
+                2 => {
+                    let at = flags
+                        .get_mut(&(e.other, e.pipe, e.id))
+                        .and_then(|q| q.pop_front())
+                        .unwrap_or(0.0);
+                    if pipe == S {
+                        if at > issue {
+                            stalled += at - issue;
+                            issue = at;
+                        }
+                    } else {
+                        free[pipe] = free[pipe].max(at);
+                        issue += self.issue_cycles;
+                    }
+                }
+                _ => {
+                    let all = free.iter().copied().fold(issue, f64::max);
+                    stalled += all - issue;
+                    issue = all;
+                    free = [all; 4];
+                }
+            }
+        }
+        let end = free.iter().copied().fold(issue, f64::max);
+        let s = 1.0 / self.clock_hz;
+        Timeline {
+            seconds: end * s,
+            scalar_stalled: stalled * s,
+            busy: PipeTimes {
+                scalar: busy[S] * s,
+                vector: busy[1] * s,
+                mte2: busy[2] * s,
+                mte3: busy[3] * s,
+            },
+        }
+    }
+
+    /// Estimates a launch from every core's instruction stream ([`simulate`](Self::simulate)),
+    /// with each core's copies at its share of the HBM when all the cores of a wave stream;
+    /// cores beyond [`vector_cores`](Self::vector_cores) run in later waves, and the launch goes
+    /// no faster than its bytes through HBM. A core whose stream was cut is costed as
+    /// [`estimate`](Self::estimate) costs it (perfect overlap).
+    pub fn estimate_launch(&self, launch: &Launch) -> Estimate {
+        let n = launch.cores.len();
+        let wave = n.min(self.vector_cores.max(1) as usize).max(1);
+        let share = self.hbm_bytes_per_s / self.clock_hz / wave as f64;
+        let waves = n.div_ceil(self.vector_cores.max(1) as usize).max(1);
+        let mut slowest = (0.0f64, PipeTimes::default(), 0.0f64);
+        for (i, c) in launch.cores.iter().enumerate() {
+            let (time, pipes, stalled) = match launch.traces.get(i) {
+                Some(t) if !t.truncated => {
+                    let tl = self.simulate(&t.events, share);
+                    (tl.seconds, tl.busy, tl.scalar_stalled)
+                }
+                _ => {
+                    let p = self.core(c);
+                    (p.longest(), p, 0.0)
+                }
+            };
+            if time > slowest.0 {
+                slowest = (time, pipes, stalled);
+            }
+        }
+        let t = total(&launch.cores);
+        let hbm = self.roofline(t.mte2_bytes.saturating_add(t.mte3_bytes));
+        let cores_time = slowest.0 * waves as f64;
+        let (seconds, bound) = if hbm >= cores_time {
+            (hbm, Bound::Hbm)
+        } else if slowest.2 > 0.25 * slowest.0 {
+            (cores_time, Bound::Scalar)
+        } else {
+            (cores_time, slowest.1.bound())
+        };
+        Estimate {
+            seconds,
+            bound,
+            slowest_core: slowest.1,
+            hbm_seconds: hbm,
+        }
+    }
+
+    /// Estimates a launch from its per-core costs alone, assuming perfect overlap: a core's time
+    /// is the longest of its MTE2 stream, its MTE3 stream and its compute (vector plus scalar
+    /// work). A lower bound: [`estimate_launch`](Self::estimate_launch) replays the order the
+    /// pipes actually wait on each other in. Cores beyond [`vector_cores`](Self::vector_cores) run in later waves; the whole
     /// launch can go no faster than its bytes through HBM.
     pub fn estimate(&self, cores: &[CoreCost]) -> Estimate {
         let per_core: Vec<PipeTimes> = cores.iter().map(|c| self.core(c)).collect();
@@ -215,6 +435,17 @@ impl Figures {
             hbm_seconds: hbm,
         }
     }
+}
+
+/// One core's replayed instruction stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timeline {
+    /// When its last pipe finished.
+    pub seconds: f64,
+    /// What each pipe was busy for.
+    pub busy: PipeTimes,
+    /// How long the scalar unit waited on other pipes (nothing was issued meanwhile).
+    pub scalar_stalled: f64,
 }
 
 /// One core's time per pipe, in seconds.
@@ -367,6 +598,78 @@ mod tests {
         assert_eq!(one.bound, Bound::Scalar);
         let two = f.estimate(&[scalar; 96]);
         assert!((two.seconds - 2.0 * one.seconds).abs() < 1e-12);
+    }
+
+    fn op(pipe: u8, a: u64, b: u64) -> TraceEvent {
+        TraceEvent {
+            kind: 0,
+            pipe,
+            a,
+            b,
+            ..TraceEvent::default()
+        }
+    }
+    fn flag(kind: u8, from: u8, to: u8, id: u32) -> TraceEvent {
+        // A set is recorded on the setting pipe, a wait on the waiting one.
+        let (pipe, other) = if kind == 1 { (from, to) } else { (to, from) };
+        TraceEvent {
+            kind,
+            pipe,
+            other,
+            id,
+            ..TraceEvent::default()
+        }
+    }
+
+    #[test]
+    fn the_timeline_charges_the_scalar_stall_that_serialises_loads_and_compute() {
+        let f = Figures::ASCEND_910B;
+        // Four chunks of 16 KiB, each with 256 vector repeats. Serialised: the next load is
+        // issued only after a V_S wait on the current chunk's compute (a scalar read of its
+        // result). Prefetched: the next load is issued before the current chunk's compute, and
+        // nothing waits on the scalar unit.
+        let (mte, v) = (2u8, 1u8);
+        let load = |id| [op(mte, 16384, 1), flag(1, mte, v, id)];
+        let compute = |id| [flag(2, mte, v, id), op(v, 256, 4)];
+        let mut serial = Vec::new();
+        for c in 0..4 {
+            serial.extend(load(c));
+            serial.extend(compute(c));
+            serial.extend([flag(1, v, 0, 99), flag(2, v, 0, 99), op(0, 1, 0)]);
+        }
+        let mut prefetched: Vec<TraceEvent> = load(0).to_vec();
+        for c in 0..4 {
+            if c < 3 {
+                prefetched.extend(load(c + 1));
+            }
+            prefetched.extend(compute(c));
+        }
+        let (a, b) = (f.simulate(&serial, 64.0), f.simulate(&prefetched, 64.0));
+        let load_cycles = 16384.0 / 64.0 + f.copy_setup_cycles;
+        let compute_cycles = 256.0 + 4.0 * f.vector_issue_cycles;
+        let s = 1.0 / f.clock_hz;
+        // Serialised: every load and every compute back to back, plus the scalar read.
+        let want = 4.0 * (load_cycles + compute_cycles + f.scalar_ub_cycles);
+        assert!(
+            a.seconds >= want * s * 0.99,
+            "{} vs {}",
+            a.seconds / s,
+            want
+        );
+        assert!(a.scalar_stalled > 0.0);
+        // Prefetched: the loads hide under compute (or the other way round), bar the first.
+        let overlapped = load_cycles + 4.0 * compute_cycles.max(load_cycles);
+        assert!(
+            b.seconds <= overlapped * s * 1.05,
+            "{} vs {}",
+            b.seconds / s,
+            overlapped
+        );
+        assert!(b.seconds < 0.8 * a.seconds);
+        // The same busy time either way: only the order differs.
+        assert!((a.busy.mte2 - b.busy.mte2).abs() < 1e-12);
+        // A core's share of the HBM slows its copies.
+        assert!(f.simulate(&prefetched, 16.0).seconds > b.seconds);
     }
 
     #[test]
