@@ -179,6 +179,32 @@ fn level_0_forms_follow_the_repeat_rules() {
         ),
     )
     .unwrap();
+    // What the attention kernel relies on: WholeReduceMax per repeat (value only), the bit-mask
+    // Duplicate (lanes 3.. of one repeat), and MulAddDst of half sources into a float dst.
+    run(
+        "reduce-max",
+        &format!(
+            "{setup}SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0);\n\
+             x.SetValue(5, 9.0f); x.SetValue(64 + 63, -3.0f); SetFlag<HardEvent::S_V>(EVENT_ID0); WaitFlag<HardEvent::S_V>(EVENT_ID0);\n\
+             WholeReduceMax(z, x, 64, 2, 1, 1, 8, ReduceOrder::ORDER_ONLY_VALUE);\n\
+             uint64_t bits[2] = {{~0ULL << 3, 0}}; Duplicate(y, -7.0f, bits, 1, 1, 8);\n\
+             SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0);\n\
+             if (z.GetValue(0) != 9.0f || z.GetValue(1) != 1.0f) fail(\"reduced wrongly\");\n\
+             if (y.GetValue(2) != 2.0f || y.GetValue(3) != -7.0f || y.GetValue(63) != -7.0f || y.GetValue(64) != 2.0f) fail(\"masked wrongly\");"
+        ),
+    )
+    .unwrap();
+    run(
+        "mixed-mul-add",
+        &format!(
+            "{setup}TBuf<TPosition::VECCALC> h; pipe.InitBuffer(h, 1024); LocalTensor<half> hx = h.Get<half>();\n\
+             Duplicate(hx, static_cast<half>(1.5f), 128); Duplicate(hx[128], static_cast<half>(-2.0f), 128);\n\
+             MulAddDst(y, hx, hx[128], 64, 2, BinaryRepeatParams(1, 1, 1, 8, 4, 4));\n\
+             SetFlag<HardEvent::V_S>(EVENT_ID0); WaitFlag<HardEvent::V_S>(EVENT_ID0);\n\
+             if (y.GetValue(0) != -1.0f || y.GetValue(127) != -1.0f || y.GetValue(128) != 2.0f) fail(\"multiplied wrongly\");"
+        ),
+    )
+    .unwrap();
     let cases = [
         (
             "mask",
@@ -188,7 +214,7 @@ fn level_0_forms_follow_the_repeat_rules() {
         (
             "feed",
             "MulAddDst(x[8], x, y, 64, 2, BinaryRepeatParams());",
-            "MulAddDst: dst and src0 overlap without coinciding",
+            "MulAddDst: dst overlaps src0",
         ),
         (
             "past",

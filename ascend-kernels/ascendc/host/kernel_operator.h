@@ -29,6 +29,7 @@
 
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -138,6 +139,8 @@ enum class TPosition : uint8_t { GM, VECIN, VECOUT, VECCALC, MAX };
 using QuePosition = TPosition;
 
 enum class RoundMode { CAST_NONE = 0, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROUND, CAST_TRUNC, CAST_ODD };
+// As basic_api/impl/utils/kernel_utils_mode.h declares it.
+enum class ReduceOrder : uint8_t { ORDER_VALUE_INDEX = 0, ORDER_INDEX_VALUE, ORDER_ONLY_VALUE, ORDER_ONLY_INDEX };
 
 enum class HardEvent : uint8_t { MTE2_V, V_MTE2, MTE3_V, V_MTE3, MTE2_MTE3, MTE3_MTE2, S_V, V_S, S_MTE2, MTE2_S, S_MTE3, MTE3_S, MAX };
 enum pipe_t { PIPE_S, PIPE_V, PIPE_MTE2, PIPE_MTE3, PIPE_ALL };
@@ -1032,6 +1035,21 @@ inline bool spans_overlap(std::pair<uint32_t, uint32_t> a, std::pair<uint32_t, u
     return a.first < b.second && b.first < a.second;
 }
 
+// Checks a binary instruction's three operands (each repeat inside its tensor) and returns the
+// byte spans of dst, src0 and src1.
+template <typename T, typename U>
+inline std::array<std::pair<uint32_t, uint32_t>, 3> level0_binary_operands(const char* op, const LocalTensor<T>& dst,
+                                                                           const LocalTensor<U>& src0,
+                                                                           const LocalTensor<U>& src1, uint64_t mask,
+                                                                           uint8_t repeatTimes, const BinaryRepeatParams& p) {
+    level0_operand(op, "dst", dst, mask, repeatTimes, p.dstBlkStride, p.dstRepStride);
+    level0_operand(op, "src0", src0, mask, repeatTimes, p.src0BlkStride, p.src0RepStride);
+    level0_operand(op, "src1", src1, mask, repeatTimes, p.src1BlkStride, p.src1RepStride);
+    return {level0_span(dst, mask, repeatTimes, p.dstBlkStride, p.dstRepStride),
+            level0_span(src0, mask, repeatTimes, p.src0BlkStride, p.src0RepStride),
+            level0_span(src1, mask, repeatTimes, p.src1BlkStride, p.src1RepStride)};
+}
+
 // A level-0 binary instruction: dst = f(src0, src1, dst) per selected element, repeat after
 // repeat (so a repeat sees what earlier repeats wrote, as the hardware does in the one case
 // where that is allowed). Overlap rule (general constraints): within a repeat an operand and
@@ -1043,12 +1061,8 @@ inline void level0_binary(const char* op, bool accumulating_allowed, const Local
                           const LocalTensor<T>& src1, uint64_t mask, uint8_t repeatTimes, const BinaryRepeatParams& p, F f) {
     level0_mask<T>(op, mask, repeatTimes);
     if (repeatTimes == 0) return;
-    level0_operand(op, "dst", dst, mask, repeatTimes, p.dstBlkStride, p.dstRepStride);
-    level0_operand(op, "src0", src0, mask, repeatTimes, p.src0BlkStride, p.src0RepStride);
-    level0_operand(op, "src1", src1, mask, repeatTimes, p.src1BlkStride, p.src1RepStride);
-    const auto d = level0_span(dst, mask, repeatTimes, p.dstBlkStride, p.dstRepStride);
-    const auto a = level0_span(src0, mask, repeatTimes, p.src0BlkStride, p.src0RepStride);
-    const auto b = level0_span(src1, mask, repeatTimes, p.src1BlkStride, p.src1RepStride);
+    const auto spans = level0_binary_operands(op, dst, src0, src1, mask, repeatTimes, p);
+    const auto d = spans[0], a = spans[1], b = spans[2];
     const bool same0 = dst.offset_bytes() == src0.offset_bytes() && p.dstBlkStride == p.src0BlkStride &&
                        p.dstRepStride == p.src0RepStride;
     const bool same1 = dst.offset_bytes() == src1.offset_bytes() && p.dstBlkStride == p.src1BlkStride &&
@@ -1091,13 +1105,63 @@ inline void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const Loc
                 const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
     level0_binary("Mul", true, dst, src0, src1, mask, repeatTimes, repeatParams, [](float a, float b, float) { return a * b; });
 }
-// dst = src0 * src1 + dst (same element type here; CANN also has a mixed-precision form).
+template <typename T, bool isSetMask = true>
+inline void Max(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask,
+                const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
+    level0_binary("Max", true, dst, src0, src1, mask, repeatTimes, repeatParams,
+                  [](float a, float b, float) { return a > b ? a : b; });
+}
+template <typename T, bool isSetMask = true>
+inline void Div(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask,
+                const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
+    level0_binary("Div", false, dst, src0, src1, mask, repeatTimes, repeatParams,
+                  [](float a, float b, float) { return a / b; });
+}
+
+// dst = src0 * src1 + dst: one element type (half or float), or float dst with half sources (the
+// A2 table: half/half, float/float, float/half). A repeat covers the lanes of dst's type (64 for
+// float); each source's blocks hold elements of its own type, so a half source's 64 lanes are 4
+// blocks. MulAddDst reads dst: the general overlap rule forbids a repeat's dst from feeding a
+// later repeat, and MulAddDst is not among the ops allowed to accumulate across repeats, so
+// the repeats' destinations must not overlap.
 template <typename T, typename U, bool isSetMask = true>
 inline void MulAddDst(const LocalTensor<T>& dst, const LocalTensor<U>& src0, const LocalTensor<U>& src1, uint64_t mask,
-                      const uint8_t repeatTimes, const BinaryRepeatParams& repeatParams) {
-    static_assert(std::is_same<T, U>::value, "the host implementation provides MulAddDst with one element type");
-    level0_binary("MulAddDst", false, dst, src0, src1, mask, repeatTimes, repeatParams,
-                  [](float a, float b, float d) { return a * b + d; });
+                      const uint8_t repeatTimes, const BinaryRepeatParams& p) {
+    static_assert((std::is_same<T, U>::value && (std::is_same<T, half>::value || std::is_same<T, float>::value)) ||
+                      (std::is_same<T, float>::value && std::is_same<U, half>::value),
+                  "MulAddDst on A2 takes half/half, float/float or float dst with half sources");
+    const char* op = "MulAddDst";
+    level0_mask<T>(op, mask, repeatTimes);
+    if (repeatTimes == 0) return;
+    const auto spans = level0_binary_operands(op, dst, src0, src1, mask, repeatTimes, p);
+    const auto d = spans[0], a = spans[1], b = spans[2];
+    // The host implementation is stricter than the documented general rule (a coinciding dst and
+    // source): in the mixed form the two cannot coincide, and the kernels never need it.
+    if (spans_overlap(d, a)) fail(std::string(op) + ": dst overlaps src0 (dst is read and written; keep the sources apart)");
+    if (spans_overlap(d, b)) fail(std::string(op) + ": dst overlaps src1 (dst is read and written; keep the sources apart)");
+    if (repeatTimes > 1) {
+        const auto first = level0_span(dst, mask, 1, p.dstBlkStride, p.dstRepStride);
+        const auto second = level0_span(dst[static_cast<uint32_t>(p.dstRepStride) * (ONE_BLK_SIZE / sizeof(T))], mask, 1,
+                                        p.dstBlkStride, p.dstRepStride);
+        if (spans_overlap(first, second))
+            fail(std::string(op) + ": the repeats' destinations overlap (dstRepStride " + std::to_string(p.dstRepStride) +
+                 "): MulAddDst reads dst, and only Add/Sub/Mul/Max/Min may accumulate across repeats");
+    }
+    src0.vector_reads(op, (a.second - a.first) / sizeof(U));
+    src1.vector_reads(op, (b.second - b.first) / sizeof(U));
+    dst.vector_reads(op, (d.second - d.first) / sizeof(T));
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
+    count_vector_repeats(repeatTimes);
+    T* dp = dst.ptr();
+    const U* ap = src0.ptr();
+    const U* bp = src1.ptr();
+    for (uint32_t r = 0; r < repeatTimes; r++)
+        for (uint32_t i = 0; i < mask; i++) {
+            T& o = dp[level0_at<T>(r, i, p.dstBlkStride, p.dstRepStride)];
+            const float x = static_cast<float>(ap[level0_at<U>(r, i, p.src0BlkStride, p.src0RepStride)]);
+            const float y = static_cast<float>(bp[level0_at<U>(r, i, p.src1BlkStride, p.src1RepStride)]);
+            o = static_cast<T>(x * y + static_cast<float>(o));
+        }
 }
 
 // One sum per repeat (the first `mask` elements, as a binary tree over the repeat's lanes), the
@@ -1130,6 +1194,54 @@ inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src,
         for (int32_t w = lanes / 2; w >= 1; w /= 2)
             for (int32_t i = 0; i < w; i++) lane[i] += lane[i + w];
         dst.ptr()[static_cast<uint64_t>(r) * dstRepStride] = static_cast<T>(lane[0]);
+    }
+}
+
+// The maximum of each repeat's first `mask` elements, and with ORDER_VALUE_INDEX /
+// ORDER_INDEX_VALUE its index within the repeat (stored in dst's type, as the bit pattern of a
+// uint16/uint32). dstRepStride counts results: one element (ORDER_ONLY_VALUE), or a
+// value-index pair. A2 takes all four orders (asc-devkit docs/api/context/WholeReduceMax.md).
+template <typename T, bool isSetMask = true>
+inline void WholeReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t mask, const int32_t repeatTimes,
+                           const int32_t dstRepStride, const int32_t srcBlkStride, const int32_t srcRepStride,
+                           ReduceOrder order = ReduceOrder::ORDER_VALUE_INDEX) {
+    const char* op = "WholeReduceMax";
+    if (repeatTimes < 0 || dstRepStride < 0 || srcBlkStride < 0 || srcRepStride < 0)
+        fail(std::string(op) + ": negative repeat or stride");
+    level0_mask<T>(op, static_cast<uint64_t>(mask), static_cast<uint32_t>(repeatTimes));
+    if (repeatTimes == 0) return;
+    level0_operand(op, "src", src, mask, repeatTimes, srcBlkStride, srcRepStride);
+    dst.check(op);
+    const bool pair = order == ReduceOrder::ORDER_VALUE_INDEX || order == ReduceOrder::ORDER_INDEX_VALUE;
+    const uint64_t unit = pair ? 2 : 1;
+    const uint64_t last = static_cast<uint64_t>(repeatTimes - 1) * dstRepStride * unit + unit - 1;
+    if (last >= dst.GetSize())
+        fail(std::string(op) + ": result " + std::to_string(repeatTimes - 1) + " lands at element " + std::to_string(last) +
+             " of a tensor of " + std::to_string(dst.GetSize()));
+    if (dst.offset_bytes() % (unit * sizeof(T) >= 4 ? unit * sizeof(T) : 4) != 0)
+        fail(std::string(op) + ": dst is not aligned to its result size");
+    const auto sspan = level0_span(src, mask, repeatTimes, srcBlkStride, srcRepStride);
+    const std::pair<uint32_t, uint32_t> dspan{dst.offset_bytes(), static_cast<uint32_t>(dst.offset_bytes() + (last + 1) * sizeof(T))};
+    if (spans_overlap(sspan, dspan)) fail(std::string(op) + ": dst overlaps src");
+    src.vector_reads(op, (sspan.second - sspan.first) / sizeof(T));
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, dspan.first, dspan.second, op, op);
+    count_vector_repeats(repeatTimes);
+    for (int32_t r = 0; r < repeatTimes; r++) {
+        float best = static_cast<float>(src.ptr()[level0_at<T>(r, 0, srcBlkStride, srcRepStride)]);
+        uint32_t at = 0;
+        for (int32_t i = 1; i < mask; i++) {
+            const float v = static_cast<float>(src.ptr()[level0_at<T>(r, i, srcBlkStride, srcRepStride)]);
+            if (v > best) { best = v; at = static_cast<uint32_t>(i); }
+        }
+        T* out = dst.ptr() + static_cast<uint64_t>(r) * dstRepStride * unit;
+        T index{};
+        std::memcpy(&index, &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at));
+        switch (order) {
+            case ReduceOrder::ORDER_VALUE_INDEX: out[0] = static_cast<T>(best); out[1] = index; break;
+            case ReduceOrder::ORDER_INDEX_VALUE: out[0] = index; out[1] = static_cast<T>(best); break;
+            case ReduceOrder::ORDER_ONLY_VALUE: out[0] = static_cast<T>(best); break;
+            default: std::memcpy(out, &at, sizeof(T) < sizeof(at) ? sizeof(T) : sizeof(at)); break;
+        }
     }
 }
 
@@ -1167,6 +1279,39 @@ inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t&
     dst.vector_writes("Duplicate", count);
     T* d = dst.ptr();
     for (int32_t i = 0; i < count; i++) d[i] = scalar;
+}
+
+// Level 0, a bit mask per repeat: lane i of each repeat is written when bit i of mask (mask[0]
+// for lanes 0-63, mask[1] for 64-127 of a 16-bit type) is set.
+template <typename T, bool isSetMask = true>
+inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, uint64_t mask[], const uint8_t repeatTimes,
+                      const uint16_t dstBlockStride, const uint8_t dstRepeatStride) {
+    const char* op = "Duplicate";
+    const uint32_t lanes = ONE_REPEAT_BYTE_SIZE / sizeof(T);
+    if (mask[0] == 0 && (lanes <= 64 || mask[1] == 0)) fail(std::string(op) + ": an empty bit mask");
+    if (repeatTimes == 0) return;
+    level0_operand(op, "dst", dst, lanes, repeatTimes, dstBlockStride, dstRepeatStride);
+    const auto d = level0_span(dst, lanes, repeatTimes, dstBlockStride, dstRepeatStride);
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
+    count_vector_repeats(repeatTimes);
+    for (uint32_t r = 0; r < repeatTimes; r++)
+        for (uint32_t i = 0; i < lanes; i++)
+            if ((mask[i / 64] >> (i % 64)) & 1) dst.ptr()[level0_at<T>(r, i, dstBlockStride, dstRepeatStride)] = scalar;
+}
+
+// Level 0, a continuous mask: the first `mask` lanes of each repeat.
+template <typename T, bool isSetMask = true>
+inline void Duplicate(const LocalTensor<T>& dst, const T& scalar, uint64_t mask, const uint8_t repeatTimes,
+                      const uint16_t dstBlockStride, const uint8_t dstRepeatStride) {
+    const char* op = "Duplicate";
+    level0_mask<T>(op, mask, repeatTimes);
+    if (repeatTimes == 0) return;
+    level0_operand(op, "dst", dst, mask, repeatTimes, dstBlockStride, dstRepeatStride);
+    const auto d = level0_span(dst, mask, repeatTimes, dstBlockStride, dstRepeatStride);
+    core().pipes.access(PIPE_ID_V, PipeModel::WRITE, d.first, d.second, op, op);
+    count_vector_repeats(repeatTimes);
+    for (uint32_t r = 0; r < repeatTimes; r++)
+        for (uint32_t i = 0; i < mask; i++) dst.ptr()[level0_at<T>(r, i, dstBlockStride, dstRepeatStride)] = scalar;
 }
 
 // Gather (level 2): dst[i] = the element at byte srcBaseAddr + srcOffset[i] of src, for i <
