@@ -1,6 +1,6 @@
-//! The Ascend C kernels' modelled time on a 910B next to their HBM roofline, at Llama-3-8B
-//! shapes: decode attention (batch 32, 2,048 tokens, 32 heads / 8 KV heads, head 128, f16,
-//! block 128), chunked prefill attention (4 sequences, the last 128 tokens of 2,048 each), a
+//! The Ascend C kernels' modelled time on a 910B next to their roofline, at Llama-3-8B
+//! shapes: decode attention (batch 32 and batch 1 at 2,048 tokens, batch 1 at 8,192; 32 heads /
+//! 8 KV heads, head 128, f16, block 128), chunked prefill attention (4 sequences, the last 128 tokens of 2,048 each), a
 //! 4,096-token chunk through RoPE (both pairings), RMSNorm and reshape_and_cache, and 64
 //! copy-on-write block copies.
 //!
@@ -50,6 +50,15 @@ fn report_launches(name: &str, launches: &[cost::Launch], roof: f64) {
     let mut t = cost::CoreCost::default();
     for l in launches {
         let e = f.estimate_launch(l);
+        if std::env::var_os("ASCENDC_COST_DETAIL").is_some() {
+            eprintln!(
+                "    launch of {} cores: {:.2} µs ({}), slowest core {:?}",
+                l.cores.len(),
+                e.seconds * 1e6,
+                e.bound,
+                e.slowest_core
+            );
+        }
         seconds += e.seconds;
         ideal += f.estimate(&l.cores).seconds;
         if worst.is_none_or(|w| e.seconds > w.seconds) {
@@ -77,19 +86,19 @@ fn report_launches(name: &str, launches: &[cost::Launch], roof: f64) {
     );
 }
 
-fn attention(rng: &mut Rng) {
-    const BATCH: usize = 32;
-    const CTX: usize = 2048;
+/// Decode attention of `batch` sequences of `ctx` tokens over 128-token blocks, on all 48 cores
+/// (a split context and its merge when the batch leaves cores idle).
+fn attention(rng: &mut Rng, batch: usize, ctx: usize) {
     const BLOCK: usize = 128;
-    let blocks_per_seq = CTX / BLOCK;
+    let blocks_per_seq = ctx / BLOCK;
     let cache = CacheShape {
-        num_blocks: BATCH * blocks_per_seq,
+        num_blocks: batch * blocks_per_seq,
         block_size: BLOCK,
         num_kv_heads: KV_HEADS,
         head_size: HEAD,
     };
     let p = PagedAttention {
-        num_seqs: BATCH,
+        num_seqs: batch,
         num_heads: HEADS,
         cache,
         max_blocks_per_seq: blocks_per_seq,
@@ -97,15 +106,20 @@ fn attention(rng: &mut Rng) {
         sliding_window: None,
     };
     let (k, v) = (values(cache.elements(), rng), values(cache.elements(), rng));
-    let q = values(BATCH * HEADS * HEAD, rng);
+    let q = values(batch * HEADS * HEAD, rng);
     let ids = shuffled(cache.num_blocks, rng);
-    let lens = vec![CTX as i32; BATCH];
+    let lens = vec![ctx as i32; batch];
     let mut out = vec![f16::ZERO; q.len()];
-    let dim = cores(BATCH * KV_HEADS);
-    host::paged_attention(&p, &mut out, &q, &k, &v, &ids, &lens, dim).expect("attention");
+    cost::take_launches();
+    host::paged_attention(&p, &mut out, &q, &k, &v, &ids, &lens, tiling::VECTOR_CORES)
+        .expect("attention");
     // K and V of every attended token once, the queries in, the outputs out.
-    let bytes = 2 * (BATCH * CTX * KV_HEADS * HEAD * 2) + 2 * q.len() * 2;
-    report("paged_attention (decode)", bytes as u64);
+    let bytes = 2 * (batch * ctx * KV_HEADS * HEAD * 2) + 2 * q.len() * 2;
+    report_launches(
+        &format!("paged_attention b{batch}"),
+        &cost::take_launches(),
+        cost::Figures::ASCEND_910B.roofline(bytes as u64),
+    );
 }
 
 /// Shuffled block ids `0..n`.
@@ -144,12 +158,35 @@ fn prefill(rng: &mut Rng) {
     let starts: Vec<i32> = (0..=SEQS as i32).map(|s| s * CHUNK as i32).collect();
     let lens = vec![CTX as i32; SEQS];
     let mut out = vec![f16::ZERO; q.len()];
-    let dim = cores(p.num_tokens * KV_HEADS);
-    host::paged_prefill_attention(&p, &mut out, &q, &k, &v, &ids, &starts, &lens, dim)
-        .expect("prefill attention");
-    // The roofline reads each sequence's K and V once (a query-tiled kernel's traffic).
+    cost::take_launches();
+    host::paged_prefill_attention(
+        &p,
+        &mut out,
+        &q,
+        &k,
+        &v,
+        &ids,
+        &starts,
+        &lens,
+        tiling::VECTOR_CORES,
+    )
+    .expect("prefill attention");
+    // Its roofline: each sequence's K and V read once (HBM), or the multiply-adds of Q.K and
+    // P.V on the vector units at one 64-lane f32 repeat per cycle, whichever is longer.
+    let f = cost::Figures::ASCEND_910B;
     let bytes = 2 * (SEQS * CTX * KV_HEADS * HEAD * 2) + 2 * q.len() * 2;
-    report("paged_prefill_attention", bytes as u64);
+    let visible: usize = (0..CHUNK).map(|i| CTX - CHUNK + i + 1).sum::<usize>() * SEQS;
+    let repeats = (visible * HEADS * HEAD * 2) as f64 / 64.0;
+    let vector = repeats / (f.vector_cores as f64 * f.clock_hz);
+    let roof = f.roofline(bytes as u64).max(vector);
+    println!(
+        "  (prefill roofline: HBM {:.1} µs, vector multiply-adds {:.1} µs; the cube unit CANN's \
+         fused operator uses would do them in {:.1} µs at 256 TFLOPS f16)",
+        f.roofline(bytes as u64) * 1e6,
+        vector * 1e6,
+        (visible * HEADS * HEAD * 4) as f64 / 256e12 * 1e6,
+    );
+    report_launches("paged_prefill_attention", &cost::take_launches(), roof);
 }
 
 fn block_copies(rng: &mut Rng) {
@@ -256,7 +293,9 @@ fn main() {
         "kernel", "estimate", "overlap", "roofline", "ratio", "bound"
     );
     let mut rng = Rng(0xc057);
-    attention(&mut rng);
+    attention(&mut rng, 32, 2048);
+    attention(&mut rng, 1, 2048);
+    attention(&mut rng, 1, 8192);
     prefill(&mut rng);
     rope(&mut rng, RopeStyle::Neox);
     rope(&mut rng, RopeStyle::GptJ);

@@ -448,3 +448,55 @@ fn wide_norm_rows_fall_back_to_single_buffering() {
     assert_close("wide fused residual", &rn, &rr).unwrap();
     assert_close("wide fused norm", &xn, &xr).unwrap();
 }
+
+/// The schedules the tiling chooses between are each run and checked, not left to chance: a
+/// lone long context split across cores and merged (flash-decoding), KV heads read together,
+/// and prefill tiles of several query tokens over blocks read once per tile.
+#[test]
+fn split_contexts_grouped_heads_and_prefill_tiles_match_the_reference() {
+    let pr = Problem {
+        block_size: 128,
+        head_size: 128,
+        kv_heads: 8,
+        group: 4,
+        lens: vec![1100],
+        window: None,
+        seed: 11,
+    };
+    let p = pr.decode_case::<f16>().p;
+    let t = tiling::paged_attention(&p, 2, 48).unwrap();
+    assert!(t.partitions > 1, "a lone context is split: {t:?}");
+    decode::<f16>(&pr, 48).unwrap();
+    decode::<f32>(&pr, 48).unwrap();
+    // A window over the split context: parts wholly before it contribute nothing.
+    let windowed = Problem {
+        window: Some(300),
+        ..pr.clone()
+    };
+    decode::<f16>(&windowed, 48).unwrap();
+
+    let batch = Problem {
+        lens: vec![300; 12],
+        kv_heads: 4,
+        head_size: 64,
+        ..pr.clone()
+    };
+    let t = tiling::paged_attention(&batch.decode_case::<f16>().p, 2, 48).unwrap();
+    assert!(t.kv_heads_per_task > 1, "adjacent KV heads together: {t:?}");
+    decode::<f16>(&batch, 48).unwrap();
+
+    let prompt = Problem {
+        lens: vec![400, 333],
+        ..pr
+    };
+    let p = prompt.prefill_case::<f16>(200).p;
+    let t = tiling::paged_prefill_attention(&p, 2, 48).unwrap();
+    assert!(t.attn.tile_rows > 1, "query rows tiled: {t:?}");
+    prefill::<f16>(&prompt, 200, 48).unwrap();
+    prefill::<f32>(&prompt, 200, 48).unwrap();
+    let windowed = Problem {
+        window: Some(100),
+        ..prompt
+    };
+    prefill::<f16>(&windowed, 200, 48).unwrap();
+}

@@ -132,7 +132,8 @@ proptest! {
         let _ = cpu::paged_attention(&pa, &mut out, &q, &kc, &vc, &tables, &lens);
         let _ = reference::paged_attention(&pa, &mut out, &q, &kc, &vc, &tables, &lens);
         let _ = host::paged_attention(&pa, &mut out, &q, &kc, &vc, &tables, &lens, 4);
-        let _ = tiling::paged_attention(&pa, 4);
+        let _ = tiling::paged_attention(&pa, 4, 48);
+        let _ = tiling::paged_attention(&pa, 2, 1);
 
         let pf = PrefillAttention {
             num_seqs: seqs,
@@ -148,5 +149,7 @@ proptest! {
         let starts = vec![0i32; len(&[seqs]).saturating_add(1)];
         let _ = cpu::paged_prefill_attention(&pf, &mut out, &q, &kc, &vc, &tables, &starts, &lens);
         let _ = reference::paged_prefill_attention(&pf, &mut out, &q, &kc, &vc, &tables, &starts, &lens);
+        let _ = tiling::paged_prefill_attention(&pf, 4, 48);
+        let _ = tiling::paged_prefill_attention(&pf, 2, 1);
     }
 }

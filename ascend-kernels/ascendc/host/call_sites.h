@@ -24,3 +24,4 @@
 #define WholeReduceSum(...) ARK_AT(WholeReduceSum, __VA_ARGS__)
 #define Brcb(...) ARK_AT(Brcb, __VA_ARGS__)
 #define MulAddDst(...) ARK_AT(MulAddDst, __VA_ARGS__)
+#define WholeReduceMax(...) ARK_AT(WholeReduceMax, __VA_ARGS__)

@@ -131,21 +131,22 @@ uint32_t submit(const char* name, uint32_t block_dim, void* stream, void* const*
     STUB(NAME, TILING, 8,                                                                          \
          P(void* a0, void* a1, void* a2, void* a3, void* a4, void* a5, void* a6, void* a7),        \
          P(a0, a1, a2, a3, a4, a5, a6, a7))
-#define KERNEL7(NAME, TILING)                                                                      \
-    SHIM_DECL(NAME, TILING, uint8_t*, uint8_t*, uint8_t*, uint8_t*, uint8_t*, uint8_t*, uint8_t*) \
-    STUB(NAME, TILING, 7, P(void* a0, void* a1, void* a2, void* a3, void* a4, void* a5, void* a6), \
-         P(a0, a1, a2, a3, a4, a5, a6))
 #define KERNEL5(NAME, TILING)                                                                      \
     SHIM_DECL(NAME, TILING, uint8_t*, uint8_t*, uint8_t*, uint8_t*, uint8_t*)                     \
     STUB(NAME, TILING, 5, P(void* a0, void* a1, void* a2, void* a3, void* a4), P(a0, a1, a2, a3, a4))
+#define KERNEL2(NAME, TILING)                                                                      \
+    SHIM_DECL(NAME, TILING, uint8_t*, uint8_t*)                                                    \
+    STUB(NAME, TILING, 2, P(void* a0, void* a1), P(a0, a1))
 #define KERNEL4(NAME, TILING)                                                                      \
     SHIM_DECL(NAME, TILING, uint8_t*, uint8_t*, uint8_t*, uint8_t*)                               \
     STUB(NAME, TILING, 4, P(void* a0, void* a1, void* a2, void* a3), P(a0, a1, a2, a3))
 
 KERNEL6(reshape_and_cache_half, ArkReshapeAndCacheTiling)
 KERNEL6(reshape_and_cache_float, ArkReshapeAndCacheTiling)
-KERNEL7(paged_attention_half, ArkPagedAttentionTiling)
-KERNEL7(paged_attention_float, ArkPagedAttentionTiling)
+KERNEL8(paged_attention_half, ArkPagedAttentionTiling)
+KERNEL8(paged_attention_float, ArkPagedAttentionTiling)
+KERNEL2(paged_attention_merge_half, ArkPagedAttentionTiling)
+KERNEL2(paged_attention_merge_float, ArkPagedAttentionTiling)
 KERNEL8(paged_prefill_attention_half, ArkPrefillAttentionTiling)
 KERNEL8(paged_prefill_attention_float, ArkPrefillAttentionTiling)
 KERNEL5(rotary_embedding_half, ArkRopeTiling)

@@ -30,10 +30,15 @@ RESHAPE_SHIM(reshape_and_cache_float)
 #define ATTENTION_SHIM(NAME)                                                                       \
     SHIM(NAME, ArkPagedAttentionTiling,                                                               \
          P(uint8_t* out, uint8_t* query, uint8_t* key_cache, uint8_t* value_cache,                 \
-           uint8_t* block_tables, uint8_t* seq_lens, uint8_t* status),                             \
-         P(out, query, key_cache, value_cache, block_tables, seq_lens, status))
+           uint8_t* block_tables, uint8_t* seq_lens, uint8_t* workspace, uint8_t* status),         \
+         P(out, query, key_cache, value_cache, block_tables, seq_lens, workspace, status))
 ATTENTION_SHIM(paged_attention_half)
 ATTENTION_SHIM(paged_attention_float)
+
+#define MERGE_SHIM(NAME)                                                                           \
+    SHIM(NAME, ArkPagedAttentionTiling, P(uint8_t* out, uint8_t* workspace), P(out, workspace))
+MERGE_SHIM(paged_attention_merge_half)
+MERGE_SHIM(paged_attention_merge_float)
 
 #define PREFILL_SHIM(NAME)                                                                         \
     SHIM(NAME, ArkPrefillAttentionTiling,                                                          \

@@ -39,6 +39,13 @@ __aicore__ inline void ScalarToVector() {
     WaitFlag<HardEvent::S_V>(id);
 }
 
+// And: the scalar unit reads what an MTE2 copy brought into the UB only after the copy is done.
+__aicore__ inline void Mte2ToScalar() {
+    event_t id = static_cast<event_t>(GetTPipePtr()->FetchEventID(HardEvent::MTE2_S));
+    SetFlag<HardEvent::MTE2_S>(id);
+    WaitFlag<HardEvent::MTE2_S>(id);
+}
+
 // Work-tensor elements the count forms of ReduceSum / ReduceMax document for `count` floats
 // (asc-devkit docs/api/context/ReduceSum.md, ReduceMax.md). On A2 the count form of ReduceSum
 // does not touch its work tensor, but the documented size keeps the kernels portable; ReduceMax

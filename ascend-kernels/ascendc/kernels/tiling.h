@@ -24,6 +24,17 @@ struct ArkPagedAttentionTiling {
     uint32_t chunk;      // tokens of K/V loaded into the UB at a time
     float scale;
     uint32_t sliding_window;  // 0: attend to the whole context
+    // Decode: float partial rows each query row accumulates weight x V into (MulAddDst from the
+    // T-typed V chunk; a power of two). 0: one row, V cast to float (prefill).
+    uint32_t acc_rows;
+    // Decode: parts each context is split into across cores (1: none; more: partial results in
+    // the workspace, combined by paged_attention_merge).
+    uint32_t partitions;
+    // Prefill: query tokens per task (1 for decode).
+    uint32_t tile_rows;
+    // KV heads a task reads together (their rows of a token are adjacent in the cache, so a
+    // longer burst per token); divides num_kv_heads.
+    uint32_t kv_heads_per_task;
 };
 
 // Prefill attention: the attention tiling (num_seqs sequences) and the query rows of the chunk.
@@ -64,3 +75,7 @@ constexpr uint32_t PA_MAX_GROUP = 16;
 constexpr uint32_t ROPE_HEADS_PER_PASS = 16;
 // The most tokens per K/V chunk.
 constexpr uint32_t PA_MAX_CHUNK = 128;
+// The most parts a split decode context has (the merge reduces them in one repeat).
+constexpr uint32_t PA_MAX_PARTITIONS = 64;
+// Block-table entries an attention task stages in the UB (a longer range is read from GM).
+constexpr uint32_t PA_TABLE_STAGE = 512;

@@ -407,18 +407,23 @@ fn pick_or_decline<F: Copy, T: KvFloat>(pair: &Pair<F>) -> std::result::Result<F
     }
 }
 
-/// Decode attention by the Ascend C kernel (the shapes checked by the caller).
+/// Decode attention by the Ascend C kernel (the shapes checked by the caller), tiled for the
+/// stream's device's vector cores: when it splits contexts across cores, the parts go to a
+/// workspace from the device's workspace allocator and a second launch merges them.
 fn ascendc_paged_attention<T: KvFloat>(
     stream: &AclStream,
     a: &PagedAttentionArgs<'_, AclBackend, T>,
 ) -> Result<Served> {
     const OP: &str = "paged_attention";
-    let launch = match pick_or_decline::<_, T>(&stubs(OP)?.paged_attention) {
+    let kernels = stubs(OP)?;
+    let launch = match pick_or_decline::<_, T>(&kernels.paged_attention) {
         Ok(l) => l,
         Err(declined) => return Ok(declined),
     };
+    let merge = pick::<_, T>(OP, &kernels.paged_attention_merge)?;
     let p = a.p;
-    let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
+    let cores = stream.device().vector_cores().max(1);
+    let t = tiling::paged_attention(p, std::mem::size_of::<T>(), cores)?;
     let args = [
         gm(OP, stream, "out", &a.out)?,
         gm(OP, stream, "query", &a.query)?,
@@ -427,15 +432,38 @@ fn ascendc_paged_attention<T: KvFloat>(
         gm(OP, stream, "block_tables", &a.block_tables)?,
         gm(OP, stream, "seq_lens", &a.seq_lens)?,
     ];
-    let dim = block_dim(stream, p.num_seqs * p.cache.num_kv_heads);
-    // SAFETY: as in `reshape_and_cache`.
+    // The parts' records, returned to the workspace allocator after both launches are queued
+    // (it reuses memory in stream order).
+    let workspace = match t.workspace_floats() {
+        0 => None,
+        n => {
+            let alloc = providers::workspace_allocator(&stream.device())?;
+            Some(DeviceBuffer::<AclBackend, f32>::alloc_in(
+                &*alloc, stream, n,
+            )?)
+        }
+    };
+    let ws = match &workspace {
+        Some(w) => gm(OP, stream, "workspace", w)?,
+        None => std::ptr::null_mut(),
+    };
+    let dim = block_dim(stream, t.tasks());
+    // SAFETY: as in `reshape_and_cache`; the workspace holds what the tiling says the parts
+    // need, and lives until both launches are queued (the allocator reuses it in stream order).
     unsafe {
         launch_reporting(OP, stream, dim, |st, s| {
             launch(
-                dim, s, args[0], args[1], args[2], args[3], args[4], args[5], st, &t,
+                dim, s, args[0], args[1], args[2], args[3], args[4], args[5], ws, st, &t,
             )
         })
     }?;
+    if t.partitions > 1 {
+        let pairs = block_dim(stream, t.num_seqs as usize * t.num_heads as usize);
+        // SAFETY: the merge reads the workspace the launch above fills, in stream order, and
+        // writes `out`; both are alive until the caller synchronises.
+        unsafe { stream.launch_raw(OP, |s| merge(pairs, s, args[0], ws, &t)) }?;
+    }
+    drop(workspace);
     Ok(Served::Done)
 }
 
@@ -450,7 +478,8 @@ fn ascendc_prefill_attention<T: KvFloat>(
         Err(declined) => return Ok(declined),
     };
     let p = a.p;
-    let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>())?;
+    let cores = stream.device().vector_cores().max(1);
+    let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>(), cores)?;
     let args = [
         gm(OP, stream, "out", &a.out)?,
         gm(OP, stream, "query", &a.query)?,
@@ -463,7 +492,7 @@ fn ascendc_prefill_attention<T: KvFloat>(
     if p.num_tokens == 0 {
         return Ok(Served::Done);
     }
-    let dim = block_dim(stream, p.num_tokens * p.cache.num_kv_heads);
+    let dim = block_dim(stream, t.tasks());
     // SAFETY: as in `reshape_and_cache`.
     unsafe {
         launch_reporting(OP, stream, dim, |st, s| {

@@ -116,6 +116,33 @@ extern "C" {
     ) -> usize;
 }
 
+#[cfg(feature = "host-kernels")]
+thread_local! {
+    static RECENT: std::cell::RefCell<Vec<Launch>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps the last launch (called by the host runners after each launch; a runner may launch
+/// more than once, as a split decode does).
+#[cfg(feature = "host-kernels")]
+pub(crate) fn record_last_launch() {
+    let launch = last_launch_traced();
+    RECENT.with(|r| {
+        let mut r = r.borrow_mut();
+        // A bound, for callers that never take them.
+        if r.len() >= 64 {
+            r.remove(0);
+        }
+        r.push(launch);
+    });
+}
+
+/// The launches the host runners made on this thread since the last call, in order (at most the
+/// last 64): what a runner that launches more than once (a split decode and its merge) cost.
+#[cfg(feature = "host-kernels")]
+pub fn take_launches() -> Vec<Launch> {
+    RECENT.with(|r| std::mem::take(&mut *r.borrow_mut()))
+}
+
 /// The last host-implementation launch on this thread, with every core's instruction stream
 /// (empty if it failed, as [`last_launch`]).
 #[cfg(feature = "host-kernels")]
@@ -267,9 +294,12 @@ impl Figures {
     /// is free; a flag is set when its pipe has finished everything issued to it before; a wait
     /// holds its pipe until that set (a wait on the scalar unit, such as the V_S of a
     /// `ReduceMax` or a `GetValue` after vector work, stops all issuing: the scalar stall that
-    /// keeps the next chunk's load from starting under the current chunk's compute). Copies
-    /// move at most `mte_share` bytes per cycle: this core's share of the HBM when `cores`
-    /// stream at once.
+    /// keeps the next chunk's load from starting under the current chunk's compute). A copy
+    /// takes the longer of its engine time (bytes at [`mte_bytes_per_cycle`], a setup, a
+    /// transaction per extra contiguous run) and its bytes at `mte_share` bytes per cycle (this
+    /// core's share of the HBM when all the cores of a wave stream at once).
+    ///
+    /// [`mte_bytes_per_cycle`]: Self::mte_bytes_per_cycle
     pub fn simulate(&self, trace: &[TraceEvent], mte_share: f64) -> Timeline {
         const S: usize = 0;
         let mut issue = 0.0f64;
@@ -294,9 +324,13 @@ impl Figures {
                             e.a as f64 * self.repeat_cycles + e.b as f64 * self.vector_issue_cycles
                         }
                         _ => {
-                            e.a as f64 / mte
+                            // The engine's own time (its rate, a setup, a transaction per
+                            // extra run), or the bytes at this core's share of the HBM, the
+                            // longer: the engine keeps issuing while the HBM catches up.
+                            let engine = e.a as f64 / self.mte_bytes_per_cycle
                                 + self.copy_setup_cycles
-                                + e.b.saturating_sub(1) as f64 * self.burst_cycles
+                                + e.b.saturating_sub(1) as f64 * self.burst_cycles;
+                            engine.max(e.a as f64 / mte)
                         }
                     };
                     if pipe == S {

@@ -37,6 +37,7 @@ use crate::shapes::{
 
 /// A launch shim: `(block_dim, gm pointers..., tiling, err, err_len) -> status` (the kernels that
 /// read device-side indices take a status buffer as their last gm pointer).
+type Shim2<Tl> = unsafe extern "C" fn(u32, *mut u8, *mut u8, *const Tl, *mut c_char, usize) -> i32;
 type Shim4<Tl> = unsafe extern "C" fn(
     u32,
     *mut u8,
@@ -70,20 +71,6 @@ type Shim6<Tl> = unsafe extern "C" fn(
     *mut c_char,
     usize,
 ) -> i32;
-type Shim7<Tl> = unsafe extern "C" fn(
-    u32,
-    *mut u8,
-    *mut u8,
-    *mut u8,
-    *mut u8,
-    *mut u8,
-    *mut u8,
-    *mut u8,
-    *const Tl,
-    *mut c_char,
-    usize,
-) -> i32;
-
 type Shim8<Tl> = unsafe extern "C" fn(
     u32,
     *mut u8,
@@ -153,7 +140,16 @@ extern "C" {
         vc: *mut u8,
         bt: *mut u8,
         sl: *mut u8,
+        ws: *mut u8,
         st: *mut u8,
+        t: *const PagedAttentionTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_paged_attention_merge_half(
+        b: u32,
+        o: *mut u8,
+        ws: *mut u8,
         t: *const PagedAttentionTiling,
         e: *mut c_char,
         n: usize,
@@ -166,7 +162,16 @@ extern "C" {
         vc: *mut u8,
         bt: *mut u8,
         sl: *mut u8,
+        ws: *mut u8,
         st: *mut u8,
+        t: *const PagedAttentionTiling,
+        e: *mut c_char,
+        n: usize,
+    ) -> i32;
+    fn ascendc_host_paged_attention_merge_float(
+        b: u32,
+        o: *mut u8,
+        ws: *mut u8,
         t: *const PagedAttentionTiling,
         e: *mut c_char,
         n: usize,
@@ -256,7 +261,9 @@ pub trait AscendCFloat: KvFloat + sealed::Sealed {
     #[doc(hidden)]
     const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling>;
     #[doc(hidden)]
-    const PAGED_ATTENTION: Shim7<PagedAttentionTiling>;
+    const PAGED_ATTENTION: Shim8<PagedAttentionTiling>;
+    #[doc(hidden)]
+    const PAGED_ATTENTION_MERGE: Shim2<PagedAttentionTiling>;
     #[doc(hidden)]
     const PAGED_PREFILL_ATTENTION: Shim8<PrefillAttentionTiling>;
     #[doc(hidden)]
@@ -269,7 +276,9 @@ pub trait AscendCFloat: KvFloat + sealed::Sealed {
 
 impl AscendCFloat for f32 {
     const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_float;
-    const PAGED_ATTENTION: Shim7<PagedAttentionTiling> = ascendc_host_paged_attention_float;
+    const PAGED_ATTENTION: Shim8<PagedAttentionTiling> = ascendc_host_paged_attention_float;
+    const PAGED_ATTENTION_MERGE: Shim2<PagedAttentionTiling> =
+        ascendc_host_paged_attention_merge_float;
     const PAGED_PREFILL_ATTENTION: Shim8<PrefillAttentionTiling> =
         ascendc_host_paged_prefill_attention_float;
     const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_float;
@@ -279,7 +288,9 @@ impl AscendCFloat for f32 {
 
 impl AscendCFloat for f16 {
     const RESHAPE_AND_CACHE: Shim6<ReshapeAndCacheTiling> = ascendc_host_reshape_and_cache_half;
-    const PAGED_ATTENTION: Shim7<PagedAttentionTiling> = ascendc_host_paged_attention_half;
+    const PAGED_ATTENTION: Shim8<PagedAttentionTiling> = ascendc_host_paged_attention_half;
+    const PAGED_ATTENTION_MERGE: Shim2<PagedAttentionTiling> =
+        ascendc_host_paged_attention_merge_half;
     const PAGED_PREFILL_ATTENTION: Shim8<PrefillAttentionTiling> =
         ascendc_host_paged_prefill_attention_half;
     const ROTARY_EMBEDDING: Shim5<RopeTiling> = ascendc_host_rotary_embedding_half;
@@ -289,8 +300,10 @@ impl AscendCFloat for f16 {
 
 const ERR_LEN: usize = 1024;
 
-/// Turns a shim's status and message into a result.
+/// Turns a shim's status and message into a result, and keeps the launch's costs for
+/// [`cost::take_launches`](super::cost::take_launches).
 fn status(op: &'static str, code: i32, err: &[c_char; ERR_LEN]) -> Result<()> {
+    super::cost::record_last_launch();
     if code == 0 {
         return Ok(());
     }
@@ -401,7 +414,10 @@ fn reshape_and_cache_with<T: AscendCFloat>(
     Ok(device_status::refused(&words))
 }
 
-/// Decode paged attention on the host implementation; see [`crate::reference::paged_attention`].
+/// Decode paged attention on the host implementation over `cores` simulated vector cores; see
+/// [`crate::reference::paged_attention`]. With fewer (sequence, KV head) pairs than cores, the
+/// tiling splits each context across cores and a second launch merges the parts (both
+/// launches' costs are in [`cost::take_launches`](super::cost::take_launches)).
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention<T: AscendCFloat>(
     p: &PagedAttention,
@@ -411,7 +427,7 @@ pub fn paged_attention<T: AscendCFloat>(
     value_cache: &[T],
     block_tables: &[i32],
     seq_lens: &[i32],
-    block_dim: u32,
+    cores: u32,
 ) -> Result<()> {
     let refused = paged_attention_with(
         p,
@@ -421,7 +437,7 @@ pub fn paged_attention<T: AscendCFloat>(
         value_cache,
         block_tables,
         seq_lens,
-        block_dim,
+        cores,
         Indices::Checked,
     )?;
     device_status::check("paged_attention", refused)
@@ -436,11 +452,11 @@ fn paged_attention_with<T: AscendCFloat>(
     value_cache: &[T],
     block_tables: &[i32],
     seq_lens: &[i32],
-    block_dim: u32,
+    cores: u32,
     indices: Indices,
 ) -> Result<u64> {
     const OP: &str = "paged_attention";
-    check_block_dim(OP, block_dim)?;
+    check_block_dim(OP, cores)?;
     p.validate::<T>(
         out.len(),
         query.len(),
@@ -452,12 +468,19 @@ fn paged_attention_with<T: AscendCFloat>(
     if indices == Indices::Checked {
         check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
     }
-    let t = tiling::paged_attention(p, std::mem::size_of::<T>())?;
+    let t = tiling::paged_attention(p, std::mem::size_of::<T>(), cores)?;
+    let block_dim = t.tasks().clamp(1, cores as usize) as u32;
+    let mut workspace = vec![0f32; t.workspace_floats()];
+    let ws = if workspace.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        workspace.as_mut_ptr().cast()
+    };
     let mut words = vec![0i32; device_status::words(block_dim)];
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: as in `reshape_and_cache`: the lengths were checked, so every global tensor of the
-    // kernel is inside these slices (and the host implementation bounds-checks each access); only `out` is
-    // written, and it is exclusively borrowed.
+    // kernel is inside these slices (and the host implementation bounds-checks each access); only
+    // `out` (exclusively borrowed) and the workspace (sized by the tiling, ours) are written.
     let code = unsafe {
         T::PAGED_ATTENTION(
             block_dim,
@@ -467,6 +490,7 @@ fn paged_attention_with<T: AscendCFloat>(
             ptr(value_cache),
             ptr(block_tables),
             ptr(seq_lens),
+            ws,
             words.as_mut_ptr().cast(),
             &t,
             err.as_mut_ptr(),
@@ -474,11 +498,28 @@ fn paged_attention_with<T: AscendCFloat>(
         )
     };
     status(OP, code, &err)?;
+    if t.partitions > 1 {
+        let pairs = (t.num_seqs as usize * t.num_heads as usize).clamp(1, cores as usize) as u32;
+        // SAFETY: the merge reads the workspace the launch above filled (sized by the same
+        // tiling) and writes `out`, exclusively borrowed.
+        let code = unsafe {
+            T::PAGED_ATTENTION_MERGE(
+                pairs,
+                out.as_mut_ptr().cast(),
+                ws,
+                &t,
+                err.as_mut_ptr(),
+                ERR_LEN,
+            )
+        };
+        status(OP, code, &err)?;
+    }
     Ok(device_status::refused(&words))
 }
 
-/// Paged prefill attention on the host implementation (the decode kernel's class, one task per
-/// query token and KV head); see [`crate::reference::paged_prefill_attention`].
+/// Paged prefill attention on the host implementation over `cores` simulated vector cores (tiles
+/// of query tokens per KV head, each reading its sequence's K/V once); see
+/// [`crate::reference::paged_prefill_attention`].
 #[allow(clippy::too_many_arguments)]
 pub fn paged_prefill_attention<T: AscendCFloat>(
     p: &PrefillAttention,
@@ -489,10 +530,10 @@ pub fn paged_prefill_attention<T: AscendCFloat>(
     block_tables: &[i32],
     query_start_loc: &[i32],
     seq_lens: &[i32],
-    block_dim: u32,
+    cores: u32,
 ) -> Result<()> {
     const OP: &str = "paged_prefill_attention";
-    check_block_dim(OP, block_dim)?;
+    check_block_dim(OP, cores)?;
     p.validate::<T>(
         out.len(),
         query.len(),
@@ -504,7 +545,8 @@ pub fn paged_prefill_attention<T: AscendCFloat>(
     )?;
     query_ranges(p, query_start_loc, seq_lens)?;
     check_seqs(OP, &p.cache, p.max_blocks_per_seq, block_tables, seq_lens)?;
-    let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>())?;
+    let t = tiling::paged_prefill_attention(p, std::mem::size_of::<T>(), cores)?;
+    let block_dim = t.tasks().clamp(1, cores as usize) as u32;
     let mut words = vec![0i32; device_status::words(block_dim)];
     let mut err = [0 as c_char; ERR_LEN];
     // SAFETY: as in `paged_attention`: the lengths and indices were checked, so every global

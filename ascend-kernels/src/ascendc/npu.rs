@@ -30,6 +30,8 @@ pub const NOT_BUILT: &str = "the Ascend C kernels were not built for the NPU: in
 pub const KERNELS_LIBRARY: &str = "libascendc_kernels.so";
 
 type Gm = *mut c_void;
+/// `aclrtlaunch_<k>(blockDim, stream, 2 gm pointers, tiling*) -> aclError`.
+pub(crate) type Launch2<Tl> = unsafe extern "C" fn(u32, Gm, Gm, Gm, *const Tl) -> u32;
 /// `aclrtlaunch_<k>(blockDim, stream, 4 gm pointers, tiling*) -> aclError`.
 pub(crate) type Launch4<Tl> = unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
 /// The same with 5 gm pointers.
@@ -37,10 +39,6 @@ pub(crate) type Launch5<Tl> = unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, 
 /// The same with 6 gm pointers.
 pub(crate) type Launch6<Tl> =
     unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
-/// The same with 7 gm pointers.
-pub(crate) type Launch7<Tl> =
-    unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
-
 /// The same with 8 gm pointers.
 pub(crate) type Launch8<Tl> =
     unsafe extern "C" fn(u32, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, Gm, *const Tl) -> u32;
@@ -56,7 +54,8 @@ pub(crate) struct NpuKernels {
     /// The kernels that read device-side indices take a status buffer last (see
     /// `ascendc::status`).
     pub reshape_and_cache: Pair<Launch6<ReshapeAndCacheTiling>>,
-    pub paged_attention: Pair<Launch7<PagedAttentionTiling>>,
+    pub paged_attention: Pair<Launch8<PagedAttentionTiling>>,
+    pub paged_attention_merge: Pair<Launch2<PagedAttentionTiling>>,
     pub paged_prefill_attention: Pair<Launch8<PrefillAttentionTiling>>,
     pub copy_blocks: Pair<Launch4<CopyBlocksTiling>>,
     pub rotary_embedding: Pair<Launch5<RopeTiling>>,
@@ -105,6 +104,10 @@ fn load(path: &str) -> Result<NpuKernels, String> {
         paged_attention: Pair {
             half: stub!("paged_attention_half"),
             float: stub!("paged_attention_float"),
+        },
+        paged_attention_merge: Pair {
+            half: stub!("paged_attention_merge_half"),
+            float: stub!("paged_attention_merge_float"),
         },
         paged_prefill_attention: Pair {
             half: stub!("paged_prefill_attention_half"),
