@@ -465,14 +465,14 @@ pub fn paged_attention(
             ),
         ));
     }
-    Ok(PagedAttentionTiling {
+    PagedAttentionTiling {
         acc_rows: acc_rows as u32,
         partitions: parts as u32,
         tile_rows: 1,
         kv_heads_per_task: kv as u32,
         ..attention_shape(OP, p.num_seqs, p.num_heads, c, p.max_blocks_per_seq, chunk)?
     }
-    .with_window(OP, p.scale, p.sliding_window)?)
+    .with_window(OP, p.scale, p.sliding_window)
 }
 
 /// The error when not even a one-token chunk fits the UB.
