@@ -2,12 +2,15 @@
 //! step, bound by reading the weights) against a plain memory copy of the weight bytes, and 8
 //! rows (a batch-8 decode step) against one row, measured in one run. The first ratio says how
 //! close a decode step's GEMMs come to memory bandwidth; the second how much a batch costs over
-//! one row (8.0 would mean no reuse of the weights at all).
+//! one row (8.0 would mean no reuse of the weights at all). The same weights in GGUF's block
+//! formats through `cpu::quant_matmul` (Q4_0, Q4_1, Q8_0: activations quantized to int8 blocks),
+//! against the `f32` GEMM in the same run: what computing on the blocks buys a decode step.
 
 use std::time::Duration;
 
 use ascend_benches::Rng;
-use ascend_kernels::{cpu, Matmul};
+use ascend_kernels::quant::quantize;
+use ascend_kernels::{cpu, Matmul, QuantFormat, QuantMatmul};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 fn main() {
@@ -44,6 +47,19 @@ fn main() {
                 b.iter(|| cpu::matmul(&p, &mut out[..m * n], &x[..m * k], &w).expect("matmul"))
             });
         }
+        for format in QuantFormat::ALL {
+            let mut wq = Vec::new();
+            quantize(format, &w, &mut wq).expect("quantize");
+            for m in [1usize, 8] {
+                let p = QuantMatmul { m, n, k, format };
+                g.bench_function(BenchmarkId::from_parameter(format!("{format}_m{m}")), |b| {
+                    b.iter(|| {
+                        cpu::quant_matmul(&p, &mut out[..m * n], &x[..m * k], &wq)
+                            .expect("quant_matmul")
+                    })
+                });
+            }
+        }
         g.bench_function(BenchmarkId::from_parameter("memcpy"), |b| {
             b.iter(|| {
                 dst.copy_from_slice(std::hint::black_box(&src));
@@ -58,6 +74,15 @@ fn main() {
     for g in &groups {
         rows.push((g.as_str(), "m1", "memcpy"));
         rows.push((g.as_str(), "m8", "m1"));
+        for q in ["Q4_0", "Q4_1", "Q8_0"] {
+            rows.push((g.as_str(), leak(format!("{q}_m1")), "m1"));
+            rows.push((g.as_str(), leak(format!("{q}_m8")), leak(format!("{q}_m1"))));
+        }
     }
     ascend_benches::print_ratios("CPU GEMM (time ratios)", &rows);
+}
+
+/// A bench name for the ratio table, which takes `&str`s that outlive it.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }

@@ -28,6 +28,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use ascend_kernels::QuantFormat;
 use half::{bf16, f16};
 
 /// What can go wrong reading a GGUF file.
@@ -775,23 +776,15 @@ pub fn dequantize(ty: TensorType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
                 .chunks_exact(2)
                 .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
         ),
-        TensorType::Q4_0 | TensorType::Q4_1 => {
-            for b in bytes.chunks_exact(size) {
-                let d = half_at(b, 0);
-                let (m, qs) = if ty == TensorType::Q4_1 {
-                    (half_at(b, 2), &b[4..20])
-                } else {
-                    (-8.0 * d, &b[2..18])
-                };
-                out.extend(qs.iter().map(|&q| (q & 0x0f) as f32 * d + m));
-                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-            }
-        }
-        TensorType::Q8_0 => {
-            for b in bytes.chunks_exact(size) {
-                let d = half_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
-            }
+        TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => {
+            let format = match ty {
+                TensorType::Q4_0 => QuantFormat::Q4_0,
+                TensorType::Q4_1 => QuantFormat::Q4_1,
+                _ => QuantFormat::Q8_0,
+            };
+            out.resize(n, 0.0);
+            ascend_kernels::quant::dequantize(format, bytes, &mut out)
+                .map_err(|e| GgufError(e.to_string()))?;
         }
         TensorType::Other(_) => unreachable!("refused above"),
     }
@@ -806,6 +799,7 @@ mod tests {
         f16::from_f32(v).to_bits().to_le_bytes()
     }
 
+    /// The block types decode through `ascend_kernels::quant` (tested there value by value).
     #[test]
     fn quant_blocks_decode_as_ggml_defines_them() {
         // Q4_1: d = 0.5, m = -1; nibbles 0..15 low, 15..0 high.
@@ -814,26 +808,9 @@ mod tests {
         b.extend(h(-1.0));
         b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
         let x = dequantize(TensorType::Q4_1, &b, 32).unwrap();
-        for j in 0..16 {
-            assert_eq!(x[j], j as f32 * 0.5 - 1.0);
-            assert_eq!(x[j + 16], (15 - j) as f32 * 0.5 - 1.0);
-        }
-        // Q4_0: x = (q - 8) d.
-        let mut b = Vec::new();
-        b.extend(h(0.25));
-        b.extend((0..16u8).map(|j| j | (j << 4)));
-        let x = dequantize(TensorType::Q4_0, &b, 32).unwrap();
-        assert_eq!(x[0], -2.0);
-        assert_eq!(x[31], 1.75);
-        // Q8_0: x = q d with signed q.
-        let mut b = Vec::new();
-        b.extend(h(2.0));
-        b.extend((0..32).map(|j| (j as i8 - 16) as u8));
-        let x = dequantize(TensorType::Q8_0, &b, 32).unwrap();
-        assert_eq!(x[0], -32.0);
-        assert_eq!(x[31], 30.0);
+        assert_eq!((x[1], x[16]), (-0.5, 6.5));
         // Wrong lengths are errors.
-        assert!(dequantize(TensorType::Q8_0, &b[..33], 32).is_err());
+        assert!(dequantize(TensorType::Q8_0, &b[..19], 32).is_err());
         assert!(dequantize(TensorType::Q4_1, &[0; 20], 31).is_err());
         assert!(dequantize(TensorType::Other(12), &[0; 20], 32).is_err());
     }

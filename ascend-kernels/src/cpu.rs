@@ -17,8 +17,9 @@ use crate::float::KvFloat;
 use crate::reference::{check_ids, check_positions, check_slots, rope_pairs};
 use crate::shapes::{
     check_seqs, query_ranges, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
-    PrefillAttention, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
+    PrefillAttention, QuantMatmul, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
 };
+use crate::{qdot, quant};
 
 /// `sum(a[i] * b[i])` over the shorter slice (AVX2 + FMA where the CPU has them).
 #[inline]
@@ -649,37 +650,60 @@ pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result
     let threads = rayon::current_num_threads();
     let by_cache = ((256 << 10) / (4 * k.max(1))).max(8);
     let block = n.div_ceil(4 * threads).clamp(8, by_cache.max(8)).min(n);
-    let weights = |b: usize, w_buf: &mut Vec<f32>| -> (usize, usize) {
-        let (c0, c1) = (b * block, ((b + 1) * block).min(n));
-        if T::as_f32(w).is_none() {
-            w_buf.resize((c1 - c0) * k, 0.0);
-            T::convert_to_f32(&w[c0 * k..c1 * k], w_buf);
-        }
-        (c0, c1)
-    };
+    by_column_blocks(
+        out,
+        m,
+        n,
+        block,
+        Vec::new,
+        |w_buf: &mut Vec<f32>, c0, c1, o| {
+            let wb = match T::as_f32(&w[c0 * k..c1 * k]) {
+                Some(wb) => wb,
+                None => {
+                    w_buf.resize((c1 - c0) * k, 0.0);
+                    T::convert_to_f32(&w[c0 * k..c1 * k], w_buf);
+                    w_buf
+                }
+            };
+            matmul_block(xf, wb, m, c1 - c0, k, o);
+        },
+    );
+    Ok(())
+}
+
+/// Runs `columns(state, c0, c1, o)` (which writes `o[r * (c1 - c0) + c - c0]` for the `m`
+/// rows and the columns `c0..c1`) over blocks of `block` columns in parallel, each thread with
+/// its own `init()` state, and stores the results into `out` (`[m, n]`).
+fn by_column_blocks<T: KvFloat, S>(
+    out: &mut [T],
+    m: usize,
+    n: usize,
+    block: usize,
+    init: impl Fn() -> S + Sync + Send,
+    columns: impl Fn(&mut S, usize, usize, &mut [f32]) + Sync + Send,
+) {
+    let span = |b: usize| (b * block, ((b + 1) * block).min(n));
     if m == 1 {
         // One row: its output is contiguous, each core writes its own column blocks in place.
         out.par_chunks_mut(block).enumerate().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(w_buf, o): &mut (Vec<f32>, Vec<f32>), (b, dst)| {
-                let (c0, c1) = weights(b, w_buf);
-                let wb = T::as_f32(&w[c0 * k..c1 * k]).unwrap_or(w_buf);
+            || (init(), Vec::new()),
+            |(state, o): &mut (S, Vec<f32>), (b, dst)| {
+                let (c0, c1) = span(b);
                 o.resize(c1 - c0, 0.0);
-                matmul_block(xf, wb, 1, c1 - c0, k, o);
+                columns(state, c0, c1, o);
                 for (d, v) in dst.iter_mut().zip(o.iter()) {
                     *d = T::from_f32(*v);
                 }
             },
         );
-        return Ok(());
+        return;
     }
     let results: Vec<Vec<f32>> = (0..n.div_ceil(block))
         .into_par_iter()
-        .map_init(Vec::new, |w_buf: &mut Vec<f32>, b| {
-            let (c0, c1) = weights(b, w_buf);
-            let wb = T::as_f32(&w[c0 * k..c1 * k]).unwrap_or(w_buf);
+        .map_init(init, |state, b| {
+            let (c0, c1) = span(b);
             let mut o = vec![0f32; m * (c1 - c0)];
-            matmul_block(xf, wb, m, c1 - c0, k, &mut o);
+            columns(state, c0, c1, &mut o);
             o
         })
         .collect();
@@ -694,6 +718,76 @@ pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result
             }
         }
     }
+}
+
+/// `out = x · wᵀ` for a weight in a block format (GGUF `Q8_0`, `Q4_0`, `Q4_1`), computed on the
+/// blocks as llama.cpp does: each row of `x` is quantized to int8 blocks of 32 once, then every
+/// output element is integer dot products per block, scaled (AVX2 `vpmaddubsw` where the CPU
+/// has it). The weight is read as stored: 4.5 to 8.5 bits per value instead of an `f32` copy's
+/// 32.
+///
+/// The columns are split into blocks over the cores; within a block each weight row is used by
+/// up to four activation rows at a time, so a batch reads the weights once. A row's result does
+/// not depend on the batch it is in. A non-finite activation is an error naming its row and
+/// column (an int8 block cannot hold it).
+pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8]) -> Result<()> {
+    const OP: &str = "quant_matmul";
+    p.validate::<T>(out.len(), x.len(), w.len())?;
+    if p.m == 0 {
+        return Ok(());
+    }
+    let (m, n, k, f) = (p.m, p.n, p.k, p.format);
+    let row_bytes = f.row_bytes(k).unwrap_or(0);
+    let acts: Vec<quant::ActivationBlocks> = (0..m)
+        .into_par_iter()
+        .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
+            xf.resize(k, 0.0);
+            T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
+            quant::check_finite(OP, r, xf)?;
+            let mut a = quant::ActivationBlocks::default();
+            a.quantize(xf);
+            Ok(a)
+        })
+        .collect::<Result<_>>()?;
+    let rows: Vec<qdot::ActRow<'_>> = acts
+        .iter()
+        .map(|a| qdot::ActRow {
+            scales: &a.scales,
+            sums: &a.sums,
+            qs: &a.qs,
+        })
+        .collect();
+    // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each.
+    let threads = rayon::current_num_threads();
+    let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
+    let block = n.div_ceil(4 * threads).clamp(8, by_cache).min(n);
+    // o[r * width + (c - c0)] for the columns c0..c1.
+    let columns = |c0: usize, c1: usize, o: &mut [f32]| {
+        let width = c1 - c0;
+        for c in c0..c1 {
+            let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+            let mut r = 0;
+            while r + 4 <= m {
+                let mut t = [0f32; 4];
+                qdot::dots(
+                    f,
+                    wc,
+                    &[rows[r], rows[r + 1], rows[r + 2], rows[r + 3]],
+                    &mut t,
+                );
+                for (i, v) in t.iter().enumerate() {
+                    o[(r + i) * width + c - c0] = *v;
+                }
+                r += 4;
+            }
+            for r in r..m {
+                let mut t = [0f32; 1];
+                qdot::dots(f, wc, &[rows[r]], &mut t);
+                o[r * width + c - c0] = t[0];
+            }
+        }
+    };
+    by_column_blocks(out, m, n, block, || (), |_, c0, c1, o| columns(c0, c1, o));
     Ok(())
 }
 

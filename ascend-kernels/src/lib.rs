@@ -50,6 +50,9 @@ pub mod cpu;
 mod engine;
 mod float;
 mod ops;
+#[allow(unsafe_code)] // AVX2 intrinsics behind run-time detection; each block says why it holds.
+mod qdot;
+pub mod quant;
 pub mod reference;
 mod rope;
 mod shapes;
@@ -62,12 +65,13 @@ pub use float::{close, tolerance, KvFloat};
 pub use ops::{
     copy_waves, device_arg, swap_in, swap_out, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs,
     FusedAddRmsNormArgs, In, KernelOps, MatmulArgs, Out, PagedAttentionArgs, PrefillAttentionArgs,
-    ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
+    QuantMatmulArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
+pub use quant::QuantFormat;
 pub use rope::{RopeScaling, RopeTable};
 pub use shapes::{
     expect_index_len, expect_len, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
-    PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
+    PrefillAttention, QuantMatmul, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
 };
 
 /// The crate README's examples, compiled and run as doctests.

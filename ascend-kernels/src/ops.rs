@@ -12,8 +12,8 @@ use ascend_hal::{
 
 use crate::float::KvFloat;
 use crate::shapes::{
-    Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention, ReshapeAndCache,
-    RmsNorm, Rotary, SiluAndMul, TopK,
+    Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention, PrefillAttention, QuantMatmul,
+    ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
 };
 
 /// Read-only device views of a backend.
@@ -206,6 +206,21 @@ kernel_ops! {
         x: input T,
         /// `[n, k]` (PyTorch's `[out, in]`).
         weight: input T,
+    }
+
+    /// See [`cpu::quant_matmul`](crate::cpu::quant_matmul): `out = x · wᵀ` on a weight kept
+    /// in its block format ([`QuantFormat`](crate::QuantFormat)), activations quantized to
+    /// int8 blocks. A backend without a provider for the format is an error naming the weight's
+    /// format and the backends that run it: never a dequantized copy.
+    fn quant_matmul / launch_quant_matmul (QuantMatmulArgs) {
+        /// The shapes and the weight's format.
+        p: param QuantMatmul,
+        /// `[m, n]`.
+        out: output T,
+        /// `[m, k]`.
+        x: input T,
+        /// `[n, k]` in blocks: `n` rows of `k / 32` blocks, as GGUF stores the tensor.
+        weight: input u8,
     }
 
     /// See [`cpu::embedding`](crate::cpu::embedding). An id outside the table fails the

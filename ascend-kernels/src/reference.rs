@@ -5,9 +5,10 @@
 use ascend_hal::{Error, Result};
 
 use crate::float::KvFloat;
+use crate::quant;
 use crate::shapes::{
     check_seq, query_ranges, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
-    PrefillAttention, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
+    PrefillAttention, QuantMatmul, ReshapeAndCache, RmsNorm, RopeStyle, Rotary, SiluAndMul, TopK,
 };
 
 /// Where token `pos` of a sequence sits in a cache laid out `[blocks, block_size, kv_heads,
@@ -356,6 +357,39 @@ pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result
             let dot: f64 = (0..p.k)
                 .map(|t| x[i * p.k + t].to_f32() as f64 * w[j * p.k + t].to_f32() as f64)
                 .sum();
+            out[i * p.n + j] = T::from_f32(dot as f32);
+        }
+    }
+    Ok(())
+}
+
+/// `out = x' · w'ᵀ` in `f64`, where `w'` is the weight decoded ([`quant::dequantize`]) and `x'`
+/// each row of `x` quantized to int8 blocks and decoded ([`quant::ActivationBlocks`]): what
+/// every provider of [`QuantMatmul`] computes, up to the order it sums in.
+pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8]) -> Result<()> {
+    p.validate::<T>(out.len(), x.len(), w.len())?;
+    let row = p.format.row_bytes(p.k).unwrap_or(0);
+    let mut wf = vec![0f32; p.k];
+    let mut weights = Vec::with_capacity(p.n);
+    for j in 0..p.n {
+        quant::dequantize(p.format, &w[j * row..(j + 1) * row], &mut wf)?;
+        weights.push(wf.clone());
+    }
+    // Every row is checked before anything is written.
+    let mut rows = Vec::with_capacity(p.m);
+    for i in 0..p.m {
+        let xi: Vec<f32> = x[i * p.k..(i + 1) * p.k]
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        quant::check_finite("quant_matmul", i, &xi)?;
+        let mut blocks = quant::ActivationBlocks::default();
+        blocks.quantize(&xi);
+        rows.push(blocks.values());
+    }
+    for (i, xq) in rows.iter().enumerate() {
+        for (j, wj) in weights.iter().enumerate() {
+            let dot: f64 = xq.iter().zip(wj).map(|(&a, &b)| a as f64 * b as f64).sum();
             out[i * p.n + j] = T::from_f32(dot as f32);
         }
     }

@@ -4,6 +4,7 @@
 use ascend_hal::{Error, Result};
 
 use crate::float::KvFloat;
+use crate::quant::QuantFormat;
 
 /// The shape of one layer's paged K (or V) cache: `[num_blocks, block_size, num_kv_heads,
 /// head_size]`.
@@ -221,6 +222,72 @@ impl Matmul {
             dims(&[self.n, self.k]),
             w,
         )
+    }
+}
+
+/// `out = x · wᵀ` for a weight `[n, k]` in a block format ([`crate::quant`]): `m` rows of `x`
+/// (`[m, k]`, the op's float type) quantized to int8 per block of 32, then exact integer dot
+/// products per block, scaled (see [`crate::reference::quant_matmul`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantMatmul {
+    /// Rows of `x` and `out` (tokens).
+    pub m: usize,
+    /// Columns of `out` (output features): rows of the weight.
+    pub n: usize,
+    /// Columns of `x` (input features): a multiple of 32.
+    pub k: usize,
+    /// The weight's block format.
+    pub format: QuantFormat,
+}
+
+impl QuantMatmul {
+    /// Checks every length: `out` and `x` in elements, the weight in bytes.
+    pub fn validate<T: KvFloat>(&self, out: usize, x: usize, weight_bytes: usize) -> Result<()> {
+        const OP: &str = "quant_matmul";
+        positive(OP, &[("n", self.n), ("k", self.k)])?;
+        let f = self.format;
+        let Some(row) = f.row_bytes(self.k) else {
+            return Err(invalid(
+                OP,
+                format!(
+                    "k = {} is not whole {f} blocks of {} values",
+                    self.k,
+                    crate::quant::BLOCK
+                ),
+            ));
+        };
+        representable(OP, "the weight", &[self.n, row])?;
+        expect_len::<T>(
+            OP,
+            "out",
+            format!("[m={}, n={}]", self.m, self.n),
+            dims(&[self.m, self.n]),
+            out,
+        )?;
+        expect_len::<T>(
+            OP,
+            "x",
+            format!("[m={}, k={}]", self.m, self.k),
+            dims(&[self.m, self.k]),
+            x,
+        )?;
+        let want = self.n * row;
+        if weight_bytes != want {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                arg: "weight",
+                expected: format!(
+                    "[n={}, k={}] {f} ({} bytes: {} blocks of {} per row)",
+                    self.n,
+                    self.k,
+                    want,
+                    self.k / crate::quant::BLOCK,
+                    f.block_bytes()
+                ),
+                actual: format!("{weight_bytes} bytes"),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -4,8 +4,8 @@
 use ascend_hal::{DevicePtr, DeviceRepr, Error, Result};
 use ascend_kernels::{
     cpu, device_arg, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs, FusedAddRmsNormArgs,
-    KernelOps, KvFloat, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs, ReshapeAndCacheArgs,
-    RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
+    KernelOps, KvFloat, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs, QuantMatmulArgs,
+    ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
 
 use crate::backend::CpuBackend;
@@ -309,6 +309,24 @@ impl KernelOps for CpuBackend {
         let p = *p;
         stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
             cpu::matmul::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?, typed(OP, r[1])?)
+        })
+    }
+
+    fn launch_quant_matmul<T: KvFloat>(
+        stream: &CpuStream,
+        args: QuantMatmulArgs<'_, Self, T>,
+    ) -> Result<()> {
+        let QuantMatmulArgs { p, out, x, weight } = args;
+        const OP: &str = "quant_matmul";
+        p.validate::<T>(out.len(), x.len(), weight.len())?;
+        let reads = [
+            range(OP, stream, "x", &x)?,
+            range(OP, stream, "weight", &weight)?,
+        ];
+        let writes = [range(OP, stream, "out", &out)?];
+        let p = *p;
+        stream.enqueue_region_task(OP, &reads, &writes, move |r, w| {
+            cpu::quant_matmul::<T>(&p, typed_mut(OP, w[0])?, typed(OP, r[0])?, r[1])
         })
     }
 

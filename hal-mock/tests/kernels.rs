@@ -446,3 +446,60 @@ fn an_embedding_id_outside_the_table_fails_the_stream_by_name() {
         "{e}"
     );
 }
+
+/// `quant_matmul` on the CPU backend's stream equals the kernel run on the host; a non-finite
+/// activation fails the stream at synchronize, naming the op and the element.
+#[test]
+fn quant_matmul_runs_on_the_stream_and_names_a_bad_activation() {
+    use ascend_kernels::quant::quantize;
+    use ascend_kernels::{cpu, QuantFormat, QuantMatmul};
+    let (_b, _d, stream) = setup();
+    let (m, n, k) = (3, 5, 64);
+    let x: Vec<f32> = values(m * k, 7);
+    let wf: Vec<f32> = values(n * k, 9);
+    for format in QuantFormat::ALL {
+        let mut w = Vec::new();
+        quantize(format, &wf, &mut w).unwrap();
+        let p = QuantMatmul { m, n, k, format };
+        let mut want = vec![0f32; m * n];
+        cpu::quant_matmul(&p, &mut want, &x, &w).unwrap();
+        let (xd, wd) = (
+            Buf::<f32>::from_slice(&stream, &x).unwrap(),
+            Buf::<u8>::from_slice(&stream, &w).unwrap(),
+        );
+        let mut out = Buf::<f32>::zeros(&stream, m * n).unwrap();
+        CpuBackend::quant_matmul(&stream, &p, out.view_mut(), xd.view(), wd.view()).unwrap();
+        assert_eq!(stream.clone_to_host(&out).unwrap(), want, "{format}");
+        let e = CpuBackend::quant_matmul(
+            &stream,
+            &p,
+            out.view_mut(),
+            xd.view(),
+            wd.slice(0..1).unwrap(),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::ShapeMismatch { arg: "weight", .. }),
+            "{e}"
+        );
+    }
+    let mut bad = x.clone();
+    bad[k + 3] = f32::NAN;
+    let (xd, mut wb) = (Buf::<f32>::from_slice(&stream, &bad).unwrap(), Vec::new());
+    quantize(QuantFormat::Q8_0, &wf, &mut wb).unwrap();
+    let wd = Buf::<u8>::from_slice(&stream, &wb).unwrap();
+    let mut out = Buf::<f32>::zeros(&stream, m * n).unwrap();
+    let p = QuantMatmul {
+        m,
+        n,
+        k,
+        format: QuantFormat::Q8_0,
+    };
+    CpuBackend::quant_matmul(&stream, &p, out.view_mut(), xd.view(), wd.view()).unwrap();
+    let e = stream.synchronize().unwrap_err().to_string();
+    assert!(
+        e.contains("quant_matmul") && e.contains("x[1, 3] = NaN"),
+        "{e}"
+    );
+}

@@ -33,7 +33,7 @@ use crate::float::KvFloat;
 use crate::ops::{
     copy_waves, device_arg, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs,
     FusedAddRmsNormArgs, KernelOps, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs,
-    ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
+    QuantMatmulArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
 use providers::{provider, serve, AclOp, Provider, Served};
 
@@ -314,6 +314,20 @@ impl KernelOps for AclBackend {
     fn launch_matmul<T: KvFloat>(stream: &AclStream, args: MatmulArgs<'_, Self, T>) -> Result<()> {
         let MatmulArgs { p, out, x, weight } = args;
         vendor::matmul(stream, p, out, x, weight)
+    }
+
+    fn launch_quant_matmul<T: KvFloat>(
+        _stream: &AclStream,
+        args: QuantMatmulArgs<'_, Self, T>,
+    ) -> Result<()> {
+        let QuantMatmulArgs { p, out, x, weight } = args;
+        p.validate::<T>(out.len(), x.len(), weight.len())?;
+        Err(Error::KernelUnavailable {
+            backend: "acl",
+            op: "quant_matmul",
+            reason: "no ACL provider runs block-quantized weights yet (Q8_0 / Q4_0 / Q4_1: the \
+                     CPU backend runs them); load the weight dequantized (f16/bf16) for matmul",
+        })
     }
 
     fn launch_embedding<T: KvFloat>(

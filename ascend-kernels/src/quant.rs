@@ -1,0 +1,330 @@
+//! Quantized weights as data: GGUF's block formats, decoded and encoded exactly as ggml defines
+//! them, and the int8 activation blocks a quantized GEMM multiplies them with.
+//!
+//! A weight `[n, k]` in a block format is `n` rows of `k / 32` blocks, each row's blocks in
+//! order (GGUF's layout, so a tensor's bytes from the file are the weight). A block of 32
+//! values:
+//!
+//! | format | bytes | block | value `j` |
+//! | --- | --- | --- | --- |
+//! | `Q8_0` | 34 | f16 `d`, 32 × i8 `q` | `d · q[j]` |
+//! | `Q4_0` | 18 | f16 `d`, 16 bytes of nibbles | `d · (nib[j] − 8)` |
+//! | `Q4_1` | 20 | f16 `d`, f16 `m`, 16 bytes of nibbles | `d · nib[j] + m` |
+//!
+//! with `nib[j]` the low nibble of byte `j` for `j < 16` and the high nibble of byte `j − 16`
+//! otherwise.
+//!
+//! Activations are quantized per block of 32 as llama.cpp's `q8_0`/`q8_1` do (`d = max|x| /
+//! 127`, `q = round(x / d)`, ties away from zero), except that `d` is kept in `f32` (llama.cpp
+//! rounds it to f16): [`ActivationBlocks`]. The quantized GEMM is then exact integer dot
+//! products per block, scaled, which [`crate::reference::quant_matmul`] states in `f64`.
+
+use ascend_hal::{Error, Result};
+use half::f16;
+
+/// Values per block, in every format.
+pub const BLOCK: usize = 32;
+
+/// A quantized weight's block format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// 8-bit values with one f16 scale per block (GGUF type 8).
+    Q8_0,
+    /// 4-bit values around 8 with one f16 scale per block (GGUF type 2).
+    Q4_0,
+    /// 4-bit values with an f16 scale and an f16 minimum per block (GGUF type 3).
+    Q4_1,
+}
+
+impl QuantFormat {
+    /// Every format, in GGUF type order.
+    pub const ALL: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
+
+    /// Bytes of one block of [`BLOCK`] values.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => 34,
+            QuantFormat::Q4_0 => 18,
+            QuantFormat::Q4_1 => 20,
+        }
+    }
+
+    /// The format's name, as ggml spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q8_0 => "Q8_0",
+            QuantFormat::Q4_0 => "Q4_0",
+            QuantFormat::Q4_1 => "Q4_1",
+        }
+    }
+
+    /// Bytes of a row of `k` values, or `None` when `k` is not whole blocks (or overflows).
+    pub fn row_bytes(self, k: usize) -> Option<usize> {
+        if !k.is_multiple_of(BLOCK) {
+            return None;
+        }
+        (k / BLOCK).checked_mul(self.block_bytes())
+    }
+}
+
+impl std::fmt::Display for QuantFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn invalid(op: &'static str, message: String) -> Error {
+    Error::InvalidArgument { op, message }
+}
+
+/// Checks that `bytes` holds exactly the blocks of `values` values.
+fn expect_blocks(op: &'static str, f: QuantFormat, values: usize, bytes: usize) -> Result<()> {
+    match f.row_bytes(values) {
+        None => Err(invalid(
+            op,
+            format!("{values} values are not whole {f} blocks of {BLOCK}"),
+        )),
+        Some(want) if want != bytes => Err(invalid(
+            op,
+            format!("{values} values of {f} take {want} bytes, got {bytes}"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn half_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Decodes `out.len()` values of format `f` from `bytes` (exactly their blocks).
+pub fn dequantize(f: QuantFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    expect_blocks("dequantize", f, out.len(), bytes.len())?;
+    for (b, o) in bytes
+        .chunks_exact(f.block_bytes())
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let d = half_at(b, 0);
+        match f {
+            QuantFormat::Q8_0 => {
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = d * (q as i8) as f32;
+                }
+            }
+            QuantFormat::Q4_0 => {
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
+                    *l = d * ((q & 0x0f) as i32 - 8) as f32;
+                    *h = d * ((q >> 4) as i32 - 8) as f32;
+                }
+            }
+            QuantFormat::Q4_1 => {
+                let m = half_at(b, 2);
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
+                    *l = d * (q & 0x0f) as f32 + m;
+                    *h = d * (q >> 4) as f32 + m;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encodes `x` (whole blocks) in format `f` as ggml's reference quantizers do, appending to
+/// `out`: `Q8_0` and `Q4_0` scale by the value of largest magnitude (`Q4_0` keeps its sign, so
+/// that value is exactly `-8 d`), `Q4_1` spans `[min, max]` in 15 steps.
+pub fn quantize(f: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    expect_blocks(
+        "quantize",
+        f,
+        x.len(),
+        f.row_bytes(x.len()).unwrap_or(usize::MAX),
+    )?;
+    if let Some(v) = x.iter().find(|v| !v.is_finite()) {
+        return Err(invalid("quantize", format!("{v} cannot be quantized")));
+    }
+    let put = |out: &mut Vec<u8>, v: f32| out.extend(f16::from_f32(v).to_bits().to_le_bytes());
+    for b in x.chunks_exact(BLOCK) {
+        match f {
+            QuantFormat::Q8_0 => {
+                let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put(out, d);
+                out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+            QuantFormat::Q4_0 => {
+                let max = b
+                    .iter()
+                    .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put(out, d);
+                let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+            QuantFormat::Q4_1 => {
+                let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put(out, d);
+                put(out, min);
+                let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Errors unless every value of activation row `row` is finite (a NaN or infinity has no int8
+/// block: quantizing it would silently give zeros or saturate the block).
+pub fn check_finite(op: &'static str, row: usize, x: &[f32]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(invalid(
+            op,
+            format!(
+                "x[{row}, {i}] = {} cannot be quantized to int8 blocks",
+                x[i]
+            ),
+        )),
+    }
+}
+
+/// Rows of activations quantized to int8 per block of [`BLOCK`]: for block `b`, the values are
+/// `scales[b] · qs[32 b + j]`, and `sums[b]` is `scales[b] · Σ_j qs[32 b + j]` (what a `Q4_1`
+/// block's minimum multiplies).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivationBlocks {
+    /// One scale per block (`max|x| / 127`).
+    pub scales: Vec<f32>,
+    /// One scaled sum of the block's values per block.
+    pub sums: Vec<f32>,
+    /// The quantized values, `round(x / scale)`, ties away from zero.
+    pub qs: Vec<i8>,
+}
+
+impl ActivationBlocks {
+    /// Quantizes `x` (whole blocks; finite values), replacing what the buffers held.
+    pub fn quantize(&mut self, x: &[f32]) {
+        debug_assert!(x.len().is_multiple_of(BLOCK));
+        let blocks = x.len() / BLOCK;
+        self.scales.clear();
+        self.sums.clear();
+        self.qs.clear();
+        self.scales.reserve(blocks);
+        self.sums.reserve(blocks);
+        self.qs.reserve(x.len());
+        for b in x.chunks_exact(BLOCK) {
+            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for v in b {
+                let q = (v * id).round() as i8;
+                sum += q as i32;
+                self.qs.push(q);
+            }
+            self.scales.push(d);
+            self.sums.push(d * sum as f32);
+        }
+    }
+
+    /// The dequantized values (what the reference multiplies).
+    pub fn values(&self) -> Vec<f32> {
+        self.qs
+            .chunks_exact(BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(q, &d)| q.iter().map(move |&q| d * q as f32))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn blocks_decode_as_ggml_defines_them() {
+        let mut b = Vec::new();
+        b.extend(h(0.5));
+        b.extend(h(-1.0));
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut x = [0f32; 32];
+        dequantize(QuantFormat::Q4_1, &b, &mut x).unwrap();
+        for j in 0..16 {
+            assert_eq!(x[j], j as f32 * 0.5 - 1.0);
+            assert_eq!(x[j + 16], (15 - j) as f32 * 0.5 - 1.0);
+        }
+        let mut b = Vec::new();
+        b.extend(h(0.25));
+        b.extend((0..16u8).map(|j| j | (j << 4)));
+        dequantize(QuantFormat::Q4_0, &b, &mut x).unwrap();
+        assert_eq!((x[0], x[31]), (-2.0, 1.75));
+        let mut b = Vec::new();
+        b.extend(h(2.0));
+        b.extend((0..32).map(|j| (j as i8 - 16) as u8));
+        dequantize(QuantFormat::Q8_0, &b, &mut x).unwrap();
+        assert_eq!((x[0], x[31]), (-32.0, 30.0));
+    }
+
+    #[test]
+    fn quantizing_then_decoding_is_within_a_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3)
+            .collect();
+        for f in QuantFormat::ALL {
+            let mut b = Vec::new();
+            quantize(f, &x, &mut b).unwrap();
+            assert_eq!(b.len(), f.row_bytes(64).unwrap());
+            let mut y = vec![0f32; 64];
+            dequantize(f, &b, &mut y).unwrap();
+            for (blk, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+                let step = half_at(&b[blk * f.block_bytes()..], 0).abs();
+                for (a, c) in xb.iter().zip(yb) {
+                    // Half a step, and the f16 rounding of the scale and minimum; Q4_0 maps
+                    // the largest magnitude to -8 d, so the other sign's end clamps at 7 d.
+                    let steps = if f == QuantFormat::Q4_0 { 1.0 } else { 0.5 };
+                    assert!((a - c).abs() <= steps * step + 1e-2, "{f}: {a} vs {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lengths_that_are_not_whole_blocks_are_errors() {
+        let mut y = vec![0f32; 33];
+        let e = dequantize(QuantFormat::Q8_0, &[0; 34], &mut y).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("33 values are not whole Q8_0 blocks"),
+            "{e}"
+        );
+        let mut y = vec![0f32; 32];
+        let e = dequantize(QuantFormat::Q4_1, &[0; 18], &mut y).unwrap_err();
+        assert!(e.to_string().contains("take 20 bytes, got 18"), "{e}");
+        let e = quantize(QuantFormat::Q4_0, &[f32::NAN; 32], &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("NaN cannot be quantized"), "{e}");
+    }
+
+    #[test]
+    fn activation_blocks_keep_their_scale_and_sum() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32 - 10.0).collect();
+        let mut a = ActivationBlocks::default();
+        a.quantize(&x);
+        assert_eq!(a.scales, vec![21.0 / 127.0]);
+        assert_eq!(a.qs[31], 127);
+        assert_eq!(a.qs[0], -60); // -10 / (21/127) = -60.48
+        let s: i32 = a.qs.iter().map(|&q| q as i32).sum();
+        assert_eq!(a.sums[0], a.scales[0] * s as f32);
+        // Zeros quantize to zeros with a zero scale, not NaN.
+        a.quantize(&[0.0; 32]);
+        assert_eq!((a.scales[0], a.qs[5]), (0.0, 0));
+    }
+}

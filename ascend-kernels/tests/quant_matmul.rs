@@ -1,0 +1,160 @@
+//! The quantized GEMM on the CPU (`cpu::quant_matmul`) against its `f64` reference (the weight
+//! decoded, each activation row quantized to int8 blocks and decoded): equal up to the order the
+//! sums are added in, for every block format, f32/f16/bf16 activations, and random shapes; a
+//! row's result is the same bits alone or in a batch; bad input is an error naming what is
+//! wrong and writes nothing.
+
+use ascend_hal::Error;
+use ascend_kernels::quant::{quantize, BLOCK};
+use ascend_kernels::{cpu, reference, KvFloat, QuantFormat, QuantMatmul};
+use half::{bf16, f16};
+use proptest::prelude::*;
+
+struct Case {
+    p: QuantMatmul,
+    x: Vec<f32>,
+    w: Vec<u8>,
+    /// Per output element: `Σ |x'_i w'_i|`, the scale of its rounding error.
+    magnitude: Vec<f64>,
+}
+
+fn case(format: QuantFormat, m: usize, n: usize, blocks: usize, seed: u64) -> Case {
+    let k = blocks * BLOCK;
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    };
+    let x: Vec<f32> = (0..m * k).map(|_| next() * 3.0).collect();
+    let wf: Vec<f32> = (0..n * k).map(|_| next() * 0.2).collect();
+    let mut w = Vec::new();
+    for row in wf.chunks(k) {
+        quantize(format, row, &mut w).unwrap();
+    }
+    let mut decoded = vec![0f32; n * k];
+    ascend_kernels::quant::dequantize(format, &w, &mut decoded).unwrap();
+    let mut magnitude = vec![0f64; m * n];
+    for r in 0..m {
+        let mut a = ascend_kernels::quant::ActivationBlocks::default();
+        a.quantize(&x[r * k..(r + 1) * k]);
+        let xq = a.values();
+        for c in 0..n {
+            magnitude[r * n + c] = xq
+                .iter()
+                .zip(&decoded[c * k..(c + 1) * k])
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+        }
+    }
+    Case {
+        p: QuantMatmul { m, n, k, format },
+        x,
+        w,
+        magnitude,
+    }
+}
+
+fn check<T: KvFloat>(c: &Case) -> Result<(), TestCaseError> {
+    let x: Vec<T> = c.x.iter().map(|&v| T::from_f32(v)).collect();
+    let mut fast = vec![T::from_f32(f32::NAN); c.p.m * c.p.n];
+    let mut slow = vec![T::from_f32(0.0); c.p.m * c.p.n];
+    cpu::quant_matmul(&c.p, &mut fast, &x, &c.w).unwrap();
+    reference::quant_matmul(&c.p, &mut slow, &x, &c.w).unwrap();
+    // Both round the same f64-exact value to T; the sums differ by f32 rounding only:
+    // 1e-6 of the terms' magnitude, plus one rounding to T.
+    let (_, rtol) = ascend_kernels::tolerance(T::DTYPE);
+    let unit = if T::DTYPE == ascend_hal::DType::F32 {
+        0.0
+    } else {
+        rtol
+    };
+    for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+        let (a, b) = (a.to_f32() as f64, b.to_f32() as f64);
+        let tol = 1e-6 * (1.0 + c.magnitude[i]) + unit as f64 * b.abs();
+        prop_assert!(
+            (a - b).abs() <= tol,
+            "{} {:?} element {i}: {a} vs {b} (tolerance {tol})",
+            c.p.format,
+            T::DTYPE
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn the_fast_kernel_equals_the_reference(
+        fi in 0usize..3,
+        m in 0usize..10,
+        n in 1usize..40,
+        blocks in 1usize..9,
+        seed in any::<u64>(),
+    ) {
+        let c = case(QuantFormat::ALL[fi], m, n, blocks, seed);
+        check::<f32>(&c)?;
+        check::<f16>(&c)?;
+        check::<bf16>(&c)?;
+    }
+}
+
+/// A row's result does not depend on the other rows of its batch (the tiles of 4 and the single
+/// rows run the same per-row sums).
+#[test]
+fn a_row_gives_the_same_bits_in_any_batch() {
+    for f in QuantFormat::ALL {
+        let c = case(f, 7, 70, 12, 3);
+        let mut batch = vec![0f32; 7 * 70];
+        cpu::quant_matmul(&c.p, &mut batch, &c.x, &c.w).unwrap();
+        for r in 0..7 {
+            let p = QuantMatmul { m: 1, ..c.p };
+            let mut one = vec![0f32; 70];
+            cpu::quant_matmul(&p, &mut one, &c.x[r * c.p.k..(r + 1) * c.p.k], &c.w).unwrap();
+            for (a, b) in one.iter().zip(&batch[r * 70..(r + 1) * 70]) {
+                assert_eq!(a.to_bits(), b.to_bits(), "{f} row {r}");
+            }
+        }
+    }
+}
+
+/// Llama-sized rows (k = 4096) in every format: the sums over 128 blocks stay within the bound.
+#[test]
+fn long_rows_stay_within_the_bound() {
+    for f in QuantFormat::ALL {
+        check::<f32>(&case(f, 2, 24, 128, 9)).unwrap();
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_that_names_it_and_writes_nothing() {
+    let c = case(QuantFormat::Q4_1, 2, 3, 2, 1);
+    let mut out = vec![7f32; 6];
+    let e = cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w[1..]).unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { arg: "weight", .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("120 bytes"), "{e}");
+    let p = QuantMatmul { k: 48, ..c.p };
+    let e = cpu::quant_matmul(&p, &mut out, &c.x[..96], &c.w).unwrap_err();
+    assert!(
+        e.to_string().contains("k = 48 is not whole Q4_1 blocks"),
+        "{e}"
+    );
+    let mut x = c.x.clone();
+    x[64 + 5] = f32::INFINITY;
+    let e = cpu::quant_matmul(&c.p, &mut out, &x, &c.w).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("x[1, 5] = inf cannot be quantized to int8 blocks"),
+        "{e}"
+    );
+    let e = reference::quant_matmul(&c.p, &mut out, &x, &c.w).unwrap_err();
+    assert!(e.to_string().contains("x[1, 5] = inf"), "{e}");
+    assert_eq!(out, vec![7f32; 6], "nothing written");
+}
