@@ -761,33 +761,14 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
     let threads = rayon::current_num_threads();
     let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
     let block = n.div_ceil(4 * threads).clamp(8, by_cache).min(n);
-    // o[r * width + (c - c0)] for the columns c0..c1.
-    let columns = |c0: usize, c1: usize, o: &mut [f32]| {
-        let width = c1 - c0;
-        for c in c0..c1 {
-            let wc = &w[c * row_bytes..(c + 1) * row_bytes];
-            let mut r = 0;
-            while r + 4 <= m {
-                let mut t = [0f32; 4];
-                qdot::dots(
-                    f,
-                    wc,
-                    &[rows[r], rows[r + 1], rows[r + 2], rows[r + 3]],
-                    &mut t,
-                );
-                for (i, v) in t.iter().enumerate() {
-                    o[(r + i) * width + c - c0] = *v;
-                }
-                r += 4;
-            }
-            for r in r..m {
-                let mut t = [0f32; 1];
-                qdot::dots(f, wc, &[rows[r]], &mut t);
-                o[r * width + c - c0] = t[0];
-            }
-        }
-    };
-    by_column_blocks(out, m, n, block, || (), |_, c0, c1, o| columns(c0, c1, o));
+    by_column_blocks(
+        out,
+        m,
+        n,
+        block,
+        || (),
+        |_, c0, c1, o| qdot::columns(f, w, row_bytes, (c0, c1), &rows, o),
+    );
     Ok(())
 }
 

@@ -25,11 +25,14 @@ fn half_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+/// (The per-row entry the tests compare with the portable loop; the kernel calls [`columns`].)
+///
 /// `out[r] = Σ_blocks` of weight row `w` (whole blocks of format `f`) times activation row
 /// `xs[r]`, for every `r < R`.
 ///
 /// # Panics
 /// If an activation row has fewer blocks than `w` (a caller bug, as with slice indexing).
+#[cfg(test)]
 pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out: &mut [f32; R]) {
     let blocks = w.len() / f.block_bytes();
     assert!(
@@ -48,6 +51,50 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
         return unsafe { x86::dots(f, w, blocks, xs, out) };
     }
     portable(f, w, blocks, xs, out)
+}
+
+/// `o[r * (c1 - c0) + c - c0] = dot(weight row c, rows[r])` for the columns `c0..c1` of a
+/// weight of `row_bytes` per row and every activation row, rows in tiles of 4: the whole loop
+/// in one dispatch, so the AVX2 version inlines its inner steps.
+///
+/// # Panics
+/// If `w` has fewer than `c1` rows, `o` fewer than `rows.len() * (c1 - c0)` elements, or an
+/// activation row fewer blocks than a weight row (caller bugs, as with slice indexing).
+pub fn columns(
+    f: QuantFormat,
+    w: &[u8],
+    row_bytes: usize,
+    (c0, c1): (usize, usize),
+    rows: &[ActRow<'_>],
+    o: &mut [f32],
+) {
+    let blocks = row_bytes / f.block_bytes();
+    assert!(
+        w.len() >= c1 * row_bytes
+            && o.len() >= rows.len() * (c1 - c0)
+            && rows.iter().all(|x| x.scales.len() >= blocks
+                && x.sums.len() >= blocks
+                && x.qs.len() >= blocks * BLOCK),
+        "qdot: an argument is shorter than the shapes need"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; the lengths are
+        // checked just before.
+        return unsafe { x86::columns(f, w, row_bytes, c0, c1, rows, o) };
+    }
+    let width = c1 - c0;
+    for c in c0..c1 {
+        let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+        for (r, x) in rows.iter().enumerate() {
+            let mut t = [0f32; 1];
+            portable(f, wc, blocks, &[*x], &mut t);
+            o[r * width + c - c0] = t[0];
+        }
+    }
 }
 
 /// The weight block's values as integers (`Q4_0`: `nib − 8`; `Q4_1`: `nib`) and its scale and
@@ -155,9 +202,47 @@ mod x86 {
     }
 
     /// # Safety
+    /// AVX2, FMA and F16C; `w` holds `c1` rows of `row_bytes`, `o` at least `rows.len() *
+    /// (c1 - c0)` elements, every activation row at least a weight row's blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn columns(
+        f: QuantFormat,
+        w: &[u8],
+        row_bytes: usize,
+        c0: usize,
+        c1: usize,
+        rows: &[ActRow<'_>],
+        o: &mut [f32],
+    ) {
+        let (width, blocks, m) = (c1 - c0, row_bytes / f.block_bytes(), rows.len());
+        for c in c0..c1 {
+            let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+            let mut r = 0;
+            while r + 4 <= m {
+                let mut t = [0f32; 4];
+                let tile = [rows[r], rows[r + 1], rows[r + 2], rows[r + 3]];
+                // SAFETY: as this function's contract.
+                unsafe { dots(f, wc, blocks, &tile, &mut t) };
+                for (i, v) in t.iter().enumerate() {
+                    o[(r + i) * width + c - c0] = *v;
+                }
+                r += 4;
+            }
+            while r < m {
+                let mut t = [0f32; 1];
+                // SAFETY: as this function's contract.
+                unsafe { dots(f, wc, blocks, &[rows[r]], &mut t) };
+                o[r * width + c - c0] = t[0];
+                r += 1;
+            }
+        }
+    }
+
+    /// # Safety
     /// AVX2, FMA and F16C; `w` holds `blocks` whole blocks of `f` and every row of `xs` at least
     /// `blocks` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub unsafe fn dots<const R: usize>(
         f: QuantFormat,
         w: &[u8],
