@@ -171,6 +171,15 @@ fn serve_on<B: KernelOps, T: KvFloat>(
     serve(&stream, &llm.model, &mut kv, requests, cfg, |_| {}).unwrap()
 }
 
+/// One greedy request of `new` tokens per chat, ids from 1.
+fn greedy_requests(chats: &[Value], new: usize) -> Vec<Request> {
+    chats
+        .iter()
+        .enumerate()
+        .map(|(c, chat)| Request::greedy(RequestId(c as u64 + 1), ids(&chat["prompt_ids"]), new))
+        .collect()
+}
+
 #[test]
 fn smollm2_over_the_acl_backend_on_the_fake_generates_the_same_ids() {
     // The NPU path (ACLNN GEMMs, Ascend C paged attention, RoPE, norms) on the fake: slower
@@ -181,11 +190,7 @@ fn smollm2_over_the_acl_backend_on_the_fake_generates_the_same_ids() {
     };
     let reference = reference();
     let chats = &reference["chats"].as_array().expect("chats")[..2];
-    let requests: Vec<Request> = chats
-        .iter()
-        .enumerate()
-        .map(|(c, chat)| Request::greedy(RequestId(c as u64 + 1), ids(&chat["prompt_ids"]), NEW))
-        .collect();
+    let requests = greedy_requests(chats, NEW);
     let report = serve_on::<_, f32>(acl_backend(), &path, &requests, 16);
     for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
         let want = &ids(&chat["generated_ids"])[..NEW];
@@ -205,11 +210,7 @@ fn smollm2_in_f16_over_cann_fused_attention_on_the_fake_generates_the_cpu_backen
     };
     let reference = reference();
     let chats = &reference["chats"].as_array().expect("chats")[..2];
-    let requests: Vec<Request> = chats
-        .iter()
-        .enumerate()
-        .map(|(c, chat)| Request::greedy(RequestId(c as u64 + 1), ids(&chat["prompt_ids"]), NEW))
-        .collect();
+    let requests = greedy_requests(chats, NEW);
     let before = common::fake_call_count("aclnnFusedInferAttentionScoreV2");
     let on_acl = serve_on::<_, half::f16>(acl_backend(), &path, &requests, 128);
     let calls = common::fake_call_count("aclnnFusedInferAttentionScoreV2") - before;

@@ -1169,7 +1169,7 @@ impl Aclnn {
     ) -> Result<()> {
         let get = self.fused_attention.get_workspace_size;
         let opt = |x: Option<&AclTensor<'_>>| x.map_or(ptr::null(), AclTensor::raw);
-        let opt_array = |x: Option<&AclIntArray<'_>>| x.map_or(ptr::null(), |a| a.raw());
+        let opt_array = |x: Option<&AclIntArray<'_>>| x.map_or(ptr::null(), |a| a.as_raw());
         let null = ptr::null::<c_void>();
         // The layout string is read, never written, by the operator (its prototype says `char *`).
         let layout = a.input_layout.as_ptr() as *mut std::ffi::c_char;
@@ -1187,8 +1187,8 @@ impl Aclnn {
                     get.map(|f| {
                         f(
                             t.query.raw(),
-                            t.key.raw(),
-                            t.value.raw(),
+                            t.key.as_raw(),
+                            t.value.as_raw(),
                             null,
                             opt(t.atten_mask),
                             opt_array(t.actual_seq_lengths),
@@ -1337,94 +1337,56 @@ pub struct FusedAttentionAttrs {
     pub softmax_lse_flag: bool,
 }
 
-/// An `aclIntArray` descriptor; `aclDestroyIntArray` on drop.
-pub struct AclIntArray<'a> {
-    raw: NonNull<c_void>,
-    destroy: sys::DestroyIntArray,
-    _aclnn: std::marker::PhantomData<&'a Aclnn>,
+/// An owned ACLNN descriptor: the pointer its `aclCreate*` returned and the `aclDestroy*` that
+/// frees it on drop. The three kinds differ only in name and in their pair of calls.
+macro_rules! owned_descriptor {
+    ($(#[$doc:meta])* $name:ident, $destroy:ty) => {
+        $(#[$doc])*
+        pub struct $name<'a> {
+            raw: NonNull<c_void>,
+            destroy: $destroy,
+            _aclnn: std::marker::PhantomData<&'a Aclnn>,
+        }
+
+        impl $name<'_> {
+            /// The descriptor pointer, for ACLNN calls this crate does not bind (valid while
+            /// `self` lives).
+            pub fn as_raw(&self) -> *const c_void {
+                self.raw.as_ptr()
+            }
+        }
+
+        impl std::fmt::Debug for $name<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({:p})"), self.raw)
+            }
+        }
+
+        impl Drop for $name<'_> {
+            fn drop(&mut self) {
+                // SAFETY: `raw` came from the matching create call and is destroyed once,
+                // here (a tensor list with the tensors it owns).
+                let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
+            }
+        }
+    };
 }
 
-impl AclIntArray<'_> {
-    /// The `aclIntArray *`, for ACLNN calls this crate does not bind (valid while `self` lives).
-    pub fn as_raw(&self) -> *const c_void {
-        self.raw.as_ptr()
-    }
-
-    fn raw(&self) -> *const c_void {
-        self.raw.as_ptr()
-    }
-}
-
-impl std::fmt::Debug for AclIntArray<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AclIntArray({:p})", self.raw)
-    }
-}
-
-impl Drop for AclIntArray<'_> {
-    fn drop(&mut self) {
-        // SAFETY: created by aclCreateIntArray and destroyed once, here.
-        let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
-    }
-}
-
-/// An `aclTensorList` descriptor that owns its tensors; `aclDestroyTensorList` on drop.
-pub struct AclTensorList<'a> {
-    raw: NonNull<c_void>,
-    destroy: sys::DestroyTensorList,
-    _aclnn: std::marker::PhantomData<&'a Aclnn>,
-}
-
-impl AclTensorList<'_> {
-    /// The `aclTensorList *`, for ACLNN calls this crate does not bind (valid while `self` lives).
-    pub fn as_raw(&self) -> *const c_void {
-        self.raw.as_ptr()
-    }
-
-    fn raw(&self) -> *const c_void {
-        self.raw.as_ptr()
-    }
-}
-
-impl std::fmt::Debug for AclTensorList<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AclTensorList({:p})", self.raw)
-    }
-}
-
-impl Drop for AclTensorList<'_> {
-    fn drop(&mut self) {
-        // SAFETY: created by aclCreateTensorList and destroyed once, here (with its tensors).
-        let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
-    }
-}
-
-/// An `aclScalar` descriptor; `aclDestroyScalar` on drop.
-pub struct AclScalar<'a> {
-    raw: NonNull<c_void>,
-    destroy: sys::DestroyScalar,
-    _aclnn: std::marker::PhantomData<&'a Aclnn>,
-}
-
-impl AclScalar<'_> {
-    /// The `aclScalar *`, for ACLNN calls this crate does not bind (valid while `self` lives).
-    pub fn as_raw(&self) -> *const c_void {
-        self.raw.as_ptr()
-    }
-}
-
-impl std::fmt::Debug for AclScalar<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AclScalar({:p})", self.raw)
-    }
-}
-
-impl Drop for AclScalar<'_> {
-    fn drop(&mut self) {
-        // SAFETY: created by aclCreateScalar and destroyed once, here.
-        let _ = unsafe { (self.destroy)(self.raw.as_ptr()) };
-    }
-}
+owned_descriptor!(
+    /// An `aclIntArray` descriptor; `aclDestroyIntArray` on drop.
+    AclIntArray,
+    sys::DestroyIntArray
+);
+owned_descriptor!(
+    /// An `aclTensorList` descriptor that owns its tensors; `aclDestroyTensorList` on drop.
+    AclTensorList,
+    sys::DestroyTensorList
+);
+owned_descriptor!(
+    /// An `aclScalar` descriptor; `aclDestroyScalar` on drop.
+    AclScalar,
+    sys::DestroyScalar
+);
 
 impl<G> Op<G> {
     fn available(&self) -> bool {

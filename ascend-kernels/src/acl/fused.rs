@@ -28,7 +28,7 @@ use ascend_hal::{DType, DeviceBuffer, DevicePtr, DeviceRepr, Result, Stream, Str
 
 use super::providers::{workspace_allocator, Served};
 use crate::float::KvFloat;
-use crate::ops::{device_arg, PagedAttentionArgs, PrefillAttentionArgs, RotaryArgs};
+use crate::ops::{device_arg, In, Out, PagedAttentionArgs, PrefillAttentionArgs, RotaryArgs};
 use crate::shapes::CacheShape;
 
 /// The operator, as reasons name it.
@@ -92,6 +92,35 @@ struct Launch<'h> {
     pre_tokens: i64,
     next_tokens: i64,
     mask: Option<DevicePtr>,
+}
+
+/// The device addresses both attention ops launch on.
+struct Buffers {
+    query: DevicePtr,
+    out: DevicePtr,
+    key_cache: DevicePtr,
+    value_cache: DevicePtr,
+    table: DevicePtr,
+}
+
+/// The attention buffers' addresses, each checked to be on the stream's device (the error
+/// names the argument).
+fn buffers<T: KvFloat>(
+    op: &'static str,
+    stream: &AclStream,
+    query: &In<'_, AclBackend, T>,
+    out: &Out<'_, AclBackend, T>,
+    key_cache: &In<'_, AclBackend, T>,
+    value_cache: &In<'_, AclBackend, T>,
+    block_tables: &In<'_, AclBackend, i32>,
+) -> Result<Buffers> {
+    Ok(Buffers {
+        query: device_arg::<AclBackend, T, _>(op, stream, "query", query)?,
+        out: device_arg::<AclBackend, T, _>(op, stream, "out", out)?,
+        key_cache: device_arg::<AclBackend, T, _>(op, stream, "key_cache", key_cache)?,
+        value_cache: device_arg::<AclBackend, T, _>(op, stream, "value_cache", value_cache)?,
+        table: device_arg::<AclBackend, i32, _>(op, stream, "block_tables", block_tables)?,
+    })
 }
 
 fn offset(p: DevicePtr, elements: usize, size: usize) -> DevicePtr {
@@ -194,14 +223,21 @@ pub(super) fn decode<T: KvFloat>(
             p.num_seqs
         ));
     }
-    let at = |what, view| device_arg::<AclBackend, T, _>(OP, stream, what, view);
-    let q = at("query", &a.query)?;
-    let out = device_arg::<AclBackend, T, _>(OP, stream, "out", &a.out)?;
-    let (kc, vc) = (
-        at("key_cache", &a.key_cache)?,
-        at("value_cache", &a.value_cache)?,
-    );
-    let table = device_arg::<AclBackend, i32, _>(OP, stream, "block_tables", &a.block_tables)?;
+    let Buffers {
+        query: q,
+        out,
+        key_cache: kc,
+        value_cache: vc,
+        table,
+    } = buffers(
+        OP,
+        stream,
+        &a.query,
+        &a.out,
+        &a.key_cache,
+        &a.value_cache,
+        &a.block_tables,
+    )?;
     if p.num_seqs == 0 {
         return Ok(Served::Done);
     }
@@ -272,14 +308,21 @@ pub(super) fn prefill<T: KvFloat>(
              cannot apply a sliding window"
         ));
     }
-    let at = |what, view| device_arg::<AclBackend, T, _>(OP, stream, what, view);
-    let q = at("query", &a.query)?;
-    let out = device_arg::<AclBackend, T, _>(OP, stream, "out", &a.out)?;
-    let (kc, vc) = (
-        at("key_cache", &a.key_cache)?,
-        at("value_cache", &a.value_cache)?,
-    );
-    let table = device_arg::<AclBackend, i32, _>(OP, stream, "block_tables", &a.block_tables)?;
+    let Buffers {
+        query: q,
+        out,
+        key_cache: kc,
+        value_cache: vc,
+        table,
+    } = buffers(
+        OP,
+        stream,
+        &a.query,
+        &a.out,
+        &a.key_cache,
+        &a.value_cache,
+        &a.block_tables,
+    )?;
     if p.num_tokens == 0 {
         return Ok(Served::Done);
     }
