@@ -77,19 +77,26 @@ fn invalid(op: &'static str, message: String) -> Error {
     Error::InvalidArgument { op, message }
 }
 
-/// Checks that `bytes` holds exactly the blocks of `values` values.
-fn expect_blocks(op: &'static str, f: QuantFormat, values: usize, bytes: usize) -> Result<()> {
-    match f.row_bytes(values) {
-        None => Err(invalid(
+/// The bytes of `values` values in format `f`, or an error when they are not whole blocks.
+fn block_bytes_of(op: &'static str, f: QuantFormat, values: usize) -> Result<usize> {
+    f.row_bytes(values).ok_or_else(|| {
+        invalid(
             op,
             format!("{values} values are not whole {f} blocks of {BLOCK}"),
-        )),
-        Some(want) if want != bytes => Err(invalid(
+        )
+    })
+}
+
+/// Checks that `bytes` holds exactly the blocks of `values` values.
+fn expect_blocks(op: &'static str, f: QuantFormat, values: usize, bytes: usize) -> Result<()> {
+    let want = block_bytes_of(op, f, values)?;
+    if want != bytes {
+        return Err(invalid(
             op,
             format!("{values} values of {f} take {want} bytes, got {bytes}"),
-        )),
-        Some(_) => Ok(()),
+        ));
     }
+    Ok(())
 }
 
 fn half_at(b: &[u8], i: usize) -> f32 {
@@ -134,12 +141,7 @@ pub fn dequantize(f: QuantFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
 /// `out`: `Q8_0` and `Q4_0` scale by the value of largest magnitude (`Q4_0` keeps its sign, so
 /// that value is exactly `-8 d`), `Q4_1` spans `[min, max]` in 15 steps.
 pub fn quantize(f: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
-    expect_blocks(
-        "quantize",
-        f,
-        x.len(),
-        f.row_bytes(x.len()).unwrap_or(usize::MAX),
-    )?;
+    block_bytes_of("quantize", f, x.len())?;
     if let Some(v) = x.iter().find(|v| !v.is_finite()) {
         return Err(invalid("quantize", format!("{v} cannot be quantized")));
     }

@@ -156,5 +156,32 @@ fn bad_input_is_an_error_that_names_it_and_writes_nothing() {
     );
     let e = reference::quant_matmul(&c.p, &mut out, &x, &c.w).unwrap_err();
     assert!(e.to_string().contains("x[1, 5] = inf"), "{e}");
+    // Zero and huge dimensions are refused by name before anything is read.
+    let e = cpu::quant_matmul(&QuantMatmul { k: 0, ..c.p }, &mut out, &[], &[]).unwrap_err();
+    assert!(e.to_string().contains("k must be positive"), "{e}");
+    let huge = QuantMatmul {
+        m: usize::MAX,
+        ..c.p
+    };
+    let e = cpu::quant_matmul(&huge, &mut out, &c.x, &c.w).unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { arg: "out", .. })
+            && e.to_string().contains("more elements than usize counts"),
+        "{e}"
+    );
+    let e = cpu::quant_matmul(
+        &QuantMatmul {
+            n: usize::MAX,
+            ..c.p
+        },
+        &mut out,
+        &c.x,
+        &c.w,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("more elements than usize counts"),
+        "{e}"
+    );
     assert_eq!(out, vec![7f32; 6], "nothing written");
 }
