@@ -66,6 +66,17 @@ macro_rules! kernel_ops {
                 Ok(())
             }
 
+            /// `Ok` when [`quant_matmul`](KernelOps::quant_matmul) runs weights of `format`
+            /// with activations of `T` on this backend; otherwise why not, and what to do.
+            /// A model loader asks this for each block-quantized weight, so that a format no
+            /// provider runs is refused by tensor name before serving starts, never dequantized
+            /// behind the caller's back. The default is no provider.
+            fn quant_matmul_supported<T: KvFloat>(
+                format: crate::quant::QuantFormat,
+            ) -> std::result::Result<(), String> {
+                Err(format!("this backend has no quant_matmul provider (for {format})"))
+            }
+
             $(
                 $(#[$doc])*
                 #[allow(clippy::too_many_arguments)]

@@ -103,6 +103,15 @@ fn half_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+/// The first block of `bytes` (whole blocks of format `f`) whose scale (or, for Q4_1, minimum)
+/// is a NaN or an infinity: such a weight is corrupt, and every product with it would be.
+pub fn first_non_finite_block(f: QuantFormat, bytes: &[u8]) -> Option<usize> {
+    let halves = if f == QuantFormat::Q4_1 { 2 } else { 1 };
+    bytes
+        .chunks_exact(f.block_bytes())
+        .position(|b| (0..halves).any(|i| !half_at(b, 2 * i).is_finite()))
+}
+
 /// Decodes `out.len()` values of format `f` from `bytes` (exactly their blocks).
 pub fn dequantize(f: QuantFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     expect_blocks("dequantize", f, out.len(), bytes.len())?;
@@ -246,6 +255,26 @@ impl ActivationBlocks {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_non_finite_scale_or_minimum_names_its_block() {
+        for f in QuantFormat::ALL {
+            let mut bytes = Vec::new();
+            quantize(f, &[0.5; 96], &mut bytes).unwrap();
+            assert_eq!(first_non_finite_block(f, &bytes), None, "{f}");
+            let at = 2 * f.block_bytes();
+            bytes[at..at + 2].copy_from_slice(&f16::NAN.to_bits().to_le_bytes());
+            assert_eq!(first_non_finite_block(f, &bytes), Some(2), "{f}: scale");
+            if f == QuantFormat::Q4_1 {
+                bytes.clear();
+                quantize(f, &[0.5; 96], &mut bytes).unwrap();
+                let at = f.block_bytes() + 2;
+                bytes[at..at + 2].copy_from_slice(&f16::INFINITY.to_bits().to_le_bytes());
+                assert_eq!(first_non_finite_block(f, &bytes), Some(1), "{f}: minimum");
+            }
+        }
+    }
+
     use super::*;
 
     fn h(v: f32) -> [u8; 2] {

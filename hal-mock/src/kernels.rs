@@ -4,8 +4,8 @@
 use ascend_hal::{DevicePtr, DeviceRepr, Error, Result};
 use ascend_kernels::{
     cpu, device_arg, AddArgs, ArgmaxArgs, CopyBlocksArgs, EmbeddingArgs, FusedAddRmsNormArgs,
-    KernelOps, KvFloat, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs, QuantMatmulArgs,
-    ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
+    KernelOps, KvFloat, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs, QuantFormat,
+    QuantMatmulArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
 
 use crate::backend::CpuBackend;
@@ -54,6 +54,10 @@ fn two<'a>(w: &'a mut [&mut [u8]]) -> (&'a mut [u8], &'a mut [u8]) {
 }
 
 impl KernelOps for CpuBackend {
+    fn quant_matmul_supported<T: KvFloat>(_: QuantFormat) -> std::result::Result<(), String> {
+        Ok(()) // cpu::quant_matmul runs every format with every activation dtype
+    }
+
     fn launch_reshape_and_cache<T: KvFloat>(
         stream: &CpuStream,
         args: ReshapeAndCacheArgs<'_, Self, T>,

@@ -35,6 +35,7 @@ use crate::ops::{
     FusedAddRmsNormArgs, KernelOps, MatmulArgs, PagedAttentionArgs, PrefillAttentionArgs,
     QuantMatmulArgs, ReshapeAndCacheArgs, RmsNormArgs, RotaryArgs, SiluAndMulArgs, TopKArgs,
 };
+use crate::quant::QuantFormat;
 use providers::{provider, serve, AclOp, Provider, Served};
 
 const NO_BF16: &str = "the Ascend C kernels are built for f16 and f32 (A2 vector units have no \
@@ -108,7 +109,15 @@ fn block_dim(stream: &AclStream, tasks: usize) -> u32 {
     tasks.clamp(1, cores as usize) as u32
 }
 
+/// Why the ACL backend refuses block-quantized weights today.
+const NO_QUANT_PROVIDER: &str = "no ACL provider runs GGUF block-quantized weights yet (Q8_0 / \
+     Q4_0 / Q4_1: the CPU backend runs them); load the weight dequantized (f16/bf16) for matmul";
+
 impl KernelOps for AclBackend {
+    fn quant_matmul_supported<T: KvFloat>(_: QuantFormat) -> std::result::Result<(), String> {
+        Err(NO_QUANT_PROVIDER.to_string())
+    }
+
     fn kernels_available() -> std::result::Result<(), &'static str> {
         // Every op's current provider must be loadable.
         let chosen: Vec<(AclOp, Provider)> =
@@ -325,8 +334,7 @@ impl KernelOps for AclBackend {
         Err(Error::KernelUnavailable {
             backend: "acl",
             op: "quant_matmul",
-            reason: "no ACL provider runs block-quantized weights yet (Q8_0 / Q4_0 / Q4_1: the \
-                     CPU backend runs them); load the weight dequantized (f16/bf16) for matmul",
+            reason: NO_QUANT_PROVIDER,
         })
     }
 
