@@ -19,6 +19,7 @@ use paged_kv::RequestId;
 use crate::engine::{
     serve_observed, EngineConfig, Observer, Preemption, Report, Request, StepStats,
 };
+use crate::llama_gguf::Storage;
 use crate::llm::{kv_cache, model_cache, smollm2_path, BoxError, Llm, SMOLLM2_FILE};
 use crate::model::ModelMemory;
 use crate::sampling::SamplingParams;
@@ -47,6 +48,8 @@ pub struct ChatArgs {
     pub max_tokens_per_step: usize,
     /// Print a progress line per step (on the error stream).
     pub progress: bool,
+    /// How the file's block-quantized matrices are stored (kept as blocks by default).
+    pub storage: Storage,
 }
 
 impl ChatArgs {
@@ -63,6 +66,7 @@ impl ChatArgs {
             max_batch: 8,
             max_tokens_per_step: 256,
             progress: true,
+            storage: Storage::Quantized,
         }
     }
 
@@ -106,6 +110,8 @@ starts with '-' goes after '--'.
   --max-blocks N           cap on KV blocks [4096]
   --max-batch N            most requests in a step [8]
   --max-tokens-per-step N  most tokens computed in a step [256]
+  --dequantize             dequantize Q4_0/Q4_1/Q8_0 weights to floats at load (exact float
+                           products; 3.5-7x the memory) [kept as blocks]
   --no-progress            no per-step progress lines
   -h, --help               this text";
 
@@ -138,6 +144,10 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "-h" | "--help" => return Ok(Command::Help),
             "--no-progress" => {
                 a.progress = false;
+                continue;
+            }
+            "--dequantize" => {
+                a.storage = Storage::Dequantized;
                 continue;
             }
             _ => {}
@@ -312,11 +322,18 @@ impl<B: KernelOps> ChatSession<B> {
         let stream = device.new_stream()?;
         let memory = ModelMemory::caching(&device)?;
         let started = std::time::Instant::now();
-        let llm = Llm::<B>::load(&stream, &args.model, args.max_model_len, memory.clone())?;
+        let llm = Llm::<B>::load_with(
+            &stream,
+            &args.model,
+            args.max_model_len,
+            memory.clone(),
+            args.storage,
+        )?;
         let cfg = *llm.config();
         writeln!(
             err,
-            "{} on {}: {} layers, hidden {}, {} heads / {} KV heads, vocab {}, loaded in {:.2} s",
+            "{} on {}: {} layers, hidden {}, {} heads / {} KV heads, vocab {}, weights {} \
+             ({:.1} MB), loaded in {:.2} s",
             args.model.display(),
             device.name(),
             cfg.layers,
@@ -324,6 +341,11 @@ impl<B: KernelOps> ChatSession<B> {
             cfg.heads,
             cfg.kv_heads,
             cfg.vocab,
+            match args.storage {
+                Storage::Quantized => "as blocks",
+                Storage::Dequantized => "dequantized",
+            },
+            llm.model.weight_bytes() as f64 / 1e6,
             started.elapsed().as_secs_f64()
         )?;
         let kv = kv_cache(

@@ -205,6 +205,46 @@ pub enum TensorType {
 }
 
 impl TensorType {
+    /// ggml's name for the type (`ggml_type_name`), `"unknown"` for a code ggml does not define.
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorType::F32 => "F32",
+            TensorType::F16 => "F16",
+            TensorType::Q4_0 => "Q4_0",
+            TensorType::Q4_1 => "Q4_1",
+            TensorType::Q8_0 => "Q8_0",
+            TensorType::BF16 => "BF16",
+            TensorType::Other(code) => match code {
+                6 => "Q5_0",
+                7 => "Q5_1",
+                9 => "Q8_1",
+                10 => "Q2_K",
+                11 => "Q3_K",
+                12 => "Q4_K",
+                13 => "Q5_K",
+                14 => "Q6_K",
+                15 => "Q8_K",
+                16 => "IQ2_XXS",
+                17 => "IQ2_XS",
+                18 => "IQ3_XXS",
+                19 => "IQ1_S",
+                20 => "IQ4_NL",
+                21 => "IQ3_S",
+                22 => "IQ2_S",
+                23 => "IQ4_XS",
+                24 => "I8",
+                25 => "I16",
+                26 => "I32",
+                27 => "I64",
+                28 => "F64",
+                29 => "IQ1_M",
+                34 => "TQ1_0",
+                35 => "TQ2_0",
+                _ => "unknown",
+            },
+        }
+    }
+
     fn from_code(code: u32) -> TensorType {
         match code {
             0 => TensorType::F32,

@@ -1,6 +1,7 @@
 //! A Llama-architecture GGUF file (Llama, SmolLM, ...) as the example model's configuration and
-//! weights: every tensor dequantized to `f32`, the query and key projections put back in Hugging
-//! Face's row order.
+//! weights: Q4_0, Q4_1 and Q8_0 matrices kept as their blocks ([`Storage::Quantized`], the
+//! default) or dequantized to `f32` ([`Storage::Dequantized`]), F32/F16/BF16 ones as `f32`
+//! values, the query and key projections put back in Hugging Face's row order.
 //!
 //! llama.cpp's converter permutes the rows of `q_proj` and `k_proj` so that ggml's RoPE, which
 //! rotates adjacent pairs (GPT-J style), computes what Hugging Face's rotation of the two halves
@@ -10,8 +11,10 @@
 
 use std::path::Path;
 
-use crate::gguf::{Gguf, GgufError};
-use crate::model::{LayerWeights, ModelConfig, Weights};
+use ascend_kernels::QuantFormat;
+
+use crate::gguf::{Gguf, GgufError, TensorType};
+use crate::model::{LayerWeights, Matrix, ModelConfig, Weights};
 
 type Result<T> = std::result::Result<T, GgufError>;
 
@@ -122,8 +125,55 @@ pub fn config(file: &Gguf, max_position: Option<usize>) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// The tensor `name`, checked to be `[rows, cols]` (ggml's `[cols, rows]`), as `f32` rows.
-fn matrix(file: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>> {
+/// How the loader stores a file's block-quantized matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Q4_0, Q4_1 and Q8_0 matrices stay blocks, as the file holds them (the model runs them
+    /// with `quant_matmul`, reading a quarter to a half of the bytes of f16).
+    #[default]
+    Quantized,
+    /// Every matrix dequantized to `f32` (the model uploads it in its activation dtype): for a
+    /// backend without a `quant_matmul` provider, or to compute exactly as a float reference
+    /// does.
+    Dequantized,
+}
+
+/// The block format a GGUF tensor type is, if it is one `quant_matmul` runs.
+fn block_format(ty: TensorType) -> Option<QuantFormat> {
+    match ty {
+        TensorType::Q4_0 => Some(QuantFormat::Q4_0),
+        TensorType::Q4_1 => Some(QuantFormat::Q4_1),
+        TensorType::Q8_0 => Some(QuantFormat::Q8_0),
+        _ => None,
+    }
+}
+
+/// The tensor `name`, checked to be `[rows, cols]` (ggml's `[cols, rows]`), stored as `storage`
+/// says.
+fn matrix(file: &Gguf, name: &str, rows: usize, cols: usize, storage: Storage) -> Result<Matrix> {
+    let info = file
+        .tensors
+        .get(name)
+        .ok_or_else(|| GgufError(format!("no tensor {name}")))?;
+    match (block_format(info.ty), storage) {
+        (Some(format), Storage::Quantized) => {
+            vector(file, name, rows, cols, false)?;
+            let bytes = file.tensor_bytes(name)?;
+            if let Some(b) = ascend_kernels::quant::first_non_finite_block(format, &bytes) {
+                return bad(format!(
+                    "tensor {name} ({format}) has a non-finite scale in block {b}: the weights \
+                     are corrupt"
+                ));
+            }
+            Ok(Matrix::Blocks { format, bytes })
+        }
+        _ => vector(file, name, rows, cols, true).map(Matrix::F32),
+    }
+}
+
+/// The tensor `name`, checked to be `[rows, cols]` (ggml's `[cols, rows]`), as `f32` rows when
+/// `read` (else only checked).
+fn vector(file: &Gguf, name: &str, rows: usize, cols: usize, read: bool) -> Result<Vec<f32>> {
     let info = file
         .tensors
         .get(name)
@@ -139,14 +189,31 @@ fn matrix(file: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>>
             info.dims
         ));
     }
+    if let TensorType::Other(code) = info.ty {
+        return bad(format!(
+            "tensor {name} is of ggml type {} ({code}), which no provider here runs: \
+             quant_matmul runs Q4_0, Q4_1 and Q8_0 (the CPU backend), matmul runs F32, F16 and \
+             BF16 (every backend); requantize the file to one of those (llama-quantize)",
+            info.ty.name()
+        ));
+    }
+    if !read {
+        return Ok(Vec::new());
+    }
     file.tensor_f32(name)
 }
 
 /// Undoes llama.cpp's row permutation of a query or key projection (`heads` heads of
-/// `head_size` rows): ggml's row `(head, j, s)` is Hugging Face's row `(head, s, j)`.
-pub fn unpermute_rows(w: &[f32], heads: usize, head_size: usize, cols: usize) -> Vec<f32> {
+/// `head_size` rows of `cols` elements, values or bytes of blocks): ggml's row `(head, j, s)` is
+/// Hugging Face's row `(head, s, j)`.
+pub fn unpermute_rows<E: Copy + Default>(
+    w: &[E],
+    heads: usize,
+    head_size: usize,
+    cols: usize,
+) -> Vec<E> {
     let half = head_size / 2;
-    let mut out = vec![0f32; w.len()];
+    let mut out = vec![E::default(); w.len()];
     for h in 0..heads {
         for j in 0..half {
             for s in 0..2 {
@@ -159,26 +226,42 @@ pub fn unpermute_rows(w: &[f32], heads: usize, head_size: usize, cols: usize) ->
     out
 }
 
-/// Every weight of a `llama` file, for `cfg` (from [`config`]).
-pub fn weights(file: &Gguf, cfg: &ModelConfig) -> Result<Weights> {
+/// [`unpermute_rows`] of a `[heads * head_size, cols]` matrix.
+fn unpermute(m: Matrix, heads: usize, head_size: usize, cols: usize) -> Matrix {
+    match m {
+        Matrix::F32(v) => Matrix::F32(unpermute_rows(&v, heads, head_size, cols)),
+        Matrix::Blocks { format, bytes } => {
+            let row = format.row_bytes(cols).expect("checked by matrix()");
+            Matrix::Blocks {
+                format,
+                bytes: unpermute_rows(&bytes, heads, head_size, row),
+            }
+        }
+    }
+}
+
+/// Every weight of a `llama` file, for `cfg` (from [`config`]), matrices stored as `storage`
+/// says (norms are always `f32`).
+pub fn weights(file: &Gguf, cfg: &ModelConfig, storage: Storage) -> Result<Weights> {
     let (h, i, hs) = (cfg.hidden, cfg.intermediate, cfg.head_size());
     let (q, kv) = (cfg.heads * hs, cfg.kv_heads * hs);
     let layer = |l: usize| -> Result<LayerWeights> {
-        let t =
-            |name: &str, rows, cols| matrix(file, &format!("blk.{l}.{name}.weight"), rows, cols);
+        let name = |name: &str| format!("blk.{l}.{name}.weight");
+        let t = |n: &str, rows, cols| matrix(file, &name(n), rows, cols, storage);
+        let norm = |n: &str| vector(file, &name(n), 1, h, true);
         Ok(LayerWeights {
-            attn_norm: t("attn_norm", 1, h)?,
-            wq: unpermute_rows(&t("attn_q", q, h)?, cfg.heads, hs, h),
-            wk: unpermute_rows(&t("attn_k", kv, h)?, cfg.kv_heads, hs, h),
+            attn_norm: norm("attn_norm")?,
+            wq: unpermute(t("attn_q", q, h)?, cfg.heads, hs, h),
+            wk: unpermute(t("attn_k", kv, h)?, cfg.kv_heads, hs, h),
             wv: t("attn_v", kv, h)?,
             wo: t("attn_output", h, q)?,
-            mlp_norm: t("ffn_norm", 1, h)?,
+            mlp_norm: norm("ffn_norm")?,
             w_gate: t("ffn_gate", i, h)?,
             w_up: t("ffn_up", i, h)?,
             w_down: t("ffn_down", h, i)?,
         })
     };
-    // Dequantizing is most of the load time: layers on every core.
+    // Dequantizing (or checking blocks) is most of the load time: layers on every core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut layers: Vec<Option<Result<LayerWeights>>> = (0..cfg.layers).map(|_| None).collect();
     std::thread::scope(|scope| {
@@ -196,24 +279,28 @@ pub fn weights(file: &Gguf, cfg: &ModelConfig) -> Result<Weights> {
         .map(|l| l.expect("every layer was read"))
         .collect::<Result<Vec<_>>>()?;
     let lm_head = if file.tensors.contains_key("output.weight") {
-        Some(matrix(file, "output.weight", cfg.vocab, h)?)
+        Some(matrix(file, "output.weight", cfg.vocab, h, storage)?)
     } else {
         None // tied to the embedding
     };
     Ok(Weights {
-        embed: matrix(file, "token_embd.weight", cfg.vocab, h)?,
+        embed: matrix(file, "token_embd.weight", cfg.vocab, h, storage)?,
         layers,
-        final_norm: matrix(file, "output_norm.weight", 1, h)?,
+        final_norm: vector(file, "output_norm.weight", 1, h, true)?,
         lm_head,
     })
 }
 
 /// Reads `path` and returns its configuration (RoPE table over `max_position` positions, see
-/// [`config`]) and weights.
-pub fn load(path: &Path, max_position: Option<usize>) -> Result<(Gguf, ModelConfig, Weights)> {
+/// [`config`]) and weights, stored as `storage` says.
+pub fn load(
+    path: &Path,
+    max_position: Option<usize>,
+    storage: Storage,
+) -> Result<(Gguf, ModelConfig, Weights)> {
     let file = Gguf::open(path)?;
     let cfg = config(&file, max_position)?;
-    let w = weights(&file, &cfg)?;
+    let w = weights(&file, &cfg, storage)?;
     Ok((file, cfg, w))
 }
 

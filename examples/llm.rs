@@ -10,7 +10,7 @@ use ascend_hal::Result as HalResult;
 use ascend_kernels::{KernelOps, KvFloat};
 use paged_kv::{KvCache, KvCacheConfig, KvCacheSpec, MemoryBudget};
 
-use crate::llama_gguf;
+use crate::llama_gguf::{self, Storage};
 use crate::model::{Model, ModelConfig, ModelMemory};
 use crate::tokenizer::GgufTokenizer;
 
@@ -44,16 +44,30 @@ pub struct Llm<B: KernelOps, T: KvFloat = f32> {
 }
 
 impl<B: KernelOps, T: KvFloat> Llm<B, T> {
-    /// Loads `path` (a Llama-architecture GGUF), dequantizing every tensor to `f32` and
-    /// uploading it through `stream` as `T`; the RoPE table covers `max_model_len` positions, which
-    /// must be at most the file's context length.
+    /// Loads `path` (a Llama-architecture GGUF), keeping its Q4_0/Q4_1/Q8_0 matrices as
+    /// blocks ([`Storage::Quantized`]) and uploading them and everything else (as `T`) through
+    /// `stream`; the RoPE table covers `max_model_len` positions, which must be at most the
+    /// file's context length. A backend without a `quant_matmul` provider for the file's formats
+    /// is an error naming the first such tensor: load with [`Llm::load_with`] and
+    /// [`Storage::Dequantized`] there.
     pub fn load(
         stream: &B::Stream,
         path: &Path,
         max_model_len: usize,
         memory: ModelMemory<B>,
     ) -> Result<Self, BoxError> {
-        let (file, cfg, weights) = llama_gguf::load(path, Some(max_model_len))
+        Self::load_with(stream, path, max_model_len, memory, Storage::Quantized)
+    }
+
+    /// [`Llm::load`] with the block-quantized matrices stored as `storage` says.
+    pub fn load_with(
+        stream: &B::Stream,
+        path: &Path,
+        max_model_len: usize,
+        memory: ModelMemory<B>,
+        storage: Storage,
+    ) -> Result<Self, BoxError> {
+        let (file, cfg, weights) = llama_gguf::load(path, Some(max_model_len), storage)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let tokenizer = GgufTokenizer::from_gguf(&file)?;
         if tokenizer.vocab_size() != cfg.vocab {

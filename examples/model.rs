@@ -3,7 +3,8 @@
 //! (the paged cache, or a contiguous one for checking). Its weights are random from a fixed seed
 //! ([`Model::new`]) or given ([`Model::from_weights`]; [`crate::llama_gguf`] reads them from a
 //! GGUF file); they and the activations come from allocators the caller chooses
-//! ([`ModelMemory`]).
+//! ([`ModelMemory`]). A weight matrix is `f32` values or GGUF blocks ([`Matrix`]): blocks stay
+//! blocks on the device and run through `quant_matmul`.
 
 use std::sync::Arc;
 
@@ -11,8 +12,10 @@ use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
 use ascend_hal::comm::{Communicator, CommunicatorExt, ReduceOp};
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
+use ascend_kernels::{In, Out};
 use ascend_kernels::{
-    KernelOps, KvFloat, Matmul, RmsNorm, RopeStyle, RopeTable, Rotary, SiluAndMul,
+    KernelOps, KvFloat, Matmul, QuantFormat, QuantMatmul, RmsNorm, RopeStyle, RopeTable, Rotary,
+    SiluAndMul,
 };
 use paged_kv::KvCache;
 
@@ -147,6 +150,179 @@ impl ModelConfig {
     }
 }
 
+/// A weight matrix on the host, `[rows, cols]` row-major (PyTorch's `Linear` layout): `f32`
+/// values, or rows of GGUF blocks as the file stores them (`cols / 32` blocks per row), which
+/// the model keeps as blocks on the device and runs with
+/// [`quant_matmul`](KernelOps::quant_matmul) rather than copying them out as floats.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Matrix {
+    /// Values.
+    F32(Vec<f32>),
+    /// Rows of blocks.
+    Blocks {
+        /// The block format.
+        format: QuantFormat,
+        /// `rows` rows of `cols / 32` blocks.
+        bytes: Vec<u8>,
+    },
+}
+
+impl From<Vec<f32>> for Matrix {
+    fn from(v: Vec<f32>) -> Self {
+        Matrix::F32(v)
+    }
+}
+
+impl Matrix {
+    /// What the matrix holds, as ggml names it (`F32`, `Q4_1`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Matrix::F32(_) => "F32",
+            Matrix::Blocks { format, .. } => format.name(),
+        }
+    }
+
+    /// Bytes the matrix takes on the host (and on a device).
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Matrix::F32(v) => std::mem::size_of_val(&v[..]),
+            Matrix::Blocks { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// Bytes of one row of `cols` columns, or why a row cannot have that many.
+    fn row_bytes(&self, cols: usize) -> std::result::Result<usize, String> {
+        match self {
+            Matrix::F32(_) => cols
+                .checked_mul(4)
+                .ok_or_else(|| format!("{cols} columns overflow")),
+            Matrix::Blocks { format, .. } => format.row_bytes(cols).ok_or_else(|| {
+                format!("{cols} columns are not whole {format} blocks of 32 values")
+            }),
+        }
+    }
+
+    /// Checks that this is a `[rows, cols]` matrix.
+    pub fn check(&self, rows: usize, cols: usize) -> std::result::Result<(), String> {
+        let want = rows
+            .checked_mul(self.row_bytes(cols)?)
+            .ok_or_else(|| format!("[{rows}, {cols}] overflows"))?;
+        if self.byte_len() == want {
+            return Ok(());
+        }
+        Err(match self {
+            Matrix::F32(v) => format!(
+                "has {} elements, the configuration needs {rows} x {cols} = {}",
+                v.len(),
+                rows * cols
+            ),
+            Matrix::Blocks { bytes, .. } => format!(
+                "is {} bytes of {}, the configuration needs [{rows}, {cols}] ({want} bytes)",
+                bytes.len(),
+                self.type_name()
+            ),
+        })
+    }
+
+    /// Rows `r0..r1` of this `[_, cols]` matrix (which [`check`](Self::check) accepted).
+    pub fn rows(&self, r0: usize, r1: usize, cols: usize) -> Matrix {
+        match self {
+            Matrix::F32(v) => Matrix::F32(v[r0 * cols..r1 * cols].to_vec()),
+            Matrix::Blocks { format, bytes } => {
+                let rb = format.row_bytes(cols).expect("checked");
+                Matrix::Blocks {
+                    format: *format,
+                    bytes: bytes[r0 * rb..r1 * rb].to_vec(),
+                }
+            }
+        }
+    }
+
+    /// Columns `c0..c1` of every row of this `[rows, cols]` matrix; in blocks, the bounds must
+    /// fall on block boundaries.
+    pub fn columns(
+        &self,
+        rows: usize,
+        cols: usize,
+        c0: usize,
+        c1: usize,
+    ) -> std::result::Result<Matrix, String> {
+        match self {
+            Matrix::F32(v) => Ok(Matrix::F32(
+                (0..rows)
+                    .flat_map(|r| v[r * cols + c0..r * cols + c1].iter().copied())
+                    .collect(),
+            )),
+            Matrix::Blocks { format, bytes } => {
+                let (rb, b0, b1) = match (
+                    format.row_bytes(cols),
+                    format.row_bytes(c0),
+                    format.row_bytes(c1),
+                ) {
+                    (Some(rb), Some(b0), Some(b1)) => (rb, b0, b1),
+                    _ => {
+                        return Err(format!(
+                            "columns {c0}..{c1} of {cols} do not fall on {format} block \
+                             boundaries (every 32 values)"
+                        ))
+                    }
+                };
+                Ok(Matrix::Blocks {
+                    format: *format,
+                    bytes: (0..rows)
+                        .flat_map(|r| bytes[r * rb + b0..r * rb + b1].iter().copied())
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    /// Row `r` of this `[_, cols]` matrix as values, appended to `out` (an embedding lookup).
+    pub fn row_into(&self, r: usize, cols: usize, out: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Matrix::F32(v) => out.extend_from_slice(&v[r * cols..(r + 1) * cols]),
+            Matrix::Blocks { format, bytes } => {
+                let rb = format.row_bytes(cols).expect("checked");
+                let at = out.len();
+                out.resize(at + cols, 0.0);
+                ascend_kernels::quant::dequantize(
+                    *format,
+                    &bytes[r * rb..(r + 1) * rb],
+                    &mut out[at..],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This matrix's rows, then `other`'s (the gate and up projections as one GEMM's weight):
+    /// both must be stored alike.
+    pub fn stack(mut self, other: Matrix) -> std::result::Result<Matrix, String> {
+        let types = (self.type_name(), other.type_name());
+        match (&mut self, other) {
+            (Matrix::F32(a), Matrix::F32(b)) => a.extend_from_slice(&b),
+            (
+                Matrix::Blocks {
+                    format: fa,
+                    bytes: a,
+                },
+                Matrix::Blocks {
+                    format: fb,
+                    bytes: b,
+                },
+            ) if *fa == fb => a.extend_from_slice(&b),
+            _ => {
+                return Err(format!(
+                    "one is {} and the other {}: they run as one GEMM, so they must be stored \
+                     alike",
+                    types.0, types.1
+                ))
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Where attention keeps its keys and values (of the model's activation dtype `T`).
 pub trait KvAccess<B: KernelOps, T: KvFloat = f32> {
     /// Writes this step's K and V rows of `layer`.
@@ -204,42 +380,64 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for KvCache<B, T> {
 
 /// One decoder layer's weights on the host, each matrix `[out, in]` row-major (PyTorch's
 /// `Linear` layout).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LayerWeights {
     /// RMSNorm weight before attention, `[hidden]`.
     pub attn_norm: Vec<f32>,
     /// Query projection, `[heads * head_size, hidden]`, rows in NeoX RoPE order (Hugging Face's).
-    pub wq: Vec<f32>,
+    pub wq: Matrix,
     /// Key projection, `[kv_heads * head_size, hidden]`, rows in NeoX RoPE order.
-    pub wk: Vec<f32>,
+    pub wk: Matrix,
     /// Value projection, `[kv_heads * head_size, hidden]`.
-    pub wv: Vec<f32>,
+    pub wv: Matrix,
     /// Output projection, `[hidden, heads * head_size]`.
-    pub wo: Vec<f32>,
+    pub wo: Matrix,
     /// RMSNorm weight before the MLP, `[hidden]`.
     pub mlp_norm: Vec<f32>,
     /// Gate projection, `[intermediate, hidden]`.
-    pub w_gate: Vec<f32>,
+    pub w_gate: Matrix,
     /// Up projection, `[intermediate, hidden]`.
-    pub w_up: Vec<f32>,
+    pub w_up: Matrix,
     /// Down projection, `[hidden, intermediate]`.
-    pub w_down: Vec<f32>,
+    pub w_down: Matrix,
 }
 
 /// A whole model's weights on the host.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Weights {
-    /// Token embedding, `[vocab, hidden]`.
-    pub embed: Vec<f32>,
+    /// Token embedding, `[vocab, hidden]` (its rows are gathered on the host).
+    pub embed: Matrix,
     /// The decoder layers.
     pub layers: Vec<LayerWeights>,
     /// Final RMSNorm weight, `[hidden]`.
     pub final_norm: Vec<f32>,
     /// Output projection `[vocab, hidden]`, or `None` when it is the embedding (tied).
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<Matrix>,
 }
 
 impl Weights {
+    /// Every matrix with the name errors give it (`layer 3 wq`, `embed`, `lm_head`).
+    pub fn matrices(&self) -> Vec<(String, &Matrix)> {
+        let mut out = vec![("embed".to_string(), &self.embed)];
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head".to_string(), head));
+        }
+        for (l, w) in self.layers.iter().enumerate() {
+            for (name, m) in [
+                ("wq", &w.wq),
+                ("wk", &w.wk),
+                ("wv", &w.wv),
+                ("wo", &w.wo),
+                ("w_gate", &w.w_gate),
+                ("w_up", &w.w_up),
+                ("w_down", &w.w_down),
+            ] {
+                out.push((format!("layer {l} {name}"), m));
+            }
+        }
+        out
+    }
+
     /// Deterministic random weights: uniform in `±1/sqrt(fan_in)` from an xorshift stream
     /// seeded by `seed`, norms of ones.
     pub fn random(cfg: &ModelConfig, seed: u64) -> Self {
@@ -256,23 +454,23 @@ impl Weights {
                 let gate_up = init.take(2 * i * h, w(h));
                 LayerWeights {
                     attn_norm: vec![1.0; h],
-                    wq,
-                    wk,
-                    wv,
-                    wo,
+                    wq: wq.into(),
+                    wk: wk.into(),
+                    wv: wv.into(),
+                    wo: wo.into(),
                     mlp_norm: vec![1.0; h],
-                    w_gate: gate_up[..i * h].to_vec(),
-                    w_up: gate_up[i * h..].to_vec(),
-                    w_down: init.take(h * i, w(i)),
+                    w_gate: gate_up[..i * h].to_vec().into(),
+                    w_up: gate_up[i * h..].to_vec().into(),
+                    w_down: init.take(h * i, w(i)).into(),
                 }
             })
             .collect();
         let lm_head = init.take(cfg.vocab * h, w(h));
         Weights {
-            embed: init.take(cfg.vocab * h, 1.0),
+            embed: init.take(cfg.vocab * h, 1.0).into(),
             layers,
             final_norm: vec![1.0; h],
-            lm_head: Some(lm_head),
+            lm_head: Some(lm_head.into()),
         }
     }
 
@@ -286,34 +484,44 @@ impl Weights {
     /// columns of the down projection; norms, embedding and output projection whole.
     pub fn shard(&self, cfg: &ModelConfig, shard: &Shard) -> Result<Weights> {
         self.validate(cfg)?;
-        let (h, hs) = (cfg.hidden, cfg.head_size());
-        let rows = |w: &[f32], per_rank: usize, cols: usize| -> Vec<f32> {
-            w[shard.rank * per_rank * cols..(shard.rank + 1) * per_rank * cols].to_vec()
-        };
-        let cols = |w: &[f32], rows_n: usize, full: usize, per_rank: usize| -> Vec<f32> {
-            (0..rows_n)
-                .flat_map(|r| {
-                    w[r * full + shard.rank * per_rank..r * full + (shard.rank + 1) * per_rank]
-                        .iter()
-                        .copied()
+        let (h, hs, r) = (cfg.hidden, cfg.head_size(), shard.rank);
+        // Whole heads' rows, and columns on block boundaries for weights kept in blocks.
+        let rows = |w: &Matrix, per_rank: usize| w.rows(r * per_rank, (r + 1) * per_rank, h);
+        let cols = |name: &str, w: &Matrix, full: usize, per_rank: usize| {
+            w.columns(h, full, r * per_rank, (r + 1) * per_rank)
+                .map_err(|message| Error::InvalidArgument {
+                    op: "Weights::shard",
+                    message: format!("{name}: {message}"),
                 })
-                .collect()
         };
         let layers = self
             .layers
             .iter()
-            .map(|l| LayerWeights {
-                attn_norm: l.attn_norm.clone(),
-                wq: rows(&l.wq, shard.heads * hs, h),
-                wk: rows(&l.wk, shard.kv_heads * hs, h),
-                wv: rows(&l.wv, shard.kv_heads * hs, h),
-                wo: cols(&l.wo, h, cfg.heads * hs, shard.heads * hs),
-                mlp_norm: l.mlp_norm.clone(),
-                w_gate: rows(&l.w_gate, shard.intermediate, h),
-                w_up: rows(&l.w_up, shard.intermediate, h),
-                w_down: cols(&l.w_down, h, cfg.intermediate, shard.intermediate),
+            .enumerate()
+            .map(|(l, w)| {
+                Ok(LayerWeights {
+                    attn_norm: w.attn_norm.clone(),
+                    wq: rows(&w.wq, shard.heads * hs),
+                    wk: rows(&w.wk, shard.kv_heads * hs),
+                    wv: rows(&w.wv, shard.kv_heads * hs),
+                    wo: cols(
+                        &format!("layer {l} wo"),
+                        &w.wo,
+                        cfg.heads * hs,
+                        shard.heads * hs,
+                    )?,
+                    mlp_norm: w.mlp_norm.clone(),
+                    w_gate: rows(&w.w_gate, shard.intermediate),
+                    w_up: rows(&w.w_up, shard.intermediate),
+                    w_down: cols(
+                        &format!("layer {l} w_down"),
+                        &w.w_down,
+                        cfg.intermediate,
+                        shard.intermediate,
+                    )?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Weights {
             embed: self.embed.clone(),
             layers,
@@ -355,6 +563,13 @@ impl Weights {
                 })
             }
         };
+        let check_matrix = |name: String, m: &Matrix, rows: usize, cols: usize| {
+            m.check(rows, cols)
+                .map_err(|message| Error::InvalidArgument {
+                    op: "Model::from_weights",
+                    message: format!("{name} {message}"),
+                })
+        };
         if self.layers.len() != cfg.layers {
             return Err(Error::InvalidArgument {
                 op: "Model::from_weights",
@@ -365,40 +580,123 @@ impl Weights {
                 ),
             });
         }
-        check("embed".into(), self.embed.len(), cfg.vocab * h)?;
+        check_matrix("embed".into(), &self.embed, cfg.vocab, h)?;
         check("final_norm".into(), self.final_norm.len(), h)?;
         if let Some(head) = &self.lm_head {
-            check("lm_head".into(), head.len(), cfg.vocab * h)?;
+            check_matrix("lm_head".into(), head, cfg.vocab, h)?;
         }
         for (l, w) in self.layers.iter().enumerate() {
-            for (name, got, want) in [
-                ("attn_norm", w.attn_norm.len(), h),
-                ("wq", w.wq.len(), q * h),
-                ("wk", w.wk.len(), kv * h),
-                ("wv", w.wv.len(), kv * h),
-                ("wo", w.wo.len(), h * q),
-                ("mlp_norm", w.mlp_norm.len(), h),
-                ("w_gate", w.w_gate.len(), i * h),
-                ("w_up", w.w_up.len(), i * h),
-                ("w_down", w.w_down.len(), h * i),
+            check(format!("layer {l} attn_norm"), w.attn_norm.len(), h)?;
+            check(format!("layer {l} mlp_norm"), w.mlp_norm.len(), h)?;
+            for (name, m, rows, cols) in [
+                ("wq", &w.wq, q, h),
+                ("wk", &w.wk, kv, h),
+                ("wv", &w.wv, kv, h),
+                ("wo", &w.wo, h, q),
+                ("w_gate", &w.w_gate, i, h),
+                ("w_up", &w.w_up, i, h),
+                ("w_down", &w.w_down, h, i),
             ] {
-                check(format!("layer {l} {name}"), got, want)?;
+                check_matrix(format!("layer {l} {name}"), m, rows, cols)?;
             }
         }
         Ok(())
     }
 }
 
+/// A weight matrix on the device: values in the activation dtype, or blocks.
+enum Linear<B: Backend, T: KvFloat> {
+    Dense(DeviceBuffer<B, T>),
+    Blocks {
+        format: QuantFormat,
+        bytes: DeviceBuffer<B, u8>,
+    },
+}
+
+impl<B: KernelOps, T: KvFloat> Linear<B, T> {
+    /// Whether the backend's `quant_matmul` runs `format` with `T` activations; the error names
+    /// the weight (`name`), its type and the providers that can.
+    fn runnable(name: &str, format: QuantFormat) -> Result<()> {
+        B::quant_matmul_supported::<T>(format).map_err(|why| Error::InvalidArgument {
+            op: "Model::from_weights",
+            message: format!(
+                "{name} is {format} with {} activations, which this backend cannot run: {why}. \
+                 The CPU backend's quant_matmul runs Q4_0, Q4_1 and Q8_0 with f32/f16/bf16 \
+                 activations; or load the weights dequantized",
+                T::DTYPE,
+            ),
+        })
+    }
+
+    /// Uploads `m` (called `name` in errors): values as `T`, blocks as they are, after asking
+    /// the backend whether `quant_matmul` runs their format.
+    fn upload(
+        alloc: &(impl Allocator<B> + ?Sized),
+        stream: &B::Stream,
+        name: &str,
+        m: &Matrix,
+    ) -> Result<Self> {
+        match m {
+            Matrix::F32(v) => {
+                let data: Vec<T> = v.iter().map(|&v| T::from_f32(v)).collect();
+                Ok(Linear::Dense(DeviceBuffer::from_slice_in(
+                    alloc, stream, &data,
+                )?))
+            }
+            Matrix::Blocks { format, bytes } => {
+                Self::runnable(name, *format)?;
+                Ok(Linear::Blocks {
+                    format: *format,
+                    bytes: DeviceBuffer::from_slice_in(alloc, stream, bytes)?,
+                })
+            }
+        }
+    }
+
+    /// Bytes on the device.
+    fn byte_len(&self) -> usize {
+        match self {
+            Linear::Dense(w) => w.len() * std::mem::size_of::<T>(),
+            Linear::Blocks { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// `out[m, n] = x[m, k] · selfᵀ`.
+    fn forward(
+        &self,
+        stream: &B::Stream,
+        (m, n, k): (usize, usize, usize),
+        out: Out<'_, B, T>,
+        x: In<'_, B, T>,
+    ) -> Result<()> {
+        match self {
+            Linear::Dense(w) => B::matmul::<T>(stream, &Matmul { m, n, k }, out, x, w.view()),
+            Linear::Blocks { format, bytes } => B::quant_matmul::<T>(
+                stream,
+                &QuantMatmul {
+                    m,
+                    n,
+                    k,
+                    format: *format,
+                },
+                out,
+                x,
+                bytes.view(),
+            ),
+        }
+    }
+}
+
 struct Layer<B: Backend, T: KvFloat> {
     attn_norm: DeviceBuffer<B, T>,
-    wq: DeviceBuffer<B, T>,
-    wk: DeviceBuffer<B, T>,
-    wv: DeviceBuffer<B, T>,
-    wo: DeviceBuffer<B, T>,
+    wq: Linear<B, T>,
+    wk: Linear<B, T>,
+    wv: Linear<B, T>,
+    wo: Linear<B, T>,
     mlp_norm: DeviceBuffer<B, T>,
     /// Gate rows then up rows: one GEMM gives `silu_and_mul`'s input.
-    w_gate_up: DeviceBuffer<B, T>,
-    w_down: DeviceBuffer<B, T>,
+    w_gate_up: Linear<B, T>,
+    w_down: Linear<B, T>,
 }
 
 /// Where a model's device memory comes from.
@@ -443,12 +741,14 @@ pub struct Model<B: KernelOps, T: KvFloat = f32> {
     shard: Shard,
     /// The tensor-parallel group this rank belongs to, if any.
     comm: Option<Arc<dyn Communicator<Backend = B>>>,
-    embed: Vec<f32>,
+    embed: Matrix,
     layers: Vec<Layer<B, T>>,
     final_norm: DeviceBuffer<B, T>,
-    lm_head: DeviceBuffer<B, T>,
+    lm_head: Linear<B, T>,
     cos_sin: DeviceBuffer<B, f32>,
     memory: ModelMemory<B>,
+    /// Bytes of every weight, on the device and (the embedding) on the host.
+    weight_bytes: usize,
 }
 
 /// Deterministic weights: uniform in `[-scale, scale)` from an xorshift stream.
@@ -544,30 +844,64 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
         memory: ModelMemory<B>,
     ) -> Result<Self> {
         weights.validate_shard(&cfg, &shard)?;
+        // Every block format is asked about before anything is uploaded: a model the backend
+        // cannot run is refused without first copying hundreds of megabytes to the device.
+        // (The embedding's rows are gathered on the host; it runs on the device only as a tied
+        // output projection.)
+        for (name, m) in weights.matrices() {
+            let host_only = name == "embed" && weights.lm_head.is_some();
+            if let (Matrix::Blocks { format, .. }, false) = (m, host_only) {
+                Linear::<B, T>::runnable(&name, *format)?;
+            }
+        }
         let alloc = memory.weights.as_ref();
         let put = |data: &[f32]| {
             let data: Vec<T> = data.iter().map(|&v| T::from_f32(v)).collect();
             DeviceBuffer::from_slice_in(alloc, stream, &data)
         };
+        let linear = |name: String, m: &Matrix| Linear::upload(alloc, stream, &name, m);
         let layers = weights
             .layers
             .into_iter()
-            .map(|w| {
-                let mut gate_up = w.w_gate;
-                gate_up.extend_from_slice(&w.w_up);
+            .enumerate()
+            .map(|(l, w)| {
+                let gate_up = w
+                    .w_gate
+                    .stack(w.w_up)
+                    .map_err(|why| Error::InvalidArgument {
+                        op: "Model::from_weights",
+                        message: format!("layer {l} w_gate and w_up: {why}"),
+                    })?;
                 Ok(Layer {
                     attn_norm: put(&w.attn_norm)?,
-                    wq: put(&w.wq)?,
-                    wk: put(&w.wk)?,
-                    wv: put(&w.wv)?,
-                    wo: put(&w.wo)?,
+                    wq: linear(format!("layer {l} wq"), &w.wq)?,
+                    wk: linear(format!("layer {l} wk"), &w.wk)?,
+                    wv: linear(format!("layer {l} wv"), &w.wv)?,
+                    wo: linear(format!("layer {l} wo"), &w.wo)?,
                     mlp_norm: put(&w.mlp_norm)?,
-                    w_gate_up: put(&gate_up)?,
-                    w_down: put(&w.w_down)?,
+                    w_gate_up: linear(format!("layer {l} w_gate_up"), &gate_up)?,
+                    w_down: linear(format!("layer {l} w_down"), &w.w_down)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = put(weights.lm_head.as_deref().unwrap_or(&weights.embed))?;
+        let lm_head = match &weights.lm_head {
+            Some(m) => linear("lm_head".into(), m)?,
+            None => linear("lm_head (the embedding, tied)".into(), &weights.embed)?,
+        };
+        let norm_bytes = |n: usize| n * std::mem::size_of::<T>();
+        let weight_bytes = weights.embed.byte_len()
+            + lm_head.byte_len()
+            + norm_bytes(weights.final_norm.len())
+            + layers
+                .iter()
+                .map(|l| {
+                    [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate_up, &l.w_down]
+                        .iter()
+                        .map(|w| w.byte_len())
+                        .sum::<usize>()
+                        + norm_bytes(l.attn_norm.len() + l.mlp_norm.len())
+                })
+                .sum::<usize>();
         Ok(Model {
             cfg,
             shard,
@@ -576,6 +910,7 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             layers,
             final_norm: put(&weights.final_norm)?,
             lm_head,
+            weight_bytes,
             cos_sin: DeviceBuffer::from_slice_in(
                 alloc,
                 stream,
@@ -588,6 +923,20 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
     /// The sizes.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Bytes of the weights: on the device, and the embedding on the host (a tied output
+    /// projection counts twice, as it is held twice). A decode step reads all but the
+    /// embedding.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Bytes of weights one decode step reads, whatever its batch: every device weight (the
+    /// embedding contributes only its gathered rows, counted as nothing). Divided into a
+    /// machine's memory bandwidth, the fastest batch-1 decode that machine can run.
+    pub fn weight_bytes_per_step(&self) -> usize {
+        self.weight_bytes - self.embed.byte_len()
     }
 
     /// This rank's share of the model (the whole model without tensor parallelism).
@@ -656,7 +1005,7 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             });
         }
         // Embedding rows and positions, staged in pinned memory and uploaded asynchronously.
-        let mut rows = Vec::with_capacity(t * h);
+        let (mut values, mut rows) = (Vec::with_capacity(t * h), Vec::with_capacity(t * h));
         for &tok in tokens {
             let tok = tok as usize;
             if tok >= cfg.vocab {
@@ -665,12 +1014,9 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                     message: format!("token {tok} is outside the vocabulary of {}", cfg.vocab),
                 });
             }
-            rows.extend(
-                self.embed[tok * h..(tok + 1) * h]
-                    .iter()
-                    .map(|&v| T::from_f32(v)),
-            );
+            self.embed.row_into(tok, h, &mut values)?;
         }
+        rows.extend(values.iter().map(|&v| T::from_f32(v)));
         let staged_rows = PinnedBuffer::<B, T>::from_slice(&device, &rows)?;
         let staged_pos = PinnedBuffer::<B, i64>::from_slice(&device, positions)?;
         let mut hidden = buf(t * h)?;
@@ -683,7 +1029,6 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             hidden: h,
             eps: cfg.rms_eps as f32,
         };
-        let mm = |n: usize, k: usize| Matmul { m: t, n, k };
         let mut residual = buf(t * h)?;
         let mut x = buf(t * h)?;
         let (mut q, mut k, mut v) = (buf(t * qw)?, buf(t * kvw)?, buf(t * kvw)?);
@@ -712,9 +1057,9 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                 )?;
                 std::mem::swap(&mut x, &mut hidden);
             }
-            B::matmul::<T>(stream, &mm(qw, h), q.view_mut(), x.view(), w.wq.view())?;
-            B::matmul::<T>(stream, &mm(kvw, h), k.view_mut(), x.view(), w.wk.view())?;
-            B::matmul::<T>(stream, &mm(kvw, h), v.view_mut(), x.view(), w.wv.view())?;
+            w.wq.forward(stream, (t, qw, h), q.view_mut(), x.view())?;
+            w.wk.forward(stream, (t, kvw, h), k.view_mut(), x.view())?;
+            w.wv.forward(stream, (t, kvw, h), v.view_mut(), x.view())?;
             let rope = Rotary {
                 num_tokens: t,
                 num_heads: sh.heads,
@@ -734,13 +1079,7 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             )?;
             kv.write_kv(l, stream, &k, &v)?;
             kv.attention(l, stream, sh.heads, scale, &mut attn, &q)?;
-            B::matmul::<T>(
-                stream,
-                &mm(h, qw),
-                hidden.view_mut(),
-                attn.view(),
-                w.wo.view(),
-            )?;
+            w.wo.forward(stream, (t, h, qw), hidden.view_mut(), attn.view())?;
             self.all_reduce(stream, &mut hidden)?;
             B::fused_add_rms_norm::<T>(
                 stream,
@@ -749,13 +1088,8 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                 residual.view_mut(),
                 w.mlp_norm.view(),
             )?;
-            B::matmul::<T>(
-                stream,
-                &mm(2 * i, h),
-                gate_up.view_mut(),
-                hidden.view(),
-                w.w_gate_up.view(),
-            )?;
+            w.w_gate_up
+                .forward(stream, (t, 2 * i, h), gate_up.view_mut(), hidden.view())?;
             B::silu_and_mul::<T>(
                 stream,
                 &SiluAndMul {
@@ -765,13 +1099,8 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                 act.view_mut(),
                 gate_up.view(),
             )?;
-            B::matmul::<T>(
-                stream,
-                &mm(h, i),
-                hidden.view_mut(),
-                act.view(),
-                w.w_down.view(),
-            )?;
+            w.w_down
+                .forward(stream, (t, h, i), hidden.view_mut(), act.view())?;
             self.all_reduce(stream, &mut hidden)?;
         }
         B::fused_add_rms_norm::<T>(
@@ -807,17 +1136,8 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             &picked
         };
         let mut logits = buf(s * cfg.vocab)?;
-        B::matmul::<T>(
-            stream,
-            &Matmul {
-                m: s,
-                n: cfg.vocab,
-                k: h,
-            },
-            logits.view_mut(),
-            last.view(),
-            self.lm_head.view(),
-        )?;
+        self.lm_head
+            .forward(stream, (s, cfg.vocab, h), logits.view_mut(), last.view())?;
         // The one synchronisation of a step: sampling needs the logits on the host.
         let data = stream.clone_to_host(&logits)?;
         Ok(Logits {

@@ -39,6 +39,25 @@ fn help_and_unknown_options_are_not_prompts() {
     assert!(e.contains("--max-batch must be positive"), "{e}");
 }
 
+#[test]
+fn weights_stay_blocks_unless_dequantize_is_given() {
+    use ascend_examples::llama_gguf::Storage;
+    let storage = |args: &[&str]| match parse(args) {
+        Ok(Command::Run(a, _)) => a.storage,
+        other => panic!("{args:?}: {other:?}"),
+    };
+    assert_eq!(storage(&["--model", "m.gguf", "hi"]), Storage::Quantized);
+    assert_eq!(
+        storage(&["--model", "m.gguf", "--dequantize", "hi"]),
+        Storage::Dequantized
+    );
+    // After '--' it is a prompt.
+    assert_eq!(
+        prompts(&["--model", "m.gguf", "--", "--dequantize"]),
+        ["--dequantize"]
+    );
+}
+
 fn open_error(model: &str, max_model_len: usize) -> String {
     let backend = hal_mock::CpuBackend::new();
     let mut args = ChatArgs::new(model.into());

@@ -3,7 +3,8 @@
 //! (NaN) are refused by name; a block count past what the file holds is refused before any
 //! per-layer allocation; and no declared length, count or array makes the reader allocate more
 //! than a small multiple of the file's size (measured with a counting global allocator), with
-//! every single-byte mutation of a small file answered without a panic.
+//! every single-byte mutation of a small file answered without a panic; a weight type no
+//! provider runs, or a block with a non-finite scale, is refused by tensor name.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
@@ -115,13 +116,17 @@ impl File {
         self
     }
     /// An F16 tensor of `dims` at `offset` (relative to the data section).
-    fn tensor(mut self, name: &str, dims: &[u64], offset: u64) -> Self {
+    fn tensor(self, name: &str, dims: &[u64], offset: u64) -> Self {
+        self.typed_tensor(name, dims, 1, offset)
+    }
+    /// A tensor of ggml type code `ty`.
+    fn typed_tensor(mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
         string(&mut self.tensors, name);
         self.tensors.extend((dims.len() as u32).to_le_bytes());
         for d in dims {
             self.tensors.extend(d.to_le_bytes());
         }
-        self.tensors.extend(1u32.to_le_bytes());
+        self.tensors.extend(ty.to_le_bytes());
         self.tensors.extend(offset.to_le_bytes());
         self.n_tensors += 1;
         self
@@ -130,6 +135,10 @@ impl File {
         for &v in values {
             self.data.extend(f16::from_f32(v).to_bits().to_le_bytes());
         }
+        self
+    }
+    fn raw(mut self, bytes: &[u8]) -> Self {
+        self.data.extend(bytes);
         self
     }
     fn bytes(self) -> Vec<u8> {
@@ -387,6 +396,73 @@ fn a_max_model_len_past_the_context_length_is_refused_not_clamped() {
     let e = cfg(Some(1 << 20)).unwrap_err().0;
     assert!(
         e.contains("a max model length of 1048576 is more than the model's context length of 64 (llama.context_length)"),
+        "{e}"
+    );
+}
+
+/// A one-layer `llama` file with a 256-wide hidden state whose query projection is of ggml type
+/// `ty` with `q_bytes` as its data.
+fn one_layer_with_query(ty: u32, q_bytes: &[u8]) -> Gguf {
+    let f = File::default()
+        .kv_str("general.architecture", "llama")
+        .kv_u32("llama.block_count", 1)
+        .kv_u32("llama.embedding_length", 256)
+        .kv_u32("llama.attention.head_count", 2)
+        .kv_u32("llama.attention.head_count_kv", 1)
+        .kv_u32("llama.feed_forward_length", 256)
+        .kv_u32("llama.context_length", 64)
+        .kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        .tensor("token_embd.weight", &[256, 4], 0)
+        .tensor("blk.0.attn_norm.weight", &[256], 2048)
+        .typed_tensor("blk.0.attn_q.weight", &[256, 256], ty, 2560)
+        .data(&[0.5; 256 * 5])
+        .raw(q_bytes);
+    Gguf::parse(f.bytes()).unwrap()
+}
+
+#[test]
+fn a_weight_type_no_provider_runs_is_refused_naming_tensor_type_and_providers() {
+    use ascend_examples::llama_gguf::{config, weights, Storage};
+    let _m = measuring();
+    // Q4_K (ggml type 12): 256 elements in 144 bytes, one block per row.
+    let g = one_layer_with_query(12, &vec![0u8; 256 * 144]);
+    let cfg = config(&g, None).unwrap();
+    for storage in [Storage::Quantized, Storage::Dequantized] {
+        let e = weights(&g, &cfg, storage).unwrap_err().0;
+        assert!(
+            e.contains(
+                "tensor blk.0.attn_q.weight is of ggml type Q4_K (12), which no provider here runs"
+            ),
+            "{storage:?}: {e}"
+        );
+        assert!(
+            e.contains("quant_matmul runs Q4_0, Q4_1 and Q8_0 (the CPU backend)")
+                && e.contains("matmul runs F32, F16 and BF16"),
+            "{storage:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_block_with_a_non_finite_scale_is_refused_naming_the_tensor_and_block() {
+    use ascend_examples::llama_gguf::{config, weights, Storage};
+    let _m = measuring();
+    // Q8_0 (ggml type 8): a f16 scale and 32 int8 values per block, 8 blocks per 256-wide row.
+    let mut q = Vec::new();
+    for b in 0..256 * 8 {
+        let scale = if b == 3 {
+            f16::INFINITY
+        } else {
+            f16::from_f32(0.01)
+        };
+        q.extend(scale.to_bits().to_le_bytes());
+        q.extend([1u8; 32]);
+    }
+    let g = one_layer_with_query(8, &q);
+    let cfg = config(&g, None).unwrap();
+    let e = weights(&g, &cfg, Storage::Quantized).unwrap_err().0;
+    assert!(
+        e.contains("tensor blk.0.attn_q.weight (Q8_0) has a non-finite scale in block 3"),
         "{e}"
     );
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use ascend_examples::chat::{run, ChatArgs};
 use ascend_examples::gguf::Gguf;
+use ascend_examples::llama_gguf::Storage;
 use ascend_examples::sampling::SamplingParams;
 use ascend_examples::tokenizer::{GgufTokenizer, Message};
 use hal_mock::CpuBackend;
@@ -35,7 +36,8 @@ fn two_prompts_stream_in_order_and_match_transformers() {
     let args = ChatArgs {
         max_new: 32,
         max_model_len: 256,
-        max_tokens_per_step: 40, // the prompts are prefilled in chunks
+        max_tokens_per_step: 40,       // the prompts are prefilled in chunks
+        storage: Storage::Dequantized, // float products, as transformers computes
         ..ChatArgs::new(path)
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 
 use ascend_examples::engine::{serve, EngineConfig, Preemption, Report, Request};
+use ascend_examples::llama_gguf::Storage;
 use ascend_examples::llm::{kv_cache, Llm};
 use ascend_examples::model::ModelMemory;
 use ascend_examples::tokenizer::Message;
@@ -61,7 +62,10 @@ fn smollm2_generates_what_transformers_generates() {
     let device = backend.device(0).unwrap();
     let stream = device.new_stream().unwrap();
     let memory = ModelMemory::caching(&device).unwrap();
-    let llm = Llm::<CpuBackend>::load(&stream, &path, 512, memory.clone()).unwrap();
+    // Dequantized: every product then is an f32 one, as transformers computes it.
+    let llm =
+        Llm::<CpuBackend>::load_with(&stream, &path, 512, memory.clone(), Storage::Dequantized)
+            .unwrap();
     let tok = &llm.tokenizer;
     let eos = tok.eos().expect("an end-of-turn token");
     assert_eq!(tok.token_id("<|im_end|>"), Some(eos));
@@ -141,18 +145,19 @@ fn smollm2_generates_what_transformers_generates() {
     }
 }
 
-/// Serves `requests` with the model on `backend`'s first device, computing in `T` over KV
-/// blocks of `block_size` tokens.
+/// Serves `requests` with the model on `backend`'s first device (its matrices stored as
+/// `storage` says), computing in `T` over KV blocks of `block_size` tokens.
 fn serve_on<B: KernelOps, T: KvFloat>(
     backend: B,
     path: &std::path::Path,
+    storage: Storage,
     requests: &[Request],
     block_size: usize,
 ) -> Report {
     let device = backend.device(0).unwrap();
     let stream = device.new_stream().unwrap();
     let memory = ModelMemory::caching(&device).unwrap();
-    let llm = Llm::<B, T>::load(&stream, path, 256, memory.clone()).unwrap();
+    let llm = Llm::<B, T>::load_with(&stream, path, 256, memory.clone(), storage).unwrap();
     let mut kv = kv_cache::<B, T>(
         &stream,
         std::sync::Arc::clone(&memory.weights),
@@ -191,7 +196,7 @@ fn smollm2_over_the_acl_backend_on_the_fake_generates_the_same_ids() {
     let reference = reference();
     let chats = &reference["chats"].as_array().expect("chats")[..2];
     let requests = greedy_requests(chats, NEW);
-    let report = serve_on::<_, f32>(acl_backend(), &path, &requests, 16);
+    let report = serve_on::<_, f32>(acl_backend(), &path, Storage::Dequantized, &requests, 16);
     for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
         let want = &ids(&chat["generated_ids"])[..NEW];
         assert_eq!(&report.outputs[&r.id][..], want, "chat {c} on ACL");
@@ -212,9 +217,16 @@ fn smollm2_in_f16_over_cann_fused_attention_on_the_fake_generates_the_cpu_backen
     let chats = &reference["chats"].as_array().expect("chats")[..2];
     let requests = greedy_requests(chats, NEW);
     let before = common::fake_call_count("aclnnFusedInferAttentionScoreV2");
-    let on_acl = serve_on::<_, half::f16>(acl_backend(), &path, &requests, 128);
+    let on_acl =
+        serve_on::<_, half::f16>(acl_backend(), &path, Storage::Dequantized, &requests, 128);
     let calls = common::fake_call_count("aclnnFusedInferAttentionScoreV2") - before;
-    let on_cpu = serve_on::<_, half::f16>(CpuBackend::new(), &path, &requests, 128);
+    let on_cpu = serve_on::<_, half::f16>(
+        CpuBackend::new(),
+        &path,
+        Storage::Dequantized,
+        &requests,
+        128,
+    );
     assert!(
         calls >= 30 * on_acl.steps as u64,
         "{calls} fused calls for {} steps",
@@ -228,3 +240,48 @@ fn smollm2_in_f16_over_cann_fused_attention_on_the_fake_generates_the_cpu_backen
         eprintln!("chat {c}: f16 agrees with transformers' f32 ids for {agree} of {NEW} tokens");
     }
 }
+
+#[test]
+fn smollm2_on_its_quantized_blocks_follows_transformers_greedy_ids() {
+    // The file's Q4_1/Q8_0 blocks as they are, activations quantized to int8 blocks per row
+    // (quant_matmul): the numbers differ from transformers' float32 products of the dequantized
+    // weights, so greedy ids agree for a prefix of each chat, not all of it. Printed per chat:
+    // how many ids agree and where the first differs (with transformers' logit margin there).
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
+    let reference = reference();
+    let chats = reference["chats"].as_array().expect("chats");
+    let new = chats
+        .iter()
+        .map(|c| ids(&c["generated_ids"]).len())
+        .min()
+        .unwrap();
+    let requests = greedy_requests(chats, new);
+    let report = serve_on::<_, f32>(CpuBackend::new(), &path, Storage::Quantized, &requests, 16);
+    let mut agreed = Vec::new();
+    for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
+        let (got, want) = (&report.outputs[&r.id], ids(&chat["generated_ids"]));
+        let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        match got.get(agree) {
+            Some(&id) => eprintln!(
+                "chat {c}: quantized agrees with transformers for {agree} of {new} ids; id \
+                 {agree} is {id} here, {} there (transformers' margin {:.4})",
+                want[agree],
+                chat["margins"][agree].as_f64().unwrap_or(f64::NAN)
+            ),
+            None => eprintln!("chat {c}: quantized agrees with transformers for all {new} ids"),
+        }
+        agreed.push(agree);
+    }
+    // A floor that a wrong kernel (a swapped nibble, a lost minimum, a scale off by a factor)
+    // cannot reach: it derails a 135M model within a few tokens.
+    let floor = QUANTIZED_AGREEMENT_FLOOR;
+    assert!(
+        agreed.iter().all(|&a| a >= floor),
+        "every chat should agree for its first {floor} ids: {agreed:?}"
+    );
+}
+
+/// Fewest leading greedy ids each chat's quantized run must share with transformers'.
+const QUANTIZED_AGREEMENT_FLOOR: usize = 4;
