@@ -1,11 +1,15 @@
 //! Serving speed of a GGUF model through the engine on the default backend, measured as
-//! `scripts/hf_reference.py speed` measures Hugging Face transformers (`scripts/smollm2-speed.sh`
-//! runs both in one run and prints the ratios): prefill tokens/s of one 128-token prompt in one
-//! step, and decode tokens/s at batch 1 and at batch 8 (128-token prompts, 32 timed decode steps
-//! after an untimed one). Prints one JSON line.
+//! `scripts/hf_reference.py speed` measures Hugging Face transformers and as llama.cpp's
+//! `llama-bench` / `llama-batched-bench` measure themselves (`scripts/smollm2-speed.sh` and
+//! `scripts/llama-cpp-speed.sh` run them side by side and print the ratios): prefill tokens/s of
+//! one prompt in one step, and decode tokens/s at batch 1 and at batch 8 (32 timed decode steps
+//! after an untimed one). Also the model's weight bytes, the bytes of weights a decode step
+//! reads, and the process's peak resident memory. Prints one JSON line.
+//!
+//! The matrices stay as the file's blocks unless `--dequantize` is given.
 //!
 //! ```text
-//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32]
+//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32] [--dequantize]
 //! ```
 
 use std::process::ExitCode;
@@ -13,6 +17,7 @@ use std::process::ExitCode;
 use ascend_examples::engine::{
     serve_observed, EngineConfig, Observer, Preemption, Request, StepStats,
 };
+use ascend_examples::llama_gguf::Storage;
 use ascend_examples::llm::{kv_cache, smollm2_path, BoxError, Llm};
 use ascend_examples::model::ModelMemory;
 use ascend_hal::prelude::*;
@@ -33,21 +38,31 @@ struct Measure<'a> {
     path: &'a std::path::Path,
     prompt_len: usize,
     decode_steps: usize,
+    storage: Storage,
 }
 
 impl EngineVisitor for Measure<'_> {
     type Output = Result<String, BoxError>;
     fn visit<B: EngineBackend>(self, backend: B) -> Self::Output {
-        measure(backend, self.path, self.prompt_len, self.decode_steps)
+        measure(backend, self)
     }
 }
 
-fn measure<B: KernelOps>(
-    backend: B,
-    path: &std::path::Path,
-    prompt_len: usize,
-    decode_steps: usize,
-) -> Result<String, BoxError> {
+/// The process's peak resident set (`VmHWM`), in bytes, where Linux reports it.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError> {
+    let Measure {
+        path,
+        prompt_len,
+        decode_steps,
+        storage,
+    } = m;
     if let Err(reason) = B::kernels_available() {
         return Err(format!(
             "the {} backend cannot run the kernels: {reason}",
@@ -59,7 +74,7 @@ fn measure<B: KernelOps>(
     let stream = device.new_stream()?;
     let memory = ModelMemory::caching(&device)?;
     let max_len = prompt_len + decode_steps + 8;
-    let llm = Llm::<B>::load(&stream, path, max_len, memory.clone())?;
+    let llm = Llm::<B>::load_with(&stream, path, max_len, memory.clone(), storage)?;
     let cfg = *llm.config();
     let mut seed = 0x5eed_u64;
     let mut prompt = || -> Vec<u32> {
@@ -112,18 +127,30 @@ fn measure<B: KernelOps>(
     let eight = run(8)?;
     let b8 = decode_rate(&eight, 8);
     Ok(format!(
-        "{{\"backend\": \"{}\", \"threads\": {}, \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}}}",
+        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}}}",
         backend.name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        match storage {
+            Storage::Quantized => "quantized",
+            Storage::Dequantized => "dequantized",
+        },
         prefill.tokens as f64 / prefill.seconds,
+        llm.model.weight_bytes(),
+        llm.model.weight_bytes_per_step(),
+        peak_rss().map_or("null".to_string(), |b| b.to_string()),
     ))
 }
 
 fn main() -> ExitCode {
     let mut path = smollm2_path();
     let (mut prompt_len, mut decode_steps) = (128usize, 32usize);
+    let mut storage = Storage::Quantized;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--dequantize" {
+            storage = Storage::Dequantized;
+            continue;
+        }
         let value = args.next();
         let num = |v: Option<String>| {
             v.and_then(|v| v.parse::<usize>().ok())
@@ -152,6 +179,7 @@ fn main() -> ExitCode {
             path: &path,
             prompt_len,
             decode_steps,
+            storage,
         })
     });
     match result {
@@ -168,7 +196,8 @@ fn main() -> ExitCode {
 
 fn usage(e: &str) -> ExitCode {
     eprintln!(
-        "error: {e}\nusage: smollm2_speed [--model PATH] [--prompt-len N] [--decode-steps N]"
+        "error: {e}\nusage: smollm2_speed [--model PATH] [--prompt-len N] [--decode-steps N] \
+         [--dequantize]"
     );
     ExitCode::from(2)
 }
