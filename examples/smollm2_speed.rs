@@ -4,7 +4,8 @@
 //! `scripts/llama-cpp-speed.sh` run them side by side and print the ratios): prefill tokens/s of
 //! one prompt in one step, and decode tokens/s at batch 1 and at batch 8 (32 timed decode steps
 //! after an untimed one). Also the model's weight bytes, the bytes of weights a decode step
-//! reads, and the process's peak resident memory. Prints one JSON line.
+//! reads, the process's peak resident memory, and this machine's read bandwidth (the limit of
+//! batch-1 decode: bandwidth / bytes per step). Prints one JSON line.
 //!
 //! The matrices stay as the file's blocks unless `--dequantize` is given.
 //!
@@ -54,6 +55,33 @@ fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// This machine's read bandwidth in bytes/s, as a decode step reads its weights: the best of
+/// five passes summing a 1 GiB buffer, split over the same threads the kernels use. A weight
+/// byte cannot be read faster, so `bandwidth / weight bytes per step` bounds batch-1 decode.
+fn read_bandwidth() -> f64 {
+    let words = (1usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = words.div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let parts: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &v| a.wrapping_add(v))))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64());
+    }
+    best
 }
 
 fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError> {
@@ -126,8 +154,11 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
     let b1 = decode_rate(&one, 1);
     let eight = run(8)?;
     let b8 = decode_rate(&eight, 8);
+    let rss = peak_rss();
+    // After the RSS reading: the measurement's 1 GiB buffer is not the engine's memory.
+    let bandwidth = read_bandwidth();
     Ok(format!(
-        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}}}",
+        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}}}",
         backend.name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         match storage {
@@ -137,7 +168,8 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         prefill.tokens as f64 / prefill.seconds,
         llm.model.weight_bytes(),
         llm.model.weight_bytes_per_step(),
-        peak_rss().map_or("null".to_string(), |b| b.to_string()),
+        rss.map_or("null".to_string(), |b| b.to_string()),
+        bandwidth,
     ))
 }
 
