@@ -143,6 +143,8 @@ impl StreamShared {
     }
 
     fn run_worker(self: Arc<Self>) {
+        // Built on the first piece of work, so streams that only order events cost no threads.
+        let mut kernel_pool = KernelPool::default();
         loop {
             let (task, failed) = {
                 let mut s = self.lock();
@@ -188,7 +190,10 @@ impl StreamShared {
                 }
                 _ if self.device.is_lost() => Err(self.device.lost_error(task.op)),
                 TaskKind::Fail(e) => Err(e),
-                TaskKind::Work(work) | TaskKind::Awaited(work, _) => run_catching(work),
+                TaskKind::Work(work) | TaskKind::Awaited(work, _) => {
+                    kernel_pool.join(&self.label);
+                    run_catching(work)
+                }
                 TaskKind::Wait(signal) => signal.wait(),
             };
             let mut s = self.lock();
@@ -204,6 +209,42 @@ impl StreamShared {
             }
             self.work_done.notify_all();
         }
+    }
+}
+
+/// The rayon pool a stream's kernels split their work over, with the stream's worker thread as
+/// one of its threads.
+///
+/// A kernel's parallel loop then starts on the worker itself and its helpers steal from it,
+/// instead of the worker handing the loop to rayon's global pool and sleeping until it ends:
+/// that hand-off is two thread wake-ups per kernel, which at batch-1 decode (hundreds of small
+/// kernels per step) cost more than the matrix products. The pool has rayon's default size
+/// (`RAYON_NUM_THREADS`, else one thread per core), the worker counting as one.
+///
+/// Not under the model check: shuttle's threads are not real threads.
+#[derive(Default)]
+struct KernelPool {
+    #[cfg(not(feature = "model-check"))]
+    pool: Option<Result<rayon::ThreadPool, ()>>,
+}
+
+impl KernelPool {
+    /// Makes the calling worker thread a thread of the stream's pool, once. When the pool cannot
+    /// be built (no threads left), kernels run on rayon's global pool as before.
+    fn join(&mut self, label: &str) {
+        #[cfg(not(feature = "model-check"))]
+        if self.pool.is_none() {
+            let label = label.to_owned();
+            self.pool = Some(
+                rayon::ThreadPoolBuilder::new()
+                    .use_current_thread()
+                    .thread_name(move |i| format!("{label}/kernel {i}"))
+                    .build()
+                    .map_err(drop),
+            );
+        }
+        #[cfg(feature = "model-check")]
+        let _ = label;
     }
 }
 
