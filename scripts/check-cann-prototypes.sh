@@ -30,11 +30,16 @@ opapi="$CANN_HOME/opp/built-in/op_impl/ai_core/tbe/op_api/include"
 [ -d "$opapi/aclnnop" ] || { echo "error: no $opapi/aclnnop (the ACLNN operator headers)" >&2; exit 2; }
 
 unit="$(mktemp --suffix=.cpp)"
-trap 'rm -f "$unit"' EXIT
+expanded="$(mktemp)"
+trap 'rm -f "$unit" "$expanded"' EXIT
+includes=(-I"$CANN_HOME/$arch/include" -I"$CANN_HOME/$arch/include/aclnn" -I"$opapi" -I"$opapi/aclnnop")
+# Each prototype's function must be declared by the included headers, or its redeclaration
+# would compile whatever its parameters and prove nothing.
+python3 "$root/scripts/cann_prototypes.py" headers > "$unit"
+g++ -x c++ -std=c++17 -E "${includes[@]}" "$unit" > "$expanded"
+python3 "$root/scripts/cann_prototypes.py" covered "$expanded"
 python3 "$root/scripts/cann_prototypes.py" c > "$unit"
 # C++ (the ACLNN headers include <cstdint>); the prototypes are redeclared in extern "C", where
 # another parameter list is a conflicting declaration of the C function, not an overload.
-g++ -x c++ -std=c++17 -fsyntax-only \
-    -I"$CANN_HOME/$arch/include" -I"$CANN_HOME/$arch/include/aclnn" -I"$opapi" \
-    -I"$opapi/aclnnop" "$unit"
+g++ -x c++ -std=c++17 -fsyntax-only "${includes[@]}" "$unit"
 echo "ok: $(grep -c '^/\*' "$unit") prototypes match the headers of $CANN_HOME"
