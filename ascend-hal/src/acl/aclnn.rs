@@ -55,6 +55,8 @@ pub mod data_type {
     pub const ACL_INT64: i32 = 9;
     /// `ACL_BF16`.
     pub const ACL_BF16: i32 = 27;
+    /// `ACL_INT4`: two values per byte, the element of even index in the low nibble.
+    pub const ACL_INT4: i32 = 29;
 }
 
 /// `aclFormat::ACL_FORMAT_ND`: a plain row-major (or strided) tensor.
@@ -194,7 +196,7 @@ pub fn describe_status(code: AclnnStatus) -> (&'static str, &'static str) {
 
 /// The raw declarations.
 mod sys {
-    use std::ffi::{c_char, c_void};
+    use std::ffi::{c_char, c_int, c_void};
 
     use super::AclnnStatus;
 
@@ -238,6 +240,24 @@ mod sys {
         *const c_void,
         *mut c_void,
         i8,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(const aclTensor *x, const aclTensor
+    /// *weight, const aclTensor *antiquantScale, const aclTensor *antiquantOffsetOptional, const
+    /// aclTensor *quantScaleOptional, const aclTensor *quantOffsetOptional, const aclTensor
+    /// *biasOptional, int antiquantGroupSize, const aclTensor *y, uint64_t *workspaceSize,
+    /// aclOpExecutor **executor)`.
+    pub type WeightQuantBatchMatmulV2GetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        c_int,
+        *const c_void,
         *mut u64,
         *mut *mut c_void,
     ) -> AclnnStatus;
@@ -429,6 +449,7 @@ pub struct Aclnn {
     topk: Op<sys::TopkGetWorkspaceSize>,
     fused_attention: Op<sys::FusedInferAttentionScoreV2GetWorkspaceSize>,
     rope_sin_cos: Op<sys::RopeWithSinCosCacheGetWorkspaceSize>,
+    weight_quant_matmul: Op<sys::WeightQuantBatchMatmulV2GetWorkspaceSize>,
 }
 
 impl std::fmt::Debug for Aclnn {
@@ -568,6 +589,10 @@ impl Aclnn {
                 "aclnnRopeWithSinCosCacheGetWorkspaceSize",
                 "aclnnRopeWithSinCosCache"
             ),
+            weight_quant_matmul: op!(
+                "aclnnWeightQuantBatchMatmulV2GetWorkspaceSize",
+                "aclnnWeightQuantBatchMatmulV2"
+            ),
             opapi,
             nnopbase_path,
             opapi_path,
@@ -604,6 +629,10 @@ impl Aclnn {
                     && self.destroy_tensor_list.is_some(),
             ),
             ("aclnnRopeWithSinCosCache", self.rope_sin_cos.available()),
+            (
+                "aclnnWeightQuantBatchMatmulV2",
+                self.weight_quant_matmul.available(),
+            ),
         ]
         .into_iter()
         .filter_map(|(n, a)| a.then_some(n))
@@ -622,6 +651,20 @@ impl Aclnn {
         storage: &[i64],
         data: DevicePtr,
     ) -> Result<AclTensor<'_>> {
+        self.tensor_of(acl_data_type(dtype), dims, strides, offset, storage, data)
+    }
+
+    /// As [`tensor`](Self::tensor), for an `aclDataType` with no [`DType`] (the packed
+    /// [`data_type::ACL_INT4`] of quantized weights): `strides` and `offset` count its elements.
+    pub fn tensor_of(
+        &self,
+        acl_dtype: i32,
+        dims: &[i64],
+        strides: &[i64],
+        offset: i64,
+        storage: &[i64],
+        data: DevicePtr,
+    ) -> Result<AclTensor<'_>> {
         if dims.len() != strides.len() {
             return Err(Error::InvalidArgument {
                 op: "aclCreateTensor",
@@ -633,7 +676,7 @@ impl Aclnn {
             (self.create_tensor)(
                 dims.as_ptr(),
                 dims.len() as u64,
-                acl_data_type(dtype),
+                acl_dtype,
                 strides.as_ptr(),
                 offset,
                 ACL_FORMAT_ND,
@@ -1279,6 +1322,61 @@ impl Aclnn {
                             neox,
                             query_out.raw() as *mut c_void,
                             key_out.raw() as *mut c_void,
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+}
+
+impl Aclnn {
+    /// `y = x · ((weight + offset) · scale)` (`aclnnWeightQuantBatchMatmulV2`, weight-only
+    /// quantization): `x` `[m, k]` f16/bf16, `weight` `[k, n]` int8 or int4 (a transposed view
+    /// of an `[n, k]` matrix is how a linear layer passes it), `scale` and `offset` in `x`'s
+    /// dtype, per channel (`[n]`, `group_size` 0) or per group of `group_size` values along `k`
+    /// (`[k / group_size, n]`), `y` `[m, n]` in `x`'s dtype. No bias, no output quantization.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn weight_quant_batch_matmul_v2(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x: &AclTensor<'_>,
+        weight: &AclTensor<'_>,
+        scale: &AclTensor<'_>,
+        offset: Option<&AclTensor<'_>>,
+        group_size: i32,
+        y: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.weight_quant_matmul.get_workspace_size;
+        let offset = offset.map_or(ptr::null(), |t| t.raw());
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                (
+                    "aclnnWeightQuantBatchMatmulV2GetWorkspaceSize",
+                    "aclnnWeightQuantBatchMatmulV2",
+                ),
+                self.weight_quant_matmul.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            x.raw(),
+                            weight.raw(),
+                            scale.raw(),
+                            offset,
+                            ptr::null(),
+                            ptr::null(),
+                            ptr::null(),
+                            group_size,
+                            y.raw(),
                             size,
                             exec,
                         )
