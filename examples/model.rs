@@ -628,13 +628,15 @@ impl<B: KernelOps, T: KvFloat> Linear<B, T> {
         })
     }
 
-    /// Uploads `m` (called `name` in errors): values as `T`, blocks as they are, after asking
-    /// the backend whether `quant_matmul` runs their format.
+    /// Uploads `m` (called `name` in errors), `[n, k]`: values as `T`, blocks in the backend's
+    /// layout ([`KernelOps::pack_quant_weight`]) after asking the backend whether
+    /// `quant_matmul` runs their format.
     fn upload(
         alloc: &(impl Allocator<B> + ?Sized),
         stream: &B::Stream,
         name: &str,
         m: &Matrix,
+        (n, k): (usize, usize),
     ) -> Result<Self> {
         match m {
             Matrix::F32(v) => {
@@ -645,9 +647,15 @@ impl<B: KernelOps, T: KvFloat> Linear<B, T> {
             }
             Matrix::Blocks { format, bytes } => {
                 Self::runnable(name, *format)?;
+                let packed = B::pack_quant_weight::<T>(*format, n, k, bytes).map_err(|e| {
+                    Error::InvalidArgument {
+                        op: "Model::from_weights",
+                        message: format!("{name}: {e}"),
+                    }
+                })?;
                 Ok(Linear::Blocks {
                     format: *format,
-                    bytes: DeviceBuffer::from_slice_in(alloc, stream, bytes)?,
+                    bytes: DeviceBuffer::from_slice_in(alloc, stream, &packed)?,
                 })
             }
         }
@@ -859,7 +867,11 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             let data: Vec<T> = data.iter().map(|&v| T::from_f32(v)).collect();
             DeviceBuffer::from_slice_in(alloc, stream, &data)
         };
-        let linear = |name: String, m: &Matrix| Linear::upload(alloc, stream, &name, m);
+        let linear = |name: String, m: &Matrix, n_k: (usize, usize)| {
+            Linear::upload(alloc, stream, &name, m, n_k)
+        };
+        let (h, hs) = (cfg.hidden, cfg.head_size());
+        let (q, kv, i) = (shard.heads * hs, shard.kv_heads * hs, shard.intermediate);
         let layers = weights
             .layers
             .into_iter()
@@ -874,19 +886,23 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                     })?;
                 Ok(Layer {
                     attn_norm: put(&w.attn_norm)?,
-                    wq: linear(format!("layer {l} wq"), &w.wq)?,
-                    wk: linear(format!("layer {l} wk"), &w.wk)?,
-                    wv: linear(format!("layer {l} wv"), &w.wv)?,
-                    wo: linear(format!("layer {l} wo"), &w.wo)?,
+                    wq: linear(format!("layer {l} wq"), &w.wq, (q, h))?,
+                    wk: linear(format!("layer {l} wk"), &w.wk, (kv, h))?,
+                    wv: linear(format!("layer {l} wv"), &w.wv, (kv, h))?,
+                    wo: linear(format!("layer {l} wo"), &w.wo, (h, q))?,
                     mlp_norm: put(&w.mlp_norm)?,
-                    w_gate_up: linear(format!("layer {l} w_gate_up"), &gate_up)?,
-                    w_down: linear(format!("layer {l} w_down"), &w.w_down)?,
+                    w_gate_up: linear(format!("layer {l} w_gate_up"), &gate_up, (2 * i, h))?,
+                    w_down: linear(format!("layer {l} w_down"), &w.w_down, (h, i))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = match &weights.lm_head {
-            Some(m) => linear("lm_head".into(), m)?,
-            None => linear("lm_head (the embedding, tied)".into(), &weights.embed)?,
+            Some(m) => linear("lm_head".into(), m, (cfg.vocab, h))?,
+            None => linear(
+                "lm_head (the embedding, tied)".into(),
+                &weights.embed,
+                (cfg.vocab, h),
+            )?,
         };
         let norm_bytes = |n: usize| n * std::mem::size_of::<T>();
         let weight_bytes = weights.embed.byte_len()

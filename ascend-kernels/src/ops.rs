@@ -77,6 +77,34 @@ macro_rules! kernel_ops {
                 Err(format!("this backend has no quant_matmul provider (for {format})"))
             }
 
+            /// The bytes [`quant_matmul`](KernelOps::quant_matmul) reads for an `[n, k]`
+            /// weight of `format` whose GGUF blocks are `blocks`, for activations of `T`: this
+            /// backend's layout of the same matrix, the same number of bytes, made on the host
+            /// once (at upload). The default, the CPU backend's, is the blocks themselves; the
+            /// ACL backend's is [`acl::quant_layout`](crate::acl::quant_layout).
+            ///
+            /// # Errors
+            /// [`Error::InvalidArgument`] when `blocks` is not `n` rows of `k / 32` blocks, or
+            /// the backend does not run `T` activations with quantized weights.
+            fn pack_quant_weight<'a, T: KvFloat>(
+                format: crate::quant::QuantFormat,
+                n: usize,
+                k: usize,
+                blocks: &'a [u8],
+            ) -> Result<std::borrow::Cow<'a, [u8]>> {
+                let row = format.row_bytes(k).filter(|_| k > 0);
+                match row.and_then(|r| r.checked_mul(n)) {
+                    Some(len) if len == blocks.len() => Ok(std::borrow::Cow::Borrowed(blocks)),
+                    _ => Err(Error::InvalidArgument {
+                        op: "pack_quant_weight",
+                        message: format!(
+                            "{} bytes are not {n} rows of whole {format} blocks of k = {k} values",
+                            blocks.len()
+                        ),
+                    }),
+                }
+            }
+
             $(
                 $(#[$doc])*
                 #[allow(clippy::too_many_arguments)]
@@ -230,7 +258,9 @@ kernel_ops! {
         out: output T,
         /// `[m, k]`.
         x: input T,
-        /// `[n, k]` in blocks: `n` rows of `k / 32` blocks, as GGUF stores the tensor.
+        /// `[n, k]` in the backend's layout of the format
+        /// ([`KernelOps::pack_quant_weight`]): on the CPU backend `n` rows of `k / 32` blocks,
+        /// as GGUF stores the tensor; the same number of bytes on every backend.
         weight: input u8,
     }
 

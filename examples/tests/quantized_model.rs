@@ -15,7 +15,7 @@ use ascend_examples::model::{
 use ascend_hal::acl::AclBackend;
 use ascend_hal::{Backend, Device};
 use ascend_kernels::quant::{dequantize, quantize};
-use ascend_kernels::{KernelOps, QuantFormat};
+use ascend_kernels::{KernelOps, KvFloat, QuantFormat};
 use hal_mock::CpuBackend;
 use paged_kv::{RequestId, RequestKeys};
 
@@ -92,8 +92,12 @@ fn dequantized(w: &Weights) -> Weights {
 }
 
 /// The logits of every position of `prompt`, prefilled in one step.
-fn prefill_logits<B: KernelOps>(model: &Model<B>, stream: &B::Stream, prompt: &[u32]) -> Logits {
-    let mut kv = kv_cache::<B, f32>(
+fn prefill_logits<B: KernelOps, T: KvFloat>(
+    model: &Model<B, T>,
+    stream: &B::Stream,
+    prompt: &[u32],
+) -> Logits {
+    let mut kv = kv_cache::<B, T>(
         stream,
         Arc::clone(&model.memory().weights),
         model.config(),
@@ -204,7 +208,7 @@ fn a_sharded_block_matrix_is_the_blocks_of_the_sharded_values() {
 }
 
 #[test]
-fn the_acl_backend_refuses_a_block_model_by_name_before_uploading() {
+fn the_acl_backend_refuses_a_block_model_with_f32_activations_before_uploading() {
     let device = common::acl_backend().device(0).unwrap();
     let stream = device.new_stream().unwrap();
     let memory = ModelMemory::<AclBackend>::caching(&device).unwrap();
@@ -219,7 +223,7 @@ fn the_acl_backend_refuses_a_block_model_by_name_before_uploading() {
         "{msg}"
     );
     assert!(
-        msg.contains("no ACL provider runs GGUF block-quantized weights")
+        msg.contains("aclnnWeightQuantBatchMatmulV2, takes f16 or bf16 activations")
             && msg.contains("The CPU backend's quant_matmul runs Q4_0, Q4_1 and Q8_0"),
         "{msg}"
     );
@@ -232,6 +236,37 @@ fn the_acl_backend_refuses_a_block_model_by_name_before_uploading() {
         false,
     ));
     assert!(Model::<_, f32>::from_weights(&stream, CFG, weights, memory).is_ok());
+}
+
+#[test]
+fn on_the_acl_fake_f16_blocks_give_the_logits_of_their_dequantized_values() {
+    // aclnnWeightQuantBatchMatmulV2 on the repacked blocks against aclnnMatmul on their
+    // dequantized values, both in f16: the weights are the same numbers (up to the f16
+    // rounding of a dequantized weight, and of Q4_1's offset), so the logits agree to f16
+    // accumulation error.
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % CFG.vocab as u32).collect();
+    let base = Weights::random(&CFG, 7);
+    let device = common::acl_backend().device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
+        for tied in [false, true] {
+            let blocks = quantized(&base, format, tied);
+            let floats = dequantized(&blocks);
+            let load = |w: Weights| {
+                let memory = ModelMemory::<AclBackend>::caching(&device).unwrap();
+                Model::<_, half::f16>::from_weights(&stream, CFG, w, memory).unwrap()
+            };
+            let (qm, fm) = (load(blocks), load(floats));
+            assert!(qm.weight_bytes() * 2 < fm.weight_bytes(), "{format}");
+            let (q, f) = (
+                prefill_logits(&qm, &stream, &prompt),
+                prefill_logits(&fm, &stream, &prompt),
+            );
+            let err = relative_error(&q, &f);
+            assert!(err < 0.01, "{format}, tied {tied}: relative error {err}");
+            eprintln!("{format}, tied {tied}: ACL f16 blocks vs floats, relative error {err:.5}");
+        }
+    }
 }
 
 #[test]

@@ -285,3 +285,37 @@ fn smollm2_on_its_quantized_blocks_follows_transformers_greedy_ids() {
 
 /// Fewest leading greedy ids each chat's quantized run must share with transformers'.
 const QUANTIZED_AGREEMENT_FLOOR: usize = 4;
+
+#[test]
+fn smollm2_on_its_quantized_blocks_in_f16_over_the_acl_fake_follows_transformers() {
+    // The NPU path for GGUF blocks: the weights packed for aclnnWeightQuantBatchMatmulV2 (int8
+    // / int4 values, f16 scales per 32) and run by it on the fake; activations stay f16. Two
+    // chats, 8 tokens; agreement with transformers' float32 ids is printed per chat and held
+    // to the quantized floor.
+    const NEW: usize = 8;
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
+    let reference = reference();
+    let chats = &reference["chats"].as_array().expect("chats")[..2];
+    let requests = greedy_requests(chats, NEW);
+    let before = common::fake_call_count("aclnnWeightQuantBatchMatmulV2");
+    let report = serve_on::<_, half::f16>(acl_backend(), &path, Storage::Quantized, &requests, 128);
+    let calls = common::fake_call_count("aclnnWeightQuantBatchMatmulV2") - before;
+    // Every layer's four projections and the output projection, every step.
+    assert!(
+        calls >= 30 * 6 * report.steps as u64,
+        "{calls} weight-quantized GEMMs for {} steps",
+        report.steps
+    );
+    for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
+        let (got, want) = (&report.outputs[&r.id], ids(&chat["generated_ids"]));
+        let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!("chat {c}: ACL quantized f16 agrees with transformers for {agree} of {NEW} ids");
+        assert!(
+            agree >= QUANTIZED_AGREEMENT_FLOOR,
+            "chat {c}: {got:?} vs {:?}",
+            &want[..NEW]
+        );
+    }
+}

@@ -19,6 +19,7 @@
 
 mod fused;
 pub mod providers;
+pub mod quant_layout;
 mod vendor;
 
 use std::ffi::c_void;
@@ -109,13 +110,29 @@ fn block_dim(stream: &AclStream, tasks: usize) -> u32 {
     tasks.clamp(1, cores as usize) as u32
 }
 
-/// Why the ACL backend refuses block-quantized weights today.
-const NO_QUANT_PROVIDER: &str = "no ACL provider runs GGUF block-quantized weights yet (Q8_0 / \
-     Q4_0 / Q4_1: the CPU backend runs them); load the weight dequantized (f16/bf16) for matmul";
-
 impl KernelOps for AclBackend {
-    fn quant_matmul_supported<T: KvFloat>(_: QuantFormat) -> std::result::Result<(), String> {
-        Err(NO_QUANT_PROVIDER.to_string())
+    /// Weight-only quantization through `aclnnWeightQuantBatchMatmulV2`: every format, with
+    /// f16 or bf16 activations (the operator's); f32 activations are refused.
+    fn quant_matmul_supported<T: KvFloat>(format: QuantFormat) -> std::result::Result<(), String> {
+        if std::mem::size_of::<T>() == 2 {
+            return Ok(());
+        }
+        Err(format!(
+            "the ACL provider of quant_matmul, aclnnWeightQuantBatchMatmulV2, takes f16 or bf16 \
+             activations, not {}: run the model in f16/bf16 for {format} weights, or load them \
+             dequantized",
+            T::DTYPE
+        ))
+    }
+
+    /// The layout of [`quant_layout`]: values, then scales and offsets in `T`.
+    fn pack_quant_weight<'a, T: KvFloat>(
+        format: QuantFormat,
+        n: usize,
+        k: usize,
+        blocks: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        quant_layout::pack::<T>(format, n, k, blocks).map(std::borrow::Cow::Owned)
     }
 
     fn kernels_available() -> std::result::Result<(), &'static str> {
@@ -326,16 +343,11 @@ impl KernelOps for AclBackend {
     }
 
     fn launch_quant_matmul<T: KvFloat>(
-        _stream: &AclStream,
+        stream: &AclStream,
         args: QuantMatmulArgs<'_, Self, T>,
     ) -> Result<()> {
         let QuantMatmulArgs { p, out, x, weight } = args;
-        p.validate::<T>(out.len(), x.len(), weight.len())?;
-        Err(Error::KernelUnavailable {
-            backend: "acl",
-            op: "quant_matmul",
-            reason: NO_QUANT_PROVIDER,
-        })
+        vendor::quant_matmul(stream, p, out, x, weight)
     }
 
     fn launch_embedding<T: KvFloat>(

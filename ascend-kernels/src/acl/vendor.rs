@@ -13,7 +13,8 @@ use ascend_hal::{DType, DeviceBuffer, DevicePtr, DeviceRepr, Error, Result, Stre
 use super::providers::workspace_allocator;
 use crate::float::KvFloat;
 use crate::ops::{device_arg, In, Out};
-use crate::shapes::{Add, Argmax, Embedding, Matmul, RmsNorm, SiluAndMul, TopK};
+use crate::quant::{QuantFormat, BLOCK};
+use crate::shapes::{Add, Argmax, Embedding, Matmul, QuantMatmul, RmsNorm, SiluAndMul, TopK};
 
 /// The ACLNN libraries and the workspace allocator for `stream`'s device.
 fn setup(stream: &AclStream) -> Result<(Arc<Aclnn>, SharedAllocator<AclBackend>)> {
@@ -61,6 +62,95 @@ pub(super) fn matmul<T: KvFloat>(
     // device, which their owners keep alive until the caller synchronises (the stream-order
     // contract of every KernelOps op).
     unsafe { aclnn.matmul(stream, &*ws, &a, &b, &o, CubeMathType::KeepDtype) }
+}
+
+/// `k` and `n` of `aclnnWeightQuantBatchMatmulV2`: at most 65535 (its documented range).
+const WEIGHT_QUANT_MAX_DIM: usize = 65535;
+
+/// `out = x · wᵀ` on a weight in the layout of [`super::quant_layout`] through
+/// `aclnnWeightQuantBatchMatmulV2`: the values as `[k, n]` int8/int4 (the transposed view of
+/// `[n, k]`), scales (and `Q4_1`'s offsets) per group of 32 as `[k / 32, n]` views of `[n, k /
+/// 32]`; with one group per row (`k = 32`) per channel, as `[n]`, since the operator's group
+/// size must be below `k`.
+pub(super) fn quant_matmul<T: KvFloat>(
+    stream: &AclStream,
+    p: &QuantMatmul,
+    out: Out<'_, AclBackend, T>,
+    x: In<'_, AclBackend, T>,
+    weight: In<'_, AclBackend, u8>,
+) -> Result<()> {
+    const OP: &str = "quant_matmul";
+    p.validate::<T>(out.len(), x.len(), weight.len())?;
+    if std::mem::size_of::<T>() != 2 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            message: format!(
+                "aclnnWeightQuantBatchMatmulV2 takes f16 or bf16 activations, not {}",
+                T::DTYPE
+            ),
+        });
+    }
+    if p.n > WEIGHT_QUANT_MAX_DIM || p.k > WEIGHT_QUANT_MAX_DIM {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            message: format!(
+                "n = {} and k = {}: aclnnWeightQuantBatchMatmulV2 takes at most \
+                 {WEIGHT_QUANT_MAX_DIM} for each; split the weight",
+                p.n, p.k
+            ),
+        });
+    }
+    let (px, pw, po) = (
+        addr(OP, stream, "x", &x)?,
+        addr(OP, stream, "weight", &weight)?,
+        addr(OP, stream, "out", &out)?,
+    );
+    if p.m == 0 {
+        return Ok(());
+    }
+    let Some((at_scales, at_offsets)) = super::quant_layout::parts(p.format, p.n, p.k) else {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            message: format!("k = {} is not whole blocks", p.k),
+        });
+    };
+    let (aclnn, ws) = setup(stream)?;
+    let (m, n, k, g) = (p.m as i64, p.n as i64, p.k as i64, (p.k / BLOCK) as i64);
+    let values_type = match p.format {
+        QuantFormat::Q8_0 => ascend_hal::acl::aclnn::data_type::ACL_INT8,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => ascend_hal::acl::aclnn::data_type::ACL_INT4,
+    };
+    let at = |bytes: usize| DevicePtr(pw.0 + bytes as u64);
+    let tx = aclnn.contiguous(T::DTYPE, &[m, k], px)?;
+    let tw = aclnn.tensor_of(values_type, &[k, n], &[1, k], 0, &[n, k], pw)?;
+    let group_view = |data: DevicePtr| {
+        if g == 1 {
+            aclnn.contiguous(T::DTYPE, &[n], data)
+        } else {
+            aclnn.tensor(T::DTYPE, &[g, n], &[1, g], 0, &[n, g], data)
+        }
+    };
+    let scale = group_view(at(at_scales))?;
+    let offset = match p.format {
+        QuantFormat::Q4_1 => Some(group_view(at(at_offsets))?),
+        _ => None,
+    };
+    let group_size = if g == 1 { 0 } else { BLOCK as i32 };
+    let ty = aclnn.contiguous(T::DTYPE, &[m, n], po)?;
+    // SAFETY: as in `matmul`; the views lie inside the weight buffer, whose length the shapes
+    // were checked against (the layout takes exactly the blocks' bytes).
+    unsafe {
+        aclnn.weight_quant_batch_matmul_v2(
+            stream,
+            &*ws,
+            &tx,
+            &tw,
+            &scale,
+            offset.as_ref(),
+            group_size,
+            &ty,
+        )
+    }
 }
 
 /// `out = silu(x[:, :d]) · x[:, d:]` through `aclnnSwiGlu` over the last dim.

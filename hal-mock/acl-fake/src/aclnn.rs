@@ -43,6 +43,9 @@ const INNER_NULLPTR: i32 = 561_103;
 pub(crate) const ACL_FLOAT: i32 = 0;
 pub(crate) const ACL_FLOAT16: i32 = 1;
 pub(crate) const ACL_BF16: i32 = 27;
+pub(crate) const ACL_INT8: i32 = 2;
+/// Two values per byte, the element of even index in the low nibble.
+pub(crate) const ACL_INT4: i32 = 29;
 
 pub(crate) fn dtype_name(d: i32) -> String {
     let name = match d {
@@ -59,14 +62,17 @@ pub(crate) fn dtype_name(d: i32) -> String {
         11 => "DT_DOUBLE",
         12 => "DT_BOOL",
         ACL_BF16 => "DT_BF16",
+        ACL_INT4 => "DT_INT4",
         other => return format!("aclDataType {other}"),
     };
     name.into()
 }
 
-/// Bytes per element of the `aclDataType`s the fake describes (`acl/acl_base.h`).
+/// Bytes per element of the `aclDataType`s the fake describes (`acl/acl_base.h`); INT4 counts
+/// as 1 here and as half a byte where a view's extent is measured.
 fn elem_size(d: i32) -> Option<usize> {
     match d {
+        ACL_INT4 => Some(1),
         // INT8, UINT8, BOOL
         2 | 4 | 12 => Some(1),
         // FLOAT16, INT16, UINT16, BF16
@@ -121,7 +127,28 @@ impl Tensor {
                 .zip(&self.strides)
                 .map(|(&d, &s)| (d - 1) * s)
                 .sum::<i64>();
+        if self.dtype == ACL_INT4 {
+            return (last as usize + 2) / 2;
+        }
         (last as usize + 1) * elem_size(self.dtype).unwrap_or(1)
+    }
+
+    /// The integers of an INT8 or INT4 view, in row-major order of the view.
+    pub(crate) fn read_ints(&self, arg: &KernelArg, name: &'static str) -> Result<Vec<i32>, Error> {
+        self.fits(arg, name)?;
+        let mut out = Vec::with_capacity(self.numel());
+        let p = arg.ptr;
+        // SAFETY: `fits` checked that every element of the view lies in the argument's memory.
+        self.for_each_offset(|o| unsafe {
+            out.push(if self.dtype == ACL_INT4 {
+                let byte = p.add(o / 2).read();
+                let nib = if o % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                ((nib ^ 8) as i32) - 8
+            } else {
+                p.cast::<i8>().add(o).read() as i32
+            })
+        });
+        Ok(out)
     }
 
     /// Calls `f` with each element's offset, in row-major order of the view.

@@ -35,6 +35,7 @@
 
 mod aclnn;
 mod aclnn_attention;
+mod aclnn_quant;
 mod aclnn_step_ops;
 mod exports;
 mod hccl;
