@@ -49,6 +49,9 @@ impl EngineVisitor for Measure<'_> {
     }
 }
 
+/// Most tokens a step computes: llama.cpp's default micro-batch (`-ub 512`).
+const TOKENS_PER_STEP: usize = 512;
+
 /// The process's peak resident set (`VmHWM`), in bytes, where Linux reports it.
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -117,7 +120,9 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
     };
     let engine = EngineConfig {
         max_batch: 8,
-        max_tokens_per_step: 8 * prompt_len,
+        // llama.cpp's default micro-batch: a step computes at most this many tokens (longer
+        // prefills are chunked), so both engines hold the same activations at once.
+        max_tokens_per_step: TOKENS_PER_STEP,
         preempt_at_step: None,
         preemption: Preemption::Recompute,
     };
