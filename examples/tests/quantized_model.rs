@@ -1,8 +1,10 @@
 //! The model on block-quantized weights: every matrix (and a tied output projection taken from
 //! the embedding's blocks) kept as Q4_0 / Q4_1 / Q8_0 blocks gives, within the error of
 //! quantizing the activations, the logits of the same model holding those blocks' dequantized
-//! values as floats; tensor parallelism shards the blocks as it shards floats; and a backend
-//! without a `quant_matmul` provider refuses the model by weight name before it uploads anything.
+//! values as floats, on the CPU backend (int8 activation blocks) and on the ACL backend over the
+//! fake (f16, `aclnnWeightQuantBatchMatmulV2` on the repacked blocks); tensor parallelism shards
+//! the blocks as it shards floats; and a backend that cannot run the blocks with the model's
+//! activation dtype (ACL with f32) refuses the model by weight name before it uploads anything.
 
 mod common;
 
