@@ -134,16 +134,24 @@ pub fn parts(format: QuantFormat, n: usize, k: usize) -> Option<(usize, usize)> 
 }
 
 /// The values of a packed weight, row-major `[n, k]` (`(w + offset) · scale` in f32): what the
-/// layout means, for tests.
-pub fn unpack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, packed: &[u8]) -> Vec<f32> {
-    let Some((at_scales, at_offsets)) = parts(format, n, k) else {
-        return Vec::new();
-    };
+/// layout means, for tests and checks. `None` when `k` is not whole blocks or `packed` is not
+/// the size of an `[n, k]` weight of `format`.
+pub fn unpack<T: KvFloat>(
+    format: QuantFormat,
+    n: usize,
+    k: usize,
+    packed: &[u8],
+) -> Option<Vec<f32>> {
+    let (at_scales, at_offsets) = parts(format, n, k)?;
+    let row = format.row_bytes(k)?;
+    if std::mem::size_of::<T>() != 2 || n.checked_mul(row)? != packed.len() {
+        return None;
+    }
     let elem = |at: usize, i: usize| -> f32 {
         let b = &packed[at + 2 * i..at + 2 * i + 2];
         bytemuck::pod_read_unaligned::<T>(b).to_f32()
     };
-    (0..n * k)
+    let values = (0..n * k)
         .map(|i| {
             let w = match format {
                 QuantFormat::Q8_0 => packed[i] as i8 as f32,
@@ -161,7 +169,8 @@ pub fn unpack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, packed: &[u8]
             };
             (w + offset) * elem(at_scales, g)
         })
-        .collect()
+        .collect();
+    Some(values)
 }
 
 #[cfg(test)]
@@ -185,7 +194,7 @@ mod tests {
             dequantize(f, &blocks, &mut want).unwrap();
             let packed = pack::<T>(f, n, k, &blocks).unwrap();
             assert_eq!(packed.len(), blocks.len(), "{f}: same bytes as the blocks");
-            let got = unpack::<T>(f, n, k, &packed);
+            let got = unpack::<T>(f, n, k, &packed).unwrap();
             let top = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= rel * top, "{f} value {i}: {g} vs {w}");
@@ -209,6 +218,7 @@ mod tests {
         block[4..].fill(0x5a);
         let packed = pack::<f16>(QuantFormat::Q4_1, 1, 32, &block).unwrap();
         assert!(unpack::<f16>(QuantFormat::Q4_1, 1, 32, &packed)
+            .unwrap()
             .iter()
             .all(|&v| v == 1.5));
     }
@@ -225,5 +235,7 @@ mod tests {
         );
         let e = pack::<f16>(QuantFormat::Q4_0, 1, 40, &[0; 18]).unwrap_err();
         assert!(e.to_string().contains("k = 40"), "{e}");
+        assert!(unpack::<f16>(QuantFormat::Q4_0, 2, 32, &[0; 18]).is_none());
+        assert!(unpack::<f32>(QuantFormat::Q4_0, 1, 32, &[0; 18]).is_none());
     }
 }

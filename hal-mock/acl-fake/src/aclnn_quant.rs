@@ -34,6 +34,9 @@ use crate::state::{fail, Outcome};
 /// The largest `k` and `n` the operator takes.
 const MAX_KN: i64 = 65535;
 
+/// The most elements of an operand the fake holds as f32 on the host for one call.
+const MAX_FAKE_ELEMENTS: i64 = 1 << 28;
+
 /// Whether a 2-D view is contiguous or the transposed view of contiguous storage.
 fn plain_or_transposed(t: &Tensor) -> bool {
     t.is_contiguous() || (t.dims.len() == 2 && t.strides == [1, t.dims[0]])
@@ -147,6 +150,16 @@ pub extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
             return fail(
                 INVALID,
                 format!("{F}: k {k} and n {n} must be in [1, {MAX_KN}]"),
+            );
+        }
+        if k * n > MAX_FAKE_ELEMENTS || m * n > MAX_FAKE_ELEMENTS || m * k > MAX_FAKE_ELEMENTS {
+            return fail(
+                INVALID,
+                format!(
+                    "{F}: m {m}, k {k}, n {n} are past what the fake computes on ({} elements \
+                     per operand; the operator itself takes them)",
+                    MAX_FAKE_ELEMENTS
+                ),
             );
         }
         for (what, t) in [("x", &tx), ("weight", &tw), ("antiquantScale", &ts)] {
