@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ascend_hal::prelude::*;
-use ascend_hal::Bytes;
-use ascend_kernels::KernelOps;
+use ascend_hal::{Bytes, DType};
+use ascend_kernels::{KernelOps, KvFloat};
 use paged_kv::RequestId;
 
 use crate::engine::{
@@ -50,6 +50,9 @@ pub struct ChatArgs {
     pub progress: bool,
     /// How the file's block-quantized matrices are stored (kept as blocks by default).
     pub storage: Storage,
+    /// What the model computes in and its KV cache holds: f32 (default), f16 or bf16. The ACL
+    /// backend runs block-quantized weights with f16/bf16 only.
+    pub dtype: DType,
 }
 
 impl ChatArgs {
@@ -67,6 +70,7 @@ impl ChatArgs {
             max_tokens_per_step: 256,
             progress: true,
             storage: Storage::Quantized,
+            dtype: DType::F32,
         }
     }
 
@@ -87,6 +91,9 @@ impl ChatArgs {
         }
         if self.max_model_len > 1 << 20 || self.max_blocks > 1 << 24 || self.block_size > 1024 {
             return Err("--max-model-len, --max-blocks or --block-size is beyond any model".into());
+        }
+        if !matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(format!("dtype {}: expected f32, f16 or bf16", self.dtype));
         }
         Ok(())
     }
@@ -112,6 +119,7 @@ starts with '-' goes after '--'.
   --max-tokens-per-step N  most tokens computed in a step [256]
   --dequantize             dequantize Q4_0/Q4_1/Q8_0 weights to floats at load (exact float
                            products; 3.5-7x the memory) [kept as blocks]
+  --dtype f32|f16|bf16     what the model computes in (the NPU runs blocks with f16/bf16) [f32]
   --no-progress            no per-step progress lines
   -h, --help               this text";
 
@@ -164,6 +172,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--max-blocks",
             "--max-batch",
             "--max-tokens-per-step",
+            "--dtype",
         ];
         if !known.contains(&arg.as_str()) {
             return Err(format!(
@@ -190,6 +199,14 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
             "--block-size" => a.block_size = num(&value)?,
             "--max-blocks" => a.max_blocks = num(&value)?,
             "--max-batch" => a.max_batch = num(&value)?,
+            "--dtype" => {
+                a.dtype = match value.as_str() {
+                    "f32" => DType::F32,
+                    "f16" => DType::F16,
+                    "bf16" => DType::BF16,
+                    v => return Err(format!("--dtype {v}: expected f32, f16 or bf16")),
+                }
+            }
             _ => a.max_tokens_per_step = num(&value)?,
         }
     }
@@ -299,16 +316,17 @@ pub struct ChatOutcome {
 
 /// A model loaded on a device with its KV cache, answering prompts batch after batch (the cache
 /// keeps what earlier batches computed, so a shared system prompt is computed once).
-pub struct ChatSession<B: KernelOps> {
+pub struct ChatSession<B: KernelOps, T: KvFloat = f32> {
     args: ChatArgs,
-    llm: Llm<B>,
-    kv: paged_kv::KvCache<B, f32>,
+    llm: Llm<B, T>,
+    kv: paged_kv::KvCache<B, T>,
     stream: B::Stream,
     next_id: u64,
 }
 
-impl<B: KernelOps> ChatSession<B> {
-    /// Loads the model on `backend`'s first device, writing what it did to `err`.
+impl<B: KernelOps, T: KvFloat> ChatSession<B, T> {
+    /// Loads the model on `backend`'s first device, computing in `T`, writing what it did to
+    /// `err`. (`args.dtype` is for callers that pick `T` from it, as [`run`] does.)
     pub fn open(backend: &B, args: &ChatArgs, err: &mut dyn Write) -> Result<Self, BoxError> {
         args.validate()?;
         if let Err(reason) = B::kernels_available() {
@@ -322,7 +340,7 @@ impl<B: KernelOps> ChatSession<B> {
         let stream = device.new_stream()?;
         let memory = ModelMemory::caching(&device)?;
         let started = std::time::Instant::now();
-        let llm = Llm::<B>::load_with(
+        let llm = Llm::<B, T>::load_with(
             &stream,
             &args.model,
             args.max_model_len,
@@ -374,7 +392,7 @@ impl<B: KernelOps> ChatSession<B> {
     }
 
     /// The model and tokenizer.
-    pub fn llm(&self) -> &Llm<B> {
+    pub fn llm(&self) -> &Llm<B, T> {
         &self.llm
     }
 
@@ -506,5 +524,13 @@ pub fn run<B: KernelOps>(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<ChatOutcome, BoxError> {
-    ChatSession::open(&backend, args, err)?.answer(prompts, out, err)
+    match args.dtype {
+        DType::F16 => {
+            ChatSession::<B, half::f16>::open(&backend, args, err)?.answer(prompts, out, err)
+        }
+        DType::BF16 => {
+            ChatSession::<B, half::bf16>::open(&backend, args, err)?.answer(prompts, out, err)
+        }
+        _ => ChatSession::<B, f32>::open(&backend, args, err)?.answer(prompts, out, err),
+    }
 }

@@ -15,7 +15,8 @@ use std::process::ExitCode;
 
 use ascend_examples::chat::{parse_args, ChatArgs, ChatSession, Command, USAGE};
 use ascend_examples::llm::BoxError;
-use ascend_kernels::{EngineBackend, EngineVisitor, KernelOps, RunEngine};
+use ascend_hal::DType;
+use ascend_kernels::{EngineBackend, EngineVisitor, KernelOps, KvFloat, RunEngine};
 
 /// Where prompts come from.
 enum Prompts {
@@ -26,8 +27,20 @@ enum Prompts {
 }
 
 fn serve<B: KernelOps>(backend: B, args: &ChatArgs, prompts: Prompts) -> Result<(), BoxError> {
+    match args.dtype {
+        DType::F16 => serve_in::<B, half::f16>(backend, args, prompts),
+        DType::BF16 => serve_in::<B, half::bf16>(backend, args, prompts),
+        _ => serve_in::<B, f32>(backend, args, prompts),
+    }
+}
+
+fn serve_in<B: KernelOps, T: KvFloat>(
+    backend: B,
+    args: &ChatArgs,
+    prompts: Prompts,
+) -> Result<(), BoxError> {
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let mut session = ChatSession::open(&backend, args, &mut err)?;
+    let mut session = ChatSession::<B, T>::open(&backend, args, &mut err)?;
     match prompts {
         Prompts::Batch(p) => {
             session.answer(&p, &mut out, &mut err)?;

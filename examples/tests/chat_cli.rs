@@ -58,13 +58,39 @@ fn weights_stay_blocks_unless_dequantize_is_given() {
     );
 }
 
+#[test]
+fn dtype_picks_what_the_model_computes_in() {
+    use ascend_hal::DType;
+    let dtype = |args: &[&str]| match parse(args) {
+        Ok(Command::Run(a, _)) => a.dtype,
+        other => panic!("{args:?}: {other:?}"),
+    };
+    assert_eq!(dtype(&["--model", "m.gguf", "hi"]), DType::F32);
+    assert_eq!(
+        dtype(&["--model", "m.gguf", "--dtype", "f16", "hi"]),
+        DType::F16
+    );
+    assert_eq!(
+        dtype(&["--model", "m.gguf", "--dtype", "bf16", "hi"]),
+        DType::BF16
+    );
+    let e = parse(&["--model", "m.gguf", "--dtype", "int8", "hi"]).unwrap_err();
+    assert_eq!(e, "--dtype int8: expected f32, f16 or bf16");
+    let mut args = ChatArgs::new("m.gguf".into());
+    args.dtype = DType::I32;
+    assert_eq!(
+        args.validate().unwrap_err(),
+        "dtype i32: expected f32, f16 or bf16"
+    );
+}
+
 fn open_error(model: &str, max_model_len: usize) -> String {
     let backend = hal_mock::CpuBackend::new();
     let mut args = ChatArgs::new(model.into());
     args.max_model_len = max_model_len;
     args.progress = false;
     let mut err = Vec::new();
-    match ChatSession::open(&backend, &args, &mut err) {
+    match ChatSession::<_, f32>::open(&backend, &args, &mut err) {
         Ok(_) => panic!("{model} was loaded"),
         Err(e) => e.to_string(),
     }

@@ -204,3 +204,52 @@ fn the_tokenizer_streams_whole_characters_and_keeps_control_tokens_whole() {
     let e = tok.decode(&[49152]).unwrap_err().to_string();
     assert!(e.contains("token 49152 is outside the 49152 tokens"), "{e}");
 }
+
+#[test]
+fn on_the_acl_fake_the_blocks_answer_in_f16_and_f32_is_refused_by_name() {
+    // The NPU path of `chat --dtype f16`: the file's Q4_1/Q8_0 blocks repacked for
+    // aclnnWeightQuantBatchMatmulV2 (on the fake). With f32, the default, the ACL backend
+    // refuses the blocks before uploading, naming the tensor and what to do.
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
+    let (p1, a1) = reference_answer(1);
+    let args = ChatArgs {
+        max_new: 6,
+        max_model_len: 128,
+        progress: false,
+        dtype: ascend_hal::DType::F16,
+        ..ChatArgs::new(path)
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = run(common::acl_backend(), &args, &[p1], &mut out, &mut err).unwrap();
+    let err = String::from_utf8(err).unwrap();
+    assert!(err.contains("weights as blocks"), "{err}");
+    // Six greedy tokens of transformers' answer (the quantized run agrees with it for its
+    // first 8 ids: smollm2_reference.rs).
+    let answer = &outcome.answers[0];
+    assert!(
+        !answer.is_empty() && a1.starts_with(answer.as_str()),
+        "{answer:?} is not how {a1:?} starts"
+    );
+
+    let f32_args = ChatArgs {
+        dtype: ascend_hal::DType::F32,
+        ..args
+    };
+    let e = run(
+        common::acl_backend(),
+        &f32_args,
+        &["hi".into()],
+        &mut Vec::new(),
+        &mut Vec::new(),
+    )
+    .err()
+    .expect("f32 blocks on ACL are refused")
+    .to_string();
+    assert!(
+        e.contains("with f32 activations, which this backend cannot run")
+            && e.contains("run the model in f16/bf16"),
+        "{e}"
+    );
+}
