@@ -244,8 +244,7 @@ fn on_the_acl_fake_the_blocks_answer_in_f16_and_f32_is_refused_by_name() {
         &mut Vec::new(),
         &mut Vec::new(),
     )
-    .err()
-    .expect("f32 blocks on ACL are refused")
+    .expect_err("f32 blocks on ACL are refused")
     .to_string();
     assert!(
         e.contains("with f32 activations, which this backend cannot run")
