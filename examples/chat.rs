@@ -326,9 +326,18 @@ pub struct ChatSession<B: KernelOps, T: KvFloat = f32> {
 
 impl<B: KernelOps, T: KvFloat> ChatSession<B, T> {
     /// Loads the model on `backend`'s first device, computing in `T`, writing what it did to
-    /// `err`. (`args.dtype` is for callers that pick `T` from it, as [`run`] does.)
+    /// `err`. `T` must be `args.dtype` ([`run`] picks it from there).
     pub fn open(backend: &B, args: &ChatArgs, err: &mut dyn Write) -> Result<Self, BoxError> {
         args.validate()?;
+        if args.dtype != T::DTYPE {
+            return Err(format!(
+                "a ChatSession computing in {} was opened with dtype {}: open it with the dtype \
+                 the arguments name",
+                T::DTYPE,
+                args.dtype
+            )
+            .into());
+        }
         if let Err(reason) = B::kernels_available() {
             return Err(format!(
                 "the {} backend cannot run the kernels: {reason}",
