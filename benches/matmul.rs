@@ -4,7 +4,9 @@
 //! close a decode step's GEMMs come to memory bandwidth; the second how much a batch costs over
 //! one row (8.0 would mean no reuse of the weights at all). The same weights in GGUF's block
 //! formats through `cpu::quant_matmul` (Q4_0, Q4_1, Q8_0: activations quantized to int8 blocks),
-//! against the `f32` GEMM in the same run: what computing on the blocks buys a decode step.
+//! against the `f32` GEMM in the same run: what computing on the blocks buys a decode step; and
+//! 64 rows (a prefill chunk), where the blocks' tiles of 2 weight rows x 4 activation rows run,
+//! against the `f32` GEMM's 64 rows.
 
 use std::time::Duration;
 
@@ -31,17 +33,17 @@ fn main() {
         let w: Vec<f32> = (0..n * k)
             .map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0)
             .collect();
-        let x: Vec<f32> = (0..8 * k)
+        let x: Vec<f32> = (0..PREFILL * k)
             .map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0)
             .collect();
-        let mut out = vec![0f32; 8 * n];
+        let mut out = vec![0f32; PREFILL * n];
         let bytes = n * k * 4;
         let src = vec![1u8; bytes];
         let mut dst = vec![0u8; bytes];
         let group = format!("{name}_{n}x{k}");
         let mut g = c.benchmark_group(&group);
         g.throughput(Throughput::Bytes(bytes as u64));
-        for m in [1usize, 8] {
+        for m in [1usize, 8, PREFILL] {
             let p = Matmul { m, n, k };
             g.bench_function(BenchmarkId::from_parameter(format!("m{m}")), |b| {
                 b.iter(|| cpu::matmul(&p, &mut out[..m * n], &x[..m * k], &w).expect("matmul"))
@@ -50,7 +52,7 @@ fn main() {
         for format in QuantFormat::ALL {
             let mut wq = Vec::new();
             quantize(format, &w, &mut wq).expect("quantize");
-            for m in [1usize, 8] {
+            for m in [1usize, 8, PREFILL] {
                 let p = QuantMatmul { m, n, k, format };
                 g.bench_function(BenchmarkId::from_parameter(format!("{format}_m{m}")), |b| {
                     b.iter(|| {
@@ -77,10 +79,18 @@ fn main() {
         for q in ["Q4_0", "Q4_1", "Q8_0"] {
             rows.push((g.as_str(), leak(format!("{q}_m1")), "m1"));
             rows.push((g.as_str(), leak(format!("{q}_m8")), leak(format!("{q}_m1"))));
+            rows.push((
+                g.as_str(),
+                leak(format!("{q}_m{PREFILL}")),
+                leak(format!("m{PREFILL}")),
+            ));
         }
     }
     ascend_benches::print_ratios("CPU GEMM (time ratios)", &rows);
 }
+
+/// Rows of a prefill chunk.
+const PREFILL: usize = 64;
 
 /// A bench name for the ratio table, which takes `&str`s that outlive it.
 fn leak(s: String) -> &'static str {
