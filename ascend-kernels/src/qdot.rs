@@ -8,7 +8,7 @@
 //! by rounding only. Which one runs depends on the CPU alone, never on how many rows share the
 //! call, so a row's result is the same in any batch.
 
-use crate::quant::{QuantFormat, BLOCK};
+use crate::quant::{half_at, QuantFormat, BLOCK};
 
 /// One row of activations quantized per block (a view of [`crate::quant::ActivationBlocks`]).
 #[derive(Clone, Copy)]
@@ -19,10 +19,6 @@ pub struct ActRow<'a> {
     pub sums: &'a [f32],
     /// The values, `BLOCK` per block.
     pub qs: &'a [i8],
-}
-
-fn half_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
 /// (The per-row entry the tests compare with the portable loop; the kernel calls [`columns`].)
@@ -166,11 +162,16 @@ mod x86 {
         /// AVX2; `b` points at a whole block.
         unsafe fn values(b: *const u8) -> __m256i;
 
-        /// The block's scale and minimum (0 without one), converted by F16C.
+        /// The block's scale and minimum (0 without one), converted by F16C. The default
+        /// reads the scale alone, which every block starts with.
         ///
         /// # Safety
         /// F16C; `b` points at a whole block.
-        unsafe fn scale_min(b: *const u8) -> (f32, f32);
+        #[inline(always)]
+        unsafe fn scale_min(b: *const u8) -> (f32, f32) {
+            // SAFETY: the block starts with its f16 scale (this function's contract).
+            (unsafe { half(b) }, 0.0)
+        }
     }
 
     struct Q8_0;
@@ -203,22 +204,17 @@ mod x86 {
     }
 
     impl Format for Q8_0 {
-        const SIZE: usize = 34;
+        const SIZE: usize = QuantFormat::Q8_0.block_bytes();
         const HAS_MIN: bool = false;
         #[inline(always)]
         unsafe fn values(b: *const u8) -> __m256i {
             // SAFETY: a Q8_0 block is 34 bytes: 32 read from offset 2.
             unsafe { _mm256_loadu_si256(b.add(2) as *const __m256i) }
         }
-        #[inline(always)]
-        unsafe fn scale_min(b: *const u8) -> (f32, f32) {
-            // SAFETY: the block starts with its f16 scale.
-            (unsafe { half(b) }, 0.0)
-        }
     }
 
     impl Format for Q4_0 {
-        const SIZE: usize = 18;
+        const SIZE: usize = QuantFormat::Q4_0.block_bytes();
         const HAS_MIN: bool = false;
         #[inline(always)]
         unsafe fn values(b: *const u8) -> __m256i {
@@ -227,15 +223,10 @@ mod x86 {
             // SAFETY: AVX2 (this function's contract).
             unsafe { _mm256_sub_epi8(n, _mm256_set1_epi8(8)) }
         }
-        #[inline(always)]
-        unsafe fn scale_min(b: *const u8) -> (f32, f32) {
-            // SAFETY: the block starts with its f16 scale.
-            (unsafe { half(b) }, 0.0)
-        }
     }
 
     impl Format for Q4_1 {
-        const SIZE: usize = 20;
+        const SIZE: usize = QuantFormat::Q4_1.block_bytes();
         const HAS_MIN: bool = true;
         #[inline(always)]
         unsafe fn values(b: *const u8) -> __m256i {

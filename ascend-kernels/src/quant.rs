@@ -99,7 +99,8 @@ fn expect_blocks(op: &'static str, f: QuantFormat, values: usize, bytes: usize) 
     Ok(())
 }
 
-fn half_at(b: &[u8], i: usize) -> f32 {
+/// The little-endian f16 at byte `i` of `b`, as `f32` (a block's scale or minimum).
+pub(crate) fn half_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 

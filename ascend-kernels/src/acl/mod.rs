@@ -114,15 +114,7 @@ impl KernelOps for AclBackend {
     /// Weight-only quantization through `aclnnWeightQuantBatchMatmulV2`: every format, with
     /// f16 or bf16 activations (the operator's); f32 activations are refused.
     fn quant_matmul_supported<T: KvFloat>(format: QuantFormat) -> std::result::Result<(), String> {
-        if std::mem::size_of::<T>() == 2 {
-            return Ok(());
-        }
-        Err(format!(
-            "the ACL provider of quant_matmul, aclnnWeightQuantBatchMatmulV2, takes f16 or bf16 \
-             activations, not {}: run the model in f16/bf16 for {format} weights, or load them \
-             dequantized",
-            T::DTYPE
-        ))
+        vendor::weight_quant_activations::<T>(format)
     }
 
     /// The layout of [`quant_layout`]: values, then scales and offsets in `T`.

@@ -23,14 +23,9 @@
 //! `15·d`, under 2.3·10⁻⁴·|m| when the offset overflows f16.
 
 use ascend_hal::{Error, Result};
-use half::f16;
 
 use crate::float::KvFloat;
-use crate::quant::{QuantFormat, BLOCK};
-
-fn half_at(b: &[u8], i: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
-}
+use crate::quant::{half_at, QuantFormat, BLOCK};
 
 /// The nibble of value `j` (0..32) of a `Q4_x` block whose 16 bytes of nibbles are `qs`.
 fn nibble(qs: &[u8], j: usize) -> u8 {
@@ -69,10 +64,6 @@ pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) 
         )));
     }
     let groups = n * (k / BLOCK);
-    let value_bytes = match format {
-        QuantFormat::Q8_0 => n * k,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => n * k / 2,
-    };
     let mut values = Vec::with_capacity(blocks.len());
     let mut scales: Vec<T> = Vec::with_capacity(groups);
     let mut offsets: Vec<T> = Vec::new();
@@ -115,7 +106,10 @@ pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) 
             );
         }
     }
-    debug_assert_eq!(values.len(), value_bytes);
+    debug_assert_eq!(
+        Some(values.len()),
+        parts(format, n, k).map(|(at_scales, _)| at_scales)
+    );
     values.extend_from_slice(bytemuck::cast_slice(&scales));
     values.extend_from_slice(bytemuck::cast_slice(&offsets));
     debug_assert_eq!(values.len(), blocks.len());

@@ -67,6 +67,22 @@ pub(super) fn matmul<T: KvFloat>(
 /// `k` and `n` of `aclnnWeightQuantBatchMatmulV2`: at most 65535 (its documented range).
 const WEIGHT_QUANT_MAX_DIM: usize = 65535;
 
+/// `Ok` when `aclnnWeightQuantBatchMatmulV2` takes `T` activations (f16, bf16), else why not
+/// and what to do: asked before a model uploads `format` weights, and again at each launch.
+pub(super) fn weight_quant_activations<T: KvFloat>(
+    format: QuantFormat,
+) -> std::result::Result<(), String> {
+    if std::mem::size_of::<T>() == 2 {
+        return Ok(());
+    }
+    Err(format!(
+        "the ACL provider of quant_matmul, aclnnWeightQuantBatchMatmulV2, takes f16 or bf16 \
+         activations, not {}: run the model in f16/bf16 for {format} weights, or load them \
+         dequantized",
+        T::DTYPE
+    ))
+}
+
 /// `out = x · wᵀ` on a weight in the layout of [`super::quant_layout`] through
 /// `aclnnWeightQuantBatchMatmulV2`: the values as `[k, n]` int8/int4 (the transposed view of
 /// `[n, k]`), scales (and `Q4_1`'s offsets) per group of 32 as `[k / 32, n]` views of `[n, k /
@@ -81,15 +97,8 @@ pub(super) fn quant_matmul<T: KvFloat>(
 ) -> Result<()> {
     const OP: &str = "quant_matmul";
     p.validate::<T>(out.len(), x.len(), weight.len())?;
-    if std::mem::size_of::<T>() != 2 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            message: format!(
-                "aclnnWeightQuantBatchMatmulV2 takes f16 or bf16 activations, not {}",
-                T::DTYPE
-            ),
-        });
-    }
+    weight_quant_activations::<T>(p.format)
+        .map_err(|message| Error::InvalidArgument { op: OP, message })?;
     if p.n > WEIGHT_QUANT_MAX_DIM || p.k > WEIGHT_QUANT_MAX_DIM {
         return Err(Error::InvalidArgument {
             op: OP,

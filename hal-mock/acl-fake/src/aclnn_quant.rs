@@ -25,8 +25,8 @@ use hal_mock::KernelArg;
 use half::f16;
 
 use crate::aclnn::{
-    dtype_name, launch, launch_entry, plan, tensor, Plan, Tensor, ACL_BF16, ACL_FLOAT, ACL_FLOAT16,
-    ACL_INT4, ACL_INT8, INVALID, SMALL_WORKSPACE,
+    dtype_name, launch, launch_entry, plan, same_dtype, tensor, Plan, Tensor, ACL_BF16, ACL_FLOAT,
+    ACL_FLOAT16, ACL_INT4, ACL_INT8, INVALID, SMALL_WORKSPACE,
 };
 use crate::exports::call;
 use crate::state::{fail, Outcome};
@@ -187,16 +187,7 @@ pub extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
                 format!("{F}: the inner axis of an INT4 weight must be even, got {inner}"),
             );
         }
-        if ts.dtype != tx.dtype {
-            return fail(
-                INVALID,
-                format!(
-                    "{F}: antiquantScale dtype {} should be the same as x dtype {}",
-                    dtype_name(ts.dtype),
-                    dtype_name(tx.dtype)
-                ),
-            );
-        }
+        same_dtype(F, ("x", &tx), ("antiquantScale", &ts))?;
         let g = antiquant_group_size as i64;
         let mode = if g == 0 {
             match ts.dims.as_slice() {

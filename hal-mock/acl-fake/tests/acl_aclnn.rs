@@ -9,7 +9,7 @@ mod common;
 use common::{max_diff, up, values};
 
 use std::ffi::c_void;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use ascend_hal::acl::aclnn::{Aclnn, AclnnStatus, CubeMathType};
 use ascend_hal::acl::{AclBackend, AclStream};
@@ -28,15 +28,7 @@ struct Setup {
 /// The backend, with the fake standing in for `libnnopbase.so` and `libopapi.so`; every test
 /// calls this first, so no other thread reads the environment while it is set.
 fn setup() -> Setup {
-    static SET: Once = Once::new();
-    SET.call_once(|| {
-        let fake = common::fake_path();
-        // SAFETY: see above.
-        unsafe {
-            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &fake);
-            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &fake);
-        }
-    });
+    common::use_fake_aclnn();
     let backend = common::backend();
     let device = backend.device(0).unwrap();
     let aclnn = Aclnn::load(&backend).unwrap();

@@ -9,8 +9,6 @@ mod common;
 
 use common::{up, values};
 
-use std::sync::Once;
-
 use ascend_hal::acl::aclnn::{data_type, Aclnn};
 use ascend_hal::acl::{AclBackend, AclStream};
 use ascend_hal::alloc::CachingAllocator;
@@ -21,15 +19,7 @@ use ascend_kernels::{KernelOps, KvFloat, QuantFormat, QuantMatmul};
 use half::{bf16, f16};
 
 fn stream() -> AclStream {
-    static SET: Once = Once::new();
-    SET.call_once(|| {
-        let fake = common::fake_path();
-        // SAFETY: set once, before any test of this binary reads the environment.
-        unsafe {
-            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &fake);
-            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &fake);
-        }
-    });
+    common::use_fake_aclnn();
     common::backend().device(0).unwrap().new_stream().unwrap()
 }
 

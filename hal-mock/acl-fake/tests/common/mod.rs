@@ -27,6 +27,21 @@ pub fn fake_path() -> PathBuf {
     .clone()
 }
 
+/// Points the ACL backend's ACLNN libraries (`libnnopbase.so`, `libopapi.so`) at the fake,
+/// once per test binary. Tests call it before anything reads the environment.
+pub fn use_fake_aclnn() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        let fake = fake_path();
+        // SAFETY: set once, before any test of this binary reads the environment (the
+        // caller's contract above).
+        unsafe {
+            std::env::set_var("ASCEND_HAL_NNOPBASE_LIB", &fake);
+            std::env::set_var("ASCEND_HAL_OPAPI_LIB", &fake);
+        }
+    });
+}
+
 /// The ACL backend over the fake.
 pub fn backend() -> AclBackend {
     AclBackend::load_from(fake_path()).expect("the ACL backend loads the fake")
