@@ -117,14 +117,15 @@ pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) 
 }
 
 /// Byte offsets of the parts of a packed `[n, k]` weight: (scales, offsets), the values
-/// starting at 0. `None` when `k` is not whole blocks.
+/// starting at 0. `None` when `k` is not whole blocks or the weight's size overflows `usize`.
 pub fn parts(format: QuantFormat, n: usize, k: usize) -> Option<(usize, usize)> {
-    format.row_bytes(k)?;
+    n.checked_mul(format.row_bytes(k)?)?;
+    let all = n.checked_mul(k)?;
     let values = match format {
-        QuantFormat::Q8_0 => n * k,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => n * k / 2,
+        QuantFormat::Q8_0 => all,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => all / 2,
     };
-    Some((values, values + n * (k / BLOCK) * 2))
+    Some((values, values.checked_add(all / BLOCK * 2)?))
 }
 
 /// The values of a packed weight, row-major `[n, k]` (`(w + offset) · scale` in f32): what the
@@ -229,6 +230,18 @@ mod tests {
         );
         let e = pack::<f16>(QuantFormat::Q4_0, 1, 40, &[0; 18]).unwrap_err();
         assert!(e.to_string().contains("k = 40"), "{e}");
+        let e = pack::<f16>(QuantFormat::Q4_0, 1, 0, &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("k = 0 is not whole Q4_0 blocks"),
+            "{e}"
+        );
+        let e = pack::<f16>(QuantFormat::Q8_0, usize::MAX, 32, &[0; 34]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("34 bytes are not {} rows", usize::MAX)),
+            "{e}"
+        );
+        assert!(unpack::<f16>(QuantFormat::Q8_0, usize::MAX, 32, &[0; 34]).is_none());
         assert!(unpack::<f16>(QuantFormat::Q4_0, 2, 32, &[0; 18]).is_none());
         assert!(unpack::<f32>(QuantFormat::Q4_0, 1, 32, &[0; 18]).is_none());
     }
