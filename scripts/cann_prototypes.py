@@ -193,6 +193,7 @@ HEADERS = [
     "aclnnop/aclnn_fused_infer_attention_score_v2.h",
     "aclnnop/level2/aclnn_rope_with_sin_cos_cache.h",
     "aclnnop/aclnn_weight_quant_batch_matmul_v2.h",
+    "aclnnop/aclnn_dynamic_quant.h", "aclnnop/aclnn_quant_matmul_v4.h",
 ]
 
 

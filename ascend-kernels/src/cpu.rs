@@ -14,12 +14,13 @@ use ascend_hal::Result;
 use rayon::prelude::*;
 
 use crate::float::KvFloat;
+use crate::quant::QuantFormat;
 use crate::reference::{check_ids, check_positions, check_slots, rope_pairs};
 use crate::shapes::{
     check_seqs, query_ranges, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
     PrefillAttention, QuantMatmul, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
 };
-use crate::{qdot, quant};
+use crate::{i8dot, qdot, quant};
 
 /// `sum(a[i] * b[i])` over the shorter slice (AVX2 + FMA where the CPU has them).
 #[inline]
@@ -726,6 +727,11 @@ fn by_column_blocks<T: KvFloat, S>(
 /// has it). The weight is read as stored: 4.5 to 8.5 bits per value instead of an `f32` copy's
 /// 32.
 ///
+/// For `Int8PerChannel` (W8A8) each row of `x` is quantized per token as `aclnnDynamicQuant`
+/// does ([`quant::TokenQuant`]), and each output element is one exact int32 dot product scaled
+/// by the weight row's and the token's scales, as `aclnnQuantMatmulV4` computes it: the ACL
+/// provider over the fake gives the same values.
+///
 /// The columns are split into blocks over the cores; within a block each weight row is used by
 /// up to four activation rows at a time, so a batch reads the weights once. A row's result does
 /// not depend on the batch it is in. A non-finite activation is an error naming its row and
@@ -738,6 +744,39 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
     }
     let (m, n, k, f) = (p.m, p.n, p.k, p.format);
     let row_bytes = f.row_bytes(k).unwrap_or(0);
+    // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each.
+    let threads = rayon::current_num_threads();
+    let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
+    let block = n.div_ceil(4 * threads).clamp(8, by_cache).min(n);
+    if f == QuantFormat::Int8PerChannel {
+        let acts: Vec<quant::TokenQuant> = (0..m)
+            .into_par_iter()
+            .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
+                xf.resize(k, 0.0);
+                T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
+                quant::check_finite(OP, r, xf)?;
+                let mut a = quant::TokenQuant::default();
+                a.quantize(xf);
+                Ok(a)
+            })
+            .collect::<Result<_>>()?;
+        let rows: Vec<i8dot::TokenRow<'_>> = acts
+            .iter()
+            .map(|a| i8dot::TokenRow {
+                scale: a.scale,
+                qs: &a.qs,
+            })
+            .collect();
+        by_column_blocks(
+            out,
+            m,
+            n,
+            block,
+            || (),
+            |_, c0, c1, o| i8dot::columns(w, k, (c0, c1), &rows, o),
+        );
+        return Ok(());
+    }
     let acts: Vec<quant::ActivationBlocks> = (0..m)
         .into_par_iter()
         .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
@@ -757,10 +796,6 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
             qs: &a.qs,
         })
         .collect();
-    // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each.
-    let threads = rayon::current_num_threads();
-    let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
-    let block = n.div_ceil(4 * threads).clamp(8, by_cache).min(n);
     by_column_blocks(
         out,
         m,

@@ -49,6 +49,8 @@ pub mod conformance;
 pub mod cpu;
 mod engine;
 mod float;
+#[allow(unsafe_code)] // AVX2 intrinsics behind run-time detection; each block says why it holds.
+mod i8dot;
 mod ops;
 #[allow(unsafe_code)] // AVX2 intrinsics behind run-time detection; each block says why it holds.
 mod qdot;

@@ -55,7 +55,8 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
 ///
 /// # Panics
 /// If `w` has fewer than `c1` rows, `o` fewer than `rows.len() * (c1 - c0)` elements, or an
-/// activation row fewer blocks than a weight row (caller bugs, as with slice indexing).
+/// activation row fewer blocks than a weight row (caller bugs, as with slice indexing), or if
+/// `f` is not a block format (W8A8 goes through `i8dot`).
 pub fn columns(
     f: QuantFormat,
     w: &[u8],
@@ -66,7 +67,8 @@ pub fn columns(
 ) {
     let blocks = row_bytes / f.block_bytes();
     assert!(
-        w.len() >= c1 * row_bytes
+        f.is_blocks()
+            && w.len() >= c1 * row_bytes
             && o.len() >= rows.len() * (c1 - c0)
             && rows.iter().all(|x| x.scales.len() >= blocks
                 && x.sums.len() >= blocks
@@ -116,6 +118,7 @@ fn block_values(f: QuantFormat, b: &[u8], q: &mut [i32; BLOCK]) -> (f32, f32) {
             }
             (d, m)
         }
+        QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
     }
 }
 
@@ -343,6 +346,7 @@ mod x86 {
                 QuantFormat::Q8_0 => columns_of::<Q8_0>(w, row_bytes, c0, c1, rows, o),
                 QuantFormat::Q4_0 => columns_of::<Q4_0>(w, row_bytes, c0, c1, rows, o),
                 QuantFormat::Q4_1 => columns_of::<Q4_1>(w, row_bytes, c0, c1, rows, o),
+                QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
             }
         }
     }
@@ -424,6 +428,7 @@ mod x86 {
                 QuantFormat::Q8_0 => tile::<Q8_0, 1, R>(p, row_bytes, blocks, xs, &mut t),
                 QuantFormat::Q4_0 => tile::<Q4_0, 1, R>(p, row_bytes, blocks, xs, &mut t),
                 QuantFormat::Q4_1 => tile::<Q4_1, 1, R>(p, row_bytes, blocks, xs, &mut t),
+                QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
             }
         }
         *out = t[0];

@@ -18,6 +18,13 @@
 //! 127`, `q = round(x / d)`, ties away from zero), except that `d` is kept in `f32` (llama.cpp
 //! rounds it to f16): [`ActivationBlocks`]. The quantized GEMM is then exact integer dot
 //! products per block, scaled, which [`crate::reference::quant_matmul`] states in `f64`.
+//!
+//! W8A8 is the fourth format, [`QuantFormat::Int8PerChannel`]: each row of the weight is `k`
+//! int8 values and one little-endian `f32` scale (`k + 4` bytes, value `j` is `scale · q[j]`,
+//! any `k`), and each activation row is quantized as a whole, symmetrically, as CANN's
+//! `aclnnDynamicQuant` does ([`TokenQuant`]: `s = max|x| / 127`, `q = round(x / s)`, ties to
+//! even). Output element `(i, j)` is then `(Σ q_x · q_w) · s_w[j] · s_x[i]`, one exact `i32`
+//! sum per element (which bounds `k` by [`INT8_MAX_K`]).
 
 use ascend_hal::{Error, Result};
 use half::f16;
@@ -34,38 +41,75 @@ pub enum QuantFormat {
     Q4_0,
     /// 4-bit values with an f16 scale and an f16 minimum per block (GGUF type 3).
     Q4_1,
+    /// W8A8: int8 values with one `f32` scale per row (output channel), activations quantized
+    /// to int8 per token when multiplied. Not a GGUF type: a model makes it from float (or
+    /// dequantized) weights with [`quantize`], row by row.
+    Int8PerChannel,
 }
 
 impl QuantFormat {
-    /// Every format, in GGUF type order.
+    /// The GGUF block formats, in GGUF type order.
     pub const ALL: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
 
-    /// Bytes of one block of [`BLOCK`] values.
+    /// Every format: the GGUF block formats, then [`Int8PerChannel`](Self::Int8PerChannel).
+    pub const EVERY: [QuantFormat; 4] = [
+        QuantFormat::Q4_0,
+        QuantFormat::Q4_1,
+        QuantFormat::Q8_0,
+        QuantFormat::Int8PerChannel,
+    ];
+
+    /// Bytes of one block of [`BLOCK`] values; for `Int8PerChannel`, whose scale is per row,
+    /// the 32 bytes of 32 values.
     pub const fn block_bytes(self) -> usize {
         match self {
             QuantFormat::Q8_0 => 34,
             QuantFormat::Q4_0 => 18,
             QuantFormat::Q4_1 => 20,
+            QuantFormat::Int8PerChannel => BLOCK,
         }
     }
 
-    /// The format's name, as ggml spells it.
+    /// Whether this is a GGUF block format (values in blocks of [`BLOCK`], activations
+    /// quantized per block), as opposed to `Int8PerChannel`.
+    pub const fn is_blocks(self) -> bool {
+        !matches!(self, QuantFormat::Int8PerChannel)
+    }
+
+    /// The format's name, as ggml spells it (`W8A8` for `Int8PerChannel`).
     pub const fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8_0 => "Q8_0",
             QuantFormat::Q4_0 => "Q4_0",
             QuantFormat::Q4_1 => "Q4_1",
+            QuantFormat::Int8PerChannel => "W8A8",
         }
     }
 
-    /// Bytes of a row of `k` values, or `None` when `k` is not whole blocks (or overflows).
+    /// Bytes of a row of `k` values, or `None` when `k` is not whole blocks of a block format
+    /// (or overflows). `Int8PerChannel` takes any `k`: `k` values and the row's scale.
     pub fn row_bytes(self, k: usize) -> Option<usize> {
+        if self == QuantFormat::Int8PerChannel {
+            return k.checked_add(4);
+        }
         if !k.is_multiple_of(BLOCK) {
             return None;
         }
         (k / BLOCK).checked_mul(self.block_bytes())
     }
+
+    /// Why a row of `k` values cannot be stored in this format, for errors: blocks of 32.
+    pub fn row_rule(self) -> String {
+        match self {
+            QuantFormat::Int8PerChannel => "k values and a 4-byte scale".into(),
+            _ => format!("whole {self} blocks of {BLOCK} values"),
+        }
+    }
 }
+
+/// The largest `k` of an `Int8PerChannel` weight: every `i32` sum of `k` products of two int8
+/// values (each at most 128 · 128 in magnitude) is exact.
+pub const INT8_MAX_K: usize = 1 << 17;
 
 impl std::fmt::Display for QuantFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,7 +121,8 @@ fn invalid(op: &'static str, message: String) -> Error {
     Error::InvalidArgument { op, message }
 }
 
-/// The bytes of `values` values in format `f`, or an error when they are not whole blocks.
+/// The bytes of `values` values in format `f` (for `Int8PerChannel`, one row of them), or an
+/// error when they are not whole blocks.
 fn block_bytes_of(op: &'static str, f: QuantFormat, values: usize) -> Result<usize> {
     f.row_bytes(values).ok_or_else(|| {
         invalid(
@@ -85,6 +130,11 @@ fn block_bytes_of(op: &'static str, f: QuantFormat, values: usize) -> Result<usi
             format!("{values} values are not whole {f} blocks of {BLOCK}"),
         )
     })
+}
+
+/// The little-endian f32 at byte `i` of `b` (an `Int8PerChannel` row's scale).
+pub(crate) fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 /// Checks that `bytes` holds exactly the blocks of `values` values.
@@ -104,18 +154,40 @@ pub(crate) fn half_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
-/// The first block of `bytes` (whole blocks of format `f`) whose scale (or, for Q4_1, minimum)
-/// is a NaN or an infinity: such a weight is corrupt, and every product with it would be.
+/// The first block of `bytes` (whole blocks of a block format `f`) whose scale (or, for Q4_1,
+/// minimum) is a NaN or an infinity: such a weight is corrupt, and every product with it would
+/// be. `Int8PerChannel` rows are checked by [`first_non_finite_row`].
 pub fn first_non_finite_block(f: QuantFormat, bytes: &[u8]) -> Option<usize> {
+    if !f.is_blocks() {
+        return None;
+    }
     let halves = if f == QuantFormat::Q4_1 { 2 } else { 1 };
     bytes
         .chunks_exact(f.block_bytes())
         .position(|b| (0..halves).any(|i| !half_at(b, 2 * i).is_finite()))
 }
 
-/// Decodes `out.len()` values of format `f` from `bytes` (exactly their blocks).
+/// The first row of `bytes` (rows of `k` values in format `f`) holding a non-finite scale (or
+/// minimum): [`first_non_finite_block`]'s check by rows, for every format.
+pub fn first_non_finite_row(f: QuantFormat, k: usize, bytes: &[u8]) -> Option<usize> {
+    let row = f.row_bytes(k).filter(|&r| r > 0)?;
+    bytes.chunks_exact(row).position(|r| match f {
+        QuantFormat::Int8PerChannel => !f32_at(r, k).is_finite(),
+        _ => first_non_finite_block(f, r).is_some(),
+    })
+}
+
+/// Decodes `out.len()` values of format `f` from `bytes` (exactly their blocks; for
+/// `Int8PerChannel`, exactly one row of `out.len()` values).
 pub fn dequantize(f: QuantFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     expect_blocks("dequantize", f, out.len(), bytes.len())?;
+    if f == QuantFormat::Int8PerChannel {
+        let s = f32_at(bytes, out.len());
+        for (o, &q) in out.iter_mut().zip(bytes) {
+            *o = s * (q as i8) as f32;
+        }
+        return Ok(());
+    }
     for (b, o) in bytes
         .chunks_exact(f.block_bytes())
         .zip(out.chunks_exact_mut(BLOCK))
@@ -142,6 +214,7 @@ pub fn dequantize(f: QuantFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
                     *h = d * (q >> 4) as f32 + m;
                 }
             }
+            QuantFormat::Int8PerChannel => unreachable!("decoded above"),
         }
     }
     Ok(())
@@ -149,11 +222,29 @@ pub fn dequantize(f: QuantFormat, bytes: &[u8], out: &mut [f32]) -> Result<()> {
 
 /// Encodes `x` (whole blocks) in format `f` as ggml's reference quantizers do, appending to
 /// `out`: `Q8_0` and `Q4_0` scale by the value of largest magnitude (`Q4_0` keeps its sign, so
-/// that value is exactly `-8 d`), `Q4_1` spans `[min, max]` in 15 steps.
+/// that value is exactly `-8 d`), `Q4_1` spans `[min, max]` in 15 steps. For `Int8PerChannel`
+/// `x` is one row (one output channel): `s = max|x| / 127` (0 for a row of zeros), `q =
+/// round(x / s)` (ties to even), then `s`.
 pub fn quantize(f: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
     block_bytes_of("quantize", f, x.len())?;
     if let Some(v) = x.iter().find(|v| !v.is_finite()) {
         return Err(invalid("quantize", format!("{v} cannot be quantized")));
+    }
+    if f == QuantFormat::Int8PerChannel {
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let s = amax / 127.0;
+        if s == 0.0 {
+            // A row of zeros (or of values so small that their scale underflows).
+            out.extend(std::iter::repeat_n(0u8, x.len()));
+            out.extend(0f32.to_le_bytes());
+        } else {
+            out.extend(
+                x.iter()
+                    .map(|v| (v / s).round_ties_even().clamp(-127.0, 127.0) as i8 as u8),
+            );
+            out.extend(s.to_le_bytes());
+        }
+        return Ok(());
     }
     let put = |out: &mut Vec<u8>, v: f32| out.extend(f16::from_f32(v).to_bits().to_le_bytes());
     for b in x.chunks_exact(BLOCK) {
@@ -185,6 +276,7 @@ pub fn quantize(f: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
                 let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
                 out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
             }
+            QuantFormat::Int8PerChannel => unreachable!("encoded above"),
         }
     }
     Ok(())
@@ -251,6 +343,38 @@ impl ActivationBlocks {
             .zip(&self.scales)
             .flat_map(|(q, &d)| q.iter().map(move |&q| d * q as f32))
             .collect()
+    }
+}
+
+/// One row of activations quantized per token for W8A8, as CANN's `aclnnDynamicQuant` does
+/// (its documented formula and its test golden, in `f32`): `scale = max|x| / 127`, 1 for a row
+/// of zeros; `qs = round(x / scale)`, ties to even. (CANN clamps to [-128, 127]; since `|x /
+/// scale| <= 127` up to rounding, the values are within ±127, which this clamp makes certain so
+/// that the int8 kernels can negate any of them.)
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenQuant {
+    /// The row's scale.
+    pub scale: f32,
+    /// The quantized values.
+    pub qs: Vec<i8>,
+}
+
+impl TokenQuant {
+    /// Quantizes `x` (finite values), replacing what the buffers held.
+    pub fn quantize(&mut self, x: &[f32]) {
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let s = amax / 127.0;
+        self.scale = if s == 0.0 { 1.0 } else { s };
+        self.qs.clear();
+        self.qs.extend(
+            x.iter()
+                .map(|v| (v / self.scale).round_ties_even().clamp(-127.0, 127.0) as i8),
+        );
+    }
+
+    /// The dequantized values (what the reference multiplies).
+    pub fn values(&self) -> Vec<f32> {
+        self.qs.iter().map(|&q| self.scale * q as f32).collect()
     }
 }
 

@@ -364,8 +364,9 @@ pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result
 }
 
 /// `out = x' · w'ᵀ` in `f64`, where `w'` is the weight decoded ([`quant::dequantize`]) and `x'`
-/// each row of `x` quantized to int8 blocks and decoded ([`quant::ActivationBlocks`]): what
-/// every provider of [`QuantMatmul`] computes, up to the order it sums in.
+/// each row of `x` quantized to int8 blocks and decoded ([`quant::ActivationBlocks`]; for
+/// W8A8, quantized per token, [`quant::TokenQuant`]): what every provider of [`QuantMatmul`]
+/// computes, up to the order it sums in.
 pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8]) -> Result<()> {
     p.validate::<T>(out.len(), x.len(), w.len())?;
     let row = p.format.row_bytes(p.k).unwrap_or(0);
@@ -383,9 +384,15 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
             .map(|v| v.to_f32())
             .collect();
         quant::check_finite("quant_matmul", i, &xi)?;
-        let mut blocks = quant::ActivationBlocks::default();
-        blocks.quantize(&xi);
-        rows.push(blocks.values());
+        if p.format.is_blocks() {
+            let mut blocks = quant::ActivationBlocks::default();
+            blocks.quantize(&xi);
+            rows.push(blocks.values());
+        } else {
+            let mut token = quant::TokenQuant::default();
+            token.quantize(&xi);
+            rows.push(token.values());
+        }
     }
     for (i, xq) in rows.iter().enumerate() {
         for (j, wj) in weights.iter().enumerate() {

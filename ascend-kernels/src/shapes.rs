@@ -234,9 +234,10 @@ pub struct QuantMatmul {
     pub m: usize,
     /// Columns of `out` (output features): rows of the weight.
     pub n: usize,
-    /// Columns of `x` (input features): a multiple of 32.
+    /// Columns of `x` (input features): a multiple of 32 for the block formats; at most
+    /// [`INT8_MAX_K`](crate::quant::INT8_MAX_K) for `Int8PerChannel`.
     pub k: usize,
-    /// The weight's block format.
+    /// The weight's format.
     pub format: QuantFormat,
 }
 
@@ -249,13 +250,20 @@ impl QuantMatmul {
         let Some(row) = f.row_bytes(self.k) else {
             return Err(invalid(
                 OP,
-                format!(
-                    "k = {} is not whole {f} blocks of {} values",
-                    self.k,
-                    crate::quant::BLOCK
-                ),
+                format!("k = {} is not {}", self.k, f.row_rule()),
             ));
         };
+        if !f.is_blocks() && self.k > crate::quant::INT8_MAX_K {
+            return Err(invalid(
+                OP,
+                format!(
+                    "k = {} is past {} for {f} weights (an int32 sum of k int8 products could \
+                     overflow); split k",
+                    self.k,
+                    crate::quant::INT8_MAX_K
+                ),
+            ));
+        }
         representable(OP, "the weight", &[self.n, row])?;
         expect_len::<T>(
             OP,
@@ -276,14 +284,21 @@ impl QuantMatmul {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 arg: "weight",
-                expected: format!(
-                    "[n={}, k={}] {f} ({} bytes: {} blocks of {} per row)",
-                    self.n,
-                    self.k,
-                    want,
-                    self.k / crate::quant::BLOCK,
-                    f.block_bytes()
-                ),
+                expected: if f.is_blocks() {
+                    format!(
+                        "[n={}, k={}] {f} ({} bytes: {} blocks of {} per row)",
+                        self.n,
+                        self.k,
+                        want,
+                        self.k / crate::quant::BLOCK,
+                        f.block_bytes()
+                    )
+                } else {
+                    format!(
+                        "[n={}, k={}] {f} ({} bytes: {} int8 values and an f32 scale per row)",
+                        self.n, self.k, want, self.k
+                    )
+                },
                 actual: format!("{weight_bytes} bytes"),
             });
         }

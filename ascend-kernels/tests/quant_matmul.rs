@@ -1,6 +1,6 @@
 //! The quantized GEMM on the CPU (`cpu::quant_matmul`) against its `f64` reference (the weight
 //! decoded, each activation row quantized to int8 blocks and decoded): equal up to the order the
-//! sums are added in, for every block format, f32/f16/bf16 activations, and random shapes; a
+//! sums are added in, for every block format and W8A8 (activations quantized per token), f32/f16/bf16 activations, and random shapes; a
 //! row's result is the same bits alone or in a batch; bad input is an error naming what is
 //! wrong and writes nothing.
 
@@ -19,7 +19,13 @@ struct Case {
 }
 
 fn case(format: QuantFormat, m: usize, n: usize, blocks: usize, seed: u64) -> Case {
-    let k = blocks * BLOCK;
+    // W8A8 takes any k: some cases have a tail past the last 32 values.
+    let k = blocks * BLOCK
+        + if format.is_blocks() {
+            0
+        } else {
+            seed as usize % 5
+        };
     let mut s = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -36,12 +42,21 @@ fn case(format: QuantFormat, m: usize, n: usize, blocks: usize, seed: u64) -> Ca
         quantize(format, row, &mut w).unwrap();
     }
     let mut decoded = vec![0f32; n * k];
-    ascend_kernels::quant::dequantize(format, &w, &mut decoded).unwrap();
+    let row = format.row_bytes(k).unwrap();
+    for (r, d) in w.chunks(row).zip(decoded.chunks_mut(k)) {
+        ascend_kernels::quant::dequantize(format, r, d).unwrap();
+    }
     let mut magnitude = vec![0f64; m * n];
     for r in 0..m {
-        let mut a = ascend_kernels::quant::ActivationBlocks::default();
-        a.quantize(&x[r * k..(r + 1) * k]);
-        let xq = a.values();
+        let xq = if format.is_blocks() {
+            let mut a = ascend_kernels::quant::ActivationBlocks::default();
+            a.quantize(&x[r * k..(r + 1) * k]);
+            a.values()
+        } else {
+            let mut a = ascend_kernels::quant::TokenQuant::default();
+            a.quantize(&x[r * k..(r + 1) * k]);
+            a.values()
+        };
         for c in 0..n {
             magnitude[r * n + c] = xq
                 .iter()
@@ -90,13 +105,13 @@ proptest! {
 
     #[test]
     fn the_fast_kernel_equals_the_reference(
-        fi in 0usize..3,
+        fi in 0usize..4,
         m in 0usize..10,
         n in 1usize..40,
         blocks in 1usize..9,
         seed in any::<u64>(),
     ) {
-        let c = case(QuantFormat::ALL[fi], m, n, blocks, seed);
+        let c = case(QuantFormat::EVERY[fi], m, n, blocks, seed);
         check::<f32>(&c)?;
         check::<f16>(&c)?;
         check::<bf16>(&c)?;
@@ -107,7 +122,7 @@ proptest! {
 /// rows run the same per-row sums).
 #[test]
 fn a_row_gives_the_same_bits_in_any_batch() {
-    for f in QuantFormat::ALL {
+    for f in QuantFormat::EVERY {
         let c = case(f, 7, 70, 12, 3);
         let mut batch = vec![0f32; 7 * 70];
         cpu::quant_matmul(&c.p, &mut batch, &c.x, &c.w).unwrap();
@@ -125,7 +140,7 @@ fn a_row_gives_the_same_bits_in_any_batch() {
 /// Llama-sized rows (k = 4096) in every format: the sums over 128 blocks stay within the bound.
 #[test]
 fn long_rows_stay_within_the_bound() {
-    for f in QuantFormat::ALL {
+    for f in QuantFormat::EVERY {
         check::<f32>(&case(f, 2, 24, 128, 9)).unwrap();
     }
 }
@@ -184,4 +199,63 @@ fn bad_input_is_an_error_that_names_it_and_writes_nothing() {
         "{e}"
     );
     assert_eq!(out, vec![7f32; 6], "nothing written");
+}
+
+/// W8A8's bad input: a weight of the wrong size says what a row holds; a `k` whose int32 sums
+/// could overflow is refused before anything is read.
+#[test]
+fn w8a8_bad_input_names_the_row_layout_and_the_k_limit() {
+    let f = QuantFormat::Int8PerChannel;
+    let c = case(f, 2, 3, 1, 2); // k = 34
+    assert_eq!(c.p.k, 34);
+    let mut out = vec![7f32; 6];
+    let e = cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w[1..]).unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { arg: "weight", .. })
+            && e.to_string()
+                .contains("114 bytes: 34 int8 values and an f32 scale per row"),
+        "{e}"
+    );
+    let k = ascend_kernels::quant::INT8_MAX_K + 1;
+    let p = QuantMatmul {
+        m: 1,
+        n: 1,
+        k,
+        format: f,
+    };
+    let e = cpu::quant_matmul(&p, &mut out[..1], &vec![0f32; k], &vec![0u8; k + 4]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("k = {k} is past {} for W8A8 weights", k - 1)),
+        "{e}"
+    );
+    assert_eq!(out, vec![7f32; 6], "nothing written");
+}
+
+/// W8A8 numbers as CANN defines them: a token's scale is `max|x| / 127` and its values round
+/// half to even; each output is the exact integer sum times both scales.
+#[test]
+fn w8a8_quantizes_each_token_as_dynamic_quant_does() {
+    let f = QuantFormat::Int8PerChannel;
+    // max|x| = 127 · 0.5, so the scale is 0.5 and x / 0.5 = 2.5 rounds to 2 (ties to even).
+    let mut x = vec![0f32; 32];
+    x[0] = 63.5;
+    x[1] = 1.25;
+    x[2] = -1.75; // -3.5 rounds to -4
+    let mut w = Vec::new();
+    let mut row = vec![0f32; 32];
+    row[0] = 1.0;
+    row[1] = 127.0;
+    row[2] = -127.0;
+    quantize(f, &row, &mut w).unwrap(); // scale 1, values 1, 127, -127
+    let p = QuantMatmul {
+        m: 1,
+        n: 1,
+        k: 32,
+        format: f,
+    };
+    let mut out = [0f32];
+    cpu::quant_matmul(&p, &mut out, &x, &w).unwrap();
+    // (127·1 + 2·127 + (-4)·(-127)) · 1 · 0.5
+    assert_eq!(out[0], (127 + 2 * 127 + 4 * 127) as f32 * 0.5);
 }

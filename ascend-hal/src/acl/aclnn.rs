@@ -261,6 +261,34 @@ mod sys {
         *mut u64,
         *mut *mut c_void,
     ) -> AclnnStatus;
+    /// `aclnnDynamicQuantGetWorkspaceSize(const aclTensor* x, const aclTensor*
+    /// smoothScalesOptional, const aclTensor* yOut, const aclTensor* scaleOut, uint64_t*
+    /// workspaceSize, aclOpExecutor** executor)`.
+    pub type DynamicQuantGetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
+    /// `aclnnQuantMatmulV4GetWorkspaceSize(const aclTensor* x1, const aclTensor* x2, const
+    /// aclTensor* scale, const aclTensor* offset, const aclTensor* pertokenScaleOptional, const
+    /// aclTensor* bias, bool transposeX1, bool transposeX2, const aclTensor* out, uint64_t*
+    /// workspaceSize, aclOpExecutor** executor)`.
+    pub type QuantMatmulV4GetWorkspaceSize = unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        *const c_void,
+        bool,
+        bool,
+        *const c_void,
+        *mut u64,
+        *mut *mut c_void,
+    ) -> AclnnStatus;
     /// `aclnnSwiGluGetWorkspaceSize(const aclTensor *x, int64_t dim, const aclTensor *out,
     /// uint64_t *workspaceSize, aclOpExecutor **executor)`.
     pub type SwiGluGetWorkspaceSize = unsafe extern "C" fn(
@@ -450,6 +478,8 @@ pub struct Aclnn {
     fused_attention: Op<sys::FusedInferAttentionScoreV2GetWorkspaceSize>,
     rope_sin_cos: Op<sys::RopeWithSinCosCacheGetWorkspaceSize>,
     weight_quant_matmul: Op<sys::WeightQuantBatchMatmulV2GetWorkspaceSize>,
+    dynamic_quant: Op<sys::DynamicQuantGetWorkspaceSize>,
+    quant_matmul_v4: Op<sys::QuantMatmulV4GetWorkspaceSize>,
 }
 
 impl std::fmt::Debug for Aclnn {
@@ -593,6 +623,8 @@ impl Aclnn {
                 "aclnnWeightQuantBatchMatmulV2GetWorkspaceSize",
                 "aclnnWeightQuantBatchMatmulV2"
             ),
+            dynamic_quant: op!("aclnnDynamicQuantGetWorkspaceSize", "aclnnDynamicQuant"),
+            quant_matmul_v4: op!("aclnnQuantMatmulV4GetWorkspaceSize", "aclnnQuantMatmulV4"),
             opapi,
             nnopbase_path,
             opapi_path,
@@ -633,6 +665,8 @@ impl Aclnn {
                 "aclnnWeightQuantBatchMatmulV2",
                 self.weight_quant_matmul.available(),
             ),
+            ("aclnnDynamicQuant", self.dynamic_quant.available()),
+            ("aclnnQuantMatmulV4", self.quant_matmul_v4.available()),
         ]
         .into_iter()
         .filter_map(|(n, a)| a.then_some(n))
@@ -1377,6 +1411,84 @@ impl Aclnn {
                             ptr::null(),
                             group_size,
                             y.raw(),
+                            size,
+                            exec,
+                        )
+                    })
+                },
+            )
+        }
+    }
+}
+
+impl Aclnn {
+    /// Per-token symmetric int8 quantization (`aclnnDynamicQuant`, no smooth scales): `x`
+    /// `[.., k]` f16/bf16, `y` int8 shaped as `x`, `scale` f32 `x`'s shape without its last
+    /// dim; `scale = max|x| / 127` per row and `y = round(x / scale)`.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    pub unsafe fn dynamic_quant(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x: &AclTensor<'_>,
+        y: &AclTensor<'_>,
+        scale: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.dynamic_quant.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnDynamicQuantGetWorkspaceSize", "aclnnDynamicQuant"),
+                self.dynamic_quant.run,
+                |size, exec| get.map(|f| f(x.raw(), ptr::null(), y.raw(), scale.raw(), size, exec)),
+            )
+        }
+    }
+
+    /// `out = (x1 @ x2) · scale · pertoken_scale` with int8 operands and an int32 product
+    /// (`aclnnQuantMatmulV4`, W8A8 with per-token activation scales): `x1` `[m, k]` int8, `x2`
+    /// int8 `[k, n]`, or `[n, k]` with `transpose_x2` (a linear layer's weight), `scale` f32
+    /// `[n]` (per channel) or `[1]`, `pertoken_scale` f32 `[m]`, `out` `[m, n]` f16 or bf16. No
+    /// offset, no bias.
+    ///
+    /// # Safety
+    /// As [`matmul`](Self::matmul).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn quant_matmul_v4(
+        &self,
+        stream: &AclStream,
+        workspace: &dyn Allocator<AclBackend>,
+        x1: &AclTensor<'_>,
+        x2: &AclTensor<'_>,
+        scale: &AclTensor<'_>,
+        pertoken_scale: &AclTensor<'_>,
+        transpose_x2: bool,
+        out: &AclTensor<'_>,
+    ) -> Result<()> {
+        let get = self.quant_matmul_v4.get_workspace_size;
+        // SAFETY: as in `matmul`.
+        unsafe {
+            self.two_phase(
+                stream,
+                workspace,
+                ("aclnnQuantMatmulV4GetWorkspaceSize", "aclnnQuantMatmulV4"),
+                self.quant_matmul_v4.run,
+                |size, exec| {
+                    get.map(|f| {
+                        f(
+                            x1.raw(),
+                            x2.raw(),
+                            scale.raw(),
+                            ptr::null(),
+                            pertoken_scale.raw(),
+                            ptr::null(),
+                            false,
+                            transpose_x2,
+                            out.raw(),
                             size,
                             exec,
                         )

@@ -111,13 +111,16 @@ fn block_dim(stream: &AclStream, tasks: usize) -> u32 {
 }
 
 impl KernelOps for AclBackend {
-    /// Weight-only quantization through `aclnnWeightQuantBatchMatmulV2`: every format, with
-    /// f16 or bf16 activations (the operator's); f32 activations are refused.
+    /// Weight-only quantization of the GGUF block formats through
+    /// `aclnnWeightQuantBatchMatmulV2`, W8A8 (`Int8PerChannel`) through `aclnnDynamicQuant` +
+    /// `aclnnQuantMatmulV4`: every format, with f16 or bf16 activations (the operators');
+    /// f32 activations are refused.
     fn quant_matmul_supported<T: KvFloat>(format: QuantFormat) -> std::result::Result<(), String> {
         vendor::weight_quant_activations::<T>(format)
     }
 
-    /// The layout of [`quant_layout`]: values, then scales and offsets in `T`.
+    /// The layout of [`quant_layout`]: values, then scales and offsets in `T` (W8A8: values,
+    /// then f32 scales).
     fn pack_quant_weight<'a, T: KvFloat>(
         format: QuantFormat,
         n: usize,

@@ -16,6 +16,11 @@
 //! three parts take exactly the bytes of the blocks (`Q8_0`: 32 + 2 per 32 values; `Q4_0`:
 //! 16 + 2; `Q4_1`: 16 + 2 + 2), so a weight's size does not depend on the backend.
 //!
+//! A W8A8 weight ([`QuantFormat::Int8PerChannel`], rows of `k` int8 values and an `f32`
+//! scale) is laid out for `aclnnQuantMatmulV4`: the values `[n, k]` int8, then the `n` scales
+//! as `f32` (the dtype the operator takes with per-token activations, for f16 and bf16 output
+//! alike), again exactly the rows' bytes.
+//!
 //! The scales and offsets are in the activation dtype because the operator requires it: with
 //! bf16 activations a scale keeps 8 bits of mantissa, not f16's 11. A `Q4_1` block whose
 //! offset `8 + m / d` does not fit the dtype (`d` is 0, or tiny next to `m`) is stored as the
@@ -52,16 +57,25 @@ pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) 
             T::DTYPE
         )));
     }
-    let row = format.row_bytes(k).filter(|_| k > 0).ok_or_else(|| {
-        bad(format!(
-            "k = {k} is not whole {format} blocks of {BLOCK} values"
-        ))
-    })?;
+    let row = format
+        .row_bytes(k)
+        .filter(|_| k > 0)
+        .ok_or_else(|| bad(format!("k = {k} is not {}", format.row_rule())))?;
     if n.checked_mul(row) != Some(blocks.len()) {
         return Err(bad(format!(
             "{} bytes are not {n} rows of {row} bytes ({format}, k = {k})",
             blocks.len()
         )));
+    }
+    if format == QuantFormat::Int8PerChannel {
+        let mut values = Vec::with_capacity(blocks.len());
+        for r in blocks.chunks_exact(row) {
+            values.extend_from_slice(&r[..k]);
+        }
+        for r in blocks.chunks_exact(row) {
+            values.extend_from_slice(&r[k..]);
+        }
+        return Ok(values);
     }
     let groups = n * (k / BLOCK);
     let mut values = Vec::with_capacity(blocks.len());
@@ -81,6 +95,7 @@ pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) 
                 }
                 scales.push(T::from_f32(d));
             }
+            QuantFormat::Int8PerChannel => unreachable!("packed above"),
             QuantFormat::Q4_1 => {
                 let m = half_at(b, 2);
                 for (j, v) in nibbles.iter_mut().enumerate() {
@@ -117,15 +132,18 @@ pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) 
 }
 
 /// Byte offsets of the parts of a packed `[n, k]` weight: (scales, offsets), the values
-/// starting at 0. `None` when `k` is not whole blocks or the weight's size overflows `usize`.
+/// starting at 0 (a format without offsets has them at the end). `None` when `k` is not whole
+/// blocks or the weight's size overflows `usize`.
 pub fn parts(format: QuantFormat, n: usize, k: usize) -> Option<(usize, usize)> {
     n.checked_mul(format.row_bytes(k)?)?;
     let all = n.checked_mul(k)?;
-    let values = match format {
-        QuantFormat::Q8_0 => all,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => all / 2,
-    };
-    Some((values, values.checked_add(all / BLOCK * 2)?))
+    match format {
+        QuantFormat::Int8PerChannel => Some((all, all.checked_add(n.checked_mul(4)?)?)),
+        QuantFormat::Q8_0 => Some((all, all.checked_add(all / BLOCK * 2)?)),
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            Some((all / 2, (all / 2).checked_add(all / BLOCK * 2)?))
+        }
+    }
 }
 
 /// The values of a packed weight, row-major `[n, k]` (`(w + offset) · scale` in f32): what the
@@ -141,6 +159,14 @@ pub fn unpack<T: KvFloat>(
     let row = format.row_bytes(k)?;
     if std::mem::size_of::<T>() != 2 || n.checked_mul(row)? != packed.len() {
         return None;
+    }
+    if format == QuantFormat::Int8PerChannel {
+        let scale = |r: usize| crate::quant::f32_at(packed, at_scales + 4 * r);
+        return Some(
+            (0..n * k)
+                .map(|i| packed[i] as i8 as f32 * scale(i / k))
+                .collect(),
+        );
     }
     let elem = |at: usize, i: usize| -> f32 {
         let b = &packed[at + 2 * i..at + 2 * i + 2];
@@ -203,6 +229,46 @@ mod tests {
         check::<f16>(2e-3);
         // bf16 keeps 8 bits of each scale.
         check::<bf16>(1e-2);
+    }
+
+    #[test]
+    fn a_w8a8_weight_is_its_values_then_its_f32_scales() {
+        let (n, k) = (3, 40);
+        let w = weights(n, k);
+        let mut rows = Vec::new();
+        let mut want = vec![0f32; n * k];
+        for r in 0..n {
+            let at = rows.len();
+            quantize(
+                QuantFormat::Int8PerChannel,
+                &w[r * k..(r + 1) * k],
+                &mut rows,
+            )
+            .unwrap();
+            dequantize(
+                QuantFormat::Int8PerChannel,
+                &rows[at..],
+                &mut want[r * k..(r + 1) * k],
+            )
+            .unwrap();
+        }
+        let packed = pack::<bf16>(QuantFormat::Int8PerChannel, n, k, &rows).unwrap();
+        assert_eq!(packed.len(), rows.len());
+        assert_eq!(&packed[k..2 * k], &rows[k + 4..2 * k + 4], "row 1's values");
+        assert_eq!(
+            &packed[n * k + 4..n * k + 8],
+            &rows[2 * k + 4..2 * k + 8],
+            "its scale"
+        );
+        // Exactly the rows' values: the scales stay f32.
+        assert_eq!(
+            unpack::<f16>(QuantFormat::Int8PerChannel, n, k, &packed).unwrap(),
+            want
+        );
+        assert_eq!(
+            parts(QuantFormat::Int8PerChannel, n, k),
+            Some((n * k, n * k + 4 * n))
+        );
     }
 
     #[test]

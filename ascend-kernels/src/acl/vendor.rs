@@ -67,7 +67,7 @@ pub(super) fn matmul<T: KvFloat>(
 /// `k` and `n` of `aclnnWeightQuantBatchMatmulV2`: at most 65535 (its documented range).
 const WEIGHT_QUANT_MAX_DIM: usize = 65535;
 
-/// `Ok` when `aclnnWeightQuantBatchMatmulV2` takes `T` activations (f16, bf16), else why not
+/// `Ok` when the operators that run `format` take `T` activations (f16, bf16), else why not
 /// and what to do: asked before a model uploads `format` weights, and again at each launch.
 pub(super) fn weight_quant_activations<T: KvFloat>(
     format: QuantFormat,
@@ -75,8 +75,13 @@ pub(super) fn weight_quant_activations<T: KvFloat>(
     if std::mem::size_of::<T>() == 2 {
         return Ok(());
     }
+    let operators = if format.is_blocks() {
+        "aclnnWeightQuantBatchMatmulV2"
+    } else {
+        "aclnnDynamicQuant + aclnnQuantMatmulV4"
+    };
     Err(format!(
-        "the ACL provider of quant_matmul, aclnnWeightQuantBatchMatmulV2, takes f16 or bf16 \
+        "the ACL provider of quant_matmul for {format}, {operators}, takes f16 or bf16 \
          activations, not {}: run the model in f16/bf16 for {format} weights, or load them \
          dequantized",
         T::DTYPE
@@ -87,7 +92,7 @@ pub(super) fn weight_quant_activations<T: KvFloat>(
 /// `aclnnWeightQuantBatchMatmulV2`: the values as `[k, n]` int8/int4 (the transposed view of
 /// `[n, k]`), scales (and `Q4_1`'s offsets) per group of 32 as `[k / 32, n]` views of `[n, k /
 /// 32]`; with one group per row (`k = 32`) per channel, as `[n]`, since the operator's group
-/// size must be below `k`.
+/// size must be below `k`. W8A8 (`Int8PerChannel`) goes through [`w8a8`].
 pub(super) fn quant_matmul<T: KvFloat>(
     stream: &AclStream,
     p: &QuantMatmul,
@@ -99,7 +104,8 @@ pub(super) fn quant_matmul<T: KvFloat>(
     p.validate::<T>(out.len(), x.len(), weight.len())?;
     weight_quant_activations::<T>(p.format)
         .map_err(|message| Error::InvalidArgument { op: OP, message })?;
-    if p.n > WEIGHT_QUANT_MAX_DIM || p.k > WEIGHT_QUANT_MAX_DIM {
+    // (aclnnQuantMatmulV4 lifts its 65535 limit for int8 operands with 1-D f32 scales: W8A8.)
+    if p.format.is_blocks() && (p.n > WEIGHT_QUANT_MAX_DIM || p.k > WEIGHT_QUANT_MAX_DIM) {
         return Err(Error::InvalidArgument {
             op: OP,
             message: format!(
@@ -117,6 +123,9 @@ pub(super) fn quant_matmul<T: KvFloat>(
     if p.m == 0 {
         return Ok(());
     }
+    if p.format == QuantFormat::Int8PerChannel {
+        return w8a8::<T>(stream, p, (px, pw, po));
+    }
     let Some((at_scales, at_offsets)) = super::quant_layout::parts(p.format, p.n, p.k) else {
         return Err(Error::InvalidArgument {
             op: OP,
@@ -126,8 +135,10 @@ pub(super) fn quant_matmul<T: KvFloat>(
     let (aclnn, ws) = setup(stream)?;
     let (m, n, k, g) = (p.m as i64, p.n as i64, p.k as i64, (p.k / BLOCK) as i64);
     let values_type = match p.format {
-        QuantFormat::Q8_0 => ascend_hal::acl::aclnn::data_type::ACL_INT8,
         QuantFormat::Q4_0 | QuantFormat::Q4_1 => ascend_hal::acl::aclnn::data_type::ACL_INT4,
+        QuantFormat::Q8_0 | QuantFormat::Int8PerChannel => {
+            ascend_hal::acl::aclnn::data_type::ACL_INT8
+        }
     };
     let at = |bytes: usize| DevicePtr(pw.0 + bytes as u64);
     let tx = aclnn.contiguous(T::DTYPE, &[m, k], px)?;
@@ -159,6 +170,34 @@ pub(super) fn quant_matmul<T: KvFloat>(
             group_size,
             &ty,
         )
+    }
+}
+
+/// W8A8 on a weight in the layout of [`super::quant_layout`] (`[n, k]` int8, then `n` f32
+/// scales): `aclnnDynamicQuant` quantizes `x` per token into scratch of the workspace
+/// allocator (`[m, k]` int8 and `[m]` f32 scales), then `aclnnQuantMatmulV4` multiplies it with
+/// the weight as `[n, k]` with `transposeX2`, scaled per channel and per token.
+fn w8a8<T: KvFloat>(
+    stream: &AclStream,
+    p: &QuantMatmul,
+    (px, pw, po): (DevicePtr, DevicePtr, DevicePtr),
+) -> Result<()> {
+    let (aclnn, ws) = setup(stream)?;
+    let (m, n, k) = (p.m as i64, p.n as i64, p.k as i64);
+    let xq = DeviceBuffer::<AclBackend, i8>::alloc_in(&*ws, stream, p.m * p.k)?;
+    let xs = DeviceBuffer::<AclBackend, f32>::alloc_in(&*ws, stream, p.m)?;
+    let tx = aclnn.contiguous(T::DTYPE, &[m, k], px)?;
+    let txq = aclnn.contiguous(DType::I8, &[m, k], xq.view().device_ptr())?;
+    let txs = aclnn.contiguous(DType::F32, &[m], xs.view().device_ptr())?;
+    let tw = aclnn.contiguous(DType::I8, &[n, k], pw)?;
+    let scale = aclnn.contiguous(DType::F32, &[n], DevicePtr(pw.0 + (p.n * p.k) as u64))?;
+    let to = aclnn.contiguous(T::DTYPE, &[m, n], po)?;
+    // SAFETY: as in `matmul`; the weight's views lie inside its buffer (whose length the shapes
+    // were checked against: `n · (k + 4)` bytes), and the scratch goes back to its allocator
+    // after the launches, which reuses it only in stream order.
+    unsafe {
+        aclnn.dynamic_quant(stream, &*ws, &tx, &txq, &txs)?;
+        aclnn.quant_matmul_v4(stream, &*ws, &txq, &tw, &scale, &txs, true, &to)
     }
 }
 
