@@ -44,6 +44,7 @@ pub(crate) const ACL_FLOAT: i32 = 0;
 pub(crate) const ACL_FLOAT16: i32 = 1;
 pub(crate) const ACL_BF16: i32 = 27;
 pub(crate) const ACL_INT8: i32 = 2;
+pub(crate) const ACL_INT32: i32 = 3;
 /// Two values per byte, the element of even index in the low nibble.
 pub(crate) const ACL_INT4: i32 = 29;
 
@@ -133,19 +134,21 @@ impl Tensor {
         (last as usize + 1) * elem_size(self.dtype).unwrap_or(1)
     }
 
-    /// The integers of an INT8 or INT4 view, in row-major order of the view.
+    /// The integers of an INT8, INT4 or INT32 view, in row-major order of the view.
     pub(crate) fn read_ints(&self, arg: &KernelArg, name: &'static str) -> Result<Vec<i32>, Error> {
         self.fits(arg, name)?;
         let mut out = Vec::with_capacity(self.numel());
         let p = arg.ptr;
         // SAFETY: `fits` checked that every element of the view lies in the argument's memory.
         self.for_each_offset(|o| unsafe {
-            out.push(if self.dtype == ACL_INT4 {
-                let byte = p.add(o / 2).read();
-                let nib = if o % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-                ((nib ^ 8) as i32) - 8
-            } else {
-                p.cast::<i8>().add(o).read() as i32
+            out.push(match self.dtype {
+                ACL_INT4 => {
+                    let byte = p.add(o / 2).read();
+                    let nib = if o % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                    ((nib ^ 8) as i32) - 8
+                }
+                ACL_INT32 => p.cast::<i32>().add(o).read_unaligned(),
+                _ => p.cast::<i8>().add(o).read() as i32,
             })
         });
         Ok(out)
@@ -206,6 +209,8 @@ impl Tensor {
         self.for_each_offset(|o| unsafe {
             let v = next.next().copied().unwrap_or(0.0);
             match self.dtype {
+                // Integral values (a quantizer's output), saturated as a cast does.
+                ACL_INT8 => p.cast::<i8>().add(o).write(v as i8),
                 ACL_FLOAT => p.cast::<f32>().add(o).write_unaligned(v),
                 ACL_FLOAT16 => p.cast::<f16>().add(o).write_unaligned(f16::from_f32(v)),
                 _ => p.cast::<bf16>().add(o).write_unaligned(bf16::from_f32(v)),
