@@ -324,6 +324,88 @@ type AddNormPlan = unsafe extern "C" fn(
     *mut *mut c_void,
 ) -> i32;
 
+type WeightQuantPlan = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    std::ffi::c_int,
+    *const c_void,
+    *mut u64,
+    *mut *mut c_void,
+) -> i32;
+type DynamicQuantPlan = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *mut u64,
+    *mut *mut c_void,
+) -> i32;
+type QuantMatmulV4Plan = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    bool,
+    bool,
+    *const c_void,
+    *mut u64,
+    *mut *mut c_void,
+) -> i32;
+
+/// The quantized matmuls' entry points, driven as carelessly as the others below.
+#[test]
+fn the_quantized_entry_points_refuse_null_tensors_short_workspaces_and_reused_executors() {
+    let setup = setup();
+    let (s, aclnn) = (&setup.stream, &setup.aclnn);
+    let h16 = DeviceBuffer::<AclBackend, f16>::zeros(s, 64).unwrap();
+    let i8s = DeviceBuffer::<AclBackend, i8>::zeros(s, 64).unwrap();
+    let f32s = DeviceBuffer::<AclBackend, f32>::zeros(s, 8).unwrap();
+    let x = aclnn.contiguous(DType::F16, &[8, 8], ptr(&h16)).unwrap();
+    let q = aclnn.contiguous(DType::I8, &[8, 8], ptr(&i8s)).unwrap();
+    let channel16 = aclnn.contiguous(DType::F16, &[8], ptr(&h16)).unwrap();
+    let scale = aclnn.contiguous(DType::F32, &[8], ptr(&f32s)).unwrap();
+    let null = std::ptr::null::<c_void>();
+    let (x, q, channel16, scale) = (x.as_raw(), q.as_raw(), channel16.as_raw(), scale.as_raw());
+    // SAFETY: the symbols' prototypes are those of the CANN headers; the handles stay live.
+    // Outputs over inputs are fine here (the values are not checked).
+    unsafe {
+        let f: WeightQuantPlan = aclnn
+            .operator_symbol("aclnnWeightQuantBatchMatmulV2GetWorkspaceSize")
+            .unwrap();
+        misuse(
+            &setup,
+            "aclnnWeightQuantBatchMatmulV2",
+            Box::new(move |w, e| f(x, q, channel16, null, null, null, null, 0, x, w, e)),
+            Box::new(move |w, e| f(x, null, channel16, null, null, null, null, 0, x, w, e)),
+        );
+        let f: DynamicQuantPlan = aclnn
+            .operator_symbol("aclnnDynamicQuantGetWorkspaceSize")
+            .unwrap();
+        misuse(
+            &setup,
+            "aclnnDynamicQuant",
+            Box::new(move |w, e| f(x, null, q, scale, w, e)),
+            Box::new(move |w, e| f(x, null, q, null, w, e)),
+        );
+        let f: QuantMatmulV4Plan = aclnn
+            .operator_symbol("aclnnQuantMatmulV4GetWorkspaceSize")
+            .unwrap();
+        misuse(
+            &setup,
+            "aclnnQuantMatmulV4",
+            Box::new(move |w, e| f(q, q, scale, null, scale, null, false, true, x, w, e)),
+            Box::new(move |w, e| f(q, q, null, null, scale, null, false, true, x, w, e)),
+        );
+    }
+}
+
 #[test]
 fn each_entry_point_refuses_null_tensors_short_workspaces_and_reused_executors() {
     let setup = setup();

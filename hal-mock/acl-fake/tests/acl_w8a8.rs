@@ -169,16 +169,6 @@ fn invalid(e: &Error, function: &str, needle: &str) {
     }
 }
 
-struct Tensors<'a> {
-    aclnn: &'a Aclnn,
-}
-
-impl<'a> Tensors<'a> {
-    fn t(&self, d: DType, dims: &[i64], p: DevicePtr) -> AclTensor<'a> {
-        self.aclnn.contiguous(d, dims, p).unwrap()
-    }
-}
-
 #[test]
 fn the_operators_refuse_what_their_documentation_refuses() {
     let s = stream();
@@ -190,63 +180,86 @@ fn the_operators_refuse_what_their_documentation_refuses() {
     let q = DeviceBuffer::<AclBackend, i8>::zeros(&s, 64 * 8).unwrap();
     let sc = DeviceBuffer::<AclBackend, f32>::zeros(&s, 8).unwrap();
     let out = DeviceBuffer::<AclBackend, f16>::zeros(&s, 2 * 8).unwrap();
-    let ptr = |v: DevicePtr| v;
-    let t = Tensors { aclnn: &aclnn };
-    let tx = t.t(DType::F16, &[m, k], ptr(x16.view().device_ptr()));
-    let tx32 = t.t(DType::F32, &[m, k], ptr(x32.view().device_ptr()));
-    let tq = t.t(DType::I8, &[m, k], q.view().device_ptr());
-    let tq_short = t.t(DType::I8, &[m, k - 1], q.view().device_ptr());
-    let ts = t.t(DType::F32, &[m], sc.view().device_ptr());
-    let ts16 = t.t(DType::F16, &[m], x16.view().device_ptr());
-    let tw = t.t(DType::I8, &[n, k], q.view().device_ptr());
-    let tw16 = t.t(DType::F16, &[n, k], x16.view().device_ptr());
-    let scale = t.t(DType::F32, &[n], sc.view().device_ptr());
-    let scale2d = t.t(DType::F32, &[1, n], sc.view().device_ptr());
-    let per_token = t.t(DType::F32, &[m], sc.view().device_ptr());
-    let per_token_n = t.t(DType::F32, &[n], sc.view().device_ptr());
-    let to = t.t(DType::F16, &[m, n], out.view().device_ptr());
-    let to32 = t.t(DType::F32, &[m, n], x32.view().device_ptr());
+    let t = |d: DType, dims: &[i64], p: DevicePtr| aclnn.contiguous(d, dims, p).unwrap();
+    let tx = t(DType::F16, &[m, k], x16.view().device_ptr());
+    let tx32 = t(DType::F32, &[m, k], x32.view().device_ptr());
+    let tq = t(DType::I8, &[m, k], q.view().device_ptr());
+    let tq_short = t(DType::I8, &[m, k - 1], q.view().device_ptr());
+    let ts = t(DType::F32, &[m], sc.view().device_ptr());
+    let ts16 = t(DType::F16, &[m], x16.view().device_ptr());
+    let tw = t(DType::I8, &[n, k], q.view().device_ptr());
+    let tw16 = t(DType::F16, &[n, k], x16.view().device_ptr());
+    let scale = t(DType::F32, &[n], sc.view().device_ptr());
+    let scale2d = t(DType::F32, &[1, n], sc.view().device_ptr());
+    let per_token = t(DType::F32, &[m], sc.view().device_ptr());
+    let per_token_n = t(DType::F32, &[n], sc.view().device_ptr());
+    let to = t(DType::F16, &[m, n], out.view().device_ptr());
+    let to32 = t(DType::F32, &[m, n], x32.view().device_ptr());
+    let dq = |x: &AclTensor<'_>, y: &AclTensor<'_>, sc: &AclTensor<'_>| {
+        // SAFETY: the planning call refuses before anything is queued, which is what these
+        // cases check (a call that planned would fail the `unwrap_err`).
+        unsafe { aclnn.dynamic_quant(&s, &ws, x, y, sc) }.unwrap_err()
+    };
+    let qm = |w: &AclTensor<'_>,
+              sc: &AclTensor<'_>,
+              pt: &AclTensor<'_>,
+              transpose: bool,
+              o: &AclTensor<'_>| {
+        // SAFETY: as in `dq`.
+        unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, w, sc, pt, transpose, o) }.unwrap_err()
+    };
 
     const DQ: &str = "aclnnDynamicQuantGetWorkspaceSize";
-    // SAFETY (each call below): the planning call refuses before anything is queued.
-    let e = unsafe { aclnn.dynamic_quant(&s, &ws, &tx32, &tq, &ts) }.unwrap_err();
     invalid(
-        &e,
+        &dq(&tx32, &tq, &ts),
         DQ,
         "x dtype DT_FLOAT should be in dtype support list [DT_FLOAT16, DT_BF16]",
     );
-    let e = unsafe { aclnn.dynamic_quant(&s, &ws, &tx, &tq_short, &ts) }.unwrap_err();
     invalid(
-        &e,
+        &dq(&tx, &tq_short, &ts),
         DQ,
         "yOut must be a contiguous DT_INT8 tensor of x's shape",
     );
-    let e = unsafe { aclnn.dynamic_quant(&s, &ws, &tx, &tq, &ts16) }.unwrap_err();
-    invalid(&e, DQ, "scaleOut must be a contiguous DT_FLOAT tensor");
-    let e = unsafe { aclnn.dynamic_quant(&s, &ws, &tx, &tq, &scale) }.unwrap_err();
-    invalid(&e, DQ, "x's shape without its last dim, [2]");
+    invalid(
+        &dq(&tx, &tq, &ts16),
+        DQ,
+        "scaleOut must be a contiguous DT_FLOAT tensor",
+    );
+    invalid(
+        &dq(&tx, &tq, &scale),
+        DQ,
+        "x's shape without its last dim, [2]",
+    );
 
     const QM: &str = "aclnnQuantMatmulV4GetWorkspaceSize";
-    let e = unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, &tw16, &scale, &per_token, true, &to) }
-        .unwrap_err();
-    invalid(&e, QM, "x2 dtype DT_FLOAT16 should be DT_INT8");
-    // [n, k] without transposeX2 is (k = 8, n = 64): the k of x1 (64) differs.
-    let e = unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, &tw, &scale, &per_token, false, &to) }
-        .unwrap_err();
-    invalid(&e, QM, "differ: 64 vs 8");
-    let e = unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, &tw, &scale2d, &per_token, true, &to) }
-        .unwrap_err();
-    invalid(&e, QM, "scale must be 1-D (1,) or (8,), got [1, 8]");
-    let e = unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, &tw, &scale, &per_token_n, true, &to) }
-        .unwrap_err();
-    invalid(&e, QM, "pertokenScaleOptional must be DT_FLOAT (2,)");
-    let e = unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, &tw, &scale, &per_token, true, &to32) }
-        .unwrap_err();
-    invalid(&e, QM, "out dtype DT_FLOAT is not implemented by the fake");
-    let e = unsafe { aclnn.quant_matmul_v4(&s, &ws, &tq, &tw, &ts16, &per_token, true, &to) }
-        .unwrap_err();
     invalid(
-        &e,
+        &qm(&tw16, &scale, &per_token, true, &to),
+        QM,
+        "x2 dtype DT_FLOAT16 should be DT_INT8",
+    );
+    // [n, k] without transposeX2 is (k = 8, n = 64): the k of x1 (64) differs.
+    invalid(
+        &qm(&tw, &scale, &per_token, false, &to),
+        QM,
+        "differ: 64 vs 8",
+    );
+    invalid(
+        &qm(&tw, &scale2d, &per_token, true, &to),
+        QM,
+        "scale must be 1-D (1,) or (8,), got [1, 8]",
+    );
+    invalid(
+        &qm(&tw, &scale, &per_token_n, true, &to),
+        QM,
+        "pertokenScaleOptional must be DT_FLOAT (2,)",
+    );
+    invalid(
+        &qm(&tw, &scale, &per_token, true, &to32),
+        QM,
+        "out dtype DT_FLOAT is not implemented by the fake",
+    );
+    invalid(
+        &qm(&tw, &ts16, &per_token, true, &to),
         QM,
         "scale dtype DT_FLOAT16 with out dtype DT_FLOAT16 is not a supported combination",
     );
