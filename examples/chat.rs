@@ -48,7 +48,8 @@ pub struct ChatArgs {
     pub max_tokens_per_step: usize,
     /// Print a progress line per step (on the error stream).
     pub progress: bool,
-    /// How the file's block-quantized matrices are stored (kept as blocks by default).
+    /// How the file's block-quantized matrices are stored (kept as blocks by default,
+    /// dequantized, or the linear layers requantized to W8A8).
     pub storage: Storage,
     /// What the model computes in and its KV cache holds: f32 (default), f16 or bf16. The ACL
     /// backend runs block-quantized weights with f16/bf16 only.
@@ -119,6 +120,8 @@ starts with '-' goes after '--'.
   --max-tokens-per-step N  most tokens computed in a step [256]
   --dequantize             dequantize Q4_0/Q4_1/Q8_0 weights to floats at load (exact float
                            products; 3.5-7x the memory) [kept as blocks]
+  --w8a8                   requantize the linear layers to int8 per channel and multiply them
+                           with int8 activations per token (W8A8) [kept as blocks]
   --dtype f32|f16|bf16     what the model computes in (the NPU runs blocks with f16/bf16) [f32]
   --no-progress            no per-step progress lines
   -h, --help               this text";
@@ -154,8 +157,15 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
                 a.progress = false;
                 continue;
             }
-            "--dequantize" => {
-                a.storage = Storage::Dequantized;
+            "--dequantize" | "--w8a8" => {
+                if a.storage != Storage::Quantized {
+                    return Err("--dequantize and --w8a8 are exclusive: choose one".into());
+                }
+                a.storage = if arg == "--w8a8" {
+                    Storage::W8A8
+                } else {
+                    Storage::Dequantized
+                };
                 continue;
             }
             _ => {}
@@ -371,6 +381,7 @@ impl<B: KernelOps, T: KvFloat> ChatSession<B, T> {
             match args.storage {
                 Storage::Quantized => "as blocks",
                 Storage::Dequantized => "dequantized",
+                Storage::W8A8 => "W8A8",
             },
             llm.model.weight_bytes() as f64 / 1e6,
             started.elapsed().as_secs_f64()

@@ -136,6 +136,12 @@ pub enum Storage {
     /// backend without a `quant_matmul` provider, or to compute exactly as a float reference
     /// does.
     Dequantized,
+    /// W8A8: every linear layer's weight (attention and MLP projections) requantized from its
+    /// values to int8 per output channel ([`QuantFormat::Int8PerChannel`]), so that
+    /// `quant_matmul` multiplies int8 activations quantized per token with int8 weights
+    /// (`aclnnDynamicQuant` + `aclnnQuantMatmulV4` on the NPU). The embedding and the output
+    /// projection stay as the file stores them, as W8A8 deployments keep them.
+    W8A8,
 }
 
 /// The block format a GGUF tensor type is, if it is one `quant_matmul` runs.
@@ -166,6 +172,18 @@ fn matrix(file: &Gguf, name: &str, rows: usize, cols: usize, storage: Storage) -
                 ));
             }
             Ok(Matrix::Blocks { format, bytes })
+        }
+        (_, Storage::W8A8) => {
+            let values = vector(file, name, rows, cols, true)?;
+            let mut bytes = Vec::with_capacity(rows * (cols + 4));
+            for row in values.chunks(cols.max(1)) {
+                ascend_kernels::quant::quantize(QuantFormat::Int8PerChannel, row, &mut bytes)
+                    .map_err(|e| GgufError(format!("tensor {name}: {e}")))?;
+            }
+            Ok(Matrix::Blocks {
+                format: QuantFormat::Int8PerChannel,
+                bytes,
+            })
         }
         _ => vector(file, name, rows, cols, true).map(Matrix::F32),
     }
@@ -278,13 +296,18 @@ pub fn weights(file: &Gguf, cfg: &ModelConfig, storage: Storage) -> Result<Weigh
         .into_iter()
         .map(|l| l.expect("every layer was read"))
         .collect::<Result<Vec<_>>>()?;
+    // W8A8 quantizes the linear layers only; the embedding and the head stay as stored.
+    let table_storage = match storage {
+        Storage::W8A8 => Storage::Quantized,
+        other => other,
+    };
     let lm_head = if file.tensors.contains_key("output.weight") {
-        Some(matrix(file, "output.weight", cfg.vocab, h, storage)?)
+        Some(matrix(file, "output.weight", cfg.vocab, h, table_storage)?)
     } else {
         None // tied to the embedding
     };
     Ok(Weights {
-        embed: matrix(file, "token_embd.weight", cfg.vocab, h, storage)?,
+        embed: matrix(file, "token_embd.weight", cfg.vocab, h, table_storage)?,
         layers,
         final_norm: vector(file, "output_norm.weight", 1, h, true)?,
         lm_head,

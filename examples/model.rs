@@ -151,18 +151,18 @@ impl ModelConfig {
 }
 
 /// A weight matrix on the host, `[rows, cols]` row-major (PyTorch's `Linear` layout): `f32`
-/// values, or rows of GGUF blocks as the file stores them (`cols / 32` blocks per row), which
-/// the model keeps as blocks on the device and runs with
+/// values, or rows of GGUF blocks as the file stores them (`cols / 32` blocks per row) or of
+/// W8A8 int8 values and a scale, which the model keeps as they are on the device and runs with
 /// [`quant_matmul`](KernelOps::quant_matmul) rather than copying them out as floats.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Matrix {
     /// Values.
     F32(Vec<f32>),
-    /// Rows of blocks.
+    /// Rows in a quantized format.
     Blocks {
-        /// The block format.
+        /// The format.
         format: QuantFormat,
-        /// `rows` rows of `cols / 32` blocks.
+        /// `rows` rows of `format.row_bytes(cols)` bytes.
         bytes: Vec<u8>,
     },
 }
@@ -196,9 +196,9 @@ impl Matrix {
             Matrix::F32(_) => cols
                 .checked_mul(4)
                 .ok_or_else(|| format!("{cols} columns overflow")),
-            Matrix::Blocks { format, .. } => format.row_bytes(cols).ok_or_else(|| {
-                format!("{cols} columns are not whole {format} blocks of 32 values")
-            }),
+            Matrix::Blocks { format, .. } => format
+                .row_bytes(cols)
+                .ok_or_else(|| format!("{cols} columns are not {}", format.row_rule())),
         }
     }
 
@@ -253,6 +253,22 @@ impl Matrix {
                     .flat_map(|r| v[r * cols + c0..r * cols + c1].iter().copied())
                     .collect(),
             )),
+            Matrix::Blocks {
+                format: format @ QuantFormat::Int8PerChannel,
+                bytes,
+            } => {
+                // Any columns: each row keeps its values c0..c1 and its scale.
+                let rb = cols + 4;
+                Ok(Matrix::Blocks {
+                    format: *format,
+                    bytes: (0..rows)
+                        .flat_map(|r| {
+                            let row = &bytes[r * rb..(r + 1) * rb];
+                            row[c0..c1].iter().chain(&row[cols..]).copied()
+                        })
+                        .collect(),
+                })
+            }
             Matrix::Blocks { format, bytes } => {
                 let (rb, b0, b1) = match (
                     format.row_bytes(cols),
@@ -621,8 +637,8 @@ impl<B: KernelOps, T: KvFloat> Linear<B, T> {
             op: "Model::from_weights",
             message: format!(
                 "{name} is {format} with {} activations, which this backend cannot run: {why}. \
-                 The CPU backend's quant_matmul runs Q4_0, Q4_1 and Q8_0 with f32/f16/bf16 \
-                 activations; or load the weights dequantized",
+                 The CPU backend's quant_matmul runs Q4_0, Q4_1, Q8_0 and W8A8 with \
+                 f32/f16/bf16 activations; or load the weights dequantized",
                 T::DTYPE,
             ),
         })

@@ -7,10 +7,11 @@
 //! reads, the process's peak resident memory, and this machine's read bandwidth (the limit of
 //! batch-1 decode: bandwidth / bytes per step). Prints one JSON line.
 //!
-//! The matrices stay as the file's blocks unless `--dequantize` is given.
+//! The matrices stay as the file's blocks unless `--dequantize` (floats) or `--w8a8` (the
+//! linear layers requantized to int8 per channel, int8 activations per token) is given.
 //!
 //! ```text
-//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32] [--dequantize]
+//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32] [--dequantize | --w8a8]
 //! ```
 
 use std::process::ExitCode;
@@ -169,6 +170,7 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         match storage {
             Storage::Quantized => "quantized",
             Storage::Dequantized => "dequantized",
+            Storage::W8A8 => "w8a8",
         },
         prefill.tokens as f64 / prefill.seconds,
         llm.model.weight_bytes(),
@@ -184,8 +186,12 @@ fn main() -> ExitCode {
     let mut storage = Storage::Quantized;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--dequantize" {
-            storage = Storage::Dequantized;
+        if a == "--dequantize" || a == "--w8a8" {
+            storage = if a == "--w8a8" {
+                Storage::W8A8
+            } else {
+                Storage::Dequantized
+            };
             continue;
         }
         let value = args.next();
@@ -234,7 +240,7 @@ fn main() -> ExitCode {
 fn usage(e: &str) -> ExitCode {
     eprintln!(
         "error: {e}\nusage: smollm2_speed [--model PATH] [--prompt-len N] [--decode-steps N] \
-         [--dequantize]"
+         [--dequantize | --w8a8]"
     );
     ExitCode::from(2)
 }

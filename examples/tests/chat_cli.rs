@@ -51,6 +51,12 @@ fn weights_stay_blocks_unless_dequantize_is_given() {
         storage(&["--model", "m.gguf", "--dequantize", "hi"]),
         Storage::Dequantized
     );
+    assert_eq!(
+        storage(&["--model", "m.gguf", "--w8a8", "hi"]),
+        Storage::W8A8
+    );
+    let e = parse(&["--model", "m.gguf", "--w8a8", "--dequantize", "hi"]).unwrap_err();
+    assert_eq!(e, "--dequantize and --w8a8 are exclusive: choose one");
     // After '--' it is a prompt.
     assert_eq!(
         prompts(&["--model", "m.gguf", "--", "--dequantize"]),

@@ -93,6 +93,49 @@ fn dequantized(w: &Weights) -> Weights {
     out
 }
 
+/// `w` with its layers' seven matrices requantized to W8A8 (int8 per output channel, as
+/// `Storage::W8A8` loads a file), and the same model with those matrices' dequantized values;
+/// the embedding and the output projection stay floats in both.
+fn w8a8(w: &Weights) -> (Weights, Weights) {
+    let (h, i) = (CFG.hidden, CFG.intermediate);
+    // The columns of wq, wk, wv, wo, w_gate, w_up, w_down.
+    let columns = [h, h, h, CFG.heads * CFG.head_size(), h, h, i];
+    let (mut q, mut f) = (w.clone(), w.clone());
+    for (lq, lf) in q.layers.iter_mut().zip(&mut f.layers) {
+        let pairs = layer_matrices(lq).into_iter().zip(layer_matrices(lf));
+        for ((mq, mf), cols) in pairs.zip(columns) {
+            let Matrix::F32(v) = &*mf else {
+                panic!("random weights are floats")
+            };
+            let (mut bytes, mut values) = (Vec::new(), vec![0f32; v.len()]);
+            for (row, out) in v.chunks(cols).zip(values.chunks_mut(cols)) {
+                let at = bytes.len();
+                quantize(QuantFormat::Int8PerChannel, row, &mut bytes).unwrap();
+                dequantize(QuantFormat::Int8PerChannel, &bytes[at..], out).unwrap();
+            }
+            *mq = Matrix::Blocks {
+                format: QuantFormat::Int8PerChannel,
+                bytes,
+            };
+            *mf = Matrix::F32(values);
+        }
+    }
+    (q, f)
+}
+
+/// The values of a W8A8 matrix of `cols` columns.
+fn w8a8_values(m: &Matrix, cols: usize) -> Matrix {
+    let Matrix::Blocks { bytes, .. } = m else {
+        panic!("not W8A8")
+    };
+    let rows = bytes.len() / (cols + 4);
+    let mut v = vec![0f32; rows * cols];
+    for (r, out) in bytes.chunks(cols + 4).zip(v.chunks_mut(cols)) {
+        dequantize(QuantFormat::Int8PerChannel, r, out).unwrap();
+    }
+    Matrix::F32(v)
+}
+
 /// The logits of every position of `prompt`, prefilled in one step.
 fn prefill_logits<B: KernelOps, T: KvFloat>(
     model: &Model<B, T>,
@@ -181,6 +224,68 @@ fn blocks_give_the_logits_of_their_dequantized_values() {
 }
 
 #[test]
+fn w8a8_gives_the_logits_of_its_dequantized_weights_on_the_cpu_and_the_acl_fake() {
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % CFG.vocab as u32).collect();
+    let (q, f) = w8a8(&Weights::random(&CFG, 11));
+    let (qm, qs) = cpu_model(q.clone());
+    let (fm, fs) = cpu_model(f.clone());
+    let (lq, lf) = (
+        prefill_logits(&qm, &qs, &prompt),
+        prefill_logits(&fm, &fs, &prompt),
+    );
+    // Each activation row rounds to int8 as a whole (relative error <= 1/254 of its largest
+    // value per element), a coarser grid than 32-value blocks; a lost scale or a transposed
+    // weight moves logits by their whole size.
+    let err = relative_error(&lq, &lf);
+    assert!(err < 0.03, "CPU W8A8: relative error {err}");
+    let same = (0..lq.rows())
+        .filter(|&r| lq.argmax(r) == lf.argmax(r))
+        .count();
+    assert!(
+        same * 10 >= lq.rows() * 9,
+        "{same} of {} argmaxes agree",
+        lq.rows()
+    );
+    eprintln!(
+        "CPU f32 W8A8 vs floats: relative error {err:.5}, {same}/{} argmaxes",
+        lq.rows()
+    );
+
+    // On the ACL fake in f16 (aclnnDynamicQuant + aclnnQuantMatmulV4) against the same
+    // dequantized weights through aclnnMatmul in f16, and against the CPU backend's W8A8 in f16.
+    let device = common::acl_backend().device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let load = |w: Weights| {
+        let memory = ModelMemory::<AclBackend>::caching(&device).unwrap();
+        Model::<_, half::f16>::from_weights(&stream, CFG, w, memory).unwrap()
+    };
+    let (aq, af) = (load(q.clone()), load(f));
+    assert!(
+        aq.weight_bytes() < af.weight_bytes(),
+        "int8 layers take less than f16"
+    );
+    let (a, b) = (
+        prefill_logits(&aq, &stream, &prompt),
+        prefill_logits(&af, &stream, &prompt),
+    );
+    let err = relative_error(&a, &b);
+    assert!(err < 0.03, "ACL f16 W8A8 vs floats: relative error {err}");
+    let cpu16 = {
+        let device = CpuBackend::new().device(0).unwrap();
+        let cs = device.new_stream().unwrap();
+        let memory = ModelMemory::<CpuBackend>::caching(&device).unwrap();
+        let m = Model::<_, half::f16>::from_weights(&cs, CFG, q, memory).unwrap();
+        prefill_logits(&m, &cs, &prompt)
+    };
+    let across = relative_error(&a, &cpu16);
+    assert!(
+        across < 0.01,
+        "ACL vs CPU W8A8 in f16: relative error {across}"
+    );
+    eprintln!("ACL f16 W8A8: vs floats {err:.5}, vs the CPU backend's W8A8 {across:.5}");
+}
+
+#[test]
 fn a_sharded_block_matrix_is_the_blocks_of_the_sharded_values() {
     let base = quantized(&Weights::random(&CFG, 3), QuantFormat::Q4_1, false);
     let shard = CFG.shard(1, 2).unwrap();
@@ -193,6 +298,17 @@ fn a_sharded_block_matrix_is_the_blocks_of_the_sharded_values() {
     );
     assert_eq!(dequantized(&blocks).layers[1].wq, floats.layers[1].wq);
     assert!(blocks.validate_shard(&CFG, &shard).is_ok());
+    // W8A8 rows shard on any column: each keeps its scale.
+    let (q, f) = w8a8(&Weights::random(&CFG, 3));
+    let (q, f) = (
+        q.shard(&CFG, &shard).unwrap(),
+        f.shard(&CFG, &shard).unwrap(),
+    );
+    assert_eq!(w8a8_values(&q.layers[0].wo, CFG.hidden / 2), f.layers[0].wo);
+    assert_eq!(
+        w8a8_values(&q.layers[1].w_down, CFG.intermediate / 2),
+        f.layers[1].w_down
+    );
     // A split off the 32-value block grid is refused by name, not rounded.
     let cfg = ModelConfig {
         heads: 8,
@@ -226,7 +342,7 @@ fn the_acl_backend_refuses_a_block_model_with_f32_activations_before_uploading()
     );
     assert!(
         msg.contains("aclnnWeightQuantBatchMatmulV2, takes f16 or bf16 activations")
-            && msg.contains("The CPU backend's quant_matmul runs Q4_0, Q4_1 and Q8_0"),
+            && msg.contains("The CPU backend's quant_matmul runs Q4_0, Q4_1, Q8_0 and W8A8"),
         "{msg}"
     );
     assert_eq!(memory.weights.stats().allocated, 0, "nothing uploaded");

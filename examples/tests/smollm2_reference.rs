@@ -259,39 +259,92 @@ fn smollm2_on_its_quantized_blocks_follows_transformers_greedy_ids() {
         .unwrap();
     let requests = greedy_requests(chats, new);
     let report = serve_on::<_, f32>(CpuBackend::new(), &path, Storage::Quantized, &requests, 16);
+    agreement(
+        "quantized",
+        &report,
+        &requests,
+        chats,
+        (new, QUANTIZED_AGREEMENT_FLOOR),
+    );
+}
+
+/// Fewest leading greedy ids each chat's run on the file's blocks must share with
+/// transformers': a floor that a wrong kernel (a swapped nibble, a lost minimum, a scale off by
+/// a factor) cannot reach, since it derails a 135M model within a few tokens.
+const QUANTIZED_AGREEMENT_FLOOR: usize = 4;
+
+/// Prints, per chat, how many of the first `new` ids of `report` agree with transformers' and
+/// where the first differs (with transformers' logit margin there), and holds every chat to
+/// `floor` leading ids.
+fn agreement(
+    label: &str,
+    report: &Report,
+    requests: &[Request],
+    chats: &[Value],
+    (new, floor): (usize, usize),
+) {
     let mut agreed = Vec::new();
     for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
         let (got, want) = (&report.outputs[&r.id], ids(&chat["generated_ids"]));
-        let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        match got.get(agree) {
+        let agree = got
+            .iter()
+            .zip(&want)
+            .take(new)
+            .take_while(|(a, b)| a == b)
+            .count();
+        match got.get(agree).filter(|_| agree < new) {
             Some(&id) => eprintln!(
-                "chat {c}: quantized agrees with transformers for {agree} of {new} ids; id \
+                "chat {c}: {label} agrees with transformers for {agree} of {new} ids; id \
                  {agree} is {id} here, {} there (transformers' margin {:.4})",
                 want[agree],
                 chat["margins"][agree].as_f64().unwrap_or(f64::NAN)
             ),
-            None => eprintln!("chat {c}: quantized agrees with transformers for all {new} ids"),
+            None => eprintln!("chat {c}: {label} agrees with transformers for all {new} ids"),
         }
         agreed.push(agree);
     }
-    // A floor that a wrong kernel (a swapped nibble, a lost minimum, a scale off by a factor)
-    // cannot reach: it derails a 135M model within a few tokens.
-    let floor = QUANTIZED_AGREEMENT_FLOOR;
     assert!(
         agreed.iter().all(|&a| a >= floor),
-        "every chat should agree for its first {floor} ids: {agreed:?}"
+        "{label}: every chat should agree for its first {floor} ids: {agreed:?}"
     );
 }
 
-/// Fewest leading greedy ids each chat's quantized run must share with transformers'.
-const QUANTIZED_AGREEMENT_FLOOR: usize = 4;
+#[test]
+fn smollm2_w8a8_follows_transformers_greedy_ids() {
+    // The linear layers requantized to int8 per output channel, each token's activations to
+    // int8 as a whole (W8A8, Storage::W8A8): a coarser activation grid than the blocks' 32
+    // values. Free-running, a chat follows transformers until a choice with a small margin
+    // flips, and then goes its own way: that is reported per chat with the first differing
+    // id, not asserted. Each step's choice is asserted by teacher forcing (transformers' own
+    // continuation as the input): a wrong kernel agrees on almost no position.
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
+    let reference = reference();
+    let chats = reference["chats"].as_array().expect("chats");
+    let new = chats
+        .iter()
+        .map(|c| ids(&c["generated_ids"]).len())
+        .min()
+        .unwrap();
+    let requests = greedy_requests(chats, new);
+    let report = serve_on::<_, f32>(CpuBackend::new(), &path, Storage::W8A8, &requests, 16);
+    agreement("W8A8", &report, &requests, chats, (new, 0));
+    let forced = teacher_forced::<_, f32>(CpuBackend::new(), &path, Storage::W8A8, chats, new);
+    eprintln!("W8A8, teacher-forced: transformers' id is the argmax at {forced:?} of {new}");
+    assert!(
+        forced.iter().all(|&n| n * 8 >= new * 5),
+        "W8A8 should choose transformers' id at 5/8 of the positions: {forced:?} of {new}"
+    );
+}
 
 #[test]
-fn smollm2_on_its_quantized_blocks_in_f16_over_the_acl_fake_follows_transformers() {
-    // The NPU path for GGUF blocks: the weights packed for aclnnWeightQuantBatchMatmulV2 (int8
-    // / int4 values, f16 scales per 32) and run by it on the fake; activations stay f16. Two
-    // chats, 8 tokens; agreement with transformers' float32 ids is printed per chat and held
-    // to the quantized floor.
+fn smollm2_w8a8_in_f16_over_the_acl_fake_generates_the_cpu_backends_ids() {
+    // W8A8's NPU path: aclnnDynamicQuant then aclnnQuantMatmulV4 for every linear layer, on
+    // the fake; the output projection stays the file's blocks (aclnnWeightQuantBatchMatmulV2).
+    // Two chats, 8 tokens: the same ids as the CPU backend's W8A8 in f16 (both compute the
+    // operators' formulas), agreement with transformers reported, and each step's choice
+    // checked by teacher forcing.
     const NEW: usize = 8;
     let Some(path) = smollm2_or_skip() else {
         return;
@@ -299,23 +352,76 @@ fn smollm2_on_its_quantized_blocks_in_f16_over_the_acl_fake_follows_transformers
     let reference = reference();
     let chats = &reference["chats"].as_array().expect("chats")[..2];
     let requests = greedy_requests(chats, NEW);
-    let before = common::fake_call_count("aclnnWeightQuantBatchMatmulV2");
-    let report = serve_on::<_, half::f16>(acl_backend(), &path, Storage::Quantized, &requests, 128);
-    let calls = common::fake_call_count("aclnnWeightQuantBatchMatmulV2") - before;
-    // Every layer's four projections and the output projection, every step.
+    let before = common::fake_call_count("aclnnQuantMatmulV4");
+    let dq_before = common::fake_call_count("aclnnDynamicQuant");
+    let report = serve_on::<_, half::f16>(acl_backend(), &path, Storage::W8A8, &requests, 128);
+    let calls = common::fake_call_count("aclnnQuantMatmulV4") - before;
+    let quantized = common::fake_call_count("aclnnDynamicQuant") - dq_before;
+    // Every layer's four projections, every step, each after its activations' quantization.
     assert!(
-        calls >= 30 * 6 * report.steps as u64,
-        "{calls} weight-quantized GEMMs for {} steps",
+        calls >= 30 * 4 * report.steps as u64 && quantized == calls,
+        "{calls} W8A8 GEMMs and {quantized} quantizations for {} steps",
         report.steps
     );
-    for (c, (r, chat)) in requests.iter().zip(chats).enumerate() {
-        let (got, want) = (&report.outputs[&r.id], ids(&chat["generated_ids"]));
-        let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        eprintln!("chat {c}: ACL quantized f16 agrees with transformers for {agree} of {NEW} ids");
-        assert!(
-            agree >= QUANTIZED_AGREEMENT_FLOOR,
-            "chat {c}: {got:?} vs {:?}",
-            &want[..NEW]
-        );
+    let on_cpu = serve_on::<_, half::f16>(CpuBackend::new(), &path, Storage::W8A8, &requests, 128);
+    for (c, r) in requests.iter().enumerate() {
+        let (acl, cpu) = (&report.outputs[&r.id], &on_cpu.outputs[&r.id]);
+        assert_eq!(acl, cpu, "chat {c}: W8A8 f16 on ACL vs on the CPU backend");
     }
+    agreement("ACL W8A8 f16", &report, &requests, chats, (NEW, 0));
+    let forced = teacher_forced::<_, half::f16>(acl_backend(), &path, Storage::W8A8, chats, NEW);
+    eprintln!(
+        "ACL W8A8 f16, teacher-forced: transformers' id is the argmax at {forced:?} of {NEW}"
+    );
+    assert!(
+        forced.iter().all(|&n| n * 8 >= NEW * 5),
+        "ACL W8A8 f16 should choose transformers' id at 5/8 of the positions: {forced:?}"
+    );
+}
+
+/// Teacher forcing: each chat's prompt and transformers' greedy continuation prefilled in one
+/// step; returns, per chat, how many of the first `new` continuation positions give
+/// transformers' id as their argmax (a divergence does not cascade, so this measures each
+/// step's choice, not the length of a common prefix).
+fn teacher_forced<B: KernelOps, T: KvFloat>(
+    backend: B,
+    path: &std::path::Path,
+    storage: Storage,
+    chats: &[Value],
+    new: usize,
+) -> Vec<usize> {
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let memory = ModelMemory::caching(&device).unwrap();
+    let llm = Llm::<B, T>::load_with(&stream, path, 256, memory.clone(), storage).unwrap();
+    chats
+        .iter()
+        .enumerate()
+        .map(|(c, chat)| {
+            // A cache per chat, so that no prefix is cached and every token is computed.
+            let mut kv = kv_cache::<B, T>(
+                &stream,
+                std::sync::Arc::clone(&memory.weights),
+                llm.config(),
+                16,
+                0.9,
+                64,
+            )
+            .unwrap();
+            let (prompt, want) = (ids(&chat["prompt_ids"]), ids(&chat["generated_ids"]));
+            let mut tokens = prompt.clone();
+            tokens.extend(&want[..new - 1]);
+            let id = RequestId(1000 + c as u64);
+            kv.admit(id, &tokens, &Default::default(), tokens.len())
+                .unwrap();
+            kv.begin_step(&stream, &[(id, tokens.len())]).unwrap();
+            let positions: Vec<i64> = (0..tokens.len() as i64).collect();
+            let rows: Vec<usize> = (prompt.len() - 1..tokens.len()).collect();
+            let logits = llm
+                .model
+                .forward_logits(&stream, &mut kv, &tokens, &positions, &rows)
+                .unwrap();
+            (0..new).filter(|&j| logits.argmax(j) == want[j]).count()
+        })
+        .collect()
 }
