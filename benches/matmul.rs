@@ -6,7 +6,8 @@
 //! formats through `cpu::quant_matmul` (Q4_0, Q4_1, Q8_0: activations quantized to int8 blocks),
 //! against the `f32` GEMM in the same run: what computing on the blocks buys a decode step; and
 //! 64 rows (a prefill chunk), where the blocks' tiles of 2 weight rows x 4 activation rows run,
-//! against the `f32` GEMM's 64 rows.
+//! against the `f32` GEMM's 64 rows. W8A8 (int8 per output channel, activations quantized to
+//! int8 per token: exact int32 sums) is measured the same way.
 
 use std::time::Duration;
 
@@ -49,9 +50,11 @@ fn main() {
                 b.iter(|| cpu::matmul(&p, &mut out[..m * n], &x[..m * k], &w).expect("matmul"))
             });
         }
-        for format in QuantFormat::ALL {
+        for format in QuantFormat::EVERY {
             let mut wq = Vec::new();
-            quantize(format, &w, &mut wq).expect("quantize");
+            for row in w.chunks(k) {
+                quantize(format, row, &mut wq).expect("quantize");
+            }
             for m in [1usize, 8, PREFILL] {
                 let p = QuantMatmul { m, n, k, format };
                 g.bench_function(BenchmarkId::from_parameter(format!("{format}_m{m}")), |b| {
@@ -76,7 +79,7 @@ fn main() {
     for g in &groups {
         rows.push((g.as_str(), "m1", "memcpy"));
         rows.push((g.as_str(), "m8", "m1"));
-        for q in ["Q4_0", "Q4_1", "Q8_0"] {
+        for q in ["Q4_0", "Q4_1", "Q8_0", "W8A8"] {
             rows.push((g.as_str(), leak(format!("{q}_m1")), "m1"));
             rows.push((g.as_str(), leak(format!("{q}_m8")), leak(format!("{q}_m1"))));
             rows.push((

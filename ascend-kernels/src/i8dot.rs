@@ -1,7 +1,7 @@
 //! W8A8's inner loop ([`QuantFormat::Int8PerChannel`](crate::QuantFormat::Int8PerChannel)):
-//! one int8 weight row against up to 4 rows of int8 activations quantized per token, with an
-//! AVX2 version chosen at run time on x86-64 (`vpmaddubsw` / `vpmaddwd`, the weight's sign moved
-//! onto the activation so that the unsigned operand is `|w|`).
+//! one int8 weight row against up to 4 rows of int8 activations quantized per token, with AVX2
+//! (`vpmaddubsw` / `vpmaddwd`) and AVX-512 VNNI (`vpdpbusd`) versions chosen at run time on
+//! x86-64, the weight's sign moved onto the activation so that the unsigned operand is `|w|`.
 //!
 //! Each sum is exact in `i32` (`k` is at most [`INT8_MAX_K`](crate::quant::INT8_MAX_K), and
 //! activations are within ±127, so no pair saturates `i16`), so the AVX2 and portable loops
@@ -61,6 +61,10 @@ fn dots<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
     debug_assert!(xs.iter().all(|x| x.len() >= w.len()));
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
+        if crate::simd::has_vnni() {
+            // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
+            return unsafe { x86::dots_vnni(w, xs) };
+        }
         // SAFETY: the CPU supports AVX2, checked just above; every `xs[r]` holds at least
         // `w.len()` values (the caller's assertion).
         return unsafe { x86::dots(w, xs) };
@@ -74,42 +78,66 @@ fn portable<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::simd::int8::{Avx2, Dot, Vnni};
     use std::arch::x86_64::*;
 
     /// # Safety
     /// AVX2; every `xs[r]` at least `w.len()` values.
     #[target_feature(enable = "avx2")]
     pub unsafe fn dots<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
+        // SAFETY: passed on from this function's contract.
+        unsafe { dots_with::<Avx2, R>(w, xs) }
+    }
+
+    /// As [`dots`], with `vpdpbusd` (the same integers).
+    ///
+    /// # Safety
+    /// AVX2, AVX-512 VNNI and VL; every `xs[r]` at least `w.len()` values.
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    pub unsafe fn dots_vnni<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
+        // SAFETY: passed on from this function's contract.
+        unsafe { dots_with::<Vnni, R>(w, xs) }
+    }
+
+    /// The loop, inlined into the entry compiled with `D`'s features.
+    ///
+    /// # Safety
+    /// AVX2 and `D`'s features; every `xs[r]` at least `w.len()` values.
+    #[inline(always)]
+    unsafe fn dots_with<D: Dot, const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
         let k = w.len();
         let whole = k / 32 * 32;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_si256(); R];
-        let mut i = 0;
-        while i < whole {
-            // SAFETY: `i + 32 <= k`, inside `w` and (the contract) every `xs[r]`.
-            let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i) };
-            let wabs = _mm256_sign_epi8(wv, wv);
-            for r in 0..R {
-                // SAFETY: as above.
-                let xv = unsafe { _mm256_loadu_si256(xs[r].as_ptr().add(i) as *const __m256i) };
-                // |w| <= 128 unsigned times x (|x| <= 127) with w's sign: pairs within i16.
-                let pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
-                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(pairs, ones));
-            }
-            i += 32;
-        }
         let mut out = [0i32; R];
+        // SAFETY: the features are the caller's (this function's contract); every load reads
+        // 32 values at `i` with `i + 32 <= k`, inside `w` and (the contract) every `xs[r]`.
+        unsafe {
+            let mut acc = [_mm256_setzero_si256(); R];
+            let mut i = 0;
+            while i < whole {
+                let wv = _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i);
+                let wabs = _mm256_sign_epi8(wv, wv);
+                for r in 0..R {
+                    let xv = _mm256_loadu_si256(xs[r].as_ptr().add(i) as *const __m256i);
+                    // |w| <= 128 unsigned times x (|x| <= 127) with w's sign.
+                    let lanes = D::dot(wabs, _mm256_sign_epi8(xv, wv));
+                    acc[r] = _mm256_add_epi32(acc[r], lanes);
+                }
+                i += 32;
+            }
+            for r in 0..R {
+                let v = acc[r];
+                let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+                out[r] = _mm_cvtsi128_si32(s);
+            }
+        }
         for r in 0..R {
-            let v = acc[r];
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-            let tail: i32 = w[whole..]
+            out[r] += w[whole..]
                 .iter()
                 .zip(&xs[r][whole..k])
                 .map(|(&a, &b)| a as i32 * b as i32)
-                .sum();
-            out[r] = _mm_cvtsi128_si32(s) + tail;
+                .sum::<i32>();
         }
         out
     }
@@ -156,6 +184,17 @@ mod tests {
             let refs = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
             let want = portable(&w, &refs);
             assert_eq!(dots(&w, &refs), want, "k = {k}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 (just checked); every row holds k values.
+                assert_eq!(unsafe { x86::dots(&w, &refs) }, want, "AVX2, k = {k}");
+                if std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: AVX2, AVX-512 VNNI and VL (just checked); as above.
+                    assert_eq!(unsafe { x86::dots_vnni(&w, &refs) }, want, "VNNI, k = {k}");
+                }
+            }
             assert_eq!(dots(&w, &[refs[2]])[0], want[2], "k = {k}, one row");
         }
     }

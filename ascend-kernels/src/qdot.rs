@@ -1,6 +1,8 @@
 //! The quantized GEMM's inner loop: one weight row in a block format against up to 4 rows of
 //! int8 activation blocks, with an AVX2 version chosen at run time on x86-64 (`vpmaddubsw` /
-//! `vpmaddwd`, as llama.cpp's AVX2 kernels do).
+//! `vpmaddwd`, as llama.cpp's AVX2 kernels do), and the same loop with AVX-512 VNNI's
+//! `vpdpbusd` (on 256-bit registers) where the CPU has it: one instruction for the two, the same
+//! integer sums, so the same bits.
 //!
 //! Per block the integer dot product is exact (i32); it is scaled by `d_x · d_w` and added to
 //! the row's `f32` sum (plus `m_w · sums_x` for `Q4_1`). The portable loop adds the blocks in
@@ -80,6 +82,10 @@ pub fn columns(
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
     {
+        if crate::simd::has_vnni() {
+            // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
+            return unsafe { x86::columns_vnni(f, w, row_bytes, c0, c1, rows, o) };
+        }
         // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; the lengths are
         // checked just before.
         return unsafe { x86::columns(f, w, row_bytes, c0, c1, rows, o) };
@@ -150,6 +156,7 @@ mod x86 {
 
     use super::ActRow;
     use crate::quant::{QuantFormat, BLOCK};
+    use crate::simd::int8::{Avx2, Dot, Vnni};
     use std::arch::x86_64::*;
 
     /// One block format, as the tile loop needs it.
@@ -257,72 +264,66 @@ mod x86 {
     }
 
     /// `out[c][r] = dot(weight row c, xs[r])` for `C` weight rows `row_bytes` apart from `w`.
+    /// Inlined into an entry compiled with `D`'s features (which is why it has none itself).
     ///
     /// # Safety
-    /// AVX2, FMA and F16C; `C` rows of `blocks` whole blocks of `F` readable from `w`, every
-    /// row of `xs` at least `blocks` blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile<F: Format, const C: usize, const R: usize>(
+    /// AVX2, FMA, F16C and `D`'s features; `C` rows of `blocks` whole blocks of `F` readable
+    /// from `w`, every row of `xs` at least `blocks` blocks.
+    #[inline(always)]
+    unsafe fn tile<F: Format, D: Dot, const C: usize, const R: usize>(
         w: *const u8,
         row_bytes: usize,
         blocks: usize,
         xs: &[ActRow<'_>; R],
         out: &mut [[f32; R]; C],
     ) {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); R]; C];
-        let mut mins = [[0f32; R]; C];
-        for b in 0..blocks {
-            let mut wv = [_mm256_setzero_si256(); C];
-            let mut wabs = [_mm256_setzero_si256(); C];
-            let mut d = [0f32; C];
-            let mut m = [0f32; C];
-            for c in 0..C {
-                // SAFETY: block `b` of weight row `c` is inside `w` (this function's contract).
-                let block = unsafe { w.add(c * row_bytes + b * F::SIZE) };
-                // SAFETY: as above; AVX2 and F16C are enabled.
-                wv[c] = unsafe { F::values(block) };
-                // SAFETY: as above.
-                (d[c], m[c]) = unsafe { F::scale_min(block) };
-                // vpmaddubsw multiplies unsigned by signed bytes: a signed weight goes in as
-                // |w|, its sign moved onto x (|w| <= 128, |x| <= 127: a pair sums to at most
-                // 32512, no saturation).
-                wabs[c] = if F::HAS_MIN {
-                    wv[c]
-                } else {
-                    _mm256_sign_epi8(wv[c], wv[c])
-                };
-            }
-            for r in 0..R {
-                let x = &xs[r];
-                // SAFETY: row `r` holds at least `blocks` blocks of 32 values and their scales
-                // and sums (this function's contract).
-                let (xv, dx, sx) = unsafe {
-                    (
-                        _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i),
-                        *x.scales.get_unchecked(b),
-                        *x.sums.get_unchecked(b),
-                    )
-                };
+        // SAFETY: the CPU has the features (this function's contract, checked by the entry
+        // that dispatched here); block `b` of weight row `c` lies inside `w`, and row `r` of
+        // `xs` holds at least `blocks` blocks of 32 values and their scales and sums (also the
+        // contract), so every pointer read below is in bounds.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); R]; C];
+            let mut mins = [[0f32; R]; C];
+            for b in 0..blocks {
+                let mut wv = [_mm256_setzero_si256(); C];
+                let mut wabs = [_mm256_setzero_si256(); C];
+                let mut d = [0f32; C];
+                let mut m = [0f32; C];
                 for c in 0..C {
-                    let xs = if F::HAS_MIN {
-                        xv
+                    let block = w.add(c * row_bytes + b * F::SIZE);
+                    wv[c] = F::values(block);
+                    (d[c], m[c]) = F::scale_min(block);
+                    // The byte products take unsigned by signed bytes: a signed weight goes in
+                    // as |w|, its sign moved onto x (|w| <= 128, |x| <= 127: a pair sums to at
+                    // most 32512, within i16).
+                    wabs[c] = if F::HAS_MIN {
+                        wv[c]
                     } else {
-                        _mm256_sign_epi8(xv, wv[c])
+                        _mm256_sign_epi8(wv[c], wv[c])
                     };
-                    let pairs = _mm256_maddubs_epi16(wabs[c], xs);
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                    acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d[c] * dx), sums, acc[c][r]);
-                    if F::HAS_MIN {
-                        mins[c][r] += m[c] * sx;
+                }
+                for r in 0..R {
+                    let x = &xs[r];
+                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let (dx, sx) = (*x.scales.get_unchecked(b), *x.sums.get_unchecked(b));
+                    for c in 0..C {
+                        let xs = if F::HAS_MIN {
+                            xv
+                        } else {
+                            _mm256_sign_epi8(xv, wv[c])
+                        };
+                        let sums = _mm256_cvtepi32_ps(D::dot(wabs[c], xs));
+                        acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d[c] * dx), sums, acc[c][r]);
+                        if F::HAS_MIN {
+                            mins[c][r] += m[c] * sx;
+                        }
                     }
                 }
             }
-        }
-        for c in 0..C {
-            for r in 0..R {
-                out[c][r] = hsum(acc[c][r]) + mins[c][r];
+            for c in 0..C {
+                for r in 0..R {
+                    out[c][r] = hsum(acc[c][r]) + mins[c][r];
+                }
             }
         }
     }
@@ -341,11 +342,46 @@ mod x86 {
         o: &mut [f32],
     ) {
         // SAFETY: passed on from this function's contract.
+        unsafe { columns_with::<Avx2>(f, w, row_bytes, (c0, c1), rows, o) }
+    }
+
+    /// As [`columns`], with `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`columns`], and AVX-512 VNNI and VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn columns_vnni(
+        f: QuantFormat,
+        w: &[u8],
+        row_bytes: usize,
+        c0: usize,
+        c1: usize,
+        rows: &[ActRow<'_>],
+        o: &mut [f32],
+    ) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { columns_with::<Vnni>(f, w, row_bytes, (c0, c1), rows, o) }
+    }
+
+    /// The format's loop with `D`'s dot products, inlined into the entry with its features.
+    ///
+    /// # Safety
+    /// As [`columns`], and `D`'s features.
+    #[inline(always)]
+    unsafe fn columns_with<D: Dot>(
+        f: QuantFormat,
+        w: &[u8],
+        row_bytes: usize,
+        (c0, c1): (usize, usize),
+        rows: &[ActRow<'_>],
+        o: &mut [f32],
+    ) {
+        // SAFETY: passed on from this function's contract.
         unsafe {
             match f {
-                QuantFormat::Q8_0 => columns_of::<Q8_0>(w, row_bytes, c0, c1, rows, o),
-                QuantFormat::Q4_0 => columns_of::<Q4_0>(w, row_bytes, c0, c1, rows, o),
-                QuantFormat::Q4_1 => columns_of::<Q4_1>(w, row_bytes, c0, c1, rows, o),
+                QuantFormat::Q8_0 => columns_of::<Q8_0, D>(w, row_bytes, c0, c1, rows, o),
+                QuantFormat::Q4_0 => columns_of::<Q4_0, D>(w, row_bytes, c0, c1, rows, o),
+                QuantFormat::Q4_1 => columns_of::<Q4_1, D>(w, row_bytes, c0, c1, rows, o),
                 QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
             }
         }
@@ -358,9 +394,9 @@ mod x86 {
     /// columns at once measured 30% slower).
     ///
     /// # Safety
-    /// As [`columns`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn columns_of<F: Format>(
+    /// As [`columns`], and `D`'s features.
+    #[inline(always)]
+    unsafe fn columns_of<F: Format, D: Dot>(
         w: &[u8],
         row_bytes: usize,
         c0: usize,
@@ -378,7 +414,7 @@ mod x86 {
             while c + 2 <= c1 {
                 let mut t = [[0f32; 4]; 2];
                 // SAFETY: rows c and c + 1 are whole rows of `w` (this function's contract).
-                unsafe { tile::<F, 2, 4>(at(c), row_bytes, blocks, &xs, &mut t) };
+                unsafe { tile::<F, D, 2, 4>(at(c), row_bytes, blocks, &xs, &mut t) };
                 for (j, col) in t.iter().enumerate() {
                     for (i, &v) in col.iter().enumerate() {
                         put(c + j, r + i, v);
@@ -389,7 +425,7 @@ mod x86 {
             if c < c1 {
                 let mut t = [[0f32; 4]; 1];
                 // SAFETY: as above.
-                unsafe { tile::<F, 1, 4>(at(c), row_bytes, blocks, &xs, &mut t) };
+                unsafe { tile::<F, D, 1, 4>(at(c), row_bytes, blocks, &xs, &mut t) };
                 for (i, &v) in t[0].iter().enumerate() {
                     put(c, r + i, v);
                 }
@@ -401,7 +437,7 @@ mod x86 {
             for c in c0..c1 {
                 let mut t = [[0f32; 1]; 1];
                 // SAFETY: row c is a whole row of `w`.
-                unsafe { tile::<F, 1, 1>(at(c), row_bytes, blocks, &xs, &mut t) };
+                unsafe { tile::<F, D, 1, 1>(at(c), row_bytes, blocks, &xs, &mut t) };
                 put(c, r, t[0][0]);
             }
         }
@@ -425,9 +461,9 @@ mod x86 {
         // SAFETY: passed on from this function's contract.
         unsafe {
             match f {
-                QuantFormat::Q8_0 => tile::<Q8_0, 1, R>(p, row_bytes, blocks, xs, &mut t),
-                QuantFormat::Q4_0 => tile::<Q4_0, 1, R>(p, row_bytes, blocks, xs, &mut t),
-                QuantFormat::Q4_1 => tile::<Q4_1, 1, R>(p, row_bytes, blocks, xs, &mut t),
+                QuantFormat::Q8_0 => tile::<Q8_0, Avx2, 1, R>(p, row_bytes, blocks, xs, &mut t),
+                QuantFormat::Q4_0 => tile::<Q4_0, Avx2, 1, R>(p, row_bytes, blocks, xs, &mut t),
+                QuantFormat::Q4_1 => tile::<Q4_1, Avx2, 1, R>(p, row_bytes, blocks, xs, &mut t),
                 QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
             }
         }
@@ -496,6 +532,55 @@ mod tests {
                 dots(f, &wb, &[xs3[r]], &mut one);
                 assert_eq!(one[0].to_bits(), fast[r].to_bits(), "{f} row {r}");
             }
+        }
+    }
+
+    /// The VNNI loop gives the AVX2 loop's bits (the same integer sums), for every format and
+    /// every tile shape (7 rows: a tile of 4 and 3 single rows; 5 columns: pairs and one).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_vnni_loop_gives_the_avx2_loops_bits() {
+        use std::is_x86_feature_detected as has;
+        if !(has!("avx2") && has!("fma") && has!("f16c") && has!("avx512vnni") && has!("avx512vl"))
+        {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let (k, n, m) = (96, 5, 7);
+        let acts: Vec<ActivationBlocks> = (0..m)
+            .map(|r| {
+                let x: Vec<f32> = (0..k)
+                    .map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0)
+                    .collect();
+                let mut a = ActivationBlocks::default();
+                a.quantize(&x);
+                a
+            })
+            .collect();
+        let rows: Vec<ActRow<'_>> = acts
+            .iter()
+            .map(|a| ActRow {
+                scales: &a.scales,
+                sums: &a.sums,
+                qs: &a.qs,
+            })
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 29 % 31) as f32 - 15.0) * 0.07)
+            .collect();
+        for f in QuantFormat::ALL {
+            let mut wb = Vec::new();
+            quantize(f, &w, &mut wb).unwrap();
+            let rb = f.row_bytes(k).unwrap();
+            let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
+            // SAFETY: the CPU has AVX2, FMA, F16C, AVX-512 VNNI and VL (checked above); `wb`
+            // holds n rows of `rb` bytes, the outputs m · n values, every row k / 32 blocks.
+            unsafe {
+                x86::columns(f, &wb, rb, 0, n, &rows, &mut a);
+                x86::columns_vnni(f, &wb, rb, 0, n, &rows, &mut b);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{f}");
         }
     }
 }

@@ -19,6 +19,19 @@ fn f16c() -> bool {
     avx2_fma() && std::is_x86_feature_detected!("f16c")
 }
 
+/// Whether the int8 kernels use AVX-512 VNNI's `vpdpbusd` (with VL, on 256-bit registers):
+/// the CPU has both, and `ASCEND_KERNELS_NO_VNNI` is not set (which keeps the AVX2 loop, to
+/// compare the two on one machine). Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::env::var_os("ASCEND_KERNELS_NO_VNNI").is_none()
+    })
+}
+
 /// `dst[i] = f16 bits src[i]` as `f32` (exact), over the shorter of the two slices: 8 at a time
 /// with F16C's `vcvtph2ps` where the CPU has it. (`half`'s slice conversion does the same
 /// through a call per 8 values, which costs more than the conversion in attention's inner
@@ -657,6 +670,47 @@ mod tests {
                     "n {n}: {got} vs {exact}"
                 );
             }
+        }
+    }
+}
+
+/// The int8 kernels' byte dot product (`qdot`, `i8dot`), as a type so that a loop written once
+/// is compiled for each instruction set.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod int8 {
+    use std::arch::x86_64::*;
+
+    /// How 32 byte products are summed into 8 `i32` lanes (4 adjacent products per lane):
+    /// AVX2's `vpmaddubsw` then `vpmaddwd` (pairs through `i16`, which the kernels' operand
+    /// ranges never saturate: |u| <= 128, |s| <= 127), or AVX-512 VNNI's `vpdpbusd` (the 4
+    /// products straight into `i32`, one instruction). The lanes hold the same integers either
+    /// way, so the kernels give the same bits.
+    pub(crate) trait Dot {
+        /// The lane sums of `u · s`: `u` unsigned bytes, `s` signed bytes.
+        ///
+        /// # Safety
+        /// The instructions' features (AVX2; VNNI: AVX-512 VNNI and VL).
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    }
+
+    /// `vpmaddubsw` + `vpmaddwd`.
+    pub(crate) struct Avx2;
+    /// `vpdpbusd`.
+    pub(crate) struct Vnni;
+
+    impl Dot for Avx2 {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX2 (this function's contract).
+            unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+        }
+    }
+
+    impl Dot for Vnni {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX-512 VNNI and VL (this function's contract).
+            unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
         }
     }
 }
