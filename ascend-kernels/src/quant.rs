@@ -282,6 +282,26 @@ pub fn quantize(f: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// `x.round()` (half away from zero) for `|x| < 2^23`, without the `roundf` call that
+/// `f32::round` compiles to on x86-64 (no instruction rounds half away), so that a block's 32
+/// roundings vectorize: the truncation plus one when the exact remainder reaches a half.
+#[inline(always)]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let rest = x - t as f32; // exact: t is x without its fraction
+    t + (rest >= 0.5) as i32 - (rest <= -0.5) as i32
+}
+
+/// `x.round_ties_even()` for `|x| < 2^23`, as [`round_half_away`] avoids its call: a remainder
+/// of exactly a half goes to the even neighbour.
+#[inline(always)]
+fn round_ties_even(x: f32) -> i32 {
+    let t = x as i32;
+    let rest = x - t as f32;
+    let odd = t & 1 != 0;
+    t + (rest > 0.5 || (rest == 0.5 && odd)) as i32 - (rest < -0.5 || (rest == -0.5 && odd)) as i32
+}
+
 /// Errors unless every value of activation row `row` is finite (a NaN or infinity has no int8
 /// block: quantizing it would silently give zeros or saturate the block).
 pub fn check_finite(op: &'static str, row: usize, x: &[f32]) -> Result<()> {
@@ -325,12 +345,12 @@ impl ActivationBlocks {
             let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for v in b {
-                let q = (v * id).round() as i8;
-                sum += q as i32;
-                self.qs.push(q);
+            let mut q = [0i8; BLOCK];
+            for (q, v) in q.iter_mut().zip(b) {
+                *q = round_half_away(v * id) as i8;
             }
+            let sum: i32 = q.iter().map(|&q| q as i32).sum();
+            self.qs.extend_from_slice(&q);
             self.scales.push(d);
             self.sums.push(d * sum as f32);
         }
@@ -366,9 +386,10 @@ impl TokenQuant {
         let s = amax / 127.0;
         self.scale = if s == 0.0 { 1.0 } else { s };
         self.qs.clear();
+        let s = self.scale;
         self.qs.extend(
             x.iter()
-                .map(|v| (v / self.scale).round_ties_even().clamp(-127.0, 127.0) as i8),
+                .map(|v| round_ties_even(v / s).clamp(-127, 127) as i8),
         );
     }
 
@@ -467,6 +488,28 @@ mod tests {
         assert!(e.to_string().contains("take 20 bytes, got 18"), "{e}");
         let e = quantize(QuantFormat::Q4_0, &[f32::NAN; 32], &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("NaN cannot be quantized"), "{e}");
+    }
+
+    #[test]
+    fn the_inlined_roundings_equal_f32s() {
+        let mut x = -130.0f32;
+        while x <= 130.0 {
+            for v in [x, x + 0.5, (x + 0.5).next_down(), (x + 0.5).next_up()] {
+                assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+            }
+            x += 0.25;
+        }
+        for v in [0.49999997f32, -0.49999997, 0.5, -0.5, 1.5, -2.5, 0.0, -0.0] {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+            assert_eq!(round_ties_even(v), v.round_ties_even() as i32, "{v}");
+        }
+        let mut x = -130.0f32;
+        while x <= 130.0 {
+            for v in [x, x + 0.5, (x + 0.5).next_down(), (x + 0.5).next_up()] {
+                assert_eq!(round_ties_even(v), v.round_ties_even() as i32, "{v}");
+            }
+            x += 0.25;
+        }
     }
 
     #[test]
