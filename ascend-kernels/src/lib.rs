@@ -61,6 +61,9 @@ mod shapes;
 #[allow(unsafe_code)]
 // SIMD intrinsics behind run-time CPU feature detection; each block says why it holds.
 mod simd;
+#[allow(unsafe_code)]
+// a job's closure shared with the helper threads; each block says why it holds.
+mod team;
 
 pub use engine::{EngineBackend, EngineVisitor, RunEngine};
 pub use float::{close, tolerance, KvFloat};
