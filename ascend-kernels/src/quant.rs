@@ -101,7 +101,9 @@ impl QuantFormat {
     /// Why a row of `k` values cannot be stored in this format, for errors: blocks of 32.
     pub fn row_rule(self) -> String {
         match self {
-            QuantFormat::Int8PerChannel => "k values and a 4-byte scale".into(),
+            QuantFormat::Int8PerChannel => {
+                "a positive count of int8 values (each row adds a 4-byte scale)".into()
+            }
             _ => format!("whole {self} blocks of {BLOCK} values"),
         }
     }
@@ -156,7 +158,8 @@ pub(crate) fn half_at(b: &[u8], i: usize) -> f32 {
 
 /// The first block of `bytes` (whole blocks of a block format `f`) whose scale (or, for Q4_1,
 /// minimum) is a NaN or an infinity: such a weight is corrupt, and every product with it would
-/// be. `Int8PerChannel` rows are checked by [`first_non_finite_row`].
+/// be. (`Int8PerChannel` rows are made by [`quantize`] from finite values, so their scales are
+/// finite; this checks block formats only.)
 pub fn first_non_finite_block(f: QuantFormat, bytes: &[u8]) -> Option<usize> {
     if !f.is_blocks() {
         return None;
@@ -165,16 +168,6 @@ pub fn first_non_finite_block(f: QuantFormat, bytes: &[u8]) -> Option<usize> {
     bytes
         .chunks_exact(f.block_bytes())
         .position(|b| (0..halves).any(|i| !half_at(b, 2 * i).is_finite()))
-}
-
-/// The first row of `bytes` (rows of `k` values in format `f`) holding a non-finite scale (or
-/// minimum): [`first_non_finite_block`]'s check by rows, for every format.
-pub fn first_non_finite_row(f: QuantFormat, k: usize, bytes: &[u8]) -> Option<usize> {
-    let row = f.row_bytes(k).filter(|&r| r > 0)?;
-    bytes.chunks_exact(row).position(|r| match f {
-        QuantFormat::Int8PerChannel => !f32_at(r, k).is_finite(),
-        _ => first_non_finite_block(f, r).is_some(),
-    })
 }
 
 /// Decodes `out.len()` values of format `f` from `bytes` (exactly their blocks; for

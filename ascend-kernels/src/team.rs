@@ -7,8 +7,9 @@
 //! spin for a short while after each job (as llama.cpp's thread pool does), so the next GEMM
 //! starts on them without a system call; they sleep once no work has come for [`SPIN`].
 //!
-//! One team serves the process. A caller that finds it busy (another stream's GEMM) runs on
-//! rayon as before.
+//! One team serves the process; `cpu`'s one-row GEMMs use it. A caller that finds it busy
+//! (another stream's GEMM) runs on rayon instead. Interleaved runs of SmolLM2 Q4_1 batch-1
+//! decode on 2 cores: 116 tokens/s on rayon, 125 on the team (means of 8 pairs).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -167,8 +168,15 @@ pub(crate) fn for_each(helpers: usize, n: usize, task: &Task<'_>) -> bool {
         s.wake.notify_all();
     }
     job.work(0);
+    let mut spins = 0u32;
     while job.done.load(Acquire) < n {
-        std::hint::spin_loop();
+        // A helper descheduled mid-task (more threads than free cores) gets the core back.
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1024) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
     *s.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
     assert!(!job.panicked.load(Relaxed), "a GEMM task panicked");
