@@ -41,21 +41,28 @@ fn nibble(qs: &[u8], j: usize) -> u8 {
     }
 }
 
-/// The ACL layout (above) of the `[n, k]` weight whose GGUF blocks are `blocks`, with scales
-/// and offsets in `T`.
+/// The ACL layout (above) of the `[n, k]` weight whose GGUF blocks (or W8A8 rows) are
+/// `blocks`, with scales and offsets in `T` (W8A8: scales in f32).
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] when `k` is not whole blocks, `blocks` is not `n` rows of them,
-/// or `T` is not f16/bf16 (the operator's activation dtypes).
+/// or `T` is not f16/bf16 (the operators' activation dtypes).
 pub fn pack<T: KvFloat>(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) -> Result<Vec<u8>> {
     const OP: &str = "pack_quant_weight";
     let bad = |message: String| Error::InvalidArgument { op: OP, message };
     if std::mem::size_of::<T>() != 2 {
-        return Err(bad(format!(
-            "the ACL layout keeps scales in the activation dtype, which \
-             aclnnWeightQuantBatchMatmulV2 takes as f16 or bf16, not {}",
-            T::DTYPE
-        )));
+        return Err(bad(if format.is_blocks() {
+            format!(
+                "the ACL layout keeps scales in the activation dtype, which \
+                 aclnnWeightQuantBatchMatmulV2 takes as f16 or bf16, not {}",
+                T::DTYPE
+            )
+        } else {
+            format!(
+                "W8A8's activations go through aclnnDynamicQuant, which takes f16 or bf16, not {}",
+                T::DTYPE
+            )
+        }));
     }
     let row = format
         .row_bytes(k)

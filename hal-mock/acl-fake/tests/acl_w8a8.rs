@@ -128,6 +128,12 @@ fn f32_activations_are_refused_naming_both_operators() {
         "{why}"
     );
     AclBackend::quant_matmul_supported::<bf16>(W8A8).unwrap();
+    let e = AclBackend::pack_quant_weight::<f32>(W8A8, 1, 8, &[0; 12]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("aclnnDynamicQuant, which takes f16 or bf16, not f32"),
+        "{e}"
+    );
     let s = stream();
     let p = QuantMatmul {
         m: 1,
