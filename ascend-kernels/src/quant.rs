@@ -303,7 +303,8 @@ pub fn check_finite(op: &'static str, row: usize, x: &[f32]) -> Result<()> {
         Some(i) => Err(invalid(
             op,
             format!(
-                "x[{row}, {i}] = {} cannot be quantized to int8 blocks",
+                "x[{row}, {i}] = {} cannot be quantized to int8: the activations this \
+                 matmul is given hold a NaN or an infinity (look upstream of it)",
                 x[i]
             ),
         )),

@@ -166,7 +166,7 @@ fn bad_input_is_an_error_that_names_it_and_writes_nothing() {
     let e = cpu::quant_matmul(&c.p, &mut out, &x, &c.w).unwrap_err();
     assert!(
         e.to_string()
-            .contains("x[1, 5] = inf cannot be quantized to int8 blocks"),
+            .contains("x[1, 5] = inf cannot be quantized to int8"),
         "{e}"
     );
     let e = reference::quant_matmul(&c.p, &mut out, &x, &c.w).unwrap_err();
@@ -216,6 +216,27 @@ fn w8a8_bad_input_names_the_row_layout_and_the_k_limit() {
                 .contains("114 bytes: 34 int8 values and an f32 scale per row"),
         "{e}"
     );
+    let mut x = c.x.clone();
+    x[34 + 3] = f32::NAN;
+    let e = cpu::quant_matmul(&c.p, &mut out, &x, &c.w).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("x[1, 3] = NaN cannot be quantized to int8"),
+        "{e}"
+    );
+    // At the limit k runs; one past it is refused.
+    let k = ascend_kernels::quant::INT8_MAX_K;
+    let p = QuantMatmul {
+        m: 1,
+        n: 1,
+        k,
+        format: f,
+    };
+    let mut w = vec![1u8; k];
+    w.extend(1f32.to_le_bytes());
+    cpu::quant_matmul(&p, &mut out[..1], &vec![1f32; k], &w).unwrap();
+    assert_eq!(out[0], k as f32, "127 · 1 per value, scaled by 1/127 and 1");
+    out[0] = 7.0;
     let k = ascend_kernels::quant::INT8_MAX_K + 1;
     let p = QuantMatmul {
         m: 1,

@@ -315,6 +315,17 @@ mod tests {
             "{e}"
         );
         assert!(unpack::<f16>(QuantFormat::Q8_0, usize::MAX, 32, &[0; 34]).is_none());
+        let w8 = QuantFormat::Int8PerChannel;
+        let e = pack::<f16>(w8, 1, 0, &[0; 4]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("k = 0 is not a positive count of int8 values"),
+            "{e}"
+        );
+        let e = pack::<f16>(w8, usize::MAX, 8, &[0; 12]).unwrap_err();
+        assert!(e.to_string().contains("12 bytes are not"), "{e}");
+        assert!(unpack::<f16>(w8, 2, 8, &[0; 12]).is_none());
+        assert!(unpack::<f16>(w8, usize::MAX, 8, &[0; 12]).is_none());
         assert!(unpack::<f16>(QuantFormat::Q4_0, 2, 32, &[0; 18]).is_none());
         assert!(unpack::<f32>(QuantFormat::Q4_0, 1, 32, &[0; 18]).is_none());
     }
