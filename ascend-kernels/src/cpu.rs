@@ -782,17 +782,7 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
     let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
     let block = n.div_ceil(4 * threads).clamp(8, by_cache).min(n);
     if f == QuantFormat::Int8PerChannel {
-        let acts: Vec<quant::TokenQuant> = (0..m)
-            .into_par_iter()
-            .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
-                xf.resize(k, 0.0);
-                T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
-                quant::check_finite(OP, r, xf)?;
-                let mut a = quant::TokenQuant::default();
-                a.quantize(xf);
-                Ok(a)
-            })
-            .collect::<Result<_>>()?;
+        let acts = quantized_rows(OP, x, (m, k), quant::TokenQuant::quantize)?;
         let rows: Vec<i8dot::TokenRow<'_>> = acts
             .iter()
             .map(|a| i8dot::TokenRow {
@@ -810,17 +800,7 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
         );
         return Ok(());
     }
-    let acts: Vec<quant::ActivationBlocks> = (0..m)
-        .into_par_iter()
-        .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
-            xf.resize(k, 0.0);
-            T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
-            quant::check_finite(OP, r, xf)?;
-            let mut a = quant::ActivationBlocks::default();
-            a.quantize(xf);
-            Ok(a)
-        })
-        .collect::<Result<_>>()?;
+    let acts = quantized_rows(OP, x, (m, k), quant::ActivationBlocks::quantize)?;
     let rows: Vec<qdot::ActRow<'_>> = acts
         .iter()
         .map(|a| qdot::ActRow {
@@ -838,6 +818,27 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
         |_, c0, c1, o| qdot::columns(f, w, row_bytes, (c0, c1), &rows, o),
     );
     Ok(())
+}
+
+/// The `m` rows of `x` (`[m, k]`) as `f32`, each checked finite (an error naming its row and
+/// column otherwise) and quantized by `quantize` into a fresh `A`, rows in parallel.
+fn quantized_rows<T: KvFloat, A: Default + Send>(
+    op: &'static str,
+    x: &[T],
+    (m, k): (usize, usize),
+    quantize: impl Fn(&mut A, &[f32]) + Sync + Send,
+) -> Result<Vec<A>> {
+    (0..m)
+        .into_par_iter()
+        .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
+            xf.resize(k, 0.0);
+            T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
+            quant::check_finite(op, r, xf)?;
+            let mut a = A::default();
+            quantize(&mut a, xf);
+            Ok(a)
+        })
+        .collect()
 }
 
 /// `o[r * cols + c] = x_r · w_c` for `m` rows of `x` and `cols` rows of `w`, in register tiles.

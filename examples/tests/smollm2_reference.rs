@@ -176,6 +176,15 @@ fn serve_on<B: KernelOps, T: KvFloat>(
     serve(&stream, &llm.model, &mut kv, requests, cfg, |_| {}).unwrap()
 }
 
+/// The fewest ids transformers generated for any chat: how many every chat can be compared on.
+fn shortest_continuation(chats: &[Value]) -> usize {
+    chats
+        .iter()
+        .map(|c| ids(&c["generated_ids"]).len())
+        .min()
+        .expect("the reference has chats")
+}
+
 /// One greedy request of `new` tokens per chat, ids from 1.
 fn greedy_requests(chats: &[Value], new: usize) -> Vec<Request> {
     chats
@@ -252,11 +261,7 @@ fn smollm2_on_its_quantized_blocks_follows_transformers_greedy_ids() {
     };
     let reference = reference();
     let chats = reference["chats"].as_array().expect("chats");
-    let new = chats
-        .iter()
-        .map(|c| ids(&c["generated_ids"]).len())
-        .min()
-        .unwrap();
+    let new = shortest_continuation(chats);
     let requests = greedy_requests(chats, new);
     let report = serve_on::<_, f32>(CpuBackend::new(), &path, Storage::Quantized, &requests, 16);
     agreement(
@@ -322,11 +327,7 @@ fn smollm2_w8a8_follows_transformers_greedy_ids() {
     };
     let reference = reference();
     let chats = reference["chats"].as_array().expect("chats");
-    let new = chats
-        .iter()
-        .map(|c| ids(&c["generated_ids"]).len())
-        .min()
-        .unwrap();
+    let new = shortest_continuation(chats);
     let requests = greedy_requests(chats, new);
     let report = serve_on::<_, f32>(CpuBackend::new(), &path, Storage::W8A8, &requests, 16);
     agreement("W8A8", &report, &requests, chats, (new, 0));

@@ -608,6 +608,19 @@ pub(crate) fn tensor(function: &str, what: &str, h: *const c_void) -> Outcome<Te
     })
 }
 
+/// The descriptor behind an optional handle argument: `None` for NULL, else as [`tensor`].
+pub(crate) fn optional_tensor(
+    function: &str,
+    what: &str,
+    h: *const c_void,
+) -> Outcome<Option<Tensor>> {
+    if h.is_null() {
+        Ok(None)
+    } else {
+        tensor(function, what, h).map(Some)
+    }
+}
+
 pub(crate) fn check_float(function: &str, what: &str, t: &Tensor) -> Outcome {
     if matches!(t.dtype, ACL_FLOAT | ACL_FLOAT16 | ACL_BF16) {
         return Ok(());

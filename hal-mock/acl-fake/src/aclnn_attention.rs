@@ -48,8 +48,8 @@ use hal_mock::KernelArg;
 use half::{bf16, f16};
 
 use crate::aclnn::{
-    dtype_name, int_array, launch, launch_entry, plan, shape_is, tensor, tensor_list, Plan, Tensor,
-    ACL_BF16, ACL_FLOAT, ACL_FLOAT16, INVALID, NULLPTR,
+    dtype_name, int_array, launch, launch_entry, optional_tensor, plan, shape_is, tensor,
+    tensor_list, Plan, Tensor, ACL_BF16, ACL_FLOAT, ACL_FLOAT16, INVALID, NULLPTR,
 };
 use crate::exports::call;
 use crate::state::{fail, Outcome};
@@ -420,11 +420,7 @@ pub extern "C" fn aclnnFusedInferAttentionScoreV2GetWorkspaceSize(
                 }
             ));
         }
-        let mask_t = if atten_mask.is_null() {
-            None
-        } else {
-            Some(tensor(F, "attenMaskOptional", atten_mask)?)
-        };
+        let mask_t = optional_tensor(F, "attenMaskOptional", atten_mask)?;
         let mask = if decode {
             Mask::All
         } else {

@@ -27,8 +27,8 @@ use hal_mock::KernelArg;
 use half::f16;
 
 use crate::aclnn::{
-    dtype_name, launch, launch_entry, plan, same_dtype, tensor, Plan, Tensor, ACL_BF16, ACL_FLOAT,
-    ACL_FLOAT16, ACL_INT32, ACL_INT4, ACL_INT8, INVALID, SMALL_WORKSPACE,
+    dtype_name, launch, launch_entry, optional_tensor, plan, same_dtype, tensor, Plan, Tensor,
+    ACL_BF16, ACL_FLOAT, ACL_FLOAT16, ACL_INT32, ACL_INT4, ACL_INT8, INVALID, SMALL_WORKSPACE,
 };
 use crate::exports::call;
 use crate::state::{fail, Outcome};
@@ -38,6 +38,20 @@ const MAX_KN: i64 = 65535;
 
 /// The most elements of an operand the fake holds as f32 on the host for one call.
 const MAX_FAKE_ELEMENTS: i64 = 1 << 28;
+
+/// Refuses a matmul of `[m, k] · [k, n]` whose operands are past [`MAX_FAKE_ELEMENTS`].
+fn within_fake(function: &str, m: i64, k: i64, n: i64) -> Outcome {
+    if m * k > MAX_FAKE_ELEMENTS || k * n > MAX_FAKE_ELEMENTS || m * n > MAX_FAKE_ELEMENTS {
+        return fail(
+            INVALID,
+            format!(
+                "{function}: m {m}, k {k}, n {n} are past what the fake computes on \
+                 ({MAX_FAKE_ELEMENTS} elements per operand; the operator itself takes them)"
+            ),
+        );
+    }
+    Ok(())
+}
 
 /// Whether a 2-D view is contiguous or the transposed view of contiguous storage.
 fn plain_or_transposed(t: &Tensor) -> bool {
@@ -80,15 +94,8 @@ pub extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
         let tw = tensor(F, "weight", weight)?;
         let ts = tensor(F, "antiquantScale", antiquant_scale)?;
         let ty = tensor(F, "y", y)?;
-        let optional = |what: &str, h: *const c_void| -> Outcome<Option<Tensor>> {
-            if h.is_null() {
-                Ok(None)
-            } else {
-                tensor(F, what, h).map(Some)
-            }
-        };
-        let to = optional("antiquantOffsetOptional", antiquant_offset)?;
-        let tb = optional("biasOptional", bias)?;
+        let to = optional_tensor(F, "antiquantOffsetOptional", antiquant_offset)?;
+        let tb = optional_tensor(F, "biasOptional", bias)?;
         if !quant_offset.is_null() && quant_scale.is_null() {
             return fail(
                 INVALID,
@@ -154,16 +161,7 @@ pub extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
                 format!("{F}: k {k} and n {n} must be in [1, {MAX_KN}]"),
             );
         }
-        if k * n > MAX_FAKE_ELEMENTS || m * n > MAX_FAKE_ELEMENTS || m * k > MAX_FAKE_ELEMENTS {
-            return fail(
-                INVALID,
-                format!(
-                    "{F}: m {m}, k {k}, n {n} are past what the fake computes on ({} elements \
-                     per operand; the operator itself takes them)",
-                    MAX_FAKE_ELEMENTS
-                ),
-            );
-        }
+        within_fake(F, m, k, n)?;
         for (what, t) in [("x", &tx), ("weight", &tw), ("antiquantScale", &ts)] {
             if !plain_or_transposed(t) {
                 return fail(
@@ -369,15 +367,6 @@ pub extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
 
 launch_entry!(aclnnWeightQuantBatchMatmulV2);
 
-/// A tensor argument that may be NULL.
-fn optional(function: &str, what: &str, h: *const c_void) -> Outcome<Option<Tensor>> {
-    if h.is_null() {
-        Ok(None)
-    } else {
-        tensor(function, what, h).map(Some)
-    }
-}
-
 // ---- aclnnDynamicQuant ----
 //
 // `aclnnop/aclnn_dynamic_quant.h`: per-token symmetric quantization of `x` (FLOAT16 or BF16,
@@ -403,7 +392,7 @@ pub extern "C" fn aclnnDynamicQuantGetWorkspaceSize(
         let tx = tensor(F, "x", x)?;
         let ty = tensor(F, "yOut", y_out)?;
         let ts = tensor(F, "scaleOut", scale_out)?;
-        let tm = optional(F, "smoothScalesOptional", smooth_scales)?;
+        let tm = optional_tensor(F, "smoothScalesOptional", smooth_scales)?;
         if !matches!(tx.dtype, ACL_FLOAT16 | ACL_BF16) {
             return fail(
                 INVALID,
@@ -562,8 +551,8 @@ pub extern "C" fn aclnnQuantMatmulV4GetWorkspaceSize(
         let t2 = tensor(F, "x2", x2)?;
         let ts = tensor(F, "scale", scale)?;
         let to = tensor(F, "out", out)?;
-        let tp = optional(F, "pertokenScaleOptional", pertoken_scale)?;
-        let tb = optional(F, "bias", bias)?;
+        let tp = optional_tensor(F, "pertokenScaleOptional", pertoken_scale)?;
+        let tb = optional_tensor(F, "bias", bias)?;
         for (what, t) in [("x1", &t1), ("x2", &t2)] {
             if t.dtype != ACL_INT8 {
                 return fail(
@@ -623,15 +612,7 @@ pub extern "C" fn aclnnQuantMatmulV4GetWorkspaceSize(
                 format!("{F}: empty tensors are not supported (m {m}, k {k}, n {n})"),
             );
         }
-        if m * k > MAX_FAKE_ELEMENTS || k * n > MAX_FAKE_ELEMENTS || m * n > MAX_FAKE_ELEMENTS {
-            return fail(
-                INVALID,
-                format!(
-                    "{F}: m {m}, k {k}, n {n} are past what the fake computes on \
-                     ({MAX_FAKE_ELEMENTS} elements per operand; the operator itself takes them)"
-                ),
-            );
-        }
+        within_fake(F, m, k, n)?;
         if !offset.is_null() {
             return fail(
                 INVALID,
