@@ -5,7 +5,7 @@
 //! one row (8.0 would mean no reuse of the weights at all). The same weights in GGUF's block
 //! formats through `cpu::quant_matmul` (Q4_0, Q4_1, Q8_0: activations quantized to int8 blocks),
 //! against the `f32` GEMM in the same run: what computing on the blocks buys a decode step; and
-//! 64 rows (a prefill chunk), where the blocks' tiles of 2 weight rows x 4 activation rows run,
+//! 64 rows (a prefill chunk), where the blocks' tiles of one weight row x 8 activation rows run,
 //! against the `f32` GEMM's 64 rows. W8A8 (int8 per output channel, activations quantized to
 //! int8 per token: exact int32 sums) is measured the same way.
 

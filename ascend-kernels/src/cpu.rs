@@ -766,7 +766,7 @@ fn by_column_blocks<T: KvFloat, S: Send>(
 /// provider over the fake gives the same values.
 ///
 /// The columns are split into blocks over the cores; within a block each weight row is used by
-/// up to four activation rows at a time, so a batch reads the weights once. A row's result does
+/// up to eight activation rows at a time, so a batch reads the weights once. A row's result does
 /// not depend on the batch it is in. A non-finite activation is an error naming its row and
 /// column (an int8 block cannot hold it).
 pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8]) -> Result<()> {
@@ -800,13 +800,22 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
         );
         return Ok(());
     }
-    let acts = quantized_rows(OP, x, (m, k), quant::ActivationBlocks::quantize)?;
+    let acts = quantized_rows(
+        OP,
+        x,
+        (m, k),
+        |(a, quads): &mut (quant::ActivationBlocks, Vec<i8>), x| {
+            a.quantize(x);
+            qdot::group_quads(&a.qs, quads);
+        },
+    )?;
     let rows: Vec<qdot::ActRow<'_>> = acts
         .iter()
-        .map(|a| qdot::ActRow {
+        .map(|(a, quads)| qdot::ActRow {
             scales: &a.scales,
             sums: &a.sums,
             qs: &a.qs,
+            quads,
         })
         .collect();
     by_column_blocks(

@@ -1,14 +1,17 @@
-//! The quantized GEMM's inner loop: one weight row in a block format against up to 4 rows of
+//! The quantized GEMM's inner loop: one weight row in a block format against up to 8 rows of
 //! int8 activation blocks, with an AVX2 version chosen at run time on x86-64 (`vpmaddubsw` /
 //! `vpmaddwd`, as llama.cpp's AVX2 kernels do), and the same loop with AVX-512 VNNI's
 //! `vpdpbusd` (on 256-bit registers) where the CPU has it: one instruction for the two, the same
 //! integer sums, so the same bits.
 //!
 //! Per block the integer dot product is exact (i32); it is scaled by `d_x · d_w` and added to
-//! the row's `f32` sum (plus `m_w · sums_x` for `Q4_1`). The portable loop adds the blocks in
-//! order; the AVX2 one keeps 8 lanes of partial sums and adds them at the end, so the two differ
-//! by rounding only. Which one runs depends on the CPU alone, never on how many rows share the
-//! call, so a row's result is the same in any batch.
+//! the row's `f32` sum (plus `m_w · sums_x` for `Q4_1`, and `−8·d_w · sums_x` for `Q4_0`). The
+//! x86 loop takes blocks 8 at a time, the values of the 8 laid side by side ([`group_quads`]),
+//! so that each of a block's sums ends in a lane of its own and 8 blocks are scaled by one
+//! instruction; lane `j` adds blocks `j, j + 8, …`, and the lanes are added at the end. The
+//! portable loop adds the blocks in order, so the two differ by rounding only. Which one runs
+//! depends on the CPU alone, never on how many rows share the call, so a row's result is the
+//! same in any batch.
 
 use crate::quant::{half_at, QuantFormat, BLOCK};
 
@@ -21,6 +24,30 @@ pub struct ActRow<'a> {
     pub sums: &'a [f32],
     /// The values, `BLOCK` per block.
     pub qs: &'a [i8],
+    /// The same values in [`group_quads`]' order (what the x86 loops read).
+    pub quads: &'a [i8],
+}
+
+/// Blocks per group of [`group_quads`].
+pub const GROUP: usize = 8;
+
+/// `qs` (whole blocks of [`BLOCK`] values) rearranged for the x86 loops, into `out`: per
+/// group of 8 blocks, for each quad `i` of values `4i..4i + 4` (8 of them), quad `i` of each of
+/// the 8 blocks in turn; zeros stand for the blocks past the end of a last, partial group. One
+/// 32-byte load then holds 4 values of 8 blocks, which a byte dot product instruction adds
+/// into one 32-bit lane per block: a block's sum ends in a lane of its own, with no reduction
+/// across lanes. `ceil(blocks / 8) · 256` bytes.
+pub fn group_quads(qs: &[i8], out: &mut Vec<i8>) {
+    let blocks = qs.len() / BLOCK;
+    out.clear();
+    out.resize(blocks.div_ceil(GROUP) * GROUP * BLOCK, 0);
+    for (b, block) in qs.chunks_exact(BLOCK).enumerate() {
+        let (g, j) = (b / GROUP, b % GROUP);
+        for (i, quad) in block.chunks_exact(4).enumerate() {
+            let at = (g * GROUP + i) * BLOCK + j * 4;
+            out[at..at + 4].copy_from_slice(quad);
+        }
+    }
 }
 
 /// (The per-row entry the tests compare with the portable loop; the kernel calls [`columns`].)
@@ -36,7 +63,8 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
     assert!(
         xs.iter().all(|x| x.scales.len() >= blocks
             && x.sums.len() >= blocks
-            && x.qs.len() >= blocks * BLOCK),
+            && x.qs.len() >= blocks * BLOCK
+            && x.quads.len() >= blocks.div_ceil(GROUP) * GROUP * BLOCK),
         "qdot: an activation row is shorter than the weight row"
     );
     #[cfg(target_arch = "x86_64")]
@@ -52,8 +80,8 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
 }
 
 /// `o[r * (c1 - c0) + c - c0] = dot(weight row c, rows[r])` for the columns `c0..c1` of a
-/// weight of `row_bytes` per row and every activation row, rows in tiles of 4: the whole loop
-/// in one dispatch, so the AVX2 version inlines its inner steps.
+/// weight of `row_bytes` per row and every activation row, rows in tiles of 8 and 4: the whole
+/// loop in one dispatch, so the AVX2 version inlines its inner steps.
 ///
 /// # Panics
 /// If `w` has fewer than `c1` rows, `o` fewer than `rows.len() * (c1 - c0)` elements, or an
@@ -74,7 +102,8 @@ pub fn columns(
             && o.len() >= rows.len() * (c1 - c0)
             && rows.iter().all(|x| x.scales.len() >= blocks
                 && x.sums.len() >= blocks
-                && x.qs.len() >= blocks * BLOCK),
+                && x.qs.len() >= blocks * BLOCK
+                && x.quads.len() >= blocks.div_ceil(GROUP) * GROUP * BLOCK),
         "qdot: an argument is shorter than the shapes need"
     );
     #[cfg(target_arch = "x86_64")]
@@ -149,12 +178,13 @@ fn portable<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! Register tiles of `C` weight rows × `R` activation rows, one loop per block format (the
-    //! format is a type, so nothing is decided inside the loop). Every (weight row, activation
-    //! row) pair keeps its own 8-lane accumulator and adds the same products in the same order
-    //! whatever the tile, so a row's result does not depend on its neighbours.
+    //! Tiles of one weight row × `R` activation rows, one loop per block format (the format is
+    //! a type, so nothing is decided inside the loop). Every (weight row, activation row) pair
+    //! keeps its own 8-lane accumulator and adds the same products in the same order whatever
+    //! the tile, so a row's result does not depend on its neighbours.
 
     use super::ActRow;
+    use super::GROUP;
     use crate::quant::{QuantFormat, BLOCK};
     use crate::simd::int8::{Avx2, Dot, Vnni};
     use std::arch::x86_64::*;
@@ -163,24 +193,31 @@ mod x86 {
     trait Format {
         /// Bytes per block.
         const SIZE: usize;
-        /// Whether the block has a minimum (`Q4_1`), whose values are then unsigned.
-        const HAS_MIN: bool;
+        /// Whether the values enter the byte products as unsigned nibbles (`Q4_0`, `Q4_1`),
+        /// their offset moved into a per-block minimum (`Q4_1`'s own; `Q4_0`'s `−8·d`, since
+        /// `Σ (n − 8)·x = Σ n·x − 8·Σ x`), or as signed bytes (`Q8_0`), whose signs then move
+        /// onto the activations.
+        const UNSIGNED: bool;
 
-        /// The 32 values in byte lanes 0..32: signed, or unsigned nibbles when `HAS_MIN`.
+        /// The values of the first `n` (at most 8) blocks from `b`, `SIZE` bytes apart, as 8
+        /// vectors: lane `j` of vector `i` holds values `4i..4i + 4` of block `j` (zeros for
+        /// `j >= n`, which are not read): [`group_quads`](super::group_quads)'s order.
         ///
         /// # Safety
-        /// AVX2; `b` points at a whole block.
-        unsafe fn values(b: *const u8) -> __m256i;
+        /// AVX2; blocks `0..n` from `b` whole.
+        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP];
 
-        /// The block's scale and minimum (0 without one), converted by F16C. The default
-        /// reads the scale alone, which every block starts with.
+        /// The minima of 8 blocks from their scales `d` and the f16 bits of their second
+        /// half-word `h` (`Q4_1`'s minimum; the first of the values for the others). The
+        /// default has none.
         ///
         /// # Safety
-        /// F16C; `b` points at a whole block.
+        /// AVX2, F16C.
         #[inline(always)]
-        unsafe fn scale_min(b: *const u8) -> (f32, f32) {
-            // SAFETY: the block starts with its f16 scale (this function's contract).
-            (unsafe { half(b) }, 0.0)
+        unsafe fn mins(d: __m256, h: __m128i) -> __m256 {
+            let _ = (d, h);
+            // SAFETY: AVX (this function's contract).
+            unsafe { _mm256_setzero_ps() }
         }
     }
 
@@ -188,70 +225,131 @@ mod x86 {
     struct Q4_0;
     struct Q4_1;
 
-    /// The 16 bytes of nibbles at `p` as 32 byte lanes: low nibbles first, then high.
+    /// `len` bytes at `p` if `j < n`, else zeros (the blocks past a row's end are not read).
     ///
     /// # Safety
-    /// AVX2; 16 bytes readable at `p`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        // SAFETY: 16 bytes are readable at `p` (this function's contract).
-        let qs = unsafe { _mm_loadu_si128(p as *const __m128i) };
-        let mask = _mm_set1_epi8(0x0f);
-        let lo = _mm_and_si128(qs, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-        _mm256_set_m128i(hi, lo)
+    /// AVX2; 16 bytes readable at `p` when `j < n`.
+    #[inline(always)]
+    unsafe fn load16(p: *const u8, j: usize, n: usize) -> __m128i {
+        if j < n {
+            // SAFETY: 16 bytes are readable at `p` (this function's contract).
+            unsafe { _mm_loadu_si128(p as *const __m128i) }
+        } else {
+            // SAFETY: AVX2 (this function's contract).
+            unsafe { _mm_setzero_si128() }
+        }
     }
 
-    /// The f16 at `p` as `f32`.
+    /// The nibble values of `n` blocks whose 16 bytes of nibbles start `off` bytes into
+    /// each: byte `t` holds value `t` (low nibble) and value `16 + t` (high).
     ///
     /// # Safety
-    /// F16C; 2 bytes readable at `p`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half(p: *const u8) -> f32 {
-        // SAFETY: 2 bytes are readable at `p`.
-        let bits = unsafe { (p as *const u16).read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    /// AVX2; blocks `0..n` from `b`, `size` bytes apart, whole.
+    #[inline(always)]
+    unsafe fn nibble_quads(b: *const u8, n: usize, size: usize, off: usize) -> [__m256i; GROUP] {
+        // SAFETY: block j's nibbles are read only for j < n, which lie inside the blocks
+        // (this function's contract); the rest is register arithmetic under AVX2.
+        unsafe {
+            let row = |j: usize| load16(b.add(j * size + off), j, n);
+            // Blocks j and j + 4 share a vector; a 4 x 4 transpose of 32-bit words in each half
+            // leaves word i of blocks 0..8 in vector i.
+            let v0 = _mm256_set_m128i(row(4), row(0));
+            let v1 = _mm256_set_m128i(row(5), row(1));
+            let v2 = _mm256_set_m128i(row(6), row(2));
+            let v3 = _mm256_set_m128i(row(7), row(3));
+            let (t0, t1) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
+            let (t2, t3) = (_mm256_unpacklo_epi32(v2, v3), _mm256_unpackhi_epi32(v2, v3));
+            let words = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
+            let mask = _mm256_set1_epi8(0x0f);
+            // Word i's low nibbles are values 4i..4i + 4, its high ones 16 + 4i...
+            std::array::from_fn(|i| {
+                if i < 4 {
+                    _mm256_and_si256(words[i], mask)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(words[i - 4]), mask)
+                }
+            })
+        }
     }
 
     impl Format for Q8_0 {
         const SIZE: usize = QuantFormat::Q8_0.block_bytes();
-        const HAS_MIN: bool = false;
+        const UNSIGNED: bool = false;
         #[inline(always)]
-        unsafe fn values(b: *const u8) -> __m256i {
-            // SAFETY: a Q8_0 block is 34 bytes: 32 read from offset 2.
-            unsafe { _mm256_loadu_si256(b.add(2) as *const __m256i) }
+        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
+            // SAFETY: a Q8_0 block is 34 bytes, its 32 values from offset 2; blocks j >= n are
+            // not read (this function's contract).
+            unsafe {
+                let r: [__m256i; GROUP] = std::array::from_fn(|j| {
+                    if j < n {
+                        _mm256_loadu_si256(b.add(j * Self::SIZE + 2) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                // An 8 x 8 transpose of 32-bit words: pairs, then quads in each half, then
+                // the halves.
+                let t: [__m256i; GROUP] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i & !1], r[i | 1]);
+                    if i % 2 == 0 {
+                        _mm256_unpacklo_epi32(a, b)
+                    } else {
+                        _mm256_unpackhi_epi32(a, b)
+                    }
+                });
+                // u[4h + i]: word i (and 4 + i in the high half) of blocks 4h..4h + 4.
+                let u: [__m256i; GROUP] = std::array::from_fn(|q| {
+                    let (h, i) = (q / 4, q % 4);
+                    let (a, b) = (t[4 * h + i / 2], t[4 * h + 2 + i / 2]);
+                    if i % 2 == 0 {
+                        _mm256_unpacklo_epi64(a, b)
+                    } else {
+                        _mm256_unpackhi_epi64(a, b)
+                    }
+                });
+                std::array::from_fn(|i| {
+                    if i < 4 {
+                        _mm256_permute2x128_si256::<0x20>(u[i], u[4 + i])
+                    } else {
+                        _mm256_permute2x128_si256::<0x31>(u[i - 4], u[i])
+                    }
+                })
+            }
         }
     }
 
     impl Format for Q4_0 {
         const SIZE: usize = QuantFormat::Q4_0.block_bytes();
-        const HAS_MIN: bool = false;
+        const UNSIGNED: bool = true;
         #[inline(always)]
-        unsafe fn values(b: *const u8) -> __m256i {
+        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
             // SAFETY: a Q4_0 block is 18 bytes: 16 bytes of nibbles from offset 2.
-            let n = unsafe { nibbles(b.add(2)) };
-            // SAFETY: AVX2 (this function's contract).
-            unsafe { _mm256_sub_epi8(n, _mm256_set1_epi8(8)) }
+            unsafe { nibble_quads(b, n, Self::SIZE, 2) }
+        }
+        #[inline(always)]
+        unsafe fn mins(d: __m256, _: __m128i) -> __m256 {
+            // SAFETY: AVX (this function's contract).
+            unsafe { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) }
         }
     }
 
     impl Format for Q4_1 {
         const SIZE: usize = QuantFormat::Q4_1.block_bytes();
-        const HAS_MIN: bool = true;
+        const UNSIGNED: bool = true;
         #[inline(always)]
-        unsafe fn values(b: *const u8) -> __m256i {
+        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
             // SAFETY: a Q4_1 block is 20 bytes: 16 bytes of nibbles from offset 4.
-            unsafe { nibbles(b.add(4)) }
+            unsafe { nibble_quads(b, n, Self::SIZE, 4) }
         }
         #[inline(always)]
-        unsafe fn scale_min(b: *const u8) -> (f32, f32) {
-            // SAFETY: the block starts with its f16 scale and f16 minimum: 4 bytes, both
-            // converted by one F16C instruction.
-            unsafe {
-                let both = (b as *const u32).read_unaligned();
-                let v = _mm_cvtph_ps(_mm_cvtsi32_si128(both as i32));
-                (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
-            }
+        unsafe fn mins(_: __m256, h: __m128i) -> __m256 {
+            // SAFETY: F16C (this function's contract).
+            unsafe { _mm256_cvtph_ps(h) }
         }
     }
 
@@ -263,68 +361,146 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// `out[c][r] = dot(weight row c, xs[r])` for `C` weight rows `row_bytes` apart from `w`.
-    /// Inlined into an entry compiled with `D`'s features (which is why it has none itself).
+    /// The scales and minima of the first `n` (at most 8) blocks from `b`, `F::SIZE` bytes
+    /// apart (0 for the others, which are not read).
     ///
     /// # Safety
-    /// AVX2, FMA, F16C and `D`'s features; `C` rows of `blocks` whole blocks of `F` readable
-    /// from `w`, every row of `xs` at least `blocks` blocks.
+    /// AVX2, F16C; blocks `0..n` from `b` whole.
     #[inline(always)]
-    unsafe fn tile<F: Format, D: Dot, const C: usize, const R: usize>(
+    unsafe fn scales<F: Format>(b: *const u8, n: usize) -> (__m256, __m256) {
+        // SAFETY: block j's first 4 bytes are read only for j < n, inside the block (blocks
+        // are 18 bytes or more).
+        unsafe {
+            let head = |j: usize| -> i32 {
+                if j < n {
+                    (b.add(j * F::SIZE) as *const i32).read_unaligned()
+                } else {
+                    0
+                }
+            };
+            let head = _mm256_setr_epi32(
+                head(0),
+                head(1),
+                head(2),
+                head(3),
+                head(4),
+                head(5),
+                head(6),
+                head(7),
+            );
+            // The low half-words (the scales) to quadwords 0 and 2, the high ones to 1 and 3,
+            // then in block order: scales in the low 128 bits, second half-words in the high.
+            let halves = _mm256_packus_epi32(
+                _mm256_and_si256(head, _mm256_set1_epi32(0xffff)),
+                _mm256_srli_epi32::<16>(head),
+            );
+            let halves = _mm256_permute4x64_epi64::<0b11_01_10_00>(halves);
+            let d = _mm256_cvtph_ps(_mm256_castsi256_si128(halves));
+            (d, F::mins(d, _mm256_extracti128_si256::<1>(halves)))
+        }
+    }
+
+    /// Adds blocks `8g..8g + n` (`n <= 8`) of weight row `w` times `R` activation rows to the
+    /// rows' accumulators, lane `j` of each for block `8g + j`. The weight's values are
+    /// rearranged like the activations' [`group_quads`](super::group_quads), so each byte dot
+    /// product instruction adds 4 values of all 8 blocks at once, and lane `j` ends with block
+    /// `8g + j`'s exact integer sum: no reduction across lanes. Converted, it is scaled by
+    /// `d_w · d_x`, then `m_w · s_x` is added. Every activation row adds the same products in
+    /// the same order whatever the tile.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C and `D`'s features; blocks `8g..8g + n` of `w` whole, and of every row
+    /// of `xs`.
+    #[inline(always)]
+    unsafe fn group<F: Format, D: Dot, const R: usize>(
         w: *const u8,
-        row_bytes: usize,
+        (g, n): (usize, usize),
+        xs: &[ActRow<'_>; R],
+        acc: &mut [__m256; R],
+    ) {
+        let b = g * GROUP;
+        // SAFETY: blocks b..b + n of the weight row and of every activation row are whole, and
+        // the activations' quads hold whole groups (this function's contract); nothing past
+        // them is read: the masked loads and the blocks' loads skip blocks past n.
+        unsafe {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            let base = w.add(b * F::SIZE);
+            let wq = F::quads(base, n);
+            // Unsigned by signed bytes: a signed weight goes in as |w| (at most 128), its sign
+            // moved onto x.
+            let wu: [__m256i; GROUP] = if F::UNSIGNED {
+                wq
+            } else {
+                std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]))
+            };
+            let (dw, mw) = scales::<F>(base, n);
+            // One activation row at a time, not unrolled: unrolled, all the rows' loads were
+            // hoisted to the top and spilled to the stack (measured 10% slower at 8 rows).
+            let xs: &[ActRow<'_>] = if R > 1 { std::hint::black_box(xs) } else { xs };
+            for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+                let xq = x.quads.as_ptr().add(b * BLOCK) as *const __m256i;
+                // Two chains of 4, so that a product need not wait for the one before.
+                let mut s = [_mm256_setzero_si256(); 2];
+                for i in 0..GROUP {
+                    let xv = _mm256_loadu_si256(xq.add(i));
+                    let xv = if F::UNSIGNED {
+                        xv
+                    } else {
+                        _mm256_sign_epi8(xv, wq[i])
+                    };
+                    s[i % 2] = D::dot_add(s[i % 2], wu[i], xv);
+                }
+                let (dx, sx) = if n == GROUP {
+                    (
+                        _mm256_loadu_ps(x.scales.as_ptr().add(b)),
+                        _mm256_loadu_ps(x.sums.as_ptr().add(b)),
+                    )
+                } else {
+                    (
+                        _mm256_maskload_ps(x.scales.as_ptr().add(b), valid),
+                        _mm256_maskload_ps(x.sums.as_ptr().add(b), valid),
+                    )
+                };
+                let sums = _mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1]));
+                let a = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, dx), *acc);
+                *acc = if F::UNSIGNED {
+                    _mm256_fmadd_ps(mw, sx, a)
+                } else {
+                    a
+                };
+            }
+        }
+    }
+
+    /// `out[r] = dot(weight row w, xs[r])`, blocks in groups of 8 ([`group`]). Inlined into an
+    /// entry compiled with `D`'s features (which is why it has none itself).
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C and `D`'s features; `blocks` whole blocks of `F` readable from `w`,
+    /// every row of `xs` at least `blocks` blocks.
+    #[inline(always)]
+    unsafe fn tile<F: Format, D: Dot, const R: usize>(
+        w: *const u8,
         blocks: usize,
         xs: &[ActRow<'_>; R],
-        out: &mut [[f32; R]; C],
+        out: &mut [f32; R],
     ) {
-        // SAFETY: the CPU has the features (this function's contract, checked by the entry
-        // that dispatched here); block `b` of weight row `c` lies inside `w`, and row `r` of
-        // `xs` holds at least `blocks` blocks of 32 values and their scales and sums (also the
-        // contract), so every pointer read below is in bounds.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); R]; C];
-            let mut mins = [[0f32; R]; C];
-            for b in 0..blocks {
-                let mut wv = [_mm256_setzero_si256(); C];
-                let mut wabs = [_mm256_setzero_si256(); C];
-                let mut d = [0f32; C];
-                let mut m = [0f32; C];
-                for c in 0..C {
-                    let block = w.add(c * row_bytes + b * F::SIZE);
-                    wv[c] = F::values(block);
-                    (d[c], m[c]) = F::scale_min(block);
-                    // The byte products take unsigned by signed bytes: a signed weight goes in
-                    // as |w|, its sign moved onto x (|w| <= 128, |x| <= 127: a pair sums to at
-                    // most 32512, within i16).
-                    wabs[c] = if F::HAS_MIN {
-                        wv[c]
-                    } else {
-                        _mm256_sign_epi8(wv[c], wv[c])
-                    };
-                }
-                for r in 0..R {
-                    let x = &xs[r];
-                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                    let (dx, sx) = (*x.scales.get_unchecked(b), *x.sums.get_unchecked(b));
-                    for c in 0..C {
-                        let xs = if F::HAS_MIN {
-                            xv
-                        } else {
-                            _mm256_sign_epi8(xv, wv[c])
-                        };
-                        let sums = _mm256_cvtepi32_ps(D::dot(wabs[c], xs));
-                        acc[c][r] = _mm256_fmadd_ps(_mm256_set1_ps(d[c] * dx), sums, acc[c][r]);
-                        if F::HAS_MIN {
-                            mins[c][r] += m[c] * sx;
-                        }
-                    }
-                }
-            }
-            for c in 0..C {
-                for r in 0..R {
-                    out[c][r] = hsum(acc[c][r]) + mins[c][r];
-                }
-            }
+        // SAFETY: AVX (this function's contract).
+        let mut acc = [unsafe { _mm256_setzero_ps() }; R];
+        let full = blocks / GROUP;
+        for g in 0..full {
+            // SAFETY: blocks 8g..8g + 8 lie inside every row (this function's contract).
+            unsafe { group::<F, D, R>(w, (g, GROUP), xs, &mut acc) };
+        }
+        if full * GROUP < blocks {
+            let n = blocks - full * GROUP;
+            // SAFETY: as above, for the last blocks.
+            unsafe { group::<F, D, R>(w, (full, n), xs, &mut acc) };
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: AVX2, FMA and F16C (this function's contract).
+            *o = unsafe { hsum(a) };
         }
     }
 
@@ -387,11 +563,10 @@ mod x86 {
         }
     }
 
-    /// Rows in tiles of 4 against columns in pairs (each weight block loaded once per 4 rows,
-    /// each activation block once per 2 columns); the last rows one at a time, a column at a
-    /// time. Batch-1 decode is bound by how fast one core streams the weights in, and one
-    /// column at a time reads them in address order, which the prefetcher follows best (4
-    /// columns at once measured 30% slower).
+    /// Activation rows in tiles of 8, then 4, then one at a time, each tile against the
+    /// columns one at a time: a weight row's values are rearranged once per tile, and read in
+    /// address order, which the prefetcher follows best (4 columns at once measured 30% slower
+    /// at batch 1; 2 columns per tile of 8 rows measured no faster than one).
     ///
     /// # Safety
     /// As [`columns`], and `D`'s features.
@@ -404,41 +579,46 @@ mod x86 {
         rows: &[ActRow<'_>],
         o: &mut [f32],
     ) {
-        let (width, blocks, m) = (c1 - c0, row_bytes / F::SIZE, rows.len());
-        let at = |c: usize| w[c * row_bytes..].as_ptr();
-        let mut put = |c: usize, r: usize, v: f32| o[r * width + c - c0] = v;
+        let m = rows.len();
         let mut r = 0;
+        while r + 8 <= m {
+            // SAFETY: passed on from this function's contract; rows r..r + 8 exist.
+            unsafe { rows_of::<F, D, 8>(w, row_bytes, (c0, c1), rows, r, o) };
+            r += 8;
+        }
         while r + 4 <= m {
-            let xs = [rows[r], rows[r + 1], rows[r + 2], rows[r + 3]];
-            let mut c = c0;
-            while c + 2 <= c1 {
-                let mut t = [[0f32; 4]; 2];
-                // SAFETY: rows c and c + 1 are whole rows of `w` (this function's contract).
-                unsafe { tile::<F, D, 2, 4>(at(c), row_bytes, blocks, &xs, &mut t) };
-                for (j, col) in t.iter().enumerate() {
-                    for (i, &v) in col.iter().enumerate() {
-                        put(c + j, r + i, v);
-                    }
-                }
-                c += 2;
-            }
-            if c < c1 {
-                let mut t = [[0f32; 4]; 1];
-                // SAFETY: as above.
-                unsafe { tile::<F, D, 1, 4>(at(c), row_bytes, blocks, &xs, &mut t) };
-                for (i, &v) in t[0].iter().enumerate() {
-                    put(c, r + i, v);
-                }
-            }
+            // SAFETY: as above, rows r..r + 4.
+            unsafe { rows_of::<F, D, 4>(w, row_bytes, (c0, c1), rows, r, o) };
             r += 4;
         }
-        for (r, &row) in rows.iter().enumerate().skip(r) {
-            let xs = [row];
-            for c in c0..c1 {
-                let mut t = [[0f32; 1]; 1];
-                // SAFETY: row c is a whole row of `w`.
-                unsafe { tile::<F, D, 1, 1>(at(c), row_bytes, blocks, &xs, &mut t) };
-                put(c, r, t[0][0]);
+        while r < m {
+            // SAFETY: as above, row r.
+            unsafe { rows_of::<F, D, 1>(w, row_bytes, (c0, c1), rows, r, o) };
+            r += 1;
+        }
+    }
+
+    /// Activation rows `r0..r0 + R` against the columns `c0..c1`.
+    ///
+    /// # Safety
+    /// As [`columns`], and `D`'s features; `rows` holds `r0 + R` rows.
+    #[inline(always)]
+    unsafe fn rows_of<F: Format, D: Dot, const R: usize>(
+        w: &[u8],
+        row_bytes: usize,
+        (c0, c1): (usize, usize),
+        rows: &[ActRow<'_>],
+        r0: usize,
+        o: &mut [f32],
+    ) {
+        let (width, blocks) = (c1 - c0, row_bytes / F::SIZE);
+        let xs: [ActRow<'_>; R] = std::array::from_fn(|i| rows[r0 + i]);
+        for c in c0..c1 {
+            let mut t = [0f32; R];
+            // SAFETY: row c is a whole row of `w` (this function's contract).
+            unsafe { tile::<F, D, R>(w[c * row_bytes..].as_ptr(), blocks, &xs, &mut t) };
+            for (i, &v) in t.iter().enumerate() {
+                o[(r0 + i) * width + c - c0] = v;
             }
         }
     }
@@ -455,19 +635,16 @@ mod x86 {
         xs: &[ActRow<'_>; R],
         out: &mut [f32; R],
     ) {
-        let mut t = [[0f32; R]; 1];
         let p = w.as_ptr();
-        let row_bytes = blocks * f.block_bytes();
         // SAFETY: passed on from this function's contract.
         unsafe {
             match f {
-                QuantFormat::Q8_0 => tile::<Q8_0, Avx2, 1, R>(p, row_bytes, blocks, xs, &mut t),
-                QuantFormat::Q4_0 => tile::<Q4_0, Avx2, 1, R>(p, row_bytes, blocks, xs, &mut t),
-                QuantFormat::Q4_1 => tile::<Q4_1, Avx2, 1, R>(p, row_bytes, blocks, xs, &mut t),
+                QuantFormat::Q8_0 => tile::<Q8_0, Avx2, R>(p, blocks, xs, out),
+                QuantFormat::Q4_0 => tile::<Q4_0, Avx2, R>(p, blocks, xs, out),
+                QuantFormat::Q4_1 => tile::<Q4_1, Avx2, R>(p, blocks, xs, out),
                 QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
             }
         }
-        *out = t[0];
     }
 }
 
@@ -475,6 +652,28 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::quant::{quantize, ActivationBlocks};
+
+    fn quads_of(acts: &[ActivationBlocks]) -> Vec<Vec<i8>> {
+        acts.iter()
+            .map(|a| {
+                let mut q = Vec::new();
+                group_quads(&a.qs, &mut q);
+                q
+            })
+            .collect()
+    }
+
+    fn act_rows<'a>(acts: &'a [ActivationBlocks], quads: &'a [Vec<i8>]) -> Vec<ActRow<'a>> {
+        acts.iter()
+            .zip(quads)
+            .map(|(a, q)| ActRow {
+                scales: &a.scales,
+                sums: &a.sums,
+                qs: &a.qs,
+                quads: q,
+            })
+            .collect()
+    }
 
     #[test]
     fn the_dispatched_loop_matches_the_portable_one_and_the_exact_sum() {
@@ -497,14 +696,8 @@ mod tests {
                 a
             })
             .collect();
-        let rows: Vec<ActRow<'_>> = acts
-            .iter()
-            .map(|a| ActRow {
-                scales: &a.scales,
-                sums: &a.sums,
-                qs: &a.qs,
-            })
-            .collect();
+        let quads = quads_of(&acts);
+        let rows = act_rows(&acts, &quads);
         let xs3 = [rows[0], rows[1], rows[2]];
         for f in QuantFormat::ALL {
             let mut wb = Vec::new();
@@ -535,52 +728,97 @@ mod tests {
         }
     }
 
+    /// The values of block `b` land where the x86 loop reads them: quad `i` of block `8g + j`
+    /// at `(8g + i) · 32 + 4j`, zeros for the blocks a last group lacks.
+    #[test]
+    fn group_quads_lays_blocks_side_by_side() {
+        let blocks = 11;
+        let qs: Vec<i8> = (0..blocks * BLOCK).map(|v| (v % 251) as u8 as i8).collect();
+        let mut out = vec![7i8; 3];
+        group_quads(&qs, &mut out);
+        assert_eq!(out.len(), 2 * GROUP * BLOCK);
+        for b in 0..blocks {
+            for v in 0..BLOCK {
+                let (g, j, i) = (b / GROUP, b % GROUP, v / 4);
+                let at = (g * GROUP + i) * BLOCK + 4 * j + v % 4;
+                assert_eq!(out[at], qs[b * BLOCK + v], "block {b} value {v}");
+            }
+        }
+        for i in 0..GROUP {
+            let at = (GROUP + i) * BLOCK;
+            assert!(
+                out[at + 4 * 3..at + BLOCK].iter().all(|&v| v == 0),
+                "quad {i}"
+            );
+        }
+    }
+
     /// The VNNI loop gives the AVX2 loop's bits (the same integer sums), for every format and
-    /// every tile shape (7 rows: a tile of 4 and 3 single rows; 5 columns: pairs and one).
+    /// every tile shape (13 rows: a tile of 8, one of 4 and a single row; 19 blocks: two whole
+    /// groups of 8 and a last one of 3); both agree with the exact sum, and each row alone
+    /// gives the bits it gives in the batch.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_vnni_loop_gives_the_avx2_loops_bits() {
         use std::is_x86_feature_detected as has;
-        if !(has!("avx2") && has!("fma") && has!("f16c") && has!("avx512vnni") && has!("avx512vl"))
-        {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            eprintln!("skipped: this CPU has no AVX2");
             return;
         }
-        let (k, n, m) = (96, 5, 7);
+        let vnni = has!("avx512vnni") && has!("avx512vl");
+        let (k, n, m) = (19 * BLOCK, 5, 13);
         let acts: Vec<ActivationBlocks> = (0..m)
             .map(|r| {
                 let x: Vec<f32> = (0..k)
-                    .map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0)
+                    .map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + (i % 5) as f32 * 0.3)
                     .collect();
                 let mut a = ActivationBlocks::default();
                 a.quantize(&x);
                 a
             })
             .collect();
-        let rows: Vec<ActRow<'_>> = acts
-            .iter()
-            .map(|a| ActRow {
-                scales: &a.scales,
-                sums: &a.sums,
-                qs: &a.qs,
-            })
-            .collect();
+        let quads = quads_of(&acts);
+        let rows = act_rows(&acts, &quads);
         let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 29 % 31) as f32 - 15.0) * 0.07)
+            .map(|i| ((i * 29 % 31) as f32 - 15.0) * (0.07 + (i / BLOCK % 3) as f32 * 0.05))
             .collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for f in QuantFormat::ALL {
             let mut wb = Vec::new();
             quantize(f, &w, &mut wb).unwrap();
+            let mut wf = vec![0f32; n * k];
+            crate::quant::dequantize(f, &wb, &mut wf).unwrap();
             let rb = f.row_bytes(k).unwrap();
             let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
-            // SAFETY: the CPU has AVX2, FMA, F16C, AVX-512 VNNI and VL (checked above); `wb`
-            // holds n rows of `rb` bytes, the outputs m · n values, every row k / 32 blocks.
+            // SAFETY: the CPU has AVX2, FMA, F16C (checked above), and AVX-512 VNNI and VL
+            // where `columns_vnni` runs; `wb` holds n rows of `rb` bytes, the outputs m · n
+            // values, every activation row k / 32 blocks and their quads.
             unsafe {
                 x86::columns(f, &wb, rb, 0, n, &rows, &mut a);
-                x86::columns_vnni(f, &wb, rb, 0, n, &rows, &mut b);
+                if vnni {
+                    x86::columns_vnni(f, &wb, rb, 0, n, &rows, &mut b);
+                    assert_eq!(bits(&a), bits(&b), "{f}");
+                }
             }
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&b), "{f}");
+            for (r, act) in acts.iter().enumerate() {
+                let xv = act.values();
+                for c in 0..n {
+                    let exact: f64 = xv
+                        .iter()
+                        .zip(&wf[c * k..(c + 1) * k])
+                        .map(|(&x, &w)| x as f64 * w as f64)
+                        .sum();
+                    let got = a[r * n + c] as f64;
+                    assert!(
+                        (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                        "{f} row {r} column {c}: {got} vs {exact}"
+                    );
+                }
+                let mut alone = vec![0f32; n];
+                // SAFETY: as above, one activation row.
+                unsafe { x86::columns(f, &wb, rb, 0, n, &rows[r..r + 1], &mut alone) };
+                assert_eq!(bits(&alone), bits(&a[r * n..(r + 1) * n]), "{f} row {r}");
+            }
         }
     }
 }

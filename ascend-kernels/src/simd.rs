@@ -691,6 +691,16 @@ pub(crate) mod int8 {
         /// # Safety
         /// The instructions' features (AVX2; VNNI: AVX-512 VNNI and VL).
         unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+
+        /// `acc` plus the lane sums of `u · s` (one instruction with VNNI).
+        ///
+        /// # Safety
+        /// As [`Dot::dot`].
+        #[inline(always)]
+        unsafe fn dot_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX2 (this function's contract).
+            unsafe { _mm256_add_epi32(acc, Self::dot(u, s)) }
+        }
     }
 
     /// `vpmaddubsw` + `vpmaddwd`.
@@ -711,6 +721,11 @@ pub(crate) mod int8 {
         unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
             // SAFETY: AVX-512 VNNI and VL (this function's contract).
             unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+        }
+        #[inline(always)]
+        unsafe fn dot_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX-512 VNNI and VL (this function's contract).
+            unsafe { _mm256_dpbusd_epi32(acc, u, s) }
         }
     }
 }
