@@ -603,15 +603,28 @@ pub fn fused_add_rms_norm<T: KvFloat>(
 /// `out = silu(x[:, :d]) * x[:, d:]`, rows in parallel.
 pub fn silu_and_mul<T: KvFloat>(p: &SiluAndMul, out: &mut [T], x: &[T]) -> Result<()> {
     p.validate::<T>(out.len(), x.len())?;
+    // exp through simd::exp_in_place, 8 at a time: libm's scalar expf was most of this op's
+    // time (10 us for one row of 1536 at batch 1, a third of that with it).
     out.par_chunks_mut(p.d)
         .zip(x.par_chunks(2 * p.d))
-        .for_each(|(o, row)| {
-            let (gate, up) = row.split_at(p.d);
-            for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
-                let g = g.to_f32();
-                *o = T::from_f32(g / (1.0 + (-g).exp()) * u.to_f32());
-            }
-        });
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(g, e, u), (o, row)| {
+                let (gate, up) = row.split_at(p.d);
+                for b in [&mut *g, &mut *e, &mut *u] {
+                    b.resize(p.d, 0.0);
+                }
+                T::convert_to_f32(gate, g);
+                T::convert_to_f32(up, u);
+                for (e, g) in e.iter_mut().zip(g.iter()) {
+                    *e = -g;
+                }
+                simd::exp_in_place(e);
+                for (((o, g), e), u) in o.iter_mut().zip(g.iter()).zip(e.iter()).zip(u.iter()) {
+                    *o = T::from_f32(g / (1.0 + e) * u);
+                }
+            },
+        );
     Ok(())
 }
 
