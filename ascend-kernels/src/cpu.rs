@@ -333,6 +333,30 @@ fn heads_per_task(num_seqs: usize, kv_heads: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// One attention task: `(scratch, i, out_i, query_i)`.
+type AttentionTask<'a, T> = dyn Fn(&mut Scratch, usize, &mut [T], &[T]) + Sync + 'a;
+
+/// `task(scratch, i, out_i, query_i)` for every chunk `i` of `width` elements of `out` and
+/// `query`, on the GEMM team ([`parallel_for`]): attention runs between a decode step's GEMMs,
+/// while the team's helper spins; a rayon helper woken here waited for that spinning thread's
+/// core (measured in a SmolLM2 batch-1 step: 33 us per call, 9 us alone; on the team, 19).
+fn attention_tasks<T: KvFloat>(
+    out: &mut [T],
+    query: &[T],
+    width: usize,
+    task: &AttentionTask<'_, T>,
+) {
+    let outs: Vec<Mutex<&mut [T]>> = out.chunks_mut(width).map(Mutex::new).collect();
+    let scratches: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads().max(1))
+        .map(|_| Mutex::new(scratch()))
+        .collect();
+    parallel_for(outs.len(), &|i, slot| {
+        let mut o = outs[i].lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = scratches[slot].lock().unwrap_or_else(|p| p.into_inner());
+        task(&mut s, i, &mut o, &query[i * width..(i + 1) * width]);
+    });
+}
+
 fn scratch() -> Scratch {
     Scratch {
         q: Vec::new(),
@@ -382,35 +406,32 @@ pub fn paged_attention<T: KvFloat>(
     let group = p.num_heads / c.num_kv_heads;
     let per_task = heads_per_task(p.num_seqs, c.num_kv_heads);
     let tasks_per_seq = c.num_kv_heads / per_task;
-    out.par_chunks_mut(per_task * group * hs)
-        .zip(query.par_chunks(per_task * group * hs))
-        .enumerate()
-        .for_each_init(scratch, |s, (i, (o, q))| {
-            let (seq, part) = (i / tasks_per_seq, i % tasks_per_seq);
-            let heads = part * per_task..(part + 1) * per_task;
-            let len = lens[seq];
-            let loc = Paged {
-                c,
-                table: &block_tables[seq * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
-            };
-            let first = if len == 0 {
-                0
-            } else {
-                window_start(len - 1, p.sliding_window)
-            };
-            attend_group(
-                o,
-                q,
-                key_cache,
-                value_cache,
-                &loc,
-                heads,
-                first..len,
-                hs,
-                p.scale,
-                s,
-            );
-        });
+    attention_tasks(out, query, per_task * group * hs, &|s, i, o, q| {
+        let (seq, part) = (i / tasks_per_seq, i % tasks_per_seq);
+        let heads = part * per_task..(part + 1) * per_task;
+        let len = lens[seq];
+        let loc = Paged {
+            c,
+            table: &block_tables[seq * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
+        };
+        let first = if len == 0 {
+            0
+        } else {
+            window_start(len - 1, p.sliding_window)
+        };
+        attend_group(
+            o,
+            q,
+            key_cache,
+            value_cache,
+            &loc,
+            heads,
+            first..len,
+            hs,
+            p.scale,
+            s,
+        );
+    });
     Ok(())
 }
 
@@ -442,21 +463,18 @@ pub fn contiguous_attention<T: KvFloat>(
     )?;
     let per_task = heads_per_task(p.num_seqs, c.num_kv_heads);
     let tasks_per_seq = c.num_kv_heads / per_task;
-    out.par_chunks_mut(per_task * group * hs)
-        .zip(query.par_chunks(per_task * group * hs))
-        .enumerate()
-        .for_each_init(scratch, |s, (i, (o, q))| {
-            let (seq, part) = (i / tasks_per_seq, i % tasks_per_seq);
-            let heads = part * per_task..(part + 1) * per_task;
-            let len = (seq_lens[seq].max(0) as usize).min(max_len);
-            let loc = Contiguous {
-                base: seq * max_len * stride,
-                token_stride: stride,
-                head_size: hs,
-            };
-            // Runs as long as a 128-token block, so both kernels do the same work per run.
-            attend_group(o, q, keys, values, &loc, heads, 0..len, hs, p.scale, s);
-        });
+    attention_tasks(out, query, per_task * group * hs, &|s, i, o, q| {
+        let (seq, part) = (i / tasks_per_seq, i % tasks_per_seq);
+        let heads = part * per_task..(part + 1) * per_task;
+        let len = (seq_lens[seq].max(0) as usize).min(max_len);
+        let loc = Contiguous {
+            base: seq * max_len * stride,
+            token_stride: stride,
+            head_size: hs,
+        };
+        // Runs as long as a 128-token block, so both kernels do the same work per run.
+        attend_group(o, q, keys, values, &loc, heads, 0..len, hs, p.scale, s);
+    });
     Ok(())
 }
 
@@ -497,32 +515,30 @@ pub fn paged_prefill_attention<T: KvFloat>(
     }
     let hs = c.head_size;
     let group = p.num_heads / c.num_kv_heads;
-    out.par_chunks_mut(group * hs)
-        .zip(query.par_chunks(group * hs))
-        .enumerate()
-        .for_each_init(scratch, |s, (i, (o, q))| {
-            let (t, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
-            let seq = seq_of[t];
-            let (a, b) = ranges[seq];
-            let pos = lens[seq] - (b - a) + (t - a);
-            let loc = Paged {
-                c,
-                table: &block_tables[seq * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
-            };
-            let first = window_start(pos, p.sliding_window);
-            attend_group(
-                o,
-                q,
-                key_cache,
-                value_cache,
-                &loc,
-                kvh..kvh + 1,
-                first..pos + 1,
-                hs,
-                p.scale,
-                s,
-            );
-        });
+    let task = |s: &mut Scratch, i: usize, o: &mut [T], q: &[T]| {
+        let (t, kvh) = (i / c.num_kv_heads, i % c.num_kv_heads);
+        let seq = seq_of[t];
+        let (a, b) = ranges[seq];
+        let pos = lens[seq] - (b - a) + (t - a);
+        let loc = Paged {
+            c,
+            table: &block_tables[seq * p.max_blocks_per_seq..][..p.max_blocks_per_seq],
+        };
+        let first = window_start(pos, p.sliding_window);
+        attend_group(
+            o,
+            q,
+            key_cache,
+            value_cache,
+            &loc,
+            kvh..kvh + 1,
+            first..pos + 1,
+            hs,
+            p.scale,
+            s,
+        );
+    };
+    attention_tasks(out, query, group * hs, &task);
     Ok(())
 }
 
@@ -551,11 +567,21 @@ pub fn rotary_embedding<T: KvFloat>(
     query
         .par_chunks_mut(p.num_heads * p.head_size)
         .zip(positions.par_iter())
+        .with_min_len(serial_rows(p.num_heads * p.head_size))
         .for_each(|(x, &pos)| rotate(x, pos));
     key.par_chunks_mut(p.num_kv_heads * p.head_size)
         .zip(positions.par_iter())
+        .with_min_len(serial_rows(p.num_kv_heads * p.head_size))
         .for_each(|(x, &pos)| rotate(x, pos));
     Ok(())
+}
+
+/// Rows of `row_len` elements a row-parallel op takes per thread at least: about 64 Ki elements,
+/// so that a decode step's ops (a few rows) run on the calling thread. Waking a rayon helper
+/// costs more than such an op, and on a machine with as many busy threads as cores (the stream
+/// worker and the GEMM team's spinning helper) the woken helper waits for a core.
+fn serial_rows(row_len: usize) -> usize {
+    ((64 << 10) / row_len.max(1)).max(1)
 }
 
 fn norm_row<T: KvFloat>(out: &mut [T], x: &[f32], weight: &[T], eps: f32) {
@@ -571,6 +597,7 @@ pub fn rms_norm<T: KvFloat>(p: &RmsNorm, out: &mut [T], x: &[T], weight: &[T]) -
     p.validate::<T>(x.len(), out.len(), weight.len(), "out")?;
     out.par_chunks_mut(p.hidden)
         .zip(x.par_chunks(p.hidden))
+        .with_min_len(serial_rows(p.hidden))
         .for_each_init(Vec::new, |buf, (o, row)| {
             buf.resize(p.hidden, 0.0);
             T::convert_to_f32(row, buf);
@@ -589,6 +616,7 @@ pub fn fused_add_rms_norm<T: KvFloat>(
     p.validate::<T>(x.len(), residual.len(), weight.len(), "residual")?;
     x.par_chunks_mut(p.hidden)
         .zip(residual.par_chunks_mut(p.hidden))
+        .with_min_len(serial_rows(p.hidden))
         .for_each_init(Vec::new, |buf, (xr, rr)| {
             buf.clear();
             for (r, v) in rr.iter_mut().zip(xr.iter()) {
@@ -607,6 +635,7 @@ pub fn silu_and_mul<T: KvFloat>(p: &SiluAndMul, out: &mut [T], x: &[T]) -> Resul
     // time (10 us for one row of 1536 at batch 1, a third of that with it).
     out.par_chunks_mut(p.d)
         .zip(x.par_chunks(2 * p.d))
+        .with_min_len(serial_rows(3 * p.d))
         .for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
             |(g, e, u), (o, row)| {
@@ -686,17 +715,24 @@ pub fn matmul<T: KvFloat>(p: &Matmul, out: &mut [T], x: &[T], w: &[T]) -> Result
     Ok(())
 }
 
-/// Runs `task(i, slot)` for every `i < n` on the cores: with `team`, on the GEMM team
-/// ([`crate::team`], whose helpers spin between jobs, so a batch-1 decode step's ~120 small
-/// GEMMs do not each pay a thread wake-up) when it is free; else on rayon. `slot` (below
+/// Runs `task(i, slot)` for every `i < n` on the cores: on the GEMM team ([`crate::team`],
+/// whose helpers spin between jobs, so a decode step's ~200 GEMMs and attention calls do not
+/// each pay a thread wake-up) when it is free; else on rayon. `slot` (below
 /// [`rayon::current_num_threads`]) names the thread, for per-thread state.
-fn parallel_for(n: usize, team: bool, task: &(dyn Fn(usize, usize) + Sync)) {
+///
+/// Every GEMM and attention call goes here, and a decode step's row ops are small enough to
+/// run on the calling thread ([`serial_rows`]), so a step wakes no rayon helper: measured on 2
+/// cores, a rayon helper woken between the team's jobs waited for the core the team's helper
+/// spun on (SmolLM2 Q4_1, interleaved runs: batch-1 decode 120 tokens/s with rayon for
+/// attention, 132 without; with the batch GEMMs on rayon and attention on the team, batch 8
+/// fell from 320 to 250).
+fn parallel_for(n: usize, task: &(dyn Fn(usize, usize) + Sync)) {
     let threads = rayon::current_num_threads();
     if threads <= 1 || n <= 1 {
         (0..n).for_each(|i| task(i, 0));
         return;
     }
-    if team && crate::team::for_each(threads - 1, n, task) {
+    if crate::team::for_each(threads - 1, n, task) {
         return;
     }
     (0..n)
@@ -729,11 +765,8 @@ fn by_column_blocks<T: KvFloat, S: Send>(
     };
     if m == 1 {
         // One row: its output is contiguous, each thread writes its own column blocks in place.
-        // (The team for one row only: a longer GEMM amortises rayon's wake-up, and with a
-        // batch the other ops' rayon helpers spin alongside the team's: on 2 cores, batch-8
-        // decode measured 222-238 tokens/s with the team against 256-285 without.)
         let chunks: Vec<Mutex<&mut [T]>> = out.chunks_mut(block).map(Mutex::new).collect();
-        parallel_for(blocks, true, &|b, slot| {
+        parallel_for(blocks, &|b, slot| {
             let (c0, c1) = span(b);
             with_state(slot, &mut |state, o| {
                 o.resize(c1 - c0, 0.0);
@@ -747,7 +780,7 @@ fn by_column_blocks<T: KvFloat, S: Send>(
         return;
     }
     let results: Vec<Mutex<Vec<f32>>> = (0..blocks).map(|_| Mutex::new(Vec::new())).collect();
-    parallel_for(blocks, false, &|b, slot| {
+    parallel_for(blocks, &|b, slot| {
         let (c0, c1) = span(b);
         let mut o = vec![0f32; m * (c1 - c0)];
         with_state(slot, &mut |state, _| columns(state, c0, c1, &mut o));
@@ -852,6 +885,7 @@ fn quantized_rows<T: KvFloat, A: Default + Send>(
 ) -> Result<Vec<A>> {
     (0..m)
         .into_par_iter()
+        .with_min_len(serial_rows(k))
         .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
             xf.resize(k, 0.0);
             T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
@@ -911,6 +945,7 @@ pub fn embedding<T: KvFloat>(p: &Embedding, out: &mut [T], table: &[T], ids: &[i
     check_ids(p, ids)?;
     out.par_chunks_mut(p.hidden)
         .zip(ids.par_iter())
+        .with_min_len(serial_rows(p.hidden))
         .for_each(|(o, &id)| o.copy_from_slice(&table[id as usize * p.hidden..][..p.hidden]));
     Ok(())
 }
@@ -924,6 +959,7 @@ pub fn add<T: KvFloat>(p: &Add, out: &mut [T], a: &[T], b: &[T]) -> Result<()> {
     out.par_chunks_mut(p.cols)
         .zip(a.par_chunks(p.cols))
         .enumerate()
+        .with_min_len(serial_rows(p.cols))
         .for_each(|(r, (o, x))| {
             let y = if p.broadcast {
                 b
