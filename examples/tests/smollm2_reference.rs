@@ -264,19 +264,24 @@ fn smollm2_on_its_quantized_blocks_follows_transformers_greedy_ids() {
     let new = shortest_continuation(chats);
     let requests = greedy_requests(chats, new);
     let report = serve_on::<_, f32>(CpuBackend::new(), &path, Storage::Quantized, &requests, 16);
-    agreement(
-        "quantized",
-        &report,
-        &requests,
-        chats,
-        (new, QUANTIZED_AGREEMENT_FLOOR),
+    agreement("quantized", &report, &requests, chats, (new, 0));
+    let forced = teacher_forced::<_, f32>(CpuBackend::new(), &path, Storage::Quantized, chats, new);
+    eprintln!("quantized, teacher-forced: transformers' id is the argmax at {forced:?} of {new}");
+    assert!(
+        forced
+            .iter()
+            .all(|&n| n * 8 >= new * QUANTIZED_FORCED_EIGHTHS),
+        "the file's blocks should choose transformers' id at {QUANTIZED_FORCED_EIGHTHS}/8 of the \
+         positions: {forced:?} of {new}"
     );
 }
 
-/// Fewest leading greedy ids each chat's run on the file's blocks must share with
-/// transformers': a floor that a wrong kernel (a swapped nibble, a lost minimum, a scale off by
-/// a factor) cannot reach, since it derails a 135M model within a few tokens.
-const QUANTIZED_AGREEMENT_FLOOR: usize = 4;
+/// Eighths of the positions at which the run on the file's blocks, given transformers' own
+/// continuation, must choose transformers' id: a wrong kernel (a swapped nibble, a lost
+/// minimum, a scale off by a factor) agrees on almost none. Free-running agreement is reported,
+/// not asserted: chat 1's first id is a near tie (transformers' margin 0.0117), which the
+/// blocks' error decides either way depending on the order of the float sums.
+const QUANTIZED_FORCED_EIGHTHS: usize = 7;
 
 /// Prints, per chat, how many of the first `new` ids of `report` agree with transformers' and
 /// where the first differs (with transformers' logit margin there), and holds every chat to
