@@ -632,10 +632,10 @@ pub fn fused_add_rms_norm<T: KvFloat>(
 pub fn silu_and_mul<T: KvFloat>(p: &SiluAndMul, out: &mut [T], x: &[T]) -> Result<()> {
     p.validate::<T>(out.len(), x.len())?;
     // exp through simd::exp_in_place, 8 at a time: libm's scalar expf was most of this op's
-    // time (10 us for one row of 1536 at batch 1, a third of that with it).
+    // time (in a SmolLM2 decode step, 6.0 -> 4.1 us per call at batch 1, 28 -> 17 at batch 8).
     out.par_chunks_mut(p.d)
         .zip(x.par_chunks(2 * p.d))
-        .with_min_len(serial_rows(3 * p.d))
+        .with_min_len(serial_rows(p.d.saturating_mul(3)))
         .for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
             |(g, e, u), (o, row)| {
