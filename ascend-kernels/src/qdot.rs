@@ -225,15 +225,17 @@ mod x86 {
     struct Q4_0;
     struct Q4_1;
 
-    /// `len` bytes at `p` if `j < n`, else zeros (the blocks past a row's end are not read).
+    /// The 16 bytes `off` bytes into block `j` (blocks `size` bytes apart from `b`) if
+    /// `j < n`, else zeros: the blocks past a row's end are neither read nor pointed at.
     ///
     /// # Safety
-    /// AVX2; 16 bytes readable at `p` when `j < n`.
+    /// AVX2; blocks `0..n` from `b` whole, each at least `off + 16` bytes.
     #[inline(always)]
-    unsafe fn load16(p: *const u8, j: usize, n: usize) -> __m128i {
+    unsafe fn block16(b: *const u8, (j, n): (usize, usize), size: usize, off: usize) -> __m128i {
         if j < n {
-            // SAFETY: 16 bytes are readable at `p` (this function's contract).
-            unsafe { _mm_loadu_si128(p as *const __m128i) }
+            // SAFETY: block j < n lies whole from `b` and holds 16 bytes from `off` (this
+            // function's contract).
+            unsafe { _mm_loadu_si128(b.add(j * size + off) as *const __m128i) }
         } else {
             // SAFETY: AVX2 (this function's contract).
             unsafe { _mm_setzero_si128() }
@@ -250,7 +252,7 @@ mod x86 {
         // SAFETY: block j's nibbles are read only for j < n, which lie inside the blocks
         // (this function's contract); the rest is register arithmetic under AVX2.
         unsafe {
-            let row = |j: usize| load16(b.add(j * size + off), j, n);
+            let row = |j: usize| block16(b, (j, n), size, off);
             // Blocks j and j + 4 share a vector; a 4 x 4 transpose of 32-bit words in each half
             // leaves word i of blocks 0..8 in vector i.
             let v0 = _mm256_set_m128i(row(4), row(0));
