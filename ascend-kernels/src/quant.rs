@@ -285,6 +285,26 @@ fn round_half_away(x: f32) -> i32 {
     t + (rest >= 0.5) as i32 - (rest <= -0.5) as i32
 }
 
+/// One block of activations to int8: `q = round(x / d)`, ties away from zero, with
+/// `d = max|x| / 127`; returns `d` and `Σ q` (finite values). The portable loop; the kernels
+/// call [`crate::simd::quantize_block`], the same arithmetic 8 values at a time.
+pub(crate) fn quantize_block(b: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+    let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+    // A scale below the normal range has no finite inverse: such a block (every |x| under
+    // 127 · 2^-126) is zeros with scale 0, where `x · inf` gave garbage (and an overflow panic
+    // in a debug build).
+    let d = amax / 127.0;
+    let (d, id) = if d.is_normal() {
+        (d, 1.0 / d)
+    } else {
+        (0.0, 0.0)
+    };
+    for (q, v) in q.iter_mut().zip(b) {
+        *q = round_half_away(v * id) as i8;
+    }
+    (d, q.iter().map(|&q| q as i32).sum())
+}
+
 /// `x.round_ties_even()` for `|x| < 2^23`, as [`round_half_away`] avoids its call: a remainder
 /// of exactly a half goes to the even neighbour.
 #[inline(always)]
@@ -298,7 +318,13 @@ fn round_ties_even(x: f32) -> i32 {
 /// Errors unless every value of activation row `row` is finite (a NaN or infinity has no int8
 /// block: quantizing it would silently give zeros or saturate the block).
 pub fn check_finite(op: &'static str, row: usize, x: &[f32]) -> Result<()> {
-    match x.iter().position(|v| !v.is_finite()) {
+    // An exponent of all ones is a NaN or an infinity. Or-ing the test over the row vectorizes
+    // (`position` stops at each value); the position is looked for only when there is one.
+    let non_finite = |v: &f32| v.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    if !x.iter().fold(false, |any, v| any | non_finite(v)) {
+        return Ok(());
+    }
+    match x.iter().position(non_finite) {
         None => Ok(()),
         Some(i) => Err(invalid(
             op,
@@ -316,7 +342,8 @@ pub fn check_finite(op: &'static str, row: usize, x: &[f32]) -> Result<()> {
 /// block's minimum multiplies).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ActivationBlocks {
-    /// One scale per block (`max|x| / 127`).
+    /// One scale per block (`max|x| / 127`; 0, with zero values, where that is below the
+    /// normal range).
     pub scales: Vec<f32>,
     /// One scaled sum of the block's values per block.
     pub sums: Vec<f32>,
@@ -335,15 +362,9 @@ impl ActivationBlocks {
         self.scales.reserve(blocks);
         self.sums.reserve(blocks);
         self.qs.reserve(x.len());
-        for b in x.chunks_exact(BLOCK) {
-            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for b in x.as_chunks::<BLOCK>().0 {
             let mut q = [0i8; BLOCK];
-            for (q, v) in q.iter_mut().zip(b) {
-                *q = round_half_away(v * id) as i8;
-            }
-            let sum: i32 = q.iter().map(|&q| q as i32).sum();
+            let (d, sum) = crate::simd::quantize_block(b, &mut q);
             self.qs.extend_from_slice(&q);
             self.scales.push(d);
             self.sums.push(d * sum as f32);
@@ -482,6 +503,54 @@ mod tests {
         assert!(e.to_string().contains("take 20 bytes, got 18"), "{e}");
         let e = quantize(QuantFormat::Q4_0, &[f32::NAN; 32], &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("NaN cannot be quantized"), "{e}");
+    }
+
+    /// The kernels' block quantizer (8 values at a time on x86-64) gives the portable loop's
+    /// scale, sum and values bit for bit: on blocks of exact halves (scale 1, so every value
+    /// is a tie), just below and above halves, zeros, tiny values, and mixed signs and sizes.
+    #[test]
+    fn the_vector_block_quantizer_gives_the_portable_bits() {
+        let mut blocks: Vec<[f32; BLOCK]> = vec![[0.0; BLOCK], [-0.0; BLOCK], [1e-40; BLOCK]];
+        blocks.push(std::array::from_fn(|j| {
+            if j == 0 {
+                127.0
+            } else {
+                (j as f32 - 16.5) * if j % 2 == 0 { 1.0 } else { -1.0 }
+            }
+        }));
+        blocks.push(std::array::from_fn(|j| {
+            let v = j as f32 * 3.5 + 0.5;
+            if j % 3 == 0 {
+                -v.next_down()
+            } else {
+                v.next_up()
+            }
+        }));
+        let mut seed = 7u64;
+        for scale in [1e-30f32, 1e-3, 1.0, 37.0, 1e30] {
+            for _ in 0..50 {
+                blocks.push(std::array::from_fn(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * scale
+                }));
+            }
+        }
+        for b in &blocks {
+            let (mut fast, mut slow) = ([0i8; BLOCK], [0i8; BLOCK]);
+            let (df, sf) = crate::simd::quantize_block(b, &mut fast);
+            let (ds, ss) = quantize_block(b, &mut slow);
+            assert_eq!((df.to_bits(), sf, fast), (ds.to_bits(), ss, slow), "{b:?}");
+            assert_eq!(ss, slow.iter().map(|&q| q as i32).sum::<i32>());
+        }
+        // A scale that would be subnormal (no finite inverse): zeros, scale 0.
+        let mut q = [1i8; BLOCK];
+        assert_eq!(
+            crate::simd::quantize_block(&[1e-40; BLOCK], &mut q),
+            (0.0, 0)
+        );
+        assert_eq!(q, [0; BLOCK]);
     }
 
     #[test]

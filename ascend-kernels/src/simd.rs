@@ -190,6 +190,18 @@ pub fn exp_in_place(xs: &mut [f32]) {
     xs.iter_mut().for_each(|x| *x = x.exp());
 }
 
+/// One block of 32 activations to int8 ([`crate::quant::quantize_block`]'s arithmetic, so its
+/// bits): returns the scale and the sum of the values.
+#[inline]
+pub fn quantize_block(b: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { x86::quantize_block(b, q) };
+    }
+    crate::quant::quantize_block(b, q)
+}
+
 /// The loops for any target: 8 independent accumulators, which the compiler vectorises with
 /// what the target guarantees.
 pub(crate) mod portable {
@@ -241,6 +253,60 @@ pub(crate) mod portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// [`crate::quant::quantize_block`] 8 values at a time, with the same operations on each value
+    /// (the maximum of the magnitudes is exact in any order), so the same bits: a block took
+    /// about 1.6 ns per value through the scalar loop, whose `f32::max` fold and roundings
+    /// did not vectorize, and 5% of a SmolLM2 batch-8 decode step.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_block(b: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32) {
+        // SAFETY: `b` holds 32 values and `q` 32 bytes, read and written as four and one
+        // 32-byte vectors; the rest is register arithmetic under AVX2.
+        unsafe {
+            let p = b.as_ptr();
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+            let sign = _mm256_set1_ps(-0.0);
+            let a: [__m256; 4] = std::array::from_fn(|i| _mm256_andnot_ps(sign, v[i]));
+            let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+            let d = amax / 127.0;
+            let (d, id) = if d.is_normal() {
+                (d, 1.0 / d)
+            } else {
+                (0.0, 0.0)
+            };
+            let id = _mm256_set1_ps(id);
+            let (half, minus_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+            // round_half_away: the truncation, plus one where the exact remainder is at least
+            // a half (minus one at most minus a half); a true comparison is -1.
+            let t: [__m256i; 4] = std::array::from_fn(|i| {
+                let x = _mm256_mul_ps(v[i], id);
+                let t = _mm256_cvttps_epi32(x);
+                let rest = _mm256_sub_ps(x, _mm256_cvtepi32_ps(t));
+                let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(rest, half));
+                let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(rest, minus_half));
+                _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
+            });
+            // |q| <= 127: the packs saturate nothing; they interleave 128-bit lanes, which the
+            // permutation puts back in order.
+            let w01 = _mm256_packs_epi32(t[0], t[1]);
+            let w23 = _mm256_packs_epi32(t[2], t[3]);
+            let bytes = _mm256_packs_epi16(w01, w23);
+            let bytes =
+                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, bytes);
+            let s = _mm256_add_epi32(_mm256_add_epi32(t[0], t[1]), _mm256_add_epi32(t[2], t[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            (d, _mm_cvtsi128_si32(s))
+        }
+    }
 
     /// # Safety
     /// The CPU supports AVX2, FMA and F16C.
