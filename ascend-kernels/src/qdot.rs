@@ -187,6 +187,7 @@ mod x86 {
     use super::GROUP;
     use crate::quant::{QuantFormat, BLOCK};
     use crate::simd::int8::{Avx2, Dot, Vnni};
+    use crate::simd::x86::hsum;
     use std::arch::x86_64::*;
 
     /// One block format, as the tile loop needs it.
@@ -353,14 +354,6 @@ mod x86 {
             // SAFETY: F16C (this function's contract).
             unsafe { _mm256_cvtph_ps(h) }
         }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 
     /// The scales and minima of the first `n` (at most 8) blocks from `b`, `F::SIZE` bytes

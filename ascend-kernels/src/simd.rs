@@ -251,8 +251,18 @@ pub(crate) mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
+
+    /// The sum of 8 lanes, in one fixed order (halves, then pairs, then the last two): every
+    /// 8-lane reduction of the kernels goes through it, so they round alike.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    pub(crate) fn hsum(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
 
     /// [`crate::quant::quantize_block`] 8 values at a time, with the same operations on each value
     /// (the maximum of the magnitudes is exact in any order), so the same bits: a block took
@@ -382,9 +392,7 @@ mod x86 {
             i += 8;
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        let mut total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+        let mut total = hsum(sum);
         for j in i..n {
             total += a[j] * b[j];
         }
@@ -421,10 +429,7 @@ mod x86 {
         }
         for r in 0..R {
             for c in 0..C {
-                let v = acc[r][c];
-                let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-                let mut total = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+                let mut total = hsum(acc[r][c]);
                 for t in whole..k {
                     total += x[r][t] * w[c][t].widen();
                 }
