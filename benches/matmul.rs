@@ -3,8 +3,10 @@
 //! rows (a batch-8 decode step) against one row, measured in one run. The first ratio says how
 //! close a decode step's GEMMs come to memory bandwidth; the second how much a batch costs over
 //! one row (8.0 would mean no reuse of the weights at all). The same weights in GGUF's block
-//! formats through `cpu::quant_matmul` (Q4_0, Q4_1, Q8_0: activations quantized to int8 blocks),
-//! against the `f32` GEMM in the same run: what computing on the blocks buys a decode step; and
+//! formats through `cpu::quant_matmul_interleaved` (Q4_0, Q4_1, Q8_0 in the CPU backend's
+//! interleaved layout; activations quantized to int8 blocks), against the `f32` GEMM in the same
+//! run: what computing on the blocks buys a decode step; Q4_1 also on GGUF's blocks as stored
+//! (`cpu::quant_matmul`), against which the interleaved layout is measured; and
 //! 64 rows (a prefill chunk), where the blocks' tiles of one weight row x 8 activation rows run,
 //! against the `f32` GEMM's 64 rows. W8A8 (int8 per output channel, activations quantized to
 //! int8 per token: exact int32 sums) is measured the same way.
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use ascend_benches::Rng;
 use ascend_kernels::quant::quantize;
-use ascend_kernels::{cpu, Matmul, QuantFormat, QuantMatmul};
+use ascend_kernels::{cpu, interleaved, Matmul, QuantFormat, QuantMatmul};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 fn main() {
@@ -55,14 +57,24 @@ fn main() {
             for row in w.chunks(k) {
                 quantize(format, row, &mut wq).expect("quantize");
             }
+            let wi = interleaved::interleave(format, n, k, &wq).expect("interleave");
             for m in [1usize, 8, PREFILL] {
                 let p = QuantMatmul { m, n, k, format };
                 g.bench_function(BenchmarkId::from_parameter(format!("{format}_m{m}")), |b| {
                     b.iter(|| {
-                        cpu::quant_matmul(&p, &mut out[..m * n], &x[..m * k], &wq)
+                        cpu::quant_matmul_interleaved(&p, &mut out[..m * n], &x[..m * k], &wi)
                             .expect("quant_matmul")
                     })
                 });
+                if format == QuantFormat::Q4_1 && m < PREFILL {
+                    let id = format!("{format}_blocks_m{m}");
+                    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                        b.iter(|| {
+                            cpu::quant_matmul(&p, &mut out[..m * n], &x[..m * k], &wq)
+                                .expect("quant_matmul")
+                        })
+                    });
+                }
             }
         }
         g.bench_function(BenchmarkId::from_parameter("memcpy"), |b| {
@@ -88,6 +100,8 @@ fn main() {
                 leak(format!("m{PREFILL}")),
             ));
         }
+        rows.push((g.as_str(), "Q4_1_m1", "Q4_1_blocks_m1"));
+        rows.push((g.as_str(), "Q4_1_m8", "Q4_1_blocks_m8"));
     }
     ascend_benches::print_ratios("CPU GEMM (time ratios)", &rows);
 }

@@ -824,7 +824,32 @@ fn by_column_blocks<T: KvFloat, S: Send>(
 /// up to eight activation rows at a time, so a batch reads the weights once. A row's result does
 /// not depend on the batch it is in. A non-finite activation is an error naming its row and
 /// column (an int8 block cannot hold it).
+///
+/// `w` is GGUF's blocks; [`quant_matmul_interleaved`] takes the CPU backend's faster layout of
+/// the same bytes and gives the same bits.
 pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8]) -> Result<()> {
+    quant_matmul_in(p, out, x, w, qdot::Layout::Blocks)
+}
+
+/// [`quant_matmul`] on a weight in the [`interleaved`](crate::interleaved) layout (made once
+/// by [`interleaved::interleave`](crate::interleaved::interleave)): what the CPU backend runs.
+/// The same bits as [`quant_matmul`] on the weight's blocks.
+pub fn quant_matmul_interleaved<T: KvFloat>(
+    p: &QuantMatmul,
+    out: &mut [T],
+    x: &[T],
+    w: &[u8],
+) -> Result<()> {
+    quant_matmul_in(p, out, x, w, qdot::Layout::Interleaved)
+}
+
+fn quant_matmul_in<T: KvFloat>(
+    p: &QuantMatmul,
+    out: &mut [T],
+    x: &[T],
+    w: &[u8],
+    layout: qdot::Layout,
+) -> Result<()> {
     const OP: &str = "quant_matmul";
     p.validate::<T>(out.len(), x.len(), w.len())?;
     if p.m == 0 {
@@ -879,7 +904,7 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
         n,
         block,
         || (),
-        |_, c0, c1, o| qdot::columns(f, w, row_bytes, (c0, c1), &rows, o),
+        |_, c0, c1, o| qdot::columns(f, layout, w, row_bytes, (c0, c1), &rows, o),
     );
     Ok(())
 }

@@ -51,6 +51,7 @@ mod engine;
 mod float;
 #[allow(unsafe_code)] // AVX2 intrinsics behind run-time detection; each block says why it holds.
 mod i8dot;
+pub mod interleaved;
 mod ops;
 #[allow(unsafe_code)] // AVX2 intrinsics behind run-time detection; each block says why it holds.
 mod qdot;

@@ -80,8 +80,9 @@ macro_rules! kernel_ops {
             /// The bytes [`quant_matmul`](KernelOps::quant_matmul) reads for an `[n, k]`
             /// weight of `format` whose GGUF blocks are `blocks`, for activations of `T`: this
             /// backend's layout of the same matrix, the same number of bytes, made on the host
-            /// once (at upload). The default, the CPU backend's, is the blocks themselves; the
-            /// ACL backend's is [`acl::quant_layout`](crate::acl::quant_layout).
+            /// once (at upload). The default is the blocks themselves; the CPU backend's is
+            /// [`interleaved`](crate::interleaved), the ACL backend's
+            /// [`acl::quant_layout`](crate::acl::quant_layout).
             ///
             /// # Errors
             /// [`Error::InvalidArgument`] when `blocks` is not `n` rows of `k / 32` blocks, or
@@ -259,8 +260,9 @@ kernel_ops! {
         /// `[m, k]`.
         x: input T,
         /// `[n, k]` in the backend's layout of the format
-        /// ([`KernelOps::pack_quant_weight`]): on the CPU backend `n` rows of `k / 32` blocks,
-        /// as GGUF stores the tensor; the same number of bytes on every backend.
+        /// ([`KernelOps::pack_quant_weight`]): on the CPU backend `n` rows of `k / 32` blocks
+        /// with each row's groups of 8 interleaved ([`crate::interleaved`]); the same number
+        /// of bytes on every backend.
         weight: input u8,
     }
 

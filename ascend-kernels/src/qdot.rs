@@ -8,7 +8,9 @@
 //! the row's `f32` sum (plus `m_w · sums_x` for `Q4_1`, and `−8·d_w · sums_x` for `Q4_0`). The
 //! x86 loop takes blocks 8 at a time, the values of the 8 laid side by side ([`group_quads`]),
 //! so that each of a block's sums ends in a lane of its own and 8 blocks are scaled by one
-//! instruction; lane `j` adds blocks `j, j + 8, …`, and the lanes are added at the end. The
+//! instruction; lane `j` adds blocks `j, j + 8, …`, and the lanes are added at the end. A
+//! weight in the CPU backend's [`interleaved`](crate::interleaved) layout has its groups of 8
+//! blocks stored in that order already; from GGUF's blocks the loop transposes them. The
 //! portable loop adds the blocks in order, so the two differ by rounding only. Which one runs
 //! depends on the CPU alone, never on how many rows share the call, so a row's result is the
 //! same in any batch.
@@ -28,8 +30,17 @@ pub struct ActRow<'a> {
     pub quads: &'a [i8],
 }
 
-/// Blocks per group of [`group_quads`].
-pub const GROUP: usize = 8;
+/// Blocks per group of [`group_quads`] (and of the interleaved weight layout).
+pub const GROUP: usize = crate::interleaved::GROUP;
+
+/// How a weight's rows are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// GGUF's blocks, in order.
+    Blocks,
+    /// The CPU backend's layout: [`crate::interleaved`].
+    Interleaved,
+}
 
 /// `qs` (whole blocks of [`BLOCK`] values) rearranged for the x86 loops, into `out`: per
 /// group of 8 blocks, for each quad `i` of values `4i..4i + 4` (8 of them), quad `i` of each of
@@ -80,8 +91,9 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
 }
 
 /// `o[r * (c1 - c0) + c - c0] = dot(weight row c, rows[r])` for the columns `c0..c1` of a
-/// weight of `row_bytes` per row and every activation row, rows in tiles of 8 and 4: the whole
-/// loop in one dispatch, so the AVX2 version inlines its inner steps.
+/// weight of `row_bytes` per row (in `layout`) and every activation row, rows in tiles of 8
+/// and 4: the whole loop in one dispatch, so the AVX2 version inlines its inner steps. Both
+/// layouts give the same bits.
 ///
 /// # Panics
 /// If `w` has fewer than `c1` rows, `o` fewer than `rows.len() * (c1 - c0)` elements, or an
@@ -89,6 +101,7 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
 /// `f` is not a block format (W8A8 goes through `i8dot`).
 pub fn columns(
     f: QuantFormat,
+    layout: Layout,
     w: &[u8],
     row_bytes: usize,
     (c0, c1): (usize, usize),
@@ -113,15 +126,20 @@ pub fn columns(
     {
         if crate::simd::has_vnni() {
             // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
-            return unsafe { x86::columns_vnni(f, w, row_bytes, c0, c1, rows, o) };
+            return unsafe { x86::columns_vnni(f, layout, w, row_bytes, (c0, c1), rows, o) };
         }
         // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; the lengths are
         // checked just before.
-        return unsafe { x86::columns(f, w, row_bytes, c0, c1, rows, o) };
+        return unsafe { x86::columns(f, layout, w, row_bytes, (c0, c1), rows, o) };
     }
     let width = c1 - c0;
+    let mut blocks_of_row = Vec::new();
     for c in c0..c1 {
-        let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+        let mut wc = &w[c * row_bytes..(c + 1) * row_bytes];
+        if layout == Layout::Interleaved {
+            crate::interleaved::row_to_blocks(f, wc, &mut blocks_of_row);
+            wc = &blocks_of_row;
+        }
         for (r, x) in rows.iter().enumerate() {
             let mut t = [0f32; 1];
             portable(f, wc, blocks, &[*x], &mut t);
@@ -184,7 +202,9 @@ mod x86 {
     //! the tile, so a row's result does not depend on its neighbours.
 
     use super::ActRow;
+    use super::Layout;
     use super::GROUP;
+    use crate::interleaved;
     use crate::quant::{QuantFormat, BLOCK};
     use crate::simd::int8::{Avx2, Dot, Vnni};
     use crate::simd::x86::hsum;
@@ -194,6 +214,8 @@ mod x86 {
     trait Format {
         /// Bytes per block.
         const SIZE: usize;
+        /// Bytes before a block's values (its scale, and `Q4_1`'s minimum).
+        const HEAD: usize;
         /// Whether the values enter the byte products as unsigned nibbles (`Q4_0`, `Q4_1`),
         /// their offset moved into a per-block minimum (`Q4_1`'s own; `Q4_0`'s `−8·d`, since
         /// `Σ (n − 8)·x = Σ n·x − 8·Σ x`), or as signed bytes (`Q8_0`), whose signs then move
@@ -207,6 +229,13 @@ mod x86 {
         /// # Safety
         /// AVX2; blocks `0..n` from `b` whole.
         unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP];
+
+        /// The same vectors from a whole group in the [`interleaved`](crate::interleaved)
+        /// layout, whose values start at `v`.
+        ///
+        /// # Safety
+        /// AVX2; the group's values readable from `v`.
+        unsafe fn interleaved_quads(v: *const u8) -> [__m256i; GROUP];
 
         /// The minima of 8 blocks from their scales `d` and the f16 bits of their second
         /// half-word `h` (`Q4_1`'s minimum; the first of the values for the others). The
@@ -262,14 +291,26 @@ mod x86 {
             let v3 = _mm256_set_m128i(row(7), row(3));
             let (t0, t1) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
             let (t2, t3) = (_mm256_unpacklo_epi32(v2, v3), _mm256_unpackhi_epi32(v2, v3));
-            let words = [
+            nibble_split([
                 _mm256_unpacklo_epi64(t0, t2),
                 _mm256_unpackhi_epi64(t0, t2),
                 _mm256_unpacklo_epi64(t1, t3),
                 _mm256_unpackhi_epi64(t1, t3),
-            ];
+            ])
+        }
+    }
+
+    /// The 8 value vectors of 8 `Q4_x` blocks from their 4 nibble words (word `i` of block
+    /// `j` in lane `j` of `words[i]`): word `i`'s low nibbles are values `4i..4i + 4`, its high
+    /// ones `16 + 4i..`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn nibble_split(words: [__m256i; 4]) -> [__m256i; GROUP] {
+        // SAFETY: register arithmetic under AVX2 (this function's contract).
+        unsafe {
             let mask = _mm256_set1_epi8(0x0f);
-            // Word i's low nibbles are values 4i..4i + 4, its high ones 16 + 4i...
             std::array::from_fn(|i| {
                 if i < 4 {
                     _mm256_and_si256(words[i], mask)
@@ -280,9 +321,25 @@ mod x86 {
         }
     }
 
+    /// The `n`-th 32-byte vector from `p`.
+    ///
+    /// # Safety
+    /// AVX; 32 bytes readable from `p + 32n`.
+    #[inline(always)]
+    unsafe fn vector(p: *const u8, n: usize) -> __m256i {
+        // SAFETY: this function's contract.
+        unsafe { _mm256_loadu_si256((p as *const __m256i).add(n)) }
+    }
+
     impl Format for Q8_0 {
         const SIZE: usize = QuantFormat::Q8_0.block_bytes();
+        const HEAD: usize = interleaved::head_bytes(QuantFormat::Q8_0);
         const UNSIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn interleaved_quads(v: *const u8) -> [__m256i; GROUP] {
+            // SAFETY: 8 vectors of values (this function's contract).
+            std::array::from_fn(|i| unsafe { vector(v, i) })
+        }
         #[inline(always)]
         unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
             // SAFETY: a Q8_0 block is 34 bytes, its 32 values from offset 2; blocks j >= n are
@@ -328,7 +385,13 @@ mod x86 {
 
     impl Format for Q4_0 {
         const SIZE: usize = QuantFormat::Q4_0.block_bytes();
+        const HEAD: usize = interleaved::head_bytes(QuantFormat::Q4_0);
         const UNSIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn interleaved_quads(v: *const u8) -> [__m256i; GROUP] {
+            // SAFETY: 4 vectors of nibble words (this function's contract).
+            unsafe { nibble_split(std::array::from_fn(|i| vector(v, i))) }
+        }
         #[inline(always)]
         unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
             // SAFETY: a Q4_0 block is 18 bytes: 16 bytes of nibbles from offset 2.
@@ -343,7 +406,13 @@ mod x86 {
 
     impl Format for Q4_1 {
         const SIZE: usize = QuantFormat::Q4_1.block_bytes();
+        const HEAD: usize = interleaved::head_bytes(QuantFormat::Q4_1);
         const UNSIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn interleaved_quads(v: *const u8) -> [__m256i; GROUP] {
+            // SAFETY: 4 vectors of nibble words (this function's contract).
+            unsafe { nibble_split(std::array::from_fn(|i| vector(v, i))) }
+        }
         #[inline(always)]
         unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
             // SAFETY: a Q4_1 block is 20 bytes: 16 bytes of nibbles from offset 4.
@@ -397,7 +466,8 @@ mod x86 {
 
     /// Adds blocks `8g..8g + n` (`n <= 8`) of weight row `w` times `R` activation rows to the
     /// rows' accumulators, lane `j` of each for block `8g + j`. The weight's values are
-    /// rearranged like the activations' [`group_quads`](super::group_quads), so each byte dot
+    /// rearranged like the activations' [`group_quads`](super::group_quads) (or, with `IL` and
+    /// a whole group, read so from the interleaved layout), so each byte dot
     /// product instruction adds 4 values of all 8 blocks at once, and lane `j` ends with block
     /// `8g + j`'s exact integer sum: no reduction across lanes. Converted, it is scaled by
     /// `d_w · d_x`, then `m_w · s_x` is added. Every activation row adds the same products in
@@ -407,7 +477,7 @@ mod x86 {
     /// AVX2, FMA, F16C and `D`'s features; blocks `8g..8g + n` of `w` whole, and of every row
     /// of `xs`.
     #[inline(always)]
-    unsafe fn group<F: Format, D: Dot, const R: usize>(
+    unsafe fn group<F: Format, D: Dot, const IL: bool, const R: usize>(
         w: *const u8,
         (g, n): (usize, usize),
         xs: &[ActRow<'_>; R],
@@ -421,7 +491,12 @@ mod x86 {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
             let base = w.add(b * F::SIZE);
-            let wq = F::quads(base, n);
+            let interleaved = IL && n == GROUP;
+            let wq = if interleaved {
+                F::interleaved_quads(base.add(GROUP * F::HEAD))
+            } else {
+                F::quads(base, n)
+            };
             // Unsigned by signed bytes: a signed weight goes in as |w| (at most 128), its sign
             // moved onto x.
             let wu: [__m256i; GROUP] = if F::UNSIGNED {
@@ -429,7 +504,17 @@ mod x86 {
             } else {
                 std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]))
             };
-            let (dw, mw) = scales::<F>(base, n);
+            let (dw, mw) = if interleaved {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+                let h = if F::HEAD > 2 {
+                    _mm_loadu_si128(base.add(2 * GROUP) as *const __m128i)
+                } else {
+                    _mm_setzero_si128()
+                };
+                (d, F::mins(d, h))
+            } else {
+                scales::<F>(base, n)
+            };
             // One activation row at a time, not unrolled: unrolled, all the rows' loads were
             // hoisted to the top and spilled to the stack (measured 10% slower at 8 rows).
             let xs: &[ActRow<'_>] = if R > 1 { std::hint::black_box(xs) } else { xs };
@@ -475,7 +560,7 @@ mod x86 {
     /// AVX2, FMA, F16C and `D`'s features; `blocks` whole blocks of `F` readable from `w`,
     /// every row of `xs` at least `blocks` blocks.
     #[inline(always)]
-    unsafe fn tile<F: Format, D: Dot, const R: usize>(
+    unsafe fn tile<F: Format, D: Dot, const IL: bool, const R: usize>(
         w: *const u8,
         blocks: usize,
         xs: &[ActRow<'_>; R],
@@ -486,12 +571,12 @@ mod x86 {
         let full = blocks / GROUP;
         for g in 0..full {
             // SAFETY: blocks 8g..8g + 8 lie inside every row (this function's contract).
-            unsafe { group::<F, D, R>(w, (g, GROUP), xs, &mut acc) };
+            unsafe { group::<F, D, IL, R>(w, (g, GROUP), xs, &mut acc) };
         }
         if full * GROUP < blocks {
             let n = blocks - full * GROUP;
             // SAFETY: as above, for the last blocks.
-            unsafe { group::<F, D, R>(w, (full, n), xs, &mut acc) };
+            unsafe { group::<F, D, IL, R>(w, (full, n), xs, &mut acc) };
         }
         for (o, a) in out.iter_mut().zip(acc) {
             // SAFETY: AVX2, FMA and F16C (this function's contract).
@@ -505,15 +590,15 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn columns(
         f: QuantFormat,
+        layout: Layout,
         w: &[u8],
         row_bytes: usize,
-        c0: usize,
-        c1: usize,
+        cs: (usize, usize),
         rows: &[ActRow<'_>],
         o: &mut [f32],
     ) {
         // SAFETY: passed on from this function's contract.
-        unsafe { columns_with::<Avx2>(f, w, row_bytes, (c0, c1), rows, o) }
+        unsafe { columns_with::<Avx2>(f, layout, w, row_bytes, cs, rows, o) }
     }
 
     /// As [`columns`], with `vpdpbusd`.
@@ -523,15 +608,15 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub unsafe fn columns_vnni(
         f: QuantFormat,
+        layout: Layout,
         w: &[u8],
         row_bytes: usize,
-        c0: usize,
-        c1: usize,
+        cs: (usize, usize),
         rows: &[ActRow<'_>],
         o: &mut [f32],
     ) {
         // SAFETY: passed on from this function's contract.
-        unsafe { columns_with::<Vnni>(f, w, row_bytes, (c0, c1), rows, o) }
+        unsafe { columns_with::<Vnni>(f, layout, w, row_bytes, cs, rows, o) }
     }
 
     /// The format's loop with `D`'s dot products, inlined into the entry with its features.
@@ -541,6 +626,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn columns_with<D: Dot>(
         f: QuantFormat,
+        layout: Layout,
         w: &[u8],
         row_bytes: usize,
         (c0, c1): (usize, usize),
@@ -549,11 +635,15 @@ mod x86 {
     ) {
         // SAFETY: passed on from this function's contract.
         unsafe {
-            match f {
-                QuantFormat::Q8_0 => columns_of::<Q8_0, D>(w, row_bytes, c0, c1, rows, o),
-                QuantFormat::Q4_0 => columns_of::<Q4_0, D>(w, row_bytes, c0, c1, rows, o),
-                QuantFormat::Q4_1 => columns_of::<Q4_1, D>(w, row_bytes, c0, c1, rows, o),
-                QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
+            let a = (w, row_bytes, c0, c1, rows, o);
+            match (f, layout) {
+                (QuantFormat::Q8_0, Layout::Blocks) => columns_of::<Q8_0, D, false>(a),
+                (QuantFormat::Q4_0, Layout::Blocks) => columns_of::<Q4_0, D, false>(a),
+                (QuantFormat::Q4_1, Layout::Blocks) => columns_of::<Q4_1, D, false>(a),
+                (QuantFormat::Q8_0, Layout::Interleaved) => columns_of::<Q8_0, D, true>(a),
+                (QuantFormat::Q4_0, Layout::Interleaved) => columns_of::<Q4_0, D, true>(a),
+                (QuantFormat::Q4_1, Layout::Interleaved) => columns_of::<Q4_1, D, true>(a),
+                (QuantFormat::Int8PerChannel, _) => unreachable!("W8A8 rows go through i8dot"),
             }
         }
     }
@@ -566,29 +656,25 @@ mod x86 {
     /// # Safety
     /// As [`columns`], and `D`'s features.
     #[inline(always)]
-    unsafe fn columns_of<F: Format, D: Dot>(
-        w: &[u8],
-        row_bytes: usize,
-        c0: usize,
-        c1: usize,
-        rows: &[ActRow<'_>],
-        o: &mut [f32],
+    #[allow(clippy::type_complexity)]
+    unsafe fn columns_of<F: Format, D: Dot, const IL: bool>(
+        (w, row_bytes, c0, c1, rows, o): (&[u8], usize, usize, usize, &[ActRow<'_>], &mut [f32]),
     ) {
         let m = rows.len();
         let mut r = 0;
         while r + 8 <= m {
             // SAFETY: passed on from this function's contract; rows r..r + 8 exist.
-            unsafe { rows_of::<F, D, 8>(w, row_bytes, (c0, c1), rows, r, o) };
+            unsafe { rows_of::<F, D, IL, 8>(w, row_bytes, (c0, c1), rows, r, o) };
             r += 8;
         }
         while r + 4 <= m {
             // SAFETY: as above, rows r..r + 4.
-            unsafe { rows_of::<F, D, 4>(w, row_bytes, (c0, c1), rows, r, o) };
+            unsafe { rows_of::<F, D, IL, 4>(w, row_bytes, (c0, c1), rows, r, o) };
             r += 4;
         }
         while r < m {
             // SAFETY: as above, row r.
-            unsafe { rows_of::<F, D, 1>(w, row_bytes, (c0, c1), rows, r, o) };
+            unsafe { rows_of::<F, D, IL, 1>(w, row_bytes, (c0, c1), rows, r, o) };
             r += 1;
         }
     }
@@ -598,7 +684,7 @@ mod x86 {
     /// # Safety
     /// As [`columns`], and `D`'s features; `rows` holds `r0 + R` rows.
     #[inline(always)]
-    unsafe fn rows_of<F: Format, D: Dot, const R: usize>(
+    unsafe fn rows_of<F: Format, D: Dot, const IL: bool, const R: usize>(
         w: &[u8],
         row_bytes: usize,
         (c0, c1): (usize, usize),
@@ -611,7 +697,7 @@ mod x86 {
         for c in c0..c1 {
             let mut t = [0f32; R];
             // SAFETY: row c is a whole row of `w` (this function's contract).
-            unsafe { tile::<F, D, R>(w[c * row_bytes..].as_ptr(), blocks, &xs, &mut t) };
+            unsafe { tile::<F, D, IL, R>(w[c * row_bytes..].as_ptr(), blocks, &xs, &mut t) };
             for (i, &v) in t.iter().enumerate() {
                 o[(r0 + i) * width + c - c0] = v;
             }
@@ -634,9 +720,9 @@ mod x86 {
         // SAFETY: passed on from this function's contract.
         unsafe {
             match f {
-                QuantFormat::Q8_0 => tile::<Q8_0, Avx2, R>(p, blocks, xs, out),
-                QuantFormat::Q4_0 => tile::<Q4_0, Avx2, R>(p, blocks, xs, out),
-                QuantFormat::Q4_1 => tile::<Q4_1, Avx2, R>(p, blocks, xs, out),
+                QuantFormat::Q8_0 => tile::<Q8_0, Avx2, false, R>(p, blocks, xs, out),
+                QuantFormat::Q4_0 => tile::<Q4_0, Avx2, false, R>(p, blocks, xs, out),
+                QuantFormat::Q4_1 => tile::<Q4_1, Avx2, false, R>(p, blocks, xs, out),
                 QuantFormat::Int8PerChannel => unreachable!("W8A8 rows go through i8dot"),
             }
         }
@@ -748,10 +834,10 @@ mod tests {
         }
     }
 
-    /// The VNNI loop gives the AVX2 loop's bits (the same integer sums), for every format and
-    /// every tile shape (13 rows: a tile of 8, one of 4 and a single row; 19 blocks: two whole
-    /// groups of 8 and a last one of 3); both agree with the exact sum, and each row alone
-    /// gives the bits it gives in the batch.
+    /// The VNNI loop gives the AVX2 loop's bits (the same integer sums), and the interleaved
+    /// layout the blocks' bits, for every format and every tile shape (13 rows: a tile of 8,
+    /// one of 4 and a single row; 19 blocks: two whole groups of 8 and a last one of 3); all
+    /// agree with the exact sum, and each row alone gives the bits it gives in the batch.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_vnni_loop_gives_the_avx2_loops_bits() {
@@ -784,16 +870,28 @@ mod tests {
             let mut wf = vec![0f32; n * k];
             crate::quant::dequantize(f, &wb, &mut wf).unwrap();
             let rb = f.row_bytes(k).unwrap();
+            let wi = crate::interleaved::interleave(f, n, k, &wb).unwrap();
             let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
             // SAFETY: the CPU has AVX2, FMA, F16C (checked above), and AVX-512 VNNI and VL
-            // where `columns_vnni` runs; `wb` holds n rows of `rb` bytes, the outputs m · n
-            // values, every activation row k / 32 blocks and their quads.
+            // where `columns_vnni` runs; `wb` and `wi` hold n rows of `rb` bytes, the outputs
+            // m · n values, every activation row k / 32 blocks and their quads.
             unsafe {
-                x86::columns(f, &wb, rb, 0, n, &rows, &mut a);
+                x86::columns(f, Layout::Blocks, &wb, rb, (0, n), &rows, &mut a);
+                x86::columns(f, Layout::Interleaved, &wi, rb, (0, n), &rows, &mut b);
+                assert_eq!(bits(&a), bits(&b), "{f}: interleaved, AVX2");
                 if vnni {
-                    x86::columns_vnni(f, &wb, rb, 0, n, &rows, &mut b);
-                    assert_eq!(bits(&a), bits(&b), "{f}");
+                    for (layout, w) in [(Layout::Blocks, &wb), (Layout::Interleaved, &wi)] {
+                        b.fill(1.0);
+                        x86::columns_vnni(f, layout, w, rb, (0, n), &rows, &mut b);
+                        assert_eq!(bits(&a), bits(&b), "{f}: {layout:?}, VNNI");
+                    }
                 }
+            }
+            // The portable loop on the interleaved rows reads them as the blocks they are.
+            let mut back = Vec::new();
+            for c in 0..n {
+                crate::interleaved::row_to_blocks(f, &wi[c * rb..(c + 1) * rb], &mut back);
+                assert_eq!(back, wb[c * rb..(c + 1) * rb], "{f} row {c}");
             }
             for (r, act) in acts.iter().enumerate() {
                 let xv = act.values();
@@ -811,7 +909,17 @@ mod tests {
                 }
                 let mut alone = vec![0f32; n];
                 // SAFETY: as above, one activation row.
-                unsafe { x86::columns(f, &wb, rb, 0, n, &rows[r..r + 1], &mut alone) };
+                unsafe {
+                    x86::columns(
+                        f,
+                        Layout::Interleaved,
+                        &wi,
+                        rb,
+                        (0, n),
+                        &rows[r..r + 1],
+                        &mut alone,
+                    )
+                };
                 assert_eq!(bits(&alone), bits(&a[r * n..(r + 1) * n]), "{f} row {r}");
             }
         }

@@ -454,7 +454,7 @@ fn quant_matmul_runs_on_the_stream_and_names_a_bad_activation() {
     use ascend_kernels::quant::quantize;
     use ascend_kernels::{cpu, QuantFormat, QuantMatmul};
     let (_b, _d, stream) = setup();
-    let (m, n, k) = (3, 5, 64);
+    let (m, n, k) = (3, 5, 9 * 32); // one whole interleaved group of 8 blocks, and one more
     let x: Vec<f32> = values(m * k, 7);
     let wf: Vec<f32> = values(n * k, 9);
     for format in QuantFormat::ALL {
@@ -463,9 +463,12 @@ fn quant_matmul_runs_on_the_stream_and_names_a_bad_activation() {
         let p = QuantMatmul { m, n, k, format };
         let mut want = vec![0f32; m * n];
         cpu::quant_matmul(&p, &mut want, &x, &w).unwrap();
+        // The backend's layout: the same bytes, rearranged, and the same bits out.
+        let packed = CpuBackend::pack_quant_weight::<f32>(format, n, k, &w).unwrap();
+        assert_eq!(packed.len(), w.len(), "{format}");
         let (xd, wd) = (
             Buf::<f32>::from_slice(&stream, &x).unwrap(),
-            Buf::<u8>::from_slice(&stream, &w).unwrap(),
+            Buf::<u8>::from_slice(&stream, &packed).unwrap(),
         );
         let mut out = Buf::<f32>::zeros(&stream, m * n).unwrap();
         CpuBackend::quant_matmul(&stream, &p, out.view_mut(), xd.view(), wd.view()).unwrap();
@@ -483,11 +486,26 @@ fn quant_matmul_runs_on_the_stream_and_names_a_bad_activation() {
             matches!(e, Error::ShapeMismatch { arg: "weight", .. }),
             "{e}"
         );
+        let e = CpuBackend::pack_quant_weight::<f32>(format, n, k, &w[1..]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument {
+                    op: "pack_quant_weight",
+                    ..
+                }
+            ) && e.to_string().contains(&format!(
+                "{} bytes are not {n} rows of k = {k} values of {format}",
+                w.len() - 1
+            )),
+            "{e}"
+        );
     }
     let mut bad = x.clone();
     bad[k + 3] = f32::NAN;
     let (xd, mut wb) = (Buf::<f32>::from_slice(&stream, &bad).unwrap(), Vec::new());
     quantize(QuantFormat::Q8_0, &wf, &mut wb).unwrap();
+    let wb = CpuBackend::pack_quant_weight::<f32>(QuantFormat::Q8_0, n, k, &wb).unwrap();
     let wd = Buf::<u8>::from_slice(&stream, &wb).unwrap();
     let mut out = Buf::<f32>::zeros(&stream, m * n).unwrap();
     let p = QuantMatmul {
