@@ -34,7 +34,7 @@ if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-batched-bench" ]; then
     python3 -m venv "$work/venv" >&2
     "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check cmake==4.2.1 >&2
     "$work/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
-        --no-binary :all: "llama-cpp-python==$version" -d "$work" >&2
+        --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$work" >&2
     tar xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
     src="$work/llama_cpp_python-$version/vendor/llama.cpp"
     "$work/venv/bin/cmake" -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
