@@ -7,7 +7,9 @@
 # llama.cpp comes from the llama-cpp-python source distribution on PyPI (it vendors llama.cpp),
 # built once with cmake (from PyPI, in a venv) into $ASCEND_RS_CACHE (default
 # ~/.cache/ascend-rs)/llama.cpp-<version>: llama-bench and llama-batched-bench, native CPU
-# flags, no curl. Nothing of llama.cpp is written inside the repository.
+# flags but no AMX (its tile kernels died with SIGILL on `tilezero` on a VM whose CPU flags list
+# AMX: the hypervisor did not enable the tile state), no curl. Nothing of llama.cpp is written
+# inside the repository.
 #
 #   scripts/llama-cpp-speed.sh [--model PATH] [--threads N]
 set -euo pipefail
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$model" ] || model=$(scripts/fetch-smollm2.sh)
 
-bin="$cache/llama.cpp-$version/bin"
+bin="$cache/llama.cpp-$version-noamx/bin"
 if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-batched-bench" ]; then
     echo "== building llama.cpp (llama-cpp-python $version from PyPI), once" >&2
     work=$(mktemp -d)
@@ -37,9 +39,13 @@ if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-batched-bench" ]; then
         --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$work" >&2
     tar xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
     src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+    # GCC lets an explicit -mno-* win over -march=native in either order.
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     "$work/venv/bin/cmake" -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
         -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON >&2
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON \
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+        -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >&2
     "$work/venv/bin/cmake" --build "$work/build" -j "$(nproc)" \
         --target llama-bench llama-batched-bench >&2
     mkdir -p "$bin"
