@@ -21,9 +21,9 @@
 //! A last group of fewer than 8 blocks (`k / 32` not a multiple of 8) stays as GGUF's blocks.
 //! [`QuantFormat::Int8PerChannel`] rows are not blocks and stay as they are.
 
-use ascend_hal::{Error, Result};
+use ascend_hal::Result;
 
-use crate::quant::QuantFormat;
+use crate::quant::{weight_row_bytes, QuantFormat};
 
 /// Blocks per interleaved group.
 pub const GROUP: usize = 8;
@@ -34,21 +34,6 @@ pub(crate) const fn head_bytes(f: QuantFormat) -> usize {
         QuantFormat::Q4_1 => 4,
         QuantFormat::Int8PerChannel => 0,
         _ => 2,
-    }
-}
-
-/// Checks that `bytes` is `n` rows of `k` values of `f` and returns the bytes of a row.
-fn row_bytes(op: &'static str, f: QuantFormat, n: usize, k: usize, bytes: usize) -> Result<usize> {
-    let row = f.row_bytes(k).filter(|_| k > 0);
-    match row.and_then(|r| r.checked_mul(n).map(|len| (r, len))) {
-        Some((r, len)) if len == bytes => Ok(r),
-        _ => Err(Error::InvalidArgument {
-            op,
-            message: format!(
-                "{bytes} bytes are not {n} rows of k = {k} values of {f} ({})",
-                f.row_rule()
-            ),
-        }),
     }
 }
 
@@ -88,38 +73,39 @@ fn convert(
     bytes: &[u8],
     forward: bool,
 ) -> Result<Vec<u8>> {
-    let row = row_bytes(op, f, n, k, bytes.len())?;
+    let row = weight_row_bytes(op, f, n, k, bytes.len())?;
     let mut out = bytes.to_vec();
-    if !f.is_blocks() {
-        return Ok(out);
-    }
-    let span = GROUP * f.block_bytes();
     for (src, dst) in bytes.chunks_exact(row).zip(out.chunks_exact_mut(row)) {
-        // `chunks_exact` leaves out a last, partial group: it stays as blocks.
+        convert_row(f, src, dst, forward);
+    }
+    Ok(out)
+}
+
+/// The whole groups of one row `src` into `dst`, which starts as a copy of `src` (so a last,
+/// partial group, which `chunks_exact` leaves out, stays as blocks, and `Int8PerChannel` rows
+/// as they are).
+fn convert_row(f: QuantFormat, src: &[u8], dst: &mut [u8], forward: bool) {
+    if f.is_blocks() {
+        let span = GROUP * f.block_bytes();
         for (s, d) in src.chunks_exact(span).zip(dst.chunks_exact_mut(span)) {
             group(f, s, d, forward);
         }
     }
-    Ok(out)
 }
 
 /// GGUF's blocks of one interleaved row `row` of `f`, into `out`.
 pub(crate) fn row_to_blocks(f: QuantFormat, row: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(row);
-    if f.is_blocks() {
-        let span = GROUP * f.block_bytes();
-        for (src, dst) in row.chunks_exact(span).zip(out.chunks_exact_mut(span)) {
-            group(f, src, dst, false);
-        }
-    }
+    convert_row(f, row, out, false);
 }
 
 /// The interleaved layout (above) of the `[n, k]` weight whose GGUF blocks are `blocks`
 /// (`Int8PerChannel` rows: a copy).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when `blocks` is not `n` rows of `k` values of `format`.
+/// [`Error::InvalidArgument`](ascend_hal::Error::InvalidArgument) when `blocks` is not `n`
+/// rows of `k` values of `format`.
 pub fn interleave(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) -> Result<Vec<u8>> {
     convert("interleave", format, n, k, blocks, true)
 }
@@ -127,7 +113,8 @@ pub fn interleave(format: QuantFormat, n: usize, k: usize, blocks: &[u8]) -> Res
 /// GGUF's blocks of an `[n, k]` weight in the interleaved layout: [`interleave`]'s inverse.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when `bytes` is not `n` rows of `k` values of `format`.
+/// [`Error::InvalidArgument`](ascend_hal::Error::InvalidArgument) when `bytes` is not `n`
+/// rows of `k` values of `format`.
 pub fn deinterleave(format: QuantFormat, n: usize, k: usize, bytes: &[u8]) -> Result<Vec<u8>> {
     convert("deinterleave", format, n, k, bytes, false)
 }
@@ -135,6 +122,7 @@ pub fn deinterleave(format: QuantFormat, n: usize, k: usize, bytes: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ascend_hal::Error;
 
     #[test]
     fn a_group_is_laid_out_as_documented_and_comes_back() {

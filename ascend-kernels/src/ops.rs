@@ -93,17 +93,8 @@ macro_rules! kernel_ops {
                 k: usize,
                 blocks: &'a [u8],
             ) -> Result<std::borrow::Cow<'a, [u8]>> {
-                let row = format.row_bytes(k).filter(|_| k > 0);
-                match row.and_then(|r| r.checked_mul(n)) {
-                    Some(len) if len == blocks.len() => Ok(std::borrow::Cow::Borrowed(blocks)),
-                    _ => Err(Error::InvalidArgument {
-                        op: "pack_quant_weight",
-                        message: format!(
-                            "{} bytes are not {n} rows of whole {format} blocks of k = {k} values",
-                            blocks.len()
-                        ),
-                    }),
-                }
+                crate::quant::weight_row_bytes("pack_quant_weight", format, n, k, blocks.len())
+                    .map(|_| std::borrow::Cow::Borrowed(blocks))
             }
 
             $(

@@ -134,6 +134,28 @@ fn block_bytes_of(op: &'static str, f: QuantFormat, values: usize) -> Result<usi
     })
 }
 
+/// The bytes of a row of an `[n, k]` weight of `f` that is `bytes` long, or an error (for `op`)
+/// saying why `bytes` is not `n` rows of `k` values of `f`.
+pub(crate) fn weight_row_bytes(
+    op: &'static str,
+    f: QuantFormat,
+    n: usize,
+    k: usize,
+    bytes: usize,
+) -> Result<usize> {
+    let row = f.row_bytes(k).filter(|_| k > 0);
+    match row.and_then(|r| r.checked_mul(n).map(|len| (r, len))) {
+        Some((r, len)) if len == bytes => Ok(r),
+        _ => Err(invalid(
+            op,
+            format!(
+                "{bytes} bytes are not {n} rows of k = {k} values of {f} ({})",
+                f.row_rule()
+            ),
+        )),
+    }
+}
+
 /// The little-endian f32 at byte `i` of `b` (an `Int8PerChannel` row's scale).
 pub(crate) fn f32_at(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
