@@ -6,7 +6,9 @@
 //! formats through `cpu::quant_matmul_interleaved` (Q4_0, Q4_1, Q8_0 in the CPU backend's
 //! interleaved layout; activations quantized to int8 blocks), against the `f32` GEMM in the same
 //! run: what computing on the blocks buys a decode step; Q4_1 also on GGUF's blocks as stored
-//! (`cpu::quant_matmul`), against which the interleaved layout is measured; and
+//! (`cpu::quant_matmul`), against which the interleaved layout is measured, and on the rows
+//! cut to whole groups of 8 blocks (k = 512 of 576), against which a partial last group's cost
+//! is measured; and
 //! 64 rows (a prefill chunk), where the blocks' tiles of one weight row x 8 activation rows run,
 //! against the `f32` GEMM's 64 rows. W8A8 (int8 per output channel, activations quantized to
 //! int8 per token: exact int32 sums) is measured the same way.
@@ -58,6 +60,16 @@ fn main() {
                 quantize(format, row, &mut wq).expect("quantize");
             }
             let wi = interleaved::interleave(format, n, k, &wq).expect("interleave");
+            // Q4_1 also on the rows cut to whole groups of 8 blocks (k = 512 for k = 576): the
+            // time per block of a row with a partial last group against one without.
+            let whole = k / 256 * 256;
+            let cut = (format == QuantFormat::Q4_1 && whole > 0 && whole < k).then(|| {
+                let mut wq = Vec::new();
+                for row in w.chunks(k) {
+                    quantize(format, &row[..whole], &mut wq).expect("quantize");
+                }
+                interleaved::interleave(format, n, whole, &wq).expect("interleave")
+            });
             for m in [1usize, 8, PREFILL] {
                 let p = QuantMatmul { m, n, k, format };
                 g.bench_function(BenchmarkId::from_parameter(format!("{format}_m{m}")), |b| {
@@ -66,6 +78,21 @@ fn main() {
                             .expect("quant_matmul")
                     })
                 });
+                if let Some(wc) = cut.as_ref().filter(|_| m < PREFILL) {
+                    let p = QuantMatmul { k: whole, ..p };
+                    let id = format!("{format}_k{whole}_m{m}");
+                    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                        b.iter(|| {
+                            cpu::quant_matmul_interleaved(
+                                &p,
+                                &mut out[..m * n],
+                                &x[..m * whole],
+                                wc,
+                            )
+                            .expect("quant_matmul")
+                        })
+                    });
+                }
                 if format == QuantFormat::Q4_1 && m < PREFILL {
                     let id = format!("{format}_blocks_m{m}");
                     g.bench_function(BenchmarkId::from_parameter(id), |b| {
@@ -102,6 +129,17 @@ fn main() {
         }
         rows.push((g.as_str(), "Q4_1_m1", "Q4_1_blocks_m1"));
         rows.push((g.as_str(), "Q4_1_m8", "Q4_1_blocks_m8"));
+    }
+    // k = 576 against its first 512 values, in whole groups: 576 / 512 = 1.125 if the last 2
+    // blocks cost what the others do per block.
+    for g in ["gate_up_3072x576", "lm_head_49152x576"] {
+        for m in [1, 8] {
+            rows.push((
+                g,
+                leak(format!("Q4_1_m{m}")),
+                leak(format!("Q4_1_k512_m{m}")),
+            ));
+        }
     }
     ascend_benches::print_ratios("CPU GEMM (time ratios)", &rows);
 }

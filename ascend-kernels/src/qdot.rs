@@ -9,6 +9,8 @@
 //! x86 loop takes blocks 8 at a time, the values of the 8 laid side by side ([`group_quads`]),
 //! so that each of a block's sums ends in a lane of its own and 8 blocks are scaled by one
 //! instruction; lane `j` adds blocks `j, j + 8, …`, and the lanes are added at the end. A
+//! row's last, partial group goes in [`chunks`] of 4, 2 and 1 blocks, each block over 8/c
+//! lanes, rather than padded to 8 (k = 576 leaves 2 blocks: 2 dot products, not 8). A
 //! weight in the CPU backend's [`interleaved`](crate::interleaved) layout has its groups of 8
 //! blocks stored in that order already; from GGUF's blocks the loop transposes them. The
 //! portable loop adds the blocks in order, so the two differ by rounding only. Which one runs
@@ -42,21 +44,44 @@ pub enum Layout {
     Interleaved,
 }
 
-/// `qs` (whole blocks of [`BLOCK`] values) rearranged for the x86 loops, into `out`: per
-/// group of 8 blocks, for each quad `i` of values `4i..4i + 4` (8 of them), quad `i` of each of
-/// the 8 blocks in turn; zeros stand for the blocks past the end of a last, partial group. One
-/// 32-byte load then holds 4 values of 8 blocks, which a byte dot product instruction adds
-/// into one 32-bit lane per block: a block's sum ends in a lane of its own, with no reduction
-/// across lanes. `ceil(blocks / 8) · 256` bytes.
+/// The chunks a row of `blocks` blocks is taken in, as `(first block, blocks)`: whole groups
+/// of [`GROUP`], then a last, partial group in chunks of 4, 2 and 1 blocks, one per binary
+/// digit of its length (so 2 blocks left over cost 2 vectors, not a group's 8).
+pub fn chunks(blocks: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = blocks / GROUP * GROUP;
+    let tail = blocks - full;
+    let groups = (0..full).step_by(GROUP).map(|b| (b, GROUP));
+    let tail = [4, 2, 1]
+        .into_iter()
+        .filter(move |&c| tail & c != 0)
+        .scan(full, |b, c| {
+            *b += c;
+            Some((*b - c, c))
+        });
+    groups.chain(tail)
+}
+
+/// `qs` (whole blocks of [`BLOCK`] values) rearranged for the x86 loops, into `out`, in the
+/// [`chunks`] of the row: a chunk of `c` blocks is `c` vectors of 32 bytes, and lane `l`
+/// (bytes `4l..4l + 4`) of vector `v` holds quad `v · 8/c + l mod 8/c` (values `4·that..`) of
+/// the chunk's block `l / (8/c)`. For a whole group (`c = 8`), lane `j` of vector `i` is quad
+/// `i` of block `j`. One 32-byte load then holds 4 values of each of its lanes, which a byte
+/// dot product instruction adds into that lane: each lane's sum is of one block, with no
+/// reduction across lanes. Block `b`'s chunk starts at byte `32 · (its first block)`, and the
+/// whole is `blocks · 32` bytes, as `qs`.
 pub fn group_quads(qs: &[i8], out: &mut Vec<i8>) {
     let blocks = qs.len() / BLOCK;
     out.clear();
-    out.resize(blocks.div_ceil(GROUP) * GROUP * BLOCK, 0);
-    for (b, block) in qs.chunks_exact(BLOCK).enumerate() {
-        let (g, j) = (b / GROUP, b % GROUP);
-        for (i, quad) in block.chunks_exact(4).enumerate() {
-            let at = (g * GROUP + i) * BLOCK + j * 4;
-            out[at..at + 4].copy_from_slice(quad);
+    out.resize(blocks * BLOCK, 0);
+    for (first, c) in chunks(blocks) {
+        let lanes = GROUP / c;
+        for j in 0..c {
+            let block = &qs[(first + j) * BLOCK..(first + j + 1) * BLOCK];
+            for (i, quad) in block.chunks_exact(4).enumerate() {
+                let (v, l) = (i / lanes, j * lanes + i % lanes);
+                let at = (first + v) * BLOCK + 4 * l;
+                out[at..at + 4].copy_from_slice(quad);
+            }
         }
     }
 }
@@ -75,7 +100,7 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
         xs.iter().all(|x| x.scales.len() >= blocks
             && x.sums.len() >= blocks
             && x.qs.len() >= blocks * BLOCK
-            && x.quads.len() >= blocks.div_ceil(GROUP) * GROUP * BLOCK),
+            && x.quads.len() >= blocks * BLOCK),
         "qdot: an activation row is shorter than the weight row"
     );
     #[cfg(target_arch = "x86_64")]
@@ -116,7 +141,7 @@ pub fn columns(
             && rows.iter().all(|x| x.scales.len() >= blocks
                 && x.sums.len() >= blocks
                 && x.qs.len() >= blocks * BLOCK
-                && x.quads.len() >= blocks.div_ceil(GROUP) * GROUP * BLOCK),
+                && x.quads.len() >= blocks * BLOCK),
         "qdot: an argument is shorter than the shapes need"
     );
     #[cfg(target_arch = "x86_64")]
@@ -222,13 +247,12 @@ mod x86 {
         /// onto the activations.
         const UNSIGNED: bool;
 
-        /// The values of the first `n` (at most 8) blocks from `b`, `SIZE` bytes apart, as 8
-        /// vectors: lane `j` of vector `i` holds values `4i..4i + 4` of block `j` (zeros for
-        /// `j >= n`, which are not read): [`group_quads`](super::group_quads)'s order.
+        /// The values of the `C` blocks (1, 2, 4 or 8) from `b`, `SIZE` bytes apart, as `C`
+        /// vectors in [`group_quads`](super::group_quads)' order for a chunk of `C` blocks.
         ///
         /// # Safety
-        /// AVX2; blocks `0..n` from `b` whole.
-        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP];
+        /// AVX2; blocks `0..C` from `b` whole.
+        unsafe fn quads<const C: usize>(b: *const u8) -> [__m256i; C];
 
         /// The same vectors from a whole group in the [`interleaved`](crate::interleaved)
         /// layout, whose values start at `v`.
@@ -255,48 +279,82 @@ mod x86 {
     struct Q4_0;
     struct Q4_1;
 
-    /// The 16 bytes `off` bytes into block `j` (blocks `size` bytes apart from `b`) if
-    /// `j < n`, else zeros: the blocks past a row's end are neither read nor pointed at.
+    /// `32 / C` bytes from each of the `C` blocks (1, 2 or 4) from `b` (`size` bytes apart),
+    /// `off` bytes into each, side by side in one vector.
     ///
     /// # Safety
-    /// AVX2; blocks `0..n` from `b` whole, each at least `off + 16` bytes.
+    /// AVX2; `off + 32 / C` bytes of each block readable.
     #[inline(always)]
-    unsafe fn block16(b: *const u8, (j, n): (usize, usize), size: usize, off: usize) -> __m128i {
-        if j < n {
-            // SAFETY: block j < n lies whole from `b` and holds 16 bytes from `off` (this
-            // function's contract).
-            unsafe { _mm_loadu_si128(b.add(j * size + off) as *const __m128i) }
-        } else {
-            // SAFETY: AVX2 (this function's contract).
-            unsafe { _mm_setzero_si128() }
+    unsafe fn pieces<const C: usize>(b: *const u8, size: usize, off: usize) -> __m256i {
+        // SAFETY: C blocks from `b`, each readable for 32 / C bytes from `off` (this
+        // function's contract).
+        unsafe {
+            let at = |j: usize| b.add(j * size + off);
+            match C {
+                1 => _mm256_loadu_si256(at(0) as *const __m256i),
+                2 => _mm256_set_m128i(
+                    _mm_loadu_si128(at(1) as *const __m128i),
+                    _mm_loadu_si128(at(0) as *const __m128i),
+                ),
+                4 => {
+                    let q = |j: usize| (at(j) as *const i64).read_unaligned();
+                    _mm256_setr_epi64x(q(0), q(1), q(2), q(3))
+                }
+                _ => unreachable!("a chunk from blocks is 1, 2 or 4 of them"),
+            }
         }
     }
 
-    /// The nibble values of `n` blocks whose 16 bytes of nibbles start `off` bytes into
-    /// each: byte `t` holds value `t` (low nibble) and value `16 + t` (high).
+    /// The values of `C` `Q4_x` blocks (1, 2, 4 or 8) whose 16 bytes of nibbles start `off`
+    /// bytes into each (byte `t` holds value `t` in its low nibble and `16 + t` in its high),
+    /// in a chunk's order.
     ///
     /// # Safety
-    /// AVX2; blocks `0..n` from `b`, `size` bytes apart, whole.
+    /// AVX2; blocks `0..C` from `b`, `size` bytes apart, whole.
     #[inline(always)]
-    unsafe fn nibble_quads(b: *const u8, n: usize, size: usize, off: usize) -> [__m256i; GROUP] {
-        // SAFETY: block j's nibbles are read only for j < n, which lie inside the blocks
-        // (this function's contract); the rest is register arithmetic under AVX2.
+    unsafe fn nibble_quads<const C: usize>(b: *const u8, size: usize, off: usize) -> [__m256i; C] {
+        // SAFETY: only the 16 bytes of nibbles of blocks 0..C are read, which lie inside the
+        // blocks (this function's contract); the rest is register arithmetic under AVX2.
         unsafe {
-            let row = |j: usize| block16(b, (j, n), size, off);
-            // Blocks j and j + 4 share a vector; a 4 x 4 transpose of 32-bit words in each half
-            // leaves word i of blocks 0..8 in vector i.
-            let v0 = _mm256_set_m128i(row(4), row(0));
-            let v1 = _mm256_set_m128i(row(5), row(1));
-            let v2 = _mm256_set_m128i(row(6), row(2));
-            let v3 = _mm256_set_m128i(row(7), row(3));
-            let (t0, t1) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
-            let (t2, t3) = (_mm256_unpacklo_epi32(v2, v3), _mm256_unpackhi_epi32(v2, v3));
-            nibble_split([
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ])
+            let mask = _mm256_set1_epi8(0x0f);
+            let low = |v: __m256i| _mm256_and_si256(v, mask);
+            let high = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+            match C {
+                // Values 0..16 then 16..32: the low nibbles, then the high ones.
+                1 => {
+                    let n = _mm_loadu_si128(b.add(off) as *const __m128i);
+                    let both = _mm256_set_m128i(n, n);
+                    std::array::from_fn(|_| _mm256_blend_epi32::<0xf0>(low(both), high(both)))
+                }
+                8 => {
+                    let row = |j: usize| _mm_loadu_si128(b.add(j * size + off) as *const __m128i);
+                    // Blocks j and j + 4 share a vector; a 4 x 4 transpose of 32-bit words in
+                    // each half leaves word i of blocks 0..8 in vector i.
+                    let v0 = _mm256_set_m128i(row(4), row(0));
+                    let v1 = _mm256_set_m128i(row(5), row(1));
+                    let v2 = _mm256_set_m128i(row(6), row(2));
+                    let v3 = _mm256_set_m128i(row(7), row(3));
+                    let (t0, t1) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
+                    let (t2, t3) = (_mm256_unpacklo_epi32(v2, v3), _mm256_unpackhi_epi32(v2, v3));
+                    let words = [
+                        _mm256_unpacklo_epi64(t0, t2),
+                        _mm256_unpackhi_epi64(t0, t2),
+                        _mm256_unpacklo_epi64(t1, t3),
+                        _mm256_unpackhi_epi64(t1, t3),
+                    ];
+                    std::array::from_fn(|i| nibble_split(words)[i])
+                }
+                // Vector v holds values 32v/C.. of each block: the low nibbles of its bytes
+                // (32v/C) mod 16.. for the first half of the vectors, the high ones after.
+                _ => std::array::from_fn(|v| {
+                    let n = pieces::<C>(b, size, off + (32 * v / C) % 16);
+                    if v < C / 2 {
+                        low(n)
+                    } else {
+                        high(n)
+                    }
+                }),
+            }
         }
     }
 
@@ -341,16 +399,16 @@ mod x86 {
             std::array::from_fn(|i| unsafe { vector(v, i) })
         }
         #[inline(always)]
-        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
-            // SAFETY: a Q8_0 block is 34 bytes, its 32 values from offset 2; blocks j >= n are
-            // not read (this function's contract).
+        unsafe fn quads<const C: usize>(b: *const u8) -> [__m256i; C] {
+            // SAFETY: a Q8_0 block is 34 bytes, its 32 values from offset 2; only blocks 0..C
+            // are read (this function's contract).
             unsafe {
+                if C < GROUP {
+                    // Vector v holds values 32v/C.. of each block.
+                    return std::array::from_fn(|v| pieces::<C>(b, Self::SIZE, 2 + 32 * v / C));
+                }
                 let r: [__m256i; GROUP] = std::array::from_fn(|j| {
-                    if j < n {
-                        _mm256_loadu_si256(b.add(j * Self::SIZE + 2) as *const __m256i)
-                    } else {
-                        _mm256_setzero_si256()
-                    }
+                    _mm256_loadu_si256(b.add(j * Self::SIZE + 2) as *const __m256i)
                 });
                 // An 8 x 8 transpose of 32-bit words: pairs, then quads in each half, then
                 // the halves.
@@ -393,9 +451,9 @@ mod x86 {
             unsafe { nibble_split(std::array::from_fn(|i| vector(v, i))) }
         }
         #[inline(always)]
-        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
+        unsafe fn quads<const C: usize>(b: *const u8) -> [__m256i; C] {
             // SAFETY: a Q4_0 block is 18 bytes: 16 bytes of nibbles from offset 2.
-            unsafe { nibble_quads(b, n, Self::SIZE, 2) }
+            unsafe { nibble_quads::<C>(b, Self::SIZE, 2) }
         }
         #[inline(always)]
         unsafe fn mins(d: __m256, _: __m128i) -> __m256 {
@@ -414,9 +472,9 @@ mod x86 {
             unsafe { nibble_split(std::array::from_fn(|i| vector(v, i))) }
         }
         #[inline(always)]
-        unsafe fn quads(b: *const u8, n: usize) -> [__m256i; GROUP] {
+        unsafe fn quads<const C: usize>(b: *const u8) -> [__m256i; C] {
             // SAFETY: a Q4_1 block is 20 bytes: 16 bytes of nibbles from offset 4.
-            unsafe { nibble_quads(b, n, Self::SIZE, 4) }
+            unsafe { nibble_quads::<C>(b, Self::SIZE, 4) }
         }
         #[inline(always)]
         unsafe fn mins(_: __m256, h: __m128i) -> __m256 {
@@ -425,23 +483,17 @@ mod x86 {
         }
     }
 
-    /// The scales and minima of the first `n` (at most 8) blocks from `b`, `F::SIZE` bytes
-    /// apart (0 for the others, which are not read).
+    /// The scales and minima of the 8 blocks from `b`, `F::SIZE` bytes apart, lane `j` for
+    /// block `j`.
     ///
     /// # Safety
-    /// AVX2, F16C; blocks `0..n` from `b` whole.
+    /// AVX2, F16C; blocks `0..8` from `b` whole.
     #[inline(always)]
-    unsafe fn scales<F: Format>(b: *const u8, n: usize) -> (__m256, __m256) {
-        // SAFETY: block j's first 4 bytes are read only for j < n, inside the block (blocks
-        // are 18 bytes or more).
+    unsafe fn scales<F: Format>(b: *const u8) -> (__m256, __m256) {
+        // SAFETY: each block's first 4 bytes are read, inside the block (blocks are 18 bytes
+        // or more).
         unsafe {
-            let head = |j: usize| -> i32 {
-                if j < n {
-                    (b.add(j * F::SIZE) as *const i32).read_unaligned()
-                } else {
-                    0
-                }
-            };
+            let head = |j: usize| -> i32 { (b.add(j * F::SIZE) as *const i32).read_unaligned() };
             let head = _mm256_setr_epi32(
                 head(0),
                 head(1),
@@ -464,42 +516,117 @@ mod x86 {
         }
     }
 
-    /// Adds blocks `8g..8g + n` (`n <= 8`) of weight row `w` times `R` activation rows to the
-    /// rows' accumulators, lane `j` of each for block `8g + j`. The weight's values are
-    /// rearranged like the activations' [`group_quads`](super::group_quads) (or, with `IL` and
-    /// a whole group, read so from the interleaved layout), so each byte dot
-    /// product instruction adds 4 values of all 8 blocks at once, and lane `j` ends with block
-    /// `8g + j`'s exact integer sum: no reduction across lanes. Converted, it is scaled by
-    /// `d_w · d_x`, then `m_w · s_x` is added. Every activation row adds the same products in
-    /// the same order whatever the tile.
+    /// The scales and minima of a chunk of `C` blocks (1, 2 or 4) from `b`, `F::SIZE` bytes
+    /// apart, spread over their lanes: lane `l` is for block `l / (8/C)`, and holds its scale,
+    /// and its minimum if it is the block's first lane (0 in the others, so that the minimum
+    /// is added once).
     ///
     /// # Safety
-    /// AVX2, FMA, F16C and `D`'s features; blocks `8g..8g + n` of `w` whole, and of every row
-    /// of `xs`.
+    /// AVX2, F16C; blocks `0..C` from `b` whole.
     #[inline(always)]
-    unsafe fn group<F: Format, D: Dot, const IL: bool, const R: usize>(
+    unsafe fn chunk_scales<F: Format, const C: usize>(b: *const u8) -> (__m256, __m256) {
+        let lanes = GROUP / C;
+        // Byte shuffles from the blocks' first 4 bytes (block j's in word j): half-word 0
+        // (the scale) of block l / lanes into lane l; half-word 1 into a block's first lane.
+        let (mut d_at, mut h_at) = ([0x80u8; 16], [0x80u8; 16]);
+        for l in 0..GROUP {
+            let j = (4 * (l / lanes)) as u8;
+            d_at[2 * l..2 * l + 2].copy_from_slice(&[j, j + 1]);
+            if l % lanes == 0 {
+                h_at[2 * l..2 * l + 2].copy_from_slice(&[j + 2, j + 3]);
+            }
+        }
+        // SAFETY: the first 4 bytes of blocks 0..C are read, inside them (this function's
+        // contract; blocks are 18 bytes or more); the rest is register arithmetic under AVX2
+        // and F16C.
+        unsafe {
+            let head = |j: usize| -> i32 {
+                if j < C {
+                    (b.add(j * F::SIZE) as *const i32).read_unaligned()
+                } else {
+                    0
+                }
+            };
+            let heads = _mm_setr_epi32(head(0), head(1), head(2), head(3));
+            let at = |a: &[u8; 16]| _mm_loadu_si128(a.as_ptr() as *const __m128i);
+            let d = _mm256_cvtph_ps(_mm_shuffle_epi8(heads, at(&d_at)));
+            let m = F::mins(d, _mm_shuffle_epi8(heads, at(&h_at)));
+            // Q4_0's minimum comes from the scale, in every lane: keep the first lanes'.
+            let first: [i32; GROUP] = std::array::from_fn(|l| -((l % lanes == 0) as i32));
+            let first = _mm256_loadu_si256(first.as_ptr() as *const __m256i);
+            (d, _mm256_and_ps(m, _mm256_castsi256_ps(first)))
+        }
+    }
+
+    /// Lane `l` of the result is lane `l / (8/C)` of `v`: a chunk's per-block value in each of
+    /// the block's lanes.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn spread<const C: usize>(v: __m256) -> __m256 {
+        let lanes = GROUP / C;
+        let at: [i32; GROUP] = std::array::from_fn(|l| (l / lanes) as i32);
+        // SAFETY: register arithmetic under AVX2 (this function's contract), and a load of
+        // the local array.
+        unsafe { _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(at.as_ptr() as *const __m256i)) }
+    }
+
+    /// The activation row's per-block values `p[0..C]` spread over their lanes ([`spread`]).
+    ///
+    /// # Safety
+    /// AVX2; `C` values readable from `p`.
+    #[inline(always)]
+    unsafe fn spread_from<const C: usize>(p: *const f32) -> __m256 {
+        // SAFETY: only p[0..C] are read (this function's contract); the permute reads lanes
+        // 0..C of the loaded vector, which the load defined.
+        unsafe {
+            match C {
+                8 => _mm256_loadu_ps(p),
+                1 => _mm256_broadcast_ss(&*p),
+                2 => spread::<C>(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(
+                    p as *const f64,
+                )))),
+                4 => spread::<C>(_mm256_castps128_ps256(_mm_loadu_ps(p))),
+                _ => unreachable!("a chunk is 1, 2, 4 or 8 blocks"),
+            }
+        }
+    }
+
+    /// Adds the chunk of `C` blocks (1, 2, 4 or 8) from block `b` of weight row `w` times `R`
+    /// activation rows to the rows' accumulators. The weight's values are rearranged like the
+    /// activations' [`group_quads`](super::group_quads) (or, with `IL` and a whole group,
+    /// read so from the interleaved layout), so each byte dot product instruction adds 4
+    /// values of every lane's block at once, and each lane ends with an exact integer sum of
+    /// one block's values. Converted, it is scaled by `d_w · d_x` of its block, then
+    /// `m_w · s_x` is added, once per block (in the block's first lane). Every activation row
+    /// adds the same products in the same order whatever the tile.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C and `D`'s features; blocks `b..b + C` of `w` whole, and of every row of
+    /// `xs`.
+    #[inline(always)]
+    unsafe fn chunk<F: Format, D: Dot, const IL: bool, const C: usize, const R: usize>(
         w: *const u8,
-        (g, n): (usize, usize),
+        b: usize,
         xs: &[ActRow<'_>; R],
         acc: &mut [__m256; R],
     ) {
-        let b = g * GROUP;
-        // SAFETY: blocks b..b + n of the weight row and of every activation row are whole, and
-        // the activations' quads hold whole groups (this function's contract); nothing past
-        // them is read: the masked loads and the blocks' loads skip blocks past n.
+        // SAFETY: blocks b..b + C of the weight row and of every activation row are whole
+        // (this function's contract), and the activations' quads for them are the C vectors
+        // from byte 32b; nothing past them is read.
         unsafe {
-            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
             let base = w.add(b * F::SIZE);
-            let interleaved = IL && n == GROUP;
-            let wq = if interleaved {
-                F::interleaved_quads(base.add(GROUP * F::HEAD))
+            let interleaved = IL && C == GROUP;
+            let wq: [__m256i; C] = if interleaved {
+                let q = F::interleaved_quads(base.add(GROUP * F::HEAD));
+                std::array::from_fn(|i| q[i])
             } else {
-                F::quads(base, n)
+                F::quads::<C>(base)
             };
             // Unsigned by signed bytes: a signed weight goes in as |w| (at most 128), its sign
             // moved onto x.
-            let wu: [__m256i; GROUP] = if F::UNSIGNED {
+            let wu: [__m256i; C] = if F::UNSIGNED {
                 wq
             } else {
                 std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]))
@@ -512,17 +639,19 @@ mod x86 {
                     _mm_setzero_si128()
                 };
                 (d, F::mins(d, h))
+            } else if C < GROUP {
+                chunk_scales::<F, C>(base)
             } else {
-                scales::<F>(base, n)
+                scales::<F>(base)
             };
             // One activation row at a time, not unrolled: unrolled, all the rows' loads were
             // hoisted to the top and spilled to the stack (measured 10% slower at 8 rows).
             let xs: &[ActRow<'_>] = if R > 1 { std::hint::black_box(xs) } else { xs };
             for (x, acc) in xs.iter().zip(acc.iter_mut()) {
                 let xq = x.quads.as_ptr().add(b * BLOCK) as *const __m256i;
-                // Two chains of 4, so that a product need not wait for the one before.
+                // Two chains, so that a product need not wait for the one before.
                 let mut s = [_mm256_setzero_si256(); 2];
-                for i in 0..GROUP {
+                for i in 0..C {
                     let xv = _mm256_loadu_si256(xq.add(i));
                     let xv = if F::UNSIGNED {
                         xv
@@ -531,21 +660,11 @@ mod x86 {
                     };
                     s[i % 2] = D::dot_add(s[i % 2], wu[i], xv);
                 }
-                let (dx, sx) = if n == GROUP {
-                    (
-                        _mm256_loadu_ps(x.scales.as_ptr().add(b)),
-                        _mm256_loadu_ps(x.sums.as_ptr().add(b)),
-                    )
-                } else {
-                    (
-                        _mm256_maskload_ps(x.scales.as_ptr().add(b), valid),
-                        _mm256_maskload_ps(x.sums.as_ptr().add(b), valid),
-                    )
-                };
+                let dx = spread_from::<C>(x.scales.as_ptr().add(b));
                 let sums = _mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1]));
                 let a = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, dx), *acc);
                 *acc = if F::UNSIGNED {
-                    _mm256_fmadd_ps(mw, sx, a)
+                    _mm256_fmadd_ps(mw, spread_from::<C>(x.sums.as_ptr().add(b)), a)
                 } else {
                     a
                 };
@@ -553,8 +672,8 @@ mod x86 {
         }
     }
 
-    /// `out[r] = dot(weight row w, xs[r])`, blocks in groups of 8 ([`group`]). Inlined into an
-    /// entry compiled with `D`'s features (which is why it has none itself).
+    /// `out[r] = dot(weight row w, xs[r])`, blocks in the row's [`chunks`](super::chunks).
+    /// Inlined into an entry compiled with `D`'s features (which is why it has none itself).
     ///
     /// # Safety
     /// AVX2, FMA, F16C and `D`'s features; `blocks` whole blocks of `F` readable from `w`,
@@ -568,15 +687,26 @@ mod x86 {
     ) {
         // SAFETY: AVX (this function's contract).
         let mut acc = [unsafe { _mm256_setzero_ps() }; R];
-        let full = blocks / GROUP;
-        for g in 0..full {
-            // SAFETY: blocks 8g..8g + 8 lie inside every row (this function's contract).
-            unsafe { group::<F, D, IL, R>(w, (g, GROUP), xs, &mut acc) };
+        let full = blocks / GROUP * GROUP;
+        for b in (0..full).step_by(GROUP) {
+            // SAFETY: blocks b..b + 8 lie inside every row (this function's contract).
+            unsafe { chunk::<F, D, IL, GROUP, R>(w, b, xs, &mut acc) };
         }
-        if full * GROUP < blocks {
-            let n = blocks - full * GROUP;
-            // SAFETY: as above, for the last blocks.
-            unsafe { group::<F, D, IL, R>(w, (full, n), xs, &mut acc) };
+        // The last, partial group, as `chunks` takes it: 4, 2, then 1 blocks.
+        let (tail, mut b) = (blocks - full, full);
+        if tail & 4 != 0 {
+            // SAFETY: as above, blocks b..b + 4 (b + 4 <= blocks, since tail has bit 4).
+            unsafe { chunk::<F, D, IL, 4, R>(w, b, xs, &mut acc) };
+            b += 4;
+        }
+        if tail & 2 != 0 {
+            // SAFETY: as above, blocks b..b + 2.
+            unsafe { chunk::<F, D, IL, 2, R>(w, b, xs, &mut acc) };
+            b += 2;
+        }
+        if tail & 1 != 0 {
+            // SAFETY: as above, block b.
+            unsafe { chunk::<F, D, IL, 1, R>(w, b, xs, &mut acc) };
         }
         for (o, a) in out.iter_mut().zip(acc) {
             // SAFETY: AVX2, FMA and F16C (this function's contract).
@@ -809,35 +939,49 @@ mod tests {
         }
     }
 
-    /// The values of block `b` land where the x86 loop reads them: quad `i` of block `8g + j`
-    /// at `(8g + i) · 32 + 4j`, zeros for the blocks a last group lacks.
+    /// A row is taken in whole groups, then its last blocks in chunks of 4, 2 and 1.
+    #[test]
+    fn chunks_cover_the_row_once() {
+        let got = |blocks| chunks(blocks).collect::<Vec<_>>();
+        assert_eq!(got(0), []);
+        assert_eq!(got(2), [(0, 2)]);
+        assert_eq!(got(18), [(0, 8), (8, 8), (16, 2)]);
+        assert_eq!(got(15), [(0, 8), (8, 4), (12, 2), (14, 1)]);
+        assert_eq!(got(16), [(0, 8), (8, 8)]);
+    }
+
+    /// The values of each block land where the x86 loop reads them: in a chunk of `c` blocks
+    /// from block `f`, quad `i` of block `f + j` at `(f + i / (8/c)) · 32 + 4 · (j · 8/c +
+    /// i mod 8/c)`.
     #[test]
     fn group_quads_lays_blocks_side_by_side() {
-        let blocks = 11;
+        let blocks = 15;
         let qs: Vec<i8> = (0..blocks * BLOCK).map(|v| (v % 251) as u8 as i8).collect();
         let mut out = vec![7i8; 3];
         group_quads(&qs, &mut out);
-        assert_eq!(out.len(), 2 * GROUP * BLOCK);
-        for b in 0..blocks {
-            for v in 0..BLOCK {
-                let (g, j, i) = (b / GROUP, b % GROUP, v / 4);
-                let at = (g * GROUP + i) * BLOCK + 4 * j + v % 4;
-                assert_eq!(out[at], qs[b * BLOCK + v], "block {b} value {v}");
+        assert_eq!(out.len(), blocks * BLOCK);
+        let mut seen = vec![false; out.len()];
+        for (first, c) in [(0, 8), (8, 4), (12, 2), (14, 1)] {
+            let lanes = GROUP / c;
+            for j in 0..c {
+                for v in 0..BLOCK {
+                    let i = v / 4;
+                    let at = (first + i / lanes) * BLOCK + 4 * (j * lanes + i % lanes) + v % 4;
+                    let b = first + j;
+                    assert_eq!(out[at], qs[b * BLOCK + v], "block {b} value {v}");
+                    seen[at] = true;
+                }
             }
         }
-        for i in 0..GROUP {
-            let at = (GROUP + i) * BLOCK;
-            assert!(
-                out[at + 4 * 3..at + BLOCK].iter().all(|&v| v == 0),
-                "quad {i}"
-            );
-        }
+        assert!(seen.iter().all(|&s| s), "every byte holds a value");
     }
 
     /// The VNNI loop gives the AVX2 loop's bits (the same integer sums), and the interleaved
     /// layout the blocks' bits, for every format and every tile shape (13 rows: a tile of 8,
-    /// one of 4 and a single row; 19 blocks: two whole groups of 8 and a last one of 3); all
-    /// agree with the exact sum, and each row alone gives the bits it gives in the batch.
+    /// one of 4 and a single row) and rows of every kind of chunk (19 blocks: two whole groups
+    /// and chunks of 2 and 1; 12: a group and a chunk of 4; 7, 4 and 2: no whole group; 16:
+    /// no chunk); all agree with the exact sum, and each row alone gives the bits it gives in
+    /// the batch.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_vnni_loop_gives_the_avx2_loops_bits() {
@@ -846,8 +990,16 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2");
             return;
         }
+        for blocks in [19, 12, 7, 4, 2, 16] {
+            x86_loops_agree(blocks);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn x86_loops_agree(blocks: usize) {
+        use std::is_x86_feature_detected as has;
         let vnni = has!("avx512vnni") && has!("avx512vl");
-        let (k, n, m) = (19 * BLOCK, 5, 13);
+        let (k, n, m) = (blocks * BLOCK, 5, 13);
         let acts: Vec<ActivationBlocks> = (0..m)
             .map(|r| {
                 let x: Vec<f32> = (0..k)
