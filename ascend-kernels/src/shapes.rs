@@ -1,6 +1,8 @@
 //! One parameter struct per kernel, with named shapes, and the checks that turn a mismatch into
 //! an error naming the argument and the shape it must have.
 
+use std::fmt;
+
 use ascend_hal::{Error, Result};
 
 use crate::float::KvFloat;
@@ -37,11 +39,14 @@ impl CacheShape {
     pub fn slots(&self) -> usize {
         self.num_blocks.saturating_mul(self.block_size)
     }
-    fn describe(&self) -> String {
-        format!(
-            "[num_blocks={}, block_size={}, kv_heads={}, head_size={}]",
-            self.num_blocks, self.block_size, self.num_kv_heads, self.head_size
-        )
+    fn describe(&self) -> impl fmt::Display + '_ {
+        Shape(|f| {
+            write!(
+                f,
+                "[num_blocks={}, block_size={}, kv_heads={}, head_size={}]",
+                self.num_blocks, self.block_size, self.num_kv_heads, self.head_size
+            )
+        })
     }
 }
 
@@ -204,21 +209,21 @@ impl Matmul {
         expect_len::<T>(
             OP,
             "out",
-            format!("[m={}, n={}]", self.m, self.n),
+            format_args!("[m={}, n={}]", self.m, self.n),
             dims(&[self.m, self.n]),
             out,
         )?;
         expect_len::<T>(
             OP,
             "x",
-            format!("[m={}, k={}]", self.m, self.k),
+            format_args!("[m={}, k={}]", self.m, self.k),
             dims(&[self.m, self.k]),
             x,
         )?;
         expect_len::<T>(
             OP,
             "weight",
-            format!("[n={}, k={}]", self.n, self.k),
+            format_args!("[n={}, k={}]", self.n, self.k),
             dims(&[self.n, self.k]),
             w,
         )
@@ -268,14 +273,14 @@ impl QuantMatmul {
         expect_len::<T>(
             OP,
             "out",
-            format!("[m={}, n={}]", self.m, self.n),
+            format_args!("[m={}, n={}]", self.m, self.n),
             dims(&[self.m, self.n]),
             out,
         )?;
         expect_len::<T>(
             OP,
             "x",
-            format!("[m={}, k={}]", self.m, self.k),
+            format_args!("[m={}, k={}]", self.m, self.k),
             dims(&[self.m, self.k]),
             x,
         )?;
@@ -348,11 +353,23 @@ fn count(want: usize) -> String {
     }
 }
 
-/// Checks a length against the shape it must have.
+/// A shape as an error describes it, formatted only when an error is made: every op checks its
+/// lengths on every call, and formatting the descriptions eagerly cost a decode step ~1% of the
+/// stream's time.
+struct Shape<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Shape<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
+}
+
+/// Checks a length against the shape it must have. `shape` is formatted only for the error (a
+/// `format_args!` costs nothing when the length is right).
 pub fn expect_len<T: KvFloat>(
     op: &'static str,
     arg: &'static str,
-    shape: String,
+    shape: impl fmt::Display,
     want: usize,
     got: usize,
 ) -> Result<()> {
@@ -368,11 +385,11 @@ pub fn expect_len<T: KvFloat>(
     }
 }
 
-/// Checks the length of an `i32`/`i64` index argument.
+/// Checks the length of an `i32`/`i64` index argument (`shape` as in [`expect_len`]).
 pub fn expect_index_len(
     op: &'static str,
     arg: &'static str,
-    shape: String,
+    shape: impl fmt::Display,
     want: usize,
     got: usize,
 ) -> Result<()> {
@@ -419,14 +436,17 @@ impl ReshapeAndCache {
         const OP: &str = "reshape_and_cache";
         check_cache(OP, &self.cache)?;
         let c = &self.cache;
-        let rows = format!(
-            "[num_tokens={}, kv_heads={}, head_size={}]",
-            self.num_tokens, c.num_kv_heads, c.head_size
-        );
+        let rows = Shape(|f| {
+            write!(
+                f,
+                "[num_tokens={}, kv_heads={}, head_size={}]",
+                self.num_tokens, c.num_kv_heads, c.head_size
+            )
+        });
         expect_len::<T>(
             OP,
             "key",
-            rows.clone(),
+            &rows,
             dims(&[self.num_tokens, c.token_stride()]),
             key,
         )?;
@@ -442,7 +462,7 @@ impl ReshapeAndCache {
         expect_index_len(
             OP,
             "slot_mapping",
-            format!("[num_tokens={}] i32", self.num_tokens),
+            format_args!("[num_tokens={}] i32", self.num_tokens),
             self.num_tokens,
             slots,
         )
@@ -490,19 +510,22 @@ impl PagedAttention {
         check_window(OP, self.sliding_window)?;
         check_heads(OP, self.num_heads, &self.cache)?;
         let c = &self.cache;
-        let rows = format!(
-            "[num_seqs={}, num_heads={}, head_size={}]",
-            self.num_seqs, self.num_heads, c.head_size
-        );
+        let rows = Shape(|f| {
+            write!(
+                f,
+                "[num_seqs={}, num_heads={}, head_size={}]",
+                self.num_seqs, self.num_heads, c.head_size
+            )
+        });
         let n = dims(&[self.num_seqs, self.num_heads, c.head_size]);
-        expect_len::<T>(OP, "query", rows.clone(), n, q)?;
+        expect_len::<T>(OP, "query", &rows, n, q)?;
         expect_len::<T>(OP, "out", rows, n, out)?;
         expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
         expect_len::<T>(OP, "value_cache", c.describe(), c.elements(), value_cache)?;
         expect_index_len(
             OP,
             "block_tables",
-            format!(
+            format_args!(
                 "[num_seqs={}, max_blocks={}] i32",
                 self.num_seqs, self.max_blocks_per_seq
             ),
@@ -512,7 +535,7 @@ impl PagedAttention {
         expect_index_len(
             OP,
             "seq_lens",
-            format!("[num_seqs={}] i32", self.num_seqs),
+            format_args!("[num_seqs={}] i32", self.num_seqs),
             self.num_seqs,
             seq_lens,
         )
@@ -542,7 +565,7 @@ impl PrefillAttention {
         expect_index_len(
             OP,
             "query_start_loc_host",
-            format!("[num_seqs+1={}] i32", self.num_seqs.saturating_add(1)),
+            format_args!("[num_seqs+1={}] i32", self.num_seqs.saturating_add(1)),
             self.num_seqs.saturating_add(1),
             query_start_loc.len(),
         )?;
@@ -573,19 +596,22 @@ impl PrefillAttention {
         check_window(OP, self.sliding_window)?;
         check_heads(OP, self.num_heads, &self.cache)?;
         let c = &self.cache;
-        let rows = format!(
-            "[num_tokens={}, num_heads={}, head_size={}]",
-            self.num_tokens, self.num_heads, c.head_size
-        );
+        let rows = Shape(|f| {
+            write!(
+                f,
+                "[num_tokens={}, num_heads={}, head_size={}]",
+                self.num_tokens, self.num_heads, c.head_size
+            )
+        });
         let n = dims(&[self.num_tokens, self.num_heads, c.head_size]);
-        expect_len::<T>(OP, "query", rows.clone(), n, q)?;
+        expect_len::<T>(OP, "query", &rows, n, q)?;
         expect_len::<T>(OP, "out", rows, n, out)?;
         expect_len::<T>(OP, "key_cache", c.describe(), c.elements(), key_cache)?;
         expect_len::<T>(OP, "value_cache", c.describe(), c.elements(), value_cache)?;
         expect_index_len(
             OP,
             "block_tables",
-            format!(
+            format_args!(
                 "[num_seqs={}, max_blocks={}] i32",
                 self.num_seqs, self.max_blocks_per_seq
             ),
@@ -595,14 +621,14 @@ impl PrefillAttention {
         expect_index_len(
             OP,
             "query_start_loc",
-            format!("[num_seqs+1={}] i32", self.num_seqs.saturating_add(1)),
+            format_args!("[num_seqs+1={}] i32", self.num_seqs.saturating_add(1)),
             self.num_seqs.saturating_add(1),
             query_starts,
         )?;
         expect_index_len(
             OP,
             "seq_lens",
-            format!("[num_seqs={}] i32", self.num_seqs),
+            format_args!("[num_seqs={}] i32", self.num_seqs),
             self.num_seqs,
             seq_lens,
         )
@@ -649,14 +675,14 @@ impl Rotary {
         expect_index_len(
             OP,
             "positions",
-            format!("[num_tokens={}] i64", self.num_tokens),
+            format_args!("[num_tokens={}] i64", self.num_tokens),
             self.num_tokens,
             positions,
         )?;
         expect_len::<T>(
             OP,
             "query",
-            format!(
+            format_args!(
                 "[num_tokens={}, num_heads={}, head_size={}]",
                 self.num_tokens, self.num_heads, self.head_size
             ),
@@ -666,7 +692,7 @@ impl Rotary {
         expect_len::<T>(
             OP,
             "key",
-            format!(
+            format_args!(
                 "[num_tokens={}, kv_heads={}, head_size={}]",
                 self.num_tokens, self.num_kv_heads, self.head_size
             ),
@@ -676,7 +702,7 @@ impl Rotary {
         expect_index_len(
             OP,
             "cos_sin_cache",
-            format!(
+            format_args!(
                 "[max_position={}, rotary_dim={}] f32",
                 self.max_position, self.rotary_dim
             ),
@@ -697,14 +723,20 @@ impl RmsNorm {
     ) -> Result<()> {
         const OP: &str = "rms_norm";
         positive(OP, &[("hidden", self.hidden)])?;
-        let rows = format!("[num_tokens={}, hidden={}]", self.num_tokens, self.hidden);
+        let rows = Shape(|f| {
+            write!(
+                f,
+                "[num_tokens={}, hidden={}]",
+                self.num_tokens, self.hidden
+            )
+        });
         let n = dims(&[self.num_tokens, self.hidden]);
-        expect_len::<T>(OP, "input", rows.clone(), n, x)?;
+        expect_len::<T>(OP, "input", &rows, n, x)?;
         expect_len::<T>(OP, other_name, rows, n, other)?;
         expect_len::<T>(
             OP,
             "weight",
-            format!("[hidden={}]", self.hidden),
+            format_args!("[hidden={}]", self.hidden),
             self.hidden,
             weight,
         )
@@ -720,14 +752,14 @@ impl SiluAndMul {
         expect_len::<T>(
             OP,
             "out",
-            format!("[num_tokens={}, d={}]", self.num_tokens, self.d),
+            format_args!("[num_tokens={}, d={}]", self.num_tokens, self.d),
             dims(&[self.num_tokens, self.d]),
             out,
         )?;
         expect_len::<T>(
             OP,
             "input",
-            format!(
+            format_args!(
                 "[num_tokens={}, 2d={}]",
                 self.num_tokens,
                 self.d.saturating_mul(2)
@@ -747,21 +779,21 @@ impl Embedding {
         expect_len::<T>(
             OP,
             "out",
-            format!("[num_tokens={}, hidden={}]", self.num_tokens, self.hidden),
+            format_args!("[num_tokens={}, hidden={}]", self.num_tokens, self.hidden),
             dims(&[self.num_tokens, self.hidden]),
             out,
         )?;
         expect_len::<T>(
             OP,
             "table",
-            format!("[vocab={}, hidden={}]", self.vocab, self.hidden),
+            format_args!("[vocab={}, hidden={}]", self.vocab, self.hidden),
             dims(&[self.vocab, self.hidden]),
             table,
         )?;
         expect_index_len(
             OP,
             "ids",
-            format!("[num_tokens={}] i32", self.num_tokens),
+            format_args!("[num_tokens={}] i32", self.num_tokens),
             self.num_tokens,
             ids,
         )
@@ -772,12 +804,12 @@ impl Add {
     /// Checks every length.
     pub fn validate<T: KvFloat>(&self, out: usize, a: usize, b: usize) -> Result<()> {
         const OP: &str = "add";
-        let shape = format!("[rows={}, cols={}]", self.rows, self.cols);
+        let shape = Shape(|f| write!(f, "[rows={}, cols={}]", self.rows, self.cols));
         let n = dims(&[self.rows, self.cols]);
-        expect_len::<T>(OP, "out", shape.clone(), n, out)?;
-        expect_len::<T>(OP, "a", shape.clone(), n, a)?;
+        expect_len::<T>(OP, "out", &shape, n, out)?;
+        expect_len::<T>(OP, "a", &shape, n, a)?;
         if self.broadcast {
-            expect_len::<T>(OP, "b", format!("[cols={}]", self.cols), self.cols, b)
+            expect_len::<T>(OP, "b", format_args!("[cols={}]", self.cols), self.cols, b)
         } else {
             expect_len::<T>(OP, "b", shape, n, b)
         }
@@ -798,14 +830,14 @@ impl Argmax {
         expect_len::<T>(
             OP,
             "x",
-            format!("[rows={}, cols={}]", self.rows, self.cols),
+            format_args!("[rows={}, cols={}]", self.rows, self.cols),
             dims(&[self.rows, self.cols]),
             x,
         )?;
         expect_index_len(
             OP,
             "out",
-            format!("[rows={}] i32", self.rows),
+            format_args!("[rows={}] i32", self.rows),
             self.rows,
             out,
         )
@@ -835,22 +867,16 @@ impl TopK {
         expect_len::<T>(
             OP,
             "x",
-            format!("[rows={}, cols={}]", self.rows, self.cols),
+            format_args!("[rows={}, cols={}]", self.rows, self.cols),
             dims(&[self.rows, self.cols]),
             x,
         )?;
-        let out = format!("[rows={}, k={}]", self.rows, self.k);
-        expect_len::<T>(
-            OP,
-            "values",
-            out.clone(),
-            dims(&[self.rows, self.k]),
-            values,
-        )?;
+        let out = Shape(|f| write!(f, "[rows={}, k={}]", self.rows, self.k));
+        expect_len::<T>(OP, "values", &out, dims(&[self.rows, self.k]), values)?;
         expect_index_len(
             OP,
             "indices",
-            format!("{out} i64"),
+            format_args!("{out} i64"),
             dims(&[self.rows, self.k]),
             indices,
         )
@@ -915,7 +941,7 @@ fn check_host_lens(
     expect_index_len(
         op,
         "seq_lens_host",
-        format!("[num_seqs={num_seqs}] i32"),
+        format_args!("[num_seqs={num_seqs}] i32"),
         num_seqs,
         seq_lens.len(),
     )?;
