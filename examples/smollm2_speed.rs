@@ -4,8 +4,10 @@
 //! `scripts/llama-cpp-speed.sh` run them side by side and print the ratios): prefill tokens/s of
 //! one prompt in one step, and decode tokens/s at batch 1 and at batch 8 (32 timed decode steps
 //! after an untimed one). Also the model's weight bytes, the bytes of weights a decode step
-//! reads, the process's peak resident memory, and this machine's read bandwidth (the limit of
-//! batch-1 decode: bandwidth / bytes per step). Prints one JSON line.
+//! reads, the process's peak resident memory, and this machine's read bandwidth, from memory
+//! (a 1 GiB buffer) and over a buffer of one step's weight bytes (the limit of batch-1 decode:
+//! bandwidth / bytes per step; higher than memory's where the caches hold the weights). Prints
+//! one JSON line.
 //!
 //! The matrices stay as the file's blocks unless `--dequantize` (floats) or `--w8a8` (the
 //! linear layers requantized to int8 per channel, int8 activations per token) is given.
@@ -61,11 +63,13 @@ fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// This machine's read bandwidth in bytes/s, as a decode step reads its weights: the best of
-/// five passes summing a 1 GiB buffer, split over the same threads the kernels use. A weight
+/// This machine's read bandwidth in bytes/s over a buffer of `bytes`: the best of five passes
+/// summing it, split over the same threads the kernels use. Over 1 GiB it is memory's; over a
+/// decode step's weight bytes it is the rate at which a step can read them again when the
+/// caches hold them (a last-level cache larger than the model makes it far higher). A weight
 /// byte cannot be read faster, so `bandwidth / weight bytes per step` bounds batch-1 decode.
-fn read_bandwidth() -> f64 {
-    let words = (1usize << 30) / 8;
+fn read_bandwidth(bytes: usize) -> f64 {
+    let words = (bytes / 8).max(1);
     let buf: Vec<u64> = (0..words as u64).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = words.div_ceil(threads);
@@ -161,10 +165,11 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
     let eight = run(8)?;
     let b8 = decode_rate(&eight, 8);
     let rss = peak_rss();
-    // After the RSS reading: the measurement's 1 GiB buffer is not the engine's memory.
-    let bandwidth = read_bandwidth();
+    // After the RSS reading: the measurements' buffers are not the engine's memory.
+    let bandwidth = read_bandwidth(1 << 30);
+    let step_bandwidth = read_bandwidth(llm.model.weight_bytes_per_step());
     Ok(format!(
-        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}}}",
+        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}, \"step_read_bandwidth_bytes_per_s\": {:.0}}}",
         backend.name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         match storage {
@@ -177,6 +182,7 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         llm.model.weight_bytes_per_step(),
         rss.map_or("null".to_string(), |b| b.to_string()),
         bandwidth,
+        step_bandwidth,
     ))
 }
 
