@@ -20,6 +20,7 @@ use crate::shapes::{
     check_seqs, query_ranges, Add, Argmax, CacheShape, Embedding, Matmul, PagedAttention,
     PrefillAttention, QuantMatmul, ReshapeAndCache, RmsNorm, Rotary, SiluAndMul, TopK,
 };
+use crate::team::Line;
 use crate::{i8dot, qdot, quant};
 use std::sync::Mutex;
 
@@ -346,13 +347,16 @@ fn attention_tasks<T: KvFloat>(
     width: usize,
     task: &AttentionTask<'_, T>,
 ) {
-    let outs: Vec<Mutex<&mut [T]>> = out.chunks_mut(width).map(Mutex::new).collect();
-    let scratches: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads().max(1))
-        .map(|_| Mutex::new(scratch()))
+    // Each task's output and each thread's scratch on lines of their own (see
+    // `by_column_blocks`).
+    let outs: Vec<Line<Mutex<&mut [T]>>> =
+        out.chunks_mut(width).map(|o| Line(Mutex::new(o))).collect();
+    let scratches: Vec<Line<Mutex<Scratch>>> = (0..rayon::current_num_threads().max(1))
+        .map(|_| Line(Mutex::new(scratch())))
         .collect();
     parallel_for(outs.len(), &|i, slot| {
-        let mut o = outs[i].lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = scratches[slot].lock().unwrap_or_else(|p| p.into_inner());
+        let mut o = outs[i].0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = scratches[slot].0.lock().unwrap_or_else(|p| p.into_inner());
         task(&mut s, i, &mut o, &query[i * width..(i + 1) * width]);
     });
 }
@@ -749,6 +753,12 @@ fn parallel_for(n: usize, task: &(dyn Fn(usize, usize) + Sync)) {
         .for_each(|i| task(i, rayon::current_thread_index().unwrap_or(0) % threads));
 }
 
+/// Weight bytes times rows (at most 8) below which a quantized GEMM runs on one thread.
+const SERIAL_WORK: usize = 256 << 10;
+
+/// `f32` outputs in two cache lines.
+const LINE_FLOATS: usize = 32;
+
 /// Runs `columns(state, c0, c1, o)` (which writes `o[r * (c1 - c0) + c - c0]` for the `m`
 /// rows and the columns `c0..c1`) over blocks of `block` columns in parallel, each thread with
 /// its own `init()` state, and stores the results into `out` (`[m, n]`).
@@ -760,27 +770,37 @@ fn by_column_blocks<T: KvFloat, S: Send>(
     init: impl Fn() -> S + Sync + Send,
     columns: impl Fn(&mut S, usize, usize, &mut [f32]) + Sync + Send,
 ) {
+    // Every thread's state, and each block's output, on cache lines of its own: a task of a
+    // small GEMM takes about a microsecond, and lines shared between the threads (two slots'
+    // mutexes, or two blocks' 8 output floats, in one line) cost it ~0.4 us in transfers
+    // (SmolLM2's k_proj, 192 x 576 at batch 1, took longer on 2 threads than on 1).
+    let block = if m == 1 {
+        block.next_multiple_of(LINE_FLOATS).min(n)
+    } else {
+        block
+    };
     let span = |b: usize| (b * block, ((b + 1) * block).min(n));
     let blocks = n.div_ceil(block);
     // Per thread: its state and its f32 output buffer, kept across its blocks.
-    type Slot<S> = Mutex<Option<(S, Vec<f32>)>>;
+    type Slot<S> = Line<Mutex<Option<(S, Vec<f32>)>>>;
     let states: Vec<Slot<S>> = (0..rayon::current_num_threads().max(1))
-        .map(|_| Mutex::new(None))
+        .map(|_| Line(Mutex::new(None)))
         .collect();
     let with_state = |slot: usize, f: &mut dyn FnMut(&mut S, &mut Vec<f32>)| {
-        let mut guard = states[slot].lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = states[slot].0.lock().unwrap_or_else(|p| p.into_inner());
         let (state, o) = guard.get_or_insert_with(|| (init(), Vec::new()));
         f(state, o);
     };
     if m == 1 {
         // One row: its output is contiguous, each thread writes its own column blocks in place.
-        let chunks: Vec<Mutex<&mut [T]>> = out.chunks_mut(block).map(Mutex::new).collect();
+        let chunks: Vec<Line<Mutex<&mut [T]>>> =
+            out.chunks_mut(block).map(|c| Line(Mutex::new(c))).collect();
         parallel_for(blocks, &|b, slot| {
             let (c0, c1) = span(b);
             with_state(slot, &mut |state, o| {
                 o.resize(c1 - c0, 0.0);
                 columns(state, c0, c1, o);
-                let mut dst = chunks[b].lock().unwrap_or_else(|p| p.into_inner());
+                let mut dst = chunks[b].0.lock().unwrap_or_else(|p| p.into_inner());
                 for (d, v) in dst.iter_mut().zip(o.iter()) {
                     *d = T::from_f32(*v);
                 }
@@ -857,10 +877,17 @@ fn quant_matmul_in<T: KvFloat>(
     }
     let (m, n, k, f) = (p.m, p.n, p.k, p.format);
     let row_bytes = f.row_bytes(k).unwrap_or(0);
-    // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each.
+    // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each. A
+    // GEMM with less work than 256 KiB of weights at batch 1 (or 32 KiB at batch 8) runs on
+    // the calling thread: handing part of it to another core cost ~3 us a call on the 2-core
+    // VM, more than it saved (SmolLM2's k_proj, 69 KB at batch 1: 3.1 us on 1 thread, 4.3 on 2).
     let threads = rayon::current_num_threads();
     let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
-    let block = n.div_ceil(4 * threads).clamp(8, by_cache).min(n);
+    let block = if row_bytes.saturating_mul(n).saturating_mul(m.min(8)) < SERIAL_WORK {
+        n
+    } else {
+        n.div_ceil(4 * threads).clamp(8, by_cache).min(n)
+    };
     if f == QuantFormat::Int8PerChannel {
         let acts = quantized_rows(OP, x, (m, k), quant::TokenQuant::quantize)?;
         let rows: Vec<i8dot::TokenRow<'_>> = acts

@@ -24,14 +24,22 @@ const SPIN: Duration = Duration::from_micros(300);
 /// so that a participant can keep state across its tasks.
 pub(crate) type Task<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
+/// A value alone on its cache line (two, for the adjacent-line prefetcher), so that one
+/// participant's writes to it do not move the lines the others use.
+#[repr(align(128))]
+pub(crate) struct Line<T>(pub(crate) T);
+
 /// One call's tasks: `task(i, slot)` for `i < n`, taken in order by whoever comes.
 struct Job {
     /// The caller's closure, its lifetime erased: it is only called for `i < n`, and the
     /// caller waits until every such call has returned before it returns (and drops it).
     task: *const Task<'static>,
     n: usize,
-    next: AtomicUsize,
-    done: AtomicUsize,
+    /// The next task to take: the one line every task moves between the cores.
+    next: Line<AtomicUsize>,
+    /// Tasks finished, added once per participant as it leaves (not per task: each add moves
+    /// this line between the cores, and small GEMMs have tasks of a microsecond).
+    done: Line<AtomicUsize>,
     panicked: AtomicBool,
 }
 
@@ -44,17 +52,21 @@ unsafe impl Sync for Job {}
 impl Job {
     /// Runs tasks as participant `slot` until none is left.
     fn work(&self, slot: usize) {
+        let mut finished = 0;
         loop {
-            let i = self.next.fetch_add(1, Relaxed);
+            let i = self.next.0.fetch_add(1, Relaxed);
             if i >= self.n {
-                return;
+                break;
             }
             // SAFETY: `i < n`, so the caller is still waiting for this call (`Job::task`).
             let task = unsafe { &*self.task };
             if catch_unwind(AssertUnwindSafe(|| task(i, slot))).is_err() {
                 self.panicked.store(true, Relaxed);
             }
-            self.done.fetch_add(1, Release);
+            finished += 1;
+        }
+        if finished > 0 {
+            self.done.0.fetch_add(finished, Release);
         }
     }
 }
@@ -156,8 +168,8 @@ pub(crate) fn for_each(helpers: usize, n: usize, task: &Task<'_>) -> bool {
     let job = Arc::new(Job {
         task,
         n,
-        next: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
+        next: Line(AtomicUsize::new(0)),
+        done: Line(AtomicUsize::new(0)),
         panicked: AtomicBool::new(false),
     });
     *s.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&job));
@@ -170,7 +182,7 @@ pub(crate) fn for_each(helpers: usize, n: usize, task: &Task<'_>) -> bool {
     }
     job.work(0);
     let mut spins = 0u32;
-    while job.done.load(Acquire) < n {
+    while job.done.0.load(Acquire) < n {
         // A helper descheduled mid-task (more threads than free cores) gets the core back.
         spins = spins.wrapping_add(1);
         if spins.is_multiple_of(1024) {
