@@ -342,7 +342,8 @@ mod x86 {
                         _mm256_unpacklo_epi64(t1, t3),
                         _mm256_unpackhi_epi64(t1, t3),
                     ];
-                    std::array::from_fn(|i| nibble_split(words)[i])
+                    let q = nibble_split(words);
+                    std::array::from_fn(|i| q[i])
                 }
                 // Vector v holds values 32v/C.. of each block: the low nibbles of its bytes
                 // (32v/C) mod 16.. for the first half of the vectors, the high ones after.
