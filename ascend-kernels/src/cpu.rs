@@ -754,7 +754,7 @@ fn parallel_for(n: usize, task: &(dyn Fn(usize, usize) + Sync)) {
 }
 
 /// Weight bytes times rows (at most 8) below which a quantized GEMM runs on one thread.
-const SERIAL_WORK: usize = 256 << 10;
+const SERIAL_WORK: usize = 128 << 10;
 
 /// `f32` outputs in two cache lines.
 const LINE_FLOATS: usize = 32;
@@ -878,9 +878,10 @@ fn quant_matmul_in<T: KvFloat>(
     let (m, n, k, f) = (p.m, p.n, p.k, p.format);
     let row_bytes = f.row_bytes(k).unwrap_or(0);
     // Blocks of columns: at least 4 per core for balance, at most 256 KiB of weights each. A
-    // GEMM with less work than 256 KiB of weights at batch 1 (or 32 KiB at batch 8) runs on
+    // GEMM with less work than 128 KiB of weights at batch 1 (or 16 KiB at batch 8) runs on
     // the calling thread: handing part of it to another core cost ~3 us a call on the 2-core
-    // VM, more than it saved (SmolLM2's k_proj, 69 KB at batch 1: 3.1 us on 1 thread, 4.3 on 2).
+    // VM, more than it saved (SmolLM2's k_proj, 69 KB at batch 1: 3.1 us on 1 thread, 4.3 on
+    // 2). Its q_proj and o_proj (207 KB) gain: 60 of them took 0.70 ms on 1 thread, 0.55 on 2.
     let threads = rayon::current_num_threads();
     let by_cache = ((256 << 10) / row_bytes.max(1)).max(8);
     let block = if row_bytes.saturating_mul(n).saturating_mul(m.min(8)) < SERIAL_WORK {
