@@ -402,9 +402,42 @@ impl<'a, B: Backend, T: Element> DeviceSlice<'a, B, T> {
             _borrow: PhantomData,
         })
     }
+
+    /// This view as elements `..mid` and `mid..` (like `<[T]>::split_at`).
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] when `mid` is past the end.
+    pub fn split_at(self, mid: usize) -> Result<(DeviceSlice<'a, B, T>, DeviceSlice<'a, B, T>)> {
+        Ok((self.sub(..mid)?, self.sub(mid..)?))
+    }
 }
 
-impl<B: Backend, T: Element> DeviceSliceMut<'_, B, T> {
+impl<'a, B: Backend, T: Element> DeviceSliceMut<'a, B, T> {
+    /// This view as two that do not overlap, elements `..mid` and `mid..`, both writable
+    /// (like `<[T]>::split_at_mut`): how one allocation holds several outputs of one op.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] when `mid` is past the end.
+    pub fn split_at(
+        self,
+        mid: usize,
+    ) -> Result<(DeviceSliceMut<'a, B, T>, DeviceSliceMut<'a, B, T>)> {
+        let (_, end) = resolve_range(..mid, self.len, "DeviceSliceMut::split_at")?;
+        let head = DeviceSliceMut {
+            ptr: self.ptr,
+            len: end,
+            device: self.device,
+            _borrow: PhantomData,
+        };
+        let tail = DeviceSliceMut {
+            ptr: self.ptr.add(end * std::mem::size_of::<T>()),
+            len: self.len - end,
+            device: self.device,
+            _borrow: PhantomData,
+        };
+        Ok((head, tail))
+    }
+
     /// Elements `range` of this view, for writing.
     pub fn sub_mut(&mut self, range: impl RangeBounds<usize>) -> Result<DeviceSliceMut<'_, B, T>> {
         let (start, end) = resolve_range(range, self.len, "DeviceSliceMut::sub_mut")?;

@@ -505,3 +505,49 @@ fn the_default_device_is_sized_from_the_host_and_says_so() {
     );
     assert!(two.reason.contains("2 devices of"), "{}", two.reason);
 }
+
+#[test]
+fn split_views_write_their_own_elements_and_refuse_a_split_past_the_end() {
+    let backend = small_backend();
+    let device = backend.device(0).unwrap();
+    let stream = device.new_stream().unwrap();
+    let mut buf = Buf::<u8>::zeros(&stream, 8).unwrap();
+    let (mut head, tail) = buf.view_mut().split_at(3).unwrap();
+    assert_eq!((head.len(), tail.len()), (3, 5));
+    let (mut middle, mut last) = tail.split_at(5).unwrap();
+    assert_eq!(last.len(), 0, "a split at the end leaves an empty tail");
+    stream.memset(&mut head, 1).unwrap();
+    stream.memset(&mut middle, 2).unwrap();
+    stream.memset(&mut last, 9).unwrap();
+    assert_eq!(
+        stream.clone_to_host(&buf).unwrap(),
+        vec![1, 1, 1, 2, 2, 2, 2, 2]
+    );
+
+    let (front, back) = buf.view().split_at(6).unwrap();
+    assert_eq!(
+        stream.clone_to_host(&front).unwrap(),
+        vec![1, 1, 1, 2, 2, 2]
+    );
+    assert_eq!(stream.clone_to_host(&back).unwrap(), vec![2, 2]);
+
+    let err = buf.view_mut().split_at(9).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OutOfBounds {
+                op: "DeviceSliceMut::split_at",
+                start: 0,
+                end: 9,
+                len: 8
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(buf.view().split_at(9).is_err());
+    // The failed splits changed nothing.
+    assert_eq!(
+        stream.clone_to_host(&buf).unwrap(),
+        vec![1, 1, 1, 2, 2, 2, 2, 2]
+    );
+}
