@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
-use ascend_kernels::{CacheShape, KernelOps, KvFloat, PrefillAttention, ReshapeAndCache};
+use ascend_kernels::{CacheShape, In, KernelOps, KvFloat, Out, PrefillAttention, ReshapeAndCache};
 use paged_kv::{KvCache, KvError, RequestId, RequestKeys};
 
 use crate::model::{KvAccess, Model};
@@ -539,8 +539,8 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for Contiguous<B, T> {
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, T>,
-        value: &DeviceBuffer<B, T>,
+        key: In<'_, B, T>,
+        value: In<'_, B, T>,
     ) -> Result<()> {
         let (k, v) = &mut self.layers[layer];
         B::reshape_and_cache::<T>(
@@ -549,8 +549,8 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for Contiguous<B, T> {
                 num_tokens: self.num_tokens,
                 cache: self.shape,
             },
-            key.view(),
-            value.view(),
+            key,
+            value,
             k.view_mut(),
             v.view_mut(),
             self.slots.view(),
@@ -562,8 +562,8 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for Contiguous<B, T> {
         stream: &B::Stream,
         heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, T>,
-        query: &DeviceBuffer<B, T>,
+        out: Out<'_, B, T>,
+        query: In<'_, B, T>,
     ) -> Result<()> {
         let (k, v) = &self.layers[layer];
         let p = PrefillAttention {
@@ -578,8 +578,8 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for Contiguous<B, T> {
         B::paged_prefill_attention::<T>(
             stream,
             &p,
-            out.view_mut(),
-            query.view(),
+            out,
+            query,
             k.view(),
             v.view(),
             self.table.view(),

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod decode;
 pub mod engine;
 pub mod gguf;
+mod linear;
 pub mod llama_gguf;
 pub mod llm;
 pub mod model;

@@ -14,10 +14,11 @@ use ascend_hal::prelude::*;
 use ascend_hal::{Error, Result};
 use ascend_kernels::{In, Out};
 use ascend_kernels::{
-    KernelOps, KvFloat, Matmul, QuantFormat, QuantMatmul, RmsNorm, RopeStyle, RopeTable, Rotary,
-    SiluAndMul,
+    KernelOps, KvFloat, QuantFormat, RmsNorm, RopeStyle, RopeTable, Rotary, SiluAndMul,
 };
 use paged_kv::KvCache;
+
+use crate::linear::{Linear, Qkv};
 
 /// Sizes and constants of the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -346,8 +347,8 @@ pub trait KvAccess<B: KernelOps, T: KvFloat = f32> {
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, T>,
-        value: &DeviceBuffer<B, T>,
+        key: In<'_, B, T>,
+        value: In<'_, B, T>,
     ) -> Result<()>;
     /// Causal attention of this step's queries over the cached context.
     fn attention(
@@ -356,8 +357,8 @@ pub trait KvAccess<B: KernelOps, T: KvFloat = f32> {
         stream: &B::Stream,
         heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, T>,
-        query: &DeviceBuffer<B, T>,
+        out: Out<'_, B, T>,
+        query: In<'_, B, T>,
     ) -> Result<()>;
 }
 
@@ -376,8 +377,8 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for KvCache<B, T> {
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, T>,
-        value: &DeviceBuffer<B, T>,
+        key: In<'_, B, T>,
+        value: In<'_, B, T>,
     ) -> Result<()> {
         KvCache::write_kv(self, layer, stream, key, value).map_err(kv_err)
     }
@@ -387,8 +388,8 @@ impl<B: KernelOps, T: KvFloat> KvAccess<B, T> for KvCache<B, T> {
         stream: &B::Stream,
         heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, T>,
-        query: &DeviceBuffer<B, T>,
+        out: Out<'_, B, T>,
+        query: In<'_, B, T>,
     ) -> Result<()> {
         KvCache::attention(self, layer, stream, heads, scale, out, query).map_err(kv_err)
     }
@@ -620,102 +621,10 @@ impl Weights {
     }
 }
 
-/// A weight matrix on the device: values in the activation dtype, or blocks.
-enum Linear<B: Backend, T: KvFloat> {
-    Dense(DeviceBuffer<B, T>),
-    Blocks {
-        format: QuantFormat,
-        bytes: DeviceBuffer<B, u8>,
-    },
-}
-
-impl<B: KernelOps, T: KvFloat> Linear<B, T> {
-    /// Whether the backend's `quant_matmul` runs `format` with `T` activations; the error names
-    /// the weight (`name`), its type and the providers that can.
-    fn runnable(name: &str, format: QuantFormat) -> Result<()> {
-        B::quant_matmul_supported::<T>(format).map_err(|why| Error::InvalidArgument {
-            op: "Model::from_weights",
-            message: format!(
-                "{name} is {format} with {} activations, which this backend cannot run: {why}. \
-                 The CPU backend's quant_matmul runs Q4_0, Q4_1, Q8_0 and W8A8 with \
-                 f32/f16/bf16 activations; or load the weights dequantized",
-                T::DTYPE,
-            ),
-        })
-    }
-
-    /// Uploads `m` (called `name` in errors), `[n, k]`: values as `T`, blocks in the backend's
-    /// layout ([`KernelOps::pack_quant_weight`]) after asking the backend whether
-    /// `quant_matmul` runs their format.
-    fn upload(
-        alloc: &(impl Allocator<B> + ?Sized),
-        stream: &B::Stream,
-        name: &str,
-        m: &Matrix,
-        (n, k): (usize, usize),
-    ) -> Result<Self> {
-        match m {
-            Matrix::F32(v) => {
-                let data: Vec<T> = v.iter().map(|&v| T::from_f32(v)).collect();
-                Ok(Linear::Dense(DeviceBuffer::from_slice_in(
-                    alloc, stream, &data,
-                )?))
-            }
-            Matrix::Blocks { format, bytes } => {
-                Self::runnable(name, *format)?;
-                let packed = B::pack_quant_weight::<T>(*format, n, k, bytes).map_err(|e| {
-                    Error::InvalidArgument {
-                        op: "Model::from_weights",
-                        message: format!("{name}: {e}"),
-                    }
-                })?;
-                Ok(Linear::Blocks {
-                    format: *format,
-                    bytes: DeviceBuffer::from_slice_in(alloc, stream, &packed)?,
-                })
-            }
-        }
-    }
-
-    /// Bytes on the device.
-    fn byte_len(&self) -> usize {
-        match self {
-            Linear::Dense(w) => w.len() * std::mem::size_of::<T>(),
-            Linear::Blocks { bytes, .. } => bytes.len(),
-        }
-    }
-
-    /// `out[m, n] = x[m, k] · selfᵀ`.
-    fn forward(
-        &self,
-        stream: &B::Stream,
-        (m, n, k): (usize, usize, usize),
-        out: Out<'_, B, T>,
-        x: In<'_, B, T>,
-    ) -> Result<()> {
-        match self {
-            Linear::Dense(w) => B::matmul::<T>(stream, &Matmul { m, n, k }, out, x, w.view()),
-            Linear::Blocks { format, bytes } => B::quant_matmul::<T>(
-                stream,
-                &QuantMatmul {
-                    m,
-                    n,
-                    k,
-                    format: *format,
-                },
-                out,
-                x,
-                bytes.view(),
-            ),
-        }
-    }
-}
-
 struct Layer<B: Backend, T: KvFloat> {
     attn_norm: DeviceBuffer<B, T>,
-    wq: Linear<B, T>,
-    wk: Linear<B, T>,
-    wv: Linear<B, T>,
+    /// q, k and v: one GEMM at one token when the backend's layout allows.
+    qkv: Qkv<B, T>,
     wo: Linear<B, T>,
     mlp_norm: DeviceBuffer<B, T>,
     /// Gate rows then up rows: one GEMM gives `silu_and_mul`'s input.
@@ -902,9 +811,7 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                     })?;
                 Ok(Layer {
                     attn_norm: put(&w.attn_norm)?,
-                    wq: linear(format!("layer {l} wq"), &w.wq, (q, h))?,
-                    wk: linear(format!("layer {l} wk"), &w.wk, (kv, h))?,
-                    wv: linear(format!("layer {l} wv"), &w.wv, (kv, h))?,
+                    qkv: Qkv::upload(alloc, stream, l, [&w.wq, &w.wk, &w.wv], [q, kv, kv], h)?,
                     wo: linear(format!("layer {l} wo"), &w.wo, (h, q))?,
                     mlp_norm: put(&w.mlp_norm)?,
                     w_gate_up: linear(format!("layer {l} w_gate_up"), &gate_up, (2 * i, h))?,
@@ -927,10 +834,11 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
             + layers
                 .iter()
                 .map(|l| {
-                    [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate_up, &l.w_down]
-                        .iter()
-                        .map(|w| w.byte_len())
-                        .sum::<usize>()
+                    l.qkv.byte_len()
+                        + [&l.wo, &l.w_gate_up, &l.w_down]
+                            .iter()
+                            .map(|w| w.byte_len())
+                            .sum::<usize>()
                         + norm_bytes(l.attn_norm.len() + l.mlp_norm.len())
                 })
                 .sum::<usize>();
@@ -1063,7 +971,9 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
         };
         let mut residual = buf(t * h)?;
         let mut x = buf(t * h)?;
-        let (mut q, mut k, mut v) = (buf(t * qw)?, buf(t * kvw)?, buf(t * kvw)?);
+        // q, k and v of every token, `[t, qw]` then `[t, kvw]` twice: at one token, the one
+        // row a fused QKV GEMM writes.
+        let mut qkv = buf(t * (qw + 2 * kvw))?;
         let mut attn = buf(t * qw)?;
         let mut gate_up = buf(t * 2 * i)?;
         let mut act = buf(t * i)?;
@@ -1089,9 +999,9 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                 )?;
                 std::mem::swap(&mut x, &mut hidden);
             }
-            w.wq.forward(stream, (t, qw, h), q.view_mut(), x.view())?;
-            w.wk.forward(stream, (t, kvw, h), k.view_mut(), x.view())?;
-            w.wv.forward(stream, (t, kvw, h), v.view_mut(), x.view())?;
+            w.qkv.forward(stream, t, qkv.view_mut(), x.view())?;
+            let (mut q, kv_rows) = qkv.view_mut().split_at(t * qw)?;
+            let (mut k, v) = kv_rows.split_at(t * kvw)?;
             let rope = Rotary {
                 num_tokens: t,
                 num_heads: sh.heads,
@@ -1105,12 +1015,12 @@ impl<B: KernelOps, T: KvFloat> Model<B, T> {
                 stream,
                 &rope,
                 pos.view(),
-                q.view_mut(),
-                k.view_mut(),
+                q.sub_mut(..)?,
+                k.sub_mut(..)?,
                 self.cos_sin.view(),
             )?;
-            kv.write_kv(l, stream, &k, &v)?;
-            kv.attention(l, stream, sh.heads, scale, &mut attn, &q)?;
+            kv.write_kv(l, stream, k.as_view(), v.as_view())?;
+            kv.attention(l, stream, sh.heads, scale, attn.view_mut(), q.as_view())?;
             w.wo.forward(stream, (t, h, qw), hidden.view_mut(), attn.view())?;
             self.all_reduce(stream, &mut hidden)?;
             B::fused_add_rms_norm::<T>(

@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ascend_hal::alloc::{CachingAllocator, SharedAllocator};
-use ascend_hal::{Backend, Device, DeviceBuffer, PinnedBuffer, Stream, StreamExt};
+use ascend_hal::{Backend, Device, DeviceBuffer, DeviceRepr, PinnedBuffer, Stream, StreamExt};
 use ascend_kernels::{
-    swap_in, swap_out, CacheShape, KernelOps, KvFloat, PrefillAttention, ReshapeAndCache,
+    swap_in, swap_out, CacheShape, In, KernelOps, KvFloat, Out, PrefillAttention, ReshapeAndCache,
 };
 
 use crate::error::{KvError, Result};
@@ -506,18 +506,18 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
     }
 
     /// Writes this step's K and V rows (`[num_tokens, kv_heads, head_size]`) of `layer` into the
-    /// cache.
+    /// cache. They are views, so they may be parts of one buffer (a fused QKV projection's).
     pub fn write_kv(
         &mut self,
         layer: usize,
         stream: &B::Stream,
-        key: &DeviceBuffer<B, T>,
-        value: &DeviceBuffer<B, T>,
+        key: In<'_, B, T>,
+        value: In<'_, B, T>,
     ) -> Result<()> {
         let t = self.ready_tables("write_kv")?;
         let num_tokens = t.num_tokens;
         let per_token = self.shape.token_stride();
-        for (what, buf) in [("key", key), ("value", value)] {
+        for (what, buf) in [("key", &key), ("value", &value)] {
             if buf.len() != num_tokens * per_token {
                 return Err(KvError::InvalidConfig(format!(
                     "write_kv of layer {layer}: {what} holds {} elements, but the step begun by \
@@ -537,8 +537,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 num_tokens,
                 cache: self.shape,
             },
-            key.view(),
-            value.view(),
+            key,
+            value,
             kc.view_mut(),
             vc.view_mut(),
             self.tables.slot_mapping.view(),
@@ -554,8 +554,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
         stream: &B::Stream,
         num_heads: usize,
         scale: f32,
-        out: &mut DeviceBuffer<B, T>,
-        query: &DeviceBuffer<B, T>,
+        out: Out<'_, B, T>,
+        query: In<'_, B, T>,
     ) -> Result<()> {
         let t = self.ready_tables("attention")?;
         let (kc, vc) = self.layers.get(layer).ok_or_else(|| {
@@ -575,8 +575,8 @@ impl<B: KernelOps, T: KvFloat> KvCache<B, T> {
                 scale,
                 sliding_window: None,
             },
-            out.view_mut(),
-            query.view(),
+            out,
+            query,
             kc.view(),
             vc.view(),
             t.block_tables.view(),

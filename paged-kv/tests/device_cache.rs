@@ -52,7 +52,7 @@ fn write(stream: &CpuStream, kv: &mut Cache, batch: &[(RequestId, Vec<u32>)]) {
             DeviceBuffer::from_slice(stream, &k).unwrap(),
             DeviceBuffer::from_slice(stream, &v).unwrap(),
         );
-        kv.write_kv(layer, stream, &dk, &dv).unwrap();
+        kv.write_kv(layer, stream, dk.view(), dv.view()).unwrap();
     }
 }
 
@@ -331,19 +331,19 @@ fn kernels_before_begin_step_or_after_a_change_are_refused_by_name() {
     kv.admit(a, &[1, 2, 3], &RequestKeys::default(), usize::MAX)
         .unwrap();
     let (k, v) = (rows(3), rows(3));
-    let e = step_order_error(kv.write_kv(0, &stream, &k, &v));
+    let e = step_order_error(kv.write_kv(0, &stream, k.view(), v.view()));
     assert!(e.contains("write_kv before begin_step"), "{e}");
     let mut out = DeviceBuffer::<CpuBackend, f32>::zeros(&stream, 3 * 2 * HEAD).unwrap();
     let q = DeviceBuffer::<CpuBackend, f32>::zeros(&stream, 3 * 2 * HEAD).unwrap();
-    let e = step_order_error(kv.attention(0, &stream, 2, 0.1, &mut out, &q));
+    let e = step_order_error(kv.attention(0, &stream, 2, 0.1, out.view_mut(), q.view()));
     assert!(e.contains("attention before begin_step"), "{e}");
     assert!(kv.step_tables().is_err());
 
     kv.begin_step(&stream, &[(a, 3)]).unwrap();
-    kv.write_kv(0, &stream, &k, &v).unwrap();
+    kv.write_kv(0, &stream, k.view(), v.view()).unwrap();
     // Rows for another number of tokens than the step's: named with begin_step.
     let e = kv
-        .write_kv(1, &stream, &rows(2), &rows(2))
+        .write_kv(1, &stream, rows(2).view(), rows(2).view())
         .unwrap_err()
         .to_string();
     assert!(
@@ -353,12 +353,12 @@ fn kernels_before_begin_step_or_after_a_change_are_refused_by_name() {
     // A change of the blocks after begin_step makes the tables stale.
     kv.admit(b, &[4, 5], &RequestKeys::default(), usize::MAX)
         .unwrap();
-    let e = step_order_error(kv.write_kv(1, &stream, &k, &v));
+    let e = step_order_error(kv.write_kv(1, &stream, k.view(), v.view()));
     assert!(e.contains("write_kv after admit"), "{e}");
     assert!(e.contains("call begin_step again"), "{e}");
     kv.begin_step(&stream, &[(a, 3), (b, 2)]).unwrap();
     kv.free(a).unwrap();
-    let e = step_order_error(kv.attention(0, &stream, 2, 0.1, &mut out, &q));
+    let e = step_order_error(kv.attention(0, &stream, 2, 0.1, out.view_mut(), q.view()));
     assert!(e.contains("attention after free"), "{e}");
     stream.synchronize().unwrap();
 }
