@@ -3,7 +3,8 @@
 //! `llama-bench` / `llama-batched-bench` measure themselves (`scripts/smollm2-speed.sh` and
 //! `scripts/llama-cpp-speed.sh` run them side by side and print the ratios): prefill tokens/s of
 //! one prompt in one step, and decode tokens/s at batch 1 and at batch 8 (32 timed decode steps
-//! after an untimed one). Also the model's weight bytes, the bytes of weights a decode step
+//! after an untimed one), each the mean over `--repeats` runs (3, as the script runs
+//! `llama-bench -r 3`, whose figure is its runs' mean). Also the model's weight bytes, the bytes of weights a decode step
 //! reads, the process's peak resident memory, and this machine's read bandwidth, from memory
 //! (a 1 GiB buffer) and over a buffer of one step's weight bytes (the limit of batch-1 decode:
 //! bandwidth / bytes per step; higher than memory's where the caches hold the weights). Prints
@@ -13,7 +14,7 @@
 //! linear layers requantized to int8 per channel, int8 activations per token) is given.
 //!
 //! ```text
-//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32] [--dequantize | --w8a8]
+//! cargo run --release --example smollm2_speed -- [--model PATH] [--prompt-len 128] [--decode-steps 32] [--repeats 3] [--dequantize | --w8a8]
 //! ```
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ struct Measure<'a> {
     path: &'a std::path::Path,
     prompt_len: usize,
     decode_steps: usize,
+    repeats: usize,
     storage: Storage,
 }
 
@@ -97,6 +99,7 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         path,
         prompt_len,
         decode_steps,
+        repeats,
         storage,
     } = m;
     if let Err(reason) = B::kernels_available() {
@@ -149,8 +152,6 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         Ok(steps.0)
     };
     run(1)?; // warm-up: first touches of the weights and the allocator's pools
-    let one = run(1)?;
-    let prefill = &one[0];
     let decode_rate = |steps: &[StepStats], batch: usize| -> f64 {
         let timed: Vec<&StepStats> = steps
             .iter()
@@ -161,15 +162,21 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         let secs: f64 = timed.iter().map(|s| s.seconds).sum();
         timed.iter().map(|s| s.sampled).sum::<usize>() as f64 / secs
     };
-    let b1 = decode_rate(&one, 1);
-    let eight = run(8)?;
-    let b8 = decode_rate(&eight, 8);
+    // Each rate is the mean of `repeats` runs': one run's 32 steps take a fraction of a second,
+    // so one noisy moment of a shared host moved a single run's batch-1 figure by 40%.
+    let (mut prefill, mut b1, mut b8) = (0f64, 0f64, 0f64);
+    for _ in 0..repeats {
+        let one = run(1)?;
+        prefill += one[0].tokens as f64 / one[0].seconds / repeats as f64;
+        b1 += decode_rate(&one, 1) / repeats as f64;
+        b8 += decode_rate(&run(8)?, 8) / repeats as f64;
+    }
     let rss = peak_rss();
     // After the RSS reading: the measurements' buffers are not the engine's memory.
     let bandwidth = read_bandwidth(1 << 30);
     let step_bandwidth = read_bandwidth(llm.model.weight_bytes_per_step());
     Ok(format!(
-        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"prefill_tokens_per_s\": {:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}, \"step_read_bandwidth_bytes_per_s\": {:.0}}}",
+        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"repeats\": {repeats}, \"prefill_tokens_per_s\": {prefill:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}, \"step_read_bandwidth_bytes_per_s\": {:.0}}}",
         backend.name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         match storage {
@@ -177,7 +184,6 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
             Storage::Dequantized => "dequantized",
             Storage::W8A8 => "w8a8",
         },
-        prefill.tokens as f64 / prefill.seconds,
         llm.model.weight_bytes(),
         llm.model.weight_bytes_per_step(),
         rss.map_or("null".to_string(), |b| b.to_string()),
@@ -188,7 +194,7 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
 
 fn main() -> ExitCode {
     let mut path = smollm2_path();
-    let (mut prompt_len, mut decode_steps) = (128usize, 32usize);
+    let (mut prompt_len, mut decode_steps, mut repeats) = (128usize, 32usize, 3usize);
     let mut storage = Storage::Quantized;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -215,6 +221,10 @@ fn main() -> ExitCode {
                 Some(n) => decode_steps = n,
                 None => return usage("--decode-steps takes a whole number from 1 to 4096"),
             },
+            ("--repeats", v) => match num(v).filter(|&n| n <= 100) {
+                Some(n) => repeats = n,
+                None => return usage("--repeats takes a whole number from 1 to 100"),
+            },
             (other, _) => return usage(&format!("unknown option {other}")),
         }
     }
@@ -228,6 +238,7 @@ fn main() -> ExitCode {
             path: &path,
             prompt_len,
             decode_steps,
+            repeats,
             storage,
         })
     });
@@ -246,7 +257,7 @@ fn main() -> ExitCode {
 fn usage(e: &str) -> ExitCode {
     eprintln!(
         "error: {e}\nusage: smollm2_speed [--model PATH] [--prompt-len N] [--decode-steps N] \
-         [--dequantize | --w8a8]"
+         [--repeats N] [--dequantize | --w8a8]"
     );
     ExitCode::from(2)
 }
