@@ -408,6 +408,8 @@ impl<'a, B: Backend, T: Element> DeviceSlice<'a, B, T> {
     /// # Errors
     /// [`Error::OutOfBounds`] when `mid` is past the end.
     pub fn split_at(self, mid: usize) -> Result<(DeviceSlice<'a, B, T>, DeviceSlice<'a, B, T>)> {
+        // Checked here so that the error names the call made, not `sub`.
+        resolve_range(..mid, self.len, "DeviceSlice::split_at")?;
         Ok((self.sub(..mid)?, self.sub(mid..)?))
     }
 }
