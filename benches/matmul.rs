@@ -10,7 +10,8 @@
 //! cut to whole groups of 8 blocks (k = 512 of 576), against which a partial last group's cost
 //! is measured; and
 //! 64 rows (a prefill chunk), where the blocks' tiles of one weight row x 8 activation rows run,
-//! against the `f32` GEMM's 64 rows. W8A8 (int8 per output channel, activations quantized to
+//! against the `f32` GEMM's 64 rows, and, on a CPU with AMX (which then runs them), against the
+//! VNNI loop with AMX off (`cpu::set_amx(false)`). W8A8 (int8 per output channel, activations quantized to
 //! int8 per token: exact int32 sums) is measured the same way.
 
 use std::time::Duration;
@@ -93,6 +94,18 @@ fn main() {
                         })
                     });
                 }
+                if m == PREFILL && format.is_blocks() && cpu::amx_available() {
+                    // The same prefill chunk with AMX off: the VNNI loop it replaces.
+                    let id = format!("{format}_vnni_m{m}");
+                    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                        cpu::set_amx(false);
+                        b.iter(|| {
+                            cpu::quant_matmul_interleaved(&p, &mut out[..m * n], &x[..m * k], &wi)
+                                .expect("quant_matmul")
+                        });
+                        cpu::set_amx(true);
+                    });
+                }
                 if format == QuantFormat::Q4_1 && m < PREFILL {
                     let id = format!("{format}_blocks_m{m}");
                     g.bench_function(BenchmarkId::from_parameter(id), |b| {
@@ -126,6 +139,15 @@ fn main() {
                 leak(format!("{q}_m{PREFILL}")),
                 leak(format!("m{PREFILL}")),
             ));
+        }
+        if cpu::amx_available() {
+            for q in ["Q4_0", "Q4_1", "Q8_0"] {
+                rows.push((
+                    g.as_str(),
+                    leak(format!("{q}_m{PREFILL}")),
+                    leak(format!("{q}_vnni_m{PREFILL}")),
+                ));
+            }
         }
         rows.push((g.as_str(), "Q4_1_m1", "Q4_1_blocks_m1"));
         rows.push((g.as_str(), "Q4_1_m8", "Q4_1_blocks_m8"));

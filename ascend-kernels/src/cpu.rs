@@ -829,6 +829,30 @@ fn by_column_blocks<T: KvFloat, S: Send>(
     }
 }
 
+/// Whether this CPU and system can run [`quant_matmul_interleaved`] on Intel AMX (Sapphire
+/// Rapids and later: AMX-TILE and AMX-INT8, Linux's permission for the tile state, and
+/// `ASCEND_KERNELS_NO_AMX` unset). Where it can, batches of 16 rows or more (prefill) run on
+/// it, with the same bits as the AVX2/VNNI loop.
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Lets [`quant_matmul_interleaved`] use AMX where [`amx_available`] (`true`, the default) or
+/// not, for the whole process. The results are the same bits either way; this is for
+/// measuring the two loops in one run (`benches/matmul.rs`).
+///
+/// ```
+/// ascend_kernels::cpu::set_amx(false);
+/// // ... the VNNI loop runs every batch ...
+/// ascend_kernels::cpu::set_amx(true);
+/// ```
+pub fn set_amx(enabled: bool) {
+    qdot::AMX_ALLOWED.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `out = x · wᵀ` for a weight in a block format (GGUF `Q8_0`, `Q4_0`, `Q4_1`), computed on the
 /// blocks as llama.cpp does: each row of `x` is quantized to int8 blocks of 32 once, then every
 /// output element is integer dot products per block, scaled (AVX2 `vpmaddubsw` where the CPU
@@ -908,13 +932,19 @@ fn quant_matmul_in<T: KvFloat>(
         );
         return Ok(());
     }
+    // Where AMX runs the GEMM it takes the columns in panels of 16 (column blocks made
+    // multiples of 16 below); with whole panels only, the rows need no quads for the VNNI loop.
+    let amx = qdot::runs_on_amx(layout, m);
+    let amx_only = amx && n.is_multiple_of(qdot::AMX_PANEL);
     let acts = quantized_rows(
         OP,
         x,
         (m, k),
         |(a, quads): &mut (quant::ActivationBlocks, Vec<i8>), x| {
             a.quantize(x);
-            qdot::group_quads(&a.qs, quads);
+            if !amx_only {
+                qdot::group_quads(&a.qs, quads);
+            }
         },
     )?;
     let rows: Vec<qdot::ActRow<'_>> = acts
@@ -926,13 +956,22 @@ fn quant_matmul_in<T: KvFloat>(
             quads,
         })
         .collect();
+    let matrix = amx.then(|| qdot::ActMatrix::new(&rows));
+    let block = if amx && block < n {
+        block.next_multiple_of(qdot::AMX_PANEL).min(n)
+    } else {
+        block
+    };
     by_column_blocks(
         out,
         m,
         n,
         block,
         || (),
-        |_, c0, c1, o| qdot::columns(f, layout, w, row_bytes, (c0, c1), &rows, o),
+        |_, c0, c1, o| {
+            let cs = (c0, c1);
+            qdot::columns(f, layout, w, row_bytes, cs, &rows, matrix.as_ref(), o)
+        },
     );
     Ok(())
 }

@@ -42,6 +42,9 @@
 
 #[allow(unsafe_code)] // launches through the NPU kernels library's C stubs.
 pub mod acl;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // AMX and AVX-512 behind run-time detection; each block says why it holds.
+mod amx;
 #[allow(unsafe_code)] // FFI to the host build of the Ascend C kernels; each call says why it holds.
 pub mod ascendc;
 #[cfg(feature = "conformance")]

@@ -35,6 +35,88 @@ pub struct ActRow<'a> {
 /// Blocks per group of [`group_quads`] (and of the interleaved weight layout).
 pub const GROUP: usize = crate::interleaved::GROUP;
 
+/// Activation rows from which [`columns`] runs on AMX where the CPU has it (same bits). On the
+/// 2-core Sapphire Rapids VM (whose two cores share one AMX unit) AMX was slower than VNNI at
+/// 8 rows (75-80 us against 65-70 for a 1536 x 576 Q4_1 GEMM) and faster from about 12:
+/// 104 against 139 us at 16 rows, 225 against 315 at 32, 2.7 against 3.5-5 ms at 512.
+const AMX_ROWS: usize = 16;
+
+/// Whether [`columns`] runs `rows` activation rows on AMX (a weight in the interleaved
+/// layout, on a CPU and system with AMX): it then reads the weight in panels of 16 columns
+/// and the rows' values as tiles, fastest from an [`ActMatrix`] ([`columns`]), and reads no
+/// [`ActRow::quads`] when the columns it is given are whole panels ([`AMX_PANEL`]).
+pub fn runs_on_amx(layout: Layout, rows: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return layout == Layout::Interleaved
+        && rows >= AMX_ROWS
+        && AMX_ALLOWED.load(std::sync::atomic::Ordering::Relaxed)
+        && crate::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (layout, rows);
+        false
+    }
+}
+
+/// Whether [`runs_on_amx`] may say yes ([`crate::cpu::set_amx`]).
+pub static AMX_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Columns per AMX panel: the column ranges given to [`columns`] are best multiples of it.
+pub const AMX_PANEL: usize = 16;
+
+/// A batch's quantized activations as the AMX loop reads them, made once per GEMM rather than
+/// once per column range: the rows' values in one buffer, each row on a 64-byte boundary (a
+/// tile load reads them in place), and their scales and sums by block (`[block][row]`, rows
+/// padded with zeros to whole tiles of 16).
+#[derive(Default)]
+pub struct ActMatrix {
+    bytes: Vec<i8>,
+    at: usize,
+    stride: usize,
+    len: usize,
+    step: usize,
+    table: Vec<f32>,
+}
+
+impl ActMatrix {
+    /// The rows' values, scales and sums, copied.
+    pub fn new(rows: &[ActRow<'_>]) -> Self {
+        let len = rows.iter().map(|x| x.qs.len()).min().unwrap_or(0);
+        let blocks = len / BLOCK;
+        let stride = len.next_multiple_of(64);
+        let mut bytes = vec![0i8; rows.len() * stride + 63];
+        let at = bytes.as_ptr().align_offset(64).min(63);
+        let step = rows.len().next_multiple_of(16);
+        let mut table = vec![0f32; 2 * blocks * step];
+        let (scales, sums) = table.split_at_mut(blocks * step);
+        for (r, x) in rows.iter().enumerate() {
+            bytes[at + r * stride..][..len].copy_from_slice(&x.qs[..len]);
+            for b in 0..blocks {
+                scales[b * step + r] = x.scales[b];
+                sums[b * step + r] = x.sums[b];
+            }
+        }
+        ActMatrix {
+            bytes,
+            at,
+            stride,
+            len,
+            step,
+            table,
+        }
+    }
+
+    /// Row 0's values and the distance between rows, in bytes.
+    pub(crate) fn values(&self) -> (*const i8, usize) {
+        (self.bytes[self.at..].as_ptr(), self.stride)
+    }
+
+    /// The scales by block then the sums by block, and the rows per block (a multiple of 16).
+    pub(crate) fn by_block(&self) -> (&[f32], usize) {
+        (&self.table, self.step)
+    }
+}
+
 /// How a weight's rows are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -118,12 +200,16 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
 /// `o[r * (c1 - c0) + c - c0] = dot(weight row c, rows[r])` for the columns `c0..c1` of a
 /// weight of `row_bytes` per row (in `layout`) and every activation row, rows in tiles of 8
 /// and 4: the whole loop in one dispatch, so the AVX2 version inlines its inner steps. Both
-/// layouts give the same bits.
+/// layouts give the same bits. Where [`runs_on_amx`], the AMX loop runs instead (the same
+/// bits again), reading the rows from `matrix` (an [`ActMatrix`] of these rows, made once per
+/// GEMM) or, without one, from a copy it makes.
 ///
 /// # Panics
 /// If `w` has fewer than `c1` rows, `o` fewer than `rows.len() * (c1 - c0)` elements, or an
-/// activation row fewer blocks than a weight row (caller bugs, as with slice indexing), or if
-/// `f` is not a block format (W8A8 goes through `i8dot`).
+/// activation row fewer blocks than a weight row (caller bugs, as with slice indexing), if
+/// `f` is not a block format (W8A8 goes through `i8dot`), or if `matrix` holds fewer rows or
+/// blocks than `rows`.
+#[allow(clippy::too_many_arguments)]
 pub fn columns(
     f: QuantFormat,
     layout: Layout,
@@ -131,9 +217,12 @@ pub fn columns(
     row_bytes: usize,
     (c0, c1): (usize, usize),
     rows: &[ActRow<'_>],
+    matrix: Option<&ActMatrix>,
     o: &mut [f32],
 ) {
     let blocks = row_bytes / f.block_bytes();
+    // The AMX loop reads no quads when it takes every column.
+    let no_quads = runs_on_amx(layout, rows.len()) && (c1 - c0).is_multiple_of(AMX_PANEL);
     assert!(
         f.is_blocks()
             && w.len() >= c1 * row_bytes
@@ -141,7 +230,7 @@ pub fn columns(
             && rows.iter().all(|x| x.scales.len() >= blocks
                 && x.sums.len() >= blocks
                 && x.qs.len() >= blocks * BLOCK
-                && x.quads.len() >= blocks * BLOCK),
+                && (no_quads || x.quads.len() >= blocks * BLOCK)),
         "qdot: an argument is shorter than the shapes need"
     );
     #[cfg(target_arch = "x86_64")]
@@ -149,6 +238,32 @@ pub fn columns(
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
     {
+        if runs_on_amx(layout, rows.len()) {
+            if let Some(mx) = matrix {
+                let blocks = row_bytes / f.block_bytes();
+                assert!(
+                    mx.len >= blocks * BLOCK
+                        && mx.bytes.len() >= mx.at + rows.len() * mx.stride
+                        && mx.step >= rows.len()
+                        && mx.table.len() >= 2 * blocks * mx.step,
+                    "qdot: the activation matrix is smaller than the rows"
+                );
+            }
+            // SAFETY: AMX is available (just checked), the format is a block format in the
+            // interleaved layout, and the lengths (the matrix's too) are checked above.
+            let done = unsafe { crate::amx::columns(f, w, row_bytes, (c0, c1), rows, matrix, o) };
+            if done < c1 - c0 {
+                // The last columns, fewer than a panel: the same bits from the VNNI loop.
+                let (from, width, rest) = (c0 + done, c1 - c0, c1 - c0 - done);
+                let mut t = vec![0f32; rows.len() * rest];
+                // SAFETY: as below (AMX implies AVX2, FMA, F16C, AVX-512 VNNI and VL).
+                unsafe { x86::columns_vnni(f, layout, w, row_bytes, (from, c1), rows, &mut t) };
+                for r in 0..rows.len() {
+                    o[r * width + done..(r + 1) * width].copy_from_slice(&t[r * rest..][..rest]);
+                }
+            }
+            return;
+        }
         if crate::simd::has_vnni() {
             // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
             return unsafe { x86::columns_vnni(f, layout, w, row_bytes, (c0, c1), rows, o) };
@@ -875,6 +990,27 @@ mod tests {
             .collect()
     }
 
+    /// `m` rows of `k` activations (whole blocks, mixed signs and magnitudes), quantized.
+    fn test_rows(m: usize, k: usize) -> Vec<ActivationBlocks> {
+        (0..m)
+            .map(|r| {
+                let x: Vec<f32> = (0..k)
+                    .map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + (i % 5) as f32 * 0.3)
+                    .collect();
+                let mut a = ActivationBlocks::default();
+                a.quantize(&x);
+                a
+            })
+            .collect()
+    }
+
+    /// An `[n, k]` weight whose blocks have three different scales.
+    fn test_weights(n: usize, k: usize) -> Vec<f32> {
+        (0..n * k)
+            .map(|i| ((i * 29 % 31) as f32 - 15.0) * (0.07 + (i / BLOCK % 3) as f32 * 0.05))
+            .collect()
+    }
+
     fn act_rows<'a>(acts: &'a [ActivationBlocks], quads: &'a [Vec<i8>]) -> Vec<ActRow<'a>> {
         acts.iter()
             .zip(quads)
@@ -996,26 +1132,68 @@ mod tests {
         }
     }
 
+    /// The AMX loop gives the AVX2 loop's bits for every format, rows of every kind of chunk
+    /// (1 to 48 blocks), one tile of 16 rows and a last tile of 1, 4, 8 or 13 rows (17, 20,
+    /// 24, 29 and 33 rows), columns in whole panels and not (37 columns: 2 panels and 5 left;
+    /// from column 5: 2 panels), with the rows given as an [`ActMatrix`] or not (copied).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_amx_loop_gives_the_avx2_loops_bits() {
+        use std::is_x86_feature_detected as has;
+        if !(crate::amx::available() && has!("avx2") && has!("fma") && has!("f16c")) {
+            eprintln!("skipped: this CPU (or system) has no AMX");
+            return;
+        }
+        let n = 37;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for blocks in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 15, 16, 18, 19, 48] {
+            let k = blocks * BLOCK;
+            let (w, acts) = (test_weights(n, k), test_rows(33, k));
+            let quads = quads_of(&acts);
+            let rows = act_rows(&acts, &quads);
+            for f in QuantFormat::ALL.into_iter().filter(|f| f.is_blocks()) {
+                let mut wb = Vec::new();
+                quantize(f, &w, &mut wb).unwrap();
+                let rb = f.row_bytes(k).unwrap();
+                let wi = crate::interleaved::interleave(f, n, k, &wb).unwrap();
+                for m in [16, 17, 20, 24, 29, 33] {
+                    assert!(runs_on_amx(Layout::Interleaved, m));
+                    let matrix = ActMatrix::new(&rows[..m]);
+                    for cs in [(0, n), (5, n)] {
+                        let width = cs.1 - cs.0;
+                        let mut want = vec![0f32; m * width];
+                        // SAFETY: the CPU has AVX2, FMA and F16C (checked above); `wi` holds n
+                        // rows of `rb` bytes, `want` m · width values, every activation row
+                        // k / 32 blocks and their quads.
+                        unsafe {
+                            x86::columns(f, Layout::Interleaved, &wi, rb, cs, &rows[..m], &mut want)
+                        };
+                        for mx in [None, Some(&matrix)] {
+                            let mut got = vec![1f32; m * width];
+                            let il = Layout::Interleaved;
+                            columns(f, il, &wi, rb, cs, &rows[..m], mx, &mut got);
+                            assert_eq!(
+                                bits(&got),
+                                bits(&want),
+                                "{f}, {blocks} blocks, {m} rows, columns {cs:?}, matrix {}",
+                                mx.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn x86_loops_agree(blocks: usize) {
         use std::is_x86_feature_detected as has;
         let vnni = has!("avx512vnni") && has!("avx512vl");
         let (k, n, m) = (blocks * BLOCK, 5, 13);
-        let acts: Vec<ActivationBlocks> = (0..m)
-            .map(|r| {
-                let x: Vec<f32> = (0..k)
-                    .map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + (i % 5) as f32 * 0.3)
-                    .collect();
-                let mut a = ActivationBlocks::default();
-                a.quantize(&x);
-                a
-            })
-            .collect();
+        let acts = test_rows(m, k);
         let quads = quads_of(&acts);
         let rows = act_rows(&acts, &quads);
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 29 % 31) as f32 - 15.0) * (0.07 + (i / BLOCK % 3) as f32 * 0.05))
-            .collect();
+        let w = test_weights(n, k);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for f in QuantFormat::ALL {
             let mut wb = Vec::new();

@@ -137,6 +137,43 @@ fn a_row_gives_the_same_bits_in_any_batch() {
     }
 }
 
+/// The CPU backend's layout in a batch big enough for AMX where the CPU has it (33 rows: tiles
+/// of 16, 16 and 1): each row gets the bits it gets alone and from GGUF's blocks, with columns
+/// in whole panels of 16 (48) and not (70), and rows of whole groups and a partial one (19
+/// blocks).
+#[test]
+fn the_interleaved_layout_gives_a_row_its_bits_alone_in_a_batch_of_33() {
+    for f in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
+        for n in [48, 70] {
+            let c = case(f, 33, n, 19, 5);
+            let k = c.p.k;
+            let wi = ascend_kernels::interleaved::interleave(f, n, k, &c.w).unwrap();
+            let (mut batch, mut blocks) = (vec![0f32; 33 * n], vec![0f32; 33 * n]);
+            cpu::quant_matmul_interleaved(&c.p, &mut batch, &c.x, &wi).unwrap();
+            cpu::quant_matmul(&c.p, &mut blocks, &c.x, &c.w).unwrap();
+            for r in 0..33 {
+                let p = QuantMatmul { m: 1, ..c.p };
+                let mut one = vec![0f32; n];
+                cpu::quant_matmul_interleaved(&p, &mut one, &c.x[r * k..(r + 1) * k], &wi).unwrap();
+                for (col, (a, b)) in one.iter().zip(&batch[r * n..(r + 1) * n]).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{f} n {n} row {r} column {col}");
+                }
+                assert_eq!(
+                    batch[r * n..(r + 1) * n]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    blocks[r * n..(r + 1) * n]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    "{f} n {n} row {r}: interleaved against blocks"
+                );
+            }
+        }
+    }
+}
+
 /// Llama-sized rows (k = 4096) in every format: the sums over 128 blocks stay within the bound.
 #[test]
 fn long_rows_stay_within_the_bound() {
