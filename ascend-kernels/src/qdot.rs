@@ -264,6 +264,10 @@ pub fn columns(
             }
             return;
         }
+        if crate::simd::has_vnni512() {
+            // SAFETY: as below, and the CPU supports AVX-512 F, BW, VNNI and VL (just checked).
+            return unsafe { x86::columns_vnni512(f, layout, w, row_bytes, (c0, c1), rows, o) };
+        }
         if crate::simd::has_vnni() {
             // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
             return unsafe { x86::columns_vnni(f, layout, w, row_bytes, (c0, c1), rows, o) };
@@ -346,7 +350,7 @@ mod x86 {
     use super::GROUP;
     use crate::interleaved;
     use crate::quant::{QuantFormat, BLOCK};
-    use crate::simd::int8::{Avx2, Dot, Vnni};
+    use crate::simd::int8::{Avx2, Dot, Vnni, Vnni512};
     use crate::simd::x86::hsum;
     use std::arch::x86_64::*;
 
@@ -865,6 +869,25 @@ mod x86 {
         unsafe { columns_with::<Vnni>(f, layout, w, row_bytes, cs, rows, o) }
     }
 
+    /// As [`columns_vnni`], with whole groups of the interleaved layout two columns at a time
+    /// on 512-bit registers ([`tile_pair`]).
+    ///
+    /// # Safety
+    /// As [`columns`], and AVX-512 F, BW, VNNI and VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512f,avx512bw")]
+    pub unsafe fn columns_vnni512(
+        f: QuantFormat,
+        layout: Layout,
+        w: &[u8],
+        row_bytes: usize,
+        cs: (usize, usize),
+        rows: &[ActRow<'_>],
+        o: &mut [f32],
+    ) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { columns_with::<Vnni512>(f, layout, w, row_bytes, cs, rows, o) }
+    }
+
     /// The format's loop with `D`'s dot products, inlined into the entry with its features.
     ///
     /// # Safety
@@ -925,6 +948,121 @@ mod x86 {
         }
     }
 
+    /// `tile` for two weight rows `w0` and `w1` (interleaved layout) at once: each whole group
+    /// in 512-bit registers, `w0`'s 8 lanes in the low half and `w1`'s in the high, against the
+    /// activations' quads loaded into both halves; the last, partial group per row with
+    /// [`chunk`] on the halves. Every lane takes the operations [`tile`] gives it, in the same
+    /// order, so the same bits.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL; `blocks` whole blocks readable from `w0`
+    /// and from `w1`, every row of `xs` at least `blocks` blocks.
+    #[inline(always)]
+    unsafe fn tile_pair<F: Format, const R: usize>(
+        w0: *const u8,
+        w1: *const u8,
+        blocks: usize,
+        xs: &[ActRow<'_>; R],
+        out: &mut [[f32; R]; 2],
+    ) {
+        // SAFETY: every load is inside the weight rows' blocks 0..blocks or the activation
+        // rows' (this function's contract); the rest is register arithmetic under the
+        // contract's features.
+        unsafe {
+            let join =
+                |a: __m256i, b: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+            let join_ps = |a: __m256, b: __m256| {
+                let a = _mm512_castpd256_pd512(_mm256_castps_pd(a));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(a, _mm256_castps_pd(b)))
+            };
+            // Both halves from one 32-byte load.
+            let twice =
+                |p: *const u8| _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i));
+            let twice_ps = |p: *const f32| {
+                _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(p as *const f64)))
+            };
+            let mut acc = [_mm512_setzero_ps(); R];
+            let full = blocks / GROUP * GROUP;
+            for b in (0..full).step_by(GROUP) {
+                let (b0, b1) = (w0.add(b * F::SIZE), w1.add(b * F::SIZE));
+                let (q0, q1) = (
+                    F::interleaved_quads(b0.add(GROUP * F::HEAD)),
+                    F::interleaved_quads(b1.add(GROUP * F::HEAD)),
+                );
+                let wq: [__m512i; GROUP] = std::array::from_fn(|i| join(q0[i], q1[i]));
+                // Unsigned by signed bytes, as in `chunk`: a signed weight as |w|, its sign on x.
+                let wu: [__m512i; GROUP] = if F::UNSIGNED {
+                    wq
+                } else {
+                    std::array::from_fn(|i| _mm512_abs_epi8(wq[i]))
+                };
+                let negative: [__mmask64; GROUP] =
+                    std::array::from_fn(|i| _mm512_movepi8_mask(wq[i]));
+                let scales = |base: *const u8| {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+                    let h = if F::HEAD > 2 {
+                        _mm_loadu_si128(base.add(2 * GROUP) as *const __m128i)
+                    } else {
+                        _mm_setzero_si128()
+                    };
+                    (d, F::mins(d, h))
+                };
+                let ((d0, m0), (d1, m1)) = (scales(b0), scales(b1));
+                let (dw, mw) = (join_ps(d0, d1), join_ps(m0, m1));
+                let xs: &[ActRow<'_>] = if R > 1 { std::hint::black_box(xs) } else { xs };
+                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+                    let xq = x.quads.as_ptr().add(b * BLOCK) as *const u8;
+                    let mut s = [_mm512_setzero_si512(); 2];
+                    for i in 0..GROUP {
+                        let xv = twice(xq.add(32 * i));
+                        let xv = if F::UNSIGNED {
+                            xv
+                        } else {
+                            // x · sign(w): negated where w < 0 (where w = 0 the product is 0
+                            // either way, |x| <= 127).
+                            _mm512_mask_sub_epi8(xv, negative[i], _mm512_setzero_si512(), xv)
+                        };
+                        s[i % 2] = _mm512_dpbusd_epi32(s[i % 2], wu[i], xv);
+                    }
+                    let dx = twice_ps(x.scales.as_ptr().add(b));
+                    let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(s[0], s[1]));
+                    let a = _mm512_fmadd_ps(sums, _mm512_mul_ps(dw, dx), *acc);
+                    *acc = if F::UNSIGNED {
+                        _mm512_fmadd_ps(mw, twice_ps(x.sums.as_ptr().add(b)), a)
+                    } else {
+                        a
+                    };
+                }
+            }
+            // The halves, then each row's last, partial group as `tile` takes it.
+            for (j, w) in [w0, w1].into_iter().enumerate() {
+                let mut half: [__m256; R] = std::array::from_fn(|r| {
+                    let v = _mm512_castps_pd(acc[r]);
+                    _mm256_castpd_ps(if j == 0 {
+                        _mm512_castpd512_pd256(v)
+                    } else {
+                        _mm512_extractf64x4_pd::<1>(v)
+                    })
+                });
+                let (tail, mut b) = (blocks - full, full);
+                if tail & 4 != 0 {
+                    chunk::<F, Vnni, true, 4, R>(w, b, xs, &mut half);
+                    b += 4;
+                }
+                if tail & 2 != 0 {
+                    chunk::<F, Vnni, true, 2, R>(w, b, xs, &mut half);
+                    b += 2;
+                }
+                if tail & 1 != 0 {
+                    chunk::<F, Vnni, true, 1, R>(w, b, xs, &mut half);
+                }
+                for (o, a) in out[j].iter_mut().zip(half) {
+                    *o = hsum(a);
+                }
+            }
+        }
+    }
+
     /// Activation rows `r0..r0 + R` against the columns `c0..c1`.
     ///
     /// # Safety
@@ -940,7 +1078,28 @@ mod x86 {
     ) {
         let (width, blocks) = (c1 - c0, row_bytes / F::SIZE);
         let xs: [ActRow<'_>; R] = std::array::from_fn(|i| rows[r0 + i]);
-        for c in c0..c1 {
+        let mut c = c0;
+        if D::PAIRS && IL {
+            while c + 2 <= c1 {
+                let mut t = [[0f32; R]; 2];
+                // SAFETY: rows c and c + 1 are whole rows of `w`, and D::PAIRS says the entry
+                // enabled AVX-512 F and BW (this function's contract).
+                unsafe {
+                    let (w0, w1) = (
+                        w[c * row_bytes..].as_ptr(),
+                        w[(c + 1) * row_bytes..].as_ptr(),
+                    );
+                    tile_pair::<F, R>(w0, w1, blocks, &xs, &mut t)
+                };
+                for (j, t) in t.iter().enumerate() {
+                    for (i, &v) in t.iter().enumerate() {
+                        o[(r0 + i) * width + c + j - c0] = v;
+                    }
+                }
+                c += 2;
+            }
+        }
+        for c in c..c1 {
             let mut t = [0f32; R];
             // SAFETY: row c is a whole row of `w` (this function's contract).
             unsafe { tile::<F, D, IL, R>(w[c * row_bytes..].as_ptr(), blocks, &xs, &mut t) };
@@ -1189,6 +1348,8 @@ mod tests {
     fn x86_loops_agree(blocks: usize) {
         use std::is_x86_feature_detected as has;
         let vnni = has!("avx512vnni") && has!("avx512vl");
+        let wide = vnni && has!("avx512f") && has!("avx512bw");
+        // 5 columns: two pairs and one alone in the 512-bit loop.
         let (k, n, m) = (blocks * BLOCK, 5, 13);
         let acts = test_rows(m, k);
         let quads = quads_of(&acts);
@@ -1203,8 +1364,8 @@ mod tests {
             let rb = f.row_bytes(k).unwrap();
             let wi = crate::interleaved::interleave(f, n, k, &wb).unwrap();
             let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
-            // SAFETY: the CPU has AVX2, FMA, F16C (checked above), and AVX-512 VNNI and VL
-            // where `columns_vnni` runs; `wb` and `wi` hold n rows of `rb` bytes, the outputs
+            // SAFETY: the CPU has AVX2, FMA, F16C (checked above), AVX-512 VNNI and VL where
+            // `columns_vnni` runs, and F and BW too where `columns_vnni512` does; `wb` and `wi` hold n rows of `rb` bytes, the outputs
             // m · n values, every activation row k / 32 blocks and their quads.
             unsafe {
                 x86::columns(f, Layout::Blocks, &wb, rb, (0, n), &rows, &mut a);
@@ -1215,6 +1376,11 @@ mod tests {
                         b.fill(1.0);
                         x86::columns_vnni(f, layout, w, rb, (0, n), &rows, &mut b);
                         assert_eq!(bits(&a), bits(&b), "{f}: {layout:?}, VNNI");
+                        if wide {
+                            b.fill(1.0);
+                            x86::columns_vnni512(f, layout, w, rb, (0, n), &rows, &mut b);
+                            assert_eq!(bits(&a), bits(&b), "{f}: {layout:?}, VNNI 512");
+                        }
                     }
                 }
             }

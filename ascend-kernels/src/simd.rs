@@ -19,6 +19,19 @@ fn f16c() -> bool {
     avx2_fma() && std::is_x86_feature_detected!("f16c")
 }
 
+/// Whether the block GEMM also takes two weight columns at once on 512-bit registers: VNNI
+/// ([`has_vnni`]) with AVX-512 F and BW, and `ASCEND_KERNELS_NO_ZMM` not set. Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_vnni512() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        has_vnni()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::env::var_os("ASCEND_KERNELS_NO_ZMM").is_none()
+    })
+}
+
 /// Whether the int8 kernels use AVX-512 VNNI's `vpdpbusd` (with VL, on 256-bit registers):
 /// the CPU has both, and `ASCEND_KERNELS_NO_VNNI` is not set (which keeps the AVX2 loop, to
 /// compare the two on one machine). Read once.
@@ -763,6 +776,10 @@ pub(crate) mod int8 {
         /// The instructions' features (AVX2; VNNI: AVX-512 VNNI and VL).
         unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
 
+        /// Whether the block GEMM may take two weight columns at once in 512-bit registers
+        /// (AVX-512 F and BW enabled in its entry).
+        const PAIRS: bool = false;
+
         /// `acc` plus the lane sums of `u · s` (one instruction with VNNI).
         ///
         /// # Safety
@@ -778,6 +795,9 @@ pub(crate) mod int8 {
     pub(crate) struct Avx2;
     /// `vpdpbusd`.
     pub(crate) struct Vnni;
+    /// `vpdpbusd`, and the block GEMM's whole groups two weight columns at a time on 512-bit
+    /// registers (the same products and scaling per lane, so the same bits).
+    pub(crate) struct Vnni512;
 
     impl Dot for Avx2 {
         #[inline(always)]
@@ -797,6 +817,20 @@ pub(crate) mod int8 {
         unsafe fn dot_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             // SAFETY: AVX-512 VNNI and VL (this function's contract).
             unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+        }
+    }
+
+    impl Dot for Vnni512 {
+        const PAIRS: bool = true;
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX-512 VNNI and VL (this function's contract).
+            unsafe { Vnni::dot(u, s) }
+        }
+        #[inline(always)]
+        unsafe fn dot_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX-512 VNNI and VL (this function's contract).
+            unsafe { Vnni::dot_add(acc, u, s) }
         }
     }
 }
