@@ -46,16 +46,18 @@ const AMX_ROWS: usize = 16;
 /// and the rows' values as tiles, fastest from an [`ActMatrix`] ([`columns`]), and reads no
 /// [`ActRow::quads`] when the columns it is given are whole panels ([`AMX_PANEL`]).
 pub fn runs_on_amx(layout: Layout, rows: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return layout == Layout::Interleaved
+    layout == Layout::Interleaved
         && rows >= AMX_ROWS
         && AMX_ALLOWED.load(std::sync::atomic::Ordering::Relaxed)
-        && crate::amx::available();
+        && amx_hardware()
+}
+
+/// Whether this CPU and system can run the AMX loop.
+fn amx_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::amx::available();
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (layout, rows);
-        false
-    }
+    false
 }
 
 /// Whether [`runs_on_amx`] may say yes ([`crate::cpu::set_amx`]).
@@ -200,9 +202,10 @@ pub fn dots<const R: usize>(f: QuantFormat, w: &[u8], xs: &[ActRow<'_>; R], out:
 /// `o[r * (c1 - c0) + c - c0] = dot(weight row c, rows[r])` for the columns `c0..c1` of a
 /// weight of `row_bytes` per row (in `layout`) and every activation row, rows in tiles of 8
 /// and 4: the whole loop in one dispatch, so the AVX2 version inlines its inner steps. Both
-/// layouts give the same bits. Where [`runs_on_amx`], the AMX loop runs instead (the same
-/// bits again), reading the rows from `matrix` (an [`ActMatrix`] of these rows, made once per
-/// GEMM) or, without one, from a copy it makes.
+/// layouts give the same bits. The AMX loop runs instead (the same bits again) where the
+/// caller gives `matrix` (an [`ActMatrix`] of these rows, made once per GEMM where
+/// [`runs_on_amx`]) and the CPU has AMX, or without one where [`runs_on_amx`] (from a copy of
+/// the rows it makes).
 ///
 /// # Panics
 /// If `w` has fewer than `c1` rows, `o` fewer than `rows.len() * (c1 - c0)` elements, or an
@@ -221,8 +224,14 @@ pub fn columns(
     o: &mut [f32],
 ) {
     let blocks = row_bytes / f.block_bytes();
-    // The AMX loop reads no quads when it takes every column.
-    let no_quads = runs_on_amx(layout, rows.len()) && (c1 - c0).is_multiple_of(AMX_PANEL);
+    // AMX runs where the caller made the rows' matrix for it (decided once per GEMM, so a
+    // `set_amx` meanwhile changes nothing), or as `runs_on_amx` says; it reads no quads when it
+    // takes every column.
+    let amx = match matrix {
+        Some(_) => amx_hardware() && layout == Layout::Interleaved,
+        None => runs_on_amx(layout, rows.len()),
+    };
+    let no_quads = amx && (c1 - c0).is_multiple_of(AMX_PANEL);
     assert!(
         f.is_blocks()
             && w.len() >= c1 * row_bytes
@@ -238,7 +247,7 @@ pub fn columns(
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
     {
-        if runs_on_amx(layout, rows.len()) {
+        if amx {
             if let Some(mx) = matrix {
                 let blocks = row_bytes / f.block_bytes();
                 assert!(
@@ -1294,7 +1303,8 @@ mod tests {
     /// The AMX loop gives the AVX2 loop's bits for every format, rows of every kind of chunk
     /// (1 to 48 blocks), one tile of 16 rows and a last tile of 1, 4, 8 or 13 rows (17, 20,
     /// 24, 29 and 33 rows), columns in whole panels and not (37 columns: 2 panels and 5 left;
-    /// from column 5: 2 panels), with the rows given as an [`ActMatrix`] or not (copied).
+    /// from column 5: 2 panels), with the rows given as an [`ActMatrix`] (then, for whole
+    /// panels, without the VNNI loop's quads) or not (copied).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_amx_loop_gives_the_avx2_loops_bits() {
@@ -1327,10 +1337,21 @@ mod tests {
                         unsafe {
                             x86::columns(f, Layout::Interleaved, &wi, rb, cs, &rows[..m], &mut want)
                         };
+                        // Whole panels from a matrix need no quads.
+                        let no_quads: Vec<ActRow<'_>> = rows[..m]
+                            .iter()
+                            .map(|x| ActRow { quads: &[], ..*x })
+                            .collect();
+                        let panels = width % 16 == 0;
                         for mx in [None, Some(&matrix)] {
                             let mut got = vec![1f32; m * width];
                             let il = Layout::Interleaved;
-                            columns(f, il, &wi, rb, cs, &rows[..m], mx, &mut got);
+                            let rows = if mx.is_some() && panels {
+                                &no_quads
+                            } else {
+                                &rows[..m]
+                            };
+                            columns(f, il, &wi, rb, cs, rows, mx, &mut got);
                             assert_eq!(
                                 bits(&got),
                                 bits(&want),
