@@ -10,9 +10,9 @@
 //! cut to whole groups of 8 blocks (k = 512 of 576), against which a partial last group's cost
 //! is measured; and
 //! 64 rows (a prefill chunk), where the blocks' tiles of one weight row x 8 activation rows run,
-//! against the `f32` GEMM's 64 rows, and, on a CPU with AMX (which then runs them), against the
-//! VNNI loop with AMX off (`cpu::set_amx(false)`). W8A8 (int8 per output channel, activations quantized to
-//! int8 per token: exact int32 sums) is measured the same way.
+//! against the `f32` GEMM's 64 rows, and, on a CPU with AMX (which then runs them), against
+//! the VNNI loop with AMX off (`cpu::set_amx(false)`). W8A8 (int8 per output channel,
+//! activations quantized to int8 per token: exact int32 sums) is measured the same way.
 
 use std::time::Duration;
 

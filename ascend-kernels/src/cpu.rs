@@ -877,7 +877,9 @@ pub fn quant_matmul<T: KvFloat>(p: &QuantMatmul, out: &mut [T], x: &[T], w: &[u8
 
 /// [`quant_matmul`] on a weight in the [`interleaved`](crate::interleaved) layout (made once
 /// by [`interleaved::interleave`](crate::interleaved::interleave)): what the CPU backend runs.
-/// The same bits as [`quant_matmul`] on the weight's blocks.
+/// The same bits as [`quant_matmul`] on the weight's blocks. Where the CPU has AVX-512 F and
+/// BW, two weight rows share each 512-bit register; from 16 rows of `x` on a CPU with AMX
+/// ([`amx_available`]), the products run on AMX tiles: the same bits again.
 pub fn quant_matmul_interleaved<T: KvFloat>(
     p: &QuantMatmul,
     out: &mut [T],
