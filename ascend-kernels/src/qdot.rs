@@ -66,6 +66,9 @@ pub static AMX_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// Columns per AMX panel: the column ranges given to [`columns`] are best multiples of it.
 pub const AMX_PANEL: usize = 16;
 
+/// Activation rows per AMX tile, at most ([`ActMatrix`] pads each block's rows to a multiple).
+pub(crate) const AMX_TILE_ROWS: usize = 16;
+
 /// A batch's quantized activations as the AMX loop reads them, made once per GEMM rather than
 /// once per column range: the rows' values in one buffer, each row on a 64-byte boundary (a
 /// tile load reads them in place), and their scales and sums by block (`[block][row]`, rows
@@ -88,7 +91,7 @@ impl ActMatrix {
         let stride = len.next_multiple_of(64);
         let mut bytes = vec![0i8; rows.len() * stride + 63];
         let at = bytes.as_ptr().align_offset(64).min(63);
-        let step = rows.len().next_multiple_of(16);
+        let step = rows.len().next_multiple_of(AMX_TILE_ROWS);
         let mut table = vec![0f32; 2 * blocks * step];
         let (scales, sums) = table.split_at_mut(blocks * step);
         for (r, x) in rows.iter().enumerate() {
@@ -113,7 +116,8 @@ impl ActMatrix {
         (self.bytes[self.at..].as_ptr(), self.stride)
     }
 
-    /// The scales by block then the sums by block, and the rows per block (a multiple of 16).
+    /// The scales by block then the sums by block, and the rows per block (a multiple of
+    /// [`AMX_TILE_ROWS`]).
     pub(crate) fn by_block(&self) -> (&[f32], usize) {
         (&self.table, self.step)
     }
@@ -243,36 +247,49 @@ pub fn columns(
         "qdot: an argument is shorter than the shapes need"
     );
     #[cfg(target_arch = "x86_64")]
+    if amx {
+        if let Some(mx) = matrix {
+            assert!(
+                mx.len >= blocks * BLOCK
+                    && mx.bytes.len() >= mx.at + rows.len() * mx.stride
+                    && mx.step >= rows.len()
+                    && mx.table.len() >= 2 * blocks * mx.step,
+                "qdot: the activation matrix is smaller than the rows"
+            );
+        }
+        // SAFETY: AMX is available (`amx` says so), the format is a block format in the
+        // interleaved layout, and the lengths (the matrix's too) are checked above.
+        let done = unsafe { crate::amx::columns(f, w, row_bytes, (c0, c1), rows, matrix, o) };
+        if done < c1 - c0 {
+            // The last columns, fewer than a panel: the same bits from the vector loops.
+            let (from, width, rest) = (c0 + done, c1 - c0, c1 - c0 - done);
+            let mut t = vec![0f32; rows.len() * rest];
+            vector_columns(f, layout, w, row_bytes, (from, c1), rows, &mut t);
+            for r in 0..rows.len() {
+                o[r * width + done..(r + 1) * width].copy_from_slice(&t[r * rest..][..rest]);
+            }
+        }
+        return;
+    }
+    vector_columns(f, layout, w, row_bytes, (c0, c1), rows, o)
+}
+
+/// [`columns`] without AMX, its arguments checked: the widest x86 loop the CPU has, else the
+/// portable one.
+fn vector_columns(
+    f: QuantFormat,
+    layout: Layout,
+    w: &[u8],
+    row_bytes: usize,
+    (c0, c1): (usize, usize),
+    rows: &[ActRow<'_>],
+    o: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
     {
-        if amx {
-            if let Some(mx) = matrix {
-                let blocks = row_bytes / f.block_bytes();
-                assert!(
-                    mx.len >= blocks * BLOCK
-                        && mx.bytes.len() >= mx.at + rows.len() * mx.stride
-                        && mx.step >= rows.len()
-                        && mx.table.len() >= 2 * blocks * mx.step,
-                    "qdot: the activation matrix is smaller than the rows"
-                );
-            }
-            // SAFETY: AMX is available (just checked), the format is a block format in the
-            // interleaved layout, and the lengths (the matrix's too) are checked above.
-            let done = unsafe { crate::amx::columns(f, w, row_bytes, (c0, c1), rows, matrix, o) };
-            if done < c1 - c0 {
-                // The last columns, fewer than a panel: the same bits from the VNNI loop.
-                let (from, width, rest) = (c0 + done, c1 - c0, c1 - c0 - done);
-                let mut t = vec![0f32; rows.len() * rest];
-                // SAFETY: as below (AMX implies AVX2, FMA, F16C, AVX-512 VNNI and VL).
-                unsafe { x86::columns_vnni(f, layout, w, row_bytes, (from, c1), rows, &mut t) };
-                for r in 0..rows.len() {
-                    o[r * width + done..(r + 1) * width].copy_from_slice(&t[r * rest..][..rest]);
-                }
-            }
-            return;
-        }
         if crate::simd::has_vnni512() {
             // SAFETY: as below, and the CPU supports AVX-512 F, BW, VNNI and VL (just checked).
             return unsafe { x86::columns_vnni512(f, layout, w, row_bytes, (c0, c1), rows, o) };
@@ -282,9 +299,10 @@ pub fn columns(
             return unsafe { x86::columns_vnni(f, layout, w, row_bytes, (c0, c1), rows, o) };
         }
         // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; the lengths are
-        // checked just before.
+        // checked by `columns`, this function's only caller.
         return unsafe { x86::columns(f, layout, w, row_bytes, (c0, c1), rows, o) };
     }
+    let blocks = row_bytes / f.block_bytes();
     let width = c1 - c0;
     let mut blocks_of_row = Vec::new();
     for c in c0..c1 {
