@@ -41,10 +41,10 @@ use crate::qdot::{chunks, ActMatrix, ActRow, GROUP};
 use crate::quant::{QuantFormat, BLOCK};
 
 /// Weight columns per tile (a tile row is 64 bytes: 16 columns of 4 bytes, or 16 `i32`).
-pub(crate) const PANEL: usize = 16;
+const PANEL: usize = crate::qdot::AMX_PANEL;
 
-/// Activation rows per tile, at most.
-const TILE_ROWS: usize = 16;
+/// Activation rows per tile, at most (what `ActMatrix` pads its rows to).
+const TILE_ROWS: usize = crate::qdot::AMX_TILE_ROWS;
 
 /// Bytes of one block's weight tile: 8 rows (quads) of 64 bytes.
 const TILE_BYTES: usize = 8 * 64;
@@ -131,18 +131,9 @@ impl TileConfig {
 }
 
 /// 64 bytes on a cache line of their own: tile rows that cross lines load at half speed.
-#[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
-
-/// One block format, as the tiles need it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// `Q8_0`: signed bytes, no minimum.
-    Signed,
-    /// `Q4_0` (minimum `−8·d`) and `Q4_1` (its own): unsigned nibbles.
-    Nibbles,
-}
 
 /// A panel's weights, unpacked once for all the call's activation rows.
 #[derive(Default)]
@@ -191,11 +182,9 @@ pub(crate) unsafe fn columns(
     if panels == 0 || blocks == 0 || rows.is_empty() {
         return 0;
     }
-    let kind = if f == QuantFormat::Q8_0 {
-        Kind::Signed
-    } else {
-        Kind::Nibbles
-    };
+    // Q4_0 and Q4_1 are unsigned nibbles with a minimum per block (Q4_0's is −8·d); Q8_0 is
+    // signed bytes without one.
+    let nibbles = f != QuantFormat::Q8_0;
     let m = rows.len();
     SCRATCH.with_borrow_mut(|s| {
         let made;
@@ -237,7 +226,6 @@ pub(crate) unsafe fn columns(
                     scales: &table[r0..],
                     sums: &table[blocks * step + r0..],
                     step,
-                    kind,
                     o: (o.as_mut_ptr(), width, r0, c - c0),
                 };
                 // SAFETY: AMX is available and configured for n rows; the matrix's rows
@@ -245,13 +233,13 @@ pub(crate) unsafe fn columns(
                 // from `rows`, or checked so by `qdot::columns`); `o` holds m × width values.
                 unsafe {
                     let a = (&s.panel, &s.updates[..], &mut **ring);
-                    match (n, kind) {
-                        (1..=4, Kind::Nibbles) => tile.run::<4, true>(a),
-                        (5..=8, Kind::Nibbles) => tile.run::<8, true>(a),
-                        (_, Kind::Nibbles) => tile.run::<16, true>(a),
-                        (1..=4, Kind::Signed) => tile.run::<4, false>(a),
-                        (5..=8, Kind::Signed) => tile.run::<8, false>(a),
-                        (_, Kind::Signed) => tile.run::<16, false>(a),
+                    match (n, nibbles) {
+                        (1..=4, true) => tile.run::<4, true>(a),
+                        (5..=8, true) => tile.run::<8, true>(a),
+                        (_, true) => tile.run::<16, true>(a),
+                        (1..=4, false) => tile.run::<4, false>(a),
+                        (5..=8, false) => tile.run::<8, false>(a),
+                        (_, false) => tile.run::<16, false>(a),
                     }
                 }
                 r0 += n;
@@ -275,7 +263,6 @@ struct Tile<'a> {
     scales: &'a [f32],
     sums: &'a [f32],
     step: usize,
-    kind: Kind,
     /// The output, its row length, this tile's first row and the panel's first column in it.
     o: (*mut f32, usize, usize, usize),
 }
@@ -304,7 +291,7 @@ impl Tile<'_> {
                 // rows, `stride` apart (this function's contract); the weight tile is 512
                 // bytes of `panel.tiles`; each ring slot holds 16 rows of 64 bytes.
                 unsafe {
-                    self.product(
+                    self.product::<NIBBLES>(
                         u % 2 == 1,
                         self.acts.add(block * BLOCK),
                         (panel.tiles.as_ptr() as *const u8).add(tile * TILE_BYTES),
@@ -361,13 +348,20 @@ impl Tile<'_> {
     }
 
     /// Tile product of one block: `sums[r][n] = Σ_k acts[r][k] · weights[k][n]` for this tile's
-    /// rows, with the second set of tile registers if `odd` (so consecutive blocks overlap).
+    /// rows (unsigned weight bytes if `NIBBLES`, signed otherwise), with the second set of
+    /// tile registers if `odd` (so consecutive blocks overlap).
     ///
     /// # Safety
     /// AMX available and configured for this tile's rows; 32 bytes readable at `acts +
     /// i·stride` for each row `i`, a weight tile at `b`, and the rows' sums writable at `sums`.
     #[inline(always)]
-    unsafe fn product(&self, odd: bool, acts: *const i8, b: *const u8, sums: *mut i32) {
+    unsafe fn product<const NIBBLES: bool>(
+        &self,
+        odd: bool,
+        acts: *const i8,
+        b: *const u8,
+        sums: *mut i32,
+    ) {
         macro_rules! product {
             ($op:literal, $c:literal, $a:literal, $b:literal) => {
                 // SAFETY: this function's contract; the tiles used are the ones configured.
@@ -388,11 +382,11 @@ impl Tile<'_> {
                 }
             };
         }
-        match (self.kind, odd) {
-            (Kind::Nibbles, false) => product!("tdpbsud", "tmm0", "tmm2", "tmm4"),
-            (Kind::Nibbles, true) => product!("tdpbsud", "tmm1", "tmm3", "tmm5"),
-            (Kind::Signed, false) => product!("tdpbssd", "tmm0", "tmm2", "tmm4"),
-            (Kind::Signed, true) => product!("tdpbssd", "tmm1", "tmm3", "tmm5"),
+        match (NIBBLES, odd) {
+            (true, false) => product!("tdpbsud", "tmm0", "tmm2", "tmm4"),
+            (true, true) => product!("tdpbsud", "tmm1", "tmm3", "tmm5"),
+            (false, false) => product!("tdpbssd", "tmm0", "tmm2", "tmm4"),
+            (false, true) => product!("tdpbssd", "tmm1", "tmm3", "tmm5"),
         }
     }
 }
