@@ -51,8 +51,9 @@ const TILE_BYTES: usize = 8 * 64;
 
 /// Whether this thread may run [`columns`]: the CPU has AMX-TILE and AMX-INT8 (and the
 /// AVX-512 the scaling uses), Linux granted the process the tile data state (`arch_prctl(
-/// ARCH_REQ_XCOMP_PERM)`, asked once), and `ASCEND_KERNELS_NO_AMX` is not set (which keeps the
-/// VNNI loop, to compare the two on one machine). Read once.
+/// ARCH_REQ_XCOMP_PERM)`, asked once), and neither `ASCEND_KERNELS_NO_AMX` (which keeps the
+/// VNNI loop, to compare the two on one machine) nor `ASCEND_KERNELS_NO_AVX512` is set. Read
+/// once.
 pub(crate) fn available() -> bool {
     static AMX: OnceLock<bool> = OnceLock::new();
     *AMX.get_or_init(|| {
@@ -67,6 +68,7 @@ pub(crate) fn available() -> bool {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
             && std::env::var_os("ASCEND_KERNELS_NO_AMX").is_none()
+            && crate::simd::allows_avx512()
             && request_tile_state()
     })
 }

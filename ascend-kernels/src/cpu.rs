@@ -829,15 +829,30 @@ fn by_column_blocks<T: KvFloat, S: Send>(
     }
 }
 
-/// Whether this CPU and system can run [`quant_matmul_interleaved`] on Intel AMX (Sapphire
-/// Rapids and later: AMX-TILE and AMX-INT8, Linux's permission for the tile state, and
-/// `ASCEND_KERNELS_NO_AMX` unset). Where it can, batches of 16 rows or more (prefill) run on
-/// it, with the same bits as the AVX2/VNNI loop.
+/// Whether this CPU and system can run [`quant_matmul_interleaved`] on Intel AMX (Sapphire Rapids
+/// and later: AMX-TILE and AMX-INT8, Linux's permission for the tile state, and
+/// `ASCEND_KERNELS_NO_AMX` and `ASCEND_KERNELS_NO_AVX512` unset). Where it can, batches of 16 rows
+/// or more (prefill) run on it, with the same bits as the AVX2/VNNI loop.
 pub fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     return crate::amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// The vector loop [`quant_matmul`] and [`quant_matmul_interleaved`] run on this CPU (and AMX
+/// runs batches of 16 rows or more where [`amx_available`]): `"avx512-vnni-512"` (AVX-512
+/// VNNI, two weight rows per 512-bit register), `"avx512-vnni"`, `"avx-vnni"` (client CPUs
+/// without AVX-512), `"avx2"` or `"portable"`, after the `ASCEND_KERNELS_NO_*` variables
+/// (`docs/ascend-setup.md`). Every x86 loop gives the same bits; the portable one rounds
+/// differently.
+///
+/// ```
+/// let name = ascend_kernels::cpu::quant_matmul_loop();
+/// assert!(["avx512-vnni-512", "avx512-vnni", "avx-vnni", "avx2", "portable"].contains(&name));
+/// ```
+pub fn quant_matmul_loop() -> &'static str {
+    qdot::VectorLoop::chosen().name()
 }
 
 /// Lets [`quant_matmul_interleaved`] use AMX where [`amx_available`] (`true`, the default) or
@@ -855,9 +870,9 @@ pub fn set_amx(enabled: bool) {
 
 /// `out = x · wᵀ` for a weight in a block format (GGUF `Q8_0`, `Q4_0`, `Q4_1`), computed on the
 /// blocks as llama.cpp does: each row of `x` is quantized to int8 blocks of 32 once, then every
-/// output element is integer dot products per block, scaled (AVX2 `vpmaddubsw` where the CPU
-/// has it). The weight is read as stored: 4.5 to 8.5 bits per value instead of an `f32` copy's
-/// 32.
+/// output element is integer dot products per block, scaled (AVX2, AVX-VNNI or AVX-512 VNNI where
+/// the CPU has them: [`quant_matmul_loop`]). The weight is read as stored: 4.5 to 8.5 bits per
+/// value instead of an `f32` copy's 32.
 ///
 /// For `Int8PerChannel` (W8A8) each row of `x` is quantized per token as `aclnnDynamicQuant`
 /// does ([`quant::TokenQuant`]), and each output element is one exact int32 dot product scaled

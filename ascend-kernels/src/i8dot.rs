@@ -1,7 +1,7 @@
-//! W8A8's inner loop ([`QuantFormat::Int8PerChannel`](crate::QuantFormat::Int8PerChannel)):
-//! one int8 weight row against up to 4 rows of int8 activations quantized per token, with AVX2
-//! (`vpmaddubsw` / `vpmaddwd`) and AVX-512 VNNI (`vpdpbusd`) versions chosen at run time on
-//! x86-64, the weight's sign moved onto the activation so that the unsigned operand is `|w|`.
+//! W8A8's inner loop ([`QuantFormat::Int8PerChannel`](crate::QuantFormat::Int8PerChannel)): one
+//! int8 weight row against up to 4 rows of int8 activations quantized per token, with AVX2
+//! (`vpmaddubsw` / `vpmaddwd`), AVX-512 VNNI and AVX-VNNI (`vpdpbusd`) versions chosen at run time
+//! on x86-64, the weight's sign moved onto the activation so that the unsigned operand is `|w|`.
 //!
 //! Each sum is exact in `i32` (`k` is at most [`INT8_MAX_K`](crate::quant::INT8_MAX_K), and
 //! activations are within ±127, so no pair saturates `i16`), so the AVX2 and portable loops
@@ -65,6 +65,10 @@ fn dots<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
             // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
             return unsafe { x86::dots_vnni(w, xs) };
         }
+        if crate::simd::has_avx_vnni() {
+            // SAFETY: as below, and the CPU supports AVX-VNNI (just checked).
+            return unsafe { x86::dots_avx_vnni(w, xs) };
+        }
         // SAFETY: the CPU supports AVX2, checked just above; every `xs[r]` holds at least
         // `w.len()` values (the caller's assertion).
         return unsafe { x86::dots(w, xs) };
@@ -78,7 +82,7 @@ fn portable<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use crate::simd::int8::{Avx2, Dot, Vnni};
+    use crate::simd::int8::{Avx2, AvxVnni, Dot, Vnni};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -97,6 +101,16 @@ mod x86 {
     pub unsafe fn dots_vnni<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
         // SAFETY: passed on from this function's contract.
         unsafe { dots_with::<Vnni, R>(w, xs) }
+    }
+
+    /// As [`dots`], with AVX-VNNI's `vpdpbusd` (the same integers).
+    ///
+    /// # Safety
+    /// AVX2 and AVX-VNNI; every `xs[r]` at least `w.len()` values.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn dots_avx_vnni<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
+        // SAFETY: passed on from this function's contract.
+        unsafe { dots_with::<AvxVnni, R>(w, xs) }
     }
 
     /// The loop, inlined into the entry compiled with `D`'s features.
@@ -147,8 +161,8 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// The AVX2 loop gives the portable loop's integers, at the extremes of the value range and
-    /// for lengths with and without a tail.
+    /// The AVX2 and VNNI loops give the portable loop's integers, at the extremes of the value
+    /// range and for lengths with and without a tail.
     #[test]
     fn simd_sums_equal_the_portable_sums() {
         let mut seed = 7u64;
@@ -193,6 +207,11 @@ mod tests {
                 {
                     // SAFETY: AVX2, AVX-512 VNNI and VL (just checked); as above.
                     assert_eq!(unsafe { x86::dots_vnni(&w, &refs) }, want, "VNNI, k = {k}");
+                }
+                if std::is_x86_feature_detected!("avxvnni") {
+                    // SAFETY: AVX2 and AVX-VNNI (just checked); as above.
+                    let got = unsafe { x86::dots_avx_vnni(&w, &refs) };
+                    assert_eq!(got, want, "AVX-VNNI, k = {k}");
                 }
             }
             assert_eq!(dots(&w, &[refs[2]])[0], want[2], "k = {k}, one row");

@@ -1,8 +1,9 @@
 //! The quantized GEMM's inner loop: one weight row in a block format against up to 8 rows of
 //! int8 activation blocks, with an AVX2 version chosen at run time on x86-64 (`vpmaddubsw` /
 //! `vpmaddwd`, as llama.cpp's AVX2 kernels do), and the same loop with AVX-512 VNNI's
-//! `vpdpbusd` (on 256-bit registers) where the CPU has it: one instruction for the two, the same
-//! integer sums, so the same bits.
+//! `vpdpbusd` (on 256-bit registers; or AVX-VNNI's, the same instruction, on client CPUs without
+//! AVX-512) where the CPU has it: one instruction for the two, the same integer sums, so the same
+//! bits.
 //!
 //! Per block the integer dot product is exact (i32); it is scaled by `d_x · d_w` and added to
 //! the row's `f32` sum (plus `m_w · sums_x` for `Q4_1`, and `−8·d_w · sums_x` for `Q4_0`). The
@@ -274,8 +275,56 @@ pub fn columns(
     vector_columns(f, layout, w, row_bytes, (c0, c1), rows, o)
 }
 
-/// [`columns`] without AMX, its arguments checked: the widest x86 loop the CPU has, else the
-/// portable one.
+/// The vector loop the block GEMMs run without AMX on this CPU: the widest it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorLoop {
+    /// AVX-512 VNNI, whole groups of two weight columns at once on 512-bit registers.
+    Vnni512,
+    /// AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
+    Vnni,
+    /// AVX-VNNI's `vpdpbusd` (client CPUs from Alder Lake, without AVX-512).
+    AvxVnni,
+    /// AVX2's `vpmaddubsw` / `vpmaddwd`.
+    Avx2,
+    /// Scalar code for any target, the blocks in order (rounded differently from the others).
+    Portable,
+}
+
+impl VectorLoop {
+    /// The loop this CPU runs, after the `ASCEND_KERNELS_NO_*` variables (read once).
+    pub fn chosen() -> VectorLoop {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return if crate::simd::has_vnni512() {
+                VectorLoop::Vnni512
+            } else if crate::simd::has_vnni() {
+                VectorLoop::Vnni
+            } else if crate::simd::has_avx_vnni() {
+                VectorLoop::AvxVnni
+            } else {
+                VectorLoop::Avx2
+            };
+        }
+        VectorLoop::Portable
+    }
+
+    /// A name for reports: `"avx512-vnni-512"`, `"avx512-vnni"`, `"avx-vnni"`, `"avx2"` or
+    /// `"portable"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VectorLoop::Vnni512 => "avx512-vnni-512",
+            VectorLoop::Vnni => "avx512-vnni",
+            VectorLoop::AvxVnni => "avx-vnni",
+            VectorLoop::Avx2 => "avx2",
+            VectorLoop::Portable => "portable",
+        }
+    }
+}
+
+/// [`columns`] without AMX, its arguments checked: the loop [`VectorLoop::chosen`] names.
 fn vector_columns(
     f: QuantFormat,
     layout: Layout,
@@ -285,22 +334,28 @@ fn vector_columns(
     rows: &[ActRow<'_>],
     o: &mut [f32],
 ) {
+    let cs = (c0, c1);
+    // `chosen` names a loop only on a CPU with its features (AVX2, FMA and F16C for all of
+    // them); the lengths are checked by `columns`, this function's only caller.
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-    {
-        if crate::simd::has_vnni512() {
-            // SAFETY: as below, and the CPU supports AVX-512 F, BW, VNNI and VL (just checked).
-            return unsafe { x86::columns_vnni512(f, layout, w, row_bytes, (c0, c1), rows, o) };
-        }
-        if crate::simd::has_vnni() {
-            // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
-            return unsafe { x86::columns_vnni(f, layout, w, row_bytes, (c0, c1), rows, o) };
-        }
-        // SAFETY: the CPU supports AVX2, FMA and F16C, checked just above; the lengths are
-        // checked by `columns`, this function's only caller.
-        return unsafe { x86::columns(f, layout, w, row_bytes, (c0, c1), rows, o) };
+    match VectorLoop::chosen() {
+        // SAFETY: as above, and the CPU has AVX-512 F, BW, VNNI and VL.
+        VectorLoop::Vnni512 => unsafe {
+            return x86::columns_vnni512(f, layout, w, row_bytes, cs, rows, o);
+        },
+        // SAFETY: as above, and the CPU has AVX-512 VNNI and VL.
+        VectorLoop::Vnni => unsafe {
+            return x86::columns_vnni(f, layout, w, row_bytes, cs, rows, o);
+        },
+        // SAFETY: as above, and the CPU has AVX-VNNI.
+        VectorLoop::AvxVnni => unsafe {
+            return x86::columns_avx_vnni(f, layout, w, row_bytes, cs, rows, o);
+        },
+        // SAFETY: as above.
+        VectorLoop::Avx2 => unsafe {
+            return x86::columns(f, layout, w, row_bytes, cs, rows, o);
+        },
+        VectorLoop::Portable => {}
     }
     let blocks = row_bytes / f.block_bytes();
     let width = c1 - c0;
@@ -377,7 +432,7 @@ mod x86 {
     use super::GROUP;
     use crate::interleaved;
     use crate::quant::{QuantFormat, BLOCK};
-    use crate::simd::int8::{Avx2, Dot, Vnni, Vnni512};
+    use crate::simd::int8::{Avx2, AvxVnni, Dot, Vnni, Vnni512};
     use crate::simd::x86::hsum;
     use std::arch::x86_64::*;
 
@@ -896,6 +951,25 @@ mod x86 {
         unsafe { columns_with::<Vnni>(f, layout, w, row_bytes, cs, rows, o) }
     }
 
+    /// As [`columns_vnni`], with AVX-VNNI's `vpdpbusd` (the VEX form of the same instruction,
+    /// on client CPUs without AVX-512).
+    ///
+    /// # Safety
+    /// As [`columns`], and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn columns_avx_vnni(
+        f: QuantFormat,
+        layout: Layout,
+        w: &[u8],
+        row_bytes: usize,
+        cs: (usize, usize),
+        rows: &[ActRow<'_>],
+        o: &mut [f32],
+    ) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { columns_with::<AvxVnni>(f, layout, w, row_bytes, cs, rows, o) }
+    }
+
     /// As [`columns_vnni`], with whole groups of the interleaved layout two columns at a time
     /// on 512-bit registers ([`tile_pair`]).
     ///
@@ -1299,7 +1373,8 @@ mod tests {
         assert!(seen.iter().all(|&s| s), "every byte holds a value");
     }
 
-    /// The VNNI loop gives the AVX2 loop's bits (the same integer sums), and the interleaved
+    /// The VNNI loops (AVX-512 VNNI on 256 and 512-bit registers, AVX-VNNI) give the AVX2
+    /// loop's bits (the same integer sums), where the CPU has them, and the interleaved
     /// layout the blocks' bits, for every format and every tile shape (13 rows: a tile of 8,
     /// one of 4 and a single row) and rows of every kind of chunk (19 blocks: two whole groups
     /// and chunks of 2 and 1; 12: a group and a chunk of 4; 7, 4 and 2: no whole group; 16:
@@ -1388,6 +1463,7 @@ mod tests {
         use std::is_x86_feature_detected as has;
         let vnni = has!("avx512vnni") && has!("avx512vl");
         let wide = vnni && has!("avx512f") && has!("avx512bw");
+        let avx_vnni = has!("avxvnni");
         // 5 columns: two pairs and one alone in the 512-bit loop.
         let (k, n, m) = (blocks * BLOCK, 5, 13);
         let acts = test_rows(m, k);
@@ -1404,12 +1480,20 @@ mod tests {
             let wi = crate::interleaved::interleave(f, n, k, &wb).unwrap();
             let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
             // SAFETY: the CPU has AVX2, FMA, F16C (checked above), AVX-512 VNNI and VL where
-            // `columns_vnni` runs, and F and BW too where `columns_vnni512` does; `wb` and `wi` hold n rows of `rb` bytes, the outputs
-            // m · n values, every activation row k / 32 blocks and their quads.
+            // `columns_vnni` runs, F and BW too where `columns_vnni512` does, and AVX-VNNI
+            // where `columns_avx_vnni` does; `wb` and `wi` hold n rows of `rb` bytes, the
+            // outputs m · n values, every activation row k / 32 blocks and their quads.
             unsafe {
                 x86::columns(f, Layout::Blocks, &wb, rb, (0, n), &rows, &mut a);
                 x86::columns(f, Layout::Interleaved, &wi, rb, (0, n), &rows, &mut b);
                 assert_eq!(bits(&a), bits(&b), "{f}: interleaved, AVX2");
+                if avx_vnni {
+                    for (layout, w) in [(Layout::Blocks, &wb), (Layout::Interleaved, &wi)] {
+                        b.fill(1.0);
+                        x86::columns_avx_vnni(f, layout, w, rb, (0, n), &rows, &mut b);
+                        assert_eq!(bits(&a), bits(&b), "{f}: {layout:?}, AVX-VNNI");
+                    }
+                }
                 if vnni {
                     for (layout, w) in [(Layout::Blocks, &wb), (Layout::Interleaved, &wi)] {
                         b.fill(1.0);

@@ -33,16 +33,42 @@ pub(crate) fn has_vnni512() -> bool {
 }
 
 /// Whether the int8 kernels use AVX-512 VNNI's `vpdpbusd` (with VL, on 256-bit registers):
-/// the CPU has both, and `ASCEND_KERNELS_NO_VNNI` is not set (which keeps the AVX2 loop, to
-/// compare the two on one machine). Read once.
+/// the CPU has both, and neither `ASCEND_KERNELS_NO_VNNI` (which keeps the AVX2 loop, to
+/// compare the two on one machine) nor `ASCEND_KERNELS_NO_AVX512` is set. Read once.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| {
-        std::is_x86_feature_detected!("avx512vnni")
+        allows_avx512()
+            && std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("avx512vl")
             && std::env::var_os("ASCEND_KERNELS_NO_VNNI").is_none()
     })
+}
+
+/// Whether the int8 kernels use AVX-VNNI's `vpdpbusd` (the VEX form, on 256-bit registers)
+/// where [`has_vnni`] is false: the CPU has it (Intel's client cores from Alder Lake, which
+/// have no AVX-512, and the servers from Sapphire Rapids) and `ASCEND_KERNELS_NO_VNNI` is not
+/// set. The same instruction as AVX-512 VNNI's on 256-bit registers, so the same integers.
+/// Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        std::is_x86_feature_detected!("avxvnni")
+            && std::env::var_os("ASCEND_KERNELS_NO_VNNI").is_none()
+    })
+}
+
+/// Whether the CPU kernels may run AVX-512 (the 512-bit and AVX-512 VNNI loops, and AMX,
+/// whose scaling uses it): `ASCEND_KERNELS_NO_AVX512` is not set. Set, an AVX-512 server
+/// runs the loops a client CPU without AVX-512 runs (AVX-VNNI or AVX2; the same results), to
+/// measure them, or to keep a core out of AVX-512's lower clocks on CPUs that have them.
+/// Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn allows_avx512() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var_os("ASCEND_KERNELS_NO_AVX512").is_none())
 }
 
 /// `dst[i] = f16 bits src[i]` as `f32` (exact), over the shorter of the two slices: 8 at a time
@@ -766,14 +792,15 @@ pub(crate) mod int8 {
 
     /// How 32 byte products are summed into 8 `i32` lanes (4 adjacent products per lane):
     /// AVX2's `vpmaddubsw` then `vpmaddwd` (pairs through `i16`, which the kernels' operand
-    /// ranges never saturate: |u| <= 128, |s| <= 127), or AVX-512 VNNI's `vpdpbusd` (the 4
-    /// products straight into `i32`, one instruction). The lanes hold the same integers either
-    /// way, so the kernels give the same bits.
+    /// ranges never saturate: |u| <= 128, |s| <= 127), or `vpdpbusd` of AVX-512 VNNI or of
+    /// AVX-VNNI (the 4 products straight into `i32`, one instruction). The lanes hold the same
+    /// integers every way, so the kernels give the same bits.
     pub(crate) trait Dot {
         /// The lane sums of `u · s`: `u` unsigned bytes, `s` signed bytes.
         ///
         /// # Safety
-        /// The instructions' features (AVX2; VNNI: AVX-512 VNNI and VL).
+        /// The instructions' features (AVX2; `Vnni`: AVX-512 VNNI and VL; `AvxVnni`:
+        /// AVX-VNNI).
         unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
 
         /// Whether the block GEMM may take two weight columns at once in 512-bit registers
@@ -793,8 +820,10 @@ pub(crate) mod int8 {
 
     /// `vpmaddubsw` + `vpmaddwd`.
     pub(crate) struct Avx2;
-    /// `vpdpbusd`.
+    /// `vpdpbusd` (AVX-512 VNNI, EVEX-encoded).
     pub(crate) struct Vnni;
+    /// `vpdpbusd` (AVX-VNNI, VEX-encoded): the same operation.
+    pub(crate) struct AvxVnni;
     /// `vpdpbusd`, and the block GEMM's whole groups two weight columns at a time on 512-bit
     /// registers (the same products and scaling per lane, so the same bits).
     pub(crate) struct Vnni512;
@@ -817,6 +846,19 @@ pub(crate) mod int8 {
         unsafe fn dot_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             // SAFETY: AVX-512 VNNI and VL (this function's contract).
             unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+        }
+    }
+
+    impl Dot for AvxVnni {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX-VNNI (this function's contract).
+            unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
+        }
+        #[inline(always)]
+        unsafe fn dot_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: AVX-VNNI (this function's contract).
+            unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
         }
     }
 

@@ -317,3 +317,129 @@ fn w8a8_quantizes_each_token_as_dynamic_quant_does() {
     // (127·1 + 2·127 + (-4)·(-127)) · 1 · 0.5
     assert_eq!(out[0], (127 + 2 * 127 + 4 * 127) as f32 * 0.5);
 }
+
+/// Set in the child processes of `every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits`.
+const LOOP_CHILD: &str = "ASCEND_KERNELS_TEST_LOOP_CHILD";
+
+/// The `ASCEND_KERNELS_NO_*` variables pick the int8 loop once per process, so each setting
+/// runs in a child process of this test binary (`LOOP_CHILD` set), which prints the loop it
+/// ran and a hash of its results' bits: batches of 8 and 33 rows (AMX where the CPU has it),
+/// every format, on GGUF's blocks and on the interleaved layout. Every setting gives the same
+/// bits, and the loop named is the one the CPU's features and the variables select: AVX-512
+/// VNNI on 512 or 256-bit registers, AVX-VNNI (an AVX-512 server told to run as a client CPU
+/// without AVX-512 does), AVX2.
+#[test]
+fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
+    if std::env::var_os(LOOP_CHILD).is_some() {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for f in QuantFormat::EVERY {
+            for m in [8, 33] {
+                let c = case(f, m, 48, 19, 11);
+                let mut out = vec![0f32; m * 48];
+                cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w).unwrap();
+                if f.is_blocks() {
+                    let wi = ascend_kernels::interleaved::interleave(f, 48, c.p.k, &c.w).unwrap();
+                    let mut il = vec![0f32; m * 48];
+                    cpu::quant_matmul_interleaved(&c.p, &mut il, &c.x, &wi).unwrap();
+                    out.extend(il);
+                }
+                for v in out {
+                    for b in v.to_bits().to_le_bytes() {
+                        hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+            }
+        }
+        println!(
+            "child loop={} amx={} bits={hash:016x}",
+            cpu::quant_matmul_loop(),
+            cpu::amx_available()
+        );
+        return;
+    }
+    let run = |vars: &[&str]| -> (String, bool, String) {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOOP_CHILD, "1");
+        for v in [
+            "ASCEND_KERNELS_NO_AVX512",
+            "ASCEND_KERNELS_NO_VNNI",
+            "ASCEND_KERNELS_NO_ZMM",
+            "ASCEND_KERNELS_NO_AMX",
+        ] {
+            cmd.env_remove(v);
+        }
+        for v in vars {
+            cmd.env(v, "1");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{vars:?}: the child failed: {stdout}");
+        let line = stdout
+            .lines()
+            .find_map(|l| l.find("child ").map(|at| &l[at + "child ".len()..]))
+            .unwrap_or_else(|| panic!("{vars:?}: no result line in {stdout}"));
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap()
+                .to_string()
+        };
+        (field("loop="), field("amx=") == "true", field("bits="))
+    };
+    let (first_loop, _, bits) = run(&[]);
+    assert_eq!(first_loop, cpu::quant_matmul_loop());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::is_x86_feature_detected as has;
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let avx512_vnni = has!("avx512vnni") && has!("avx512vl");
+        let wide = avx512_vnni && has!("avx512f") && has!("avx512bw");
+        let no_avx512 = if has!("avxvnni") { "avx-vnni" } else { "avx2" };
+        let settings: [(&[&str], &str); 5] = [
+            (&["ASCEND_KERNELS_NO_AMX"], first_loop.as_str()),
+            (
+                &["ASCEND_KERNELS_NO_ZMM"],
+                if avx512_vnni {
+                    "avx512-vnni"
+                } else {
+                    no_avx512
+                },
+            ),
+            (&["ASCEND_KERNELS_NO_AVX512"], no_avx512),
+            (&["ASCEND_KERNELS_NO_VNNI"], "avx2"),
+            (
+                &["ASCEND_KERNELS_NO_AVX512", "ASCEND_KERNELS_NO_VNNI"],
+                "avx2",
+            ),
+        ];
+        let expected_first = if wide {
+            "avx512-vnni-512"
+        } else if avx512_vnni {
+            "avx512-vnni"
+        } else {
+            no_avx512
+        };
+        assert_eq!(first_loop, expected_first);
+        for (vars, want) in settings {
+            let (name, amx, got) = run(vars);
+            assert_eq!(name, want, "{vars:?}: the loop");
+            if vars.contains(&"ASCEND_KERNELS_NO_AMX") || vars.contains(&"ASCEND_KERNELS_NO_AVX512")
+            {
+                assert!(!amx, "{vars:?}: AMX must be off");
+            }
+            assert_eq!(
+                got, bits,
+                "{vars:?} ({name}): the bits differ from the default loop's"
+            );
+        }
+    }
+}

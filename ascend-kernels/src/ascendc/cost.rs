@@ -7,7 +7,7 @@
 //! is hardware to time them on, and to say how far a kernel is from the HBM roofline. Every
 //! figure in [`Figures::ASCEND_910B`] says where it comes from; most are assumptions to replace
 //! with measurements on a 910B. The counts come from the `host-kernels` feature's runners
-//! ([`last_launch`] is there only with it).
+//! (`last_launch` is there only with it).
 //!
 //! ```
 //! # #[cfg(feature = "host-kernels")] {
