@@ -7,8 +7,9 @@
 //! `llama-bench -r 3`, whose figure is its runs' mean). Also the model's weight bytes, the bytes of weights a decode step
 //! reads, the process's peak resident memory, and this machine's read bandwidth, from memory
 //! (a 1 GiB buffer) and over a buffer of one step's weight bytes (the limit of batch-1 decode:
-//! bandwidth / bytes per step; higher than memory's where the caches hold the weights). Prints
-//! one JSON line.
+//! bandwidth / bytes per step; higher than memory's where the caches hold the weights), and, on
+//! the CPU backend, which int8 loop its quantized GEMMs ran and whether AMX ran its batches of
+//! 16 rows or more (`null` on other backends). Prints one JSON line.
 //!
 //! The matrices stay as the file's blocks unless `--dequantize` (floats) or `--w8a8` (the
 //! linear layers requantized to int8 per channel, int8 activations per token) is given.
@@ -175,8 +176,14 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
     // After the RSS reading: the measurements' buffers are not the engine's memory.
     let bandwidth = read_bandwidth(1 << 30);
     let step_bandwidth = read_bandwidth(llm.model.weight_bytes_per_step());
+    let on_cpu = (backend.name() == "cpu").then(|| {
+        (
+            ascend_kernels::cpu::quant_matmul_loop(),
+            ascend_kernels::cpu::amx_available(),
+        )
+    });
     Ok(format!(
-        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"repeats\": {repeats}, \"prefill_tokens_per_s\": {prefill:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}, \"step_read_bandwidth_bytes_per_s\": {:.0}}}",
+        "{{\"backend\": \"{}\", \"threads\": {}, \"storage\": \"{}\", \"prompt_len\": {prompt_len}, \"repeats\": {repeats}, \"prefill_tokens_per_s\": {prefill:.2}, \"decode_b1_tokens_per_s\": {b1:.2}, \"decode_b8_tokens_per_s\": {b8:.2}, \"weight_bytes\": {}, \"weight_bytes_per_step\": {}, \"peak_rss_bytes\": {}, \"read_bandwidth_bytes_per_s\": {:.0}, \"step_read_bandwidth_bytes_per_s\": {:.0}, \"cpu_int8_loop\": {}, \"cpu_amx\": {}}}",
         backend.name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         match storage {
@@ -189,6 +196,8 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
         rss.map_or("null".to_string(), |b| b.to_string()),
         bandwidth,
         step_bandwidth,
+        on_cpu.map_or("null".to_string(), |(int8, _)| format!("\"{int8}\"")),
+        on_cpu.map_or("null".to_string(), |(_, amx)| amx.to_string()),
     ))
 }
 
