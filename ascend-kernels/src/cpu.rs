@@ -774,11 +774,10 @@ fn by_column_blocks<T: KvFloat, S: Send>(
     // small GEMM takes about a microsecond, and lines shared between the threads (two slots'
     // mutexes, or two blocks' 8 output floats, in one line) cost it ~0.4 us in transfers
     // (SmolLM2's k_proj, 192 x 576 at batch 1, took longer on 2 threads than on 1).
-    let block = if m == 1 {
-        block.next_multiple_of(LINE_FLOATS).min(n)
-    } else {
-        block
-    };
+    if m == 0 || n == 0 {
+        return;
+    }
+    let block = block.next_multiple_of(LINE_FLOATS).min(n);
     let span = |b: usize| (b * block, ((b + 1) * block).min(n));
     let blocks = n.div_ceil(block);
     // Per thread: its state and its f32 output buffer, kept across its blocks.
@@ -791,42 +790,35 @@ fn by_column_blocks<T: KvFloat, S: Send>(
         let (state, o) = guard.get_or_insert_with(|| (init(), Vec::new()));
         f(state, o);
     };
-    if m == 1 {
-        // One row: its output is contiguous, each thread writes its own column blocks in place.
-        let chunks: Vec<Line<Mutex<&mut [T]>>> =
-            out.chunks_mut(block).map(|c| Line(Mutex::new(c))).collect();
-        parallel_for(blocks, &|b, slot| {
-            let (c0, c1) = span(b);
-            with_state(slot, &mut |state, o| {
-                o.resize(c1 - c0, 0.0);
-                columns(state, c0, c1, o);
-                let mut dst = chunks[b].0.lock().unwrap_or_else(|p| p.into_inner());
-                for (d, v) in dst.iter_mut().zip(o.iter()) {
-                    *d = T::from_f32(*v);
-                }
-            });
-        });
-        return;
-    }
-    let results: Vec<Mutex<Vec<f32>>> = (0..blocks).map(|_| Mutex::new(Vec::new())).collect();
-    parallel_for(blocks, &|b, slot| {
-        let (c0, c1) = span(b);
-        let mut o = vec![0f32; m * (c1 - c0)];
-        with_state(slot, &mut |state, _| columns(state, c0, c1, &mut o));
-        *results[b].lock().unwrap_or_else(|p| p.into_inner()) = o;
-    });
-    for (b, o) in results.into_iter().enumerate() {
-        let o = o.into_inner().unwrap_or_else(|p| p.into_inner());
-        let (c0, width) = (b * block, o.len() / m);
-        for r in 0..m {
-            for (dst, v) in out[r * n + c0..r * n + c0 + width]
-                .iter_mut()
-                .zip(&o[r * width..(r + 1) * width])
-            {
-                *dst = T::from_f32(*v);
-            }
+    // Each block's rows are `m` segments of `out` (block `b`'s are `segments[b * m..(b + 1) *
+    // m]`), which its task writes from its thread's buffer: no buffer per block, and no copy
+    // on the calling thread afterwards (for a batch-8 step's output projection, 8 x 49152
+    // values copied while the other core waited).
+    let mut segments: Vec<Option<&mut [T]>> = (0..blocks * m).map(|_| None).collect();
+    for (r, row) in out.chunks_mut(n).enumerate() {
+        for (b, segment) in row.chunks_mut(block).enumerate() {
+            segments[b * m + r] = Some(segment);
         }
     }
+    type Rows<'a, T> = Line<Mutex<&'a mut [Option<&'a mut [T]>]>>;
+    let segments: Vec<Rows<'_, T>> = segments
+        .chunks_mut(m)
+        .map(|s| Line(Mutex::new(s)))
+        .collect();
+    parallel_for(blocks, &|b, slot| {
+        let (c0, c1) = span(b);
+        let width = c1 - c0;
+        with_state(slot, &mut |state, o| {
+            o.resize(m * width, 0.0);
+            columns(state, c0, c1, o);
+            let mut rows = segments[b].0.lock().unwrap_or_else(|p| p.into_inner());
+            for (dst, src) in rows.iter_mut().flatten().zip(o.chunks_exact(width)) {
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = T::from_f32(*v);
+                }
+            }
+        });
+    });
 }
 
 /// Whether this CPU and system can run [`quant_matmul_interleaved`] on Intel AMX (Sapphire Rapids
@@ -931,7 +923,9 @@ fn quant_matmul_in<T: KvFloat>(
         n.div_ceil(4 * threads).clamp(8, by_cache).min(n)
     };
     if f == QuantFormat::Int8PerChannel {
-        let acts = quantized_rows(OP, x, (m, k), quant::TokenQuant::quantize)?;
+        let mut acts: Vec<quant::TokenQuant> = Vec::new();
+        acts.resize_with(m, Default::default);
+        quantize_rows(OP, x, k, &mut acts, quant::TokenQuant::quantize)?;
         let rows: Vec<i8dot::TokenRow<'_>> = acts
             .iter()
             .map(|a| i8dot::TokenRow {
@@ -953,10 +947,12 @@ fn quant_matmul_in<T: KvFloat>(
     // multiples of 16 below); with whole panels only, the rows need no quads for the VNNI loop.
     let amx = qdot::runs_on_amx(layout, m);
     let amx_only = amx && n.is_multiple_of(qdot::AMX_PANEL);
-    let acts = quantized_rows(
+    let mut acts = BlockRows::take(m);
+    quantize_rows(
         OP,
         x,
-        (m, k),
+        k,
+        acts.rows(),
         |(a, quads): &mut (quant::ActivationBlocks, Vec<i8>), x| {
             a.quantize(x);
             if !amx_only {
@@ -965,6 +961,7 @@ fn quant_matmul_in<T: KvFloat>(
         },
     )?;
     let rows: Vec<qdot::ActRow<'_>> = acts
+        .rows()
         .iter()
         .map(|(a, quads)| qdot::ActRow {
             scales: &a.scales,
@@ -993,26 +990,78 @@ fn quant_matmul_in<T: KvFloat>(
     Ok(())
 }
 
-/// The `m` rows of `x` (`[m, k]`) as `f32`, each checked finite (an error naming its row and
-/// column otherwise) and quantized by `quantize` into a fresh `A`, rows in parallel.
-fn quantized_rows<T: KvFloat, A: Default + Send>(
+/// Quantizes row `r` of `x` (`[acts.len(), k]`) into `acts[r]` with `quantize`, each row
+/// checked finite first (an error naming its row and column otherwise), rows in parallel (a
+/// few rows on the calling thread, [`serial_rows`]). `f32` rows are read in place.
+fn quantize_rows<T: KvFloat, A: Send>(
     op: &'static str,
     x: &[T],
-    (m, k): (usize, usize),
+    k: usize,
+    acts: &mut [A],
     quantize: impl Fn(&mut A, &[f32]) + Sync + Send,
-) -> Result<Vec<A>> {
-    (0..m)
-        .into_par_iter()
+) -> Result<()> {
+    acts.par_iter_mut()
+        .enumerate()
         .with_min_len(serial_rows(k))
-        .map_init(Vec::new, |xf: &mut Vec<f32>, r| {
-            xf.resize(k, 0.0);
-            T::convert_to_f32(&x[r * k..(r + 1) * k], xf);
-            quant::check_finite(op, r, xf)?;
-            let mut a = A::default();
-            quantize(&mut a, xf);
-            Ok(a)
+        .try_for_each_init(Vec::new, |xf: &mut Vec<f32>, (r, a)| {
+            let row = &x[r * k..(r + 1) * k];
+            let row = match T::as_f32(row) {
+                Some(row) => row,
+                None => {
+                    xf.resize(k, 0.0);
+                    T::convert_to_f32(row, xf);
+                    &xf[..]
+                }
+            };
+            quant::check_finite(op, r, row)?;
+            quantize(a, row);
+            Ok(())
         })
-        .collect()
+}
+
+/// A block GEMM's quantized activation rows (each with its quads), reused by the calling
+/// thread's next GEMM: a decode step runs ~120 GEMMs of a few rows each, and four fresh
+/// buffers per row per GEMM were ~3% of a batch-8 SmolLM2 step in `malloc` and `free`.
+struct BlockRows {
+    kept: Vec<(quant::ActivationBlocks, Vec<i8>)>,
+    m: usize,
+}
+
+thread_local! {
+    static BLOCK_ROWS: std::cell::Cell<Vec<(quant::ActivationBlocks, Vec<i8>)>> =
+        const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Rows of at most this many values in all are kept for the next GEMM (a decode batch's; a
+/// long prefill's are let go rather than held for the rest of the process).
+const KEPT_ROW_VALUES: usize = 1 << 18;
+
+impl BlockRows {
+    /// `m` rows: this thread's kept ones, more made as needed.
+    fn take(m: usize) -> BlockRows {
+        let mut kept = BLOCK_ROWS.with(|kept| kept.take());
+        if kept.len() < m {
+            kept.resize_with(m, Default::default);
+        }
+        BlockRows { kept, m }
+    }
+
+    fn rows(&mut self) -> &mut [(quant::ActivationBlocks, Vec<i8>)] {
+        &mut self.kept[..self.m]
+    }
+}
+
+impl Drop for BlockRows {
+    fn drop(&mut self) {
+        let values: usize = self
+            .kept
+            .iter()
+            .map(|(a, q)| a.qs.capacity() + q.capacity())
+            .sum();
+        if values <= 2 * KEPT_ROW_VALUES {
+            BLOCK_ROWS.with(|kept| kept.set(std::mem::take(&mut self.kept)));
+        }
+    }
 }
 
 /// `o[r * cols + c] = x_r · w_c` for `m` rows of `x` and `cols` rows of `w`, in register tiles.
