@@ -955,7 +955,10 @@ fn quant_matmul_in<T: KvFloat>(
         acts.rows(),
         |(a, quads): &mut (quant::ActivationBlocks, Vec<i8>), x| {
             a.quantize(x);
-            if !amx_only {
+            if amx_only {
+                // None, as AMX reads none (not the last GEMM's, in a kept buffer).
+                quads.clear();
+            } else {
                 qdot::group_quads(&a.qs, quads);
             }
         },

@@ -174,6 +174,48 @@ fn the_interleaved_layout_gives_a_row_its_bits_alone_in_a_batch_of_33() {
     }
 }
 
+/// The kernel keeps a thread's quantized activation rows for its next GEMM: a sequence of GEMMs
+/// of other shapes on one thread (more rows then fewer, longer rows then shorter, AMX's batches
+/// without quads then the vector loop's with them, the layouts and formats mixed) gives every
+/// GEMM the bits it gets on a fresh thread.
+#[test]
+fn a_gemm_gives_its_bits_after_gemms_of_other_shapes() {
+    let calls: [(QuantFormat, usize, usize, usize, bool); 8] = [
+        (QuantFormat::Q4_1, 8, 48, 19, true),
+        (QuantFormat::Q4_1, 33, 48, 19, true),
+        (QuantFormat::Q8_0, 3, 40, 32, false),
+        (QuantFormat::Q4_0, 8, 48, 19, true),
+        (QuantFormat::Q4_1, 1, 70, 7, true),
+        (QuantFormat::Int8PerChannel, 5, 30, 9, false),
+        (QuantFormat::Q8_0, 17, 32, 12, true),
+        (QuantFormat::Q4_1, 8, 48, 19, true),
+    ];
+    let run = |&(f, m, n, blocks, interleaved): &(QuantFormat, usize, usize, usize, bool)| {
+        let c = case(f, m, n, blocks, (m * n + blocks) as u64);
+        let mut out = vec![0f32; m * n];
+        if interleaved {
+            let wi = ascend_kernels::interleaved::interleave(f, n, c.p.k, &c.w).unwrap();
+            cpu::quant_matmul_interleaved(&c.p, &mut out, &c.x, &wi).unwrap();
+        } else {
+            cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w).unwrap();
+        }
+        out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+    };
+    let fresh: Vec<Vec<u32>> = calls
+        .iter()
+        .map(|call| std::thread::scope(|s| s.spawn(|| run(call)).join().unwrap()))
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (i, call) in calls.iter().enumerate() {
+                assert_eq!(run(call), fresh[i], "call {i}: {call:?}");
+            }
+        })
+        .join()
+        .unwrap()
+    });
+}
+
 /// Llama-sized rows (k = 4096) in every format: the sums over 128 blocks stay within the bound.
 #[test]
 fn long_rows_stay_within_the_bound() {
