@@ -12,7 +12,9 @@
 //! 64 rows (a prefill chunk), where the blocks' tiles of one weight row x 8 activation rows run,
 //! against the `f32` GEMM's 64 rows, and, on a CPU with AMX (which then runs them), against
 //! the VNNI loop with AMX off (`cpu::set_amx(false)`). W8A8 (int8 per output channel,
-//! activations quantized to int8 per token: exact int32 sums) is measured the same way.
+//! activations quantized to int8 per token: exact int32 sums) is measured the same way. At 8 and
+//! 64 rows, the narrower int8 loops the CPU also has (`cpu::limit_quant_matmul_loop`: AVX-VNNI,
+//! the loop of client CPUs without AVX-512, and AVX2; AMX off) against AVX2.
 
 use std::time::Duration;
 
@@ -106,6 +108,31 @@ fn main() {
                         cpu::set_amx(true);
                     });
                 }
+                if m > 1 {
+                    // The narrower int8 loops this CPU also has (AVX-VNNI, the loop of client
+                    // CPUs without AVX-512, and AVX2), AMX off: the same bits, their times.
+                    for limit in [cpu::Int8Loop::AvxVnni, cpu::Int8Loop::Avx2] {
+                        if !limit.available() {
+                            continue;
+                        }
+                        let id = format!("{format}_{}_m{m}", limit.name());
+                        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                            cpu::limit_quant_matmul_loop(limit);
+                            cpu::set_amx(false);
+                            b.iter(|| {
+                                cpu::quant_matmul_interleaved(
+                                    &p,
+                                    &mut out[..m * n],
+                                    &x[..m * k],
+                                    &wi,
+                                )
+                                .expect("quant_matmul")
+                            });
+                            cpu::set_amx(true);
+                            cpu::limit_quant_matmul_loop(cpu::Int8Loop::Vnni512);
+                        });
+                    }
+                }
                 if format == QuantFormat::Q4_1 && m < PREFILL {
                     let id = format!("{format}_blocks_m{m}");
                     g.bench_function(BenchmarkId::from_parameter(id), |b| {
@@ -147,6 +174,23 @@ fn main() {
                     leak(format!("{q}_m{PREFILL}")),
                     leak(format!("{q}_vnni_m{PREFILL}")),
                 ));
+            }
+        }
+        for q in ["Q4_0", "Q4_1", "Q8_0", "W8A8"] {
+            for m in [8, PREFILL] {
+                let avx2 = leak(format!("{q}_avx2_m{m}"));
+                if cpu::Int8Loop::Avx2.available() {
+                    // The default loop at 8 rows; at 64 the VNNI loop AMX replaces.
+                    let best = if m == 8 || !q.starts_with('Q') || !cpu::amx_available() {
+                        format!("{q}_m{m}")
+                    } else {
+                        format!("{q}_vnni_m{m}")
+                    };
+                    rows.push((g.as_str(), leak(best), avx2));
+                }
+                if cpu::Int8Loop::AvxVnni.available() {
+                    rows.push((g.as_str(), leak(format!("{q}_avx-vnni_m{m}")), avx2));
+                }
             }
         }
         rows.push((g.as_str(), "Q4_1_m1", "Q4_1_blocks_m1"));

@@ -178,7 +178,7 @@ fn measure<B: KernelOps>(backend: B, m: Measure<'_>) -> Result<String, BoxError>
     let step_bandwidth = read_bandwidth(llm.model.weight_bytes_per_step());
     let on_cpu = (backend.name() == "cpu").then(|| {
         (
-            ascend_kernels::cpu::quant_matmul_loop(),
+            ascend_kernels::cpu::quant_matmul_loop().name(),
             ascend_kernels::cpu::amx_available(),
         )
     });

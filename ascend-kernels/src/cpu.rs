@@ -832,19 +832,36 @@ pub fn amx_available() -> bool {
     false
 }
 
-/// The vector loop [`quant_matmul`] and [`quant_matmul_interleaved`] run on this CPU (and AMX
-/// runs batches of 16 rows or more where [`amx_available`]): `"avx512-vnni-512"` (AVX-512
-/// VNNI, two weight rows per 512-bit register), `"avx512-vnni"`, `"avx-vnni"` (client CPUs
-/// without AVX-512), `"avx2"` or `"portable"`, after the `ASCEND_KERNELS_NO_*` variables
-/// (`docs/ascend-setup.md`). Every x86 loop gives the same bits; the portable one rounds
+pub use crate::qdot::VectorLoop as Int8Loop;
+
+/// The int8 loop [`quant_matmul`] and [`quant_matmul_interleaved`] run on this CPU (AMX runs
+/// batches of 16 rows or more where [`amx_available`]): the first of [`Int8Loop`]'s that the
+/// CPU has, after the `ASCEND_KERNELS_NO_*` variables (`docs/ascend-setup.md`) and
+/// [`limit_quant_matmul_loop`]. Every x86 loop gives the same bits; the portable one rounds
 /// differently.
 ///
 /// ```
-/// let name = ascend_kernels::cpu::quant_matmul_loop();
+/// let name = ascend_kernels::cpu::quant_matmul_loop().name();
 /// assert!(["avx512-vnni-512", "avx512-vnni", "avx-vnni", "avx2", "portable"].contains(&name));
 /// ```
-pub fn quant_matmul_loop() -> &'static str {
-    qdot::VectorLoop::chosen().name()
+pub fn quant_matmul_loop() -> Int8Loop {
+    Int8Loop::chosen()
+}
+
+/// Makes the quantized GEMMs skip the int8 loops before `first` in [`Int8Loop`]'s order, for
+/// the whole process (`Int8Loop::Vnni512`, the default, skips none): on an AVX-512 server,
+/// `AvxVnni` runs the loop a client CPU without AVX-512 runs. The x86 loops give the same bits,
+/// so this is for measuring them against each other in one run (`benches/matmul.rs`);
+/// `Portable` rounds differently. AMX is [`set_amx`]'s.
+///
+/// ```
+/// use ascend_kernels::cpu::{self, Int8Loop};
+/// cpu::limit_quant_matmul_loop(Int8Loop::Avx2);
+/// assert!(matches!(cpu::quant_matmul_loop(), Int8Loop::Avx2 | Int8Loop::Portable));
+/// cpu::limit_quant_matmul_loop(Int8Loop::Vnni512);
+/// ```
+pub fn limit_quant_matmul_loop(first: Int8Loop) {
+    Int8Loop::limit(first)
 }
 
 /// Lets [`quant_matmul_interleaved`] use AMX where [`amx_available`] (`true`, the default) or

@@ -59,19 +59,23 @@ pub fn columns(w: &[u8], k: usize, (c0, c1): (usize, usize), rows: &[TokenRow<'_
 /// `w · xs[r]` for every `r`, over `w.len()` values (each `xs[r]` at least that long).
 fn dots<const R: usize>(w: &[i8], xs: &[&[i8]; R]) -> [i32; R] {
     debug_assert!(xs.iter().all(|x| x.len() >= w.len()));
+    // Every arm's loop is one `chosen` names only on a CPU with its features; every `xs[r]`
+    // holds at least `w.len()` values (the caller's assertion).
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        if crate::simd::has_vnni() {
-            // SAFETY: as below, and the CPU supports AVX-512 VNNI and VL (just checked).
-            return unsafe { x86::dots_vnni(w, xs) };
-        }
-        if crate::simd::has_avx_vnni() {
-            // SAFETY: as below, and the CPU supports AVX-VNNI (just checked).
-            return unsafe { x86::dots_avx_vnni(w, xs) };
-        }
-        // SAFETY: the CPU supports AVX2, checked just above; every `xs[r]` holds at least
-        // `w.len()` values (the caller's assertion).
-        return unsafe { x86::dots(w, xs) };
+    match crate::qdot::VectorLoop::chosen() {
+        // SAFETY: as above: AVX2, AVX-512 VNNI and VL.
+        crate::qdot::VectorLoop::Vnni512 | crate::qdot::VectorLoop::Vnni => unsafe {
+            return x86::dots_vnni(w, xs);
+        },
+        // SAFETY: as above: AVX2 and AVX-VNNI.
+        crate::qdot::VectorLoop::AvxVnni => unsafe {
+            return x86::dots_avx_vnni(w, xs);
+        },
+        // SAFETY: as above: AVX2.
+        crate::qdot::VectorLoop::Avx2 => unsafe {
+            return x86::dots(w, xs);
+        },
+        crate::qdot::VectorLoop::Portable => {}
     }
     portable(w, xs)
 }

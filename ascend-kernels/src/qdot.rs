@@ -275,10 +275,12 @@ pub fn columns(
     vector_columns(f, layout, w, row_bytes, (c0, c1), rows, o)
 }
 
-/// The vector loop the block GEMMs run without AMX on this CPU: the widest it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An int8 loop of the quantized GEMMs, in the order they are preferred where the CPU has
+/// them ([`crate::cpu::quant_matmul_loop`], [`crate::cpu::limit_quant_matmul_loop`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum VectorLoop {
-    /// AVX-512 VNNI, whole groups of two weight columns at once on 512-bit registers.
+    /// AVX-512 VNNI, the block GEMM's whole groups two weight columns at once on 512-bit
+    /// registers (W8A8 runs [`VectorLoop::Vnni`]).
     Vnni512,
     /// AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
     Vnni,
@@ -290,25 +292,54 @@ pub enum VectorLoop {
     Portable,
 }
 
+/// [`VectorLoop::chosen`] takes no loop before this one ([`VectorLoop`]'s order, as a `u8`).
+static LOOP_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 impl VectorLoop {
-    /// The loop this CPU runs, after the `ASCEND_KERNELS_NO_*` variables (read once).
+    const ALL: [VectorLoop; 5] = [
+        VectorLoop::Vnni512,
+        VectorLoop::Vnni,
+        VectorLoop::AvxVnni,
+        VectorLoop::Avx2,
+        VectorLoop::Portable,
+    ];
+
+    /// The first loop, at or after the limit ([`VectorLoop::limit`]), that this CPU runs after
+    /// the `ASCEND_KERNELS_NO_*` variables (read once).
     pub fn chosen() -> VectorLoop {
+        let limit = LOOP_LIMIT.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        Self::ALL[limit.min(Self::ALL.len() - 1)..]
+            .iter()
+            .copied()
+            .find(|l| l.available())
+            .unwrap_or(VectorLoop::Portable)
+    }
+
+    /// Whether this CPU (and the variables) let this loop run.
+    pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
         {
-            return if crate::simd::has_vnni512() {
-                VectorLoop::Vnni512
-            } else if crate::simd::has_vnni() {
-                VectorLoop::Vnni
-            } else if crate::simd::has_avx_vnni() {
-                VectorLoop::AvxVnni
-            } else {
-                VectorLoop::Avx2
-            };
+            let base = std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c");
+            match self {
+                VectorLoop::Vnni512 => base && crate::simd::has_vnni512(),
+                VectorLoop::Vnni => base && crate::simd::has_vnni(),
+                VectorLoop::AvxVnni => base && crate::simd::has_avx_vnni(),
+                VectorLoop::Avx2 => base,
+                VectorLoop::Portable => true,
+            }
         }
-        VectorLoop::Portable
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == VectorLoop::Portable
+        }
+    }
+
+    /// Makes [`VectorLoop::chosen`] skip the loops before `first`, for the whole process.
+    pub fn limit(first: VectorLoop) {
+        let at = Self::ALL.iter().position(|&l| l == first).unwrap_or(0);
+        LOOP_LIMIT.store(at as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A name for reports: `"avx512-vnni-512"`, `"avx512-vnni"`, `"avx-vnni"`, `"avx2"` or

@@ -394,7 +394,7 @@ fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
         }
         println!(
             "child loop={} amx={} bits={hash:016x}",
-            cpu::quant_matmul_loop(),
+            cpu::quant_matmul_loop().name(),
             cpu::amx_available()
         );
         return;
@@ -435,7 +435,7 @@ fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
         (field("loop="), field("amx=") == "true", field("bits="))
     };
     let (first_loop, _, bits) = run(&[]);
-    assert_eq!(first_loop, cpu::quant_matmul_loop());
+    assert_eq!(first_loop, cpu::quant_matmul_loop().name());
     #[cfg(target_arch = "x86_64")]
     {
         use std::is_x86_feature_detected as has;
@@ -484,4 +484,46 @@ fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
             );
         }
     }
+}
+
+/// `cpu::limit_quant_matmul_loop` runs each x86 loop the CPU has in this process (the first
+/// one available at or after the limit), and each gives the default loop's bits for every
+/// format and both layouts. (Only the x86 loops: the portable one rounds differently, and the
+/// tests running beside this one compare bits.)
+#[test]
+fn limiting_the_int8_loop_runs_each_x86_loop_with_the_same_bits() {
+    use cpu::Int8Loop;
+    let results = || {
+        let mut all = Vec::new();
+        for f in QuantFormat::EVERY {
+            let c = case(f, 8, 48, 19, 21);
+            let mut out = vec![0f32; 8 * 48];
+            cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w).unwrap();
+            if f.is_blocks() {
+                let wi = ascend_kernels::interleaved::interleave(f, 48, c.p.k, &c.w).unwrap();
+                let mut il = vec![0f32; 8 * 48];
+                cpu::quant_matmul_interleaved(&c.p, &mut il, &c.x, &wi).unwrap();
+                out.extend(il);
+            }
+            all.extend(out.iter().map(|v| v.to_bits()));
+        }
+        all
+    };
+    let default = cpu::quant_matmul_loop();
+    let want = results();
+    let x86 = [
+        Int8Loop::Vnni512,
+        Int8Loop::Vnni,
+        Int8Loop::AvxVnni,
+        Int8Loop::Avx2,
+    ];
+    for first in x86.into_iter().filter(|l| l.available()) {
+        cpu::limit_quant_matmul_loop(first);
+        let ran = cpu::quant_matmul_loop();
+        let got = results();
+        cpu::limit_quant_matmul_loop(Int8Loop::Vnni512);
+        assert_eq!(ran, first, "limited to {first:?}");
+        assert!(got == want, "{first:?}: the bits differ from {default:?}'s");
+    }
+    assert_eq!(cpu::quant_matmul_loop(), default);
 }
