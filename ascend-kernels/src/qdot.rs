@@ -306,7 +306,7 @@ impl VectorLoop {
 
     /// The first loop, at or after the limit ([`VectorLoop::limit`]), that this CPU runs after
     /// the `ASCEND_KERNELS_NO_*` variables (read once).
-    pub fn chosen() -> VectorLoop {
+    pub(crate) fn chosen() -> VectorLoop {
         let limit = LOOP_LIMIT.load(std::sync::atomic::Ordering::Relaxed) as usize;
         Self::ALL[limit.min(Self::ALL.len() - 1)..]
             .iter()
@@ -337,7 +337,7 @@ impl VectorLoop {
     }
 
     /// Makes [`VectorLoop::chosen`] skip the loops before `first`, for the whole process.
-    pub fn limit(first: VectorLoop) {
+    pub(crate) fn limit(first: VectorLoop) {
         let at = Self::ALL.iter().position(|&l| l == first).unwrap_or(0);
         LOOP_LIMIT.store(at as u8, std::sync::atomic::Ordering::Relaxed);
     }
