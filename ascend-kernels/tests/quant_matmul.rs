@@ -434,8 +434,9 @@ fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
         };
         (field("loop="), field("amx=") == "true", field("bits="))
     };
+    // (Not compared with this process's `quant_matmul_loop`: the test beside this one limits
+    // it for a while.)
     let (first_loop, _, bits) = run(&[]);
-    assert_eq!(first_loop, cpu::quant_matmul_loop().name());
     #[cfg(target_arch = "x86_64")]
     {
         use std::is_x86_feature_detected as has;
