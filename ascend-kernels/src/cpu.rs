@@ -756,8 +756,10 @@ fn parallel_for(n: usize, task: &(dyn Fn(usize, usize) + Sync)) {
 /// Weight bytes times rows (at most 8) below which a quantized GEMM runs on one thread.
 const SERIAL_WORK: usize = 128 << 10;
 
-/// `f32` outputs in two cache lines.
+/// `f32` outputs in two cache lines. Column blocks are multiples of it, so also of AMX's
+/// panels of 16 columns.
 const LINE_FLOATS: usize = 32;
+const _: () = assert!(LINE_FLOATS.is_multiple_of(qdot::AMX_PANEL));
 
 /// Runs `columns(state, c0, c1, o)` (which writes `o[r * (c1 - c0) + c - c0]` for the `m`
 /// rows and the columns `c0..c1`) over blocks of `block` columns in parallel, each thread with
@@ -960,8 +962,9 @@ fn quant_matmul_in<T: KvFloat>(
         );
         return Ok(());
     }
-    // Where AMX runs the GEMM it takes the columns in panels of 16 (column blocks made
-    // multiples of 16 below); with whole panels only, the rows need no quads for the VNNI loop.
+    // Where AMX runs the GEMM it takes the columns in panels of 16 (`by_column_blocks` makes
+    // every column block whole panels); with whole panels only, the rows need no quads for
+    // the VNNI loop.
     let amx = qdot::runs_on_amx(layout, m);
     let amx_only = amx && n.is_multiple_of(qdot::AMX_PANEL);
     let mut acts = BlockRows::take(m);
@@ -991,11 +994,6 @@ fn quant_matmul_in<T: KvFloat>(
         })
         .collect();
     let matrix = amx.then(|| qdot::ActMatrix::new(&rows));
-    let block = if amx && block < n {
-        block.next_multiple_of(qdot::AMX_PANEL).min(n)
-    } else {
-        block
-    };
     by_column_blocks(
         out,
         m,
