@@ -360,6 +360,25 @@ fn w8a8_quantizes_each_token_as_dynamic_quant_does() {
     assert_eq!(out[0], (127 + 2 * 127 + 4 * 127) as f32 * 0.5);
 }
 
+/// The bits of `m` rows times 48 columns of 19-block rows (`seed`) in every format, on GGUF's
+/// blocks and, for the block formats, on the interleaved layout too.
+fn every_format_bits(m: usize, seed: u64) -> Vec<u32> {
+    let mut all = Vec::new();
+    for f in QuantFormat::EVERY {
+        let c = case(f, m, 48, 19, seed);
+        let mut out = vec![0f32; m * 48];
+        cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w).unwrap();
+        if f.is_blocks() {
+            let wi = ascend_kernels::interleaved::interleave(f, 48, c.p.k, &c.w).unwrap();
+            let mut il = vec![0f32; m * 48];
+            cpu::quant_matmul_interleaved(&c.p, &mut il, &c.x, &wi).unwrap();
+            out.extend(il);
+        }
+        all.extend(out.iter().map(|v| v.to_bits()));
+    }
+    all
+}
+
 /// Set in the child processes of `every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits`.
 const LOOP_CHILD: &str = "ASCEND_KERNELS_TEST_LOOP_CHILD";
 
@@ -374,21 +393,10 @@ const LOOP_CHILD: &str = "ASCEND_KERNELS_TEST_LOOP_CHILD";
 fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
     if std::env::var_os(LOOP_CHILD).is_some() {
         let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for f in QuantFormat::EVERY {
-            for m in [8, 33] {
-                let c = case(f, m, 48, 19, 11);
-                let mut out = vec![0f32; m * 48];
-                cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w).unwrap();
-                if f.is_blocks() {
-                    let wi = ascend_kernels::interleaved::interleave(f, 48, c.p.k, &c.w).unwrap();
-                    let mut il = vec![0f32; m * 48];
-                    cpu::quant_matmul_interleaved(&c.p, &mut il, &c.x, &wi).unwrap();
-                    out.extend(il);
-                }
-                for v in out {
-                    for b in v.to_bits().to_le_bytes() {
-                        hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
-                    }
+        for m in [8, 33] {
+            for bits in every_format_bits(m, 11) {
+                for b in bits.to_le_bytes() {
+                    hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
                 }
             }
         }
@@ -494,24 +502,8 @@ fn every_loop_the_cpu_can_be_told_to_run_gives_the_same_bits() {
 #[test]
 fn limiting_the_int8_loop_runs_each_x86_loop_with_the_same_bits() {
     use cpu::Int8Loop;
-    let results = || {
-        let mut all = Vec::new();
-        for f in QuantFormat::EVERY {
-            let c = case(f, 8, 48, 19, 21);
-            let mut out = vec![0f32; 8 * 48];
-            cpu::quant_matmul(&c.p, &mut out, &c.x, &c.w).unwrap();
-            if f.is_blocks() {
-                let wi = ascend_kernels::interleaved::interleave(f, 48, c.p.k, &c.w).unwrap();
-                let mut il = vec![0f32; 8 * 48];
-                cpu::quant_matmul_interleaved(&c.p, &mut il, &c.x, &wi).unwrap();
-                out.extend(il);
-            }
-            all.extend(out.iter().map(|v| v.to_bits()));
-        }
-        all
-    };
     let default = cpu::quant_matmul_loop();
-    let want = results();
+    let want = every_format_bits(8, 21);
     let x86 = [
         Int8Loop::Vnni512,
         Int8Loop::Vnni,
@@ -521,7 +513,7 @@ fn limiting_the_int8_loop_runs_each_x86_loop_with_the_same_bits() {
     for first in x86.into_iter().filter(|l| l.available()) {
         cpu::limit_quant_matmul_loop(first);
         let ran = cpu::quant_matmul_loop();
-        let got = results();
+        let got = every_format_bits(8, 21);
         cpu::limit_quant_matmul_loop(Int8Loop::Vnni512);
         assert_eq!(ran, first, "limited to {first:?}");
         assert!(got == want, "{first:?}: the bits differ from {default:?}'s");
