@@ -5,7 +5,7 @@
 //   - decode (`paged_attention_*`): one query token per sequence. A task is (sequence, KV head,
 //     part): the group's query rows against one part of the context. When there are fewer
 //     (sequence, KV head) pairs than cores, the tiling splits every context into `partitions`
-//     block-aligned parts (flash-decoding): each task writes its unnormalised result with its
+//     equal parts (flash-decoding): each task writes its unnormalised result with its
 //     running maximum and sum to the workspace, and `paged_attention_merge_*` combines the
 //     parts of each (sequence, KV head).
 //   - chunked prefill (`paged_prefill_attention_*`): a task is `tile_rows` consecutive query
@@ -14,8 +14,9 @@
 //     blocks past the causal diagonal are never loaded. Rows whose position a chunk passes (or
 //     whose window it precedes) get those scores masked.
 //
-// Per chunk of K/V (at most `chunk` tokens, never crossing a cache block), for all the task's
-// query rows at once where the instruction allows it:
+// Per chunk of K/V (at most `chunk` tokens, copied in one DataCopy per cache block it touches:
+// the fewest chunks cover a range, the short one first), for all the task's query rows at once
+// where the instruction allows it:
 //   scores:  per row, a 64-float partial row per token (Duplicate 0, then MulAddDst of each
 //            64-element piece of the K rows with the query's piece: half K and query into float
 //            partials, no conversion of K), then WholeReduceSum of the partial rows;
@@ -173,16 +174,13 @@ private:
                 first = static_cast<uint32_t>(len) - t_.sliding_window;
             const bool valid = len == 0 || (len > 0 && Attendable(seq, first, static_cast<uint32_t>(len)));
             if (!valid && kvh == 0 && part == 0) status_.Refused();  // once per sequence
-            // This part's share of [first, len), in whole blocks.
+            // This part's share of [first, len).
             uint32_t lo = 0, hi = 0;
             if (valid && len > 0) {
                 const uint32_t total = static_cast<uint32_t>(len) - first;
-                uint32_t share = (total + parts - 1) / parts;
-                // Whole blocks per part when that costs the largest part at most 1/16 more
-                // (a part that starts mid-block pays for an extra short chunk; more than that
-                // and the longer first load, which nothing hides, costs more than it saves).
-                const uint32_t whole = (share + t_.block_size - 1) / t_.block_size * t_.block_size;
-                if (whole - share <= share / 16) share = whole;
+                // Equal parts: a chunk may span cache blocks, so a part that starts mid-block
+                // costs one more copy, not one more chunk.
+                const uint32_t share = (total + parts - 1) / parts;
                 lo = first + part * share;
                 hi = lo + share < static_cast<uint32_t>(len) ? lo + share : static_cast<uint32_t>(len);
                 if (lo > hi) lo = hi;
@@ -317,25 +315,25 @@ private:
         uint32_t pos = lo, n = ChunkAt(pos, hi);
         const uint32_t opening = t_.chunk / 4 > 16 ? t_.chunk / 4 : 16;
         if (n > opening && hi - lo >= 4 * t_.chunk) n = opening;
-        uint64_t src = Source(seq, kvh, pos);
-        LoadK(src, n);
-        LoadV(src, n);
+        seq_ = seq;
+        kvh_ = kvh;
+        Load(kQueue_, kGm_, pos, n);
+        Load(vQueue_, vGm_, pos, n);
         bool first = true;
         while (pos < hi) {
             const uint32_t next = pos + n;
             const uint32_t nn = next < hi ? ChunkAt(next, hi) : 0;
-            const uint64_t nsrc = nn > 0 ? Source(seq, kvh, next) : 0;
             LocalTensor<T> k = kQueue_.template DeQue<T>();
             Scores(k, n);
             kQueue_.FreeTensor(k);
-            if (nn > 0) LoadK(nsrc, nn);
+            if (nn > 0) Load(kQueue_, kGm_, next, nn);
             if (tokens > 0) Mask(pos, n, pos0, tokens);
             Softmax(n, first);
             first = false;
             LocalTensor<T> v = vQueue_.template DeQue<T>();
             WeightedValues(v, n);
             vQueue_.FreeTensor(v);
-            if (nn > 0) LoadV(nsrc, nn);
+            if (nn > 0) Load(vQueue_, vGm_, next, nn);
             pos = next;
             n = nn;
         }
@@ -348,12 +346,10 @@ private:
         }
     }
 
-    // Tokens of the chunk at `pos`: up to the chunk size, within its block, before `hi`.
+    // Tokens of the chunk at `pos`, of the fewest chunks that cover [pos, hi): the short one
+    // first (its load is the one nothing hides), then whole chunks. A chunk may span cache blocks.
     __aicore__ inline uint32_t ChunkAt(uint32_t pos, uint32_t hi) const {
-        uint32_t n = t_.block_size - pos % t_.block_size;
-        if (n > t_.chunk) n = t_.chunk;
-        if (n > hi - pos) n = hi - pos;
-        return n;
+        return (hi - pos - 1) % t_.chunk + 1;
     }
 
     // Where position `pos` of `seq`'s KV head `kvh` lives in the caches (the task's KV heads
@@ -369,15 +365,19 @@ private:
         return DataCopyParams(static_cast<uint16_t>(n), static_cast<uint16_t>(row * sizeof(T) / 32),
                               static_cast<uint16_t>((tokenStride_ - row) * sizeof(T) / 32), 0);
     }
-    __aicore__ inline void LoadK(uint64_t src, uint32_t n) {
-        LocalTensor<T> k = kQueue_.template AllocTensor<T>();
-        DataCopy(k, kGm_[src], Rows(n));
-        kQueue_.EnQue(k);
-    }
-    __aicore__ inline void LoadV(uint64_t src, uint32_t n) {
-        LocalTensor<T> v = vQueue_.template AllocTensor<T>();
-        DataCopy(v, vGm_[src], Rows(n));
-        vQueue_.EnQue(v);
+    // Tokens [pos, pos + n) of the task's KV heads into the next buffer of `queue`: one copy per
+    // cache block the range touches.
+    __aicore__ inline void Load(TQue<TPosition::VECIN, 1>& queue, const GlobalTensor<T>& gm, uint32_t pos,
+                                uint32_t n) {
+        LocalTensor<T> dst = queue.template AllocTensor<T>();
+        for (uint32_t done = 0; done < n;) {
+            const uint32_t p = pos + done;
+            uint32_t m = t_.block_size - p % t_.block_size;
+            if (m > n - done) m = n - done;
+            DataCopy(dst[done * kvPerTask_ * hs_], gm[Source(seq_, kvh_, p)], Rows(m));
+            done += m;
+        }
+        queue.EnQue(dst);
     }
 
     // The per-row blocks: the running maximum (two in turn), the sum, the rescale factor, scratch.
@@ -584,7 +584,7 @@ private:
     ArkPagedAttentionTiling t_;
     uint32_t queryRows_ = 0, group_ = 1, tokenStride_ = 0, hs_ = 0, npad_ = 64, accRows_ = 1, maxRows_ = 1;
     uint32_t kvPerTask_ = 1, qPerKv_ = 1, kvGroups_ = 1;
-    uint32_t rows_ = 0, flip_ = 0;
+    uint32_t rows_ = 0, flip_ = 0, seq_ = 0, kvh_ = 0;  // the task's sequence and first KV head
     bool prefill_ = false, staged_ = false;
     uint64_t stageStart_ = 0, stageEnd_ = 0;
     StatusWord status_;

@@ -352,19 +352,12 @@ fn window(op: &'static str, w: Option<usize>) -> Result<u32> {
     }
 }
 
-/// The largest chunk (at most a block and [`PA_MAX_CHUNK`]) whose buffers fit, preferring one
-/// that divides the block (every chunk of a block then has the same length), if any fits.
-fn largest_chunk(block_size: usize, layout: impl Fn(usize) -> AttentionLayout) -> Option<usize> {
-    let fits = |n: &usize| attention_ub(&layout(*n)) <= UB_BUDGET;
-    let most = block_size.min(PA_MAX_CHUNK);
-    let even = (1..=most)
+/// The largest chunk (at most [`PA_MAX_CHUNK`] tokens) whose buffers fit. A chunk may span cache
+/// blocks (the kernel copies each block's rows into it), so the block size does not bound it.
+fn largest_chunk(layout: impl Fn(usize) -> AttentionLayout) -> Option<usize> {
+    (1..=PA_MAX_CHUNK)
         .rev()
-        .filter(|n| block_size.is_multiple_of(*n))
-        .find(fits);
-    match even {
-        Some(n) if n * 2 > most || n >= 32 => Some(n),
-        _ => (1..=most).rev().find(fits),
-    }
+        .find(|n| attention_ub(&layout(*n)) <= UB_BUDGET)
 }
 
 /// Float partial rows decode accumulates each query row into (a power of two): enough that a
@@ -390,7 +383,7 @@ fn balanced_parts(pairs: usize, cores: usize, most: usize) -> usize {
 /// Tiles paged decode attention for elements of `size` bytes over `cores` vector cores. A task
 /// is (sequence, KV heads, part): up to [`PA_MAX_KV_PER_TASK`] adjacent KV heads together (a
 /// longer burst per token of the strided cache rows) when their buffers still fit with a chunk
-/// of at least 64 tokens; the largest chunk (at most a block and [`PA_MAX_CHUNK`]) and the most
+/// of at least 64 tokens; the largest chunk (at most [`PA_MAX_CHUNK`] tokens) and the most
 /// partial rows (at most [`PA_ACC_ROWS`]) that fit the UB; and each context split into the
 /// parts that balance the tasks over the cores best (flash-decoding when pairs leave cores
 /// idle), merged afterwards.
@@ -445,7 +438,7 @@ pub fn paged_attention(
                 partial: parts > 1,
                 size,
             };
-            let Some(n) = largest_chunk(c.block_size, layout) else {
+            let Some(n) = largest_chunk(layout) else {
                 continue;
             };
             let score = cost(kv, n, acc_rows);
@@ -586,9 +579,9 @@ pub fn paged_prefill_attention(
             partial: false,
             size,
         };
-        if let Some(n) = largest_chunk(c.block_size, layout) {
+        if let Some(n) = largest_chunk(layout) {
             // A tile of fewer tokens that keeps a long chunk beats a big tile of short chunks.
-            if tile == 1 || n >= c.block_size.min(64) {
+            if tile == 1 || n >= 64 {
                 choice = Some((tile, n));
                 break;
             }
