@@ -125,6 +125,13 @@ private:
         hs_ = t.head_size;
         npad_ = (t.chunk + 63) / 64 * 64;
         accRows_ = t.acc_rows > 1 ? t.acc_rows : 1;
+        // Decode's P.V by (token, 64-element piece) repeats: one KV head per task, whole pieces,
+        // the repeats of accRows_ tokens within 255, and each weight spread over a block per
+        // piece within the partial rows (8 blocks per token of the largest chunk).
+        const uint32_t pieces = t.head_size / 64;
+        if (t.acc_rows > 1 && kvPerTask_ == 1 && t.head_size % 64 == 0 && pieces * accRows_ <= 255 &&
+            Round8(t.chunk) * pieces <= t.chunk * 8)
+            piecesPV_ = pieces;
         maxRows_ = group_ * (t.tile_rows > 0 ? t.tile_rows : 1);
         const uint64_t q = static_cast<uint64_t>(queryRows) * t.num_heads * hs_;
         const uint64_t cache = static_cast<uint64_t>(t.num_blocks) * t.block_size * tokenStride_;
@@ -147,7 +154,8 @@ private:
         pipe_.InitBuffer(partial_, t.chunk * 64 * sizeof(float));
         pipe_.InitBuffer(scores_, maxRows_ * npad_ * sizeof(float));
         pipe_.InitBuffer(weightsT_, t.acc_rows > 1 && sizeof(T) == 2 ? maxRows_ * npad_ * 2 : 32);
-        pipe_.InitBuffer(weightBlocks_, (t.chunk + 7) / 8 * 8 * 32);
+        // Prefill's weights spread over blocks (decode spreads them in the partial rows).
+        pipe_.InitBuffer(weightBlocks_, t.acc_rows > 1 ? 32 : (t.chunk + 7) / 8 * 8 * 32);
         pipe_.InitBuffer(acc_, qrows * accRows_ * sizeof(float));
         pipe_.InitBuffer(vFloat_, t.acc_rows == 0 && sizeof(T) == 2 ? t.chunk * kvPerTask_ * hs_ * sizeof(float) : 32);
         pipe_.InitBuffer(outFloat_, qrows * sizeof(float));
@@ -503,11 +511,31 @@ private:
         LocalTensor<float> scores = scores_.Get<float>(), acc = acc_.Get<float>();
         const uint8_t spread = static_cast<uint8_t>((n + 7) / 8);
         if (t_.acc_rows > 1) {
-            // Decode: weights in T, each spread over a block; MulAddDst of whole V rows into
-            // acc_rows partial rows per query row (each repeat into its own row).
-            LocalTensor<T> blocks = weightBlocks_.Get<T>();
+            // Decode: weights in T, each spread over a block (in the partial rows, free until
+            // the next chunk's scores); MulAddDst of V rows into acc_rows partial rows per
+            // query row (each repeat into its own row).
+            LocalTensor<T> blocks = partial_.Get<T>();
             LocalTensor<T> weights = WeightsAsT(scores);
             const uint32_t epb = 32 / sizeof(T), token = kvPerTask_ * hs_;
+            const uint32_t pieces = piecesPV_;
+            if (pieces > 0) {
+                // One repeat per (token, 64-element piece): V's pieces and the partial rows'
+                // pieces are then both evenly spaced, so one MulAddDst covers accRows_ tokens
+                // of every piece (hs/64 times fewer instructions), with each weight spread over
+                // hs/64 consecutive blocks, one Brcb per piece.
+                const uint8_t vPiece = static_cast<uint8_t>(64 * sizeof(T) / 32);
+                const uint16_t p = static_cast<uint16_t>(pieces);
+                for (uint32_t r = 0; r < rows_; r++) {
+                    for (uint32_t c = 0; c < pieces; c++)
+                        Brcb(blocks[c * epb], weights[r * npad_], spread, BrcbRepeatParams(p, static_cast<uint16_t>(8 * p)));
+                    for (uint32_t t0 = 0; t0 < n; t0 += accRows_) {
+                        const uint32_t m = n - t0 < accRows_ ? n - t0 : accRows_;
+                        MulAddDst(acc[r * accRows_ * hs_], v[t0 * hs_], blocks[t0 * pieces * epb], 64,
+                                  static_cast<uint8_t>(m * pieces), BinaryRepeatParams(1, 1, 0, 8, vPiece, 1));
+                    }
+                }
+                return;
+            }
             const uint8_t vRow = static_cast<uint8_t>(token * sizeof(T) / 32);
             const uint8_t accRow = static_cast<uint8_t>(hs_ / 8);
             for (uint32_t r = 0; r < rows_; r++) {
@@ -595,6 +623,7 @@ private:
     ArkPagedAttentionTiling t_;
     uint32_t queryRows_ = 0, group_ = 1, tokenStride_ = 0, hs_ = 0, npad_ = 64, accRows_ = 1, maxRows_ = 1;
     uint32_t kvPerTask_ = 1, qPerKv_ = 1, kvGroups_ = 1;
+    uint32_t piecesPV_ = 0;  // decode's P.V pieces per token repeat (0: by token rows)
     uint32_t rows_ = 0, flip_ = 0, seq_ = 0, kvh_ = 0;  // the task's sequence and first KV head
     bool prefill_ = false, staged_ = false;
     uint64_t stageStart_ = 0, stageEnd_ = 0;

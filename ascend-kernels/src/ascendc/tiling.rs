@@ -288,7 +288,7 @@ pub fn attention_ub(l: &AttentionLayout) -> usize {
         + r32(n * 64 * 4)                                               // 64-float partial rows
         + r32(rows * npad * 4)                                          // scores
         + if acc_rows > 1 && size == 2 { r32(rows * npad * 2) } else { BLOCK } // weights as T
-        + n.div_ceil(8) * 8 * BLOCK                                     // weights spread
+        + if acc_rows > 1 { BLOCK } else { n.div_ceil(8) * 8 * BLOCK }  // weights spread (decode: in the partial rows)
         + r32(rows * hs * acc_rows.max(1) * 4)                          // accumulators
         + if acc_rows == 0 && size == 2 { r32(kv * 4) } else { BLOCK }  // V as float
         + r32(rows * hs * 4)                                            // results in float
