@@ -463,7 +463,7 @@ private:
 
     // The online softmax step for every row, on the vector unit: new max, rescale factor,
     // weights exp(s - max) in the scores, sum updated.
-    // The first chunk of a task leaves the accumulators alone: they are still zero.
+    // The first chunk of a task sets the sum and leaves the accumulators alone.
     __aicore__ inline void Softmax(uint32_t n, bool first) {
         LocalTensor<float> scores = scores_.Get<float>();
         LocalTensor<float> cm = Compact(0), cm2 = Compact(1), cs = Compact(2), cs2 = Compact(3);
@@ -481,9 +481,12 @@ private:
         LocalTensor<float> spreadMax = SpreadBlock(), oldMax = MaxBlock(), newMax = NewMaxBlock();
         Brcb(spreadMax, cm, spread, BrcbRepeatParams(1, 8));
         Max(newMax, oldMax, spreadMax, lanes);
+        // The first chunk needs no rescale: the sum and the accumulators are still zero.
         LocalTensor<float> rescale = RescaleBlock();
-        Sub(rescale, oldMax, newMax, lanes);
-        Exp(rescale, rescale, lanes);
+        if (!first) {
+            Sub(rescale, oldMax, newMax, lanes);
+            Exp(rescale, rescale, lanes);
+        }
         flip_ = 1 - flip_;
         // s -= new max (its block, per row), each half of the chunk; then exp.
         const BinaryRepeatParams byRow(1, 1, 0, static_cast<uint8_t>(rowStride), static_cast<uint8_t>(rowStride), 1);
@@ -495,12 +498,16 @@ private:
             WholeReduceSum(cs2, scores[64], static_cast<int32_t>(hiLanes), rows, 1, 1, rowStride);
             Add(cs, cs, cs2, rows);
         }
-        LocalTensor<float> spreadSum = SpreadBlock(), sum = SumBlock();
+        LocalTensor<float> sum = SumBlock();
+        if (first) {
+            Brcb(sum, cs, spread, BrcbRepeatParams(1, 8));
+            return;
+        }
+        LocalTensor<float> spreadSum = SpreadBlock();
         Brcb(spreadSum, cs, spread, BrcbRepeatParams(1, 8));
         Mul(sum, sum, rescale, lanes);
         Add(sum, sum, spreadSum, lanes);
         // acc *= rescale, each query row's partial rows by its own factor.
-        if (first) return;
         LocalTensor<float> acc = acc_.Get<float>();
         const uint32_t perRow = accRows_ * hs_;
         for (uint32_t r = 0; r < rows_; r++) ScaleByBlock(acc[r * perRow], acc[r * perRow], rescale[r * 8], perRow, false);
