@@ -531,10 +531,9 @@ private:
                 // of every piece (hs/64 times fewer instructions), with each weight spread over
                 // hs/64 consecutive blocks, one Brcb per piece.
                 const uint8_t vPiece = static_cast<uint8_t>(64 * sizeof(T) / 32);
-                const uint16_t p = static_cast<uint16_t>(pieces);
+                const BrcbRepeatParams perPiece(static_cast<uint16_t>(pieces), static_cast<uint16_t>(8 * pieces));
                 for (uint32_t r = 0; r < rows_; r++) {
-                    for (uint32_t c = 0; c < pieces; c++)
-                        Brcb(blocks[c * epb], weights[r * npad_], spread, BrcbRepeatParams(p, static_cast<uint16_t>(8 * p)));
+                    for (uint32_t c = 0; c < pieces; c++) Brcb(blocks[c * epb], weights[r * npad_], spread, perPiece);
                     for (uint32_t t0 = 0; t0 < n; t0 += accRows_) {
                         const uint32_t m = n - t0 < accRows_ ? n - t0 : accRows_;
                         MulAddDst(acc[r * accRows_ * hs_], v[t0 * hs_], blocks[t0 * pieces * epb], 64,
