@@ -324,10 +324,8 @@ private:
         uint32_t pos = lo, n = ChunkAt(pos, hi);
         const uint32_t opening = t_.chunk / 4 > 16 ? t_.chunk / 4 : 16;
         if (n > opening && hi - lo >= 4 * t_.chunk) n = opening;
-        seq_ = seq;
-        kvh_ = kvh;
-        Load(kQueue_, kGm_, pos, n);
-        Load(vQueue_, vGm_, pos, n);
+        Load(kQueue_, kGm_, seq, kvh, pos, n);
+        Load(vQueue_, vGm_, seq, kvh, pos, n);
         bool first = true;
         while (pos < hi) {
             const uint32_t next = pos + n;
@@ -335,14 +333,14 @@ private:
             LocalTensor<T> k = kQueue_.template DeQue<T>();
             Scores(k, n);
             kQueue_.FreeTensor(k);
-            if (nn > 0) Load(kQueue_, kGm_, next, nn);
+            if (nn > 0) Load(kQueue_, kGm_, seq, kvh, next, nn);
             if (tokens > 0) Mask(pos, n, pos0, tokens);
             Softmax(n, first);
             first = false;
             LocalTensor<T> v = vQueue_.template DeQue<T>();
             WeightedValues(v, n);
             vQueue_.FreeTensor(v);
-            if (nn > 0) Load(vQueue_, vGm_, next, nn);
+            if (nn > 0) Load(vQueue_, vGm_, seq, kvh, next, nn);
             pos = next;
             n = nn;
         }
@@ -374,16 +372,16 @@ private:
         return DataCopyParams(static_cast<uint16_t>(n), static_cast<uint16_t>(row * sizeof(T) / 32),
                               static_cast<uint16_t>((tokenStride_ - row) * sizeof(T) / 32), 0);
     }
-    // Tokens [pos, pos + n) of the task's KV heads into the next buffer of `queue`: one copy per
-    // cache block the range touches.
-    __aicore__ inline void Load(TQue<TPosition::VECIN, 1>& queue, const GlobalTensor<T>& gm, uint32_t pos,
-                                uint32_t n) {
+    // Tokens [pos, pos + n) of `seq`'s KV heads from `kvh` into the next buffer of `queue`: one
+    // copy per cache block the range touches.
+    __aicore__ inline void Load(TQue<TPosition::VECIN, 1>& queue, const GlobalTensor<T>& gm, uint32_t seq,
+                                uint32_t kvh, uint32_t pos, uint32_t n) {
         LocalTensor<T> dst = queue.template AllocTensor<T>();
         for (uint32_t done = 0; done < n;) {
             const uint32_t p = pos + done;
             uint32_t m = t_.block_size - p % t_.block_size;
             if (m > n - done) m = n - done;
-            DataCopy(dst[done * kvPerTask_ * hs_], gm[Source(seq_, kvh_, p)], Rows(m));
+            DataCopy(dst[done * kvPerTask_ * hs_], gm[Source(seq, kvh, p)], Rows(m));
             done += m;
         }
         queue.EnQue(dst);
@@ -630,7 +628,7 @@ private:
     uint32_t queryRows_ = 0, group_ = 1, tokenStride_ = 0, hs_ = 0, npad_ = 64, accRows_ = 1, maxRows_ = 1;
     uint32_t kvPerTask_ = 1, qPerKv_ = 1, kvGroups_ = 1;
     uint32_t piecesPV_ = 0;  // decode's P.V pieces per token repeat (0: by token rows)
-    uint32_t rows_ = 0, flip_ = 0, seq_ = 0, kvh_ = 0;  // the task's sequence and first KV head
+    uint32_t rows_ = 0, flip_ = 0;
     bool prefill_ = false, staged_ = false;
     uint64_t stageStart_ = 0, stageEnd_ = 0;
     StatusWord status_;

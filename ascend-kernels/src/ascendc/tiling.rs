@@ -404,12 +404,26 @@ pub fn paged_attention(
     // the HBM (each strided run a transaction), per token and KV head.
     let f = super::cost::Figures::ASCEND_910B;
     let share = f.hbm_bytes_per_s / f.clock_hz / f.vector_cores as f64;
+    // Per row: Q.K (a MulAddDst per piece, a reduction, a difference; the zeroing is once per
+    // chunk) and P.V (by (token, piece) repeats when the kernel can: one KV head per task,
+    // whole pieces; else a MulAddDst per piece and acc_rows tokens), as the kernel issues them.
     let cost = |kv: usize, n: usize, acc_rows: usize| -> f64 {
         let (rows, hs) = ((group * kv) as f64, c.head_size as f64);
         let nf = n as f64;
         let pieces = c.head_size.div_ceil(64) as f64;
-        let instrs = rows * (6.0 + pieces * (n.div_ceil(acc_rows) as f64 + 1.0)) + 25.0;
-        let repeats = rows * (6.0 * nf + nf / 8.0 + acc_rows as f64 * hs / 64.0 + 4.0);
+        let by_piece = kv == 1 && c.head_size.is_multiple_of(64);
+        let (pv_instrs, spread) = if by_piece {
+            (n.div_ceil(acc_rows) as f64 + pieces, pieces)
+        } else {
+            (pieces * n.div_ceil(acc_rows) as f64 + 1.0, 1.0)
+        };
+        let instrs = rows * (5.0 + pieces + pv_instrs) + 25.0;
+        let repeats = nf
+            + rows
+                * ((2.0 * pieces + 1.0) * nf
+                    + spread * nf / 8.0
+                    + acc_rows as f64 * hs / 64.0
+                    + 4.0);
         let vector = instrs * f.vector_issue_cycles + repeats * f.repeat_cycles;
         let bytes = 2.0 * nf * kv as f64 * hs * size as f64;
         let runs = if kv == c.num_kv_heads { 2.0 } else { 2.0 * nf };
